@@ -1,0 +1,999 @@
+//! The per-core HTTP/1.1 server.
+//!
+//! `cores` threads, each pinned to its CPU, each running its own monoio io_uring
+//! event loop with its own `SO_REUSEPORT` listener: the kernel spreads connections
+//! over the cores and a connection never leaves the core that accepted it. A core
+//! shares nothing with the others on the request path: its counters are its own
+//! ([`crate::metrics::CoreStats`]), its histogram is local, and the only cross-thread
+//! traffic is a bounded lock-free channel of last-access times for eviction
+//! (`try_send`, dropped when full) and the store's mutex on uploads and admin calls.
+//!
+//! Per connection: one read buffer (the head limit), one write buffer and, once the
+//! first blob is sent, one pipe; all reused for every request on the connection.
+//! Plain blob bodies go `splice(file -> pipe -> socket)`; the response head is
+//! written into the same pipe so head and body leave in one send.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bao_tree::iter::BaoChunk;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use hdrhistogram::Histogram;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+
+use crate::config::NodeConfig;
+use crate::hash::BlobHash;
+use crate::http::{self, Body, ChunkedDecoder, Head, Method, ParseError, RangeRequest, Route, Status};
+use crate::metrics::{bump, new_latency_histogram, CoreStats, Metrics};
+use crate::store::{now_secs, Store, StoreError};
+use crate::sys::{self, Pipe};
+use crate::verified::{self, Verifier};
+
+/// Last-access updates in flight to the maintenance thread; beyond this they are
+/// dropped (recency for eviction is approximate by design).
+const TOUCH_QUEUE: usize = 65_536;
+/// How often a core copies out its histogram and checks for shutdown.
+const TICK: Duration = Duration::from_millis(50);
+const PUBLISH_EVERY_TICKS: u32 = 20;
+/// Verified streams are written in pieces of about this size.
+const VERIFIED_FLUSH_BYTES: usize = 64 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("core {core}: cannot start io_uring runtime: {source} (io_uring needs Linux 5.11+ and must not be disabled by kernel.io_uring_disabled or a seccomp filter)")]
+    Runtime { core: usize, source: io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
+    #[error("core thread failed: {0}")]
+    Thread(String),
+}
+
+/// What every core shares (read-only after start, apart from the store's own locks).
+pub struct Shared {
+    pub config: NodeConfig,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Arc<AtomicBool>,
+    touches: Sender<(BlobHash, u64)>,
+    limits: http::Limits,
+}
+
+/// A running server; [`Server::wait`] blocks until every core has stopped.
+pub struct Server {
+    cores: Vec<std::thread::JoinHandle<()>>,
+    maintenance: Option<std::thread::JoinHandle<()>>,
+    pub shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Starts every core; returns once all of them listen (or the first error).
+    pub fn start(
+        config: NodeConfig,
+        store: Arc<Store>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Server, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
+        if let Err(e) = sys::raise_fd_limit() {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+        }
+        let n = config.core_count();
+        let (touch_tx, touch_rx) = crossbeam_channel::bounded(TOUCH_QUEUE);
+        let shared = Arc::new(Shared {
+            limits: http::Limits {
+                max_header_bytes: config.max_header_bytes,
+                max_headers: config.max_headers,
+            },
+            config,
+            store: store.clone(),
+            metrics: Arc::new(Metrics::new(n)),
+            shutdown: shutdown.clone(),
+            touches: touch_tx,
+        });
+        let maintenance = {
+            let store = store.clone();
+            let shutdown = shutdown.clone();
+            std::thread::Builder::new()
+                .name("tessera-maint".into())
+                .spawn(move || maintenance_loop(&store, &touch_rx, &shutdown))
+                .map_err(|e| ServerError::Thread(e.to_string()))?
+        };
+        let cpus = allowed_cpus();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut cores = Vec::with_capacity(n);
+        for core in 0..n {
+            let shared = shared.clone();
+            let ready = ready_tx.clone();
+            let cpu = if cpus.is_empty() { None } else { Some(cpus[core % cpus.len()]) };
+            let handle = std::thread::Builder::new()
+                .name(format!("tessera-core-{core}"))
+                .spawn(move || core_main(core, cpu, shared, ready))
+                .map_err(|e| ServerError::Thread(e.to_string()))?;
+            cores.push(handle);
+        }
+        drop(ready_tx);
+        let mut server = Server {
+            cores,
+            maintenance: Some(maintenance),
+            shared,
+        };
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    server.stop();
+                    return Err(e);
+                }
+                Err(_) => {
+                    server.stop();
+                    return Err(ServerError::Thread("a core exited during start".into()));
+                }
+            }
+        }
+        Ok(server)
+    }
+
+    fn stop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.join();
+    }
+
+    fn join(&mut self) {
+        for h in self.cores.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(m) = self.maintenance.take() {
+            let _ = m.join();
+        }
+    }
+
+    /// Blocks until shutdown has been requested and every core has drained.
+    pub fn wait(mut self) {
+        self.join();
+    }
+}
+
+/// CPUs this process may run on, so cores pin inside a cgroup's or taskset's mask.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `i` is below CPU_SETSIZE, the bound CPU_ISSET requires.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect()
+}
+
+fn maintenance_loop(store: &Store, touches: &Receiver<(BlobHash, u64)>, shutdown: &AtomicBool) {
+    let mut batch = Vec::with_capacity(4096);
+    loop {
+        let stopping = shutdown.load(Ordering::Relaxed);
+        match touches.recv_timeout(Duration::from_secs(1)) {
+            Ok(t) => batch.push(t),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        while batch.len() < 4096 {
+            match touches.try_recv() {
+                Ok(t) => batch.push(t),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = store.touch_batch(&batch) {
+                tracing::warn!("recording last access times failed: {e}");
+            }
+            batch.clear();
+        }
+        if stopping && touches.is_empty() {
+            break;
+        }
+    }
+}
+
+fn core_main(
+    index: usize,
+    cpu: Option<usize>,
+    shared: Arc<Shared>,
+    ready: std::sync::mpsc::Sender<Result<(), ServerError>>,
+) {
+    if let Some(cpu) = cpu {
+        if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+            tracing::warn!(core = index, cpu, "cannot pin to CPU: {e:?}");
+        }
+    }
+    let runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(shared.config.io_uring_entries)
+        .enable_timer()
+        .build();
+    let mut runtime = match runtime {
+        Ok(rt) => rt,
+        Err(source) => {
+            let _ = ready.send(Err(ServerError::Runtime {
+                core: index,
+                source,
+            }));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let addr = shared.config.listen;
+        let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
+        let listener = match TcpListener::bind_with_config(addr, &opts) {
+            Ok(l) => l,
+            Err(source) => {
+                let _ = ready.send(Err(ServerError::Listen { addr, source }));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let core = Rc::new(Core {
+            index,
+            shared: shared.clone(),
+            live: Cell::new(0),
+            in_flight: Cell::new(0),
+            stopping: Cell::new(false),
+            histogram: RefCell::new(new_latency_histogram()),
+        });
+        let ticker = monoio::spawn(tick_loop(core.clone()));
+        accept_loop(&core, &listener).await;
+        drop(listener);
+        // Drain: requests in flight get the grace period; idle connections are
+        // closed when the runtime drops their tasks.
+        let deadline = Instant::now() + Duration::from_millis(shared.config.shutdown_grace_ms);
+        while core.in_flight.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if core.in_flight.get() > 0 {
+            tracing::warn!(core = index, in_flight = core.in_flight.get(), "grace period over, closing requests still in flight");
+        }
+        core.stats().publish(&core.histogram.borrow());
+        drop(ticker);
+    });
+}
+
+/// One core's state; lives on its core only (`Rc`, `Cell`).
+struct Core {
+    index: usize,
+    shared: Arc<Shared>,
+    live: Cell<usize>,
+    in_flight: Cell<usize>,
+    stopping: Cell<bool>,
+    histogram: RefCell<Histogram<u64>>,
+}
+
+impl Core {
+    fn stats(&self) -> &CoreStats {
+        &self.shared.metrics.cores[self.index]
+    }
+}
+
+async fn tick_loop(core: Rc<Core>) {
+    let mut ticks = 0u32;
+    loop {
+        monoio::time::sleep(TICK).await;
+        if core.shared.shutdown.load(Ordering::Relaxed) {
+            core.stopping.set(true);
+        }
+        ticks += 1;
+        if ticks % PUBLISH_EVERY_TICKS == 0 {
+            core.stats().publish(&core.histogram.borrow());
+        }
+    }
+}
+
+async fn accept_loop(core: &Rc<Core>, listener: &TcpListener) {
+    const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 28\r\nConnection: close\r\n\r\nnode at its connection limit";
+    loop {
+        let accepted = monoio::select! {
+            a = listener.accept() => Some(a),
+            _ = wait_stopping(core) => None,
+        };
+        let Some(accepted) = accepted else { return };
+        match accepted {
+            Ok((stream, _peer)) => {
+                if core.live.get() >= core.shared.config.max_connections_per_core {
+                    bump(&core.stats().connections_refused, 1);
+                    sys::send_nowait(stream.as_raw_fd(), REFUSED);
+                    continue;
+                }
+                bump(&core.stats().connections_total, 1);
+                monoio::spawn(serve_connection(core.clone(), stream));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(core = core.index, "accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn wait_stopping(core: &Core) {
+    while !core.stopping.get() {
+        monoio::time::sleep(TICK).await;
+    }
+}
+
+/// Counts a connection for the connection limit while it lives.
+struct LiveGuard<'a>(&'a Core);
+
+impl<'a> LiveGuard<'a> {
+    fn new(core: &'a Core) -> Self {
+        core.live.set(core.live.get() + 1);
+        bump(&core.stats().connections_open, 1);
+        Self(core)
+    }
+}
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.live.set(self.0.live.get() - 1);
+        self.0.stats().connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks a request in flight, for the shutdown drain.
+struct InFlight<'a>(&'a Core);
+
+impl<'a> InFlight<'a> {
+    fn new(core: &'a Core) -> Self {
+        core.in_flight.set(core.in_flight.get() + 1);
+        Self(core)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+    }
+}
+
+/// Per-connection buffers, reused by every request on the connection.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet consumed; capacity = the head limit.
+    rbuf: Vec<u8>,
+    /// Response heads and small bodies; verified streams are built here too.
+    wbuf: Vec<u8>,
+    pipe: Option<Pipe>,
+}
+
+/// What the handler needs from a parsed head, copied out of the read buffer so the
+/// buffer can be used for I/O again.
+struct ReqInfo {
+    method: Method,
+    route: Route,
+    head_len: usize,
+    body: Body,
+    keep_alive: bool,
+    range: [u8; 128],
+    range_len: Option<usize>,
+    verified: bool,
+    auth: Auth,
+    expect_continue: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    Disabled,
+    Missing,
+    Wrong,
+    Ok,
+}
+
+impl ReqInfo {
+    fn range(&self) -> Option<&[u8]> {
+        self.range_len.map(|n| &self.range[..n])
+    }
+}
+
+/// How a request ended, for the connection loop.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
+    let _live = LiveGuard::new(&core);
+    let _ = stream.set_nodelay(true);
+    let cfg = &core.shared.config;
+    let mut conn = Conn {
+        stream,
+        rbuf: Vec::with_capacity(cfg.max_header_bytes),
+        wbuf: Vec::with_capacity(1024),
+        pipe: None,
+    };
+    loop {
+        if core.stopping.get() && conn.rbuf.is_empty() {
+            return;
+        }
+        let info = match read_head(&core, &mut conn).await {
+            Ok(Some(info)) => info,
+            Ok(None) => return,
+            Err((status, message)) => {
+                let _ = respond_text(&core, &mut conn, Route::NotFound, status, message, false).await;
+                return;
+            }
+        };
+        let _flight = InFlight::new(&core);
+        let started = Instant::now();
+        let next = handle(&core, &mut conn, info).await;
+        let micros = started.elapsed().as_micros() as u64;
+        let _ = core.histogram.borrow_mut().record(micros.max(1));
+        match next {
+            Ok(Next::KeepAlive) if !core.stopping.get() => {}
+            _ => return,
+        }
+    }
+}
+
+/// Reads until a full head is buffered. `Ok(None)`: the connection ended or idled out.
+async fn read_head(core: &Core, conn: &mut Conn) -> Result<Option<ReqInfo>, (Status, &'static str)> {
+    let cfg = &core.shared.config;
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let head_timeout = Duration::from_millis(cfg.header_timeout_ms);
+    // The head must arrive whole within head_timeout of its first byte.
+    let mut head_deadline = if conn.rbuf.is_empty() { None } else { Some(Instant::now() + head_timeout) };
+    loop {
+        if !conn.rbuf.is_empty() {
+            match http::parse_request(&conn.rbuf, core.shared.limits) {
+                Ok(Some(req)) => return Ok(Some(req_info(core, &req))),
+                Ok(None) => {}
+                Err(e) => return Err(parse_error(e)),
+            }
+        }
+        let wait = match head_deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => idle,
+        };
+        match read_more(conn, wait).await {
+            ReadOutcome::Data => {
+                if head_deadline.is_none() {
+                    head_deadline = Some(Instant::now() + head_timeout);
+                }
+            }
+            ReadOutcome::Eof | ReadOutcome::Error => return Ok(None),
+            ReadOutcome::TimedOut => {
+                bump(&core.stats().timeouts, 1);
+                return Ok(None);
+            }
+        }
+    }
+}
+
+fn parse_error(e: ParseError) -> (Status, &'static str) {
+    (e.status(), e.message())
+}
+
+enum ReadOutcome {
+    Data,
+    Eof,
+    Error,
+    TimedOut,
+}
+
+/// Reads more bytes into the spare capacity of the read buffer.
+async fn read_more(conn: &mut Conn, wait: Duration) -> ReadOutcome {
+    let len = conn.rbuf.len();
+    if len == conn.rbuf.capacity() {
+        return ReadOutcome::Error;
+    }
+    let buf = std::mem::take(&mut conn.rbuf);
+    let read = monoio::time::timeout(wait, conn.stream.read(buf.slice_mut(len..))).await;
+    match read {
+        // The timed-out read was cancelled and took its buffer with it; the
+        // connection is closed right after, so nothing is lost.
+        Err(_) => ReadOutcome::TimedOut,
+        Ok((res, slice)) => {
+            conn.rbuf = slice.into_inner();
+            match res {
+                Ok(0) => ReadOutcome::Eof,
+                Ok(_) => ReadOutcome::Data,
+                Err(_) => ReadOutcome::Error,
+            }
+        }
+    }
+}
+
+fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
+    let mut range = [0u8; 128];
+    let range_len = req.range.and_then(|r| {
+        // A longer Range header cannot be a single range we would serve; ignore it.
+        (r.len() <= range.len()).then(|| {
+            range[..r.len()].copy_from_slice(r);
+            r.len()
+        })
+    });
+    let auth = match (&core.shared.config.admin_token, req.authorization) {
+        (None, _) => Auth::Disabled,
+        (Some(_), None) => Auth::Missing,
+        (Some(token), Some(given)) => match given.strip_prefix(b"Bearer ") {
+            Some(g) if constant_time_eq(g, token.as_bytes()) => Auth::Ok,
+            _ => Auth::Wrong,
+        },
+    };
+    ReqInfo {
+        method: req.method,
+        route: http::route(req.path),
+        head_len: req.head_len,
+        body: req.body,
+        keep_alive: req.keep_alive,
+        range,
+        range_len,
+        verified: req.wants_verified(),
+        auth,
+        expect_continue: req.expect_continue,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next> {
+    let route = info.route;
+    // Only uploads read a body; any other request that carries one is answered and
+    // the connection closed, rather than guessing where the next request starts.
+    let has_body = info.body != Body::None;
+    let is_upload = matches!(route, Route::Blobs) && info.method == Method::Post;
+    if !is_upload {
+        conn.rbuf.drain(..info.head_len);
+    }
+    let keep_alive = info.keep_alive && !has_body && !core.stopping.get();
+    match (route, info.method) {
+        (Route::Healthz, Method::Get | Method::Head) => {
+            respond_text(core, conn, route, Status::Ok, "ok\n", keep_alive).await
+        }
+        (Route::Metrics, Method::Get | Method::Head) => {
+            let text = core.shared.metrics.render(&core.shared.store);
+            respond(core, conn, route, Status::Ok, "text/plain; version=0.0.4", text.as_bytes(), keep_alive, info.method == Method::Head).await
+        }
+        (Route::Blobs, Method::Post) => upload(core, conn, &info).await,
+        (Route::Blob(hash), Method::Get | Method::Head) => {
+            if info.verified {
+                get_verified(core, conn, &info, hash, keep_alive).await
+            } else {
+                get_plain(core, conn, &info, hash, keep_alive).await
+            }
+        }
+        (Route::Blob(hash), Method::Delete) => {
+            admin(core, conn, &info, keep_alive, |store| store.delete(&hash)).await
+        }
+        (Route::Pin(hash), Method::Put) => {
+            admin(core, conn, &info, keep_alive, |store| store.set_pinned(&hash, true)).await
+        }
+        (Route::Pin(hash), Method::Delete) => {
+            admin(core, conn, &info, keep_alive, |store| store.set_pinned(&hash, false)).await
+        }
+        (Route::BadHash(e), _) => {
+            conn.wbuf.clear();
+            let mut msg = [0u8; 512];
+            let len = {
+                let mut cur = io::Cursor::new(&mut msg[..]);
+                let _ = writeln!(cur, "malformed blob hash: {e}");
+                cur.position() as usize
+            };
+            respond(core, conn, route, Status::BadRequest, "text/plain", &msg[..len], keep_alive, false).await
+        }
+        (Route::NotFound, _) => {
+            respond_text(core, conn, route, Status::NotFound, "no such route; see the API table in the README\n", keep_alive).await
+        }
+        _ => {
+            let body = b"method not allowed\n";
+            Head::new(&mut conn.wbuf, Status::MethodNotAllowed)
+                .header("Allow", route.allow().as_bytes())
+                .header("Content-Type", b"text/plain")
+                .finish(body.len() as u64, keep_alive);
+            conn.wbuf.extend_from_slice(body);
+            send_wbuf(core, conn, route, Status::MethodNotAllowed, keep_alive).await
+        }
+    }
+}
+
+async fn respond_text(core: &Core, conn: &mut Conn, route: Route, status: Status, text: &str, keep_alive: bool) -> io::Result<Next> {
+    respond(core, conn, route, status, "text/plain", text.as_bytes(), keep_alive, false).await
+}
+
+#[allow(clippy::too_many_arguments)] // a response is these eight things; a struct would only rename them
+async fn respond(
+    core: &Core,
+    conn: &mut Conn,
+    route: Route,
+    status: Status,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    head_only: bool,
+) -> io::Result<Next> {
+    let mut wbuf = std::mem::take(&mut conn.wbuf);
+    Head::new(&mut wbuf, status)
+        .header("Content-Type", content_type.as_bytes())
+        .finish(body.len() as u64, keep_alive);
+    if !head_only {
+        wbuf.extend_from_slice(body);
+    }
+    conn.wbuf = wbuf;
+    send_wbuf(core, conn, route, status, keep_alive).await
+}
+
+/// Writes the write buffer and counts the response.
+async fn send_wbuf(core: &Core, conn: &mut Conn, route: Route, status: Status, keep_alive: bool) -> io::Result<Next> {
+    core.stats().count_request(route.label_index(), status.index());
+    write_wbuf(core, conn).await?;
+    Ok(if keep_alive { Next::KeepAlive } else { Next::Close })
+}
+
+async fn write_wbuf(core: &Core, conn: &mut Conn) -> io::Result<()> {
+    let buf = std::mem::take(&mut conn.wbuf);
+    let n = buf.len() as u64;
+    let (res, mut buf) = conn.stream.write_all(buf).await;
+    buf.clear();
+    conn.wbuf = buf;
+    res?;
+    bump(&core.stats().bytes_sent, n);
+    Ok(())
+}
+
+fn touch(core: &Core, hash: BlobHash) {
+    match core.shared.touches.try_send((hash, now_secs())) {
+        Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+    }
+}
+
+/// Opens a stored blob's bytes, or answers 404 / 500 itself.
+async fn open_or_answer(core: &Core, conn: &mut Conn, route: Route, hash: &BlobHash, suffix: &[u8], keep_alive: bool) -> io::Result<Result<(OwnedFd, u64), Next>> {
+    match sys::open_at(core.shared.store.blobs_dir_fd(), hash, suffix) {
+        Ok(Some(found)) => Ok(Ok(found)),
+        Ok(None) => Ok(Err(respond_text(core, conn, route, Status::NotFound, "blob not found\n", keep_alive).await?)),
+        Err(e) => {
+            tracing::error!(%hash, "cannot open blob: {e}");
+            Ok(Err(respond_text(core, conn, route, Status::InternalServerError, "cannot read blob\n", keep_alive).await?))
+        }
+    }
+}
+
+fn blob_head<'a>(wbuf: &'a mut Vec<u8>, status: Status, hash: &BlobHash, content_type: &[u8]) -> Head<'a> {
+    Head::new(wbuf, status)
+        .header("Content-Type", content_type)
+        .etag(hash)
+        .header("Cache-Control", b"public, max-age=31536000, immutable")
+        .header("Accept-Ranges", b"bytes")
+}
+
+async fn range_not_satisfiable(core: &Core, conn: &mut Conn, route: Route, size: u64, keep_alive: bool) -> io::Result<Next> {
+    let body = b"range outside the blob\n";
+    let mut wbuf = std::mem::take(&mut conn.wbuf);
+    Head::new(&mut wbuf, Status::RangeNotSatisfiable)
+        .header("Content-Type", b"text/plain")
+        .content_range_unsatisfied(size)
+        .finish(body.len() as u64, keep_alive);
+    wbuf.extend_from_slice(body);
+    conn.wbuf = wbuf;
+    send_wbuf(core, conn, route, Status::RangeNotSatisfiable, keep_alive).await
+}
+
+async fn get_plain(core: &Core, conn: &mut Conn, info: &ReqInfo, hash: BlobHash, keep_alive: bool) -> io::Result<Next> {
+    let route = info.route;
+    let (file, size) = match open_or_answer(core, conn, route, &hash, b"", keep_alive).await? {
+        Ok(found) => found,
+        Err(next) => return Ok(next),
+    };
+    let (status, first, len) = match http::parse_range(info.range(), size) {
+        RangeRequest::Full => (Status::Ok, 0, size),
+        RangeRequest::Partial { first, last } => (Status::PartialContent, first, last - first + 1),
+        RangeRequest::Unsatisfiable => return range_not_satisfiable(core, conn, route, size, keep_alive).await,
+    };
+    let mut wbuf = std::mem::take(&mut conn.wbuf);
+    let mut head = blob_head(&mut wbuf, status, &hash, b"application/octet-stream");
+    if status == Status::PartialContent {
+        head = head.content_range(first, first + len - 1, size);
+    }
+    head.finish(len, keep_alive);
+    conn.wbuf = wbuf;
+    touch(core, hash);
+    core.stats().count_request(route.label_index(), status.index());
+    if info.method == Method::Head || len == 0 {
+        write_wbuf(core, conn).await?;
+    } else {
+        send_file_zero_copy(core, conn, &file, first, len).await?;
+    }
+    Ok(if keep_alive { Next::KeepAlive } else { Next::Close })
+}
+
+/// Sends the head in `conn.wbuf` and `len` bytes of `file` from `offset`:
+/// head copied into the pipe, body spliced file -> pipe -> socket by page reference.
+async fn send_file_zero_copy(core: &Core, conn: &mut Conn, file: &OwnedFd, offset: u64, len: u64) -> io::Result<()> {
+    if conn.pipe.is_none() {
+        conn.pipe = Some(Pipe::new(core.shared.config.pipe_bytes)?);
+    }
+    let Some(pipe) = conn.pipe.as_ref() else {
+        return Err(io::Error::other("pipe missing"));
+    };
+    let socket = conn.stream.as_raw_fd();
+    let head_len = conn.wbuf.len();
+    // The pipe is empty between responses and holds at least 4 KiB, more than a head.
+    let mut in_pipe = pipe.write(&conn.wbuf)?;
+    if in_pipe != head_len {
+        return Err(io::Error::other("response head did not fit the pipe"));
+    }
+    conn.wbuf.clear();
+    let mut offset = offset;
+    let mut left = len;
+    let capacity = pipe.capacity();
+    let mut sent = 0u64;
+    while left > 0 || in_pipe > 0 {
+        if left > 0 && in_pipe < capacity {
+            let want = (capacity - in_pipe).min(left as usize);
+            match pipe.fill_from_file(file.as_raw_fd(), &mut offset, want) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than its size")),
+                Ok(n) => {
+                    in_pipe += n;
+                    left -= n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match pipe.drain_to_socket(socket, in_pipe, left > 0) {
+            Ok(n) => {
+                in_pipe -= n;
+                sent += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Socket buffer full: wait for room through io_uring (poll), with the
+                // stall timeout so a reader that stops reading is cut off.
+                let wait = Duration::from_millis(core.shared.config.header_timeout_ms);
+                match monoio::time::timeout(wait, conn.stream.writable(false)).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        bump(&core.stats().timeouts, 1);
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    bump(&core.stats().bytes_sent, sent);
+    bump(&core.stats().zero_copy_bytes, len);
+    bump(&core.stats().zero_copy_responses, 1);
+    Ok(())
+}
+
+async fn get_verified(core: &Core, conn: &mut Conn, info: &ReqInfo, hash: BlobHash, keep_alive: bool) -> io::Result<Next> {
+    let route = info.route;
+    let (file, size) = match open_or_answer(core, conn, route, &hash, b"", keep_alive).await? {
+        Ok(found) => found,
+        Err(next) => return Ok(next),
+    };
+    let (outboard, _) = match open_or_answer(core, conn, route, &hash, b".obao", keep_alive).await? {
+        Ok(found) => found,
+        Err(next) => return Ok(next),
+    };
+    let ranges = match http::parse_range(info.range(), size) {
+        RangeRequest::Full => verified::all_ranges(),
+        RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
+        RangeRequest::Unsatisfiable => return range_not_satisfiable(core, conn, route, size, keep_alive).await,
+    };
+    let total = verified::encoded_len(size, &ranges);
+    let mut wbuf = std::mem::take(&mut conn.wbuf);
+    blob_head(&mut wbuf, Status::Ok, &hash, http::BAO_MEDIA_TYPE.as_bytes()).finish(total, keep_alive);
+    conn.wbuf = wbuf;
+    touch(core, hash);
+    core.stats().count_request(route.label_index(), Status::Ok.index());
+    if info.method == Method::Head {
+        write_wbuf(core, conn).await?;
+        return Ok(if keep_alive { Next::KeepAlive } else { Next::Close });
+    }
+    conn.wbuf.extend_from_slice(&size.to_le_bytes());
+    let tree = verified::tree(size);
+    let mut verifier = Verifier::new(hash.as_blake3());
+    let mut pair = [0u8; 64];
+    for item in tree.ranges_pre_order_chunks_iter_ref(&ranges, 0) {
+        let checked = match item {
+            BaoChunk::Parent { node, is_root, left, right, .. } => {
+                let off = verified::outboard_offset(&tree, node).unwrap_or(0);
+                sys::read_exact_at(outboard.as_raw_fd(), &mut pair, off)?;
+                let (l, r) = verified::split_pair(&pair);
+                conn.wbuf.extend_from_slice(&pair);
+                verifier.parent(node, is_root, left, right, (&l, &r))
+            }
+            BaoChunk::Leaf { start_chunk, size: group_len, is_root, .. } => {
+                let at = conn.wbuf.len();
+                conn.wbuf.resize(at + group_len, 0);
+                sys::read_exact_at(file.as_raw_fd(), &mut conn.wbuf[at..], start_chunk.0 * 1024)?;
+                bump(&core.stats().copied_bytes, group_len as u64);
+                verifier.group(start_chunk, &conn.wbuf[at..], is_root)
+            }
+        };
+        if let Err(e) = checked {
+            // Never send bytes that do not match the hash: cut the stream here so the
+            // client sees it end early; `tessera store verify` finds the blob.
+            bump(&core.stats().corrupt_detected, 1);
+            tracing::error!(%hash, "stored blob is corrupt: {e}; run `tessera store verify`");
+            conn.wbuf.clear();
+            return Ok(Next::Close);
+        }
+        if conn.wbuf.len() >= VERIFIED_FLUSH_BYTES {
+            write_wbuf(core, conn).await?;
+        }
+    }
+    write_wbuf(core, conn).await?;
+    Ok(if keep_alive { Next::KeepAlive } else { Next::Close })
+}
+
+async fn admin(core: &Core, conn: &mut Conn, info: &ReqInfo, keep_alive: bool, op: impl FnOnce(&Store) -> Result<(), StoreError>) -> io::Result<Next> {
+    let route = info.route;
+    match info.auth {
+        Auth::Disabled => {
+            return respond_text(core, conn, route, Status::Forbidden, "admin API disabled: set admin_token in the node's config\n", keep_alive).await;
+        }
+        Auth::Missing | Auth::Wrong => {
+            let body = b"send Authorization: Bearer <admin token>\n";
+            let mut wbuf = std::mem::take(&mut conn.wbuf);
+            Head::new(&mut wbuf, Status::Unauthorized)
+                .header("WWW-Authenticate", b"Bearer")
+                .header("Content-Type", b"text/plain")
+                .finish(body.len() as u64, keep_alive);
+            wbuf.extend_from_slice(body);
+            conn.wbuf = wbuf;
+            return send_wbuf(core, conn, route, Status::Unauthorized, keep_alive).await;
+        }
+        Auth::Ok => {}
+    }
+    match op(&core.shared.store) {
+        Ok(()) => {
+            let mut wbuf = std::mem::take(&mut conn.wbuf);
+            Head::new(&mut wbuf, Status::NoContent).finish(0, keep_alive);
+            conn.wbuf = wbuf;
+            send_wbuf(core, conn, route, Status::NoContent, keep_alive).await
+        }
+        Err(StoreError::NotFound(_)) => respond_text(core, conn, route, Status::NotFound, "blob not found\n", keep_alive).await,
+        Err(e) => {
+            tracing::error!("admin operation failed: {e}");
+            respond_text(core, conn, route, Status::InternalServerError, "store operation failed; see the node's log\n", keep_alive).await
+        }
+    }
+}
+
+/// `POST /blobs`: streams the body into the store, hashing as it writes.
+async fn upload(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next> {
+    let route = info.route;
+    let cfg = &core.shared.config;
+    if let Body::Length(n) = info.body {
+        if n > cfg.max_body_bytes {
+            return respond_text(core, conn, route, Status::PayloadTooLarge, "body is larger than the node's max_body_bytes\n", false).await;
+        }
+    }
+    if info.expect_continue {
+        conn.wbuf.clear();
+        conn.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        write_wbuf(core, conn).await?;
+    }
+    conn.rbuf.drain(..info.head_len);
+    let store = core.shared.store.clone();
+    let mut writer = match store.begin_put(cfg.max_body_bytes) {
+        Ok(w) => w,
+        Err(e) => return store_error(core, conn, route, e).await,
+    };
+    let stall = Duration::from_millis(cfg.header_timeout_ms);
+    let mut chunked = ChunkedDecoder::default();
+    let mut remaining = match info.body {
+        Body::Length(n) => n,
+        Body::None => 0,
+        Body::Chunked => u64::MAX,
+    };
+    loop {
+        // Consume what is buffered.
+        let mut failed = None;
+        let used = match info.body {
+            Body::Chunked => {
+                let res = chunked.decode(&conn.rbuf, |piece| {
+                    if failed.is_none() {
+                        if let Err(e) = writer.write(piece) {
+                            failed = Some(e);
+                        }
+                    }
+                });
+                match res {
+                    Ok(n) => n,
+                    Err(msg) => return respond_text(core, conn, route, Status::BadRequest, msg, false).await,
+                }
+            }
+            _ => {
+                let take = (remaining.min(conn.rbuf.len() as u64)) as usize;
+                if let Err(e) = writer.write(&conn.rbuf[..take]) {
+                    failed = Some(e);
+                }
+                remaining -= take as u64;
+                take
+            }
+        };
+        bump(&core.stats().bytes_received, used as u64);
+        conn.rbuf.drain(..used);
+        if let Some(e) = failed {
+            drop(writer);
+            return store_error(core, conn, route, e).await;
+        }
+        let done = match info.body {
+            Body::Chunked => chunked.is_done(),
+            _ => remaining == 0,
+        };
+        if done {
+            break;
+        }
+        match read_more(conn, stall).await {
+            ReadOutcome::Data => {}
+            ReadOutcome::TimedOut => {
+                bump(&core.stats().timeouts, 1);
+                return Ok(Next::Close);
+            }
+            // Client went away mid-body: the writer's drop removes the temp file.
+            ReadOutcome::Eof | ReadOutcome::Error => return Ok(Next::Close),
+        }
+    }
+    let keep_alive = info.keep_alive && !core.stopping.get();
+    match writer.finish() {
+        Ok(out) => {
+            let mut body = [0u8; 128];
+            let len = {
+                let mut cur = io::Cursor::new(&mut body[..]);
+                let _ = writeln!(cur, "{{\"hash\":\"{}\",\"size\":{}}}", out.hash, out.size);
+                cur.position() as usize
+            };
+            respond(core, conn, route, Status::Created, "application/json", &body[..len], keep_alive, false).await
+        }
+        Err(e) => store_error(core, conn, route, e).await,
+    }
+}
+
+async fn store_error(core: &Core, conn: &mut Conn, route: Route, e: StoreError) -> io::Result<Next> {
+    // The body may be partly unread: answer and close.
+    let (status, msg) = match &e {
+        StoreError::TooLarge { .. } => (Status::PayloadTooLarge, "body is larger than the node's max_body_bytes\n"),
+        StoreError::Full { .. } => (Status::InsufficientStorage, "store is full: only pinned blobs are left to evict\n"),
+        StoreError::NoSpace => (Status::InsufficientStorage, "disk is full; nothing was stored\n"),
+        _ => {
+            tracing::error!("upload failed: {e}");
+            (Status::InternalServerError, "upload failed; see the node's log\n")
+        }
+    };
+    if status == Status::InsufficientStorage {
+        tracing::warn!("upload refused: {e}");
+    }
+    respond_text(core, conn, route, status, msg, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+}

@@ -1,0 +1,891 @@
+//! The blob store: content-addressed files on local disk, crash-safe, with metadata in redb.
+//!
+//! # Layout of a data directory
+//! - `blobs/<hash>`: a blob's bytes; `blobs/<hash>.obao`: its pre-order outboard
+//!   (16 KiB chunk groups, no size prefix).
+//! - `tmp/`: blobs being written. Everything here is removed when the store opens.
+//! - `quarantine/`: blobs that `store verify --quarantine` found corrupt.
+//! - `meta.redb`: size, pin and last access of every blob.
+//!
+//! # Crash safety
+//! A put writes the bytes and the outboard to `tmp/`, fsyncs both, renames the
+//! outboard and then the bytes into `blobs/`, fsyncs `blobs/`, and then records the
+//! blob in redb. A blob is visible once its bytes are in `blobs/`. At open the store
+//! reconciles: an outboard without bytes is removed, bytes without a record are
+//! recorded, a record without bytes is dropped. A crash at any moment therefore
+//! leaves the whole blob or nothing.
+//!
+//! # Concurrency
+//! Reads of blob bytes need no lock: the server opens `blobs/<hash>` relative to a
+//! directory descriptor. Puts, deletes and pins serialize on one mutex (they touch
+//! redb and the size accounting), off the read path. Last-access times from the read
+//! path are batched by [`crate::server`] and applied with [`Store::touch_batch`].
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::hash::BlobHash;
+use crate::verified::{self, OutboardBuilder, VerifyError};
+
+/// hash -> (size in bytes, last access in unix seconds, pinned)
+const BLOBS: TableDefinition<[u8; 32], (u64, u64, bool)> = TableDefinition::new("blobs");
+
+/// Bytes read or written per I/O call when the store copies a stream.
+const IO_BUF_BYTES: usize = 256 * 1024;
+
+/// Errors of store operations; each says what a caller (or an HTTP client) can do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store is full: {needed} bytes needed, {limit} byte limit, and only pinned blobs are left to evict")]
+    Full { needed: u64, limit: u64 },
+    #[error("disk is full (ENOSPC) while writing the blob; nothing was stored")]
+    NoSpace,
+    #[error("blob {0} is not in the store")]
+    NotFound(BlobHash),
+    #[error("blob is larger than the {limit} byte limit")]
+    TooLarge { limit: u64 },
+    #[error("verified stream refused: {0}; nothing was stored")]
+    Verify(VerifyError),
+    #[error("metadata database: {0}")]
+    Db(String),
+    #[error("I/O error: {0}")]
+    Io(io::Error),
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            StoreError::NoSpace
+        } else {
+            StoreError::Io(e)
+        }
+    }
+}
+
+impl From<VerifyError> for StoreError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Io(io) => io.into(),
+            other => StoreError::Verify(other),
+        }
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// Settings of a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Unpinned blobs are evicted, least recently used first, to stay under this.
+    pub max_bytes: u64,
+}
+
+/// What a put produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub hash: BlobHash,
+    pub size: u64,
+    /// The blob was already stored; nothing new was written.
+    pub existed: bool,
+}
+
+/// Metadata of one stored blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub hash: BlobHash,
+    pub size: u64,
+    pub last_access_secs: u64,
+    pub pinned: bool,
+}
+
+/// A problem `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corrupt {
+    pub hash: BlobHash,
+    pub reason: String,
+}
+
+pub struct Store {
+    root: PathBuf,
+    blobs_dir: PathBuf,
+    tmp_dir: PathBuf,
+    blobs_fd: OwnedFd,
+    db: Database,
+    config: StoreConfig,
+    used_bytes: AtomicU64,
+    blob_count: AtomicU64,
+    /// Serializes puts, deletes, pins and eviction (never taken on the read path).
+    write_lock: Mutex<()>,
+    tmp_seq: AtomicU64,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The file name of a blob's bytes inside `blobs/`: 64 hex characters.
+pub fn blob_file_name(hash: &BlobHash) -> [u8; 64] {
+    hash.to_hex()
+}
+
+impl Store {
+    /// Opens (or creates) a store in `root`, removes stray temp files and reconciles
+    /// the files with the metadata.
+    pub fn open(root: impl AsRef<Path>, config: StoreConfig) -> Result<Store, StoreError> {
+        let root = root.as_ref().to_path_buf();
+        let blobs_dir = root.join("blobs");
+        let tmp_dir = root.join("tmp");
+        for dir in [&root, &blobs_dir, &tmp_dir, &root.join("quarantine")] {
+            fs::create_dir_all(dir)?;
+        }
+        for entry in fs::read_dir(&tmp_dir)? {
+            let path = entry?.path();
+            tracing::info!(path = %path.display(), "removing stray temp file from an interrupted write");
+            fs::remove_file(&path)?;
+        }
+        let db = Database::create(root.join("meta.redb")).map_err(db_err)?;
+        let blobs_fd: OwnedFd = File::open(&blobs_dir)?.into();
+        let store = Store {
+            root,
+            blobs_dir,
+            tmp_dir,
+            blobs_fd,
+            db,
+            config,
+            used_bytes: AtomicU64::new(0),
+            blob_count: AtomicU64::new(0),
+            write_lock: Mutex::new(()),
+            tmp_seq: AtomicU64::new(0),
+        };
+        store.reconcile()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory descriptor of `blobs/`, for `openat` on the read path.
+    pub fn blobs_dir_fd(&self) -> i32 {
+        self.blobs_fd.as_raw_fd()
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn blob_count(&self) -> u64 {
+        self.blob_count.load(Ordering::Relaxed)
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.config.max_bytes
+    }
+
+    fn data_path(&self, hash: &BlobHash) -> PathBuf {
+        self.blobs_dir.join(hash.to_string())
+    }
+
+    fn outboard_path(&self, hash: &BlobHash) -> PathBuf {
+        self.blobs_dir.join(format!("{hash}.obao"))
+    }
+
+    fn reconcile(&self) -> Result<(), StoreError> {
+        let mut on_disk = HashSet::new();
+        for entry in fs::read_dir(&self.blobs_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let (stem, is_outboard) = match name.strip_suffix(".obao") {
+                Some(stem) => (stem, true),
+                None => (&*name, false),
+            };
+            match BlobHash::parse(stem.as_bytes()) {
+                Ok(hash) if !is_outboard => {
+                    on_disk.insert(hash);
+                }
+                Ok(hash) => {
+                    if !self.data_path(&hash).exists() {
+                        tracing::info!(%hash, "removing outboard of a blob whose write did not finish");
+                        fs::remove_file(entry.path())?;
+                    }
+                }
+                Err(_) => tracing::warn!(name = %name, "ignoring unknown file in blobs/"),
+            }
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let (mut used, mut count) = (0u64, 0u64);
+        {
+            let mut table = txn.open_table(BLOBS).map_err(db_err)?;
+            let mut stale = Vec::new();
+            for row in table.iter().map_err(db_err)? {
+                let (key, _) = row.map_err(db_err)?;
+                let hash = BlobHash(key.value());
+                if !on_disk.contains(&hash) {
+                    stale.push(hash);
+                }
+            }
+            for hash in stale {
+                tracing::info!(%hash, "dropping metadata of a blob whose bytes are gone");
+                table.remove(hash.0).map_err(db_err)?;
+            }
+            for hash in &on_disk {
+                let known = table.get(hash.0).map_err(db_err)?.map(|v| v.value());
+                let size = match known {
+                    Some((size, _, _)) => size,
+                    None => {
+                        if !self.outboard_path(hash).exists() {
+                            // Bytes are renamed after the outboard, so this is not our crash;
+                            // rebuild the outboard rather than lose the blob.
+                            self.rebuild_outboard(hash)?;
+                        }
+                        let size = fs::metadata(self.data_path(hash))?.len();
+                        tracing::info!(%hash, size, "recording blob committed just before a crash");
+                        table.insert(hash.0, (size, now_secs(), false)).map_err(db_err)?;
+                        size
+                    }
+                };
+                used += size;
+                count += 1;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        self.used_bytes.store(used, Ordering::Relaxed);
+        self.blob_count.store(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn rebuild_outboard(&self, hash: &BlobHash) -> Result<(), StoreError> {
+        let mut file = File::open(self.data_path(hash))?;
+        let mut builder = OutboardBuilder::new();
+        copy_into(&mut file, |buf| {
+            builder.update(buf);
+            Ok(())
+        })?;
+        let ob = builder.finish();
+        let tmp = self.tmp_path("obao");
+        write_synced(&tmp, &ob.pre_order)?;
+        fs::rename(&tmp, self.outboard_path(hash))?;
+        Ok(())
+    }
+
+    fn tmp_path(&self, kind: &str) -> PathBuf {
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir
+            .join(format!("{}-{seq}.{kind}", std::process::id()))
+    }
+
+    /// Starts a put of a stream of unknown length.
+    pub fn begin_put(&self, max_size: u64) -> Result<PutWriter<'_>, StoreError> {
+        let path = self.tmp_path("data");
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(PutWriter {
+            store: self,
+            file: Some(file),
+            path,
+            builder: OutboardBuilder::new(),
+            max_size,
+        })
+    }
+
+    /// Puts everything `reader` yields.
+    pub fn put_reader(&self, mut reader: impl Read) -> Result<PutOutcome, StoreError> {
+        let mut writer = self.begin_put(u64::MAX)?;
+        copy_into(&mut reader, |buf| writer.write(buf))?;
+        writer.finish()
+    }
+
+    /// Imports a verified stream of `expected`: every chunk group is checked before it
+    /// is written, and the first bad one aborts the import with its index, leaving
+    /// nothing behind.
+    pub fn import_verified(
+        &self,
+        expected: BlobHash,
+        reader: impl Read,
+    ) -> Result<PutOutcome, StoreError> {
+        let data_tmp = TempFile::new(self.tmp_path("data"))?;
+        let mut outboard = Vec::new();
+        let mut tree = verified::tree(0);
+        let size = verified::decode_stream(
+            expected.as_blake3(),
+            reader,
+            &verified::all_ranges(),
+            |item| {
+                match item {
+                    verified::Item::Size(size) => {
+                        if size > self.config.max_bytes {
+                            return Err(io::Error::other(format!(
+                                "blob of {size} bytes exceeds the store limit"
+                            )));
+                        }
+                        tree = verified::tree(size);
+                        outboard = vec![0u8; tree.outboard_size() as usize];
+                    }
+                    verified::Item::Parent { node, pair } => {
+                        if let Some(off) = verified::outboard_offset(&tree, node) {
+                            let off = off as usize;
+                            outboard[off..off + 64].copy_from_slice(pair);
+                        }
+                    }
+                    verified::Item::Group { offset, data } => {
+                        data_tmp.file.write_all_at(data, offset)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        data_tmp.file.sync_all()?;
+        let outboard_tmp = TempFile::new(self.tmp_path("obao"))?;
+        (&outboard_tmp.file).write_all(&outboard)?;
+        outboard_tmp.file.sync_all()?;
+        self.commit(expected, size, data_tmp, outboard_tmp)
+    }
+
+    /// Moves a finished blob from `tmp/` into `blobs/` and records it.
+    fn commit(
+        &self,
+        hash: BlobHash,
+        size: u64,
+        data: TempFile,
+        outboard: TempFile,
+    ) -> Result<PutOutcome, StoreError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let data_path = self.data_path(&hash);
+        if data_path.exists() {
+            self.touch_batch(&[(hash, now_secs())])?;
+            return Ok(PutOutcome {
+                hash,
+                size,
+                existed: true,
+            });
+        }
+        if size > self.config.max_bytes {
+            return Err(StoreError::Full {
+                needed: size,
+                limit: self.config.max_bytes,
+            });
+        }
+        self.evict_for(size)?;
+        fs::rename(&outboard.path, self.outboard_path(&hash))?;
+        outboard.disarm();
+        fs::rename(&data.path, &data_path)?;
+        data.disarm();
+        sync_dir(&self.blobs_dir)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(BLOBS).map_err(db_err)?;
+            table
+                .insert(hash.0, (size, now_secs(), false))
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        self.used_bytes.fetch_add(size, Ordering::Relaxed);
+        self.blob_count.fetch_add(1, Ordering::Relaxed);
+        Ok(PutOutcome {
+            hash,
+            size,
+            existed: false,
+        })
+    }
+
+    /// Evicts unpinned blobs, least recently used first, until `incoming` more bytes fit.
+    /// Called with the write lock held.
+    fn evict_for(&self, incoming: u64) -> Result<(), StoreError> {
+        let limit = self.config.max_bytes;
+        if self.used_bytes() + incoming <= limit {
+            return Ok(());
+        }
+        let mut candidates: Vec<BlobInfo> =
+            self.list()?.into_iter().filter(|b| !b.pinned).collect();
+        candidates.sort_by_key(|b| b.last_access_secs);
+        let mut victims = Vec::new();
+        let mut used = self.used_bytes();
+        for blob in candidates {
+            if used + incoming <= limit {
+                break;
+            }
+            used -= blob.size.min(used);
+            victims.push(blob.hash);
+        }
+        if used + incoming > limit {
+            return Err(StoreError::Full {
+                needed: incoming,
+                limit,
+            });
+        }
+        for hash in victims {
+            tracing::info!(%hash, "evicting least recently used blob");
+            self.remove_locked(&hash)?;
+        }
+        Ok(())
+    }
+
+    /// All blobs' metadata.
+    pub fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(BLOBS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let (size, last_access_secs, pinned) = v.value();
+            out.push(BlobInfo {
+                hash: BlobHash(k.value()),
+                size,
+                last_access_secs,
+                pinned,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn info(&self, hash: &BlobHash) -> Result<Option<BlobInfo>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(BLOBS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(table.get(hash.0).map_err(db_err)?.map(|v| {
+            let (size, last_access_secs, pinned) = v.value();
+            BlobInfo {
+                hash: *hash,
+                size,
+                last_access_secs,
+                pinned,
+            }
+        }))
+    }
+
+    /// Removes a blob. Bytes first, then outboard, then record: a crash in between
+    /// leaves a record without bytes, which the next open drops.
+    pub fn delete(&self, hash: &BlobHash) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.remove_locked(hash)
+    }
+
+    fn remove_locked(&self, hash: &BlobHash) -> Result<(), StoreError> {
+        let Some(info) = self.info(hash)? else {
+            return Err(StoreError::NotFound(*hash));
+        };
+        remove_if_exists(&self.data_path(hash))?;
+        remove_if_exists(&self.outboard_path(hash))?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(BLOBS).map_err(db_err)?;
+            table.remove(hash.0).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        self.used_bytes.fetch_sub(info.size, Ordering::Relaxed);
+        self.blob_count.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Pins (never evicted) or unpins a blob.
+    pub fn set_pinned(&self, hash: &BlobHash, pinned: bool) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(BLOBS).map_err(db_err)?;
+            let current = table.get(hash.0).map_err(db_err)?.map(|v| v.value());
+            let Some((size, last, _)) = current else {
+                return Err(StoreError::NotFound(*hash));
+            };
+            table.insert(hash.0, (size, last, pinned)).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Records last-access times (batched from the read path). Not made durable on
+    /// its own: losing the last second of access times in a crash is harmless.
+    pub fn touch_batch(&self, touches: &[(BlobHash, u64)]) -> Result<(), StoreError> {
+        if touches.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(redb::Durability::None).map_err(db_err)?;
+        {
+            let mut table = txn.open_table(BLOBS).map_err(db_err)?;
+            for (hash, at) in touches {
+                let current = table.get(hash.0).map_err(db_err)?.map(|v| v.value());
+                if let Some((size, last, pinned)) = current {
+                    if *at > last {
+                        table.insert(hash.0, (size, *at, pinned)).map_err(db_err)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Opens a blob's bytes for reading (the server uses `openat` on [`Self::blobs_dir_fd`]).
+    pub fn open_blob(&self, hash: &BlobHash) -> Result<(File, u64), StoreError> {
+        match File::open(self.data_path(hash)) {
+            Ok(f) => {
+                let size = f.metadata()?.len();
+                Ok((f, size))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(*hash)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads a whole blob into memory (tests and small tools only).
+    pub fn read_all(&self, hash: &BlobHash) -> Result<Vec<u8>, StoreError> {
+        let (mut f, size) = self.open_blob(hash)?;
+        let mut out = Vec::with_capacity(size as usize);
+        f.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// Opens a blob's outboard.
+    pub fn open_outboard(&self, hash: &BlobHash) -> Result<File, StoreError> {
+        match File::open(self.outboard_path(hash)) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(*hash)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Re-hashes every blob in `root` and returns the corrupt ones (bit rot, truncation,
+/// a damaged outboard). Reads files only, so it runs beside a live node. With
+/// `quarantine`, corrupt blobs are moved to `quarantine/` so they are no longer served.
+pub fn verify_dir(root: &Path, quarantine: bool) -> Result<(usize, Vec<Corrupt>), StoreError> {
+    let blobs = root.join("blobs");
+    let mut checked = 0;
+    let mut corrupt = Vec::new();
+    let mut names: Vec<_> = fs::read_dir(&blobs)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".obao"))
+        .collect();
+    names.sort();
+    for name in names {
+        let Ok(hash) = BlobHash::parse(name.as_bytes()) else {
+            continue;
+        };
+        checked += 1;
+        let mut builder = OutboardBuilder::new();
+        let mut file = File::open(blobs.join(&name))?;
+        copy_into(&mut file, |buf| {
+            builder.update(buf);
+            Ok(())
+        })?;
+        let ob = builder.finish();
+        let reason = if ob.root != hash.as_blake3() {
+            Some(format!(
+                "bytes hash to {}, not to the blob's name",
+                BlobHash::from(ob.root)
+            ))
+        } else {
+            match fs::read(blobs.join(format!("{name}.obao"))) {
+                Ok(stored) if stored == ob.pre_order => None,
+                Ok(_) => Some("outboard does not match the bytes".to_string()),
+                Err(e) => Some(format!("outboard unreadable: {e}")),
+            }
+        };
+        if let Some(reason) = reason {
+            if quarantine {
+                let q = root.join("quarantine");
+                fs::rename(blobs.join(&name), q.join(&name))?;
+                remove_if_exists(&blobs.join(format!("{name}.obao")))?;
+            }
+            corrupt.push(Corrupt { hash, reason });
+        }
+    }
+    Ok((checked, corrupt))
+}
+
+/// A blob being written; dropped without [`PutWriter::finish`], it leaves nothing.
+pub struct PutWriter<'a> {
+    store: &'a Store,
+    file: Option<File>,
+    path: PathBuf,
+    builder: OutboardBuilder,
+    max_size: u64,
+}
+
+impl PutWriter<'_> {
+    /// Hashes and writes the next bytes of the blob.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let size = self.builder.size() + data.len() as u64;
+        if size > self.max_size {
+            return Err(StoreError::TooLarge {
+                limit: self.max_size,
+            });
+        }
+        if size > self.store.config.max_bytes {
+            return Err(StoreError::Full {
+                needed: size,
+                limit: self.store.config.max_bytes,
+            });
+        }
+        self.builder.update(data);
+        match &mut self.file {
+            Some(f) => f.write_all(data)?,
+            None => return Err(StoreError::Io(io::Error::other("writer already finished"))),
+        }
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.builder.size()
+    }
+
+    /// Makes the blob durable and visible.
+    pub fn finish(mut self) -> Result<PutOutcome, StoreError> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| StoreError::Io(io::Error::other("writer already finished")))?;
+        let data = TempFile {
+            file,
+            path: std::mem::take(&mut self.path),
+            armed: true,
+        };
+        data.file.sync_all()?;
+        let builder = std::mem::take(&mut self.builder);
+        let ob = builder.finish();
+        let outboard = TempFile::new(self.store.tmp_path("obao"))?;
+        (&outboard.file).write_all(&ob.pre_order)?;
+        outboard.file.sync_all()?;
+        self.store
+            .commit(BlobHash::from(ob.root), ob.size, data, outboard)
+    }
+}
+
+impl Drop for PutWriter<'_> {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A file in `tmp/` that is removed on drop unless disarmed (after its rename).
+struct TempFile {
+    file: File,
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    fn new(path: PathBuf) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Self {
+            file,
+            path,
+            armed: true,
+        })
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn copy_into(
+    reader: &mut impl Read,
+    mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut buf = vec![0u8; IO_BUF_BYTES];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        sink(&buf[..n])?;
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verified::{all_ranges, encode_to_vec, group_ranges, Item};
+
+    fn store(dir: &Path, max_bytes: u64) -> Store {
+        Store::open(dir, StoreConfig { max_bytes }).expect("open store")
+    }
+
+    fn bytes(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    }
+
+    #[test]
+    fn put_get_and_range() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = store(dir.path(), 1 << 30);
+        for len in [0usize, 1, 16383, 16384, 16385, 1 << 20] {
+            let data = bytes(len, 1);
+            let out = s.put_reader(&data[..]).expect("put");
+            assert_eq!(out.hash, BlobHash::from(blake3::hash(&data)));
+            assert_eq!(out.size, len as u64);
+            assert_eq!(s.read_all(&out.hash).expect("read"), data);
+            // A range through the outboard verifies.
+            if len > 0 {
+                let ob = fs::read(s.outboard_path(&out.hash)).expect("outboard");
+                let ranges = group_ranges(len as u64 / 2, len as u64 - 1);
+                let enc = encode_to_vec(&data, &ob, &ranges);
+                verified::decode_stream(out.hash.as_blake3(), &enc[..], &ranges, |_| Ok(()))
+                    .expect("range verifies");
+            }
+        }
+        let again = s.put_reader(&bytes(16384, 1)[..]).expect("put again");
+        assert!(again.existed);
+        assert!(fs::read_dir(dir.path().join("tmp")).expect("tmp").next().is_none());
+    }
+
+    #[test]
+    fn evicts_least_recently_used_but_never_pinned() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = store(dir.path(), 100_000);
+        let a = s.put_reader(&bytes(40_000, 1)[..]).expect("a").hash;
+        let b = s.put_reader(&bytes(40_000, 2)[..]).expect("b").hash;
+        s.set_pinned(&a, true).expect("pin");
+        let t = now_secs();
+        s.touch_batch(&[(a, t + 10), (b, t + 20)]).expect("touch");
+        // c needs room: b (unpinned) goes even though a is older.
+        let c = s.put_reader(&bytes(40_000, 3)[..]).expect("c").hash;
+        assert!(s.info(&a).expect("info").is_some());
+        assert!(s.info(&b).expect("info").is_none());
+        assert!(s.open_blob(&b).is_err());
+        assert_eq!(s.used_bytes(), 80_000);
+        // With a and c pinned nothing can go: a clear Full error, nothing stored.
+        s.set_pinned(&c, true).expect("pin");
+        match s.put_reader(&bytes(40_000, 4)[..]) {
+            Err(StoreError::Full { .. }) => {}
+            other => panic!("expected Full, got {other:?}"),
+        }
+        assert_eq!(s.blob_count(), 2);
+        assert!(fs::read_dir(dir.path().join("tmp")).expect("tmp").next().is_none());
+        // Oldest unpinned goes first.
+        s.set_pinned(&a, false).expect("unpin");
+        s.set_pinned(&c, false).expect("unpin");
+        s.touch_batch(&[(a, t + 100), (c, t + 50)]).expect("touch");
+        s.put_reader(&bytes(40_000, 5)[..]).expect("d");
+        assert!(s.info(&c).expect("info").is_none());
+        assert!(s.info(&a).expect("info").is_some());
+    }
+
+    #[test]
+    fn import_verifies_every_group_and_names_the_bad_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = store(dir.path(), 1 << 30);
+        let data = bytes(100_000, 7);
+        let mut b = OutboardBuilder::new();
+        b.update(&data);
+        let ob = b.finish();
+        let hash = BlobHash::from(ob.root);
+        let enc = encode_to_vec(&data, &ob.pre_order, &all_ranges());
+        // Corrupt the last byte: it lies in the last group (index 6).
+        let mut bad = enc.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        match s.import_verified(hash, &bad[..]) {
+            Err(StoreError::Verify(VerifyError::BadGroup { index: 6, .. })) => {}
+            other => panic!("expected bad group 6, got {other:?}"),
+        }
+        assert!(s.info(&hash).expect("info").is_none());
+        assert!(fs::read_dir(dir.path().join("tmp")).expect("tmp").next().is_none());
+        let out = s.import_verified(hash, &enc[..]).expect("good import");
+        assert_eq!(out.size, 100_000);
+        assert_eq!(s.read_all(&hash).expect("read"), data);
+        assert_eq!(
+            fs::read(s.outboard_path(&hash)).expect("outboard"),
+            ob.pre_order
+        );
+        let _ = Item::Size(0);
+    }
+
+    #[test]
+    fn reopen_cleans_temp_and_reconciles() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hash = {
+            let s = store(dir.path(), 1 << 30);
+            s.put_reader(&bytes(50_000, 9)[..]).expect("put").hash
+        };
+        // Simulate crashes: a stray temp file, an outboard whose bytes never arrived,
+        // and a committed blob whose record was lost.
+        fs::write(dir.path().join("tmp/123-0.data"), b"partial").expect("w");
+        let orphan = BlobHash::from(blake3::hash(b"orphan"));
+        fs::write(dir.path().join(format!("blobs/{orphan}.obao")), b"").expect("w");
+        fs::remove_file(dir.path().join("meta.redb")).expect("rm");
+        let s = store(dir.path(), 1 << 30);
+        assert!(fs::read_dir(dir.path().join("tmp")).expect("tmp").next().is_none());
+        assert!(!dir.path().join(format!("blobs/{orphan}.obao")).exists());
+        assert_eq!(s.info(&hash).expect("info").map(|i| i.size), Some(50_000));
+        assert_eq!(s.used_bytes(), 50_000);
+    }
+
+    #[test]
+    fn verify_finds_bit_rot() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = store(dir.path(), 1 << 30);
+        let good = s.put_reader(&bytes(30_000, 1)[..]).expect("put").hash;
+        let bad = s.put_reader(&bytes(30_000, 2)[..]).expect("put").hash;
+        let path = dir.path().join(format!("blobs/{bad}"));
+        let mut data = fs::read(&path).expect("read");
+        data[20_000] ^= 4;
+        fs::write(&path, data).expect("write");
+        let (checked, corrupt) = verify_dir(dir.path(), true).expect("verify");
+        assert_eq!(checked, 2);
+        assert_eq!(corrupt.len(), 1);
+        assert_eq!(corrupt[0].hash, bad);
+        assert!(!path.exists(), "quarantined");
+        assert!(s.open_blob(&good).is_ok());
+    }
+}

@@ -1,0 +1,181 @@
+//! The Linux specifics of the data plane, in one place: opening blobs relative to a
+//! directory descriptor without allocating, and the zero-copy path
+//! `splice(file -> pipe -> socket)`. Readiness waits go through the io_uring runtime
+//! (see `server`); the data itself never enters user space on the plain path.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::hash::BlobHash;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Opens `<hash><suffix>` inside the directory `dir`, read-only, and returns it with
+/// its size; `Ok(None)` if it does not exist. The path is built on the stack.
+pub fn open_at(dir: RawFd, hash: &BlobHash, suffix: &[u8]) -> io::Result<Option<(OwnedFd, u64)>> {
+    let mut name = [0u8; 80];
+    let hex = hash.to_hex();
+    if suffix.len() > name.len() - hex.len() - 1 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "suffix too long"));
+    }
+    name[..64].copy_from_slice(&hex);
+    name[64..64 + suffix.len()].copy_from_slice(suffix);
+    // name[64 + suffix.len()] is already 0: the C string's terminator.
+    // SAFETY: `name` is NUL-terminated (zeroed buffer, at least one byte left after
+    // the copied hex and suffix) and lives across the call; `dir` is a descriptor.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr().cast(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::NotFound {
+            Ok(None)
+        } else {
+            Err(err)
+        };
+    }
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is a writable stat buffer.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(Some((fd, st.st_size as u64)))
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` (pread loop).
+pub fn read_exact_at(fd: RawFd, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
+        let n = cvt_size(unsafe {
+            libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset as libc::off_t)
+        });
+        match n {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A pipe used as the in-kernel buffer between a file and a socket.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    /// Makes a non-blocking pipe and asks for `want_bytes` of capacity.
+    pub fn new(want_bytes: usize) -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+        // SAFETY: pipe2 succeeded, so both descriptors are open and ours alone.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // Larger pipes mean fewer splice calls per response. The kernel may refuse
+        // (fs.pipe-max-size, or the per-user soft limit); then the default stays.
+        // SAFETY: fcntl on an open descriptor with integer arguments.
+        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want_bytes as libc::c_int) };
+        // SAFETY: as above.
+        let capacity = cvt(unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) })? as usize;
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Copies a few bytes (a response head) into the pipe, ahead of the body.
+    pub fn write(&self, bytes: &[u8]) -> io::Result<usize> {
+        // SAFETY: `bytes` is a valid readable region.
+        cvt_size(unsafe { libc::write(self.write.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) })
+    }
+
+    /// Moves up to `len` bytes of `file` at `*offset` into the pipe, by page
+    /// reference; advances `*offset`. `WouldBlock` when the pipe is full.
+    pub fn fill_from_file(&self, file: RawFd, offset: &mut u64, len: usize) -> io::Result<usize> {
+        let mut off = *offset as libc::loff_t;
+        // SAFETY: `off` is a valid loff_t the kernel updates; the descriptors are open.
+        let n = cvt_size(unsafe {
+            libc::splice(
+                file,
+                &mut off,
+                self.write.as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        })?;
+        *offset = off as u64;
+        Ok(n)
+    }
+
+    /// Moves up to `len` bytes from the pipe to `socket` without blocking
+    /// (`WouldBlock` when the socket buffer is full). `more`: further data follows.
+    pub fn drain_to_socket(&self, socket: RawFd, len: usize, more: bool) -> io::Result<usize> {
+        let mut flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+        if more {
+            flags |= libc::SPLICE_F_MORE;
+        }
+        // SAFETY: both descriptors are open; no offsets are passed for pipe or socket.
+        cvt_size(unsafe {
+            libc::splice(
+                self.read.as_raw_fd(),
+                std::ptr::null_mut(),
+                socket,
+                std::ptr::null_mut(),
+                len,
+                flags,
+            )
+        })
+    }
+}
+
+/// Best-effort send that never blocks (for a canned refusal on an overloaded core).
+pub fn send_nowait(socket: RawFd, bytes: &[u8]) {
+    // SAFETY: `bytes` is a valid readable region; failure is ignored by design.
+    unsafe { libc::send(socket, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+}
+
+/// Raises the soft open-file limit to the hard limit: every connection costs a
+/// socket and, while it streams a blob, a file and a pipe (three descriptors).
+pub fn raise_fd_limit() -> io::Result<u64> {
+    // SAFETY: an all-zero rlimit is valid, and getrlimit fills it.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid rlimit buffer.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` holds values the kernel just gave us.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok(lim.rlim_cur)
+}
