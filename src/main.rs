@@ -1,1 +1,99 @@
-fn main(){}
+//! `tessera`: the node software of the Tessera edge network, and its command-line client.
+//!
+//! This binary only wires things together: `run` layers the configuration and starts
+//! the data plane ([`dataplane::server`]); `put`/`get` are HTTP clients that stream
+//! and verify; `store verify` re-hashes a data directory. The real work lives in the
+//! `dataplane` crate.
+
+mod client;
+mod node;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Tessera edge node: content-addressed BLAKE3 blob storage and serving")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (with no flags: a single node on 127.0.0.1:8080 with embedded defaults).
+    Run(node::RunArgs),
+    /// Upload files to a node; prints each file's hash.
+    Put(client::PutArgs),
+    /// Download a blob as a verified stream, checking every 16 KiB chunk group.
+    Get(client::GetArgs),
+    /// Inspect the local blob store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Re-hash every blob and list the corrupt ones (exit status 1 if any).
+    Verify {
+        /// The node's data directory (default: the node's default).
+        #[arg(long, env = "TESSERA_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Move corrupt blobs to quarantine/ so they are no longer served.
+        #[arg(long)]
+        quarantine: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => node::run(args),
+        Command::Put(args) => client::put(args),
+        Command::Get(args) => client::get(args),
+        Command::Store {
+            command: StoreCommand::Verify {
+                data_dir,
+                quarantine,
+            },
+        } => store_verify(data_dir, quarantine),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn store_verify(data_dir: Option<PathBuf>, quarantine: bool) -> anyhow::Result<std::process::ExitCode> {
+    let dir = data_dir.unwrap_or_else(dataplane::config::default_data_dir);
+    if !dir.join("blobs").is_dir() {
+        anyhow::bail!("{} is not a Tessera data directory (no blobs/ inside); pass --data-dir", dir.display());
+    }
+    let (checked, corrupt) = dataplane::store::verify_dir(&dir, quarantine)?;
+    for c in &corrupt {
+        println!("corrupt {} {}", c.hash, c.reason);
+    }
+    eprintln!(
+        "checked {checked} blobs in {}: {} corrupt{}",
+        dir.display(),
+        corrupt.len(),
+        if quarantine && !corrupt.is_empty() { " (moved to quarantine/)" } else { "" }
+    );
+    Ok(if corrupt.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
+}

@@ -1,0 +1,160 @@
+//! `tessera put` and `tessera get`: HTTP/1.1 clients that stream, and verify.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use dataplane::verified::{self, Item, VerifyError};
+use dataplane::BlobHash;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Files at least this large get a progress bar (on a terminal).
+const PROGRESS_MIN_BYTES: u64 = 8 << 20;
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// Files to upload.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The node to talk to.
+    #[arg(long, env = "TESSERA_NODE", default_value = "http://127.0.0.1:8080")]
+    node: String,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// The blob's hash (64 lowercase hex characters).
+    hash: String,
+    /// Where to write the blob; nothing is written unless every chunk group verifies.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// The node to talk to.
+    #[arg(long, env = "TESSERA_NODE", default_value = "http://127.0.0.1:8080")]
+    node: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    if len < PROGRESS_MIN_BYTES {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn error_body(resp: &mut ureq::http::Response<ureq::Body>) -> String {
+    let mut text = String::new();
+    let _ = resp
+        .body_mut()
+        .as_reader()
+        .take(4096)
+        .read_to_string(&mut text);
+    text.trim().to_string()
+}
+
+pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
+    let agent = agent();
+    let url = format!("{}/blobs", args.node.trim_end_matches('/'));
+    for path in &args.files {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let len = file.metadata()?.len();
+        let bar = progress(len, &path.display().to_string());
+        let mut reader = bar.wrap_read(file);
+        let mut resp = agent
+            .post(&url)
+            .header("Content-Length", len.to_string())
+            .header("Content-Type", "application/octet-stream")
+            .send(ureq::SendBody::from_reader(&mut reader))
+            .with_context(|| format!("uploading {} to {url}", path.display()))?;
+        bar.finish_and_clear();
+        if resp.status() != 201 {
+            bail!(
+                "node refused {}: {} {}",
+                path.display(),
+                resp.status(),
+                error_body(&mut resp)
+            );
+        }
+        let body: serde_json::Value = serde_json::from_reader(resp.body_mut().as_reader())
+            .context("node answered with invalid JSON")?;
+        let hash = body["hash"].as_str().context("node's answer has no hash")?;
+        println!("{hash}  {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let hash = BlobHash::parse(args.hash.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let url = format!("{}/blobs/{hash}?format=bao", args.node.trim_end_matches('/'));
+    let mut resp = agent()
+        .get(&url)
+        .header("Accept", dataplane::http::BAO_MEDIA_TYPE)
+        .call()
+        .with_context(|| format!("requesting {url}"))?;
+    if resp.status() != 200 {
+        bail!("node answered {}: {}", resp.status(), error_body(&mut resp));
+    }
+    let dir = match args.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // Written beside the target and renamed only when whole and verified; dropped
+    // (and so deleted) on any error.
+    let partial = tempfile::Builder::new()
+        .prefix(".tessera-get-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let bar = progress(0, &hash.to_string()[..12]);
+    let reader = bar.wrap_read(resp.body_mut().as_reader());
+    let out = partial.as_file();
+    let result = verified::decode_stream(hash.as_blake3(), reader, &verified::all_ranges(), |item| {
+        match item {
+            Item::Size(size) => {
+                if size >= PROGRESS_MIN_BYTES {
+                    bar.set_length(size);
+                }
+            }
+            Item::Group { offset, data } => out.write_all_at(data, offset)?,
+            Item::Parent { .. } => {}
+        }
+        Ok(())
+    });
+    bar.finish_and_clear();
+    let size = match result {
+        Ok(size) => size,
+        Err(e @ (VerifyError::BadGroup { .. } | VerifyError::BadParent { .. })) => bail!(
+            "verification failed: {e}: the node sent data that is not blob {hash}; nothing was written to {}",
+            args.output.display()
+        ),
+        Err(e) => bail!(
+            "download of {hash} failed: {e}; nothing was written to {}",
+            args.output.display()
+        ),
+    };
+    let mut file = partial.as_file();
+    file.flush()?;
+    file.sync_all()?;
+    partial
+        .persist(&args.output)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!("{hash}: {size} bytes verified, written to {}", args.output.display());
+    Ok(ExitCode::SUCCESS)
+}
