@@ -1,0 +1,195 @@
+//! Test harness: real `tessera` processes on loopback, raw sockets and real clients.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// A running node; killed (SIGKILL) when dropped.
+pub struct Node {
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub extra: Vec<String>,
+}
+
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+impl Node {
+    /// Starts a node with a fresh data dir and `extra` flags.
+    pub fn start(extra: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        Self::start_in(data_dir, Some(tmp), extra)
+    }
+
+    pub fn start_in(data_dir: PathBuf, tmp: Option<tempfile::TempDir>, extra: &[&str]) -> Node {
+        let mut node = Node {
+            child: None,
+            addr: free_addr(),
+            data_dir,
+            _tmp: tmp,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--cores")
+            .arg("2")
+            .args(&self.extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tessera");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok((200, _, _)) = try_request(self.addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n") {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("tessera exited during start: {status}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tessera did not become ready on {}", self.addr);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts on the same data dir and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn request(&self, raw: &[u8]) -> (u16, String, Vec<u8>) {
+        try_request(self.addr, raw).expect("request")
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String, Vec<u8>) {
+        self.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+    }
+
+    /// Uploads with `tessera put` and returns the hash it printed.
+    pub fn put_cli(&self, file: &Path) -> String {
+        let out = tessera(&["put", "--node", &self.url(), file.to_str().expect("utf8")]);
+        assert!(out.status.success(), "put failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).expect("utf8");
+        text.split_whitespace().next().expect("hash printed").to_string()
+    }
+
+    pub fn put_bytes(&self, data: &[u8]) -> String {
+        let mut req = format!("POST /blobs HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len()).into_bytes();
+        req.extend_from_slice(data);
+        let (status, _, body) = self.request(&req);
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["size"].as_u64(), Some(data.len() as u64));
+        v["hash"].as_str().expect("hash").to_string()
+    }
+
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, _, body) = self.get("/metrics");
+        let text = String::from_utf8(body).expect("utf8");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn tessera(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("RUST_LOG", "warn").output().expect("run tessera")
+}
+
+/// Sends one raw request on a new connection and reads one response.
+pub fn try_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(raw)?;
+    read_response(&mut s)
+}
+
+/// Reads one response (Content-Length framed) from a stream.
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
+    let len: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok((status, head, body))
+}
+
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl").args(["-sS", "--max-time", "60"]).args(args).output().expect("curl is installed (apt-get install curl)")
+}
