@@ -103,7 +103,10 @@ pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
 
 pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let hash = BlobHash::parse(args.hash.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let url = format!("{}/blobs/{hash}?format=bao", args.node.trim_end_matches('/'));
+    let url = format!(
+        "{}/blobs/{hash}?format=bao",
+        args.node.trim_end_matches('/')
+    );
     let mut resp = agent()
         .get(&url)
         .header("Accept", dataplane::http::BAO_MEDIA_TYPE)
@@ -125,18 +128,19 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let bar = progress(0, &hash.to_string()[..12]);
     let reader = bar.wrap_read(resp.body_mut().as_reader());
     let out = partial.as_file();
-    let result = verified::decode_stream(hash.as_blake3(), reader, &verified::all_ranges(), |item| {
-        match item {
-            Item::Size(size) => {
-                if size >= PROGRESS_MIN_BYTES {
-                    bar.set_length(size);
+    let result =
+        verified::decode_stream(hash.as_blake3(), reader, &verified::all_ranges(), |item| {
+            match item {
+                Item::Size(size) => {
+                    if size >= PROGRESS_MIN_BYTES {
+                        bar.set_length(size);
+                    }
                 }
+                Item::Group { offset, data } => out.write_all_at(data, offset)?,
+                Item::Parent { .. } => {}
             }
-            Item::Group { offset, data } => out.write_all_at(data, offset)?,
-            Item::Parent { .. } => {}
-        }
-        Ok(())
-    });
+            Ok(())
+        });
     bar.finish_and_clear();
     let size = match result {
         Ok(size) => size,
@@ -155,6 +159,9 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     partial
         .persist(&args.output)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    eprintln!("{hash}: {size} bytes verified, written to {}", args.output.display());
+    eprintln!(
+        "{hash}: {size} bytes verified, written to {}",
+        args.output.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "Tessera edge node: content-addressed BLAKE3 blob storage and serving")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera edge node: content-addressed BLAKE3 blob storage and serving"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,10 +65,11 @@ fn main() -> std::process::ExitCode {
         Command::Put(args) => client::put(args),
         Command::Get(args) => client::get(args),
         Command::Store {
-            command: StoreCommand::Verify {
-                data_dir,
-                quarantine,
-            },
+            command:
+                StoreCommand::Verify {
+                    data_dir,
+                    quarantine,
+                },
         } => store_verify(data_dir, quarantine),
     };
     match result {
@@ -76,10 +81,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn store_verify(data_dir: Option<PathBuf>, quarantine: bool) -> anyhow::Result<std::process::ExitCode> {
+fn store_verify(
+    data_dir: Option<PathBuf>,
+    quarantine: bool,
+) -> anyhow::Result<std::process::ExitCode> {
     let dir = data_dir.unwrap_or_else(dataplane::config::default_data_dir);
     if !dir.join("blobs").is_dir() {
-        anyhow::bail!("{} is not a Tessera data directory (no blobs/ inside); pass --data-dir", dir.display());
+        anyhow::bail!(
+            "{} is not a Tessera data directory (no blobs/ inside); pass --data-dir",
+            dir.display()
+        );
     }
     let (checked, corrupt) = dataplane::store::verify_dir(&dir, quarantine)?;
     for c in &corrupt {
@@ -89,7 +100,11 @@ fn store_verify(data_dir: Option<PathBuf>, quarantine: bool) -> anyhow::Result<s
         "checked {checked} blobs in {}: {} corrupt{}",
         dir.display(),
         corrupt.len(),
-        if quarantine && !corrupt.is_empty() { " (moved to quarantine/)" } else { "" }
+        if quarantine && !corrupt.is_empty() {
+            " (moved to quarantine/)"
+        } else {
+            ""
+        }
     );
     Ok(if corrupt.is_empty() {
         std::process::ExitCode::SUCCESS

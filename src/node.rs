@@ -79,7 +79,8 @@ pub fn load_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     if let Some(t) = args.admin_token.clone() {
         cfg.admin_token = Some(t);
     }
-    cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(cfg)
 }
 

@@ -14,12 +14,19 @@ const ADMIN: &str = "test-admin-token-0123456789";
 fn blobs_round_trip_through_cli_and_curl() {
     let node = Node::start(&[]);
     let dir = tempfile::tempdir().expect("tmp");
-    for (i, len) in [0usize, 1, 16383, 16384, 16385, 10 << 20].into_iter().enumerate() {
+    for (i, len) in [0usize, 1, 16383, 16384, 16385, 10 << 20]
+        .into_iter()
+        .enumerate()
+    {
         let data = random_bytes(len, i as u64);
         let file = dir.path().join(format!("in-{len}"));
         std::fs::write(&file, &data).expect("write");
         let hash = node.put_cli(&file);
-        assert_eq!(hash, blake3::hash(&data).to_hex().as_str(), "hash of {len} bytes");
+        assert_eq!(
+            hash,
+            blake3::hash(&data).to_hex().as_str(),
+            "hash of {len} bytes"
+        );
 
         // curl (an independent client) gets the plain bytes.
         let out = curl(&[&format!("{}/blobs/{hash}", node.url())]);
@@ -28,17 +35,34 @@ fn blobs_round_trip_through_cli_and_curl() {
 
         // tessera get verifies the stream and writes the same bytes.
         let dest = dir.path().join(format!("out-{len}"));
-        let out = tessera(&["get", "--node", &node.url(), &hash, "-o", dest.to_str().expect("utf8")]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = tessera(&[
+            "get",
+            "--node",
+            &node.url(),
+            &hash,
+            "-o",
+            dest.to_str().expect("utf8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(std::fs::read(&dest).expect("read"), data);
 
         // HEAD: headers only, right length, strong ETag, immutable caching.
         let out = curl(&["-I", &format!("{}/blobs/{hash}", node.url())]);
         let head = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert_eq!(header(&head, "content-length"), Some(len.to_string().as_str()));
+        assert_eq!(
+            header(&head, "content-length"),
+            Some(len.to_string().as_str())
+        );
         assert_eq!(header(&head, "etag"), Some(format!("\"{hash}\"").as_str()));
-        assert_eq!(header(&head, "cache-control"), Some("public, max-age=31536000, immutable"));
+        assert_eq!(
+            header(&head, "cache-control"),
+            Some("public, max-age=31536000, immutable")
+        );
     }
 }
 
@@ -60,7 +84,11 @@ fn ranges_at_chunk_group_edges() {
     for &(spec, first, last) in cases {
         let out = curl(&["-D", "-", "-r", spec, &url]);
         let text = out.stdout;
-        let split = text.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+        let split = text
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("head")
+            + 4;
         let head = String::from_utf8_lossy(&text[..split]).to_string();
         assert!(head.starts_with("HTTP/1.1 206"), "{spec}: {head}");
         assert_eq!(
@@ -69,7 +97,15 @@ fn ranges_at_chunk_group_edges() {
         );
         assert_eq!(&text[split..], &data[first..=last], "{spec}");
     }
-    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-r", "100000-", &url]);
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-r",
+        "100000-",
+        &url,
+    ]);
     assert_eq!(out.stdout, b"416");
 
     // The verified stream of a range decodes with bao-tree's own decoder.
@@ -100,10 +136,15 @@ fn errors_are_clear_and_change_nothing() {
 
     let (s, _, body) = node.get("/blobs/not-a-hash");
     assert_eq!(s, 400);
-    assert!(String::from_utf8_lossy(&body).contains("64 lowercase hex"), "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("64 lowercase hex"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let (s, _, _) = node.get(&format!("/blobs/{}", "0".repeat(64)));
     assert_eq!(s, 404);
-    let (s, head, _) = node.request(b"PATCH /blobs HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let (s, head, _) =
+        node.request(b"PATCH /blobs HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(s, 405);
     assert_eq!(header(&head, "allow"), Some("POST"));
     let (s, _, _) = node.request(b"POST /blobs HTTP/1.1\r\nContent-Length: 200000\r\n\r\n");
@@ -118,7 +159,10 @@ fn errors_are_clear_and_change_nothing() {
     req.extend_from_slice(b"0\r\n\r\n");
     let (s, _, _) = node.request(&req);
     assert_eq!(s, 413);
-    let big = format!("GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(20000));
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20000)
+    );
     let (s, _, _) = node.request(big.as_bytes());
     assert_eq!(s, 431);
     let mut many = String::from("GET /healthz HTTP/1.1\r\n");
@@ -127,7 +171,11 @@ fn errors_are_clear_and_change_nothing() {
     }
     many.push_str("\r\n");
     assert_eq!(node.request(many.as_bytes()).0, 431);
-    for garbage in [&b"\x00\x01\x02\x03 nonsense\r\n\r\n"[..], b"GET / HTTP/9.9\r\n\r\n", b"POST /blobs HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"] {
+    for garbage in [
+        &b"\x00\x01\x02\x03 nonsense\r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST /blobs HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
         assert_eq!(node.request(garbage).0, 400);
     }
     // Nothing was stored by any of that, and the node still serves what it had.
@@ -149,8 +197,13 @@ fn admin_routes_need_the_token() {
     let node = Node::start(&["--admin-token", ADMIN]);
     let h = node.put_bytes(b"pin me");
     let req = |method: &str, path: &str, token: Option<&str>| {
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        node.request(format!("{method} {path} HTTP/1.1\r\n{auth}Connection: close\r\n\r\n").as_bytes()).0
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        node.request(
+            format!("{method} {path} HTTP/1.1\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .0
     };
     let blob = format!("/blobs/{h}");
     let pin = format!("/blobs/{h}/pin");
@@ -158,7 +211,14 @@ fn admin_routes_need_the_token() {
     assert_eq!(req("DELETE", &blob, Some("wrong-token-wrong-token")), 401);
     assert_eq!(req("PUT", &pin, Some(ADMIN)), 204);
     assert_eq!(req("DELETE", &pin, Some(ADMIN)), 204);
-    assert_eq!(req("PUT", &format!("/blobs/{}/pin", "1".repeat(64)), Some(ADMIN)), 404);
+    assert_eq!(
+        req(
+            "PUT",
+            &format!("/blobs/{}/pin", "1".repeat(64)),
+            Some(ADMIN)
+        ),
+        404
+    );
     assert_eq!(req("DELETE", &blob, Some(ADMIN)), 204);
     assert_eq!(node.get(&blob).0, 404);
     assert_eq!(req("DELETE", &blob, Some(ADMIN)), 404);
@@ -171,7 +231,8 @@ fn keep_alive_pipelining_and_zero_copy() {
     let hash = node.put_bytes(&data);
     let before = node.metric("tessera_zero_copy_bytes_total");
     let mut s = TcpStream::connect(node.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     // Three requests in one write; three responses in order on one connection.
     let one = format!("GET /blobs/{hash} HTTP/1.1\r\nHost: t\r\n\r\n");
     let pipelined = format!("{one}GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n{one}");
@@ -184,15 +245,20 @@ fn keep_alive_pipelining_and_zero_copy() {
     assert_eq!(body_b, b"ok\n");
     assert_eq!(body_c, data);
     // The blob bodies took the splice path: the counter grew by both bodies.
-    assert_eq!(node.metric("tessera_zero_copy_bytes_total") - before, 600_000);
+    assert_eq!(
+        node.metric("tessera_zero_copy_bytes_total") - before,
+        600_000
+    );
 }
 
 #[test]
 fn slowloris_is_cut_off() {
     let node = Node::start(&["--header-timeout-ms", "300", "--idle-timeout-ms", "300"]);
     let mut s = TcpStream::connect(node.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+        .expect("write");
     // Keep dribbling a byte at a time: the head never completes in time.
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(50));
@@ -214,7 +280,8 @@ fn a_thousand_concurrent_keep_alive_connections() {
     let mut conns: Vec<TcpStream> = (0..1000)
         .map(|_| {
             let s = TcpStream::connect(node.addr).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
             s
         })
         .collect();
@@ -223,7 +290,8 @@ fn a_thousand_concurrent_keep_alive_connections() {
             s.write_all(req.as_bytes()).expect("write");
         }
         for (i, s) in conns.iter_mut().enumerate() {
-            let (status, _, body) = read_response(s).unwrap_or_else(|e| panic!("conn {i} round {round}: {e}"));
+            let (status, _, body) =
+                read_response(s).unwrap_or_else(|e| panic!("conn {i} round {round}: {e}"));
             assert_eq!(status, 200);
             assert_eq!(body, b"many readers");
         }

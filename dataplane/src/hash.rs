@@ -100,9 +100,15 @@ mod tests {
     fn rejects_bad_text() {
         assert_eq!(BlobHash::parse(b"abc"), Err(HashParseError::Length(3)));
         let upper = "A".repeat(64);
-        assert_eq!(BlobHash::parse(upper.as_bytes()), Err(HashParseError::NotHex(0)));
+        assert_eq!(
+            BlobHash::parse(upper.as_bytes()),
+            Err(HashParseError::NotHex(0))
+        );
         let mut almost = "0".repeat(63);
         almost.push('g');
-        assert_eq!(BlobHash::parse(almost.as_bytes()), Err(HashParseError::NotHex(63)));
+        assert_eq!(
+            BlobHash::parse(almost.as_bytes()),
+            Err(HashParseError::NotHex(63))
+        );
     }
 }

@@ -129,7 +129,9 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
             let n = parse_u64(value)
                 .ok_or(ParseError::Malformed("Content-Length is not a number\n"))?;
             if content_length.is_some_and(|c| c != n) {
-                return Err(ParseError::Malformed("conflicting Content-Length headers\n"));
+                return Err(ParseError::Malformed(
+                    "conflicting Content-Length headers\n",
+                ));
             }
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -499,9 +501,10 @@ impl<'a> Head<'a> {
 }
 
 /// Decodes a `Transfer-Encoding: chunked` body incrementally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ChunkedDecoder {
     /// Expecting a chunk-size line.
+    #[default]
     Size,
     /// In a chunk's data, with this many bytes left.
     Data(u64),
@@ -514,12 +517,6 @@ pub enum ChunkedDecoder {
 
 /// A chunk-size or trailer line longer than this is refused (bounds buffering).
 pub const MAX_CHUNK_LINE_BYTES: usize = 1024;
-
-impl Default for ChunkedDecoder {
-    fn default() -> Self {
-        ChunkedDecoder::Size
-    }
-}
 
 impl ChunkedDecoder {
     /// Consumes from `input`, handing body bytes to `sink`. Returns bytes consumed;
@@ -636,24 +633,41 @@ mod tests {
             );
         }
         assert_eq!(
-            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", LIMITS)
-                .map(|_| ()),
+            parse_request(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                LIMITS
+            )
+            .map(|_| ()),
             Err(ParseError::UnsupportedTransferEncoding)
         );
         let big = [b'a'; 9000];
-        assert_eq!(parse_request(&big[..], LIMITS).map(|_| ()), Err(ParseError::HeadTooLarge));
+        assert_eq!(
+            parse_request(&big[..], LIMITS).map(|_| ()),
+            Err(ParseError::HeadTooLarge)
+        );
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..40 {
             many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert_eq!(parse_request(&many, LIMITS).map(|_| ()), Err(ParseError::TooManyHeaders));
-        assert!(matches!(parse_request(b"GET / HTTP/1.1\r\nHost", LIMITS), Ok(None)));
+        assert_eq!(
+            parse_request(&many, LIMITS).map(|_| ()),
+            Err(ParseError::TooManyHeaders)
+        );
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nHost", LIMITS),
+            Ok(None)
+        ));
     }
 
     #[test]
     fn keep_alive_rules() {
-        let r = |raw: &[u8]| parse_request(raw, LIMITS).expect("ok").expect("complete").keep_alive;
+        let r = |raw: &[u8]| {
+            parse_request(raw, LIMITS)
+                .expect("ok")
+                .expect("complete")
+                .keep_alive
+        };
         assert!(!r(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(r(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
         assert!(!r(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
@@ -663,8 +677,14 @@ mod tests {
     fn routes() {
         let h = "a".repeat(64);
         assert_eq!(route(b"/healthz"), Route::Healthz);
-        assert!(matches!(route(format!("/blobs/{h}").as_bytes()), Route::Blob(_)));
-        assert!(matches!(route(format!("/blobs/{h}/pin").as_bytes()), Route::Pin(_)));
+        assert!(matches!(
+            route(format!("/blobs/{h}").as_bytes()),
+            Route::Blob(_)
+        ));
+        assert!(matches!(
+            route(format!("/blobs/{h}/pin").as_bytes()),
+            Route::Pin(_)
+        ));
         assert!(matches!(route(b"/blobs/xyz"), Route::BadHash(_)));
         assert_eq!(route(b"/nope"), Route::NotFound);
     }
@@ -674,10 +694,28 @@ mod tests {
         use RangeRequest::*;
         let p = |h: &str, s| parse_range(Some(h.as_bytes()), s);
         assert_eq!(p("bytes=0-9", 100), Partial { first: 0, last: 9 });
-        assert_eq!(p("bytes=90-", 100), Partial { first: 90, last: 99 });
-        assert_eq!(p("bytes=-10", 100), Partial { first: 90, last: 99 });
+        assert_eq!(
+            p("bytes=90-", 100),
+            Partial {
+                first: 90,
+                last: 99
+            }
+        );
+        assert_eq!(
+            p("bytes=-10", 100),
+            Partial {
+                first: 90,
+                last: 99
+            }
+        );
         assert_eq!(p("bytes=-1000", 100), Partial { first: 0, last: 99 });
-        assert_eq!(p("bytes=50-1000", 100), Partial { first: 50, last: 99 });
+        assert_eq!(
+            p("bytes=50-1000", 100),
+            Partial {
+                first: 50,
+                last: 99
+            }
+        );
         assert_eq!(p("bytes=100-", 100), Unsatisfiable);
         assert_eq!(p("bytes=0-", 0), Unsatisfiable);
         assert_eq!(p("bytes=9-2", 100), Full);
@@ -693,10 +731,14 @@ mod tests {
             let mut d = ChunkedDecoder::default();
             let mut out = Vec::new();
             let mut pending = body[..split].to_vec();
-            let used = d.decode(&pending, |b| out.extend_from_slice(b)).expect("ok");
+            let used = d
+                .decode(&pending, |b| out.extend_from_slice(b))
+                .expect("ok");
             pending.drain(..used);
             pending.extend_from_slice(&body[split..]);
-            let used = d.decode(&pending, |b| out.extend_from_slice(b)).expect("ok");
+            let used = d
+                .decode(&pending, |b| out.extend_from_slice(b))
+                .expect("ok");
             assert_eq!(used, pending.len());
             assert!(d.is_done());
             assert_eq!(out, b"hello world");

@@ -107,13 +107,19 @@ impl Metrics {
     }
 
     fn sum(&self, f: impl Fn(&CoreStats) -> &AtomicU64) -> u64 {
-        self.cores.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
+        self.cores
+            .iter()
+            .map(|c| f(c).load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Prometheus text exposition format.
     pub fn render(&self, store: &Store) -> String {
         let mut out = String::with_capacity(8192);
-        let _ = writeln!(out, "# HELP tessera_http_requests_total HTTP requests by route and status.");
+        let _ = writeln!(
+            out,
+            "# HELP tessera_http_requests_total HTTP requests by route and status."
+        );
         let _ = writeln!(out, "# TYPE tessera_http_requests_total counter");
         for (r, route) in ROUTE_LABELS.iter().enumerate() {
             for (s, status) in STATUSES.iter().enumerate() {
@@ -132,20 +138,67 @@ impl Metrics {
             }
         }
         let counters: [(&str, &str, u64); 10] = [
-            ("tessera_bytes_sent_total", "Bytes written to clients, heads included.", self.sum(|c| &c.bytes_sent)),
-            ("tessera_bytes_received_total", "Upload body bytes received.", self.sum(|c| &c.bytes_received)),
-            ("tessera_zero_copy_bytes_total", "Blob bytes sent by splice from page cache to socket, never in user space.", self.sum(|c| &c.zero_copy_bytes)),
-            ("tessera_zero_copy_responses_total", "Responses whose body took the zero-copy path.", self.sum(|c| &c.zero_copy_responses)),
-            ("tessera_copied_bytes_total", "Blob bytes read into user space to be verified (verified streams).", self.sum(|c| &c.copied_bytes)),
-            ("tessera_connections_total", "Connections accepted.", self.sum(|c| &c.connections_total)),
-            ("tessera_connections_refused_total", "Connections refused because a core was at its limit.", self.sum(|c| &c.connections_refused)),
-            ("tessera_timeouts_total", "Connections closed for idling or stalling (slowloris).", self.sum(|c| &c.timeouts)),
-            ("tessera_corrupt_blobs_detected_total", "Stored chunk groups that failed verification while being served.", self.sum(|c| &c.corrupt_detected)),
-            ("tessera_connections_open", "Connections open now.", self.sum(|c| &c.connections_open)),
+            (
+                "tessera_bytes_sent_total",
+                "Bytes written to clients, heads included.",
+                self.sum(|c| &c.bytes_sent),
+            ),
+            (
+                "tessera_bytes_received_total",
+                "Upload body bytes received.",
+                self.sum(|c| &c.bytes_received),
+            ),
+            (
+                "tessera_zero_copy_bytes_total",
+                "Blob bytes sent by splice from page cache to socket, never in user space.",
+                self.sum(|c| &c.zero_copy_bytes),
+            ),
+            (
+                "tessera_zero_copy_responses_total",
+                "Responses whose body took the zero-copy path.",
+                self.sum(|c| &c.zero_copy_responses),
+            ),
+            (
+                "tessera_copied_bytes_total",
+                "Blob bytes read into user space to be verified (verified streams).",
+                self.sum(|c| &c.copied_bytes),
+            ),
+            (
+                "tessera_connections_total",
+                "Connections accepted.",
+                self.sum(|c| &c.connections_total),
+            ),
+            (
+                "tessera_connections_refused_total",
+                "Connections refused because a core was at its limit.",
+                self.sum(|c| &c.connections_refused),
+            ),
+            (
+                "tessera_timeouts_total",
+                "Connections closed for idling or stalling (slowloris).",
+                self.sum(|c| &c.timeouts),
+            ),
+            (
+                "tessera_corrupt_blobs_detected_total",
+                "Stored chunk groups that failed verification while being served.",
+                self.sum(|c| &c.corrupt_detected),
+            ),
+            (
+                "tessera_connections_open",
+                "Connections open now.",
+                self.sum(|c| &c.connections_open),
+            ),
         ];
         for (name, help, value) in counters {
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         let _ = writeln!(out, "# HELP tessera_store_bytes Bytes of blobs stored.\n# TYPE tessera_store_bytes gauge\ntessera_store_bytes {}", store.used_bytes());
         let _ = writeln!(out, "# HELP tessera_store_limit_bytes Store size limit.\n# TYPE tessera_store_limit_bytes gauge\ntessera_store_limit_bytes {}", store.max_bytes());
@@ -176,6 +229,13 @@ fn write_summary(out: &mut String, core: &str, h: &Histogram<u64>) {
         );
     }
     let sum = h.mean() * h.len() as f64 / 1e6;
-    let _ = writeln!(out, "tessera_request_latency_seconds_sum{{core=\"{core}\"}} {sum}");
-    let _ = writeln!(out, "tessera_request_latency_seconds_count{{core=\"{core}\"}} {}", h.len());
+    let _ = writeln!(
+        out,
+        "tessera_request_latency_seconds_sum{{core=\"{core}\"}} {sum}"
+    );
+    let _ = writeln!(
+        out,
+        "tessera_request_latency_seconds_count{{core=\"{core}\"}} {}",
+        h.len()
+    );
 }

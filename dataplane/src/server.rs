@@ -30,7 +30,9 @@ use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
 use crate::config::NodeConfig;
 use crate::hash::BlobHash;
-use crate::http::{self, Body, ChunkedDecoder, Head, Method, ParseError, RangeRequest, Route, Status};
+use crate::http::{
+    self, Body, ChunkedDecoder, Head, Method, ParseError, RangeRequest, Route, Status,
+};
 use crate::metrics::{bump, new_latency_histogram, CoreStats, Metrics};
 use crate::store::{now_secs, Store, StoreError};
 use crate::sys::{self, Pipe};
@@ -116,7 +118,11 @@ impl Server {
         for core in 0..n {
             let shared = shared.clone();
             let ready = ready_tx.clone();
-            let cpu = if cpus.is_empty() { None } else { Some(cpus[core % cpus.len()]) };
+            let cpu = if cpus.is_empty() {
+                None
+            } else {
+                Some(cpus[core % cpus.len()])
+            };
             let handle = std::thread::Builder::new()
                 .name(format!("tessera-core-{core}"))
                 .spawn(move || core_main(core, cpu, shared, ready))
@@ -170,7 +176,8 @@ fn allowed_cpus() -> Vec<usize> {
     // SAFETY: an all-zero cpu_set_t is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid cpu_set_t of the size passed.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Vec::new();
     }
@@ -261,7 +268,11 @@ fn core_main(
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
         if core.in_flight.get() > 0 {
-            tracing::warn!(core = index, in_flight = core.in_flight.get(), "grace period over, closing requests still in flight");
+            tracing::warn!(
+                core = index,
+                in_flight = core.in_flight.get(),
+                "grace period over, closing requests still in flight"
+            );
         }
         core.stats().publish(&core.histogram.borrow());
         drop(ticker);
@@ -292,7 +303,7 @@ async fn tick_loop(core: Rc<Core>) {
             core.stopping.set(true);
         }
         ticks += 1;
-        if ticks % PUBLISH_EVERY_TICKS == 0 {
+        if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             core.stats().publish(&core.histogram.borrow());
         }
     }
@@ -345,7 +356,10 @@ impl<'a> LiveGuard<'a> {
 impl Drop for LiveGuard<'_> {
     fn drop(&mut self) {
         self.0.live.set(self.0.live.get() - 1);
-        self.0.stats().connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .stats()
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -428,7 +442,8 @@ async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
             Ok(Some(info)) => info,
             Ok(None) => return,
             Err((status, message)) => {
-                let _ = respond_text(&core, &mut conn, Route::NotFound, status, message, false).await;
+                let _ =
+                    respond_text(&core, &mut conn, Route::NotFound, status, message, false).await;
                 return;
             }
         };
@@ -445,12 +460,19 @@ async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
 }
 
 /// Reads until a full head is buffered. `Ok(None)`: the connection ended or idled out.
-async fn read_head(core: &Core, conn: &mut Conn) -> Result<Option<ReqInfo>, (Status, &'static str)> {
+async fn read_head(
+    core: &Core,
+    conn: &mut Conn,
+) -> Result<Option<ReqInfo>, (Status, &'static str)> {
     let cfg = &core.shared.config;
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
     let head_timeout = Duration::from_millis(cfg.header_timeout_ms);
     // The head must arrive whole within head_timeout of its first byte.
-    let mut head_deadline = if conn.rbuf.is_empty() { None } else { Some(Instant::now() + head_timeout) };
+    let mut head_deadline = if conn.rbuf.is_empty() {
+        None
+    } else {
+        Some(Instant::now() + head_timeout)
+    };
     loop {
         if !conn.rbuf.is_empty() {
             match http::parse_request(&conn.rbuf, core.shared.limits) {
@@ -566,7 +588,17 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
         }
         (Route::Metrics, Method::Get | Method::Head) => {
             let text = core.shared.metrics.render(&core.shared.store);
-            respond(core, conn, route, Status::Ok, "text/plain; version=0.0.4", text.as_bytes(), keep_alive, info.method == Method::Head).await
+            respond(
+                core,
+                conn,
+                route,
+                Status::Ok,
+                "text/plain; version=0.0.4",
+                text.as_bytes(),
+                keep_alive,
+                info.method == Method::Head,
+            )
+            .await
         }
         (Route::Blobs, Method::Post) => upload(core, conn, &info).await,
         (Route::Blob(hash), Method::Get | Method::Head) => {
@@ -580,10 +612,16 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
             admin(core, conn, &info, keep_alive, |store| store.delete(&hash)).await
         }
         (Route::Pin(hash), Method::Put) => {
-            admin(core, conn, &info, keep_alive, |store| store.set_pinned(&hash, true)).await
+            admin(core, conn, &info, keep_alive, |store| {
+                store.set_pinned(&hash, true)
+            })
+            .await
         }
         (Route::Pin(hash), Method::Delete) => {
-            admin(core, conn, &info, keep_alive, |store| store.set_pinned(&hash, false)).await
+            admin(core, conn, &info, keep_alive, |store| {
+                store.set_pinned(&hash, false)
+            })
+            .await
         }
         (Route::BadHash(e), _) => {
             conn.wbuf.clear();
@@ -593,10 +631,28 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
                 let _ = writeln!(cur, "malformed blob hash: {e}");
                 cur.position() as usize
             };
-            respond(core, conn, route, Status::BadRequest, "text/plain", &msg[..len], keep_alive, false).await
+            respond(
+                core,
+                conn,
+                route,
+                Status::BadRequest,
+                "text/plain",
+                &msg[..len],
+                keep_alive,
+                false,
+            )
+            .await
         }
         (Route::NotFound, _) => {
-            respond_text(core, conn, route, Status::NotFound, "no such route; see the API table in the README\n", keep_alive).await
+            respond_text(
+                core,
+                conn,
+                route,
+                Status::NotFound,
+                "no such route; see the API table in the README\n",
+                keep_alive,
+            )
+            .await
         }
         _ => {
             let body = b"method not allowed\n";
@@ -610,8 +666,25 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
     }
 }
 
-async fn respond_text(core: &Core, conn: &mut Conn, route: Route, status: Status, text: &str, keep_alive: bool) -> io::Result<Next> {
-    respond(core, conn, route, status, "text/plain", text.as_bytes(), keep_alive, false).await
+async fn respond_text(
+    core: &Core,
+    conn: &mut Conn,
+    route: Route,
+    status: Status,
+    text: &str,
+    keep_alive: bool,
+) -> io::Result<Next> {
+    respond(
+        core,
+        conn,
+        route,
+        status,
+        "text/plain",
+        text.as_bytes(),
+        keep_alive,
+        false,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)] // a response is these eight things; a struct would only rename them
@@ -637,10 +710,21 @@ async fn respond(
 }
 
 /// Writes the write buffer and counts the response.
-async fn send_wbuf(core: &Core, conn: &mut Conn, route: Route, status: Status, keep_alive: bool) -> io::Result<Next> {
-    core.stats().count_request(route.label_index(), status.index());
+async fn send_wbuf(
+    core: &Core,
+    conn: &mut Conn,
+    route: Route,
+    status: Status,
+    keep_alive: bool,
+) -> io::Result<Next> {
+    core.stats()
+        .count_request(route.label_index(), status.index());
     write_wbuf(core, conn).await?;
-    Ok(if keep_alive { Next::KeepAlive } else { Next::Close })
+    Ok(if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
 }
 
 async fn write_wbuf(core: &Core, conn: &mut Conn) -> io::Result<()> {
@@ -661,18 +745,46 @@ fn touch(core: &Core, hash: BlobHash) {
 }
 
 /// Opens a stored blob's bytes, or answers 404 / 500 itself.
-async fn open_or_answer(core: &Core, conn: &mut Conn, route: Route, hash: &BlobHash, suffix: &[u8], keep_alive: bool) -> io::Result<Result<(OwnedFd, u64), Next>> {
+async fn open_or_answer(
+    core: &Core,
+    conn: &mut Conn,
+    route: Route,
+    hash: &BlobHash,
+    suffix: &[u8],
+    keep_alive: bool,
+) -> io::Result<Result<(OwnedFd, u64), Next>> {
     match sys::open_at(core.shared.store.blobs_dir_fd(), hash, suffix) {
         Ok(Some(found)) => Ok(Ok(found)),
-        Ok(None) => Ok(Err(respond_text(core, conn, route, Status::NotFound, "blob not found\n", keep_alive).await?)),
+        Ok(None) => Ok(Err(respond_text(
+            core,
+            conn,
+            route,
+            Status::NotFound,
+            "blob not found\n",
+            keep_alive,
+        )
+        .await?)),
         Err(e) => {
             tracing::error!(%hash, "cannot open blob: {e}");
-            Ok(Err(respond_text(core, conn, route, Status::InternalServerError, "cannot read blob\n", keep_alive).await?))
+            Ok(Err(respond_text(
+                core,
+                conn,
+                route,
+                Status::InternalServerError,
+                "cannot read blob\n",
+                keep_alive,
+            )
+            .await?))
         }
     }
 }
 
-fn blob_head<'a>(wbuf: &'a mut Vec<u8>, status: Status, hash: &BlobHash, content_type: &[u8]) -> Head<'a> {
+fn blob_head<'a>(
+    wbuf: &'a mut Vec<u8>,
+    status: Status,
+    hash: &BlobHash,
+    content_type: &[u8],
+) -> Head<'a> {
     Head::new(wbuf, status)
         .header("Content-Type", content_type)
         .etag(hash)
@@ -680,7 +792,13 @@ fn blob_head<'a>(wbuf: &'a mut Vec<u8>, status: Status, hash: &BlobHash, content
         .header("Accept-Ranges", b"bytes")
 }
 
-async fn range_not_satisfiable(core: &Core, conn: &mut Conn, route: Route, size: u64, keep_alive: bool) -> io::Result<Next> {
+async fn range_not_satisfiable(
+    core: &Core,
+    conn: &mut Conn,
+    route: Route,
+    size: u64,
+    keep_alive: bool,
+) -> io::Result<Next> {
     let body = b"range outside the blob\n";
     let mut wbuf = std::mem::take(&mut conn.wbuf);
     Head::new(&mut wbuf, Status::RangeNotSatisfiable)
@@ -692,7 +810,13 @@ async fn range_not_satisfiable(core: &Core, conn: &mut Conn, route: Route, size:
     send_wbuf(core, conn, route, Status::RangeNotSatisfiable, keep_alive).await
 }
 
-async fn get_plain(core: &Core, conn: &mut Conn, info: &ReqInfo, hash: BlobHash, keep_alive: bool) -> io::Result<Next> {
+async fn get_plain(
+    core: &Core,
+    conn: &mut Conn,
+    info: &ReqInfo,
+    hash: BlobHash,
+    keep_alive: bool,
+) -> io::Result<Next> {
     let route = info.route;
     let (file, size) = match open_or_answer(core, conn, route, &hash, b"", keep_alive).await? {
         Ok(found) => found,
@@ -701,7 +825,9 @@ async fn get_plain(core: &Core, conn: &mut Conn, info: &ReqInfo, hash: BlobHash,
     let (status, first, len) = match http::parse_range(info.range(), size) {
         RangeRequest::Full => (Status::Ok, 0, size),
         RangeRequest::Partial { first, last } => (Status::PartialContent, first, last - first + 1),
-        RangeRequest::Unsatisfiable => return range_not_satisfiable(core, conn, route, size, keep_alive).await,
+        RangeRequest::Unsatisfiable => {
+            return range_not_satisfiable(core, conn, route, size, keep_alive).await
+        }
     };
     let mut wbuf = std::mem::take(&mut conn.wbuf);
     let mut head = blob_head(&mut wbuf, status, &hash, b"application/octet-stream");
@@ -711,18 +837,29 @@ async fn get_plain(core: &Core, conn: &mut Conn, info: &ReqInfo, hash: BlobHash,
     head.finish(len, keep_alive);
     conn.wbuf = wbuf;
     touch(core, hash);
-    core.stats().count_request(route.label_index(), status.index());
+    core.stats()
+        .count_request(route.label_index(), status.index());
     if info.method == Method::Head || len == 0 {
         write_wbuf(core, conn).await?;
     } else {
         send_file_zero_copy(core, conn, &file, first, len).await?;
     }
-    Ok(if keep_alive { Next::KeepAlive } else { Next::Close })
+    Ok(if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
 }
 
 /// Sends the head in `conn.wbuf` and `len` bytes of `file` from `offset`:
 /// head copied into the pipe, body spliced file -> pipe -> socket by page reference.
-async fn send_file_zero_copy(core: &Core, conn: &mut Conn, file: &OwnedFd, offset: u64, len: u64) -> io::Result<()> {
+async fn send_file_zero_copy(
+    core: &Core,
+    conn: &mut Conn,
+    file: &OwnedFd,
+    offset: u64,
+    len: u64,
+) -> io::Result<()> {
     if conn.pipe.is_none() {
         conn.pipe = Some(Pipe::new(core.shared.config.pipe_bytes)?);
     }
@@ -745,7 +882,12 @@ async fn send_file_zero_copy(core: &Core, conn: &mut Conn, file: &OwnedFd, offse
         if left > 0 && in_pipe < capacity {
             let want = (capacity - in_pipe).min(left as usize);
             match pipe.fill_from_file(file.as_raw_fd(), &mut offset, want) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than its size")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob shorter than its size",
+                    ))
+                }
                 Ok(n) => {
                     in_pipe += n;
                     left -= n as u64;
@@ -781,30 +923,50 @@ async fn send_file_zero_copy(core: &Core, conn: &mut Conn, file: &OwnedFd, offse
     Ok(())
 }
 
-async fn get_verified(core: &Core, conn: &mut Conn, info: &ReqInfo, hash: BlobHash, keep_alive: bool) -> io::Result<Next> {
+async fn get_verified(
+    core: &Core,
+    conn: &mut Conn,
+    info: &ReqInfo,
+    hash: BlobHash,
+    keep_alive: bool,
+) -> io::Result<Next> {
     let route = info.route;
     let (file, size) = match open_or_answer(core, conn, route, &hash, b"", keep_alive).await? {
         Ok(found) => found,
         Err(next) => return Ok(next),
     };
-    let (outboard, _) = match open_or_answer(core, conn, route, &hash, b".obao", keep_alive).await? {
+    let (outboard, _) = match open_or_answer(core, conn, route, &hash, b".obao", keep_alive).await?
+    {
         Ok(found) => found,
         Err(next) => return Ok(next),
     };
     let ranges = match http::parse_range(info.range(), size) {
         RangeRequest::Full => verified::all_ranges(),
         RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
-        RangeRequest::Unsatisfiable => return range_not_satisfiable(core, conn, route, size, keep_alive).await,
+        RangeRequest::Unsatisfiable => {
+            return range_not_satisfiable(core, conn, route, size, keep_alive).await
+        }
     };
     let total = verified::encoded_len(size, &ranges);
     let mut wbuf = std::mem::take(&mut conn.wbuf);
-    blob_head(&mut wbuf, Status::Ok, &hash, http::BAO_MEDIA_TYPE.as_bytes()).finish(total, keep_alive);
+    blob_head(
+        &mut wbuf,
+        Status::Ok,
+        &hash,
+        http::BAO_MEDIA_TYPE.as_bytes(),
+    )
+    .finish(total, keep_alive);
     conn.wbuf = wbuf;
     touch(core, hash);
-    core.stats().count_request(route.label_index(), Status::Ok.index());
+    core.stats()
+        .count_request(route.label_index(), Status::Ok.index());
     if info.method == Method::Head {
         write_wbuf(core, conn).await?;
-        return Ok(if keep_alive { Next::KeepAlive } else { Next::Close });
+        return Ok(if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        });
     }
     conn.wbuf.extend_from_slice(&size.to_le_bytes());
     let tree = verified::tree(size);
@@ -812,14 +974,25 @@ async fn get_verified(core: &Core, conn: &mut Conn, info: &ReqInfo, hash: BlobHa
     let mut pair = [0u8; 64];
     for item in tree.ranges_pre_order_chunks_iter_ref(&ranges, 0) {
         let checked = match item {
-            BaoChunk::Parent { node, is_root, left, right, .. } => {
+            BaoChunk::Parent {
+                node,
+                is_root,
+                left,
+                right,
+                ..
+            } => {
                 let off = verified::outboard_offset(&tree, node).unwrap_or(0);
                 sys::read_exact_at(outboard.as_raw_fd(), &mut pair, off)?;
                 let (l, r) = verified::split_pair(&pair);
                 conn.wbuf.extend_from_slice(&pair);
                 verifier.parent(node, is_root, left, right, (&l, &r))
             }
-            BaoChunk::Leaf { start_chunk, size: group_len, is_root, .. } => {
+            BaoChunk::Leaf {
+                start_chunk,
+                size: group_len,
+                is_root,
+                ..
+            } => {
                 let at = conn.wbuf.len();
                 conn.wbuf.resize(at + group_len, 0);
                 sys::read_exact_at(file.as_raw_fd(), &mut conn.wbuf[at..], start_chunk.0 * 1024)?;
@@ -840,14 +1013,32 @@ async fn get_verified(core: &Core, conn: &mut Conn, info: &ReqInfo, hash: BlobHa
         }
     }
     write_wbuf(core, conn).await?;
-    Ok(if keep_alive { Next::KeepAlive } else { Next::Close })
+    Ok(if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
 }
 
-async fn admin(core: &Core, conn: &mut Conn, info: &ReqInfo, keep_alive: bool, op: impl FnOnce(&Store) -> Result<(), StoreError>) -> io::Result<Next> {
+async fn admin(
+    core: &Core,
+    conn: &mut Conn,
+    info: &ReqInfo,
+    keep_alive: bool,
+    op: impl FnOnce(&Store) -> Result<(), StoreError>,
+) -> io::Result<Next> {
     let route = info.route;
     match info.auth {
         Auth::Disabled => {
-            return respond_text(core, conn, route, Status::Forbidden, "admin API disabled: set admin_token in the node's config\n", keep_alive).await;
+            return respond_text(
+                core,
+                conn,
+                route,
+                Status::Forbidden,
+                "admin API disabled: set admin_token in the node's config\n",
+                keep_alive,
+            )
+            .await;
         }
         Auth::Missing | Auth::Wrong => {
             let body = b"send Authorization: Bearer <admin token>\n";
@@ -869,10 +1060,28 @@ async fn admin(core: &Core, conn: &mut Conn, info: &ReqInfo, keep_alive: bool, o
             conn.wbuf = wbuf;
             send_wbuf(core, conn, route, Status::NoContent, keep_alive).await
         }
-        Err(StoreError::NotFound(_)) => respond_text(core, conn, route, Status::NotFound, "blob not found\n", keep_alive).await,
+        Err(StoreError::NotFound(_)) => {
+            respond_text(
+                core,
+                conn,
+                route,
+                Status::NotFound,
+                "blob not found\n",
+                keep_alive,
+            )
+            .await
+        }
         Err(e) => {
             tracing::error!("admin operation failed: {e}");
-            respond_text(core, conn, route, Status::InternalServerError, "store operation failed; see the node's log\n", keep_alive).await
+            respond_text(
+                core,
+                conn,
+                route,
+                Status::InternalServerError,
+                "store operation failed; see the node's log\n",
+                keep_alive,
+            )
+            .await
         }
     }
 }
@@ -883,12 +1092,21 @@ async fn upload(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next
     let cfg = &core.shared.config;
     if let Body::Length(n) = info.body {
         if n > cfg.max_body_bytes {
-            return respond_text(core, conn, route, Status::PayloadTooLarge, "body is larger than the node's max_body_bytes\n", false).await;
+            return store_error(
+                core,
+                conn,
+                route,
+                StoreError::TooLarge {
+                    limit: cfg.max_body_bytes,
+                },
+            )
+            .await;
         }
     }
     if info.expect_continue {
         conn.wbuf.clear();
-        conn.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        conn.wbuf
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         write_wbuf(core, conn).await?;
     }
     conn.rbuf.drain(..info.head_len);
@@ -918,7 +1136,10 @@ async fn upload(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next
                 });
                 match res {
                     Ok(n) => n,
-                    Err(msg) => return respond_text(core, conn, route, Status::BadRequest, msg, false).await,
+                    Err(msg) => {
+                        return respond_text(core, conn, route, Status::BadRequest, msg, false)
+                            .await
+                    }
                 }
             }
             _ => {
@@ -962,27 +1183,75 @@ async fn upload(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next
                 let _ = writeln!(cur, "{{\"hash\":\"{}\",\"size\":{}}}", out.hash, out.size);
                 cur.position() as usize
             };
-            respond(core, conn, route, Status::Created, "application/json", &body[..len], keep_alive, false).await
+            respond(
+                core,
+                conn,
+                route,
+                Status::Created,
+                "application/json",
+                &body[..len],
+                keep_alive,
+                false,
+            )
+            .await
         }
         Err(e) => store_error(core, conn, route, e).await,
     }
 }
 
-async fn store_error(core: &Core, conn: &mut Conn, route: Route, e: StoreError) -> io::Result<Next> {
+async fn store_error(
+    core: &Core,
+    conn: &mut Conn,
+    route: Route,
+    e: StoreError,
+) -> io::Result<Next> {
     // The body may be partly unread: answer and close.
     let (status, msg) = match &e {
-        StoreError::TooLarge { .. } => (Status::PayloadTooLarge, "body is larger than the node's max_body_bytes\n"),
-        StoreError::Full { .. } => (Status::InsufficientStorage, "store is full: only pinned blobs are left to evict\n"),
-        StoreError::NoSpace => (Status::InsufficientStorage, "disk is full; nothing was stored\n"),
+        StoreError::TooLarge { .. } => (
+            Status::PayloadTooLarge,
+            "body is larger than the node's max_body_bytes\n",
+        ),
+        StoreError::Full { .. } => (
+            Status::InsufficientStorage,
+            "store is full: only pinned blobs are left to evict\n",
+        ),
+        StoreError::NoSpace => (
+            Status::InsufficientStorage,
+            "disk is full; nothing was stored\n",
+        ),
         _ => {
             tracing::error!("upload failed: {e}");
-            (Status::InternalServerError, "upload failed; see the node's log\n")
+            (
+                Status::InternalServerError,
+                "upload failed; see the node's log\n",
+            )
         }
     };
     if status == Status::InsufficientStorage {
         tracing::warn!("upload refused: {e}");
     }
-    respond_text(core, conn, route, status, msg, false).await
+    let next = respond_text(core, conn, route, status, msg, false).await;
+    linger(conn).await;
+    next
+}
+
+/// Reads and discards what the client still sends (bounded in bytes and time) before
+/// closing, so that a client still writing its body sees our answer instead of a reset.
+async fn linger(conn: &mut Conn) {
+    /// Enough for a client's socket buffers in flight; not a way to keep a core busy.
+    const LINGER_BYTES: usize = 64 << 20;
+    const LINGER_TOTAL: Duration = Duration::from_secs(5);
+    let deadline = Instant::now() + LINGER_TOTAL;
+    let mut discarded = 0usize;
+    while discarded < LINGER_BYTES {
+        conn.rbuf.clear();
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match read_more(conn, wait).await {
+            ReadOutcome::Data => discarded += conn.rbuf.len(),
+            _ => break,
+        }
+    }
+    conn.rbuf.clear();
 }
 
 #[cfg(test)]
@@ -995,5 +1264,4 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
-
 }

@@ -255,7 +255,9 @@ impl Store {
                         }
                         let size = fs::metadata(self.data_path(hash))?.len();
                         tracing::info!(%hash, size, "recording blob committed just before a crash");
-                        table.insert(hash.0, (size, now_secs(), false)).map_err(db_err)?;
+                        table
+                            .insert(hash.0, (size, now_secs(), false))
+                            .map_err(db_err)?;
                         size
                     }
                 };
@@ -762,7 +764,9 @@ mod tests {
     }
 
     fn bytes(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
     }
 
     #[test]
@@ -786,7 +790,10 @@ mod tests {
         }
         let again = s.put_reader(&bytes(16384, 1)[..]).expect("put again");
         assert!(again.existed);
-        assert!(fs::read_dir(dir.path().join("tmp")).expect("tmp").next().is_none());
+        assert!(fs::read_dir(dir.path().join("tmp"))
+            .expect("tmp")
+            .next()
+            .is_none());
     }
 
     #[test]
@@ -811,7 +818,10 @@ mod tests {
             other => panic!("expected Full, got {other:?}"),
         }
         assert_eq!(s.blob_count(), 2);
-        assert!(fs::read_dir(dir.path().join("tmp")).expect("tmp").next().is_none());
+        assert!(fs::read_dir(dir.path().join("tmp"))
+            .expect("tmp")
+            .next()
+            .is_none());
         // Oldest unpinned goes first.
         s.set_pinned(&a, false).expect("unpin");
         s.set_pinned(&c, false).expect("unpin");
@@ -840,7 +850,10 @@ mod tests {
             other => panic!("expected bad group 6, got {other:?}"),
         }
         assert!(s.info(&hash).expect("info").is_none());
-        assert!(fs::read_dir(dir.path().join("tmp")).expect("tmp").next().is_none());
+        assert!(fs::read_dir(dir.path().join("tmp"))
+            .expect("tmp")
+            .next()
+            .is_none());
         let out = s.import_verified(hash, &enc[..]).expect("good import");
         assert_eq!(out.size, 100_000);
         assert_eq!(s.read_all(&hash).expect("read"), data);
@@ -865,7 +878,10 @@ mod tests {
         fs::write(dir.path().join(format!("blobs/{orphan}.obao")), b"").expect("w");
         fs::remove_file(dir.path().join("meta.redb")).expect("rm");
         let s = store(dir.path(), 1 << 30);
-        assert!(fs::read_dir(dir.path().join("tmp")).expect("tmp").next().is_none());
+        assert!(fs::read_dir(dir.path().join("tmp"))
+            .expect("tmp")
+            .next()
+            .is_none());
         assert!(!dir.path().join(format!("blobs/{orphan}.obao")).exists());
         assert_eq!(s.info(&hash).expect("info").map(|i| i.size), Some(50_000));
         assert_eq!(s.used_bytes(), 50_000);

@@ -30,20 +30,17 @@ pub fn open_at(dir: RawFd, hash: &BlobHash, suffix: &[u8]) -> io::Result<Option<
     let mut name = [0u8; 80];
     let hex = hash.to_hex();
     if suffix.len() > name.len() - hex.len() - 1 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "suffix too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "suffix too long",
+        ));
     }
     name[..64].copy_from_slice(&hex);
     name[64..64 + suffix.len()].copy_from_slice(suffix);
     // name[64 + suffix.len()] is already 0: the C string's terminator.
     // SAFETY: `name` is NUL-terminated (zeroed buffer, at least one byte left after
     // the copied hex and suffix) and lives across the call; `dir` is a descriptor.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr().cast(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::openat(dir, name.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
         let err = io::Error::last_os_error();
         return if err.kind() == io::ErrorKind::NotFound {
@@ -66,7 +63,12 @@ pub fn read_exact_at(fd: RawFd, mut buf: &mut [u8], mut offset: u64) -> io::Resu
     while !buf.is_empty() {
         // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
         let n = cvt_size(unsafe {
-            libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset as libc::off_t)
+            libc::pread(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                offset as libc::off_t,
+            )
         });
         match n {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -99,7 +101,13 @@ impl Pipe {
         // Larger pipes mean fewer splice calls per response. The kernel may refuse
         // (fs.pipe-max-size, or the per-user soft limit); then the default stays.
         // SAFETY: fcntl on an open descriptor with integer arguments.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want_bytes as libc::c_int) };
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                want_bytes as libc::c_int,
+            )
+        };
         // SAFETY: as above.
         let capacity = cvt(unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) })? as usize;
         Ok(Pipe {
@@ -162,7 +170,14 @@ impl Pipe {
 /// Best-effort send that never blocks (for a canned refusal on an overloaded core).
 pub fn send_nowait(socket: RawFd, bytes: &[u8]) {
     // SAFETY: `bytes` is a valid readable region; failure is ignored by design.
-    unsafe { libc::send(socket, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    unsafe {
+        libc::send(
+            socket,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
 }
 
 /// Raises the soft open-file limit to the hard limit: every connection costs a

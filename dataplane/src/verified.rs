@@ -272,7 +272,10 @@ impl Verifier {
         right: bool,
         pair: (&blake3::Hash, &blake3::Hash),
     ) -> Result<(), VerifyError> {
-        let expected = self.stack.pop().ok_or_else(|| VerifyError::bad_parent(node))?;
+        let expected = self
+            .stack
+            .pop()
+            .ok_or_else(|| VerifyError::bad_parent(node))?;
         if parent_cv(pair.0, pair.1, is_root) != expected {
             return Err(VerifyError::bad_parent(node));
         }
@@ -299,12 +302,10 @@ impl Verifier {
             start,
             end: start + data.len() as u64,
         };
-        let expected = self.stack.pop().ok_or_else(|| {
-            VerifyError::BadGroup {
-                index,
-                start,
-                end: start + data.len() as u64,
-            }
+        let expected = self.stack.pop().ok_or_else(|| VerifyError::BadGroup {
+            index,
+            start,
+            end: start + data.len() as u64,
         })?;
         if hash_group(start_chunk, data, is_root) != expected {
             return Err(bad);
@@ -317,8 +318,14 @@ impl Verifier {
 pub enum Item<'a> {
     /// The stream's announced size, before anything else.
     Size(u64),
-    Parent { node: TreeNode, pair: &'a [u8; 64] },
-    Group { offset: u64, data: &'a [u8] },
+    Parent {
+        node: TreeNode,
+        pair: &'a [u8; 64],
+    },
+    Group {
+        offset: u64,
+        data: &'a [u8],
+    },
 }
 
 /// Reads and verifies a verified stream for `ranges` of the blob `root`.
@@ -432,7 +439,18 @@ mod tests {
     }
 
     const SIZES: &[usize] = &[
-        0, 1, 1024, 16383, 16384, 16385, 32768, 32769, 49152, 100_000, 1 << 20, 1_234_567,
+        0,
+        1,
+        1024,
+        16383,
+        16384,
+        16385,
+        32768,
+        32769,
+        49152,
+        100_000,
+        1 << 20,
+        1_234_567,
     ];
 
     #[test]
@@ -455,7 +473,11 @@ mod tests {
         }
     }
 
-    fn decode_all(root: blake3::Hash, enc: &[u8], ranges: &ChunkRanges) -> Result<Vec<u8>, VerifyError> {
+    fn decode_all(
+        root: blake3::Hash,
+        enc: &[u8],
+        ranges: &ChunkRanges,
+    ) -> Result<Vec<u8>, VerifyError> {
         let mut out = Vec::new();
         decode_stream(root, enc, ranges, |item| {
             match item {
@@ -479,7 +501,10 @@ mod tests {
             let ob = b.finish();
             let enc = encode_to_vec(&bytes, &ob.pre_order, &all_ranges());
             assert_eq!(enc.len() as u64, encoded_len(len as u64, &all_ranges()));
-            assert_eq!(decode_all(ob.root, &enc, &all_ranges()).expect("valid"), bytes);
+            assert_eq!(
+                decode_all(ob.root, &enc, &all_ranges()).expect("valid"),
+                bytes
+            );
         }
     }
 
@@ -493,7 +518,10 @@ mod tests {
         let enc = encode_to_vec(&bytes, &ob.pre_order, &ranges);
         let out = decode_all(ob.root, &enc, &ranges).expect("valid");
         assert_eq!(&out[0..32768], &bytes[0..32768]);
-        assert!(out[32768..].iter().all(|&b| b == 0), "nothing outside the range");
+        assert!(
+            out[32768..].iter().all(|&b| b == 0),
+            "nothing outside the range"
+        );
     }
 
     #[test]
@@ -517,7 +545,9 @@ mod tests {
                     ));
                     pos += 64;
                 }
-                BaoChunk::Leaf { start_chunk, size, .. } => {
+                BaoChunk::Leaf {
+                    start_chunk, size, ..
+                } => {
                     let mut bad = enc.clone();
                     bad[pos + size / 2] ^= 0x80;
                     match decode_all(ob.root, &bad, &all_ranges()) {
