@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub io_uring_entries: u32,
     /// Size asked for each connection's splice pipe (the kernel may cap it).
     pub pipe_bytes: usize,
+    /// Open blob files each core keeps cached (each holds a descriptor).
+    pub open_file_cache_entries: usize,
 }
 
 impl Default for NodeConfig {
@@ -56,6 +58,7 @@ impl Default for NodeConfig {
             shutdown_grace_ms: 10_000,
             io_uring_entries: 1024,
             pipe_bytes: 1 << 20,
+            open_file_cache_entries: 1024,
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct CoreStats {
     pub timeouts: AtomicU64,
     /// Stored blobs whose bytes failed verification while being served.
     pub corrupt_detected: AtomicU64,
+    /// Blob opens served from the core's open-file cache.
+    pub open_cache_hits: AtomicU64,
     pub published: Mutex<Histogram<u64>>,
 }
 
@@ -69,6 +71,7 @@ impl Default for CoreStats {
             connections_refused: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             corrupt_detected: AtomicU64::new(0),
+            open_cache_hits: AtomicU64::new(0),
             published: Mutex::new(new_latency_histogram()),
         }
     }
@@ -137,7 +140,12 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, u64); 11] = [
+            (
+                "tessera_open_cache_hits_total",
+                "Blob opens served from a core's open-file cache.",
+                self.sum(|c| &c.open_cache_hits),
+            ),
             (
                 "tessera_bytes_sent_total",
                 "Bytes written to clients, heads included.",

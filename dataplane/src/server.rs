@@ -38,9 +38,11 @@ use crate::store::{now_secs, Store, StoreError};
 use crate::sys::{self, Pipe};
 use crate::verified::{self, Verifier};
 
-/// Last-access updates in flight to the maintenance thread; beyond this they are
-/// dropped (recency for eviction is approximate by design).
-const TOUCH_QUEUE: usize = 65_536;
+/// Batches of last-access times in flight to the maintenance thread; beyond this
+/// they are dropped (recency for eviction is approximate by design).
+const TOUCH_BATCHES_QUEUED: usize = 256;
+/// Distinct blobs a core remembers as read between two flushes; more are dropped.
+const TOUCHED_PER_CORE: usize = 8192;
 /// How often a core copies out its histogram and checks for shutdown.
 const TICK: Duration = Duration::from_millis(50);
 const PUBLISH_EVERY_TICKS: u32 = 20;
@@ -69,7 +71,7 @@ pub struct Shared {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Arc<AtomicBool>,
-    touches: Sender<(BlobHash, u64)>,
+    touches: Sender<Vec<(BlobHash, u64)>>,
     limits: http::Limits,
 }
 
@@ -92,7 +94,7 @@ impl Server {
             tracing::warn!("cannot raise the open-file limit: {e}");
         }
         let n = config.core_count();
-        let (touch_tx, touch_rx) = crossbeam_channel::bounded(TOUCH_QUEUE);
+        let (touch_tx, touch_rx) = crossbeam_channel::bounded(TOUCH_BATCHES_QUEUED);
         let shared = Arc::new(Shared {
             limits: http::Limits {
                 max_header_bytes: config.max_header_bytes,
@@ -187,26 +189,21 @@ fn allowed_cpus() -> Vec<usize> {
         .collect()
 }
 
-fn maintenance_loop(store: &Store, touches: &Receiver<(BlobHash, u64)>, shutdown: &AtomicBool) {
-    let mut batch = Vec::with_capacity(4096);
+fn maintenance_loop(
+    store: &Store,
+    touches: &Receiver<Vec<(BlobHash, u64)>>,
+    shutdown: &AtomicBool,
+) {
     loop {
         let stopping = shutdown.load(Ordering::Relaxed);
         match touches.recv_timeout(Duration::from_secs(1)) {
-            Ok(t) => batch.push(t),
+            Ok(batch) => {
+                if let Err(e) = store.touch_batch(&batch) {
+                    tracing::warn!("recording last access times failed: {e}");
+                }
+            }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        }
-        while batch.len() < 4096 {
-            match touches.try_recv() {
-                Ok(t) => batch.push(t),
-                Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            if let Err(e) = store.touch_batch(&batch) {
-                tracing::warn!("recording last access times failed: {e}");
-            }
-            batch.clear();
         }
         if stopping && touches.is_empty() {
             break;
@@ -257,6 +254,9 @@ fn core_main(
             in_flight: Cell::new(0),
             stopping: Cell::new(false),
             histogram: RefCell::new(new_latency_histogram()),
+            files: RefCell::new(FdCache::new(shared.config.open_file_cache_entries)),
+            touched: RefCell::new(std::collections::HashMap::with_capacity(TOUCHED_PER_CORE)),
+            now_secs: Cell::new(now_secs()),
         });
         let ticker = monoio::spawn(tick_loop(core.clone()));
         accept_loop(&core, &listener).await;
@@ -275,6 +275,7 @@ fn core_main(
             );
         }
         core.stats().publish(&core.histogram.borrow());
+        flush_touches(&core);
         drop(ticker);
     });
 }
@@ -287,11 +288,91 @@ struct Core {
     in_flight: Cell<usize>,
     stopping: Cell<bool>,
     histogram: RefCell<Histogram<u64>>,
+    files: RefCell<FdCache>,
+    /// Blobs read since the last flush, with the time (deduplicated per blob).
+    touched: RefCell<std::collections::HashMap<BlobHash, u64>>,
+    /// Wall-clock seconds, refreshed each tick.
+    now_secs: Cell<u64>,
 }
 
 impl Core {
     fn stats(&self) -> &CoreStats {
         &self.shared.metrics.cores[self.index]
+    }
+
+    /// Opens a blob's bytes through the core's open-file cache.
+    fn open_blob(&self, hash: &BlobHash) -> io::Result<Option<(Rc<OwnedFd>, u64)>> {
+        let store = &self.shared.store;
+        let mut cache = self.files.borrow_mut();
+        let now = Instant::now();
+        if let Some(hit) = cache.get(hash, store.generation(), now) {
+            bump(&self.stats().open_cache_hits, 1);
+            return Ok(Some(hit));
+        }
+        let Some((fd, size)) = sys::open_at(store.blobs_dir_fd(), hash, b"")? else {
+            return Ok(None);
+        };
+        let fd = Rc::new(fd);
+        cache.insert(*hash, fd.clone(), size, now);
+        Ok(Some((fd, size)))
+    }
+}
+
+/// How long a cached descriptor is trusted before the file is looked up again, so
+/// that changes made outside the node (`store verify --quarantine`) take effect.
+const OPEN_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// A core's cache of open blob files: a hit saves `openat`, `fstat` and `close`.
+/// Bounded; flushed whenever the store removes a blob (its generation changes).
+struct FdCache {
+    map: std::collections::HashMap<BlobHash, (Rc<OwnedFd>, u64, Instant)>,
+    capacity: usize,
+    generation: u64,
+}
+
+impl FdCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            map: std::collections::HashMap::with_capacity(capacity),
+            capacity,
+            generation: 0,
+        }
+    }
+
+    fn get(
+        &mut self,
+        hash: &BlobHash,
+        generation: u64,
+        now: Instant,
+    ) -> Option<(Rc<OwnedFd>, u64)> {
+        if generation != self.generation {
+            self.map.clear();
+            self.generation = generation;
+            return None;
+        }
+        match self.map.get(hash) {
+            Some((fd, size, at)) if now.duration_since(*at) < OPEN_CACHE_TTL => {
+                Some((fd.clone(), *size))
+            }
+            Some(_) => {
+                self.map.remove(hash);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&mut self, hash: BlobHash, fd: Rc<OwnedFd>, size: u64, now: Instant) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.len() >= self.capacity {
+            // Any victim will do: the map's order is effectively random.
+            if let Some(victim) = self.map.keys().next().copied() {
+                self.map.remove(&victim);
+            }
+        }
+        self.map.insert(hash, (fd, size, now));
     }
 }
 
@@ -303,8 +384,10 @@ async fn tick_loop(core: Rc<Core>) {
             core.stopping.set(true);
         }
         ticks += 1;
+        core.now_secs.set(now_secs());
         if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             core.stats().publish(&core.histogram.borrow());
+            flush_touches(&core);
         }
     }
 }
@@ -738,8 +821,21 @@ async fn write_wbuf(core: &Core, conn: &mut Conn) -> io::Result<()> {
     Ok(())
 }
 
+/// Remembers that a blob was read; the core sends its batch once a second.
 fn touch(core: &Core, hash: BlobHash) {
-    match core.shared.touches.try_send((hash, now_secs())) {
+    let mut touched = core.touched.borrow_mut();
+    if touched.len() < TOUCHED_PER_CORE || touched.contains_key(&hash) {
+        touched.insert(hash, core.now_secs.get());
+    }
+}
+
+fn flush_touches(core: &Core) {
+    let mut touched = core.touched.borrow_mut();
+    if touched.is_empty() {
+        return;
+    }
+    let batch: Vec<(BlobHash, u64)> = touched.drain().collect();
+    match core.shared.touches.try_send(batch) {
         Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
     }
 }
@@ -752,8 +848,14 @@ async fn open_or_answer(
     hash: &BlobHash,
     suffix: &[u8],
     keep_alive: bool,
-) -> io::Result<Result<(OwnedFd, u64), Next>> {
-    match sys::open_at(core.shared.store.blobs_dir_fd(), hash, suffix) {
+) -> io::Result<Result<(Rc<OwnedFd>, u64), Next>> {
+    let opened = if suffix.is_empty() {
+        core.open_blob(hash)
+    } else {
+        sys::open_at(core.shared.store.blobs_dir_fd(), hash, suffix)
+            .map(|found| found.map(|(fd, size)| (Rc::new(fd), size)))
+    };
+    match opened {
         Ok(Some(found)) => Ok(Ok(found)),
         Ok(None) => Ok(Err(respond_text(
             core,
@@ -1004,7 +1106,10 @@ async fn get_verified(
             // Never send bytes that do not match the hash: cut the stream here so the
             // client sees it end early; `tessera store verify` finds the blob.
             bump(&core.stats().corrupt_detected, 1);
-            tracing::error!(%hash, "stored blob is corrupt: {e}; run `tessera store verify`");
+            tracing::error!(%hash, "stored blob is corrupt: {e}; moving it to quarantine/");
+            if let Err(e) = core.shared.store.quarantine(&hash) {
+                tracing::error!(%hash, "cannot quarantine corrupt blob: {e}");
+            }
             conn.wbuf.clear();
             return Ok(Next::Close);
         }

@@ -128,6 +128,8 @@ pub struct Store {
     /// Serializes puts, deletes, pins and eviction (never taken on the read path).
     write_lock: Mutex<()>,
     tmp_seq: AtomicU64,
+    /// Bumped whenever a blob is removed, so cores drop cached descriptors.
+    generation: AtomicU64,
 }
 
 pub fn now_secs() -> u64 {
@@ -170,6 +172,7 @@ impl Store {
             blob_count: AtomicU64::new(0),
             write_lock: Mutex::new(()),
             tmp_seq: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         };
         store.reconcile()?;
         Ok(store)
@@ -190,6 +193,11 @@ impl Store {
 
     pub fn blob_count(&self) -> u64 {
         self.blob_count.load(Ordering::Relaxed)
+    }
+
+    /// Changes whenever a blob is removed (delete, eviction).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -491,6 +499,7 @@ impl Store {
             return Err(StoreError::NotFound(*hash));
         };
         remove_if_exists(&self.data_path(hash))?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         remove_if_exists(&self.outboard_path(hash))?;
         let txn = self.db.begin_write().map_err(db_err)?;
         {
@@ -501,6 +510,19 @@ impl Store {
         self.used_bytes.fetch_sub(info.size, Ordering::Relaxed);
         self.blob_count.fetch_sub(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Takes a blob found corrupt out of service: its bytes move to `quarantine/` (kept
+    /// for inspection), its outboard and record go. Cores stop serving it at once.
+    pub fn quarantine(&self, hash: &BlobHash) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let target = self.root.join("quarantine").join(hash.to_string());
+        match fs::rename(self.data_path(hash), &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.remove_locked(hash)
     }
 
     /// Pins (never evicted) or unpins a blob.
