@@ -43,6 +43,8 @@ use crate::verified::{self, Verifier};
 const TOUCH_BATCHES_QUEUED: usize = 256;
 /// Distinct blobs a core remembers as read between two flushes; more are dropped.
 const TOUCHED_PER_CORE: usize = 8192;
+/// Threads that run blocking store work (commits and admin operations).
+const STORE_IO_THREADS: usize = 4;
 /// How often a core copies out its histogram and checks for shutdown.
 const TICK: Duration = Duration::from_millis(50);
 const PUBLISH_EVERY_TICKS: u32 = 20;
@@ -73,6 +75,9 @@ pub struct Shared {
     pub shutdown: Arc<AtomicBool>,
     touches: Sender<Vec<(BlobHash, u64)>>,
     limits: http::Limits,
+    /// Threads for the store work that blocks (fsync, renames, redb commits), shared
+    /// by all cores so that an upload's commit never stalls an event loop.
+    blocking: monoio::blocking::DefaultThreadPool,
 }
 
 /// A running server; [`Server::wait`] blocks until every core has stopped.
@@ -105,6 +110,7 @@ impl Server {
             metrics: Arc::new(Metrics::new(n)),
             shutdown: shutdown.clone(),
             touches: touch_tx,
+            blocking: monoio::blocking::DefaultThreadPool::new(STORE_IO_THREADS),
         });
         let maintenance = {
             let store = store.clone();
@@ -224,6 +230,7 @@ fn core_main(
     }
     let runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .with_entries(shared.config.io_uring_entries)
+        .attach_thread_pool(Box::new(shared.blocking.clone()))
         .enable_timer()
         .build();
     let mut runtime = match runtime {
@@ -692,16 +699,19 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
             }
         }
         (Route::Blob(hash), Method::Delete) => {
-            admin(core, conn, &info, keep_alive, |store| store.delete(&hash)).await
+            admin(core, conn, &info, keep_alive, move |store| {
+                store.delete(&hash)
+            })
+            .await
         }
         (Route::Pin(hash), Method::Put) => {
-            admin(core, conn, &info, keep_alive, |store| {
+            admin(core, conn, &info, keep_alive, move |store| {
                 store.set_pinned(&hash, true)
             })
             .await
         }
         (Route::Pin(hash), Method::Delete) => {
-            admin(core, conn, &info, keep_alive, |store| {
+            admin(core, conn, &info, keep_alive, move |store| {
                 store.set_pinned(&hash, false)
             })
             .await
@@ -1107,7 +1117,8 @@ async fn get_verified(
             // client sees it end early; `tessera store verify` finds the blob.
             bump(&core.stats().corrupt_detected, 1);
             tracing::error!(%hash, "stored blob is corrupt: {e}; moving it to quarantine/");
-            if let Err(e) = core.shared.store.quarantine(&hash) {
+            let store = core.shared.store.clone();
+            if let Err(e) = off_core(move || store.quarantine(&hash)).await {
                 tracing::error!(%hash, "cannot quarantine corrupt blob: {e}");
             }
             conn.wbuf.clear();
@@ -1125,12 +1136,25 @@ async fn get_verified(
     })
 }
 
+/// Runs blocking store work on the store-I/O threads and waits for it without
+/// blocking the core.
+async fn off_core<R: Send + 'static>(
+    work: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    match monoio::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Io(io::Error::other(
+            "store I/O thread pool is gone",
+        ))),
+    }
+}
+
 async fn admin(
     core: &Core,
     conn: &mut Conn,
     info: &ReqInfo,
     keep_alive: bool,
-    op: impl FnOnce(&Store) -> Result<(), StoreError>,
+    op: impl FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
 ) -> io::Result<Next> {
     let route = info.route;
     match info.auth {
@@ -1158,7 +1182,8 @@ async fn admin(
         }
         Auth::Ok => {}
     }
-    match op(&core.shared.store) {
+    let store = core.shared.store.clone();
+    match off_core(move || op(&store)).await {
         Ok(()) => {
             let mut wbuf = std::mem::take(&mut conn.wbuf);
             Head::new(&mut wbuf, Status::NoContent).finish(0, keep_alive);
@@ -1280,7 +1305,7 @@ async fn upload(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next
         }
     }
     let keep_alive = info.keep_alive && !core.stopping.get();
-    match writer.finish() {
+    match off_core(move || writer.finish()).await {
         Ok(out) => {
             let mut body = [0u8; 128];
             let len = {

@@ -28,7 +28,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -299,15 +299,16 @@ impl Store {
             .join(format!("{}-{seq}.{kind}", std::process::id()))
     }
 
-    /// Starts a put of a stream of unknown length.
-    pub fn begin_put(&self, max_size: u64) -> Result<PutWriter<'_>, StoreError> {
+    /// Starts a put of a stream of unknown length. The writer owns a handle on the
+    /// store so that [`PutWriter::finish`] can run on another thread.
+    pub fn begin_put(self: &Arc<Self>, max_size: u64) -> Result<PutWriter, StoreError> {
         let path = self.tmp_path("data");
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)?;
         Ok(PutWriter {
-            store: self,
+            store: self.clone(),
             file: Some(file),
             path,
             builder: OutboardBuilder::new(),
@@ -316,7 +317,7 @@ impl Store {
     }
 
     /// Puts everything `reader` yields.
-    pub fn put_reader(&self, mut reader: impl Read) -> Result<PutOutcome, StoreError> {
+    pub fn put_reader(self: &Arc<Self>, mut reader: impl Read) -> Result<PutOutcome, StoreError> {
         let mut writer = self.begin_put(u64::MAX)?;
         copy_into(&mut reader, |buf| writer.write(buf))?;
         writer.finish()
@@ -644,15 +645,15 @@ pub fn verify_dir(root: &Path, quarantine: bool) -> Result<(usize, Vec<Corrupt>)
 }
 
 /// A blob being written; dropped without [`PutWriter::finish`], it leaves nothing.
-pub struct PutWriter<'a> {
-    store: &'a Store,
+pub struct PutWriter {
+    store: Arc<Store>,
     file: Option<File>,
     path: PathBuf,
     builder: OutboardBuilder,
     max_size: u64,
 }
 
-impl PutWriter<'_> {
+impl PutWriter {
     /// Hashes and writes the next bytes of the blob.
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         let size = self.builder.size() + data.len() as u64;
@@ -701,7 +702,7 @@ impl PutWriter<'_> {
     }
 }
 
-impl Drop for PutWriter<'_> {
+impl Drop for PutWriter {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = fs::remove_file(&self.path);
@@ -781,8 +782,8 @@ mod tests {
     use super::*;
     use crate::verified::{all_ranges, encode_to_vec, group_ranges, Item};
 
-    fn store(dir: &Path, max_bytes: u64) -> Store {
-        Store::open(dir, StoreConfig { max_bytes }).expect("open store")
+    fn store(dir: &Path, max_bytes: u64) -> Arc<Store> {
+        Arc::new(Store::open(dir, StoreConfig { max_bytes }).expect("open store"))
     }
 
     fn bytes(len: usize, seed: u8) -> Vec<u8> {
