@@ -298,3 +298,26 @@ fn a_thousand_concurrent_keep_alive_connections() {
     }
     assert!(node.metric("tessera_connections_open") >= 1000);
 }
+
+#[test]
+fn store_limit_evicts_least_recently_used_never_pinned() {
+    let node = Node::start(&["--max-store-bytes", "100000", "--admin-token", ADMIN]);
+    let a = node.put_bytes(&random_bytes(40_000, 10));
+    let b = node.put_bytes(&random_bytes(40_000, 11));
+    let pin = format!(
+        "PUT /blobs/{a}/pin HTTP/1.1\r\nAuthorization: Bearer {ADMIN}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(node.request(pin.as_bytes()).0, 204);
+    // a is pinned, so the third blob pushes out b.
+    let c = node.put_bytes(&random_bytes(40_000, 12));
+    assert_eq!(node.get(&format!("/blobs/{a}")).0, 200);
+    assert_eq!(node.get(&format!("/blobs/{b}")).0, 404);
+    assert_eq!(node.get(&format!("/blobs/{c}")).0, 200);
+    assert_eq!(node.metric("tessera_store_bytes"), 80_000);
+    // Larger than the whole store: refused with 507, nothing stored.
+    let mut req =
+        b"POST /blobs HTTP/1.1\r\nContent-Length: 150000\r\nConnection: close\r\n\r\n".to_vec();
+    req.extend_from_slice(&random_bytes(150_000, 13));
+    assert_eq!(node.request(&req).0, 507);
+    assert_eq!(node.metric("tessera_store_blobs"), 2);
+}

@@ -493,10 +493,13 @@ impl<'a> Head<'a> {
     /// Ends the head with `Content-Length` and the connection decision.
     pub fn finish(self, content_length: u64, keep_alive: bool) {
         let _ = write!(self.out, "Content-Length: {content_length}\r\n");
-        if !keep_alive {
-            self.out.extend_from_slice(b"Connection: close\r\n");
+        // Stated either way, as nginx does, so HTTP/1.0 clients keep the connection too.
+        if keep_alive {
+            self.out
+                .extend_from_slice(b"Connection: keep-alive\r\n\r\n");
+        } else {
+            self.out.extend_from_slice(b"Connection: close\r\n\r\n");
         }
-        self.out.extend_from_slice(b"\r\n");
     }
 }
 
