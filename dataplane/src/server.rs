@@ -43,6 +43,10 @@ use crate::verified::{self, Verifier};
 const TOUCH_BATCHES_QUEUED: usize = 256;
 /// Distinct blobs a core remembers as read between two flushes; more are dropped.
 const TOUCHED_PER_CORE: usize = 8192;
+/// Upload bodies are read in pieces of this size.
+const UPLOAD_BUF_BYTES: usize = 256 * 1024;
+/// Upload buffers a core keeps for reuse.
+const UPLOAD_BUFS_KEPT: usize = 8;
 /// Threads that run blocking store work (commits and admin operations).
 const STORE_IO_THREADS: usize = 4;
 /// How often a core copies out its histogram and checks for shutdown.
@@ -264,6 +268,7 @@ fn core_main(
             files: RefCell::new(FdCache::new(shared.config.open_file_cache_entries)),
             touched: RefCell::new(std::collections::HashMap::with_capacity(TOUCHED_PER_CORE)),
             now_secs: Cell::new(now_secs()),
+            upload_bufs: RefCell::new(Vec::new()),
         });
         let ticker = monoio::spawn(tick_loop(core.clone()));
         accept_loop(&core, &listener).await;
@@ -300,6 +305,8 @@ struct Core {
     touched: RefCell<std::collections::HashMap<BlobHash, u64>>,
     /// Wall-clock seconds, refreshed each tick.
     now_secs: Cell<u64>,
+    /// Reusable upload body buffers.
+    upload_bufs: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Core {
@@ -1216,8 +1223,35 @@ async fn admin(
     }
 }
 
-/// `POST /blobs`: streams the body into the store, hashing as it writes.
+/// `POST /blobs`: streams the body into the store, hashing as it writes. The body is
+/// read through a larger buffer than heads need, taken from the core's pool.
 async fn upload(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next> {
+    let big = core
+        .upload_bufs
+        .borrow_mut()
+        .pop()
+        .unwrap_or_else(|| Vec::with_capacity(UPLOAD_BUF_BYTES));
+    let small = std::mem::replace(&mut conn.rbuf, big);
+    conn.rbuf.clear();
+    conn.rbuf.extend_from_slice(&small);
+    let mut result = upload_body(core, conn, info).await;
+    let mut big = std::mem::replace(&mut conn.rbuf, small);
+    conn.rbuf.clear();
+    if big.len() <= conn.rbuf.capacity() {
+        // Whatever the client pipelined after the body.
+        conn.rbuf.extend_from_slice(&big);
+    } else {
+        result = result.map(|_| Next::Close);
+    }
+    big.clear();
+    let mut pool = core.upload_bufs.borrow_mut();
+    if big.capacity() == UPLOAD_BUF_BYTES && pool.len() < UPLOAD_BUFS_KEPT {
+        pool.push(big);
+    }
+    result
+}
+
+async fn upload_body(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next> {
     let route = info.route;
     let cfg = &core.shared.config;
     if let Body::Length(n) = info.body {
