@@ -249,6 +249,50 @@ fn keep_alive_pipelining_and_zero_copy() {
         node.metric("tessera_zero_copy_bytes_total") - before,
         600_000
     );
+
+    // An upload with a request pipelined right behind its body.
+    let body = random_bytes(70_000, 6);
+    let mut req = format!(
+        "POST /blobs HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req.extend_from_slice(b"GET /healthz HTTP/1.1\r\n\r\n");
+    s.write_all(&req).expect("write");
+    let (a, _, json) = read_response(&mut s).expect("upload answer");
+    assert_eq!(a, 201, "{}", String::from_utf8_lossy(&json));
+    assert!(String::from_utf8_lossy(&json).contains(blake3::hash(&body).to_hex().as_str()));
+    assert_eq!(read_response(&mut s).expect("healthz").0, 200);
+}
+
+#[test]
+fn curl_chunked_upload() {
+    let node = Node::start(&[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = random_bytes(3 << 20, 77);
+    let file = dir.path().join("in");
+    std::fs::write(&file, &data).expect("write");
+    // `-T -` reads stdin, so curl sends Transfer-Encoding: chunked.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "-T",
+            "-",
+            &format!("{}/blobs", node.url()),
+        ])
+        .stdin(std::fs::File::open(&file).expect("open"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["hash"].as_str(),
+        Some(blake3::hash(&data).to_hex().as_str())
+    );
+    assert_eq!(v["size"].as_u64(), Some(data.len() as u64));
 }
 
 #[test]
