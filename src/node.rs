@@ -3,14 +3,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use dataplane::config::NodeConfig;
 use dataplane::server::Server;
 use dataplane::store::{Store, StoreConfig};
+use sd_notify::NotifyState;
 
 /// Every setting can come from the TOML file, a `TESSERA_*` variable or a flag;
 /// later ones win: defaults < file < environment < flags.
@@ -107,8 +109,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let cores = cfg.core_count();
     let listen = cfg.listen;
-    let server = Server::start(cfg, store, shutdown)?;
+    let server = Server::start(cfg, store, shutdown.clone())?;
     tracing::info!(%listen, cores, "listening on http://{listen}");
+    // Tell a notify-aware supervisor (systemd Type=notify) we serve; a no-op without
+    // NOTIFY_SOCKET.
+    let status = format!("serving on http://{listen} with {cores} cores");
+    if let Err(e) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]) {
+        tracing::warn!("cannot notify the service manager: {e}");
+    }
+    while !shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("stopping: finishing requests in flight");
+    let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
     server.wait();
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
