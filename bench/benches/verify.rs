@@ -1,0 +1,174 @@
+//! Micro-benchmarks of what verification costs next to hashing, at 16 KiB chunk
+//! groups, on one core and on all cores; and store put/get.
+//!
+//! `cargo bench -p tessera-bench --bench verify` (add `-- --quick` for a fast pass).
+//! After criterion's report it prints the ratio verified-decode / raw-hash
+//! throughput (the target is >= 0.9).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use dataplane::store::{Store, StoreConfig};
+use dataplane::verified::{self, all_ranges, decode_stream, encode_to_vec, OutboardBuilder};
+
+const SIZE: usize = 16 << 20;
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761) as u8)
+        .collect()
+}
+
+fn outboard(d: &[u8]) -> verified::Outboard {
+    let mut b = OutboardBuilder::new();
+    b.update(d);
+    b.finish()
+}
+
+fn decode(root: blake3::Hash, enc: &[u8]) -> u64 {
+    decode_stream(root, enc, &all_ranges(), |_| Ok(())).unwrap_or(0)
+}
+
+/// Runs `f` once on each of `threads` threads at the same time.
+fn parallel(threads: usize, f: impl Fn() + Sync) {
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(&f);
+        }
+    });
+}
+
+fn hashing(c: &mut Criterion) {
+    let d = data(SIZE);
+    let ob = outboard(&d);
+    let enc = encode_to_vec(&d, &ob.pre_order, &all_ranges());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut g = c.benchmark_group("verify-16KiB-groups");
+    for threads in [1, cores] {
+        g.throughput(Throughput::Bytes((SIZE * threads) as u64));
+        g.bench_with_input(
+            BenchmarkId::new("blake3::hash", threads),
+            &threads,
+            |b, &t| {
+                b.iter(|| {
+                    parallel(t, || {
+                        black_box(blake3::hash(black_box(&d)));
+                    })
+                })
+            },
+        );
+        g.bench_with_input(BenchmarkId::new("outboard", threads), &threads, |b, &t| {
+            b.iter(|| {
+                parallel(t, || {
+                    black_box(outboard(black_box(&d)));
+                })
+            })
+        });
+        g.bench_with_input(
+            BenchmarkId::new("verified-decode", threads),
+            &threads,
+            |b, &t| {
+                b.iter(|| {
+                    parallel(t, || {
+                        black_box(decode(ob.root, black_box(&enc)));
+                    })
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("bao-tree-decode", threads),
+            &threads,
+            |b, &t| {
+                let tree = bao_tree::BaoTree::new(SIZE as u64, verified::block_size());
+                let all = all_ranges();
+                b.iter(|| {
+                    parallel(t, || {
+                        let it = bao_tree::io::sync::DecodeResponseIter::new(
+                            ob.root,
+                            tree,
+                            &enc[8..],
+                            &all,
+                        );
+                        black_box(it.count());
+                    })
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn store(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let s = Arc::new(
+        Store::open(dir.path(), StoreConfig { max_bytes: 1 << 40 })
+            .unwrap_or_else(|e| panic!("store: {e}")),
+    );
+    let blob = data(1 << 20);
+    let mut g = c.benchmark_group("store-1MiB");
+    g.throughput(Throughput::Bytes(blob.len() as u64));
+    let mut n = 0u64;
+    g.bench_function("put (hash, outboard, fsync, commit)", |b| {
+        b.iter(|| {
+            let mut fresh = blob.clone();
+            n += 1;
+            fresh[..8].copy_from_slice(&n.to_le_bytes());
+            black_box(
+                s.put_reader(&fresh[..])
+                    .unwrap_or_else(|e| panic!("put: {e}")),
+            );
+        })
+    });
+    let hash = s
+        .put_reader(&blob[..])
+        .unwrap_or_else(|e| panic!("put: {e}"))
+        .hash;
+    g.bench_function("get (read whole blob)", |b| {
+        b.iter(|| black_box(s.read_all(&hash).unwrap_or_else(|e| panic!("get: {e}"))))
+    });
+    g.finish();
+}
+
+/// Best-of-5 throughput of `f` over `bytes`, in GiB/s.
+fn gibps(bytes: usize, f: impl Fn()) -> f64 {
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed());
+    }
+    bytes as f64 / best.as_secs_f64() / (1u64 << 30) as f64
+}
+
+fn ratio_summary() {
+    let d = data(SIZE);
+    let ob = outboard(&d);
+    let enc = encode_to_vec(&d, &ob.pre_order, &all_ranges());
+    let raw = gibps(SIZE, || {
+        black_box(blake3::hash(&d));
+    });
+    let out = gibps(SIZE, || {
+        black_box(outboard(&d));
+    });
+    let dec = gibps(SIZE, || {
+        black_box(decode(ob.root, &enc));
+    });
+    println!("one core, 16 MiB: blake3::hash {raw:.2} GiB/s, outboard {out:.2} GiB/s, verified decode {dec:.2} GiB/s");
+    println!(
+        "ratio verified/raw = {:.2} (target >= 0.9); outboard/raw = {:.2}",
+        dec / raw,
+        out / raw
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    hashing(&mut c);
+    store(&mut c);
+    c.final_summary();
+    ratio_summary();
+}

@@ -1,0 +1,181 @@
+//! `tessera-bench`: the load generator and the side-by-side suite that benchmarkers
+//! can trust.
+//!
+//! - `load`: one run against one server: open loop (constant arrival rate, latency
+//!   from each request's intended send time, so coordinated omission is corrected) or
+//!   closed loop (peak throughput). HdrHistogram per worker, merged; prints p50 to
+//!   max, throughput and errors; writes the `.hgrm` percentile distribution and JSON.
+//! - `suite`: Tessera against nginx (Debian's, `sendfile on`, same worker count and
+//!   CPUs) on the same files, over HTTP/1.1, load generator pinned to other CPUs:
+//!   peak throughput, latency at fractions of the peak, CPU-seconds per GB and per
+//!   million requests, and a core-scaling mode. Writes JSON and PNG plots, prints a
+//!   table with ratios, and stops every server it started, also on failure.
+//!
+//! HTTP/3 (against Caddy) joins when the data plane speaks it.
+
+mod load;
+mod plot;
+mod suite;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tessera-bench",
+    about = "Load generator and side-by-side benchmarks for Tessera"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load one server and report latency percentiles and throughput.
+    Load(LoadArgs),
+    /// Tessera vs nginx on the same files: tables, JSON and plots.
+    Suite(suite::SuiteArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Server address.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Paths to GET (repeatable); one is picked per request.
+    #[arg(long = "path", required_unless_present = "upload_bytes")]
+    paths: Vec<String>,
+    /// Pick paths by Zipf popularity with this exponent (e.g. 1.0) instead of uniformly.
+    #[arg(long)]
+    zipf: Option<f64>,
+    /// Random byte ranges of LEN bytes within objects of SIZE bytes: SIZE:LEN.
+    #[arg(long, value_parser = parse_range)]
+    range: Option<(u64, u64)>,
+    /// Ask for the verified stream (Accept: application/x-bao).
+    #[arg(long)]
+    verified: bool,
+    /// Upload this many fresh random bytes per request (POST /blobs) instead of GETs.
+    #[arg(long)]
+    upload_bytes: Option<usize>,
+    /// Requests per second across all connections (open loop). Without it: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// CPUs for the worker threads, e.g. 1,2,3 or 8-15.
+    #[arg(long, value_parser = suite::parse_cpus)]
+    cpus: Option<suite::List>,
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Write the percentile distribution (.hgrm) here.
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// Write a JSON summary here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s.split_once(':').ok_or("expected SIZE:LEN")?;
+    let size = a.parse::<u64>().map_err(|e| e.to_string())?;
+    let len = b.parse::<u64>().map_err(|e| e.to_string())?;
+    if len == 0 || len > size {
+        return Err("LEN must be between 1 and SIZE".into());
+    }
+    Ok((size, len))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Load(a) => {
+            let workload = match a.upload_bytes {
+                Some(bytes) => load::Workload::Upload {
+                    path: "/blobs".into(),
+                    bytes,
+                },
+                None => load::Workload::Get {
+                    paths: a.paths,
+                    zipf: a.zipf,
+                    range: a.range,
+                    headers: if a.verified {
+                        "Accept: application/x-bao\r\n".into()
+                    } else {
+                        String::new()
+                    },
+                },
+            };
+            let spec = load::Spec {
+                addr: a.addr,
+                workload,
+                mode: match a.rate {
+                    Some(rate) => load::Mode::Open { rate },
+                    None => load::Mode::Closed,
+                },
+                connections: a.connections,
+                threads: a.threads,
+                cpus: a.cpus.map(|l| l.0).unwrap_or_default(),
+                duration: Duration::from_secs_f64(a.duration + a.warmup),
+                warmup: Duration::from_secs_f64(a.warmup),
+                timeout: Duration::from_secs_f64(a.timeout),
+            };
+            let report = load::run(&spec)?;
+            print_report(&report);
+            if let Some(path) = a.hgrm {
+                let mut f = std::fs::File::create(&path)?;
+                load::write_hgrm(&report.histogram, &mut f)?;
+            }
+            if let Some(path) = a.json {
+                std::fs::write(
+                    path,
+                    serde_json::to_string_pretty(&suite::summary(&report))?,
+                )?;
+            }
+            if report.completed == 0 {
+                anyhow::bail!("no request completed");
+            }
+            Ok(())
+        }
+        Command::Suite(args) => suite::run(args),
+    }
+}
+
+fn print_report(r: &load::Report) {
+    if let Some(rate) = r.offered_rate {
+        println!("offered   {rate:.0} req/s (open loop, latency from intended send time)");
+    } else {
+        println!("closed loop");
+    }
+    println!(
+        "completed {} in {:.1}s: {:.0} req/s, {:.3} GB/s",
+        r.completed,
+        r.measured.as_secs_f64(),
+        r.rps(),
+        r.bytes_per_sec() / 1e9
+    );
+    println!(
+        "errors    {} (status {}, i/o {}, timeout {})",
+        r.errors(),
+        r.errors_status,
+        r.errors_io,
+        r.errors_timeout
+    );
+    println!(
+        "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}",
+        r.ms(0.5),
+        r.ms(0.9),
+        r.ms(0.99),
+        r.ms(0.999),
+        r.ms(0.9999),
+        r.ms(1.0)
+    );
+}

@@ -1,0 +1,176 @@
+//! PNG plots of a suite run (plotters, bitmap backend, DejaVu Sans from the system).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::suite::Measured;
+
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+fn register_font() -> anyhow::Result<()> {
+    let path = FONT_PATHS
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .context("no DejaVu Sans font for plot labels: apt-get install fonts-dejavu-core")?;
+    let bytes: &'static [u8] = Box::leak(std::fs::read(path)?.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow::anyhow!("cannot load font {path}"))?;
+    Ok(())
+}
+
+const COLORS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+
+/// Latency percentiles against offered load for each workload with a curve, and
+/// throughput against cores when several core counts were run.
+pub fn render(results: &[Measured], out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    register_font()?;
+    let mut written = Vec::new();
+    let mut workloads: Vec<&str> = results
+        .iter()
+        .filter(|m| !m.latency_curve.is_empty())
+        .map(|m| m.workload.as_str())
+        .collect();
+    workloads.dedup();
+    for w in workloads {
+        let path = out.join(format!("latency-{w}.png"));
+        latency_plot(results, w, &path)?;
+        written.push(path);
+    }
+    let mut cores: Vec<usize> = results.iter().map(|m| m.cores).collect();
+    cores.sort_unstable();
+    cores.dedup();
+    if cores.len() > 1 {
+        for w in ["4k", "1m"] {
+            let path = out.join(format!("scaling-{w}.png"));
+            scaling_plot(results, w, &path)?;
+            written.push(path);
+        }
+    }
+    Ok(written)
+}
+
+fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting failed: {e:?}")
+}
+
+fn latency_plot(results: &[Measured], workload: &str, path: &Path) -> anyhow::Result<()> {
+    let series: Vec<&Measured> = results
+        .iter()
+        .filter(|m| m.workload == workload && !m.latency_curve.is_empty())
+        .collect();
+    let max_x = series
+        .iter()
+        .flat_map(|m| m.latency_curve.iter().filter_map(|s| s.offered_rps))
+        .fold(1.0, f64::max);
+    let max_y = series
+        .iter()
+        .flat_map(|m| m.latency_curve.iter().map(|s| s.p99_ms))
+        .fold(0.1, f64::max);
+    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{workload}: latency vs offered load (open loop)"),
+            ("sans-serif", 24),
+        )
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..max_x * 1.05, (0.01..max_y * 1.5).log_scale())
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered load, requests/s")
+        .y_desc("latency, ms")
+        .draw()
+        .map_err(draw_err)?;
+    for (i, m) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        for (label, pick, dashed) in [("p50", 0usize, false), ("p99", 1, true)] {
+            let pts: Vec<(f64, f64)> = m
+                .latency_curve
+                .iter()
+                .filter_map(|s| {
+                    s.offered_rps
+                        .map(|x| (x, if pick == 0 { s.p50_ms } else { s.p99_ms }.max(0.011)))
+                })
+                .collect();
+            let style = if dashed {
+                color.stroke_width(1)
+            } else {
+                color.stroke_width(3)
+            };
+            chart
+                .draw_series(LineSeries::new(pts.clone(), style))
+                .map_err(draw_err)?
+                .label(format!("{} {label}", m.server))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(draw_err)?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_err)?;
+    root.present().map_err(draw_err)?;
+    Ok(())
+}
+
+fn scaling_plot(results: &[Measured], workload: &str, path: &Path) -> anyhow::Result<()> {
+    let rows: Vec<&Measured> = results.iter().filter(|m| m.workload == workload).collect();
+    let max_cores = rows.iter().map(|m| m.cores).max().unwrap_or(1) as f64;
+    let max_rps = rows.iter().map(|m| m.peak.rps).fold(1.0, f64::max);
+    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{workload}: peak throughput vs cores"),
+            ("sans-serif", 24),
+        )
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..max_cores + 0.5, 0.0..max_rps * 1.1)
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("server cores")
+        .y_desc("requests/s")
+        .draw()
+        .map_err(draw_err)?;
+    for (i, server) in ["tessera", "nginx"].iter().enumerate() {
+        let color = COLORS[i];
+        let mut pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|m| m.server == *server)
+            .map(|m| (m.cores as f64, m.peak.rps))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))
+            .map_err(draw_err)?
+            .label(*server)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .map_err(draw_err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_err)?;
+    root.present().map_err(draw_err)?;
+    Ok(())
+}
