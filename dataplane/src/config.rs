@@ -39,6 +39,26 @@ pub struct NodeConfig {
     pub pipe_bytes: usize,
     /// Open blob files each core keeps cached (each holds a descriptor).
     pub open_file_cache_entries: usize,
+    /// Serve HTTP/3 on UDP at the same address as `listen`.
+    pub h3: bool,
+    /// TLS certificate chain (PEM) for HTTP/3. None: a self-signed one is made in
+    /// `data_dir/tls/` on first start.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM), with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// QUIC connections per core; more are ignored (the client retries elsewhere).
+    pub h3_max_connections_per_core: usize,
+    /// Concurrent request streams a client may open per connection.
+    pub h3_max_streams_per_connection: u64,
+    /// Connection-wide flow-control window, bytes.
+    pub h3_max_data_bytes: u64,
+    /// Per-stream flow-control window, bytes.
+    pub h3_max_stream_data_bytes: u64,
+    /// A QUIC connection idle this long is closed.
+    pub h3_idle_timeout_ms: u64,
+    /// Socket buffer asked for each core's UDP socket (the kernel caps it at
+    /// net.core.rmem_max / wmem_max; a warning says so).
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for NodeConfig {
@@ -59,8 +79,21 @@ impl Default for NodeConfig {
             io_uring_entries: 1024,
             pipe_bytes: 1 << 20,
             open_file_cache_entries: 1024,
+            h3: true,
+            tls_cert: None,
+            tls_key: None,
+            h3_max_connections_per_core: 4096,
+            h3_max_streams_per_connection: 128,
+            h3_max_data_bytes: 32 << 20,
+            h3_max_stream_data_bytes: 8 << 20,
+            h3_idle_timeout_ms: 30_000,
+            udp_buffer_bytes: 8 << 20,
         }
     }
+}
+
+fn core_count_limit(cfg: &NodeConfig) -> usize {
+    cfg.core_count()
 }
 
 /// `$XDG_DATA_HOME/tessera`, else `~/.local/share/tessera`, else `./tessera-data`.
@@ -99,6 +132,12 @@ impl NodeConfig {
         }
         if self.max_connections_per_core == 0 {
             return Err("max_connections_per_core must be at least 1".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together: set both or neither".into());
+        }
+        if self.h3 && core_count_limit(self) > 255 {
+            return Err("HTTP/3 steers packets by a one-byte core index: at most 255 cores".into());
         }
         if matches!(&self.admin_token, Some(t) if t.len() < 16) {
             return Err("admin_token must be at least 16 characters".into());

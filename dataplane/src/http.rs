@@ -468,6 +468,12 @@ impl<'a> Head<'a> {
         self
     }
 
+    /// Appends header lines already formatted (each ending in CRLF).
+    pub fn raw(self, lines: &[u8]) -> Self {
+        self.out.extend_from_slice(lines);
+        self
+    }
+
     pub fn header_u64(self, name: &str, value: u64) -> Self {
         let _ = write!(self.out, "{name}: {value}\r\n");
         self

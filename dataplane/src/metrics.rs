@@ -54,6 +54,15 @@ pub struct CoreStats {
     pub corrupt_detected: AtomicU64,
     /// Blob opens served from the core's open-file cache.
     pub open_cache_hits: AtomicU64,
+    pub h3_connections_total: AtomicU64,
+    pub h3_requests: AtomicU64,
+    pub h3_datagrams_received: AtomicU64,
+    pub h3_datagrams_sent: AtomicU64,
+    /// Datagrams that reached a core other than their connection's and were handed over.
+    pub h3_datagrams_forwarded: AtomicU64,
+    pub h3_datagrams_dropped: AtomicU64,
+    /// HTTP/3 body bytes taken straight from a mapped blob into quiche.
+    pub h3_body_bytes_from_mmap: AtomicU64,
     pub published: Mutex<Histogram<u64>>,
 }
 
@@ -72,6 +81,13 @@ impl Default for CoreStats {
             timeouts: AtomicU64::new(0),
             corrupt_detected: AtomicU64::new(0),
             open_cache_hits: AtomicU64::new(0),
+            h3_connections_total: AtomicU64::new(0),
+            h3_requests: AtomicU64::new(0),
+            h3_datagrams_received: AtomicU64::new(0),
+            h3_datagrams_sent: AtomicU64::new(0),
+            h3_datagrams_forwarded: AtomicU64::new(0),
+            h3_datagrams_dropped: AtomicU64::new(0),
+            h3_body_bytes_from_mmap: AtomicU64::new(0),
             published: Mutex::new(new_latency_histogram()),
         }
     }
@@ -140,7 +156,42 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 18] = [
+            (
+                "tessera_h3_connections_total",
+                "QUIC connections accepted.",
+                self.sum(|c| &c.h3_connections_total),
+            ),
+            (
+                "tessera_h3_requests_total",
+                "HTTP/3 requests answered.",
+                self.sum(|c| &c.h3_requests),
+            ),
+            (
+                "tessera_h3_datagrams_received_total",
+                "UDP receives (a GRO receive may hold several datagrams).",
+                self.sum(|c| &c.h3_datagrams_received),
+            ),
+            (
+                "tessera_h3_datagrams_sent_total",
+                "QUIC packets sent.",
+                self.sum(|c| &c.h3_datagrams_sent),
+            ),
+            (
+                "tessera_h3_datagrams_forwarded_total",
+                "Datagrams handed to the core that owns their connection (migration, rebinding).",
+                self.sum(|c| &c.h3_datagrams_forwarded),
+            ),
+            (
+                "tessera_h3_datagrams_dropped_total",
+                "Datagrams dropped: unparsable, unknown connection, or refused by QUIC.",
+                self.sum(|c| &c.h3_datagrams_dropped),
+            ),
+            (
+                "tessera_h3_body_bytes_from_mmap_total",
+                "HTTP/3 body bytes read from mapped blobs.",
+                self.sum(|c| &c.h3_body_bytes_from_mmap),
+            ),
             (
                 "tessera_open_cache_hits_total",
                 "Blob opens served from a core's open-file cache.",

@@ -38,6 +38,9 @@ use crate::store::{now_secs, Store, StoreError};
 use crate::sys::{self, Pipe};
 use crate::verified::{self, Verifier};
 
+mod h3;
+pub use h3::ensure_tls;
+
 /// Batches of last-access times in flight to the maintenance thread; beyond this
 /// they are dropped (recency for eviction is approximate by design).
 const TOUCH_BATCHES_QUEUED: usize = 256;
@@ -69,6 +72,8 @@ pub enum ServerError {
     },
     #[error("core thread failed: {0}")]
     Thread(String),
+    #[error("HTTP/3: {0}")]
+    Tls(String),
 }
 
 /// What every core shares (read-only after start, apart from the store's own locks).
@@ -82,6 +87,10 @@ pub struct Shared {
     /// Threads for the store work that blocks (fsync, renames, redb commits), shared
     /// by all cores so that an upload's commit never stalls an event loop.
     blocking: monoio::blocking::DefaultThreadPool,
+    /// `Alt-Svc` header line advertising HTTP/3 on our port (empty without HTTP/3).
+    alt_svc: Vec<u8>,
+    /// Certificate and key for HTTP/3, checked at start.
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// A running server; [`Server::wait`] blocks until every core has stopped.
@@ -103,6 +112,21 @@ impl Server {
             tracing::warn!("cannot raise the open-file limit: {e}");
         }
         let n = config.core_count();
+        let tls = if config.h3 {
+            let (cert, key) = h3::ensure_tls(&config).map_err(ServerError::Tls)?;
+            // Load once here so a bad certificate is a clear error before any core starts.
+            h3::quic_config(&config, &cert, &key).map_err(ServerError::Tls)?;
+            Some((cert, key))
+        } else {
+            None
+        };
+        let alt_svc = if config.h3 {
+            format!("Alt-Svc: h3=\":{}\"; ma=86400\r\n", config.listen.port()).into_bytes()
+        } else {
+            Vec::new()
+        };
+        let (forward_txs, mut forward_rxs): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| flume::bounded(h3::FORWARD_QUEUE)).unzip();
         let (touch_tx, touch_rx) = crossbeam_channel::bounded(TOUCH_BATCHES_QUEUED);
         let shared = Arc::new(Shared {
             limits: http::Limits {
@@ -115,6 +139,8 @@ impl Server {
             shutdown: shutdown.clone(),
             touches: touch_tx,
             blocking: monoio::blocking::DefaultThreadPool::new(STORE_IO_THREADS),
+            alt_svc,
+            tls,
         });
         let maintenance = {
             let store = store.clone();
@@ -130,6 +156,7 @@ impl Server {
         for core in 0..n {
             let shared = shared.clone();
             let ready = ready_tx.clone();
+            let forward = (forward_txs.clone(), forward_rxs.remove(0));
             let cpu = if cpus.is_empty() {
                 None
             } else {
@@ -137,7 +164,7 @@ impl Server {
             };
             let handle = std::thread::Builder::new()
                 .name(format!("tessera-core-{core}"))
-                .spawn(move || core_main(core, cpu, shared, ready))
+                .spawn(move || core_main(core, cpu, shared, ready, forward))
                 .map_err(|e| ServerError::Thread(e.to_string()))?;
             cores.push(handle);
         }
@@ -226,6 +253,7 @@ fn core_main(
     cpu: Option<usize>,
     shared: Arc<Shared>,
     ready: std::sync::mpsc::Sender<Result<(), ServerError>>,
+    forward: (Vec<h3::ForwardTx>, h3::ForwardRx),
 ) {
     if let Some(cpu) = cpu {
         if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
@@ -257,6 +285,26 @@ fn core_main(
                 return;
             }
         };
+        let endpoint = match &shared.tls {
+            Some((cert, key)) => {
+                let made = h3::bind_udp(&shared.config, index)
+                    .map_err(|source| ServerError::Listen { addr, source })
+                    .and_then(|(socket, _gro)| {
+                        let qc =
+                            h3::quic_config(&shared.config, cert, key).map_err(ServerError::Tls)?;
+                        h3::Endpoint::new(socket, addr, qc, index, forward.0, forward.1)
+                            .map_err(|source| ServerError::Listen { addr, source })
+                    });
+                match made {
+                    Ok(ep) => Some(ep),
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
         let _ = ready.send(Ok(()));
         let core = Rc::new(Core {
             index,
@@ -269,14 +317,23 @@ fn core_main(
             touched: RefCell::new(std::collections::HashMap::with_capacity(TOUCHED_PER_CORE)),
             now_secs: Cell::new(now_secs()),
             upload_bufs: RefCell::new(Vec::new()),
+            h3_open: Cell::new(false),
         });
         let ticker = monoio::spawn(tick_loop(core.clone()));
+        let quic = endpoint.map(|ep| {
+            core.h3_open.set(true);
+            let core = core.clone();
+            monoio::spawn(async move {
+                h3::run(core.clone(), ep).await;
+                core.h3_open.set(false);
+            })
+        });
         accept_loop(&core, &listener).await;
         drop(listener);
         // Drain: requests in flight get the grace period; idle connections are
         // closed when the runtime drops their tasks.
         let deadline = Instant::now() + Duration::from_millis(shared.config.shutdown_grace_ms);
-        while core.in_flight.get() > 0 && Instant::now() < deadline {
+        while (core.in_flight.get() > 0 || core.h3_open.get()) && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
         if core.in_flight.get() > 0 {
@@ -289,6 +346,7 @@ fn core_main(
         core.stats().publish(&core.histogram.borrow());
         flush_touches(&core);
         drop(ticker);
+        drop(quic);
     });
 }
 
@@ -307,6 +365,8 @@ struct Core {
     now_secs: Cell<u64>,
     /// Reusable upload body buffers.
     upload_bufs: RefCell<Vec<Vec<u8>>>,
+    /// The HTTP/3 loop still has connections to close.
+    h3_open: Cell<bool>,
 }
 
 impl Core {
@@ -756,7 +816,7 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
         }
         _ => {
             let body = b"method not allowed\n";
-            Head::new(&mut conn.wbuf, Status::MethodNotAllowed)
+            head(core, &mut conn.wbuf, Status::MethodNotAllowed)
                 .header("Allow", route.allow().as_bytes())
                 .header("Content-Type", b"text/plain")
                 .finish(body.len() as u64, keep_alive);
@@ -799,7 +859,7 @@ async fn respond(
     head_only: bool,
 ) -> io::Result<Next> {
     let mut wbuf = std::mem::take(&mut conn.wbuf);
-    Head::new(&mut wbuf, status)
+    head(core, &mut wbuf, status)
         .header("Content-Type", content_type.as_bytes())
         .finish(body.len() as u64, keep_alive);
     if !head_only {
@@ -898,13 +958,19 @@ async fn open_or_answer(
     }
 }
 
+/// Starts a response head with the headers every response carries (Alt-Svc).
+fn head<'a>(core: &Core, out: &'a mut Vec<u8>, status: Status) -> Head<'a> {
+    Head::new(out, status).raw(&core.shared.alt_svc)
+}
+
 fn blob_head<'a>(
+    core: &Core,
     wbuf: &'a mut Vec<u8>,
     status: Status,
     hash: &BlobHash,
     content_type: &[u8],
 ) -> Head<'a> {
-    Head::new(wbuf, status)
+    head(core, wbuf, status)
         .header("Content-Type", content_type)
         .etag(hash)
         .header("Cache-Control", b"public, max-age=31536000, immutable")
@@ -920,7 +986,7 @@ async fn range_not_satisfiable(
 ) -> io::Result<Next> {
     let body = b"range outside the blob\n";
     let mut wbuf = std::mem::take(&mut conn.wbuf);
-    Head::new(&mut wbuf, Status::RangeNotSatisfiable)
+    head(core, &mut wbuf, Status::RangeNotSatisfiable)
         .header("Content-Type", b"text/plain")
         .content_range_unsatisfied(size)
         .finish(body.len() as u64, keep_alive);
@@ -949,7 +1015,7 @@ async fn get_plain(
         }
     };
     let mut wbuf = std::mem::take(&mut conn.wbuf);
-    let mut head = blob_head(&mut wbuf, status, &hash, b"application/octet-stream");
+    let mut head = blob_head(core, &mut wbuf, status, &hash, b"application/octet-stream");
     if status == Status::PartialContent {
         head = head.content_range(first, first + len - 1, size);
     }
@@ -1069,6 +1135,7 @@ async fn get_verified(
     let total = verified::encoded_len(size, &ranges);
     let mut wbuf = std::mem::take(&mut conn.wbuf);
     blob_head(
+        core,
         &mut wbuf,
         Status::Ok,
         &hash,
@@ -1179,7 +1246,7 @@ async fn admin(
         Auth::Missing | Auth::Wrong => {
             let body = b"send Authorization: Bearer <admin token>\n";
             let mut wbuf = std::mem::take(&mut conn.wbuf);
-            Head::new(&mut wbuf, Status::Unauthorized)
+            head(core, &mut wbuf, Status::Unauthorized)
                 .header("WWW-Authenticate", b"Bearer")
                 .header("Content-Type", b"text/plain")
                 .finish(body.len() as u64, keep_alive);
@@ -1193,7 +1260,7 @@ async fn admin(
     match off_core(move || op(&store)).await {
         Ok(()) => {
             let mut wbuf = std::mem::take(&mut conn.wbuf);
-            Head::new(&mut wbuf, Status::NoContent).finish(0, keep_alive);
+            head(core, &mut wbuf, Status::NoContent).finish(0, keep_alive);
             conn.wbuf = wbuf;
             send_wbuf(core, conn, route, Status::NoContent, keep_alive).await
         }

@@ -405,6 +405,52 @@ fn truncated_or_io(e: io::Error, index: u64) -> VerifyError {
     }
 }
 
+/// Encodes `ranges` of a stored blob into one buffer, checking every hash pair and
+/// chunk group against `root` as it goes: a corrupt blob is refused, never encoded.
+/// `read_outboard(buf, at)` and `read_data(buf, at)` fill `buf` from offset `at`.
+pub fn encode_validated(
+    root: blake3::Hash,
+    size: u64,
+    ranges: &ChunkRanges,
+    mut read_outboard: impl FnMut(&mut [u8], u64) -> io::Result<()>,
+    mut read_data: impl FnMut(&mut [u8], u64) -> io::Result<()>,
+) -> Result<Vec<u8>, VerifyError> {
+    let tree = tree(size);
+    let mut out = Vec::with_capacity(encoded_len(size, ranges) as usize);
+    out.extend_from_slice(&size.to_le_bytes());
+    let mut verifier = Verifier::new(root);
+    let mut pair = [0u8; 64];
+    for item in tree.ranges_pre_order_chunks_iter_ref(ranges, 0) {
+        match item {
+            BaoChunk::Parent {
+                node,
+                is_root,
+                left,
+                right,
+                ..
+            } => {
+                let off = outboard_offset(&tree, node).unwrap_or(0);
+                read_outboard(&mut pair, off)?;
+                let (l, r) = split_pair(&pair);
+                verifier.parent(node, is_root, left, right, (&l, &r))?;
+                out.extend_from_slice(&pair);
+            }
+            BaoChunk::Leaf {
+                start_chunk,
+                size,
+                is_root,
+                ..
+            } => {
+                let at = out.len();
+                out.resize(at + size, 0);
+                read_data(&mut out[at..], start_chunk.0 * 1024)?;
+                verifier.group(start_chunk, &out[at..], is_root)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Encodes `ranges` of an in-memory blob with its outboard; used by tests and tools.
 pub fn encode_to_vec(data: &[u8], outboard: &[u8], ranges: &ChunkRanges) -> Vec<u8> {
     let tree = tree(data.len() as u64);

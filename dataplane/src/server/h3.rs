@@ -1,0 +1,1240 @@
+//! HTTP/3 on the same per-core event loops as HTTP/1.1 (quiche, no second runtime).
+//!
+//! Each core owns a UDP socket bound with `SO_REUSEPORT` to the node's port and the
+//! QUIC connections that started on it. Server-chosen connection IDs carry the
+//! owning core's index in their first byte; a packet that the kernel's 4-tuple hash
+//! delivers to another core (client migration, NAT rebinding) is forwarded to the
+//! owner over a bounded channel, so a connection's state never leaves its core.
+//!
+//! Receive: readiness through io_uring (poll), then `recvmsg` with GRO until the
+//! socket is empty. Send: `sendmsg` with UDP GSO, one call per burst of equal-sized
+//! packets to one peer. Routes, ranges and the verified stream are the ones the
+//! HTTP/1.1 server uses (`crate::http`, `crate::verified`).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use quiche::h3::NameValue;
+
+use super::{bump, off_core, touch, Core};
+use crate::config::NodeConfig;
+use crate::hash::BlobHash;
+use crate::http::{self, RangeRequest, Route, Status};
+use crate::store::{PutWriter, StoreError};
+use crate::sys;
+use crate::verified;
+
+/// Server connection IDs: the owning core's index, then 15 bytes derived from the
+/// client's first DCID (so a repeated Initial finds its connection) or random.
+const CID_LEN: usize = 16;
+/// Largest UDP payload we send (fits a 1500-byte MTU with IPv6 headers).
+const MAX_DATAGRAM: usize = 1350;
+/// GRO can hand us up to 64 KiB in one receive.
+const RECV_BUF: usize = 65_536;
+/// At most this many packets per GSO send (the kernel's limit is 64).
+const GSO_SEGMENTS: usize = 32;
+/// Packets queued to another core before drops (UDP may drop; the peer retransmits).
+pub(super) const FORWARD_QUEUE: usize = 4096;
+/// Request header values we look at are short; longer ones are refused.
+const MAX_HEADER_VALUE: usize = 1024;
+
+/// A datagram for another core.
+pub(super) struct Forwarded {
+    data: Vec<u8>,
+    from: SocketAddr,
+}
+
+pub(super) type ForwardTx = flume::Sender<Forwarded>;
+pub(super) type ForwardRx = flume::Receiver<Forwarded>;
+
+/// Makes sure there is a certificate and key: the configured ones, or a
+/// self-signed pair made once in `data_dir/tls/`. Returns their paths.
+pub fn ensure_tls(config: &NodeConfig) -> Result<(PathBuf, PathBuf), String> {
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        for p in [cert, key] {
+            std::fs::metadata(p)
+                .map_err(|e| format!("cannot read TLS file {}: {e}", p.display()))?;
+        }
+        return Ok((cert.clone(), key.clone()));
+    }
+    let dir = config.data_dir.join("tls");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("cannot generate a TLS certificate: {e}"))?;
+    write_private(&key, made.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(&cert, made.cert.pem())
+        .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+    tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate for HTTP/3");
+    Ok((cert, key))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The quiche configuration every core uses; errors name the file at fault.
+pub fn quic_config(config: &NodeConfig, cert: &Path, key: &Path) -> Result<quiche::Config, String> {
+    let mut q = quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(|e| format!("QUIC: {e}"))?;
+    q.load_cert_chain_from_pem_file(&cert.to_string_lossy())
+        .map_err(|e| {
+            format!(
+                "TLS certificate {} is not a usable PEM certificate chain ({e})",
+                cert.display()
+            )
+        })?;
+    q.load_priv_key_from_pem_file(&key.to_string_lossy())
+        .map_err(|e| {
+            format!(
+                "TLS key {} is not a usable PEM private key ({e})",
+                key.display()
+            )
+        })?;
+    q.set_application_protos(quiche::h3::APPLICATION_PROTOCOL)
+        .map_err(|e| format!("QUIC: {e}"))?;
+    q.set_max_idle_timeout(config.h3_idle_timeout_ms);
+    q.set_max_recv_udp_payload_size(MAX_DATAGRAM);
+    q.set_max_send_udp_payload_size(MAX_DATAGRAM);
+    q.set_initial_max_data(config.h3_max_data_bytes);
+    q.set_initial_max_stream_data_bidi_local(config.h3_max_stream_data_bytes);
+    q.set_initial_max_stream_data_bidi_remote(config.h3_max_stream_data_bytes);
+    q.set_initial_max_stream_data_uni(1 << 20);
+    q.set_initial_max_streams_bidi(config.h3_max_streams_per_connection);
+    q.set_initial_max_streams_uni(16);
+    q.set_active_connection_id_limit(4);
+    q.set_disable_active_migration(false);
+    q.enable_pacing(true);
+    Ok(q)
+}
+
+/// Binds this core's UDP socket on the node's port, with large buffers and GRO.
+pub(super) fn bind_udp(
+    config: &NodeConfig,
+    core: usize,
+) -> io::Result<(monoio::net::udp::UdpSocket, bool)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = config.listen;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    for (set, get, which) in [
+        (
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> io::Result<()>,
+            Socket::recv_buffer_size as fn(&Socket) -> io::Result<usize>,
+            "net.core.rmem_max",
+        ),
+        (
+            Socket::set_send_buffer_size,
+            Socket::send_buffer_size,
+            "net.core.wmem_max",
+        ),
+    ] {
+        let _ = set(&socket, config.udp_buffer_bytes);
+        // Linux reports double the size it granted.
+        let got = get(&socket).unwrap_or(0) / 2;
+        if got < config.udp_buffer_bytes && core == 0 {
+            tracing::warn!("UDP socket buffer capped at {got} bytes (asked {}): raise it with sysctl -w {which}={}", config.udp_buffer_bytes, config.udp_buffer_bytes);
+        }
+    }
+    socket.bind(&addr.into())?;
+    let gro = sys::enable_udp_gro(socket.as_raw_fd());
+    // SAFETY: into_raw_fd hands over sole ownership of the descriptor.
+    let std_socket =
+        unsafe { std::net::UdpSocket::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(socket)) };
+    Ok((monoio::net::udp::UdpSocket::from_std(std_socket)?, gro))
+}
+
+/// One request stream's state.
+enum StreamState {
+    /// Headers seen, body (upload) arriving.
+    Upload {
+        writer: Option<PutWriter>,
+        failed: Option<StoreError>,
+    },
+    /// Response head sent; body bytes left to send from `body`.
+    Sending {
+        body: Body,
+        offset: usize,
+        end: usize,
+    },
+    /// Waiting for an upload's commit on the store-I/O threads.
+    Committing,
+}
+
+/// Bytes of a response body: a mapped blob (read straight from the page cache into
+/// quiche's packet buffers) or a small owned buffer.
+enum Body {
+    Mapped(Rc<memmap2::Mmap>),
+    Owned(Vec<u8>),
+}
+
+impl Body {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Mapped(m) => m,
+            Body::Owned(v) => v,
+        }
+    }
+}
+
+struct QuicConn {
+    quic: quiche::Connection,
+    h3: Option<quiche::h3::Connection>,
+    streams: HashMap<u64, StreamState>,
+    /// Connection IDs we issued for it (all map to it in the endpoint's table).
+    ids: Vec<quiche::ConnectionId<'static>>,
+}
+
+/// An upload commit finished on a store-I/O thread.
+struct Committed {
+    conn: quiche::ConnectionId<'static>,
+    stream: u64,
+    result: Result<crate::store::PutOutcome, StoreError>,
+}
+
+/// A core's QUIC endpoint.
+pub(super) struct Endpoint {
+    socket: monoio::net::udp::UdpSocket,
+    fd: i32,
+    local: SocketAddr,
+    config: quiche::Config,
+    h3_config: quiche::h3::Config,
+    /// Connection ID -> slot; several IDs may name one connection.
+    ids: HashMap<quiche::ConnectionId<'static>, usize>,
+    conns: slab::Slab<QuicConn>,
+    core_index: u8,
+    peers: Vec<ForwardTx>,
+    inbox: ForwardRx,
+    commits_tx: flume::Sender<Committed>,
+    commits_rx: flume::Receiver<Committed>,
+    /// Key for deriving connection IDs from a client's first DCID.
+    cid_key: [u8; 32],
+    recv_buf: Vec<u8>,
+    send_buf: Vec<u8>,
+}
+
+impl Endpoint {
+    pub(super) fn new(
+        socket: monoio::net::udp::UdpSocket,
+        local: SocketAddr,
+        config: quiche::Config,
+        core_index: usize,
+        peers: Vec<ForwardTx>,
+        inbox: ForwardRx,
+    ) -> io::Result<Endpoint> {
+        let h3_config = quiche::h3::Config::new().map_err(|e| io::Error::other(e.to_string()))?;
+        let (commits_tx, commits_rx) = flume::unbounded();
+        let mut cid_key = [0u8; 32];
+        getrandom(&mut cid_key);
+        Ok(Endpoint {
+            fd: socket.as_raw_fd(),
+            socket,
+            local,
+            config,
+            h3_config,
+            ids: HashMap::new(),
+            conns: slab::Slab::new(),
+            core_index: core_index as u8,
+            peers,
+            inbox,
+            commits_tx,
+            commits_rx,
+            cid_key,
+            recv_buf: vec![0u8; RECV_BUF],
+            send_buf: vec![0u8; MAX_DATAGRAM * GSO_SEGMENTS],
+        })
+    }
+}
+
+fn getrandom(out: &mut [u8]) {
+    use rand::RngCore;
+    rand::rng().fill_bytes(out);
+}
+
+/// The core's HTTP/3 loop: packets in, timers, commits, packets out.
+pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
+    loop {
+        if core.stopping.get() && ep.conns.is_empty() {
+            return;
+        }
+        let timeout = ep
+            .conns
+            .iter()
+            .filter_map(|(_, c)| c.quic.timeout())
+            .min()
+            .unwrap_or(Duration::from_millis(100))
+            .min(Duration::from_millis(100));
+        let inbox = ep.inbox.clone();
+        let commits = ep.commits_rx.clone();
+        monoio::select! {
+            r = ep.socket.readable(false) => { if r.is_err() { monoio::time::sleep(Duration::from_millis(1)).await; } }
+            f = inbox.recv_async() => { if let Ok(f) = f { ep.handle_datagram(&core, f.data, f.from); } }
+            c = commits.recv_async() => { if let Ok(c) = c { ep.finish_upload(&core, c); } }
+            _ = monoio::time::sleep(timeout) => {}
+        }
+        ep.drain_socket(&core);
+        while let Ok(f) = ep.inbox.try_recv() {
+            ep.handle_datagram(&core, f.data, f.from);
+        }
+        while let Ok(c) = ep.commits_rx.try_recv() {
+            ep.finish_upload(&core, c);
+        }
+        ep.service(&core);
+        if core.stopping.get() {
+            ep.close_all();
+        }
+        if ep.flush(&core).await.is_err() {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Endpoint {
+    fn drain_socket(&mut self, core: &Core) {
+        let mut buf = std::mem::take(&mut self.recv_buf);
+        loop {
+            match sys::recv_udp(self.fd, &mut buf) {
+                Ok((n, from, segment)) => {
+                    bump(&core.stats().h3_datagrams_received, 1);
+                    // A GRO buffer holds several datagrams of `segment` bytes.
+                    for piece in buf[..n].chunks_mut(segment.max(1)) {
+                        self.handle_slice(core, piece, from);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!("UDP receive failed: {e}");
+                    break;
+                }
+            }
+        }
+        self.recv_buf = buf;
+    }
+
+    fn handle_datagram(&mut self, core: &Core, mut data: Vec<u8>, from: SocketAddr) {
+        self.handle_slice(core, &mut data, from);
+    }
+
+    fn derived_cid(&self, dcid: &[u8]) -> quiche::ConnectionId<'static> {
+        let mut id = [0u8; CID_LEN];
+        id[0] = self.core_index;
+        let mac = blake3::keyed_hash(&self.cid_key, dcid);
+        id[1..].copy_from_slice(&mac.as_bytes()[..CID_LEN - 1]);
+        quiche::ConnectionId::from_vec(id.to_vec())
+    }
+
+    /// Handles one datagram; quiche decrypts it in place.
+    fn handle_slice(&mut self, core: &Core, pkt: &mut [u8], from: SocketAddr) {
+        let hdr = match quiche::Header::from_slice(pkt, CID_LEN) {
+            Ok(h) => h,
+            Err(_) => {
+                bump(&core.stats().h3_datagrams_dropped, 1);
+                return;
+            }
+        };
+        let dcid = hdr.dcid.clone().into_owned();
+        let slot = match self.ids.get(&dcid) {
+            Some(&s) => Some(s),
+            None => self.ids.get(&self.derived_cid(&dcid)).copied(),
+        };
+        let slot = match slot {
+            Some(s) => s,
+            None => {
+                // Ours by its first byte but owned by another core: forward it.
+                if dcid.len() == CID_LEN
+                    && dcid[0] != self.core_index
+                    && hdr.ty == quiche::Type::Short
+                {
+                    if let Some(peer) = self.peers.get(dcid[0] as usize) {
+                        if peer
+                            .try_send(Forwarded {
+                                data: pkt.to_vec(),
+                                from,
+                            })
+                            .is_ok()
+                        {
+                            bump(&core.stats().h3_datagrams_forwarded, 1);
+                            return;
+                        }
+                    }
+                    bump(&core.stats().h3_datagrams_dropped, 1);
+                    return;
+                }
+                match self.accept(core, &hdr, from) {
+                    Some(s) => s,
+                    None => return,
+                }
+            }
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let info = quiche::RecvInfo {
+            from,
+            to: self.local,
+        };
+        if let Err(e) = conn.quic.recv(pkt, info) {
+            tracing::debug!("QUIC packet refused: {e}");
+            bump(&core.stats().h3_datagrams_dropped, 1);
+        }
+    }
+
+    fn accept(&mut self, core: &Core, hdr: &quiche::Header<'_>, from: SocketAddr) -> Option<usize> {
+        if hdr.ty != quiche::Type::Initial {
+            bump(&core.stats().h3_datagrams_dropped, 1);
+            return None;
+        }
+        if !quiche::version_is_supported(hdr.version) {
+            let mut out = [0u8; MAX_DATAGRAM];
+            if let Ok(n) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
+                let _ = sys::send_udp(self.fd, &out[..n], n, &from);
+            }
+            return None;
+        }
+        if self.conns.len() >= core.shared.config.h3_max_connections_per_core {
+            bump(&core.stats().connections_refused, 1);
+            return None;
+        }
+        let scid = self.derived_cid(&hdr.dcid);
+        let quic = match quiche::accept(&scid, None, self.local, from, &mut self.config) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("QUIC accept failed: {e}");
+                return None;
+            }
+        };
+        bump(&core.stats().connections_total, 1);
+        bump(&core.stats().h3_connections_total, 1);
+        let slot = self.conns.insert(QuicConn {
+            quic,
+            h3: None,
+            streams: HashMap::new(),
+            ids: vec![scid.clone()],
+        });
+        self.ids.insert(scid, slot);
+        Some(slot)
+    }
+
+    /// Advances every connection: HTTP/3 set-up, requests, bodies, new IDs, and
+    /// removes closed ones.
+    fn service(&mut self, core: &Core) {
+        let now = Instant::now();
+        let mut closed = Vec::new();
+        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.quic.timeout().is_some_and(|t| t.is_zero()) {
+                conn.quic.on_timeout();
+            }
+            if conn.quic.is_closed() {
+                closed.push(slot);
+                continue;
+            }
+            // Keep the peer supplied with spare IDs for migration, each naming us.
+            while conn.quic.is_established() && conn.quic.scids_left() > 0 {
+                let mut id = [0u8; CID_LEN];
+                getrandom(&mut id);
+                id[0] = self.core_index;
+                let cid = quiche::ConnectionId::from_vec(id.to_vec());
+                let mut token = [0u8; 16];
+                getrandom(&mut token);
+                if conn
+                    .quic
+                    .new_scid(&cid, u128::from_le_bytes(token), false)
+                    .is_err()
+                {
+                    break;
+                }
+                conn.ids.push(cid.clone());
+                self.ids.insert(cid, slot);
+            }
+            if conn.h3.is_none() && (conn.quic.is_in_early_data() || conn.quic.is_established()) {
+                match quiche::h3::Connection::with_transport(&mut conn.quic, &self.h3_config) {
+                    Ok(h3) => conn.h3 = Some(h3),
+                    Err(e) => {
+                        tracing::debug!("HTTP/3 set-up failed: {e}");
+                        let _ = conn.quic.close(false, 0x1, b"h3 setup");
+                    }
+                }
+            }
+            if conn.h3.is_some() {
+                handle_events(core, conn, &self.commits_tx, now);
+                send_bodies(core, conn);
+            }
+        }
+        for slot in closed {
+            let conn = self.conns.remove(slot);
+            for id in conn.ids {
+                self.ids.remove(&id);
+            }
+        }
+    }
+
+    fn finish_upload(&mut self, core: &Core, c: Committed) {
+        let Some(&slot) = self.ids.get(&c.conn) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.streams.remove(&c.stream);
+        match c.result {
+            Ok(out) => {
+                let body =
+                    format!("{{\"hash\":\"{}\",\"size\":{}}}\n", out.hash, out.size).into_bytes();
+                respond(
+                    core,
+                    conn,
+                    c.stream,
+                    Route::Blobs,
+                    Status::Created,
+                    "application/json",
+                    Body::Owned(body),
+                    false,
+                    &[],
+                );
+            }
+            Err(e) => upload_error(core, conn, c.stream, e),
+        }
+        send_bodies(core, conn);
+    }
+
+    fn close_all(&mut self) {
+        for (_, conn) in self.conns.iter_mut() {
+            if !conn.quic.is_closed() && !conn.quic.is_draining() {
+                let _ = conn.quic.close(true, 0x100, b"shutting down"); // H3_NO_ERROR
+            }
+        }
+    }
+
+    /// Sends whatever every connection has to send, GSO-batched per peer.
+    async fn flush(&mut self, core: &Core) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.send_buf);
+        let result = self.flush_with(core, &mut buf).await;
+        self.send_buf = buf;
+        result
+    }
+
+    async fn flush_with(&mut self, core: &Core, buf: &mut [u8]) -> io::Result<()> {
+        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            while let Some(conn) = self.conns.get_mut(slot) {
+                // Fill a batch of packets to one destination, equal sizes but the last.
+                let mut len = 0;
+                let mut segment = 0;
+                let mut to = None;
+                let mut done = false;
+                while len + MAX_DATAGRAM <= buf.len() {
+                    match conn.quic.send(&mut buf[len..len + MAX_DATAGRAM]) {
+                        Ok((n, info)) => {
+                            if to.is_some_and(|t| t != info.to) {
+                                // quiche already wrote it: send what we have first,
+                                // then this packet alone.
+                                send_all(
+                                    self.fd,
+                                    &self.socket,
+                                    &buf[..len],
+                                    segment,
+                                    to.unwrap_or(info.to),
+                                )
+                                .await?;
+                                buf.copy_within(len..len + n, 0);
+                                len = 0;
+                                segment = 0;
+                            }
+                            to = Some(info.to);
+                            if segment == 0 {
+                                segment = n;
+                            }
+                            len += n;
+                            if n < segment {
+                                break; // a short packet ends a GSO batch
+                            }
+                            if n > segment {
+                                // Cannot happen with quiche (sizes only shrink); be safe.
+                                break;
+                            }
+                        }
+                        Err(quiche::Error::Done) => {
+                            done = true;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!("QUIC send failed: {e}");
+                            let _ = conn.quic.close(false, 0x1, b"send failed");
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                if let (Some(to), true) = (to, len > 0) {
+                    send_all(self.fd, &self.socket, &buf[..len], segment, to).await?;
+                    bump(
+                        &core.stats().h3_datagrams_sent,
+                        len.div_ceil(segment.max(1)) as u64,
+                    );
+                    bump(&core.stats().bytes_sent, len as u64);
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends one GSO batch, waiting for socket room through io_uring if it is full.
+async fn send_all(
+    fd: i32,
+    socket: &monoio::net::udp::UdpSocket,
+    buf: &[u8],
+    segment: usize,
+    to: SocketAddr,
+) -> io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    loop {
+        match sys::send_udp(fd, buf, segment.max(1), &to) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.writable(false).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // EIO from GSO on a device that cannot segment: fall back to one by one.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) && segment < buf.len() => {
+                for piece in buf.chunks(segment) {
+                    let _ = sys::send_udp(fd, piece, piece.len(), &to);
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!("UDP send to {to} failed: {e}");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The parts of an HTTP/3 request the server acts on.
+struct H3Request {
+    method: http::Method,
+    path: [u8; MAX_HEADER_VALUE],
+    path_len: usize,
+    range: [u8; 128],
+    range_len: Option<usize>,
+    accept_bao: bool,
+}
+
+impl H3Request {
+    fn from_headers(list: &[quiche::h3::Header]) -> Option<H3Request> {
+        let mut req = H3Request {
+            method: http::Method::Other,
+            path: [0u8; MAX_HEADER_VALUE],
+            path_len: 0,
+            range: [0u8; 128],
+            range_len: None,
+            accept_bao: false,
+        };
+        let mut has_path = false;
+        for h in list {
+            let (name, value) = (h.name(), h.value());
+            match name {
+                b":method" => {
+                    req.method = match value {
+                        b"GET" => http::Method::Get,
+                        b"HEAD" => http::Method::Head,
+                        b"POST" => http::Method::Post,
+                        b"PUT" => http::Method::Put,
+                        b"DELETE" => http::Method::Delete,
+                        _ => http::Method::Other,
+                    }
+                }
+                b":path" => {
+                    let dst = req.path.get_mut(..value.len())?;
+                    dst.copy_from_slice(value);
+                    req.path_len = value.len();
+                    has_path = true;
+                }
+                b"range" if value.len() <= req.range.len() => {
+                    req.range[..value.len()].copy_from_slice(value);
+                    req.range_len = Some(value.len());
+                }
+                b"accept" => {
+                    req.accept_bao |= value
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().starts_with(http::BAO_MEDIA_TYPE.as_bytes()));
+                }
+                _ => {}
+            }
+        }
+        has_path.then_some(req)
+    }
+
+    fn target(&self) -> (&[u8], &[u8]) {
+        let t = &self.path[..self.path_len];
+        match t.iter().position(|&b| b == b'?') {
+            Some(i) => (&t[..i], &t[i + 1..]),
+            None => (t, &t[t.len()..]),
+        }
+    }
+
+    fn wants_verified(&self) -> bool {
+        self.accept_bao
+            || self
+                .target()
+                .1
+                .split(|&b| b == b'&')
+                .any(|kv| kv == b"format=bao")
+    }
+
+    fn range(&self) -> Option<&[u8]> {
+        self.range_len.map(|n| &self.range[..n])
+    }
+}
+
+fn handle_events(
+    core: &Core,
+    conn: &mut QuicConn,
+    commits: &flume::Sender<Committed>,
+    _now: Instant,
+) {
+    loop {
+        let Some(h3) = conn.h3.as_mut() else { return };
+        match h3.poll(&mut conn.quic) {
+            Ok((stream, quiche::h3::Event::Headers { list, more_frames })) => {
+                on_request(core, conn, stream, &list, more_frames);
+            }
+            Ok((stream, quiche::h3::Event::Data)) => on_data(core, conn, stream),
+            Ok((stream, quiche::h3::Event::Finished)) => on_finished(core, conn, stream, commits),
+            Ok((stream, quiche::h3::Event::Reset(_))) => {
+                // The client gave up on the stream: drop its state (and any temp file).
+                conn.streams.remove(&stream);
+            }
+            Ok((_, quiche::h3::Event::PriorityUpdate)) => {}
+            Ok((_, quiche::h3::Event::GoAway)) => {}
+            Err(quiche::h3::Error::Done) => return,
+            Err(e) => {
+                tracing::debug!("HTTP/3 error: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn on_request(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    list: &[quiche::h3::Header],
+    more_frames: bool,
+) {
+    let Some(req) = H3Request::from_headers(list) else {
+        respond_text(
+            core,
+            conn,
+            stream,
+            Route::NotFound,
+            Status::BadRequest,
+            "request without a usable :path\n",
+        );
+        return;
+    };
+    let (path, _) = req.target();
+    let route = http::route(path);
+    match (route, req.method) {
+        (Route::Healthz, http::Method::Get | http::Method::Head) => {
+            respond_text(core, conn, stream, route, Status::Ok, "ok\n");
+        }
+        (Route::Metrics, http::Method::Get | http::Method::Head) => {
+            let text = core.shared.metrics.render(&core.shared.store).into_bytes();
+            respond(
+                core,
+                conn,
+                stream,
+                route,
+                Status::Ok,
+                "text/plain; version=0.0.4",
+                Body::Owned(text),
+                req.method == http::Method::Head,
+                &[],
+            );
+        }
+        (Route::Blobs, http::Method::Post) => {
+            if !more_frames {
+                // An empty upload.
+                let store = core.shared.store.clone();
+                let result = store
+                    .begin_put(core.shared.config.max_body_bytes)
+                    .and_then(|w| w.finish());
+                match result {
+                    Ok(out) => {
+                        let body = format!("{{\"hash\":\"{}\",\"size\":{}}}\n", out.hash, out.size)
+                            .into_bytes();
+                        respond(
+                            core,
+                            conn,
+                            stream,
+                            route,
+                            Status::Created,
+                            "application/json",
+                            Body::Owned(body),
+                            false,
+                            &[],
+                        );
+                    }
+                    Err(e) => upload_error(core, conn, stream, e),
+                }
+                return;
+            }
+            match core
+                .shared
+                .store
+                .begin_put(core.shared.config.max_body_bytes)
+            {
+                Ok(w) => {
+                    conn.streams.insert(
+                        stream,
+                        StreamState::Upload {
+                            writer: Some(w),
+                            failed: None,
+                        },
+                    );
+                }
+                Err(e) => upload_error(core, conn, stream, e),
+            }
+        }
+        (Route::Blob(hash), http::Method::Get | http::Method::Head) => {
+            get_blob(core, conn, stream, &req, route, hash);
+        }
+        (Route::BadHash(e), _) => {
+            let msg = format!("malformed blob hash: {e}\n").into_bytes();
+            respond(
+                core,
+                conn,
+                stream,
+                route,
+                Status::BadRequest,
+                "text/plain",
+                Body::Owned(msg),
+                false,
+                &[],
+            );
+        }
+        (Route::NotFound, _) => respond_text(
+            core,
+            conn,
+            stream,
+            route,
+            Status::NotFound,
+            "no such route\n",
+        ),
+        (Route::Blob(_) | Route::Pin(_), http::Method::Delete | http::Method::Put) => {
+            // Admin calls stay on HTTP/1.1, where the token is checked.
+            respond_text(
+                core,
+                conn,
+                stream,
+                route,
+                Status::MethodNotAllowed,
+                "admin routes are served over HTTP/1.1\n",
+            );
+        }
+        _ => respond_text(
+            core,
+            conn,
+            stream,
+            route,
+            Status::MethodNotAllowed,
+            "method not allowed\n",
+        ),
+    }
+}
+
+fn get_blob(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    req: &H3Request,
+    route: Route,
+    hash: BlobHash,
+) {
+    let (fd, size) = match core.open_blob(&hash) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return respond_text(
+                core,
+                conn,
+                stream,
+                route,
+                Status::NotFound,
+                "blob not found\n",
+            )
+        }
+        Err(e) => {
+            tracing::error!(%hash, "cannot open blob: {e}");
+            return respond_text(
+                core,
+                conn,
+                stream,
+                route,
+                Status::InternalServerError,
+                "cannot read blob\n",
+            );
+        }
+    };
+    let range = http::parse_range(req.range(), size);
+    if range == RangeRequest::Unsatisfiable {
+        let cr = format!("bytes */{size}");
+        return respond(
+            core,
+            conn,
+            stream,
+            route,
+            Status::RangeNotSatisfiable,
+            "text/plain",
+            Body::Owned(b"range outside the blob\n".to_vec()),
+            false,
+            &[("content-range", cr.as_bytes())],
+        );
+    }
+    touch(core, hash);
+    let etag = format!("\"{hash}\"");
+    let common: [(&str, &[u8]); 3] = [
+        ("etag", etag.as_bytes()),
+        ("cache-control", b"public, max-age=31536000, immutable"),
+        ("accept-ranges", b"bytes"),
+    ];
+    let head_only = req.method == http::Method::Head;
+    if req.wants_verified() {
+        let ranges = match range {
+            RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
+            _ => verified::all_ranges(),
+        };
+        let encoded = match encode_verified(core, &fd, size, &hash, &ranges) {
+            Ok(v) => v,
+            Err(e) => {
+                bump(&core.stats().corrupt_detected, 1);
+                tracing::error!(%hash, "stored blob failed verification: {e}");
+                return respond_text(
+                    core,
+                    conn,
+                    stream,
+                    route,
+                    Status::InternalServerError,
+                    "stored blob failed verification\n",
+                );
+            }
+        };
+        return respond(
+            core,
+            conn,
+            stream,
+            route,
+            Status::Ok,
+            http::BAO_MEDIA_TYPE,
+            Body::Owned(encoded),
+            head_only,
+            &common,
+        );
+    }
+    let (status, first, len) = match range {
+        RangeRequest::Partial { first, last } => (Status::PartialContent, first, last - first + 1),
+        _ => (Status::Ok, 0, size),
+    };
+    let body = if len == 0 || head_only {
+        Body::Owned(Vec::new())
+    } else {
+        // SAFETY: blobs are immutable once committed (written to tmp/, renamed in,
+        // never modified in place), so the mapping's bytes cannot change under us.
+        match unsafe { memmap2::Mmap::map(fd.as_raw_fd()) } {
+            Ok(m) => Body::Mapped(Rc::new(m)),
+            Err(e) => {
+                tracing::error!(%hash, "cannot map blob: {e}");
+                return respond_text(
+                    core,
+                    conn,
+                    stream,
+                    route,
+                    Status::InternalServerError,
+                    "cannot read blob\n",
+                );
+            }
+        }
+    };
+    let cr = format!("bytes {}-{}/{size}", first, first + len.max(1) - 1);
+    let mut headers: Vec<(&str, &[u8])> = common.to_vec();
+    if status == Status::PartialContent {
+        headers.push(("content-range", cr.as_bytes()));
+    }
+    let clen = len.to_string();
+    send_head(
+        core,
+        conn,
+        stream,
+        route,
+        status,
+        "application/octet-stream",
+        &clen,
+        head_only || len == 0,
+        &headers,
+    );
+    if !head_only && len > 0 {
+        conn.streams.insert(
+            stream,
+            StreamState::Sending {
+                body,
+                offset: first as usize,
+                end: (first + len) as usize,
+            },
+        );
+    }
+}
+
+/// The verified stream for `ranges`, checked group by group against the hash.
+fn encode_verified(
+    core: &Core,
+    data: &OwnedFd,
+    size: u64,
+    hash: &BlobHash,
+    ranges: &bao_tree::ChunkRanges,
+) -> Result<Vec<u8>, verified::VerifyError> {
+    let outboard = match sys::open_at(core.shared.store.blobs_dir_fd(), hash, b".obao")? {
+        Some((fd, _)) => fd,
+        None => return Err(io::Error::from(io::ErrorKind::NotFound).into()),
+    };
+    let read = |fd: &OwnedFd, buf: &mut [u8], at: u64| sys::read_exact_at(fd.as_raw_fd(), buf, at);
+    verified::encode_validated(
+        hash.as_blake3(),
+        size,
+        ranges,
+        |buf, at| read(&outboard, buf, at),
+        |buf, at| read(data, buf, at),
+    )
+}
+
+fn on_data(core: &Core, conn: &mut QuicConn, stream: u64) {
+    let mut buf = [0u8; 16384];
+    loop {
+        let Some(h3) = conn.h3.as_mut() else { return };
+        let n = match h3.recv_body(&mut conn.quic, stream, &mut buf) {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        bump(&core.stats().bytes_received, n as u64);
+        if let Some(StreamState::Upload {
+            writer: Some(w),
+            failed,
+        }) = conn.streams.get_mut(&stream)
+        {
+            if failed.is_none() {
+                if let Err(e) = w.write(&buf[..n]) {
+                    *failed = Some(e);
+                }
+            }
+        }
+    }
+}
+
+fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::Sender<Committed>) {
+    let Some(StreamState::Upload { writer, failed }) = conn.streams.get_mut(&stream) else {
+        return;
+    };
+    if let Some(e) = failed.take() {
+        conn.streams.remove(&stream);
+        return upload_error(core, conn, stream, e);
+    }
+    let Some(writer) = writer.take() else { return };
+    conn.streams.insert(stream, StreamState::Committing);
+    let id = conn.quic.source_id().into_owned();
+    let commits = commits.clone();
+    // The commit fsyncs: run it off the core and answer when it is done.
+    monoio::spawn(async move {
+        let result = off_core(move || writer.finish()).await;
+        let _ = commits.send(Committed {
+            conn: id,
+            stream,
+            result,
+        });
+    });
+}
+
+fn upload_error(core: &Core, conn: &mut QuicConn, stream: u64, e: StoreError) {
+    let (status, msg) = match &e {
+        StoreError::TooLarge { .. } => (
+            Status::PayloadTooLarge,
+            "body is larger than the node's max_body_bytes\n",
+        ),
+        StoreError::Full { .. } | StoreError::NoSpace => (
+            Status::InsufficientStorage,
+            "store or disk is full; nothing was stored\n",
+        ),
+        _ => {
+            tracing::error!("HTTP/3 upload failed: {e}");
+            (
+                Status::InternalServerError,
+                "upload failed; see the node's log\n",
+            )
+        }
+    };
+    respond_text(core, conn, stream, Route::Blobs, status, msg);
+    // Stop the client sending the rest of a body we will not store.
+    let _ = conn
+        .quic
+        .stream_shutdown(stream, quiche::Shutdown::Read, 0x10c); // H3_REQUEST_CANCELLED
+}
+
+fn respond_text(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    route: Route,
+    status: Status,
+    text: &str,
+) {
+    respond(
+        core,
+        conn,
+        stream,
+        route,
+        status,
+        "text/plain",
+        Body::Owned(text.as_bytes().to_vec()),
+        false,
+        &[],
+    );
+}
+
+#[allow(clippy::too_many_arguments)] // a response is these things; a struct would only rename them
+fn respond(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    route: Route,
+    status: Status,
+    content_type: &str,
+    body: Body,
+    head_only: bool,
+    extra: &[(&str, &[u8])],
+) {
+    let len = body.bytes().len();
+    let clen = len.to_string();
+    send_head(
+        core,
+        conn,
+        stream,
+        route,
+        status,
+        content_type,
+        &clen,
+        head_only || len == 0,
+        extra,
+    );
+    if !head_only && len > 0 {
+        conn.streams.insert(
+            stream,
+            StreamState::Sending {
+                body,
+                offset: 0,
+                end: len,
+            },
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // as above
+fn send_head(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    route: Route,
+    status: Status,
+    content_type: &str,
+    content_length: &str,
+    fin: bool,
+    extra: &[(&str, &[u8])],
+) {
+    core.stats()
+        .count_request(route.label_index(), status.index());
+    bump(&core.stats().h3_requests, 1);
+    let code = status.code().to_string();
+    let mut headers = vec![
+        quiche::h3::Header::new(b":status", code.as_bytes()),
+        quiche::h3::Header::new(b"content-type", content_type.as_bytes()),
+        quiche::h3::Header::new(b"content-length", content_length.as_bytes()),
+    ];
+    for (n, v) in extra {
+        headers.push(quiche::h3::Header::new(n.as_bytes(), v));
+    }
+    let Some(h3) = conn.h3.as_mut() else { return };
+    if let Err(e) = h3.send_response(&mut conn.quic, stream, &headers, fin) {
+        tracing::debug!("cannot send response head: {e}");
+        conn.streams.remove(&stream);
+    }
+}
+
+/// Pushes body bytes on every stream with some left, as far as flow control allows.
+fn send_bodies(core: &Core, conn: &mut QuicConn) {
+    let ids: Vec<u64> = conn
+        .streams
+        .iter()
+        .filter(|(_, s)| matches!(s, StreamState::Sending { .. }))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in ids {
+        let Some(h3) = conn.h3.as_mut() else { return };
+        let Some(StreamState::Sending { body, offset, end }) = conn.streams.get_mut(&id) else {
+            continue;
+        };
+        let mut finished = false;
+        while *offset < *end {
+            let chunk = &body.bytes()[*offset..*end];
+            match h3.send_body(&mut conn.quic, id, chunk, true) {
+                Ok(n) => {
+                    *offset += n;
+                    if let Body::Mapped(_) = body {
+                        bump(&core.stats().h3_body_bytes_from_mmap, n as u64);
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                Err(quiche::h3::Error::Done) => break,
+                Err(e) => {
+                    tracing::debug!("stream {id} body send failed: {e}");
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        if *offset >= *end || finished {
+            conn.streams.remove(&id);
+        }
+    }
+}
