@@ -125,7 +125,7 @@ pub fn quic_config(config: &NodeConfig, cert: &Path, key: &Path) -> Result<quich
     q.set_initial_max_stream_data_uni(1 << 20);
     q.set_initial_max_streams_bidi(config.h3_max_streams_per_connection);
     q.set_initial_max_streams_uni(16);
-    q.set_active_connection_id_limit(4);
+    q.set_active_connection_id_limit(8);
     q.set_disable_active_migration(false);
     q.enable_pacing(true);
     Ok(q)
@@ -183,6 +183,13 @@ enum StreamState {
     },
     /// Waiting for an upload's commit on the store-I/O threads.
     Committing,
+    /// The response head could not be sent yet (no stream capacity): retried with
+    /// the body to follow.
+    HeadBlocked {
+        headers: Vec<quiche::h3::Header>,
+        fin: bool,
+        body: Option<(Body, usize, usize)>,
+    },
 }
 
 /// Bytes of a response body: a mapped blob (read straight from the page cache into
@@ -292,12 +299,13 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
         let commits = ep.commits_rx.clone();
         monoio::select! {
             r = ep.socket.readable(false) => { if r.is_err() { monoio::time::sleep(Duration::from_millis(1)).await; } }
-            f = inbox.recv_async() => { if let Ok(f) = f { ep.handle_datagram(&core, f.data, f.from); } }
+            f = inbox.recv_async() => { if let Ok(f) = f { tracing::trace!("forwarded datagram in"); ep.handle_datagram(&core, f.data, f.from); } }
             c = commits.recv_async() => { if let Ok(c) = c { ep.finish_upload(&core, c); } }
             _ = monoio::time::sleep(timeout) => {}
         }
         ep.drain_socket(&core);
         while let Ok(f) = ep.inbox.try_recv() {
+            tracing::trace!("forwarded datagram drained");
             ep.handle_datagram(&core, f.data, f.from);
         }
         while let Ok(c) = ep.commits_rx.try_recv() {
@@ -451,11 +459,21 @@ impl Endpoint {
                 continue;
             };
             if conn.quic.timeout().is_some_and(|t| t.is_zero()) {
+                tracing::trace!("QUIC timer fired");
                 conn.quic.on_timeout();
             }
             if conn.quic.is_closed() {
                 closed.push(slot);
                 continue;
+            }
+            // Path changes (client migration, NAT rebinding): quiche validates new
+            // paths itself; we log them and let it retire what the peer retired.
+            while let Some(ev) = conn.quic.path_event_next() {
+                tracing::debug!("QUIC path event: {ev:?}");
+            }
+            while let Some(retired) = conn.quic.retired_scid_next() {
+                self.ids.remove(&retired);
+                conn.ids.retain(|id| *id != retired);
             }
             // Keep the peer supplied with spare IDs for migration, each naming us.
             while conn.quic.is_established() && conn.quic.scids_left() > 0 {
@@ -595,6 +613,7 @@ impl Endpoint {
                     }
                 }
                 if let (Some(to), true) = (to, len > 0) {
+                    tracing::trace!(%to, len, segment, "sending");
                     send_all(self.fd, &self.socket, &buf[..len], segment, to).await?;
                     bump(
                         &core.stats().h3_datagrams_sent,
@@ -994,7 +1013,8 @@ fn get_blob(
         headers.push(("content-range", cr.as_bytes()));
     }
     let clen = len.to_string();
-    send_head(
+    let rest = (!head_only && len > 0).then_some((body, first as usize, (first + len) as usize));
+    start_response(
         core,
         conn,
         stream,
@@ -1002,19 +1022,9 @@ fn get_blob(
         status,
         "application/octet-stream",
         &clen,
-        head_only || len == 0,
         &headers,
+        rest,
     );
-    if !head_only && len > 0 {
-        conn.streams.insert(
-            stream,
-            StreamState::Sending {
-                body,
-                offset: first as usize,
-                end: (first + len) as usize,
-            },
-        );
-    }
 }
 
 /// The verified stream for `ranges`, checked group by group against the hash.
@@ -1145,7 +1155,8 @@ fn respond(
 ) {
     let len = body.bytes().len();
     let clen = len.to_string();
-    send_head(
+    let rest = (!head_only && len > 0).then_some((body, 0, len));
+    start_response(
         core,
         conn,
         stream,
@@ -1153,23 +1164,13 @@ fn respond(
         status,
         content_type,
         &clen,
-        head_only || len == 0,
         extra,
+        rest,
     );
-    if !head_only && len > 0 {
-        conn.streams.insert(
-            stream,
-            StreamState::Sending {
-                body,
-                offset: 0,
-                end: len,
-            },
-        );
-    }
 }
 
 #[allow(clippy::too_many_arguments)] // as above
-fn send_head(
+fn start_response(
     core: &Core,
     conn: &mut QuicConn,
     stream: u64,
@@ -1177,8 +1178,8 @@ fn send_head(
     status: Status,
     content_type: &str,
     content_length: &str,
-    fin: bool,
     extra: &[(&str, &[u8])],
+    body: Option<(Body, usize, usize)>,
 ) {
     core.stats()
         .count_request(route.label_index(), status.index());
@@ -1192,15 +1193,49 @@ fn send_head(
     for (n, v) in extra {
         headers.push(quiche::h3::Header::new(n.as_bytes(), v));
     }
+    let fin = body.is_none();
+    conn.streams
+        .insert(stream, StreamState::HeadBlocked { headers, fin, body });
+    try_send_head(conn, stream);
+}
+
+/// Sends a pending response head; on success the stream moves on to its body.
+fn try_send_head(conn: &mut QuicConn, stream: u64) {
+    let Some(StreamState::HeadBlocked { headers, fin, .. }) = conn.streams.get(&stream) else {
+        return;
+    };
     let Some(h3) = conn.h3.as_mut() else { return };
-    if let Err(e) = h3.send_response(&mut conn.quic, stream, &headers, fin) {
-        tracing::debug!("cannot send response head: {e}");
-        conn.streams.remove(&stream);
+    match h3.send_response(&mut conn.quic, stream, headers, *fin) {
+        Ok(()) => {
+            if let Some(StreamState::HeadBlocked {
+                body: Some((body, offset, end)),
+                ..
+            }) = conn.streams.remove(&stream)
+            {
+                conn.streams
+                    .insert(stream, StreamState::Sending { body, offset, end });
+            }
+        }
+        // No room on the stream yet: try again when the peer grants some.
+        Err(quiche::h3::Error::StreamBlocked) | Err(quiche::h3::Error::Done) => {}
+        Err(e) => {
+            tracing::debug!("cannot send response head: {e}");
+            conn.streams.remove(&stream);
+        }
     }
 }
 
 /// Pushes body bytes on every stream with some left, as far as flow control allows.
 fn send_bodies(core: &Core, conn: &mut QuicConn) {
+    let blocked: Vec<u64> = conn
+        .streams
+        .iter()
+        .filter(|(_, s)| matches!(s, StreamState::HeadBlocked { .. }))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in blocked {
+        try_send_head(conn, id);
+    }
     let ids: Vec<u64> = conn
         .streams
         .iter()

