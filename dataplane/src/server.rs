@@ -39,7 +39,7 @@ use crate::sys::{self, Pipe};
 use crate::verified::{self, Verifier};
 
 mod h3;
-pub use h3::ensure_tls;
+pub use h3::{ensure_tls, exercise as exercise_h3_request};
 
 /// Batches of last-access times in flight to the maintenance thread; beyond this
 /// they are dropped (recency for eviction is approximate by design).
