@@ -24,6 +24,13 @@ pub struct PutArgs {
     /// The node to talk to.
     #[arg(long, env = "TESSERA_NODE", default_value = "http://127.0.0.1:8080")]
     node: String,
+    /// Use HTTP/3 (QUIC, same port) instead of HTTP/1.1.
+    #[arg(long)]
+    h3: bool,
+    /// With --h3: verify the node's certificate against this CA file (nodes make
+    /// self-signed certificates, so by default it is not verified).
+    #[arg(long)]
+    ca: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -36,6 +43,12 @@ pub struct GetArgs {
     /// The node to talk to.
     #[arg(long, env = "TESSERA_NODE", default_value = "http://127.0.0.1:8080")]
     node: String,
+    /// Use HTTP/3 (QUIC, same port) instead of HTTP/1.1; verified the same way.
+    #[arg(long)]
+    h3: bool,
+    /// With --h3: verify the node's certificate against this CA file.
+    #[arg(long)]
+    ca: Option<String>,
 }
 
 fn agent() -> ureq::Agent {
@@ -71,6 +84,9 @@ fn error_body(resp: &mut ureq::http::Response<ureq::Body>) -> String {
 }
 
 pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
+    if args.h3 {
+        return put_h3(&args);
+    }
     let agent = agent();
     let url = format!("{}/blobs", args.node.trim_end_matches('/'));
     for path in &args.files {
@@ -101,8 +117,120 @@ pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn put_h3(args: &PutArgs) -> anyhow::Result<ExitCode> {
+    let mut client = crate::h3client::H3Client::connect(&args.node, args.ca.as_deref())?;
+    for path in &args.files {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let len = file.metadata()?.len();
+        let bar = progress(len, &path.display().to_string());
+        let mut reader = bar.wrap_read(file);
+        let mut answer = Vec::new();
+        let resp = client.request("POST", "/blobs", &[], Some((&mut reader, len)), |_, d| {
+            answer.extend_from_slice(d);
+            Ok(())
+        })?;
+        bar.finish_and_clear();
+        if resp.status != 201 {
+            bail!(
+                "node refused {}: {} {}",
+                path.display(),
+                resp.status,
+                String::from_utf8_lossy(&answer).trim()
+            );
+        }
+        let body: serde_json::Value =
+            serde_json::from_slice(&answer).context("node answered with invalid JSON")?;
+        let hash = body["hash"].as_str().context("node's answer has no hash")?;
+        println!("{hash}  {}", path.display());
+    }
+    client.close();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads what the HTTP/3 thread receives.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn get_h3(args: &GetArgs, hash: BlobHash) -> anyhow::Result<ExitCode> {
+    // The QUIC connection runs on its own thread and hands the body over.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(256);
+    let (status_tx, status_rx) = std::sync::mpsc::sync_channel::<u16>(1);
+    let node = args.node.clone();
+    let ca = args.ca.clone();
+    let path = format!("/blobs/{hash}?format=bao");
+    let worker = std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut client = crate::h3client::H3Client::connect(&node, ca.as_deref())?;
+        let mut told = false;
+        let accept = [("accept", dataplane::http::BAO_MEDIA_TYPE)];
+        let resp = client.request("GET", &path, &accept, None, |status, d| {
+            if !told {
+                let _ = status_tx.send(status);
+                told = true;
+            }
+            tx.send(d.to_vec())
+                .map_err(|_| std::io::Error::other("reader gone"))
+        })?;
+        if !told {
+            let _ = status_tx.send(resp.status);
+        }
+        client.close();
+        Ok(())
+    });
+    let status = status_rx.recv().unwrap_or(0);
+    let mut reader = ChannelReader {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+    };
+    if status != 200 {
+        let mut text = String::new();
+        let _ = reader.by_ref().take(4096).read_to_string(&mut text);
+        let failed = worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("HTTP/3 thread panicked"))?;
+        if let Err(e) = failed {
+            bail!("{e:#}");
+        }
+        bail!("node answered {status}: {}", text.trim());
+    }
+    let result = decode_into(&hash, &args.output, &mut reader);
+    drop(reader);
+    let transfer = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("HTTP/3 thread panicked"))?;
+    match (result, transfer) {
+        (Ok(code), _) => Ok(code),
+        (Err(e), Err(t)) => Err(e.context(format!("{t:#}"))),
+        (Err(e), Ok(())) => Err(e),
+    }
+}
+
 pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let hash = BlobHash::parse(args.hash.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if args.h3 {
+        return get_h3(&args, hash);
+    }
     let url = format!(
         "{}/blobs/{hash}?format=bao",
         args.node.trim_end_matches('/')
@@ -115,7 +243,19 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     if resp.status() != 200 {
         bail!("node answered {}: {}", resp.status(), error_body(&mut resp));
     }
-    let dir = match args.output.parent() {
+    let reader = resp.body_mut().as_reader();
+    decode_into(&hash, &args.output, reader)
+}
+
+/// Verifies a verified stream group by group into a file beside `output`, renamed
+/// into place only when whole; nothing is left behind on any error.
+fn decode_into(
+    hash: &BlobHash,
+    output: &std::path::Path,
+    reader: impl Read,
+) -> anyhow::Result<ExitCode> {
+    let hash = *hash;
+    let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
@@ -126,7 +266,7 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         .tempfile_in(&dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     let bar = progress(0, &hash.to_string()[..12]);
-    let reader = bar.wrap_read(resp.body_mut().as_reader());
+    let reader = bar.wrap_read(reader);
     let out = partial.as_file();
     let result =
         verified::decode_stream(hash.as_blake3(), reader, &verified::all_ranges(), |item| {
@@ -146,22 +286,22 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         Ok(size) => size,
         Err(e @ (VerifyError::BadGroup { .. } | VerifyError::BadParent { .. })) => bail!(
             "verification failed: {e}: the node sent data that is not blob {hash}; nothing was written to {}",
-            args.output.display()
+            output.display()
         ),
         Err(e) => bail!(
             "download of {hash} failed: {e}; nothing was written to {}",
-            args.output.display()
+            output.display()
         ),
     };
     let mut file = partial.as_file();
     file.flush()?;
     file.sync_all()?;
     partial
-        .persist(&args.output)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+        .persist(output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
     eprintln!(
         "{hash}: {size} bytes verified, written to {}",
-        args.output.display()
+        output.display()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@
 //! `dataplane` crate.
 
 mod client;
+mod h3client;
 mod node;
 
 use std::path::PathBuf;

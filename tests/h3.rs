@@ -278,3 +278,70 @@ fn a_connection_survives_nat_rebinding_across_cores() {
     }
     panic!("ten transfers with rebinding and no packet was ever steered to its owning core");
 }
+
+#[test]
+fn tessera_put_and_get_over_h3_verify_like_http1() {
+    let node = Node::start(&[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = random_bytes(2 << 20, 21);
+    let file = dir.path().join("in");
+    std::fs::write(&file, &data).expect("write");
+    let url = format!("https://{}", node.addr);
+    let out = tessera(&["put", "--h3", "--node", &url, file.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("hash")
+        .to_string();
+    assert_eq!(hash, blake3::hash(&data).to_hex().as_str());
+    let dest = dir.path().join("out");
+    let out = tessera(&[
+        "get",
+        "--h3",
+        "--node",
+        &url,
+        &hash,
+        "-o",
+        dest.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&dest).expect("read"), data);
+
+    // A blob rotted on disk is refused over HTTP/3 too, and nothing is written.
+    let path = node.data_dir.join("blobs").join(&hash);
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[1_000_000] ^= 1;
+    std::fs::write(&path, bytes).expect("write");
+    let dest = dir.path().join("rotten");
+    let out = tessera(&[
+        "get",
+        "--h3",
+        "--node",
+        &url,
+        &hash,
+        "-o",
+        dest.to_str().expect("utf8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(!dest.exists());
+    assert!(node.metric("tessera_corrupt_blobs_detected_total") >= 1);
+    // And taken out of service, plain bytes included.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = node.get(&format!("/blobs/{hash}")).0;
+        if status == 404 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(status, 404, "quarantined blob still served");
+}

@@ -960,7 +960,14 @@ fn get_blob(
             Ok(v) => v,
             Err(e) => {
                 bump(&core.stats().corrupt_detected, 1);
-                tracing::error!(%hash, "stored blob failed verification: {e}");
+                tracing::error!(%hash, "stored blob failed verification: {e}; moving it to quarantine/");
+                // As over HTTP/1.1: take it out of service for every route.
+                let store = core.shared.store.clone();
+                monoio::spawn(async move {
+                    if let Err(e) = off_core(move || store.quarantine(&hash)).await {
+                        tracing::error!(%hash, "cannot quarantine corrupt blob: {e}");
+                    }
+                });
                 return respond_text(
                     core,
                     conn,
