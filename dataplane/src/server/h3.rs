@@ -572,17 +572,20 @@ impl Endpoint {
                 while len + MAX_DATAGRAM <= buf.len() {
                     match conn.quic.send(&mut buf[len..len + MAX_DATAGRAM]) {
                         Ok((n, info)) => {
-                            if to.is_some_and(|t| t != info.to) {
-                                // quiche already wrote it: send what we have first,
-                                // then this packet alone.
-                                send_all(
-                                    self.fd,
-                                    &self.socket,
-                                    &buf[..len],
-                                    segment,
-                                    to.unwrap_or(info.to),
-                                )
-                                .await?;
+                            // A GSO batch is one destination and equal sizes, the last
+                            // possibly shorter. A packet that cannot join (another
+                            // peer, or larger than the batch's size) closes the batch
+                            // and starts the next one.
+                            let joins =
+                                to.is_none_or(|t| t == info.to) && (segment == 0 || n <= segment);
+                            if !joins {
+                                let dest = to.unwrap_or(info.to);
+                                send_all(self.fd, &self.socket, &buf[..len], segment, dest).await?;
+                                bump(
+                                    &core.stats().h3_datagrams_sent,
+                                    len.div_ceil(segment.max(1)) as u64,
+                                );
+                                bump(&core.stats().bytes_sent, len as u64);
                                 buf.copy_within(len..len + n, 0);
                                 len = 0;
                                 segment = 0;
@@ -594,10 +597,6 @@ impl Endpoint {
                             len += n;
                             if n < segment {
                                 break; // a short packet ends a GSO batch
-                            }
-                            if n > segment {
-                                // Cannot happen with quiche (sizes only shrink); be safe.
-                                break;
                             }
                         }
                         Err(quiche::Error::Done) => {
