@@ -1200,84 +1200,66 @@ fn start_response(
         headers.push(quiche::h3::Header::new(n.as_bytes(), v));
     }
     let fin = body.is_none();
-    conn.streams
-        .insert(stream, StreamState::HeadBlocked { headers, fin, body });
-    try_send_head(conn, stream);
-}
-
-/// Sends a pending response head; on success the stream moves on to its body.
-fn try_send_head(conn: &mut QuicConn, stream: u64) {
-    let Some(StreamState::HeadBlocked { headers, fin, .. }) = conn.streams.get(&stream) else {
-        return;
-    };
+    let mut state = StreamState::HeadBlocked { headers, fin, body };
     let Some(h3) = conn.h3.as_mut() else { return };
-    match h3.send_response(&mut conn.quic, stream, headers, *fin) {
-        Ok(()) => {
-            if let Some(StreamState::HeadBlocked {
-                body: Some((body, offset, end)),
-                ..
-            }) = conn.streams.remove(&stream)
-            {
-                conn.streams
-                    .insert(stream, StreamState::Sending { body, offset, end });
-            }
-        }
-        // No room on the stream yet: try again when the peer grants some.
-        Err(quiche::h3::Error::StreamBlocked) | Err(quiche::h3::Error::Done) => {}
-        Err(e) => {
-            tracing::debug!("cannot send response head: {e}");
-            conn.streams.remove(&stream);
-        }
+    if advance_stream(core, &mut conn.quic, h3, stream, &mut state) {
+        conn.streams.insert(stream, state);
     }
 }
 
-/// Pushes body bytes on every stream with some left, as far as flow control allows.
+/// Pushes what every stream has pending (heads that were blocked, body bytes) as far
+/// as flow control allows, and forgets streams that are done.
 fn send_bodies(core: &Core, conn: &mut QuicConn) {
-    let blocked: Vec<u64> = conn
-        .streams
-        .iter()
-        .filter(|(_, s)| matches!(s, StreamState::HeadBlocked { .. }))
-        .map(|(id, _)| *id)
-        .collect();
-    for id in blocked {
-        try_send_head(conn, id);
-    }
-    let ids: Vec<u64> = conn
-        .streams
-        .iter()
-        .filter(|(_, s)| matches!(s, StreamState::Sending { .. }))
-        .map(|(id, _)| *id)
-        .collect();
-    for id in ids {
-        let Some(h3) = conn.h3.as_mut() else { return };
-        let Some(StreamState::Sending { body, offset, end }) = conn.streams.get_mut(&id) else {
-            continue;
-        };
-        let mut finished = false;
-        while *offset < *end {
-            let chunk = &body.bytes()[*offset..*end];
-            match h3.send_body(&mut conn.quic, id, chunk, true) {
-                Ok(n) => {
-                    *offset += n;
-                    if let Body::Mapped(_) = body {
-                        bump(&core.stats().h3_body_bytes_from_mmap, n as u64);
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                }
-                Err(quiche::h3::Error::Done) => break,
-                Err(e) => {
-                    tracing::debug!("stream {id} body send failed: {e}");
-                    finished = true;
-                    break;
-                }
+    let QuicConn {
+        quic, h3, streams, ..
+    } = conn;
+    let Some(h3) = h3.as_mut() else { return };
+    streams.retain(|&id, state| advance_stream(core, quic, h3, id, state));
+}
+
+/// Sends what one stream has pending. Returns false once the stream is finished
+/// (or failed) and its state can go.
+fn advance_stream(
+    core: &Core,
+    quic: &mut quiche::Connection,
+    h3: &mut quiche::h3::Connection,
+    id: u64,
+    state: &mut StreamState,
+) -> bool {
+    if let StreamState::HeadBlocked { headers, fin, body } = state {
+        match h3.send_response(quic, id, headers, *fin) {
+            Ok(()) => match body.take() {
+                Some((body, offset, end)) => *state = StreamState::Sending { body, offset, end },
+                None => return false,
+            },
+            // No room on the stream yet: try again when the peer grants some.
+            Err(quiche::h3::Error::StreamBlocked) | Err(quiche::h3::Error::Done) => return true,
+            Err(e) => {
+                tracing::debug!("cannot send response head: {e}");
+                return false;
             }
         }
-        if *offset >= *end || finished {
-            conn.streams.remove(&id);
+    }
+    let StreamState::Sending { body, offset, end } = state else {
+        return true;
+    };
+    while *offset < *end {
+        let chunk = &body.bytes()[*offset..*end];
+        match h3.send_body(quic, id, chunk, true) {
+            Ok(0) | Err(quiche::h3::Error::Done) => return true,
+            Ok(n) => {
+                *offset += n;
+                if let Body::Mapped(_) = body {
+                    bump(&core.stats().h3_body_bytes_from_mmap, n as u64);
+                }
+            }
+            Err(e) => {
+                tracing::debug!("stream {id} body send failed: {e}");
+                return false;
+            }
         }
     }
+    false
 }
 
 /// Runs an HTTP/3 request head, as decoded by QPACK, through everything the server
