@@ -1430,14 +1430,10 @@ async fn upload_body(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result
     }
 }
 
-async fn store_error(
-    core: &Core,
-    conn: &mut Conn,
-    route: Route,
-    e: StoreError,
-) -> io::Result<Next> {
-    // The body may be partly unread: answer and close.
-    let (status, msg) = match &e {
+/// The status and message a client gets when the store refuses an upload, on any
+/// protocol.
+fn upload_refusal(e: &StoreError) -> (Status, &'static str) {
+    match e {
         StoreError::TooLarge { .. } => (
             Status::PayloadTooLarge,
             "body is larger than the node's max_body_bytes\n",
@@ -1457,7 +1453,17 @@ async fn store_error(
                 "upload failed; see the node's log\n",
             )
         }
-    };
+    }
+}
+
+async fn store_error(
+    core: &Core,
+    conn: &mut Conn,
+    route: Route,
+    e: StoreError,
+) -> io::Result<Next> {
+    // The body may be partly unread: answer and close.
+    let (status, msg) = upload_refusal(&e);
     if status == Status::InsufficientStorage {
         tracing::warn!("upload refused: {e}");
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use quiche::h3::NameValue;
 
-use super::{bump, off_core, touch, Core};
+use super::{bump, off_core, touch, upload_refusal, Core};
 use crate::config::NodeConfig;
 use crate::hash::BlobHash;
 use crate::http::{self, RangeRequest, Route, Status};
@@ -453,8 +453,8 @@ impl Endpoint {
     fn service(&mut self, core: &Core) {
         let now = Instant::now();
         let mut closed = Vec::new();
-        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
-        for slot in slots {
+        // Walk slots by index (no list of keys per wake-up); empty ones are skipped.
+        for slot in 0..self.conns.capacity() {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
             };
@@ -561,8 +561,8 @@ impl Endpoint {
     }
 
     async fn flush_with(&mut self, core: &Core, buf: &mut [u8]) -> io::Result<()> {
-        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
-        for slot in slots {
+        // Walk slots by index (no list of keys per wake-up); empty ones are skipped.
+        for slot in 0..self.conns.capacity() {
             while let Some(conn) = self.conns.get_mut(slot) {
                 // Fill a batch of packets to one destination, equal sizes but the last.
                 let mut len = 0;
@@ -1102,23 +1102,7 @@ fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::S
 }
 
 fn upload_error(core: &Core, conn: &mut QuicConn, stream: u64, e: StoreError) {
-    let (status, msg) = match &e {
-        StoreError::TooLarge { .. } => (
-            Status::PayloadTooLarge,
-            "body is larger than the node's max_body_bytes\n",
-        ),
-        StoreError::Full { .. } | StoreError::NoSpace => (
-            Status::InsufficientStorage,
-            "store or disk is full; nothing was stored\n",
-        ),
-        _ => {
-            tracing::error!("HTTP/3 upload failed: {e}");
-            (
-                Status::InternalServerError,
-                "upload failed; see the node's log\n",
-            )
-        }
-    };
+    let (status, msg) = upload_refusal(&e);
     respond_text(core, conn, stream, Route::Blobs, status, msg);
     // Stop the client sending the rest of a body we will not store.
     let _ = conn
