@@ -13,11 +13,16 @@ const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
 ];
 
+/// `TESSERA_BENCH_FONT` names a TTF to use instead (for machines without fonts,
+/// e.g. one with no package registry: carry `DejaVuSans.ttf`).
 fn register_font() -> anyhow::Result<()> {
-    let path = FONT_PATHS
-        .iter()
+    let own = std::env::var("TESSERA_BENCH_FONT").ok();
+    let path = own
+        .as_deref()
+        .into_iter()
+        .chain(FONT_PATHS.iter().copied())
         .find(|p| Path::new(p).exists())
-        .context("no DejaVu Sans font for plot labels: apt-get install fonts-dejavu-core")?;
+        .context("no DejaVu Sans font for plot labels: apt-get install fonts-dejavu-core, or set TESSERA_BENCH_FONT to a .ttf")?;
     let bytes: &'static [u8] = Box::leak(std::fs::read(path)?.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
         .map_err(|_| anyhow::anyhow!("cannot load font {path}"))?;

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Packs what bench/device-run.sh needs on a machine with no package registry into
+# target/kit: stripped release binaries, Debian's nginx and wrk unpacked, a font.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked --workspace
+kit=target/kit
+rm -rf "$kit" && mkdir -p "$kit/debs" "$kit/root"
+cp target/release/tessera target/release/tessera-bench "$kit/"
+strip "$kit/tessera" "$kit/tessera-bench"
+(cd "$kit/debs" && apt-get download nginx nginx-common wrk libluajit-5.1-2 libluajit-5.1-common)
+for d in "$kit"/debs/*.deb; do dpkg -x "$d" "$kit/root"; done
+rm -rf "$kit/debs"
+cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$kit/"
+du -sh "$kit"

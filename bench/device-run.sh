@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Core-scaling run on a many-core machine that has no package registry (issue 3).
+# Build the kit here with `bench/device-kit.sh` (release binaries, Debian's nginx
+# and wrk unpacked, a font), carry target/kit, then run this there:
+#
+#   bench/device-run.sh [KIT] [OUTDIR]
+#
+# It runs wrk side by side (bench/side-by-side.sh) and `tessera-bench suite`
+# on 1, 2, 4 and 8 server cores with the load generators on CPUs 8-15.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+kit=$(realpath "${1:-target/kit}")
+out=$(realpath -m "${2:-bench/out/device}")
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$kit/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TESSERA_BIN=$kit/tessera NGINX_BIN=$kit/root/usr/sbin/nginx WRK_BIN=$kit/root/usr/bin/wrk
+export TESSERA_BENCH_FONT=$kit/DejaVuSans.ttf
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+{
+    date -u +%FT%TZ
+    uname -r
+    nproc
+    grep -m1 'model name' /proc/cpuinfo
+    lscpu | grep -E 'Socket|NUMA node|Thread|Core|MHz' || true
+    echo "nofile $(ulimit -n)"
+} | tee "$out/machine.txt"
+ldd "$NGINX_BIN" | grep 'not found' && { echo "nginx libraries missing" >&2; exit 2; }
+duration=${DURATION:-5}
+for c in ${CORES:-1 2 4 8}; do
+    echo "== wrk side by side, $c server cores"
+    bench/side-by-side.sh --cores "$c" --duration "$duration" --connections $((64 * c)) 2>&1 | tee "$out/wrk-$c.txt"
+    cp bench/out/side-by-side.json "$out/wrk-$c.json" 2>/dev/null || true
+done
+echo "== tessera-bench suite"
+"$kit/tessera-bench" suite --cores 8 --scaling "$(echo ${CORES:-1 2 4 8} | tr ' ' ,)" --load-cpus "${LOAD_CPUS:-8-15}" \
+    --connections 256 --duration "$duration" --warmup 1 --only 4k,1m --loads 0.5,0.9 \
+    --out "$out/suite" 2>&1 | tee "$out/suite.txt"
