@@ -10,8 +10,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 kit=$(realpath "${1:-target/kit}")
-out=$(realpath -m "${2:-bench/out/device}")
-mkdir -p "$out"
+final=$(realpath -m "${2:-bench/out/device}")
+# Results are gathered in one folder and packed into one tarball at the end
+# (the device tool brings back a limited number of files).
+out=$(mktemp -d /tmp/tessera-device.XXXXXX)
+trap 'tar -C "$out" -czf "$final/results.tgz" . && echo "packed $final/results.tgz"' EXIT
+mkdir -p "$final"
 export LD_LIBRARY_PATH="$kit/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TESSERA_BIN=$kit/tessera NGINX_BIN=$kit/root/usr/sbin/nginx WRK_BIN=$kit/root/usr/bin/wrk
 export TESSERA_BENCH_FONT=$kit/DejaVuSans.ttf

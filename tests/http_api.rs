@@ -365,3 +365,39 @@ fn store_limit_evicts_least_recently_used_never_pinned() {
     assert_eq!(node.request(&req).0, 507);
     assert_eq!(node.metric("tessera_store_blobs"), 2);
 }
+
+#[test]
+fn small_blobs_are_copied_with_their_head_and_leave_the_cache_on_delete() {
+    let node = Node::start(&["--admin-token", ADMIN]);
+    let data = random_bytes(5_000, 21);
+    let h = node.put_bytes(&data);
+    let blob = format!("/blobs/{h}");
+    let small_before = node.metric("tessera_small_body_bytes_total");
+    let spliced_before = node.metric("tessera_zero_copy_bytes_total");
+    for _ in 0..3 {
+        let (status, _, body) = node.get(&blob);
+        assert_eq!(status, 200);
+        assert_eq!(body, data);
+    }
+    let (status, head, body) = node.request(
+        format!("GET {blob} HTTP/1.1\r\nRange: bytes=4990-\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(status, 206);
+    assert_eq!(header(&head, "content-range"), Some("bytes 4990-4999/5000"));
+    assert_eq!(body, &data[4990..]);
+    assert_eq!(
+        node.metric("tessera_small_body_bytes_total") - small_before,
+        3 * 5_000 + 10
+    );
+    assert_eq!(
+        node.metric("tessera_zero_copy_bytes_total") - spliced_before,
+        0
+    );
+    // The held copy goes with the blob: no stale bytes after a delete.
+    let del = format!(
+        "DELETE {blob} HTTP/1.1\r\nAuthorization: Bearer {ADMIN}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(node.request(del.as_bytes()).0, 204);
+    assert_eq!(node.get(&blob).0, 404);
+}

@@ -37,6 +37,11 @@ pub struct NodeConfig {
     pub io_uring_entries: u32,
     /// Size asked for each connection's splice pipe (the kernel may cap it).
     pub pipe_bytes: usize,
+    /// Bodies up to this many bytes are copied (one `pread`) into the response
+    /// buffer and go out with the head in one io_uring write; larger ones are
+    /// spliced. For a page or four, two splice calls cost more than the copy.
+    /// 0 splices everything.
+    pub copy_body_max_bytes: usize,
     /// Open blob files each core keeps cached (each holds a descriptor).
     pub open_file_cache_entries: usize,
     /// Serve HTTP/3 on UDP at the same address as `listen`.
@@ -78,6 +83,7 @@ impl Default for NodeConfig {
             shutdown_grace_ms: 10_000,
             io_uring_entries: 1024,
             pipe_bytes: 1 << 20,
+            copy_body_max_bytes: 16 << 10,
             open_file_cache_entries: 1024,
             h3: true,
             tls_cert: None,

@@ -44,6 +44,7 @@ pub struct CoreStats {
     /// Body bytes that went file -> pipe -> socket without entering user space.
     pub zero_copy_bytes: AtomicU64,
     pub zero_copy_responses: AtomicU64,
+    pub copied_body_bytes: AtomicU64,
     /// Body bytes that were read into user space (verified streams).
     pub copied_bytes: AtomicU64,
     pub connections_open: AtomicU64,
@@ -74,6 +75,7 @@ impl Default for CoreStats {
             bytes_received: AtomicU64::new(0),
             zero_copy_bytes: AtomicU64::new(0),
             zero_copy_responses: AtomicU64::new(0),
+            copied_body_bytes: AtomicU64::new(0),
             copied_bytes: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
@@ -156,7 +158,7 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 18] = [
+        let counters: [(&str, &str, u64); 19] = [
             (
                 "tessera_h3_connections_total",
                 "QUIC connections accepted.",
@@ -216,6 +218,11 @@ impl Metrics {
                 "tessera_zero_copy_responses_total",
                 "Responses whose body took the zero-copy path.",
                 self.sum(|c| &c.zero_copy_responses),
+            ),
+            (
+                "tessera_small_body_bytes_total",
+                "Bodies at most copy_body_max_bytes, copied with one pread and sent with their head.",
+                self.sum(|c| &c.copied_body_bytes),
             ),
             (
                 "tessera_copied_bytes_total",

@@ -376,6 +376,12 @@ impl Core {
 
     /// Opens a blob's bytes through the core's open-file cache.
     fn open_blob(&self, hash: &BlobHash) -> io::Result<Option<(Rc<OwnedFd>, u64)>> {
+        Ok(self.open_blob_cached(hash)?.map(|o| (o.fd, o.size)))
+    }
+
+    /// Opens a blob through the core's cache. A blob of at most
+    /// `copy_body_max_bytes` comes with its bytes, read once when it is opened.
+    fn open_blob_cached(&self, hash: &BlobHash) -> io::Result<Option<Opened>> {
         let store = &self.shared.store;
         let mut cache = self.files.borrow_mut();
         let now = Instant::now();
@@ -386,20 +392,44 @@ impl Core {
         let Some((fd, size)) = sys::open_at(store.blobs_dir_fd(), hash, b"")? else {
             return Ok(None);
         };
-        let fd = Rc::new(fd);
-        cache.insert(*hash, fd.clone(), size, now);
-        Ok(Some((fd, size)))
+        let body = if cache.capacity > 0 && size <= self.shared.config.copy_body_max_bytes as u64 {
+            let mut bytes = vec![0u8; size as usize];
+            sys::read_exact_at(fd.as_raw_fd(), &mut bytes, 0)?;
+            Some(Rc::<[u8]>::from(bytes))
+        } else {
+            None
+        };
+        let opened = Opened {
+            fd: Rc::new(fd),
+            size,
+            body,
+        };
+        cache.insert(*hash, opened.clone(), now);
+        Ok(Some(opened))
     }
+}
+
+/// An open blob from a core's cache.
+#[derive(Clone)]
+struct Opened {
+    fd: Rc<OwnedFd>,
+    size: u64,
+    /// The whole blob, for blobs of at most `copy_body_max_bytes`.
+    body: Option<Rc<[u8]>>,
 }
 
 /// How long a cached descriptor is trusted before the file is looked up again, so
 /// that changes made outside the node (`store verify --quarantine`) take effect.
 const OPEN_CACHE_TTL: Duration = Duration::from_secs(1);
 
-/// A core's cache of open blob files: a hit saves `openat`, `fstat` and `close`.
-/// Bounded; flushed whenever the store removes a blob (its generation changes).
+/// A core's cache of open blob files: a hit saves `openat`, `fstat` and `close`,
+/// and for small blobs (at most `copy_body_max_bytes`) the read as well: their
+/// bytes are kept, so at most `open_file_cache_entries × copy_body_max_bytes`
+/// per core. Content is immutable (named by its hash), so the only staleness is a
+/// removal: flushed whenever the store removes a blob (its generation changes),
+/// and each entry is trusted for `OPEN_CACHE_TTL` against changes from outside.
 struct FdCache {
-    map: std::collections::HashMap<BlobHash, (Rc<OwnedFd>, u64, Instant)>,
+    map: std::collections::HashMap<BlobHash, (Opened, Instant)>,
     capacity: usize,
     generation: u64,
 }
@@ -413,21 +443,14 @@ impl FdCache {
         }
     }
 
-    fn get(
-        &mut self,
-        hash: &BlobHash,
-        generation: u64,
-        now: Instant,
-    ) -> Option<(Rc<OwnedFd>, u64)> {
+    fn get(&mut self, hash: &BlobHash, generation: u64, now: Instant) -> Option<Opened> {
         if generation != self.generation {
             self.map.clear();
             self.generation = generation;
             return None;
         }
         match self.map.get(hash) {
-            Some((fd, size, at)) if now.duration_since(*at) < OPEN_CACHE_TTL => {
-                Some((fd.clone(), *size))
-            }
+            Some((opened, at)) if now.duration_since(*at) < OPEN_CACHE_TTL => Some(opened.clone()),
             Some(_) => {
                 self.map.remove(hash);
                 None
@@ -436,7 +459,7 @@ impl FdCache {
         }
     }
 
-    fn insert(&mut self, hash: BlobHash, fd: Rc<OwnedFd>, size: u64, now: Instant) {
+    fn insert(&mut self, hash: BlobHash, opened: Opened, now: Instant) {
         if self.capacity == 0 {
             return;
         }
@@ -446,7 +469,7 @@ impl FdCache {
                 self.map.remove(&victim);
             }
         }
-        self.map.insert(hash, (fd, size, now));
+        self.map.insert(hash, (opened, now));
     }
 }
 
@@ -925,12 +948,17 @@ async fn open_or_answer(
     hash: &BlobHash,
     suffix: &[u8],
     keep_alive: bool,
-) -> io::Result<Result<(Rc<OwnedFd>, u64), Next>> {
+) -> io::Result<Result<Opened, Next>> {
     let opened = if suffix.is_empty() {
-        core.open_blob(hash)
+        core.open_blob_cached(hash)
     } else {
-        sys::open_at(core.shared.store.blobs_dir_fd(), hash, suffix)
-            .map(|found| found.map(|(fd, size)| (Rc::new(fd), size)))
+        sys::open_at(core.shared.store.blobs_dir_fd(), hash, suffix).map(|found| {
+            found.map(|(fd, size)| Opened {
+                fd: Rc::new(fd),
+                size,
+                body: None,
+            })
+        })
     };
     match opened {
         Ok(Some(found)) => Ok(Ok(found)),
@@ -1003,7 +1031,11 @@ async fn get_plain(
     keep_alive: bool,
 ) -> io::Result<Next> {
     let route = info.route;
-    let (file, size) = match open_or_answer(core, conn, route, &hash, b"", keep_alive).await? {
+    let Opened {
+        fd: file,
+        size,
+        body,
+    } = match open_or_answer(core, conn, route, &hash, b"", keep_alive).await? {
         Ok(found) => found,
         Err(next) => return Ok(next),
     };
@@ -1025,6 +1057,14 @@ async fn get_plain(
     core.stats()
         .count_request(route.label_index(), status.index());
     if info.method == Method::Head || len == 0 {
+        write_wbuf(core, conn).await?;
+    } else if let Some(body) = body {
+        // A small blob whose bytes the core holds: copied behind the head, one
+        // write. The buffer keeps its capacity between responses, so this
+        // allocates only the first time a connection sends a body this large.
+        conn.wbuf
+            .extend_from_slice(&body[first as usize..(first + len) as usize]);
+        bump(&core.stats().copied_body_bytes, len);
         write_wbuf(core, conn).await?;
     } else {
         send_file_zero_copy(core, conn, &file, first, len).await?;
@@ -1116,15 +1156,16 @@ async fn get_verified(
     keep_alive: bool,
 ) -> io::Result<Next> {
     let route = info.route;
-    let (file, size) = match open_or_answer(core, conn, route, &hash, b"", keep_alive).await? {
-        Ok(found) => found,
-        Err(next) => return Ok(next),
-    };
-    let (outboard, _) = match open_or_answer(core, conn, route, &hash, b".obao", keep_alive).await?
-    {
-        Ok(found) => found,
-        Err(next) => return Ok(next),
-    };
+    let Opened { fd: file, size, .. } =
+        match open_or_answer(core, conn, route, &hash, b"", keep_alive).await? {
+            Ok(found) => found,
+            Err(next) => return Ok(next),
+        };
+    let Opened { fd: outboard, .. } =
+        match open_or_answer(core, conn, route, &hash, b".obao", keep_alive).await? {
+            Ok(found) => found,
+            Err(next) => return Ok(next),
+        };
     let ranges = match http::parse_range(info.range(), size) {
         RangeRequest::Full => verified::all_ranges(),
         RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
