@@ -62,6 +62,8 @@ pub struct Spec {
     pub warmup: Duration,
     /// A response slower than this counts as an error and the connection is replaced.
     pub timeout: Duration,
+    /// HTTP/3 with this many requests at once per connection; None: HTTP/1.1.
+    pub h3_streams: Option<usize>,
 }
 
 /// Results of a run; latencies in microseconds.
@@ -78,7 +80,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Report {
             histogram: new_histogram(),
             completed: 0,
@@ -126,6 +128,18 @@ pub fn new_histogram() -> Histogram<u64> {
 
 /// Runs the load and merges every worker's histogram.
 pub fn run(spec: &Spec) -> anyhow::Result<Report> {
+    match spec.h3_streams {
+        Some(streams) => crate::h3load::run(spec, streams),
+        None => run_threads(spec, worker),
+    }
+}
+
+/// Starts `spec.threads` workers, each with its share of the connections (by
+/// index), all starting at one common instant; merges their reports.
+pub(crate) fn run_threads<F>(spec: &Spec, worker: F) -> anyhow::Result<Report>
+where
+    F: Fn(&Spec, usize, &[usize], Instant) -> anyhow::Result<Report> + Send + Clone + 'static,
+{
     anyhow::ensure!(
         spec.connections >= spec.threads && spec.threads > 0,
         "need at least one connection per thread"
@@ -134,6 +148,7 @@ pub fn run(spec: &Spec) -> anyhow::Result<Report> {
     let mut handles = Vec::new();
     for t in 0..spec.threads {
         let spec = spec.clone();
+        let worker = worker.clone();
         let conns: Vec<usize> = (t..spec.connections).step_by(spec.threads).collect();
         handles.push(
             std::thread::Builder::new()
@@ -156,13 +171,18 @@ pub fn run(spec: &Spec) -> anyhow::Result<Report> {
     Ok(total)
 }
 
-fn worker(spec: &Spec, index: usize, conns: &[usize], start: Instant) -> anyhow::Result<Report> {
+/// Pins worker `index` to its CPU from `spec.cpus` (round robin), if any.
+pub(crate) fn pin(spec: &Spec, index: usize) {
     if !spec.cpus.is_empty() {
         let cpu = spec.cpus[index % spec.cpus.len()];
         if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
             eprintln!("warning: cannot pin load worker {index} to CPU {cpu}: {e:?}");
         }
     }
+}
+
+fn worker(spec: &Spec, index: usize, conns: &[usize], start: Instant) -> anyhow::Result<Report> {
+    pin(spec, index);
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .with_entries(4096)
         .enable_timer()
@@ -516,6 +536,7 @@ mod tests {
             duration: Duration::from_secs(2),
             warmup: Duration::ZERO,
             timeout: Duration::from_secs(5),
+            h3_streams: None,
         }
     }
 

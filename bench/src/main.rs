@@ -13,6 +13,7 @@
 //!
 //! HTTP/3 (against Caddy) joins when the data plane speaks it.
 
+mod h3load;
 mod load;
 mod plot;
 mod suite;
@@ -77,6 +78,12 @@ struct LoadArgs {
     warmup: f64,
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    /// Use HTTP/3 (QUIC to the same port over UDP; certificates are not verified).
+    #[arg(long)]
+    h3: bool,
+    /// With --h3: requests at once on each connection.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
     /// Write the percentile distribution (.hgrm) here.
     #[arg(long)]
     hgrm: Option<PathBuf>,
@@ -127,6 +134,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs_f64(a.duration + a.warmup),
                 warmup: Duration::from_secs_f64(a.warmup),
                 timeout: Duration::from_secs_f64(a.timeout),
+                h3_streams: a.h3.then_some(a.streams),
             };
             let report = load::run(&spec)?;
             print_report(&report);

@@ -42,6 +42,15 @@ pub struct SuiteArgs {
     /// Include the 100 MiB object.
     #[arg(long)]
     large: bool,
+    /// Also run the objects over HTTP/3: Tessera against Caddy (Debian's package).
+    #[arg(long)]
+    h3: bool,
+    /// The caddy binary (Debian's package: /usr/bin/caddy).
+    #[arg(long, env = "CADDY_BIN", default_value = "/usr/bin/caddy")]
+    caddy_bin: PathBuf,
+    /// HTTP/3 requests at once per connection.
+    #[arg(long, default_value_t = 1)]
+    h3_streams: usize,
     /// Only these workloads (comma separated names, see the table).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -229,6 +238,62 @@ fn start_nginx(
     Ok(server)
 }
 
+/// Caddy (Debian's 2.6) serving `www` over HTTPS and HTTP/3 on one port, with
+/// `GOMAXPROCS` = cores and its threads pinned to the same CPUs.
+fn start_caddy(
+    bin: &Path,
+    dir: &Path,
+    www: &Path,
+    tls: &Path,
+    cores: usize,
+    cpus: &[usize],
+) -> anyhow::Result<Server> {
+    let addr = free_addr()?;
+    let conf_dir = dir.join(format!("caddy-{cores}"));
+    std::fs::create_dir_all(&conf_dir)?;
+    let conf = format!(
+        "{{\n admin off\n auto_https disable_redirects\n skip_install_trust\n servers {{\n  protocols h1 h2 h3\n }}\n log {{\n  level ERROR\n }}\n}}\n\
+         https://:{port} {{\n bind {ip}\n tls {cert} {key}\n root * {root}\n file_server\n}}\n",
+        port = addr.port(),
+        ip = addr.ip(),
+        cert = tls.join("cert.pem").display(),
+        key = tls.join("key.pem").display(),
+        root = www.display(),
+    );
+    let conf_path = conf_dir.join("Caddyfile");
+    std::fs::write(&conf_path, conf)?;
+    let child = spawn_pinned(
+        Command::new(bin)
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&conf_path)
+            .env("GOMAXPROCS", cores.to_string())
+            .env("XDG_DATA_HOME", conf_dir.join("data"))
+            .env("XDG_CONFIG_HOME", conf_dir.join("config"))
+            .env("HOME", &conf_dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(conf_dir.join("stderr"))?),
+        cpus,
+    )
+    .with_context(|| format!("starting {} (Debian: apt-get install caddy)", bin.display()))?;
+    let server = Server {
+        name: "caddy",
+        child,
+        addr,
+    };
+    // Up once its TLS port accepts; then it must serve the 4 KiB file over HTTP/3.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "caddy did not start: {}",
+                std::fs::read_to_string(conf_dir.join("stderr")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(server)
+}
+
 /// CPU seconds (user + system) used so far by a process and its children.
 fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf with a valid name has no preconditions.
@@ -306,7 +371,10 @@ pub struct Measured {
 struct Named {
     name: &'static str,
     tessera: Workload,
+    /// The same workload for the peer server (nginx over HTTP/1.1, Caddy over HTTP/3).
     nginx: Option<Workload>,
+    /// HTTP/3 with this many streams per connection, against Caddy.
+    h3: Option<usize>,
 }
 
 fn get(paths: Vec<String>) -> Workload {
@@ -416,6 +484,19 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
             cpus,
         )?;
         let nginx = start_nginx(&args.nginx_bin, work.path(), &www, cores, cpus)?;
+        // Caddy serves the same files over HTTP/3 with the certificate Tessera made.
+        let caddy = if args.h3 {
+            Some(start_caddy(
+                &args.caddy_bin,
+                work.path(),
+                &www,
+                &work.path().join(format!("data-{cores}")).join("tls"),
+                cores,
+                cpus,
+            )?)
+        } else {
+            None
+        };
         let mut hash = BTreeMap::new();
         for (name, data) in &files {
             hash.insert(*name, put_blob(tessera.addr, data)?);
@@ -455,12 +536,49 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        // Over HTTP/3 both must answer each object with 200 and its full length
+        // (Tessera's HTTP/3 bytes are checked byte for byte in tests/h3.rs).
+        if let Some(caddy) = &caddy {
+            for (name, data) in &files {
+                for (addr, path) in [
+                    (tessera.addr, format!("/blobs/{}", hash[name])),
+                    (caddy.addr, format!("/{name}")),
+                ] {
+                    let probe = Spec {
+                        addr,
+                        workload: get(vec![path.clone()]),
+                        mode: Mode::Closed,
+                        connections: 1,
+                        threads: 1,
+                        cpus: load_cpus.clone(),
+                        duration: Duration::from_millis(700),
+                        warmup: Duration::ZERO,
+                        timeout: Duration::from_secs(10),
+                        h3_streams: Some(1),
+                    };
+                    let r = load::run(&probe)?;
+                    if r.completed == 0
+                        || r.errors() > 0
+                        || r.bytes != r.completed * data.len() as u64
+                    {
+                        bail!(
+                            "HTTP/3 check of {addr}{path} failed: {} completed, {} errors, {} bytes (want {} each)",
+                            r.completed,
+                            r.errors(),
+                            r.bytes,
+                            data.len()
+                        );
+                    }
+                }
+            }
+        }
         let mut workloads: Vec<Named> = Vec::new();
         for (name, _) in &objects {
             workloads.push(Named {
                 name,
                 tessera: get(vec![format!("/blobs/{}", hash[name])]),
                 nginx: Some(get(vec![format!("/{name}")])),
+                h3: None,
             });
         }
         let zipf = |paths: Vec<String>| Workload::Get {
@@ -473,6 +591,7 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
             name: "zipf-4k",
             tessera: zipf(many_hashes.iter().map(|h| format!("/blobs/{h}")).collect()),
             nginx: Some(zipf((0..MANY).map(|i| format!("/z{i}")).collect())),
+            h3: None,
         });
         let ranged = |path: String| Workload::Get {
             paths: vec![path],
@@ -484,6 +603,7 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
             name: "range-64k-of-1m",
             tessera: ranged(format!("/blobs/{}", hash["1m"])),
             nginx: Some(ranged("/1m".into())),
+            h3: None,
         });
         workloads.push(Named {
             name: "verified-1m",
@@ -494,6 +614,7 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 headers: "Accept: application/x-bao\r\n".into(),
             },
             nginx: None,
+            h3: None,
         });
         workloads.push(Named {
             name: "upload-64k",
@@ -502,25 +623,45 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 bytes: 65536,
             },
             nginx: None,
+            h3: None,
         });
+        if caddy.is_some() {
+            for (name, _) in &objects {
+                workloads.push(Named {
+                    name: match *name {
+                        "4k" => "h3-4k",
+                        "64k" => "h3-64k",
+                        "1m" => "h3-1m",
+                        _ => "h3-100m",
+                    },
+                    tessera: get(vec![format!("/blobs/{}", hash[name])]),
+                    nginx: Some(get(vec![format!("/{name}")])),
+                    h3: Some(args.h3_streams),
+                });
+            }
+        }
         if let Some(only) = &args.only {
             workloads.retain(|w| only.iter().any(|o| o == w.name));
         }
         // Scaling runs only need the peak of the basic objects.
         let scaling_only = args.scaling.is_some() && cores != args.cores;
         for w in &workloads {
-            if scaling_only && !matches!(w.name, "4k" | "1m") {
+            if scaling_only && !matches!(w.name, "4k" | "1m" | "h3-4k" | "h3-1m") {
                 continue;
             }
+            let peer = match (w.h3, caddy.as_ref()) {
+                (Some(_), Some(c)) => c,
+                _ => &nginx,
+            };
             // Peaks first; then both servers get the same offered loads, fractions
             // of the lower peak, so their latency curves share an x axis.
             let mut runs = Vec::new();
-            for (server, workload) in [(&tessera, Some(&w.tessera)), (&nginx, w.nginx.as_ref())] {
+            for (server, workload) in [(&tessera, Some(&w.tessera)), (peer, w.nginx.as_ref())] {
                 let Some(workload) = workload else { continue };
                 runs.push((
                     server,
                     workload,
-                    measure(&args, server, workload, w.name, cores, &load_cpus)?,
+                    measure(&args, server, workload, w.h3, w.name, cores, &load_cpus)?,
                 ));
             }
             let floor = runs
@@ -534,6 +675,7 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                             &args,
                             server.addr,
                             workload,
+                            w.h3,
                             &load_cpus,
                             Mode::Open { rate: floor * f },
                         ))?;
@@ -566,6 +708,7 @@ fn spec(
     args: &SuiteArgs,
     addr: SocketAddr,
     workload: &Workload,
+    h3_streams: Option<usize>,
     load_cpus: &[usize],
     mode: Mode,
 ) -> Spec {
@@ -580,6 +723,7 @@ fn spec(
         duration: Duration::from_secs_f64(args.duration + args.warmup),
         warmup: Duration::from_secs_f64(args.warmup),
         timeout: Duration::from_secs(30),
+        h3_streams,
     }
 }
 
@@ -588,12 +732,20 @@ fn measure(
     args: &SuiteArgs,
     server: &Server,
     workload: &Workload,
+    h3_streams: Option<usize>,
     name: &str,
     cores: usize,
     load_cpus: &[usize],
 ) -> anyhow::Result<Measured> {
     let cpu_before = cpu_seconds(server.child.id());
-    let peak = load::run(&spec(args, server.addr, workload, load_cpus, Mode::Closed))?;
+    let peak = load::run(&spec(
+        args,
+        server.addr,
+        workload,
+        h3_streams,
+        load_cpus,
+        Mode::Closed,
+    ))?;
     // Scale the whole run's CPU to the measured window (warm-up included in both).
     let cpu = (cpu_seconds(server.child.id()) - cpu_before) * args.duration
         / (args.duration + args.warmup);
@@ -618,7 +770,7 @@ fn print_row(results: &[Measured], workload: &str, cores: usize) {
             .find(|m| m.server == s && m.workload == workload && m.cores == cores)
     };
     let t = find("tessera");
-    let n = find("nginx");
+    let n = find("nginx").or_else(|| find("caddy"));
     let fmt = |m: Option<&Measured>| match m {
         Some(m) => format!(
             "{:>10.0} {:>7.2} {:>8.3} {:>8.2} {:>8.1}",
@@ -634,7 +786,7 @@ fn print_row(results: &[Measured], workload: &str, cores: usize) {
     HEADER.call_once(|| {
         println!(
             "{:<16} {:>5} | {:>10} {:>7} {:>8} {:>8} {:>8} | {:>10} {:>7} {:>8} {:>8} {:>8} | {:>6}",
-            "workload", "cores", "T req/s", "T GB/s", "T p99ms", "T cs/GB", "T cs/Mr", "N req/s", "N GB/s", "N p99ms", "N cs/GB", "N cs/Mr", "T/N"
+            "workload", "cores", "T req/s", "T GB/s", "T p99ms", "T cs/GB", "T cs/Mr", "P req/s", "P GB/s", "P p99ms", "P cs/GB", "P cs/Mr", "T/P"
         );
     });
     let ratio = match (t, n) {
