@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packs what bench/device-run.sh needs on a machine with no package registry into
-# target/kit: stripped release binaries, Debian's nginx and wrk unpacked, a font.
+# target/kit: stripped release binaries, Debian's nginx, wrk and caddy unpacked, a font.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --workspace
@@ -8,7 +8,7 @@ kit=target/kit
 rm -rf "$kit" && mkdir -p "$kit/debs" "$kit/root"
 cp target/release/tessera target/release/tessera-bench "$kit/"
 strip "$kit/tessera" "$kit/tessera-bench"
-(cd "$kit/debs" && apt-get download nginx nginx-common wrk libluajit-5.1-2 libluajit-5.1-common)
+(cd "$kit/debs" && apt-get download nginx nginx-common wrk libluajit-5.1-2 libluajit-5.1-common caddy)
 for d in "$kit"/debs/*.deb; do dpkg -x "$d" "$kit/root"; done
 rm -rf "$kit/debs"
 cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$kit/"

@@ -17,7 +17,7 @@ out=$(mktemp -d /tmp/tessera-device.XXXXXX)
 trap 'tar -C "$out" -czf "$final/results.tgz" . && echo "packed $final/results.tgz"' EXIT
 mkdir -p "$final"
 export LD_LIBRARY_PATH="$kit/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export TESSERA_BIN=$kit/tessera NGINX_BIN=$kit/root/usr/sbin/nginx WRK_BIN=$kit/root/usr/bin/wrk
+export TESSERA_BIN=$kit/tessera NGINX_BIN=$kit/root/usr/sbin/nginx WRK_BIN=$kit/root/usr/bin/wrk CADDY_BIN=$kit/root/usr/bin/caddy
 export TESSERA_BENCH_FONT=$kit/DejaVuSans.ttf
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 {
@@ -36,6 +36,6 @@ for c in ${CORES:-1 2 4 8}; do
     cp bench/out/side-by-side.json "$out/wrk-$c.json" 2>/dev/null || true
 done
 echo "== tessera-bench suite"
-"$kit/tessera-bench" suite --cores 8 --scaling "$(echo ${CORES:-1 2 4 8} | tr ' ' ,)" --load-cpus "${LOAD_CPUS:-8-15}" \
-    --connections 256 --duration "$duration" --warmup 1 --only 4k,1m --loads 0.5,0.9 \
+"$kit/tessera-bench" suite --cores "$(echo ${CORES:-1 2 4 8} | tr " " "\n" | tail -1)" --scaling "$(echo ${CORES:-1 2 4 8} | tr ' ' ,)" --load-cpus "${LOAD_CPUS:-8-15}" \
+    --connections 256 --duration "$duration" --warmup 1 --only "${ONLY:-4k,1m,h3-4k,h3-1m}" --loads 0.5,0.9 --h3 \
     --out "$out/suite" 2>&1 | tee "$out/suite.txt"

@@ -49,8 +49,11 @@ pub struct SuiteArgs {
     #[arg(long, env = "CADDY_BIN", default_value = "/usr/bin/caddy")]
     caddy_bin: PathBuf,
     /// HTTP/3 requests at once per connection.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     h3_streams: usize,
+    /// HTTP/3 connections (each its own UDP socket).
+    #[arg(long, default_value_t = 32)]
+    h3_connections: usize,
     /// Only these workloads (comma separated names, see the table).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -717,7 +720,10 @@ fn spec(
         addr,
         workload: workload.clone(),
         mode,
-        connections: args.connections.max(threads),
+        connections: match h3_streams {
+            Some(_) => args.h3_connections.max(threads),
+            None => args.connections.max(threads),
+        },
         threads,
         cpus: load_cpus.to_vec(),
         duration: Duration::from_secs_f64(args.duration + args.warmup),
