@@ -34,6 +34,10 @@ fn aioquic_get(out: &Path, urls: &[String], data: Option<&str>) -> std::process:
     if let Some(d) = data {
         cmd.args(["-d", d]);
     }
+    // Extra client flags for debugging, e.g. "--quic-log /tmp/qlog -v".
+    if let Ok(extra) = std::env::var("TESSERA_H3_CLIENT_ARGS") {
+        cmd.args(extra.split_whitespace());
+    }
     let output = cmd.args(urls).output().expect("python3");
     assert!(
         output.status.success(),
@@ -161,7 +165,10 @@ fn ranges_and_the_verified_stream_over_h3() {
 
 /// A NAT in the test: relays between the client and the node, and every
 /// `rebind_every` moves its node-facing side to a fresh source port, as a NAT that
-/// rebinds does. The node sees the connection arrive from new addresses.
+/// rebinds does. The node sees the connection arrive from new addresses. The old
+/// mapping keeps delivering the node's packets to the client for `linger` (zero:
+/// packets still in flight to the old port are lost, as when a NAT drops a
+/// mapping mid-transfer).
 struct RebindingNat {
     addr: std::net::SocketAddr,
     stop: Arc<AtomicBool>,
@@ -173,6 +180,7 @@ impl RebindingNat {
         server: std::net::SocketAddr,
         rebind_every: Duration,
         max_rebinds: usize,
+        linger: Duration,
     ) -> RebindingNat {
         let front = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let addr = front.local_addr().expect("addr");
@@ -183,6 +191,7 @@ impl RebindingNat {
         let client: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let rebinds = Arc::new(AtomicUsize::new(0));
+        // Client -> node, always through the current mapping.
         {
             let (front, back, client, stop) = (
                 front.try_clone().expect("clone"),
@@ -201,27 +210,50 @@ impl RebindingNat {
                 }
             });
         }
-        {
-            let (front, back, client, stop) = (front, back.clone(), client, stop.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    let sock = back.lock().expect("lock").try_clone().expect("clone");
-                    if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                        if let Some(c) = *client.lock().expect("lock") {
-                            let _ = front.send_to(&buf[..n], c);
+        // Node -> client: one relay per mapping, which ends `linger` after the
+        // mapping is replaced (its socket closes then).
+        let relay = {
+            let (front, client, stop) = (front, client, stop.clone());
+            move |sock: UdpSocket, retired: Arc<Mutex<Option<std::time::Instant>>>| {
+                let (front, client, stop) = (
+                    front.try_clone().expect("clone"),
+                    client.clone(),
+                    stop.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(at) = *retired.lock().expect("lock") {
+                            if at.elapsed() >= linger {
+                                return;
+                            }
+                        }
+                        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                            if let Some(c) = *client.lock().expect("lock") {
+                                let _ = front.send_to(&buf[..n], c);
+                            }
                         }
                     }
-                }
-            });
-        }
+                });
+            }
+        };
+        let mut retired = Arc::new(Mutex::new(None));
+        relay(
+            back.lock().expect("lock").try_clone().expect("clone"),
+            retired.clone(),
+        );
         {
             let (back, stop, rebinds) = (back, stop.clone(), rebinds.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) && rebinds.load(Ordering::Relaxed) < max_rebinds
                 {
                     std::thread::sleep(rebind_every);
-                    *back.lock().expect("lock") = Self::back_socket();
+                    let fresh = Self::back_socket();
+                    let next = Arc::new(Mutex::new(None));
+                    relay(fresh.try_clone().expect("clone"), next.clone());
+                    *back.lock().expect("lock") = fresh;
+                    *retired.lock().expect("lock") = Some(std::time::Instant::now());
+                    retired = next;
                     rebinds.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -247,18 +279,16 @@ impl Drop for RebindingNat {
     }
 }
 
-#[test]
-#[ignore = "not done: after a rebinding the transfer stalls in about half the runs (issue 4 notes); run with --ignored"]
-fn a_connection_survives_nat_rebinding_across_cores() {
+/// Downloads through a NAT that rebinds once, mid-transfer, until an attempt's
+/// packets were steered across cores. Which core the new source port hashes to
+/// is the kernel's choice: with two cores an attempt misses the other core with
+/// probability about 1/2, so up to twenty attempts.
+fn download_through_rebinding_nat(linger: Duration) {
     let node = Node::start(&[]);
     let data = random_bytes(16 << 20, 9);
     let hash = node.put_bytes(&data);
-    // Each attempt downloads through a NAT that rebinds once, mid-transfer. Which
-    // core the new source port hashes to is the kernel's choice: with two cores an
-    // attempt misses the other core with probability 1/2, so try up to ten times
-    // until the hand-over between cores has been exercised.
-    for attempt in 1..=10 {
-        let nat = RebindingNat::start(node.addr, Duration::from_millis(300), 1);
+    for attempt in 1..=20 {
+        let nat = RebindingNat::start(node.addr, Duration::from_millis(300), 1, linger);
         let dir = tempfile::tempdir().expect("tmp");
         aioquic_get(
             dir.path(),
@@ -276,7 +306,28 @@ fn a_connection_survives_nat_rebinding_across_cores() {
             return;
         }
     }
-    panic!("ten transfers with rebinding and no packet was ever steered to its owning core");
+    panic!("twenty transfers with rebinding and no packet was ever steered to its owning core");
+}
+
+#[test]
+#[ignore = "passes ~47 runs in 50; a rare handshake stall through the test NAT (cause not found yet, see issue 4 notes): run with --ignored"]
+fn a_connection_survives_nat_rebinding_across_cores() {
+    // The old mapping still delivers for 200 ms, as NATs that rebind under
+    // load usually do; the node must follow the connection to its new address
+    // (validating it) and its packets to the owning core.
+    download_through_rebinding_nat(Duration::from_millis(200));
+}
+
+#[test]
+#[ignore = "quiche 0.30 limitation: packets in flight to a dead old path are never declared lost (see the note)"]
+fn a_connection_survives_an_abrupt_nat_rebinding() {
+    // The old mapping dies at once: every packet in flight to it is lost. quiche
+    // keeps those packets in the old path's recovery, where no ACK ever arrives
+    // (loss detection there needs an ACK of a later packet on the same path) and
+    // each PTO re-queues only the same two oldest packets, so the stream keeps a
+    // hole until the idle timeout. Reproduced with quiche trace logs and the
+    // client's qlog: ~100 packets sent to the old port, neither acked nor lost.
+    download_through_rebinding_nat(Duration::ZERO);
 }
 
 #[test]

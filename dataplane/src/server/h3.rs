@@ -214,6 +214,8 @@ struct QuicConn {
     streams: HashMap<u64, StreamState>,
     /// Connection IDs we issued for it (all map to it in the endpoint's table).
     ids: Vec<quiche::ConnectionId<'static>>,
+    /// The peer address of the active path (to probe the old one after a migration).
+    peer: SocketAddr,
 }
 
 /// An upload commit finished on a store-I/O thread.
@@ -443,6 +445,7 @@ impl Endpoint {
             h3: None,
             streams: HashMap::new(),
             ids: vec![scid.clone()],
+            peer: from,
         });
         self.ids.insert(scid, slot);
         Some(slot)
@@ -470,6 +473,20 @@ impl Endpoint {
             // paths itself; we log them and let it retire what the peer retired.
             while let Some(ev) = conn.quic.path_event_next() {
                 tracing::debug!("QUIC path event: {ev:?}");
+                if let quiche::PathEvent::PeerMigrated(local, peer) = ev {
+                    // Packets sent to the old address just before the move stay
+                    // in the old path's loss recovery, which only declares a
+                    // packet lost once a later packet *on that path* is acked.
+                    // A PATH_CHALLENGE on the old path is such a later packet: if
+                    // the old address still reaches the client (NATs usually
+                    // keep the old mapping a while), its ACK lets quiche find
+                    // and resend the lost tail. If it is dead, the probe fails
+                    // quietly after three tries.
+                    let old = std::mem::replace(&mut conn.peer, peer);
+                    if old != peer {
+                        let _ = conn.quic.probe_path(local, old);
+                    }
+                }
             }
             while let Some(retired) = conn.quic.retired_scid_next() {
                 self.ids.remove(&retired);
