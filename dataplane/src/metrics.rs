@@ -61,6 +61,7 @@ pub struct CoreStats {
     pub h3_datagrams_sent: AtomicU64,
     /// Datagrams that reached a core other than their connection's and were handed over.
     pub h3_datagrams_forwarded: AtomicU64,
+    pub h3_paced: AtomicU64,
     pub h3_datagrams_dropped: AtomicU64,
     /// HTTP/3 body bytes taken straight from a mapped blob into quiche.
     pub h3_body_bytes_from_mmap: AtomicU64,
@@ -88,6 +89,7 @@ impl Default for CoreStats {
             h3_datagrams_received: AtomicU64::new(0),
             h3_datagrams_sent: AtomicU64::new(0),
             h3_datagrams_forwarded: AtomicU64::new(0),
+            h3_paced: AtomicU64::new(0),
             h3_datagrams_dropped: AtomicU64::new(0),
             h3_body_bytes_from_mmap: AtomicU64::new(0),
             published: Mutex::new(new_latency_histogram()),
@@ -158,7 +160,7 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 19] = [
+        let counters: [(&str, &str, u64); 20] = [
             (
                 "tessera_h3_connections_total",
                 "QUIC connections accepted.",
@@ -178,6 +180,11 @@ impl Metrics {
                 "tessera_h3_datagrams_sent_total",
                 "QUIC packets sent.",
                 self.sum(|c| &c.h3_datagrams_sent),
+            ),
+            (
+                "tessera_h3_paced_total",
+                "Times a QUIC connection was held back by its pacer (quiche's SendInfo.at).",
+                self.sum(|c| &c.h3_paced),
             ),
             (
                 "tessera_h3_datagrams_forwarded_total",

@@ -8,8 +8,17 @@
 //!
 //! Receive: readiness through io_uring (poll), then `recvmsg` with GRO until the
 //! socket is empty. Send: `sendmsg` with UDP GSO, one call per burst of equal-sized
-//! packets to one peer. Routes, ranges and the verified stream are the ones the
-//! HTTP/1.1 server uses (`crate::http`, `crate::verified`).
+//! packets to one peer, paced by quiche's `SendInfo.at` (a packet due later than
+//! `PACING_HORIZON` ends its burst and holds the connection until then). Routes,
+//! ranges and the verified stream are the ones the HTTP/1.1 server uses
+//! (`crate::http`, `crate::verified`).
+//!
+//! Migration: quiche validates a new peer address and moves the connection to it.
+//! The old path is then probed once, because quiche keeps the packets sent there
+//! in that path's loss recovery and only finds them lost when a later packet on
+//! the same path is acknowledged; if the old address is dead (an abrupt NAT
+//! rebinding mid-transfer) the tail sent there is never resent — a quiche 0.30
+//! limitation, see `tests/h3.rs`.
 
 use std::collections::HashMap;
 use std::io;
@@ -33,6 +42,10 @@ use crate::verified;
 /// client's first DCID (so a repeated Initial finds its connection) or random.
 const CID_LEN: usize = 16;
 /// Largest UDP payload we send (fits a 1500-byte MTU with IPv6 headers).
+/// Pacing granularity: packets quiche schedules within this much of now go out
+/// at once (in one GSO batch); a later one ends the batch and holds the
+/// connection until its time. On loopback quiche's pacer rarely asks for a wait.
+const PACING_HORIZON: Duration = Duration::from_millis(1);
 const MAX_DATAGRAM: usize = 1350;
 /// GRO can hand us up to 64 KiB in one receive.
 const RECV_BUF: usize = 65_536;
@@ -216,6 +229,8 @@ struct QuicConn {
     ids: Vec<quiche::ConnectionId<'static>>,
     /// The peer address of the active path (to probe the old one after a migration).
     peer: SocketAddr,
+    /// Pacing: nothing more is sent before this instant (quiche's `SendInfo.at`).
+    pace_at: Instant,
 }
 
 /// An upload commit finished on a store-I/O thread.
@@ -290,10 +305,17 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
         if core.stopping.get() && ep.conns.is_empty() {
             return;
         }
+        let now = Instant::now();
         let timeout = ep
             .conns
             .iter()
-            .filter_map(|(_, c)| c.quic.timeout())
+            .filter_map(|(_, c)| {
+                let paced = (c.pace_at > now).then(|| c.pace_at - now);
+                match (c.quic.timeout(), paced) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
             .min()
             .unwrap_or(Duration::from_millis(100))
             .min(Duration::from_millis(100));
@@ -446,6 +468,7 @@ impl Endpoint {
             streams: HashMap::new(),
             ids: vec![scid.clone()],
             peer: from,
+            pace_at: Instant::now(),
         });
         self.ids.insert(scid, slot);
         Some(slot)
@@ -581,6 +604,11 @@ impl Endpoint {
         // Walk slots by index (no list of keys per wake-up); empty ones are skipped.
         for slot in 0..self.conns.capacity() {
             while let Some(conn) = self.conns.get_mut(slot) {
+                // Paced: this connection's next packet is not due yet.
+                let now = Instant::now();
+                if conn.pace_at > now {
+                    break;
+                }
                 // Fill a batch of packets to one destination, equal sizes but the last.
                 let mut len = 0;
                 let mut segment = 0;
@@ -612,6 +640,15 @@ impl Endpoint {
                                 segment = n;
                             }
                             len += n;
+                            // Pacing: a packet quiche wants sent later than the
+                            // horizon ends the batch (it goes out with it, at most
+                            // a horizon early) and holds the connection until then.
+                            if info.at > now + PACING_HORIZON {
+                                conn.pace_at = info.at;
+                                bump(&core.stats().h3_paced, 1);
+                                done = true;
+                                break;
+                            }
                             if n < segment {
                                 break; // a short packet ends a GSO batch
                             }
