@@ -37,6 +37,24 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The node's identity (ed25519 key pair in the data dir).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the node id (its public key) and where the key file is.
+    Show {
+        /// The node's data directory (default: the node's default).
+        #[arg(long, env = "TESSERA_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// One JSON object: {"id", "key_file"}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -72,6 +90,9 @@ fn main() -> std::process::ExitCode {
                     quarantine,
                 },
         } => store_verify(data_dir, quarantine),
+        Command::Keys {
+            command: KeysCommand::Show { data_dir, json },
+        } => keys_show(data_dir, json),
     };
     match result {
         Ok(code) => code,
@@ -80,6 +101,21 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn keys_show(data_dir: Option<PathBuf>, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let dir = data_dir.unwrap_or_else(dataplane::config::default_data_dir);
+    let key = controlplane::NodeKey::load(&dir)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": key.id().to_string(), "key_file": key.path()})
+        );
+    } else {
+        println!("node id   {}", key.id());
+        println!("key file  {}", key.path().display());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn store_verify(

@@ -86,8 +86,27 @@ pub fn load_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
     Ok(cfg)
 }
 
+/// Exit status for a configuration or identity problem an operator must fix
+/// (sysexits' EX_CONFIG); the systemd unit does not restart on it.
+pub const EXIT_CONFIG: u8 = 78;
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&args)?;
+    // The node's identity: made on first start, then always the same. A key file
+    // that cannot be used stops the node with what to do, not a restart loop.
+    let key = match controlplane::NodeKey::load_or_create(&cfg.data_dir) {
+        Ok((key, made)) => {
+            if made {
+                tracing::info!(id = %key.id(), file = %key.path().display(), "made a new node key");
+            }
+            key
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    tracing::info!(id = %key.id(), "node identity");
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, shutdown.clone())
