@@ -305,3 +305,51 @@ fn decode_into(
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+pub struct MembersArgs {
+    /// The node to ask.
+    #[arg(long, env = "TESSERA_NODE", default_value = "http://127.0.0.1:8080")]
+    node: String,
+    /// Print the JSON array (id, addr, region, state, rtt_ms, verified, self).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `tessera cluster members`: the node's view of the cluster.
+pub fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/cluster/members", args.node.trim_end_matches('/'));
+    let mut resp = agent()
+        .get(&url)
+        .call()
+        .with_context(|| format!("cannot reach {url}"))?;
+    if resp.status() != 200 {
+        anyhow::bail!("{url}: {} {}", resp.status(), error_body(&mut resp));
+    }
+    let text = resp.body_mut().read_to_string()?;
+    let members: Vec<controlplane::cluster::MemberInfo> =
+        serde_json::from_str(&text).with_context(|| format!("{url}: not a member list"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&members)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<18} {:<22} {:<12} {:<8} {:>8}  verified",
+        "id", "addr", "region", "state", "rtt_ms"
+    );
+    for m in &members {
+        println!(
+            "{:<18} {:<22} {:<12} {:<8} {:>8}  {}{}",
+            format!("{}…", &m.id[..16.min(m.id.len())]),
+            m.addr,
+            if m.region.is_empty() { "-" } else { &m.region },
+            m.state,
+            m.rtt_ms
+                .map(|r| format!("{r:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            if m.verified { "yes" } else { "no" },
+            if m.is_self { "  (this node)" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

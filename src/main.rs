@@ -37,11 +37,22 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The cluster as a node sees it.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// The node's identity (ed25519 key pair in the data dir).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List the members: id, client-facing address, region, state, RTT.
+    Members(client::MembersArgs),
 }
 
 #[derive(Subcommand)]
@@ -90,6 +101,9 @@ fn main() -> std::process::ExitCode {
                     quarantine,
                 },
         } => store_verify(data_dir, quarantine),
+        Command::Cluster {
+            command: ClusterCommand::Members(args),
+        } => client::members(args),
         Command::Keys {
             command: KeysCommand::Show { data_dir, json },
         } => keys_show(data_dir, json),

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use controlplane::cluster::{Cluster, ClusterConfig};
 use dataplane::config::NodeConfig;
-use dataplane::server::Server;
+use dataplane::server::{Hooks, Server};
 use dataplane::store::{Store, StoreConfig};
 use sd_notify::NotifyState;
 
@@ -51,6 +52,18 @@ pub struct RunArgs {
     /// Connections per core before new ones are refused with 503.
     #[arg(long, env = "TESSERA_MAX_CONNECTIONS_PER_CORE")]
     max_connections_per_core: Option<usize>,
+    /// Join the cluster through this node's client-facing address (repeatable).
+    #[arg(long, env = "TESSERA_JOIN", value_delimiter = ',')]
+    join: Vec<SocketAddr>,
+    /// This node's region label.
+    #[arg(long, env = "TESSERA_REGION")]
+    region: Option<String>,
+    /// Declare a silent member down this long after it is suspected.
+    #[arg(long, env = "TESSERA_GOSSIP_DOWN_AFTER_MS")]
+    gossip_down_after_ms: Option<u64>,
+    /// Gossip probe period.
+    #[arg(long, env = "TESSERA_GOSSIP_PROBE_MS")]
+    gossip_probe_ms: Option<u64>,
 }
 
 /// Builds the configuration: defaults, then the file, then env and flags.
@@ -76,8 +89,14 @@ pub fn load_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
         idle_timeout_ms,
         header_timeout_ms,
         shutdown_grace_ms,
-        max_connections_per_core
+        max_connections_per_core,
+        region,
+        gossip_down_after_ms,
+        gossip_probe_ms
     );
+    if !args.join.is_empty() {
+        cfg.join = args.join.clone();
+    }
     if let Some(t) = args.admin_token.clone() {
         cfg.admin_token = Some(t);
     }
@@ -128,7 +147,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let cores = cfg.core_count();
     let listen = cfg.listen;
-    let server = Server::start(cfg, store, shutdown.clone())?;
+    // The control plane: gossip membership on its own thread, on our port.
+    let cluster = if listen.port() == 0 {
+        tracing::warn!("listening on port 0: no cluster membership (peers need a fixed port)");
+        None
+    } else {
+        let cluster = Cluster::start(
+            key,
+            ClusterConfig {
+                addr: listen,
+                join: cfg.join.clone(),
+                region: cfg.region.clone(),
+                capacity_bytes: cfg.max_store_bytes,
+                down_after: Duration::from_millis(cfg.gossip_down_after_ms),
+                probe_period: Duration::from_millis(cfg.gossip_probe_ms),
+                own_socket: !cfg.h3,
+                data_dir: Some(cfg.data_dir.clone()),
+            },
+        )
+        .context("cannot start the control plane")?;
+        Some(cluster)
+    };
+    let hooks = Hooks {
+        control_inbox: cluster.as_ref().map(|c| c.inbox()),
+        members: cluster.as_ref().map(|c| c.members_renderer()),
+    };
+    let server = Server::start_with(cfg, store, shutdown.clone(), hooks)?;
     tracing::info!(%listen, cores, "listening on http://{listen}");
     // Tell a notify-aware supervisor (systemd Type=notify) we serve; a no-op without
     // NOTIFY_SOCKET.
@@ -138,6 +182,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     while !shutdown.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+    }
+    // Leaving: the others hear it now, not after a failure-detection timeout.
+    if let Some(c) = cluster {
+        c.leave();
     }
     tracing::info!("stopping: finishing requests in flight");
     let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);

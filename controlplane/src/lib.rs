@@ -13,6 +13,7 @@
 //! sans-IO, carried on the node's own port), rendezvous routing with Vivaldi
 //! coordinates, and verified multi-peer fetch.
 
+pub mod cluster;
 pub mod identity;
 pub mod record;
 

@@ -64,6 +64,15 @@ pub struct NodeConfig {
     /// Socket buffer asked for each core's UDP socket (the kernel caps it at
     /// net.core.rmem_max / wmem_max; a warning says so).
     pub udp_buffer_bytes: usize,
+    /// Other nodes' client-facing addresses to join the cluster through.
+    pub join: Vec<SocketAddr>,
+    /// This node's region label (for latency-aware routing).
+    pub region: String,
+    /// A member that stops answering gossip is declared down this long after it
+    /// is first suspected.
+    pub gossip_down_after_ms: u64,
+    /// Gossip probe period (one random member probed per period).
+    pub gossip_probe_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -94,6 +103,10 @@ impl Default for NodeConfig {
             h3_max_stream_data_bytes: 8 << 20,
             h3_idle_timeout_ms: 30_000,
             udp_buffer_bytes: 8 << 20,
+            join: Vec::new(),
+            region: String::new(),
+            gossip_down_after_ms: 3_000,
+            gossip_probe_ms: 1_000,
         }
     }
 }

@@ -237,6 +237,8 @@ pub fn parse_u64(v: &[u8]) -> Option<u64> {
 pub enum Route {
     Healthz,
     Metrics,
+    /// `/cluster/members`: the control plane's view of the cluster.
+    Members,
     /// `/blobs`: uploads.
     Blobs,
     /// `/blobs/{hash}`.
@@ -249,7 +251,9 @@ pub enum Route {
 }
 
 /// Routes, as labels for metrics.
-pub const ROUTE_LABELS: [&str; 6] = ["healthz", "metrics", "blobs", "blob", "pin", "other"];
+pub const ROUTE_LABELS: [&str; 7] = [
+    "healthz", "metrics", "blobs", "blob", "pin", "other", "cluster",
+];
 
 impl Route {
     pub fn label_index(self) -> usize {
@@ -260,13 +264,14 @@ impl Route {
             Route::Blob(_) | Route::BadHash(_) => 3,
             Route::Pin(_) => 4,
             Route::NotFound => 5,
+            Route::Members => 6,
         }
     }
 
     /// Methods the route answers, for 405's `Allow`.
     pub fn allow(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Metrics => "GET, HEAD",
+            Route::Healthz | Route::Metrics | Route::Members => "GET, HEAD",
             Route::Blobs => "POST",
             Route::Blob(_) | Route::BadHash(_) => "GET, HEAD, DELETE",
             Route::Pin(_) => "PUT, DELETE",
@@ -279,6 +284,7 @@ pub fn route(path: &[u8]) -> Route {
     match path {
         b"/healthz" => Route::Healthz,
         b"/metrics" => Route::Metrics,
+        b"/cluster/members" => Route::Members,
         b"/blobs" | b"/blobs/" => Route::Blobs,
         _ => {
             let Some(rest) = path.strip_prefix(b"/blobs/") else {

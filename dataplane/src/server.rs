@@ -91,6 +91,19 @@ pub struct Shared {
     alt_svc: Vec<u8>,
     /// Certificate and key for HTTP/3, checked at start.
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub hooks: Hooks,
+}
+
+/// What the control plane plugs into the data plane (DESIGN: the planes meet only
+/// at bounded channels and snapshots).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Datagrams on the node's UDP port that are not QUIC go here (gossip). QUIC v1
+    /// always sets the fixed bit (0x40) of the first byte; a first byte below 0x40
+    /// is never QUIC, so one port carries both. Bounded: when full, dropped.
+    pub control_inbox: Option<flume::Sender<(Vec<u8>, std::net::SocketAddr)>>,
+    /// Renders `GET /cluster/members` (JSON); without it the route answers 404.
+    pub members: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// A running server; [`Server::wait`] blocks until every core has stopped.
@@ -106,6 +119,16 @@ impl Server {
         config: NodeConfig,
         store: Arc<Store>,
         shutdown: Arc<AtomicBool>,
+    ) -> Result<Server, ServerError> {
+        Self::start_with(config, store, shutdown, Hooks::default())
+    }
+
+    /// [`Server::start`] with the control plane's hooks.
+    pub fn start_with(
+        config: NodeConfig,
+        store: Arc<Store>,
+        shutdown: Arc<AtomicBool>,
+        hooks: Hooks,
     ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         if let Err(e) = sys::raise_fd_limit() {
@@ -141,6 +164,7 @@ impl Server {
             blocking: monoio::blocking::DefaultThreadPool::new(STORE_IO_THREADS),
             alt_svc,
             tls,
+            hooks,
         });
         let maintenance = {
             let store = store.clone();
@@ -780,6 +804,33 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
             )
             .await
         }
+        (Route::Members, Method::Get | Method::Head) => match &core.shared.hooks.members {
+            Some(render) => {
+                let text = render();
+                respond(
+                    core,
+                    conn,
+                    route,
+                    Status::Ok,
+                    "application/json",
+                    text.as_bytes(),
+                    keep_alive,
+                    info.method == Method::Head,
+                )
+                .await
+            }
+            None => {
+                respond_text(
+                    core,
+                    conn,
+                    route,
+                    Status::NotFound,
+                    "no control plane on this node\n",
+                    keep_alive,
+                )
+                .await
+            }
+        },
         (Route::Blobs, Method::Post) => upload(core, conn, &info).await,
         (Route::Blob(hash), Method::Get | Method::Head) => {
             if info.verified {

@@ -23,7 +23,34 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+/// A port free for both TCP and UDP on `ip` (a node serves both on one port).
+#[allow(dead_code)]
+pub fn free_addr_on(ip: &str) -> SocketAddr {
+    loop {
+        let l = TcpListener::bind((ip, 0)).expect("bind");
+        let addr = l.local_addr().expect("addr");
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
 impl Node {
+    /// Starts a node at `addr` with a fresh data dir and `extra` flags.
+    #[allow(dead_code)]
+    pub fn start_at(addr: SocketAddr, extra: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut node = Node {
+            child: None,
+            addr,
+            data_dir: tmp.path().join("data"),
+            _tmp: Some(tmp),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.spawn();
+        node
+    }
+
     /// Starts a node with a fresh data dir and `extra` flags.
     pub fn start(extra: &[&str]) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");

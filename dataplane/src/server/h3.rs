@@ -382,6 +382,16 @@ impl Endpoint {
 
     /// Handles one datagram; quiche decrypts it in place.
     fn handle_slice(&mut self, core: &Core, pkt: &mut [u8], from: SocketAddr) {
+        // Not QUIC (fixed bit clear): the control plane's gossip on the same port.
+        if pkt.first().is_some_and(|b| b & 0x40 == 0) {
+            if let Some(inbox) = &core.shared.hooks.control_inbox {
+                if inbox.try_send((pkt.to_vec(), from)).is_ok() {
+                    return;
+                }
+            }
+            bump(&core.stats().h3_datagrams_dropped, 1);
+            return;
+        }
         let hdr = match quiche::Header::from_slice(pkt, CID_LEN) {
             Ok(h) => h,
             Err(_) => {

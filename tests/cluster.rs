@@ -1,0 +1,172 @@
+//! Gossip membership between real nodes on 127.0.0.x: join through one node's
+//! client-facing address, signed records, failure detection, leave on SIGTERM,
+//! rejoin after a restart, and bad gossip dropped without harm.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const FAST: &[&str] = &["--gossip-probe-ms", "300", "--gossip-down-after-ms", "1500"];
+
+fn members(node: &Node) -> Vec<serde_json::Value> {
+    let out = tessera(&["cluster", "members", "--json", "--node", &node.url()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn state_of(node: &Node, addr: SocketAddr) -> Option<String> {
+    members(node)
+        .into_iter()
+        .find(|m| m["addr"].as_str() == Some(addr.to_string().as_str()))
+        .and_then(|m| m["state"].as_str().map(String::from))
+}
+
+/// Waits until `cond` holds, up to `limit`; returns how long it took.
+fn within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+fn start_cluster(n: usize) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let addr = free_addr_on(&format!("127.0.0.{}", i + 1));
+        let region = format!("region-{}", i % 2);
+        let mut args: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+        args.extend(["--region".into(), region]);
+        if let Some(first) = nodes.first() {
+            args.extend(["--join".into(), first.addr.to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(Node::start_at(addr, &refs));
+    }
+    nodes
+}
+
+fn all_alive_and_verified(nodes: &[Node], observer: &Node) -> bool {
+    let m = members(observer);
+    m.len() == nodes.len()
+        && m.iter().all(|m| {
+            m["state"] == "alive"
+                && m["verified"] == true
+                && m["region"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("region-"))
+        })
+}
+
+#[test]
+fn five_nodes_find_each_other_detect_failures_and_rejoin() {
+    let mut nodes = start_cluster(5);
+    // Everyone sees all five, alive, with a record each signed.
+    for i in 0..nodes.len() {
+        within(Duration::from_secs(15), "full membership", || {
+            all_alive_and_verified(&nodes, &nodes[i])
+        });
+    }
+    let m = members(&nodes[1]);
+    for entry in &m {
+        for key in ["id", "addr", "region", "state", "rtt_ms"] {
+            assert!(entry.get(key).is_some(), "{key} missing: {entry}");
+        }
+        assert_eq!(entry["id"].as_str().map(str::len), Some(64));
+    }
+    // RTT to peers is measured (loopback: well under 100 ms).
+    within(Duration::from_secs(5), "rtt measured", || {
+        members(&nodes[1])
+            .iter()
+            .filter(|m| m["self"] != true)
+            .all(|m| m["rtt_ms"].as_f64().is_some_and(|r| r < 100.0))
+    });
+
+    // A killed node is declared down within the bound (probe 200 ms + 1 s).
+    let victim = nodes[3].addr;
+    nodes[3].kill9();
+    let took = within(Duration::from_secs(6), "killed node marked down", || {
+        state_of(&nodes[0], victim).as_deref() == Some("down")
+    });
+    eprintln!("failure detected in {took:?}");
+    // It comes back after a restart (a newer identity than the one held down).
+    nodes[3].restart();
+    within(
+        Duration::from_secs(10),
+        "restarted node alive again",
+        || state_of(&nodes[0], victim).as_deref() == Some("alive"),
+    );
+
+    // SIGTERM: the node says it leaves; the others know at once.
+    let leaver = nodes[4].addr;
+    // SAFETY: signalling a child process we started.
+    unsafe { libc::kill(nodes[4].pid(), libc::SIGTERM) };
+    let took = within(Duration::from_secs(2), "leaving node marked down", || {
+        state_of(&nodes[0], leaver).as_deref() == Some("down")
+    });
+    eprintln!("leave seen in {took:?}");
+}
+
+#[test]
+fn bad_gossip_is_dropped_and_changes_nothing() {
+    let nodes = start_cluster(2);
+    within(Duration::from_secs(10), "membership", || {
+        all_alive_and_verified(&nodes, &nodes[0])
+    });
+    let before = members(&nodes[0]);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let target = nodes[0].addr;
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut junk = |len: usize| {
+        (0..len)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    // Not QUIC and not a valid envelope: random bodies with each gossip kind,
+    // a truncated one, an oversized one, and an envelope whose signature does
+    // not match the node id it names (a forged member announcement).
+    for kind in [0x00u8, 0x01, 0x02, 0x03, 0x3f] {
+        for len in [0usize, 10, 96, 97, 400, 1400] {
+            let mut d = junk(len);
+            if let Some(b) = d.first_mut() {
+                *b = kind;
+            }
+            let _ = sock.send_to(&d, target);
+        }
+    }
+    let _ = sock.send_to(&vec![0x01; 9000], target);
+    let forger = controlplane::NodeKey::ephemeral();
+    let victim: controlplane::NodeId = before[1]["id"].as_str().expect("id").parse().expect("id");
+    let mut forged = controlplane::cluster::seal_for_test(&forger, 0x01, b"\x00\x01announce");
+    forged[1..33].copy_from_slice(&victim.0);
+    let _ = sock.send_to(&forged, target);
+    // A correctly signed envelope whose body is not gossip.
+    let _ = sock.send_to(
+        &controlplane::cluster::seal_for_test(&forger, 0x01, &junk(200)),
+        target,
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    // The node still serves, and its view has no phantom or changed member.
+    assert_eq!(nodes[0].get("/healthz").0, 200);
+    let after = members(&nodes[0]);
+    assert_eq!(after.len(), before.len());
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(
+            (&a["id"], &a["addr"], &a["state"]),
+            (&b["id"], &b["addr"], &b["state"])
+        );
+    }
+}
