@@ -147,6 +147,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let cores = cfg.core_count();
     let listen = cfg.listen;
+    let replication = cfg.replication;
     // The control plane: gossip membership on its own thread, on our port.
     let cluster = if listen.port() == 0 {
         tracing::warn!("listening on port 0: no cluster membership (peers need a fixed port)");
@@ -171,6 +172,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let hooks = Hooks {
         control_inbox: cluster.as_ref().map(|c| c.inbox()),
         members: cluster.as_ref().map(|c| c.members_renderer()),
+        route: cluster.as_ref().map(|c| c.route_renderer(replication)),
     };
     let server = Server::start_with(cfg, store, shutdown.clone(), hooks)?;
     tracing::info!(%listen, cores, "listening on http://{listen}");

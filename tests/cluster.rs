@@ -90,7 +90,47 @@ fn five_nodes_find_each_other_detect_failures_and_rejoin() {
             .all(|m| m["rtt_ms"].as_f64().is_some_and(|r| r < 100.0))
     });
 
-    // A killed node is declared down within the bound (probe 200 ms + 1 s).
+    // Every node computes the same home nodes for a blob (rendezvous hashing);
+    // the one that holds it says so.
+    let data = random_bytes(10_000, 3);
+    let hash = nodes[0].put_bytes(&data);
+    let route = |n: &Node| -> serde_json::Value {
+        let (status, _, body) = n.get(&format!("/route/{hash}"));
+        assert_eq!(status, 200);
+        serde_json::from_slice(&body).expect("json")
+    };
+    let homes = |v: &serde_json::Value| -> Vec<(u64, String)> {
+        let mut h: Vec<(u64, String)> = v["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter(|n| n["home_rank"].as_u64().is_some_and(|r| r < 100))
+            .map(|n| {
+                (
+                    n["home_rank"].as_u64().unwrap_or(0),
+                    n["id"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        h.sort();
+        h
+    };
+    let from0 = route(&nodes[0]);
+    assert_eq!(homes(&from0).len(), 3, "{from0}");
+    for n in &nodes[1..] {
+        assert_eq!(homes(&route(n)), homes(&from0));
+    }
+    let me0 = from0["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["addr"].as_str() == Some(nodes[0].addr.to_string().as_str()));
+    if let Some(me0) = me0 {
+        assert_eq!(me0["holds"], true, "{from0}");
+    }
+    assert_eq!(nodes[1].get("/route/nothex").0, 400);
+
+    // A killed node is declared down within the bound (probe 300 ms + 1.5 s).
     let victim = nodes[3].addr;
     nodes[3].kill9();
     let took = within(Duration::from_secs(6), "killed node marked down", || {

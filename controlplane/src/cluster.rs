@@ -141,6 +141,9 @@ struct View {
     dropped: u64,
 }
 
+/// Renders `GET /route/{hash}` given whether the answering node holds the blob.
+pub type RouteFn = dyn Fn(&[u8; 32], bool) -> String + Send + Sync;
+
 /// The running control plane's membership.
 pub struct Cluster {
     inbox: flume::Sender<(Vec<u8>, SocketAddr)>,
@@ -210,6 +213,25 @@ impl Cluster {
         Arc::new(move || {
             let members = view.lock().map(|v| v.members.clone()).unwrap_or_default();
             serde_json::to_string(&members).unwrap_or_else(|_| "[]".into())
+        })
+    }
+
+    /// A renderer for the data plane's `GET /route/{hash}`: the blob's home
+    /// nodes (rendezvous over live verified members) ranked for the caller.
+    pub fn route_renderer(
+        &self,
+        replication: usize,
+    ) -> Arc<dyn Fn(&[u8; 32], bool) -> String + Send + Sync> {
+        let view = self.view.clone();
+        Arc::new(move |blob: &[u8; 32], holds: bool| {
+            let members = view.lock().map(|v| v.members.clone()).unwrap_or_default();
+            let ranked = crate::routing::rank(blob, &members, replication, holds);
+            serde_json::json!({
+                "hash": crate::identity::hex(blob),
+                "replication": replication,
+                "nodes": ranked,
+            })
+            .to_string()
         })
     }
 

@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod identity;
 pub mod record;
+pub mod routing;
 
 pub use identity::{NodeId, NodeKey};
 pub use record::NodeRecord;

@@ -73,6 +73,8 @@ pub struct NodeConfig {
     pub gossip_down_after_ms: u64,
     /// Gossip probe period (one random member probed per period).
     pub gossip_probe_ms: u64,
+    /// Home nodes per blob (rendezvous hashing over live members).
+    pub replication: usize,
 }
 
 impl Default for NodeConfig {
@@ -107,6 +109,7 @@ impl Default for NodeConfig {
             region: String::new(),
             gossip_down_after_ms: 3_000,
             gossip_probe_ms: 1_000,
+            replication: 3,
         }
     }
 }

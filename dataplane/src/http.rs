@@ -239,6 +239,8 @@ pub enum Route {
     Metrics,
     /// `/cluster/members`: the control plane's view of the cluster.
     Members,
+    /// `/route/{hash}`: the nodes for a blob, ranked.
+    RouteOf(BlobHash),
     /// `/blobs`: uploads.
     Blobs,
     /// `/blobs/{hash}`.
@@ -264,14 +266,14 @@ impl Route {
             Route::Blob(_) | Route::BadHash(_) => 3,
             Route::Pin(_) => 4,
             Route::NotFound => 5,
-            Route::Members => 6,
+            Route::Members | Route::RouteOf(_) => 6,
         }
     }
 
     /// Methods the route answers, for 405's `Allow`.
     pub fn allow(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Metrics | Route::Members => "GET, HEAD",
+            Route::Healthz | Route::Metrics | Route::Members | Route::RouteOf(_) => "GET, HEAD",
             Route::Blobs => "POST",
             Route::Blob(_) | Route::BadHash(_) => "GET, HEAD, DELETE",
             Route::Pin(_) => "PUT, DELETE",
@@ -287,6 +289,12 @@ pub fn route(path: &[u8]) -> Route {
         b"/cluster/members" => Route::Members,
         b"/blobs" | b"/blobs/" => Route::Blobs,
         _ => {
+            if let Some(h) = path.strip_prefix(b"/route/") {
+                return match BlobHash::parse(h) {
+                    Ok(h) => Route::RouteOf(h),
+                    Err(e) => Route::BadHash(e),
+                };
+            }
             let Some(rest) = path.strip_prefix(b"/blobs/") else {
                 return Route::NotFound;
             };

@@ -104,7 +104,12 @@ pub struct Hooks {
     pub control_inbox: Option<flume::Sender<(Vec<u8>, std::net::SocketAddr)>>,
     /// Renders `GET /cluster/members` (JSON); without it the route answers 404.
     pub members: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Renders `GET /route/{hash}` (JSON) given whether this node holds the blob.
+    pub route: Option<Arc<RouteRenderer>>,
 }
+
+/// See [`Hooks::route`].
+pub type RouteRenderer = dyn Fn(&[u8; 32], bool) -> String + Send + Sync;
 
 /// A running server; [`Server::wait`] blocks until every core has stopped.
 pub struct Server {
@@ -807,6 +812,34 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
         (Route::Members, Method::Get | Method::Head) => match &core.shared.hooks.members {
             Some(render) => {
                 let text = render();
+                respond(
+                    core,
+                    conn,
+                    route,
+                    Status::Ok,
+                    "application/json",
+                    text.as_bytes(),
+                    keep_alive,
+                    info.method == Method::Head,
+                )
+                .await
+            }
+            None => {
+                respond_text(
+                    core,
+                    conn,
+                    route,
+                    Status::NotFound,
+                    "no control plane on this node\n",
+                    keep_alive,
+                )
+                .await
+            }
+        },
+        (Route::RouteOf(hash), Method::Get | Method::Head) => match &core.shared.hooks.route {
+            Some(render) => {
+                let holds = matches!(core.open_blob(&hash), Ok(Some(_)));
+                let text = render(&hash.0, holds);
                 respond(
                     core,
                     conn,
