@@ -218,10 +218,7 @@ impl Cluster {
 
     /// A renderer for the data plane's `GET /route/{hash}`: the blob's home
     /// nodes (rendezvous over live verified members) ranked for the caller.
-    pub fn route_renderer(
-        &self,
-        replication: usize,
-    ) -> Arc<dyn Fn(&[u8; 32], bool) -> String + Send + Sync> {
+    pub fn route_renderer(&self, replication: usize) -> Arc<RouteFn> {
         let view = self.view.clone();
         Arc::new(move |blob: &[u8; 32], holds: bool| {
             let members = view.lock().map(|v| v.members.clone()).unwrap_or_default();
