@@ -8,6 +8,7 @@
 mod client;
 mod h3client;
 mod node;
+mod peering;
 
 use std::path::PathBuf;
 

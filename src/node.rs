@@ -167,12 +167,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             },
         )
         .context("cannot start the control plane")?;
-        Some(cluster)
+        Some(Arc::new(cluster))
+    };
+    let peering = cluster
+        .as_ref()
+        .map(|c| crate::peering::Peering::new(c.clone(), replication));
+    let on_stored = match &peering {
+        Some(p) => Some(
+            p.start_replicator(store.clone())
+                .context("cannot start the replicator")?,
+        ),
+        None => None,
     };
     let hooks = Hooks {
         control_inbox: cluster.as_ref().map(|c| c.inbox()),
         members: cluster.as_ref().map(|c| c.members_renderer()),
         route: cluster.as_ref().map(|c| c.route_renderer(replication)),
+        fetch_missing: peering.map(|p| {
+            Arc::new(move |store: &Store, hash: &[u8; 32]| p.fetch_missing(store, hash))
+                as Arc<dataplane::server::FetchMissing>
+        }),
+        on_stored,
     };
     let server = Server::start_with(cfg, store, shutdown.clone(), hooks)?;
     tracing::info!(%listen, cores, "listening on http://{listen}");

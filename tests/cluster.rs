@@ -9,6 +9,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The cluster tests run one at a time: each starts several nodes, and failure
+/// detection is timing-sensitive on a small machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 const FAST: &[&str] = &["--gossip-probe-ms", "300", "--gossip-down-after-ms", "1500"];
 
 fn members(node: &Node) -> Vec<serde_json::Value> {
@@ -68,6 +76,7 @@ fn all_alive_and_verified(nodes: &[Node], observer: &Node) -> bool {
 
 #[test]
 fn five_nodes_find_each_other_detect_failures_and_rejoin() {
+    let _serial = serial();
     let mut nodes = start_cluster(5);
     // Everyone sees all five, alive, with a record each signed.
     for i in 0..nodes.len() {
@@ -157,6 +166,7 @@ fn five_nodes_find_each_other_detect_failures_and_rejoin() {
 
 #[test]
 fn bad_gossip_is_dropped_and_changes_nothing() {
+    let _serial = serial();
     let nodes = start_cluster(2);
     within(Duration::from_secs(10), "membership", || {
         all_alive_and_verified(&nodes, &nodes[0])
@@ -209,4 +219,109 @@ fn bad_gossip_is_dropped_and_changes_nothing() {
             (&b["id"], &b["addr"], &b["state"])
         );
     }
+}
+
+#[test]
+fn a_blob_put_on_one_node_is_replicated_and_served_by_every_other() {
+    let _serial = serial();
+    let mut nodes = start_cluster(5);
+    for i in 0..nodes.len() {
+        within(Duration::from_secs(15), "full membership", || {
+            all_alive_and_verified(&nodes, &nodes[i])
+        });
+    }
+    let data = random_bytes(3 << 20, 77);
+    let hash = nodes[2].put_bytes(&data);
+    // Its home nodes (rendezvous, replication 3) receive a copy.
+    let (_, _, body) = nodes[2].get(&format!("/route/{hash}"));
+    let route: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let homes: Vec<String> = route["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["home_rank"].as_u64().is_some_and(|r| r < 100))
+        .map(|n| n["addr"].as_str().expect("addr").to_string())
+        .collect();
+    assert_eq!(homes.len(), 3, "{route}");
+    for n in nodes.iter().filter(|n| homes.contains(&n.addr.to_string())) {
+        let path = n.data_dir.join("blobs").join(&hash);
+        within(Duration::from_secs(10), "replica on a home node", || {
+            path.exists()
+        });
+    }
+    // Every node serves it byte for byte: holders from disk, the others fetch
+    // the verified stream from a peer first.
+    for n in &nodes {
+        let (status, _, body) = n.get(&format!("/blobs/{hash}"));
+        assert_eq!(status, 200, "{}", n.addr);
+        assert!(body == data, "bytes differ from {}", n.addr);
+    }
+    // Kill one home: the blob is still served, by a node that must fetch it.
+    let dead = nodes
+        .iter()
+        .position(|n| homes.contains(&n.addr.to_string()) && n.addr != nodes[2].addr)
+        .expect("a home other than the uploader");
+    nodes[dead].kill9();
+    let late = Node::start_at(
+        free_addr_on("127.0.0.9"),
+        &[
+            "--gossip-probe-ms",
+            "300",
+            "--gossip-down-after-ms",
+            "1500",
+            "--join",
+            &nodes[2].addr.to_string(),
+        ],
+    );
+    let mut last = Vec::new();
+    let seen = (0..150).any(|_| {
+        last = members(&late);
+        let ok = last
+            .iter()
+            .filter(|m| m["state"] == "alive" && m["verified"] == true)
+            .count()
+            >= 4;
+        if !ok {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ok
+    });
+    assert!(seen, "late joiner's view: {last:#?}");
+    let (status, _, body) = late.get(&format!("/blobs/{hash}"));
+    assert_eq!(status, 200);
+    assert!(body == data, "late joiner served different bytes");
+
+    // A holder whose copy rotted: its stream fails verification, nothing bad
+    // is stored or served, the next peer supplies the bytes, and it is marked.
+    let rotten = nodes
+        .iter()
+        .position(|n| n.child.is_some() && n.data_dir.join("blobs").join(&hash).exists())
+        .expect("a live holder");
+    let path = nodes[rotten].data_dir.join("blobs").join(&hash);
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[100_000] ^= 0x40;
+    std::fs::write(&path, bytes).expect("write");
+    let asker = Node::start_at(
+        free_addr_on("127.0.0.10"),
+        &[
+            "--gossip-probe-ms",
+            "300",
+            "--gossip-down-after-ms",
+            "1500",
+            "--join",
+            &nodes[rotten].addr.to_string(),
+        ],
+    );
+    within(Duration::from_secs(15), "asker sees the cluster", || {
+        members(&asker)
+            .iter()
+            .filter(|m| m["state"] == "alive" && m["verified"] == true)
+            .count()
+            >= 5
+    });
+    let (status, _, body) = asker.get(&format!("/blobs/{hash}"));
+    assert_eq!(status, 200);
+    assert!(body == data, "asker served different bytes");
+    let stored = std::fs::read(asker.data_dir.join("blobs").join(&hash)).expect("stored");
+    assert!(stored == data, "asker stored bad bytes");
 }

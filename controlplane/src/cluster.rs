@@ -130,6 +130,10 @@ pub struct MemberInfo {
     pub rtt_ms: Option<f64>,
     /// Its identity matches a record it signed.
     pub verified: bool,
+    /// Transfers from it that failed verification (bad chunk groups) — the
+    /// reputation system will use this.
+    #[serde(default)]
+    pub bad_transfers: u64,
     /// This entry is the node answering.
     #[serde(rename = "self")]
     pub is_self: bool,
@@ -139,6 +143,8 @@ pub struct MemberInfo {
 struct View {
     members: Vec<MemberInfo>,
     dropped: u64,
+    /// Bad transfers per node id (hex), kept across view rebuilds.
+    bad: HashMap<String, u64>,
 }
 
 /// Renders `GET /route/{hash}` given whether the answering node holds the blob.
@@ -149,7 +155,8 @@ pub struct Cluster {
     inbox: flume::Sender<(Vec<u8>, SocketAddr)>,
     view: Arc<Mutex<View>>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    id: NodeId,
 }
 
 impl Cluster {
@@ -177,6 +184,7 @@ impl Cluster {
         }
         let view = Arc::new(Mutex::new(View::default()));
         let stop = Arc::new(AtomicBool::new(false));
+        let id = key.id();
         let thread = {
             let (view, stop) = (view.clone(), stop.clone());
             std::thread::Builder::new()
@@ -187,7 +195,8 @@ impl Cluster {
             inbox: tx,
             view,
             stop,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
+            id,
         })
     }
 
@@ -237,10 +246,25 @@ impl Cluster {
         self.view.lock().map(|v| v.dropped).unwrap_or(0)
     }
 
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Records a transfer from `id` that failed verification.
+    pub fn mark_bad(&self, id: &str) {
+        if let Ok(mut v) = self.view.lock() {
+            *v.bad.entry(id.to_string()).or_default() += 1;
+            if let Some(m) = v.members.iter_mut().find(|m| m.id == id) {
+                m.bad_transfers += 1;
+            }
+        }
+    }
+
     /// Announces that this node leaves, then stops the thread.
-    pub fn leave(mut self) {
+    pub fn leave(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = t.join();
         }
     }
@@ -248,10 +272,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.leave();
     }
 }
 
@@ -394,6 +415,7 @@ fn run(
     view: Arc<Mutex<View>>,
     stop: Arc<AtomicBool>,
 ) {
+    let _span = tracing::info_span!("gossip", node = %cfg.addr).entered();
     let me = Peer {
         id: key.id(),
         addr: cfg.addr,
@@ -463,7 +485,11 @@ fn run(
             next_join = now + Duration::from_secs(1);
             for &j in &cfg.join {
                 if j != cfg.addr {
-                    let _ = foca.announce(bootstrap(j), &mut rt);
+                    if let Err(e) = foca.announce(bootstrap(j), &mut rt) {
+                        tracing::debug!(to = %j, "cannot announce: {e}");
+                    } else {
+                        tracing::debug!(to = %j, "announced");
+                    }
                 }
             }
         }
@@ -490,6 +516,9 @@ fn run(
             match n {
                 OwnedNotification::MemberUp(p) => {
                     tracing::info!(id = %p.id.short(), addr = %p.addr, "member up");
+                    // A newcomer has none of our record's past broadcasts:
+                    // sign and spread a fresh one now.
+                    next_record = Instant::now();
                 }
                 OwnedNotification::MemberDown(p) => {
                     tracing::info!(id = %p.id.short(), addr = %p.addr, "member down");
@@ -523,6 +552,9 @@ fn run(
             members.push(member_info(&me, "alive", records.get(&me.id), None, true));
             members.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.id.cmp(&b.id)));
             if let Ok(mut v) = view.lock() {
+                for m in &mut members {
+                    m.bad_transfers = v.bad.get(&m.id).copied().unwrap_or(0);
+                }
                 v.members = members;
                 v.dropped = dropped;
             }
@@ -626,6 +658,7 @@ fn member_info(
             .and_then(|r| r.ewma_ms)
             .map(|v| (v * 1000.0).round() / 1000.0),
         verified: record.is_some_and(|r| r.addrs.contains(&p.addr)),
+        bad_transfers: 0,
         is_self,
     }
 }

@@ -112,6 +112,7 @@ mod tests {
             state: state.into(),
             rtt_ms: rtt,
             verified: true,
+            bad_transfers: 0,
             is_self: i == 0,
         }
     }

@@ -50,7 +50,13 @@ pub struct Request<'a> {
     pub accept_bao: bool,
     pub authorization: Option<&'a [u8]>,
     pub expect_continue: bool,
+    /// `X-Tessera-Peer` present: another node asks; a miss is not fetched
+    /// onward (no fetch loops between nodes).
+    pub from_peer: bool,
 }
+
+/// Header a node sets on requests to other nodes.
+pub const PEER_HEADER: &str = "X-Tessera-Peer";
 
 /// Why a request head was refused; each maps to a status and a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +128,7 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
     let mut accept_bao = false;
     let mut authorization = None;
     let mut expect_continue = false;
+    let mut from_peer = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
@@ -154,6 +161,8 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
             authorization = Some(value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(PEER_HEADER.as_bytes()) {
+            from_peer = true;
         }
     }
     let body = match (content_length, chunked) {
@@ -178,6 +187,7 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
         accept_bao,
         authorization,
         expect_continue,
+        from_peer,
     }))
 }
 

@@ -106,7 +106,19 @@ pub struct Hooks {
     pub members: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Renders `GET /route/{hash}` (JSON) given whether this node holds the blob.
     pub route: Option<Arc<RouteRenderer>>,
+    /// Fetches a blob this node lacks from its peers into the store (verified
+    /// group by group on arrival); true when it is now stored. Runs on the
+    /// store-I/O pool, never on a core.
+    pub fetch_missing: Option<Arc<FetchMissing>>,
+    /// Told about every blob a client uploaded here (to replicate it).
+    pub on_stored: Option<Arc<OnStored>>,
 }
+
+/// See [`Hooks::on_stored`].
+pub type OnStored = dyn Fn(&[u8; 32]) + Send + Sync;
+
+/// See [`Hooks::fetch_missing`].
+pub type FetchMissing = dyn Fn(&Store, &[u8; 32]) -> bool + Send + Sync;
 
 /// See [`Hooks::route`].
 pub type RouteRenderer = dyn Fn(&[u8; 32], bool) -> String + Send + Sync;
@@ -611,6 +623,7 @@ struct ReqInfo {
     verified: bool,
     auth: Auth,
     expect_continue: bool,
+    from_peer: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -771,6 +784,7 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
         verified: req.wants_verified(),
         auth,
         expect_continue: req.expect_continue,
+        from_peer: req.from_peer,
     }
 }
 
@@ -1032,6 +1046,7 @@ async fn open_or_answer(
     hash: &BlobHash,
     suffix: &[u8],
     keep_alive: bool,
+    from_peer: bool,
 ) -> io::Result<Result<Opened, Next>> {
     let opened = if suffix.is_empty() {
         core.open_blob_cached(hash)
@@ -1043,6 +1058,17 @@ async fn open_or_answer(
                 body: None,
             })
         })
+    };
+    let opened = match (opened, &core.shared.hooks.fetch_missing) {
+        // Not here: fetch it from peers (unless a peer is asking), then serve.
+        (Ok(None), Some(fetch)) if suffix.is_empty() && !from_peer => {
+            let (fetch, store, h) = (fetch.clone(), core.shared.store.clone(), *hash);
+            match off_core(move || Ok(fetch(&store, &h.0))).await {
+                Ok(true) => core.open_blob_cached(hash),
+                _ => Ok(None),
+            }
+        }
+        (opened, _) => opened,
     };
     match opened {
         Ok(Some(found)) => Ok(Ok(found)),
@@ -1119,7 +1145,7 @@ async fn get_plain(
         fd: file,
         size,
         body,
-    } = match open_or_answer(core, conn, route, &hash, b"", keep_alive).await? {
+    } = match open_or_answer(core, conn, route, &hash, b"", keep_alive, info.from_peer).await? {
         Ok(found) => found,
         Err(next) => return Ok(next),
     };
@@ -1241,12 +1267,12 @@ async fn get_verified(
 ) -> io::Result<Next> {
     let route = info.route;
     let Opened { fd: file, size, .. } =
-        match open_or_answer(core, conn, route, &hash, b"", keep_alive).await? {
+        match open_or_answer(core, conn, route, &hash, b"", keep_alive, info.from_peer).await? {
             Ok(found) => found,
             Err(next) => return Ok(next),
         };
     let Opened { fd: outboard, .. } =
-        match open_or_answer(core, conn, route, &hash, b".obao", keep_alive).await? {
+        match open_or_answer(core, conn, route, &hash, b".obao", keep_alive, true).await? {
             Ok(found) => found,
             Err(next) => return Ok(next),
         };
@@ -1533,6 +1559,11 @@ async fn upload_body(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result
     let keep_alive = info.keep_alive && !core.stopping.get();
     match off_core(move || writer.finish()).await {
         Ok(out) => {
+            if !info.from_peer {
+                if let Some(stored) = &core.shared.hooks.on_stored {
+                    stored(&out.hash.0);
+                }
+            }
             let mut body = [0u8; 128];
             let len = {
                 let mut cur = io::Cursor::new(&mut body[..]);
