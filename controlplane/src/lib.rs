@@ -1,17 +1,27 @@
 //! Tessera's control plane: what makes many nodes one network. It runs on its own
-//! threads, apart from the data-plane cores (see `../shared/DESIGN.md`).
+//! thread, apart from the data-plane cores (see `../shared/DESIGN.md`); the two
+//! meet only at bounded channels (gossip datagrams in) and snapshots (the member
+//! list the data plane renders, the routing answer it asks for).
 //!
-//! Built so far (issue 5, first slice):
 //! - [`identity`]: the node's ed25519 key pair in the data dir (`node.key`, 0600)
-//!   and the node id derived from it; clear errors for missing, unreadable,
+//!   and the node id (its public key); clear errors for missing, unreadable,
 //!   malformed or world-readable key files.
 //! - [`record`]: what a node says about itself (addresses, region, capacity,
 //!   services, load), signed with its key and verified by every receiver; a
-//!   bounded, fuzzed wire decoder.
+//!   bounded decoder with a fuzz target.
+//! - [`cluster`]: gossip membership and failure detection by `foca` (SWIM,
+//!   sans-IO) on one thread, carried in signed envelopes on the node's own UDP
+//!   port; node records as custom broadcasts; RTT by signed ping/pong; leave on
+//!   SIGTERM; a restart counter so a restarted node rejoins as a newer identity.
+//! - [`routing`]: rendezvous (HRW) home nodes over live verified members and a
+//!   ranking for clients (holders first, then estimated RTT).
 //!
-//! Next (see the issue notes): gossip membership on a maintained library (foca,
-//! sans-IO, carried on the node's own port), rendezvous routing with Vivaldi
-//! coordinates, and verified multi-peer fetch.
+//! The binary's `peering` module uses these to replicate uploads and fetch
+//! missing blobs from peers as verified streams.
+//!
+//! Not yet (issue 5 notes): Vivaldi coordinates (RTT is measured per member,
+//! not estimated for unmeasured ones), multi-peer range fetch, signed
+//! node-to-node HTTP requests, redirect mode, partition tests.
 
 pub mod cluster;
 pub mod identity;
