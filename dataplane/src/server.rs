@@ -823,61 +823,17 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
             )
             .await
         }
-        (Route::Members, Method::Get | Method::Head) => match &core.shared.hooks.members {
-            Some(render) => {
-                let text = render();
-                respond(
-                    core,
-                    conn,
-                    route,
-                    Status::Ok,
-                    "application/json",
-                    text.as_bytes(),
-                    keep_alive,
-                    info.method == Method::Head,
-                )
-                .await
-            }
-            None => {
-                respond_text(
-                    core,
-                    conn,
-                    route,
-                    Status::NotFound,
-                    "no control plane on this node\n",
-                    keep_alive,
-                )
-                .await
-            }
-        },
-        (Route::RouteOf(hash), Method::Get | Method::Head) => match &core.shared.hooks.route {
-            Some(render) => {
+        (Route::Members, Method::Get | Method::Head) => {
+            let text = core.shared.hooks.members.as_ref().map(|render| render());
+            respond_control(core, conn, &info, text, keep_alive).await
+        }
+        (Route::RouteOf(hash), Method::Get | Method::Head) => {
+            let text = core.shared.hooks.route.as_ref().map(|render| {
                 let holds = matches!(core.open_blob(&hash), Ok(Some(_)));
-                let text = render(&hash.0, holds);
-                respond(
-                    core,
-                    conn,
-                    route,
-                    Status::Ok,
-                    "application/json",
-                    text.as_bytes(),
-                    keep_alive,
-                    info.method == Method::Head,
-                )
-                .await
-            }
-            None => {
-                respond_text(
-                    core,
-                    conn,
-                    route,
-                    Status::NotFound,
-                    "no control plane on this node\n",
-                    keep_alive,
-                )
-                .await
-            }
-        },
+                render(&hash.0, holds)
+            });
+            respond_control(core, conn, &info, text, keep_alive).await
+        }
         (Route::Blobs, Method::Post) => upload(core, conn, &info).await,
         (Route::Blob(hash), Method::Get | Method::Head) => {
             if info.verified {
@@ -1092,6 +1048,36 @@ async fn open_or_answer(
                 keep_alive,
             )
             .await?))
+        }
+    }
+}
+
+/// Answers a control-plane route: its JSON, or 404 when the node runs without
+/// a control plane.
+async fn respond_control(
+    core: &Core,
+    conn: &mut Conn,
+    info: &ReqInfo,
+    json: Option<String>,
+    keep_alive: bool,
+) -> io::Result<Next> {
+    match json {
+        Some(text) => {
+            respond(
+                core,
+                conn,
+                info.route,
+                Status::Ok,
+                "application/json",
+                text.as_bytes(),
+                keep_alive,
+                info.method == Method::Head,
+            )
+            .await
+        }
+        None => {
+            let msg = "no control plane on this node\n";
+            respond_text(core, conn, info.route, Status::NotFound, msg, keep_alive).await
         }
     }
 }
