@@ -4,10 +4,13 @@
 //! a data-plane core.
 //!
 //! - Fetch on miss: the blob's home nodes first, then every other live verified
-//!   member, nearest first; each answers with the verified stream, which
-//!   `Store::import_verified` checks group by group before anything is stored.
-//!   A peer whose stream fails verification is marked (`bad_transfers`) and the
-//!   next one is asked; a peer that is unreachable costs only that retry.
+//!   member, nearest first. A blob of 4 MiB or more held by several peers is
+//!   fetched in up to four parts at once, each part a verified range stream from
+//!   a different holder, every 16 KiB group checked against the root before it
+//!   is written into the assembly (`Store::begin_assembly`); smaller ones come as
+//!   one verified stream (`Store::import_verified`). A peer whose data fails
+//!   verification is marked (`bad_transfers`) and its part is asked of the next
+//!   holder; a peer that dies mid-transfer costs only that retry.
 //! - Replication: a blob a client uploads here is pushed to its other home
 //!   nodes (`POST /blobs`; the receiver hashes what arrives, so it can only be
 //!   stored under its true hash, and the pusher checks the hash it gets back).
@@ -23,6 +26,11 @@ use controlplane::routing;
 use dataplane::hash::BlobHash;
 use dataplane::http::{BAO_MEDIA_TYPE, PEER_HEADER};
 use dataplane::store::{Store, StoreError};
+
+/// Blobs at least this large are fetched in parts from several holders at once.
+const MULTI_PEER_MIN_BYTES: u64 = 4 << 20;
+/// At most this many parts (and peers) per fetch.
+const MAX_PARTS: usize = 4;
 
 pub struct Peering {
     cluster: Arc<Cluster>,
@@ -73,38 +81,136 @@ impl Peering {
     /// Fetches `hash` from peers into `store`; true once it is stored.
     pub fn fetch_missing(&self, store: &Store, hash: &[u8; 32]) -> bool {
         let hex = BlobHash(*hash).to_string();
+        // Who holds it, and how large it is (a HEAD each: cheap).
+        let mut holders: Vec<MemberInfo> = Vec::new();
+        let mut size = None;
         for peer in self.candidates(hash) {
             let url = format!("http://{}/blobs/{hex}", peer.addr);
-            let resp = self
-                .agent
-                .get(&url)
-                .header("Accept", BAO_MEDIA_TYPE)
-                .header(PEER_HEADER, &self.me)
-                .call();
-            let mut resp = match resp {
-                Ok(r) if r.status() == 200 => r,
-                Ok(_) => continue, // it does not hold it either
-                Err(e) => {
-                    tracing::debug!(peer = %peer.addr, "fetch failed: {e}");
-                    continue;
-                }
+            let Ok(resp) = self.agent.head(&url).header(PEER_HEADER, &self.me).call() else {
+                continue;
             };
-            let reader = resp.body_mut().as_reader();
-            match store.import_verified(BlobHash(*hash), reader) {
-                Ok(_) => {
-                    tracing::info!(blob = %hex, peer = %peer.addr, "fetched from a peer, verified");
-                    return true;
-                }
-                Err(StoreError::Verify(e)) => {
-                    tracing::warn!(blob = %hex, peer = %peer.addr, "peer sent data that failed verification: {e}; asking the next");
-                    self.cluster.mark_bad(&peer.id);
-                }
-                Err(e) => {
-                    tracing::warn!(blob = %hex, peer = %peer.addr, "fetch from peer failed: {e}; asking the next");
-                }
+            if resp.status() != 200 {
+                continue;
+            }
+            let len = resp
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            match (size, len) {
+                (None, Some(l)) => size = Some(l),
+                (Some(s), Some(l)) if s != l => continue, // not the same blob: ignore it
+                _ => {}
+            }
+            holders.push(peer);
+        }
+        let Some(size) = size else { return false };
+        let fetched = if size >= MULTI_PEER_MIN_BYTES && holders.len() > 1 {
+            self.fetch_parts(store, hash, size, &holders)
+        } else {
+            self.fetch_whole(store, hash, &holders)
+        };
+        if fetched {
+            tracing::info!(blob = %hex, size, peers = holders.len().min(MAX_PARTS), "fetched from peers, verified");
+        }
+        fetched
+    }
+
+    fn get_verified(
+        &self,
+        peer: &MemberInfo,
+        hex: &str,
+        range: Option<(u64, u64)>,
+    ) -> Option<ureq::http::Response<ureq::Body>> {
+        let url = format!("http://{}/blobs/{hex}", peer.addr);
+        let mut req = self
+            .agent
+            .get(&url)
+            .header("Accept", BAO_MEDIA_TYPE)
+            .header(PEER_HEADER, &self.me);
+        if let Some((first, last)) = range {
+            req = req.header("Range", &format!("bytes={first}-{last}"));
+        }
+        match req.call() {
+            Ok(r) if r.status() == 200 => Some(r),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(peer = %peer.addr, "fetch failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Notes a failed transfer: a peer whose data failed verification is marked.
+    fn failed(&self, peer: &MemberInfo, hex: &str, e: &StoreError) {
+        if let StoreError::Verify(_) = e {
+            tracing::warn!(blob = %hex, peer = %peer.addr, "peer sent data that failed verification: {e}; asking another");
+            self.cluster.mark_bad(&peer.id);
+        } else {
+            tracing::warn!(blob = %hex, peer = %peer.addr, "transfer from peer failed: {e}; asking another");
+        }
+    }
+
+    /// One verified stream, from the first holder that delivers it.
+    fn fetch_whole(&self, store: &Store, hash: &[u8; 32], holders: &[MemberInfo]) -> bool {
+        let hex = BlobHash(*hash).to_string();
+        for peer in holders {
+            let Some(mut resp) = self.get_verified(peer, &hex, None) else {
+                continue;
+            };
+            match store.import_verified(BlobHash(*hash), resp.body_mut().as_reader()) {
+                Ok(_) => return true,
+                Err(e) => self.failed(peer, &hex, &e),
             }
         }
         false
+    }
+
+    /// Different ranges from different holders at once, every group verified as
+    /// it arrives; a part that fails is asked of the next holder.
+    fn fetch_parts(
+        &self,
+        store: &Store,
+        hash: &[u8; 32],
+        size: u64,
+        holders: &[MemberInfo],
+    ) -> bool {
+        let hex = BlobHash(*hash).to_string();
+        let Ok(assembly) = store.begin_assembly(BlobHash(*hash), size) else {
+            return false;
+        };
+        let parts = holders.len().min(MAX_PARTS);
+        let group = dataplane::verified::CHUNK_GROUP_BYTES as u64;
+        let groups = size.div_ceil(group);
+        let per = groups.div_ceil(parts as u64);
+        let ranges: Vec<(u64, u64)> = (0..parts as u64)
+            .map(|i| (i * per * group, ((i + 1) * per * group).min(size) - 1))
+            .filter(|(first, last)| first <= last)
+            .collect();
+        let all_ok = std::thread::scope(|t| {
+            let jobs: Vec<_> = ranges
+                .iter()
+                .enumerate()
+                .map(|(i, &(first, last))| {
+                    let (assembly, hex) = (&assembly, &hex);
+                    t.spawn(move || {
+                        for k in 0..holders.len() {
+                            let peer = &holders[(i + k) % holders.len()];
+                            let Some(mut resp) = self.get_verified(peer, hex, Some((first, last)))
+                            else {
+                                continue;
+                            };
+                            match assembly.add_range(resp.body_mut().as_reader(), first, last) {
+                                Ok(()) => return true,
+                                Err(e) => self.failed(peer, hex, &e),
+                            }
+                        }
+                        false
+                    })
+                })
+                .collect();
+            jobs.into_iter().all(|j| j.join().unwrap_or(false))
+        });
+        all_ok && store.finish_assembly(assembly).is_ok()
     }
 
     /// Starts the replicator; the returned closure queues a fresh upload.

@@ -230,7 +230,8 @@ fn a_blob_put_on_one_node_is_replicated_and_served_by_every_other() {
             all_alive_and_verified(&nodes, &nodes[i])
         });
     }
-    let data = random_bytes(3 << 20, 77);
+    // 6 MiB: large enough to be fetched in parts from several holders at once.
+    let data = random_bytes(6 << 20, 77);
     let hash = nodes[2].put_bytes(&data);
     // Its home nodes (rendezvous, replication 3) receive a copy.
     let (_, _, body) = nodes[2].get(&format!("/route/{hash}"));

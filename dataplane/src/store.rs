@@ -323,6 +323,50 @@ impl Store {
         writer.finish()
     }
 
+    /// Starts assembling `expected` (of `size` bytes) from verified range streams
+    /// that may arrive in any order and from several peers at once
+    /// ([`Assembly::add_range`]); [`Store::finish_assembly`] stores it once every
+    /// chunk group has arrived verified. Dropped unfinished, it leaves nothing.
+    pub fn begin_assembly(&self, expected: BlobHash, size: u64) -> Result<Assembly, StoreError> {
+        if size > self.config.max_bytes {
+            return Err(StoreError::TooLarge {
+                limit: self.config.max_bytes,
+            });
+        }
+        let data = TempFile::new(self.tmp_path("data"))?;
+        data.file.set_len(size)?;
+        let tree = verified::tree(size);
+        let groups = size.div_ceil(verified::CHUNK_GROUP_BYTES as u64).max(1) as usize;
+        Ok(Assembly {
+            expected,
+            size,
+            data,
+            outboard: Mutex::new(vec![0u8; tree.outboard_size() as usize]),
+            tree,
+            done: Mutex::new(vec![false; groups]),
+        })
+    }
+
+    /// Stores an assembly whose every group arrived verified.
+    pub fn finish_assembly(&self, a: Assembly) -> Result<PutOutcome, StoreError> {
+        let missing = a
+            .done
+            .lock()
+            .map(|d| d.iter().filter(|g| !**g).count())
+            .unwrap_or(usize::MAX);
+        if missing > 0 {
+            return Err(StoreError::Io(io::Error::other(format!(
+                "{missing} chunk groups never arrived"
+            ))));
+        }
+        a.data.file.sync_all()?;
+        let outboard_tmp = TempFile::new(self.tmp_path("obao"))?;
+        let outboard = a.outboard.into_inner().unwrap_or_else(|p| p.into_inner());
+        (&outboard_tmp.file).write_all(&outboard)?;
+        outboard_tmp.file.sync_all()?;
+        self.commit(a.expected, a.size, a.data, outboard_tmp)
+    }
+
     /// Imports a verified stream of `expected`: every chunk group is checked before it
     /// is written, and the first bad one aborts the import with its index, leaving
     /// nothing behind.
@@ -711,6 +755,64 @@ impl Drop for PutWriter {
 }
 
 /// A file in `tmp/` that is removed on drop unless disarmed (after its rename).
+/// A blob being assembled from verified ranges (see [`Store::begin_assembly`]).
+/// `add_range` takes `&self`: one thread per peer may feed it at once.
+pub struct Assembly {
+    expected: BlobHash,
+    size: u64,
+    data: TempFile,
+    tree: bao_tree::BaoTree,
+    outboard: Mutex<Vec<u8>>,
+    done: Mutex<Vec<bool>>,
+}
+
+impl Assembly {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Decodes a verified stream of bytes `first..=last` (widened to whole chunk
+    /// groups) and writes each group at its place once it is checked against the
+    /// expected root. A bad group or a stream for another size is an error and
+    /// writes nothing more; groups already written stay valid.
+    pub fn add_range(&self, reader: impl Read, first: u64, last: u64) -> Result<(), StoreError> {
+        let ranges = verified::group_ranges(first, last);
+        let mut written: Vec<usize> = Vec::new();
+        verified::decode_stream(self.expected.as_blake3(), reader, &ranges, |item| {
+            match item {
+                verified::Item::Size(size) if size != self.size => {
+                    return Err(io::Error::other(format!(
+                        "peer announced {size} bytes, expected {}",
+                        self.size
+                    )))
+                }
+                verified::Item::Size(_) => {}
+                verified::Item::Parent { node, pair } => {
+                    if let Some(off) = verified::outboard_offset(&self.tree, node) {
+                        let off = off as usize;
+                        if let Ok(mut ob) = self.outboard.lock() {
+                            ob[off..off + 64].copy_from_slice(pair);
+                        }
+                    }
+                }
+                verified::Item::Group { offset, data } => {
+                    self.data.file.write_all_at(data, offset)?;
+                    written.push((offset / verified::CHUNK_GROUP_BYTES as u64) as usize);
+                }
+            }
+            Ok(())
+        })?;
+        if let Ok(mut done) = self.done.lock() {
+            for g in written {
+                if let Some(d) = done.get_mut(g) {
+                    *d = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 struct TempFile {
     file: File,
     path: PathBuf,
@@ -852,6 +954,51 @@ mod tests {
         s.put_reader(&bytes(40_000, 5)[..]).expect("d");
         assert!(s.info(&c).expect("info").is_none());
         assert!(s.info(&a).expect("info").is_some());
+    }
+
+    #[test]
+    fn assembly_from_ranges_in_any_order_and_threads() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = store(dir.path(), 1 << 30);
+        let data = bytes(1_000_000, 11);
+        let mut b = OutboardBuilder::new();
+        b.update(&data);
+        let ob = b.finish();
+        let hash = BlobHash::from(ob.root);
+        let part =
+            |first: u64, last: u64| encode_to_vec(&data, &ob.pre_order, &group_ranges(first, last));
+        // Missing a part: refused, nothing stored.
+        let a = s.begin_assembly(hash, data.len() as u64).expect("begin");
+        a.add_range(&part(0, 399_999)[..], 0, 399_999)
+            .expect("part");
+        assert!(s.finish_assembly(a).is_err());
+        assert!(s.info(&hash).expect("info").is_none());
+        // A corrupt part is refused; the right bytes from elsewhere complete it.
+        let a = s.begin_assembly(hash, data.len() as u64).expect("begin");
+        let mut bad = part(400_000, 699_999);
+        let n = bad.len();
+        bad[n - 10] ^= 1;
+        assert!(matches!(
+            a.add_range(&bad[..], 400_000, 699_999),
+            Err(StoreError::Verify(_))
+        ));
+        std::thread::scope(|t| {
+            for (first, last) in [(700_000u64, 999_999u64), (0, 399_999), (400_000, 699_999)] {
+                let a = &a;
+                let enc = part(first, last);
+                t.spawn(move || a.add_range(&enc[..], first, last).expect("part"));
+            }
+        });
+        let out = s.finish_assembly(a).expect("finish");
+        assert_eq!(out.hash, hash);
+        assert_eq!(s.read_all(&hash).expect("read"), data);
+        // The outboard assembled from the parts serves a verified stream again.
+        let mut obao = Vec::new();
+        s.open_outboard(&hash)
+            .expect("obao")
+            .read_to_end(&mut obao)
+            .expect("read");
+        assert_eq!(obao, ob.pre_order);
     }
 
     #[test]
