@@ -396,3 +396,19 @@ fn tessera_put_and_get_over_h3_verify_like_http1() {
     }
     assert_eq!(status, 404, "quarantined blob still served");
 }
+
+#[test]
+fn cluster_routes_answer_over_h3_too() {
+    let node = Node::start(&[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    aioquic_get(
+        dir.path(),
+        &[format!("https://{}/cluster/members", node.addr)],
+        None,
+    );
+    let text = std::fs::read(dir.path().join("members")).expect("saved");
+    let members: serde_json::Value = serde_json::from_slice(&text).expect("json");
+    let me = &members.as_array().expect("array")[0];
+    assert_eq!(me["self"], true, "{members}");
+    assert_eq!(me["addr"].as_str(), Some(node.addr.to_string().as_str()));
+}

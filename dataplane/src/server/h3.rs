@@ -868,6 +868,38 @@ fn on_request(
                 &[],
             );
         }
+        (Route::Members | Route::RouteOf(_), http::Method::Get | http::Method::Head) => {
+            let hooks = &core.shared.hooks;
+            let json = match route {
+                Route::Members => hooks.members.as_ref().map(|render| render()),
+                Route::RouteOf(hash) => hooks.route.as_ref().map(|render| {
+                    let holds = matches!(core.open_blob(&hash), Ok(Some(_)));
+                    render(&hash.0, holds)
+                }),
+                _ => None,
+            };
+            match json {
+                Some(text) => respond(
+                    core,
+                    conn,
+                    stream,
+                    route,
+                    Status::Ok,
+                    "application/json",
+                    Body::Owned(text.into_bytes()),
+                    req.method == http::Method::Head,
+                    &[],
+                ),
+                None => respond_text(
+                    core,
+                    conn,
+                    stream,
+                    route,
+                    Status::NotFound,
+                    "no control plane on this node\n",
+                ),
+            }
+        }
         (Route::Blobs, http::Method::Post) => {
             if !more_frames {
                 // An empty upload.
