@@ -188,6 +188,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 as Arc<dataplane::server::FetchMissing>
         }),
         on_stored,
+        verify_peer: cluster.as_ref().map(|c| c.peer_verifier()),
     };
     let server = Server::start_with(cfg, store, shutdown.clone(), hooks)?;
     tracing::info!(%listen, cores, "listening on http://{listen}");

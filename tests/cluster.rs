@@ -208,6 +208,45 @@ fn bad_gossip_is_dropped_and_changes_nothing() {
         &controlplane::cluster::seal_for_test(&forger, 0x01, &junk(200)),
         target,
     );
+    // Node-to-node HTTP requests must be signed by a live member: a stranger's
+    // valid signature, a member's id with a wrong signature, and a stale time
+    // are all refused with 401; the same request without the header is a
+    // client's and is answered.
+    let path = "/healthz";
+    let signed = |key: &controlplane::NodeKey, id: &str, time: &str| {
+        let msg = dataplane::http::peer_message(b"GET", path.as_bytes(), time.as_bytes());
+        let sig: String = key.sign(&msg).iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "GET {path} HTTP/1.1\r\nX-Tessera-Peer: {id}\r\nX-Tessera-Peer-Time: {time}\r\nX-Tessera-Peer-Sig: {sig}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        .to_string();
+    let stranger = forger.id().to_string();
+    let member = before[1]["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        nodes[0]
+            .request(signed(&forger, &stranger, &now).as_bytes())
+            .0,
+        401
+    );
+    assert_eq!(
+        nodes[0]
+            .request(signed(&forger, &member, &now).as_bytes())
+            .0,
+        401
+    );
+    assert_eq!(
+        nodes[0]
+            .request(signed(&forger, &stranger, "1000").as_bytes())
+            .0,
+        401
+    );
+    assert_eq!(nodes[0].get(path).0, 200);
+
     std::thread::sleep(Duration::from_millis(800));
     // The node still serves, and its view has no phantom or changed member.
     assert_eq!(nodes[0].get("/healthz").0, 200);

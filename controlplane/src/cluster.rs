@@ -157,7 +157,15 @@ pub struct Cluster {
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     id: NodeId,
+    key: NodeKey,
 }
+
+/// Checks a signed node-to-node request: (node id hex, time, signature hex,
+/// signed message).
+pub type VerifyPeerFn = dyn Fn(&[u8], &[u8], &[u8], &[u8]) -> bool + Send + Sync;
+
+/// How far a signed request's time may be from ours.
+const PEER_CLOCK_SKEW_MS: u64 = 60_000;
 
 impl Cluster {
     pub fn start(key: NodeKey, cfg: ClusterConfig) -> std::io::Result<Cluster> {
@@ -185,6 +193,7 @@ impl Cluster {
         let view = Arc::new(Mutex::new(View::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let id = key.id();
+        let signer = key.clone();
         let thread = {
             let (view, stop) = (view.clone(), stop.clone());
             std::thread::Builder::new()
@@ -197,6 +206,7 @@ impl Cluster {
             stop,
             thread: Mutex::new(Some(thread)),
             id,
+            key: signer,
         })
     }
 
@@ -249,6 +259,42 @@ impl Cluster {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// Signs a request to another node: (time in ms, signature hex) over
+    /// `message` built by the caller from the method, path and that time.
+    pub fn sign_request(&self, message_for: impl FnOnce(&str) -> Vec<u8>) -> (String, String) {
+        let time = now_ms().to_string();
+        let sig = self.key.sign(&message_for(&time));
+        (time, crate::identity::hex(&sig))
+    }
+
+    /// The data plane's check of requests signed by other nodes: the signer must
+    /// be a live member we know, the time within a minute of ours, and the
+    /// signature valid for its node id.
+    pub fn peer_verifier(&self) -> Arc<VerifyPeerFn> {
+        let view = self.view.clone();
+        Arc::new(move |id: &[u8], time: &[u8], sig: &[u8], message: &[u8]| {
+            let Some(id) = std::str::from_utf8(id)
+                .ok()
+                .and_then(|s| s.parse::<NodeId>().ok())
+            else {
+                return false;
+            };
+            let known = view.lock().is_ok_and(|v| {
+                v.members
+                    .iter()
+                    .any(|m| m.id == id.to_string() && m.state != "down" && !m.is_self)
+            });
+            let fresh = std::str::from_utf8(time)
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok())
+                .is_some_and(|t| now_ms().abs_diff(t) <= PEER_CLOCK_SKEW_MS);
+            let Some(sig) = crate::identity::unhex64(sig) else {
+                return false;
+            };
+            known && fresh && id.verify(message, &sig).is_ok()
+        })
     }
 
     /// Records a transfer from `id` that failed verification.

@@ -82,6 +82,7 @@ pub enum IdentityError {
 }
 
 /// The node's key pair.
+#[derive(Clone)]
 pub struct NodeKey {
     signing: SigningKey,
     path: PathBuf,
@@ -226,6 +227,19 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
+}
+
+/// 128 hex digits to 64 bytes (a signature).
+pub(crate) fn unhex64(s: &[u8]) -> Option<[u8; 64]> {
+    if s.len() != 128 {
+        return None;
+    }
+    let a = unhex32(std::str::from_utf8(&s[..64]).ok()?)?;
+    let b = unhex32(std::str::from_utf8(&s[64..]).ok()?)?;
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(&a);
+    out[32..].copy_from_slice(&b);
+    Some(out)
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {

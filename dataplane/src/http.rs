@@ -28,6 +28,19 @@ pub enum Method {
     Other,
 }
 
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
 /// How the request body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
@@ -53,6 +66,26 @@ pub struct Request<'a> {
     /// `X-Tessera-Peer` present: another node asks; a miss is not fetched
     /// onward (no fetch loops between nodes).
     pub from_peer: bool,
+    /// The peer's node id, signing time and signature (see [`peer_message`]).
+    pub peer_id: Option<&'a [u8]>,
+    pub peer_time: Option<&'a [u8]>,
+    pub peer_sig: Option<&'a [u8]>,
+}
+
+/// Headers with which a node signs its requests to another node.
+pub const PEER_TIME_HEADER: &str = "X-Tessera-Peer-Time";
+pub const PEER_SIG_HEADER: &str = "X-Tessera-Peer-Sig";
+
+/// What a node signs for a request to another node: method, path and time.
+pub fn peer_message(method: &[u8], path: &[u8], time: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(24 + method.len() + path.len() + time.len());
+    m.extend_from_slice(b"tessera-peer-v1\n");
+    m.extend_from_slice(method);
+    m.push(b'\n');
+    m.extend_from_slice(path);
+    m.push(b'\n');
+    m.extend_from_slice(time);
+    m
 }
 
 /// Header a node sets on requests to other nodes.
@@ -129,6 +162,7 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
     let mut authorization = None;
     let mut expect_continue = false;
     let mut from_peer = false;
+    let (mut peer_id, mut peer_time, mut peer_sig) = (None, None, None);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
@@ -163,6 +197,11 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
             expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case(PEER_HEADER.as_bytes()) {
             from_peer = true;
+            peer_id = Some(value);
+        } else if name.eq_ignore_ascii_case(PEER_TIME_HEADER.as_bytes()) {
+            peer_time = Some(value);
+        } else if name.eq_ignore_ascii_case(PEER_SIG_HEADER.as_bytes()) {
+            peer_sig = Some(value);
         }
     }
     let body = match (content_length, chunked) {
@@ -188,6 +227,9 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
         authorization,
         expect_continue,
         from_peer,
+        peer_id,
+        peer_time,
+        peer_sig,
     }))
 }
 

@@ -112,7 +112,13 @@ pub struct Hooks {
     pub fetch_missing: Option<Arc<FetchMissing>>,
     /// Told about every blob a client uploaded here (to replicate it).
     pub on_stored: Option<Arc<OnStored>>,
+    /// Checks a request signed by another node: (node id, time, signature,
+    /// signed message) -> whether that live member signed it just now.
+    pub verify_peer: Option<Arc<VerifyPeer>>,
 }
+
+/// See [`Hooks::verify_peer`].
+pub type VerifyPeer = dyn Fn(&[u8], &[u8], &[u8], &[u8]) -> bool + Send + Sync;
 
 /// See [`Hooks::on_stored`].
 pub type OnStored = dyn Fn(&[u8; 32]) + Send + Sync;
@@ -624,6 +630,8 @@ struct ReqInfo {
     auth: Auth,
     expect_continue: bool,
     from_peer: bool,
+    /// Signed by another node, and the signature does not check out.
+    peer_refused: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -785,7 +793,24 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
         auth,
         expect_continue: req.expect_continue,
         from_peer: req.from_peer,
+        peer_refused: req.from_peer && !peer_signed(core, req),
     }
+}
+
+/// Whether a request that says it comes from a node was signed by that node
+/// (a live member, within a minute). Without a control plane there is no one
+/// to check against: refused.
+fn peer_signed(core: &Core, req: &http::Request<'_>) -> bool {
+    let (Some(verify), Some(id), Some(time), Some(sig)) = (
+        core.shared.hooks.verify_peer.as_ref(),
+        req.peer_id,
+        req.peer_time,
+        req.peer_sig,
+    ) else {
+        return false;
+    };
+    let message = http::peer_message(req.method.as_str().as_bytes(), req.path, time);
+    verify(id, time, sig, &message)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -797,6 +822,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next> {
     let route = info.route;
+    if info.peer_refused {
+        return respond_text(
+            core,
+            conn,
+            route,
+            Status::Unauthorized,
+            "request says it comes from a node, but its signature does not check out\n",
+            false,
+        )
+        .await;
+    }
     // Only uploads read a body; any other request that carries one is answered and
     // the connection closed, rather than guessing where the next request starts.
     let has_body = info.body != Body::None;
