@@ -64,6 +64,13 @@ pub struct RunArgs {
     /// Gossip probe period.
     #[arg(long, env = "TESSERA_GOSSIP_PROBE_MS")]
     gossip_probe_ms: Option<u64>,
+    /// A blob this node lacks: fetch (from peers, then serve), redirect (307 to
+    /// the best node) or none (404).
+    #[arg(long, env = "TESSERA_ON_MISS")]
+    on_miss: Option<dataplane::config::OnMiss>,
+    /// Home nodes per blob.
+    #[arg(long, env = "TESSERA_REPLICATION")]
+    replication: Option<usize>,
 }
 
 /// Builds the configuration: defaults, then the file, then env and flags.
@@ -92,7 +99,9 @@ pub fn load_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
         max_connections_per_core,
         region,
         gossip_down_after_ms,
-        gossip_probe_ms
+        gossip_probe_ms,
+        on_miss,
+        replication
     );
     if !args.join.is_empty() {
         cfg.join = args.join.clone();
@@ -189,6 +198,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }),
         on_stored,
         verify_peer: cluster.as_ref().map(|c| c.peer_verifier()),
+        locate: cluster.as_ref().map(|c| c.locator(replication)),
     };
     let server = Server::start_with(cfg, store, shutdown.clone(), hooks)?;
     tracing::info!(%listen, cores, "listening on http://{listen}");

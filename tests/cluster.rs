@@ -365,3 +365,62 @@ fn a_blob_put_on_one_node_is_replicated_and_served_by_every_other() {
     let stored = std::fs::read(asker.data_dir.join("blobs").join(&hash)).expect("stored");
     assert!(stored == data, "asker stored bad bytes");
 }
+
+#[test]
+fn a_node_in_redirect_mode_sends_clients_to_a_home_node() {
+    let _serial = serial();
+    let mut nodes = start_cluster(2);
+    let addr = free_addr_on("127.0.0.3");
+    let mut args: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+    args.extend(
+        [
+            "--region",
+            "region-0",
+            "--on-miss",
+            "redirect",
+            "--replication",
+            "2",
+            "--join",
+        ]
+        .map(String::from),
+    );
+    args.push(nodes[0].addr.to_string());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    nodes.push(Node::start_at(addr, &refs));
+    for i in 0..nodes.len() {
+        within(Duration::from_secs(15), "full membership", || {
+            all_alive_and_verified(&nodes, &nodes[i])
+        });
+    }
+    // A blob whose two homes (of three nodes) leave the redirecting node out.
+    let redirector = nodes[2].addr.to_string();
+    let (hash, homes) = (0..64)
+        .find_map(|seed| {
+            let data = random_bytes(5_000, 900 + seed);
+            let hash = blake3::hash(&data).to_hex().to_string();
+            let (_, _, body) = nodes[2].get(&format!("/route/{hash}"));
+            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            let homes: Vec<String> = v["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["home_rank"].as_u64().is_some_and(|r| r < 2))
+                .map(|n| n["addr"].as_str().unwrap_or("").to_string())
+                .collect();
+            (!homes.contains(&redirector)).then(|| {
+                nodes[0].put_bytes(&data);
+                nodes[1].put_bytes(&data);
+                (hash, homes)
+            })
+        })
+        .expect("some blob has its homes elsewhere");
+    let (status, head, _) = nodes[2].get(&format!("/blobs/{hash}"));
+    assert_eq!(status, 307, "{head}");
+    let location = header(&head, "location").expect("Location").to_string();
+    assert!(
+        homes
+            .iter()
+            .any(|h| location == format!("http://{h}/blobs/{hash}")),
+        "{location} not one of {homes:?}"
+    );
+    assert!(!nodes[2].data_dir.join("blobs").join(&hash).exists());
+}

@@ -164,6 +164,9 @@ pub struct Cluster {
 /// signed message).
 pub type VerifyPeerFn = dyn Fn(&[u8], &[u8], &[u8], &[u8]) -> bool + Send + Sync;
 
+/// The best other node for a blob (redirect mode).
+pub type LocateFn = dyn Fn(&[u8; 32]) -> Option<SocketAddr> + Send + Sync;
+
 /// How far a signed request's time may be from ours.
 const PEER_CLOCK_SKEW_MS: u64 = 60_000;
 
@@ -248,6 +251,19 @@ impl Cluster {
                 "nodes": ranked,
             })
             .to_string()
+        })
+    }
+
+    /// For redirect mode: the best other live node for a blob — its nearest home
+    /// node (by RTT), else None.
+    pub fn locator(&self, replication: usize) -> Arc<LocateFn> {
+        let view = self.view.clone();
+        Arc::new(move |blob: &[u8; 32]| {
+            let members = view.lock().map(|v| v.members.clone()).unwrap_or_default();
+            crate::routing::rank(blob, &members, replication, false)
+                .into_iter()
+                .find(|r| r.holds.is_none())
+                .map(|r| r.addr)
         })
     }
 

@@ -6,6 +6,27 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// What a node does when asked for a blob it does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMiss {
+    Fetch,
+    Redirect,
+    None,
+}
+
+impl std::str::FromStr for OnMiss {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fetch" => Ok(OnMiss::Fetch),
+            "redirect" => Ok(OnMiss::Redirect),
+            "none" => Ok(OnMiss::None),
+            _ => Err(format!("{s:?}: want fetch, redirect or none")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
@@ -75,6 +96,9 @@ pub struct NodeConfig {
     pub gossip_probe_ms: u64,
     /// Home nodes per blob (rendezvous hashing over live members).
     pub replication: usize,
+    /// A request for a blob this node lacks: `fetch` it from peers and serve it,
+    /// `redirect` the client (307) to the best node for it, or answer `none` (404).
+    pub on_miss: OnMiss,
 }
 
 impl Default for NodeConfig {
@@ -110,6 +134,7 @@ impl Default for NodeConfig {
             gossip_down_after_ms: 3_000,
             gossip_probe_ms: 1_000,
             replication: 3,
+            on_miss: OnMiss::Fetch,
         }
     }
 }

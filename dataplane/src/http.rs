@@ -432,6 +432,7 @@ pub enum Status {
     Created,
     NoContent,
     PartialContent,
+    TemporaryRedirect,
     BadRequest,
     Unauthorized,
     Forbidden,
@@ -447,11 +448,12 @@ pub enum Status {
 }
 
 /// All statuses, in the order of [`Status::index`], for metrics.
-pub const STATUSES: [Status; 16] = [
+pub const STATUSES: [Status; 17] = [
     Status::Ok,
     Status::Created,
     Status::NoContent,
     Status::PartialContent,
+    Status::TemporaryRedirect,
     Status::BadRequest,
     Status::Unauthorized,
     Status::Forbidden,
@@ -473,6 +475,7 @@ impl Status {
             Status::Created => 201,
             Status::NoContent => 204,
             Status::PartialContent => 206,
+            Status::TemporaryRedirect => 307,
             Status::BadRequest => 400,
             Status::Unauthorized => 401,
             Status::Forbidden => 403,
@@ -498,6 +501,7 @@ impl Status {
             Status::Created => "Created",
             Status::NoContent => "No Content",
             Status::PartialContent => "Partial Content",
+            Status::TemporaryRedirect => "Temporary Redirect",
             Status::BadRequest => "Bad Request",
             Status::Unauthorized => "Unauthorized",
             Status::Forbidden => "Forbidden",

@@ -28,7 +28,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, OnMiss};
 use crate::hash::BlobHash;
 use crate::http::{
     self, Body, ChunkedDecoder, Head, Method, ParseError, RangeRequest, Route, Status,
@@ -115,7 +115,12 @@ pub struct Hooks {
     /// Checks a request signed by another node: (node id, time, signature,
     /// signed message) -> whether that live member signed it just now.
     pub verify_peer: Option<Arc<VerifyPeer>>,
+    /// The best other node's client-facing address for a blob (redirect mode).
+    pub locate: Option<Arc<Locate>>,
 }
+
+/// See [`Hooks::locate`].
+pub type Locate = dyn Fn(&[u8; 32]) -> Option<std::net::SocketAddr> + Send + Sync;
 
 /// See [`Hooks::verify_peer`].
 pub type VerifyPeer = dyn Fn(&[u8], &[u8], &[u8], &[u8]) -> bool + Send + Sync;
@@ -1051,9 +1056,28 @@ async fn open_or_answer(
             })
         })
     };
+    let on_miss = core.shared.config.on_miss;
+    if let (Ok(None), OnMiss::Redirect, Some(locate), true) = (
+        &opened,
+        on_miss,
+        &core.shared.hooks.locate,
+        suffix.is_empty() && !from_peer,
+    ) {
+        if let Some(best) = locate(&hash.0) {
+            let location = format!("http://{best}/blobs/{hash}");
+            let mut wbuf = std::mem::take(&mut conn.wbuf);
+            head(core, &mut wbuf, Status::TemporaryRedirect)
+                .header("Location", location.as_bytes())
+                .header("Content-Type", b"text/plain")
+                .finish(0, keep_alive);
+            conn.wbuf = wbuf;
+            let next = send_wbuf(core, conn, route, Status::TemporaryRedirect, keep_alive).await?;
+            return Ok(Err(next));
+        }
+    }
     let opened = match (opened, &core.shared.hooks.fetch_missing) {
         // Not here: fetch it from peers (unless a peer is asking), then serve.
-        (Ok(None), Some(fetch)) if suffix.is_empty() && !from_peer => {
+        (Ok(None), Some(fetch)) if suffix.is_empty() && !from_peer && on_miss == OnMiss::Fetch => {
             let (fetch, store, h) = (fetch.clone(), core.shared.store.clone(), *hash);
             match off_core(move || Ok(fetch(&store, &h.0))).await {
                 Ok(true) => core.open_blob_cached(hash),
