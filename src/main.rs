@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (with no flags: a single node on 127.0.0.1:8080 with embedded defaults).
-    Run(node::RunArgs),
+    Run(Box<node::RunArgs>),
     /// Upload files to a node; prints each file's hash.
     Put(client::PutArgs),
     /// Download a blob as a verified stream, checking every 16 KiB chunk group.
@@ -92,7 +92,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => node::run(args),
+        Command::Run(args) => node::run(*args),
         Command::Put(args) => client::put(args),
         Command::Get(args) => client::get(args),
         Command::Store {
