@@ -71,6 +71,9 @@ pub struct RunArgs {
     /// Home nodes per blob.
     #[arg(long, env = "TESSERA_REPLICATION")]
     replication: Option<usize>,
+    /// Cap each transfer to another node at this many bytes a second (0: none).
+    #[arg(long, env = "TESSERA_PEER_TRANSFER_BYTES_PER_SEC")]
+    peer_transfer_bytes_per_sec: Option<u64>,
 }
 
 /// Builds the configuration: defaults, then the file, then env and flags.
@@ -101,7 +104,8 @@ pub fn load_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
         gossip_down_after_ms,
         gossip_probe_ms,
         on_miss,
-        replication
+        replication,
+        peer_transfer_bytes_per_sec
     );
     if !args.join.is_empty() {
         cfg.join = args.join.clone();

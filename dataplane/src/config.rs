@@ -99,6 +99,9 @@ pub struct NodeConfig {
     /// A request for a blob this node lacks: `fetch` it from peers and serve it,
     /// `redirect` the client (307) to the best node for it, or answer `none` (404).
     pub on_miss: OnMiss,
+    /// Caps each verified-stream transfer to another node at this many bytes a
+    /// second (0: no cap); clients are never capped.
+    pub peer_transfer_bytes_per_sec: u64,
 }
 
 impl Default for NodeConfig {
@@ -135,6 +138,7 @@ impl Default for NodeConfig {
             gossip_probe_ms: 1_000,
             replication: 3,
             on_miss: OnMiss::Fetch,
+            peer_transfer_bytes_per_sec: 0,
         }
     }
 }

@@ -1352,6 +1352,14 @@ async fn get_verified(
         });
     }
     conn.wbuf.extend_from_slice(&size.to_le_bytes());
+    // Node-to-node transfers may be capped per transfer (operators' egress
+    // budget for peers); clients never are.
+    let cap = match core.shared.config.peer_transfer_bytes_per_sec {
+        c if c > 0 && info.from_peer => Some(c),
+        _ => None,
+    };
+    let started = Instant::now();
+    let mut sent = 0u64;
     let tree = verified::tree(size);
     let mut verifier = Verifier::new(hash.as_blake3());
     let mut pair = [0u8; 64];
@@ -1396,7 +1404,14 @@ async fn get_verified(
             return Ok(Next::Close);
         }
         if conn.wbuf.len() >= VERIFIED_FLUSH_BYTES {
+            sent += conn.wbuf.len() as u64;
             write_wbuf(core, conn).await?;
+            if let Some(cap) = cap {
+                let due = Duration::from_secs_f64(sent as f64 / cap as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    monoio::time::sleep(wait).await;
+                }
+            }
         }
     }
     write_wbuf(core, conn).await?;
