@@ -424,3 +424,74 @@ fn a_node_in_redirect_mode_sends_clients_to_a_home_node() {
     );
     assert!(!nodes[2].data_dir.join("blobs").join(&hash).exists());
 }
+
+/// A peer that lies: built with the test-only `fault-injection` feature, a node
+/// started with `TESSERA_FAULT_CORRUPT_PEER_STREAMS` flips a byte in what it
+/// sends to other nodes. Its part of a multi-peer fetch fails verification, is
+/// never stored or served, is fetched again from the honest holder, and the
+/// liar is marked.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_peer_that_sends_corrupt_chunks_is_caught_and_marked() {
+    let _serial = serial();
+    let args = |join: Option<SocketAddr>| -> Vec<String> {
+        let mut a: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+        a.extend(["--region".into(), "region-0".into()]);
+        if let Some(j) = join {
+            a.extend(["--join".into(), j.to_string()]);
+        }
+        a
+    };
+    let honest_args = args(None);
+    let honest = Node::start_at(
+        free_addr_on("127.0.0.1"),
+        &honest_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let liar_args = args(Some(honest.addr));
+    let liar = Node::start_at_with_env(
+        free_addr_on("127.0.0.2"),
+        &liar_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("TESSERA_FAULT_CORRUPT_PEER_STREAMS", "1")],
+    );
+    within(Duration::from_secs(15), "two members", || {
+        members(&honest)
+            .iter()
+            .filter(|m| m["state"] == "alive" && m["verified"] == true)
+            .count()
+            == 2
+    });
+    // Both hold the blob (the liar's own copy is sound; it lies when sending).
+    let data = random_bytes(6 << 20, 99);
+    let hash = honest.put_bytes(&data);
+    assert_eq!(liar.put_bytes(&data), hash);
+    // A fresh node fetches it in two parts, one from each holder.
+    let asker_args = args(Some(honest.addr));
+    let asker = Node::start_at(
+        free_addr_on("127.0.0.3"),
+        &asker_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    within(Duration::from_secs(15), "three members", || {
+        members(&asker)
+            .iter()
+            .filter(|m| m["state"] == "alive" && m["verified"] == true)
+            .count()
+            == 3
+    });
+    let (status, _, body) = asker.get(&format!("/blobs/{hash}"));
+    assert_eq!(status, 200);
+    assert!(body == data, "the asker served bytes that are not the blob");
+    let stored = std::fs::read(asker.data_dir.join("blobs").join(&hash)).expect("stored");
+    assert!(
+        stored == data,
+        "the asker stored bytes that are not the blob"
+    );
+    let view = members(&asker);
+    let bad = |addr: SocketAddr| {
+        view.iter()
+            .find(|m| m["addr"].as_str() == Some(addr.to_string().as_str()))
+            .and_then(|m| m["bad_transfers"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(bad(liar.addr) >= 1, "the liar was not marked: {view:?}");
+    assert_eq!(bad(honest.addr), 0, "the honest node was marked: {view:?}");
+}

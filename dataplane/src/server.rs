@@ -1360,6 +1360,12 @@ async fn get_verified(
     };
     let started = Instant::now();
     let mut sent = 0u64;
+    // Test builds only: act as a malicious peer that flips a byte in the first
+    // chunk group it sends to another node (after checking it, so the lie is
+    // ours, not the disk's).
+    #[cfg(feature = "fault-injection")]
+    let mut corrupt_next =
+        info.from_peer && std::env::var_os("TESSERA_FAULT_CORRUPT_PEER_STREAMS").is_some();
     let tree = verified::tree(size);
     let mut verifier = Verifier::new(hash.as_blake3());
     let mut pair = [0u8; 64];
@@ -1388,7 +1394,12 @@ async fn get_verified(
                 conn.wbuf.resize(at + group_len, 0);
                 sys::read_exact_at(file.as_raw_fd(), &mut conn.wbuf[at..], start_chunk.0 * 1024)?;
                 bump(&core.stats().copied_bytes, group_len as u64);
-                verifier.group(start_chunk, &conn.wbuf[at..], is_root)
+                let checked = verifier.group(start_chunk, &conn.wbuf[at..], is_root);
+                #[cfg(feature = "fault-injection")]
+                if checked.is_ok() && std::mem::take(&mut corrupt_next) {
+                    conn.wbuf[at] ^= 0x01;
+                }
+                checked
             }
         };
         if let Err(e) = checked {

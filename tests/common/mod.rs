@@ -16,6 +16,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub extra: Vec<String>,
+    /// Extra environment for the node process.
+    pub env: Vec<(String, String)>,
 }
 
 pub fn free_addr() -> SocketAddr {
@@ -46,6 +48,26 @@ impl Node {
             data_dir: tmp.path().join("data"),
             _tmp: Some(tmp),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+        };
+        node.spawn();
+        node
+    }
+
+    /// Starts a node at `addr` with extra environment variables.
+    #[allow(dead_code)]
+    pub fn start_at_with_env(addr: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut node = Node {
+            child: None,
+            addr,
+            data_dir: tmp.path().join("data"),
+            _tmp: Some(tmp),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         node.spawn();
         node
@@ -65,6 +87,7 @@ impl Node {
             data_dir,
             _tmp: tmp,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         };
         node.spawn();
         node
@@ -80,6 +103,7 @@ impl Node {
             .arg("--cores")
             .arg("2")
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("TESSERA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
