@@ -14,6 +14,9 @@
 //! - Replication: a blob a client uploads here is pushed to its other home
 //!   nodes (`POST /blobs`; the receiver hashes what arrives, so it can only be
 //!   stored under its true hash, and the pusher checks the hash it gets back).
+//!   When membership changes, every node offers each blob it holds to that
+//!   blob's current homes that lack it (a HEAD first), so a joining node
+//!   receives its share and a departed home's copies are remade elsewhere.
 //! - Requests between nodes are signed: `X-Tessera-Peer` (node id),
 //!   `X-Tessera-Peer-Time` (ms) and `X-Tessera-Peer-Sig` (ed25519 over method,
 //!   path and time). The receiving node checks them against the signer's key
@@ -35,6 +38,10 @@ use dataplane::store::{Store, StoreError};
 const MULTI_PEER_MIN_BYTES: u64 = 4 << 20;
 /// At most this many parts (and peers) per fetch.
 const MAX_PARTS: usize = 4;
+/// How often the replicator looks at the membership epoch.
+const REBALANCE_CHECK: Duration = Duration::from_millis(500);
+/// Wait after a membership change before rebalancing (joins come in bursts).
+const REBALANCE_SETTLE: Duration = Duration::from_millis(500);
 
 pub struct Peering {
     cluster: Arc<Cluster>,
@@ -242,8 +249,22 @@ impl Peering {
         std::thread::Builder::new()
             .name("tessera-replicate".into())
             .spawn(move || {
-                while let Ok(hash) = rx.recv() {
-                    this.replicate(&store, &hash);
+                let mut seen_epoch = this.cluster.membership_epoch();
+                loop {
+                    match rx.recv_timeout(REBALANCE_CHECK) {
+                        Ok(hash) => this.replicate(&store, &hash),
+                        Err(flume::RecvTimeoutError::Timeout) => {}
+                        Err(flume::RecvTimeoutError::Disconnected) => return,
+                    }
+                    // Membership changed: blobs may have new homes (a node joined)
+                    // or lost a copy (one left). Give each home what it lacks,
+                    // once things have settled for a moment.
+                    let epoch = this.cluster.membership_epoch();
+                    if epoch != seen_epoch {
+                        std::thread::sleep(REBALANCE_SETTLE);
+                        seen_epoch = this.cluster.membership_epoch();
+                        this.rebalance(&store);
+                    }
                 }
             })?;
         Ok(Arc::new(move |hash: &[u8; 32]| {
@@ -253,6 +274,22 @@ impl Peering {
                 );
             }
         }))
+    }
+
+    /// Every blob held here is offered to its home nodes that lack it.
+    fn rebalance(&self, store: &Store) {
+        let blobs = match store.list() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("cannot list the store to rebalance: {e}");
+                return;
+            }
+        };
+        let started = std::time::Instant::now();
+        for b in &blobs {
+            self.replicate(store, &b.hash.0);
+        }
+        tracing::info!(blobs = blobs.len(), took = ?started.elapsed(), "rebalanced after a membership change");
     }
 
     fn replicate(&self, store: &Store, hash: &[u8; 32]) {

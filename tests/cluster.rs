@@ -495,3 +495,49 @@ fn a_peer_that_sends_corrupt_chunks_is_caught_and_marked() {
     assert!(bad(liar.addr) >= 1, "the liar was not marked: {view:?}");
     assert_eq!(bad(honest.addr), 0, "the honest node was marked: {view:?}");
 }
+
+#[test]
+fn a_joining_node_receives_its_share_of_blobs() {
+    let _serial = serial();
+    let mut nodes = start_cluster(3);
+    for i in 0..nodes.len() {
+        within(Duration::from_secs(15), "full membership", || {
+            all_alive_and_verified(&nodes, &nodes[i])
+        });
+    }
+    let hashes: Vec<String> = (0..24)
+        .map(|i| nodes[i % 3].put_bytes(&random_bytes(20_000 + i, 500 + i as u64)))
+        .collect();
+    let mut args: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+    args.extend(["--region", "region-1", "--join"].map(String::from));
+    args.push(nodes[1].addr.to_string());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    nodes.push(Node::start_at(free_addr_on("127.0.0.4"), &refs));
+    within(Duration::from_secs(15), "four members", || {
+        all_alive_and_verified(&nodes, &nodes[3])
+    });
+    // The blobs whose homes now include the newcomer.
+    let newcomer = nodes[3].addr.to_string();
+    let mine: Vec<&String> = hashes
+        .iter()
+        .filter(|h| {
+            let (_, _, body) = nodes[3].get(&format!("/route/{h}"));
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            v["nodes"].as_array().expect("nodes").iter().any(|n| {
+                n["addr"].as_str() == Some(newcomer.as_str())
+                    && n["home_rank"].as_u64().is_some_and(|r| r < 3)
+            })
+        })
+        .collect();
+    // With 4 nodes and 3 homes each, about three quarters of the blobs.
+    assert!(
+        mine.len() >= 8,
+        "only {} of 24 blobs are the newcomer's",
+        mine.len()
+    );
+    let took = within(Duration::from_secs(20), "newcomer holds its share", || {
+        mine.iter()
+            .all(|h| nodes[3].data_dir.join("blobs").join(h).exists())
+    });
+    eprintln!("newcomer received {} blobs in {took:?}", mine.len());
+}

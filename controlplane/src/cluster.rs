@@ -145,6 +145,8 @@ struct View {
     dropped: u64,
     /// Bad transfers per node id (hex), kept across view rebuilds.
     bad: HashMap<String, u64>,
+    /// Grows whenever a member comes up or goes down (blobs may change homes).
+    epoch: u64,
 }
 
 /// Renders `GET /route/{hash}` given whether the answering node holds the blob.
@@ -265,6 +267,12 @@ impl Cluster {
                 .find(|r| r.holds.is_none())
                 .map(|r| r.addr)
         })
+    }
+
+    /// Grows whenever a member comes up or goes down: a caller that saw another
+    /// value should re-check where its blobs belong.
+    pub fn membership_epoch(&self) -> u64 {
+        self.view.lock().map(|v| v.epoch).unwrap_or(0)
     }
 
     /// Envelopes dropped so far (bad signature, forged sender, malformed).
@@ -578,12 +586,18 @@ fn run(
             match n {
                 OwnedNotification::MemberUp(p) => {
                     tracing::info!(id = %p.id.short(), addr = %p.addr, "member up");
+                    if let Ok(mut v) = view.lock() {
+                        v.epoch += 1;
+                    }
                     // A newcomer has none of our record's past broadcasts:
                     // sign and spread a fresh one now.
                     next_record = Instant::now();
                 }
                 OwnedNotification::MemberDown(p) => {
                     tracing::info!(id = %p.id.short(), addr = %p.addr, "member down");
+                    if let Ok(mut v) = view.lock() {
+                        v.epoch += 1;
+                    }
                 }
                 OwnedNotification::Active => announced = true,
                 OwnedNotification::Idle => announced = false,
