@@ -30,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 cap=$((cap_mb * 1000000))
-common=(--cores 1 --gossip-probe-ms 300 --gossip-down-after-ms 1500 --peer-transfer-bytes-per-sec "$cap")
+common=(--cores 1 --gossip-probe-ms 300 --gossip-down-after-ms 1500 --peer-transfer-bytes-per-sec "$cap" --rebalance false)
 start() { # ip port dir [join]
     local join=()
     [ -n "${4:-}" ] && join=(--join "$4")

@@ -74,6 +74,9 @@ pub struct RunArgs {
     /// Cap each transfer to another node at this many bytes a second (0: none).
     #[arg(long, env = "TESSERA_PEER_TRANSFER_BYTES_PER_SEC")]
     peer_transfer_bytes_per_sec: Option<u64>,
+    /// Offer held blobs to their new homes when membership changes (true/false).
+    #[arg(long, env = "TESSERA_REBALANCE")]
+    rebalance: Option<bool>,
 }
 
 /// Builds the configuration: defaults, then the file, then env and flags.
@@ -105,7 +108,8 @@ pub fn load_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
         gossip_probe_ms,
         on_miss,
         replication,
-        peer_transfer_bytes_per_sec
+        peer_transfer_bytes_per_sec,
+        rebalance
     );
     if !args.join.is_empty() {
         cfg.join = args.join.clone();
@@ -184,7 +188,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let peering = cluster
         .as_ref()
-        .map(|c| crate::peering::Peering::new(c.clone(), replication));
+        .map(|c| crate::peering::Peering::new(c.clone(), replication, cfg.rebalance));
     let on_stored = match &peering {
         Some(p) => Some(
             p.start_replicator(store.clone())

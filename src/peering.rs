@@ -46,12 +46,13 @@ const REBALANCE_SETTLE: Duration = Duration::from_millis(500);
 pub struct Peering {
     cluster: Arc<Cluster>,
     replication: usize,
+    rebalance: bool,
     agent: ureq::Agent,
     me: String,
 }
 
 impl Peering {
-    pub fn new(cluster: Arc<Cluster>, replication: usize) -> Arc<Peering> {
+    pub fn new(cluster: Arc<Cluster>, replication: usize, rebalance: bool) -> Arc<Peering> {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(3)))
@@ -62,6 +63,7 @@ impl Peering {
         Arc::new(Peering {
             cluster,
             replication,
+            rebalance,
             agent,
             me,
         })
@@ -260,7 +262,7 @@ impl Peering {
                     // or lost a copy (one left). Give each home what it lacks,
                     // once things have settled for a moment.
                     let epoch = this.cluster.membership_epoch();
-                    if epoch != seen_epoch {
+                    if this.rebalance && epoch != seen_epoch {
                         std::thread::sleep(REBALANCE_SETTLE);
                         seen_epoch = this.cluster.membership_epoch();
                         this.rebalance(&store);

@@ -98,6 +98,17 @@ fn five_nodes_find_each_other_detect_failures_and_rejoin() {
             .filter(|m| m["self"] != true)
             .all(|m| m["rtt_ms"].as_f64().is_some_and(|r| r < 100.0))
     });
+    // And every member has a Vivaldi coordinate that predicts a loopback RTT.
+    within(Duration::from_secs(10), "coordinates estimate rtt", || {
+        members(&nodes[2])
+            .iter()
+            .filter(|m| m["self"] != true)
+            .all(|m| {
+                m["est_rtt_ms"]
+                    .as_f64()
+                    .is_some_and(|r| r > 0.0 && r < 100.0)
+            })
+    });
 
     // Every node computes the same home nodes for a blob (rendezvous hashing);
     // the one that holds it says so.
@@ -434,9 +445,10 @@ fn a_node_in_redirect_mode_sends_clients_to_a_home_node() {
 #[test]
 fn a_peer_that_sends_corrupt_chunks_is_caught_and_marked() {
     let _serial = serial();
+    // No rebalancing: the fresh node must fetch, not be handed the blob.
     let args = |join: Option<SocketAddr>| -> Vec<String> {
         let mut a: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
-        a.extend(["--region".into(), "region-0".into()]);
+        a.extend(["--region", "region-0", "--rebalance", "false"].map(String::from));
         if let Some(j) = join {
             a.extend(["--join".into(), j.to_string()]);
         }
@@ -470,12 +482,15 @@ fn a_peer_that_sends_corrupt_chunks_is_caught_and_marked() {
         free_addr_on("127.0.0.3"),
         &asker_args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    within(Duration::from_secs(15), "three members", || {
-        members(&asker)
-            .iter()
-            .filter(|m| m["state"] == "alive" && m["verified"] == true)
-            .count()
-            == 3
+    // Everyone knows everyone (a node answers only members' signed requests).
+    within(Duration::from_secs(15), "three members everywhere", || {
+        [&asker, &honest, &liar].iter().all(|n| {
+            members(n)
+                .iter()
+                .filter(|m| m["state"] == "alive" && m["verified"] == true)
+                .count()
+                == 3
+        })
     });
     let (status, _, body) = asker.get(&format!("/blobs/{hash}"));
     assert_eq!(status, 200);

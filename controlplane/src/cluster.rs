@@ -18,8 +18,11 @@
 //! member: gossiping false suspicions (the target refutes them), and naming
 //! identities that do not exist (shown unverified, never used for routing).
 //!
-//! RTT: every probe period each active member gets a signed ping; the pong's
-//! round trip feeds an exponential moving average (`rtt_ms`).
+//! RTT: every probe period each active member gets a signed ping carrying our
+//! Vivaldi coordinate; the pong carries the responder's. The round trip feeds
+//! an exponential moving average (`rtt_ms`) and moves our coordinate
+//! ([`crate::vivaldi`]); `est_rtt_ms` is the distance to a member's last heard
+//! coordinate, so RTT to a member can be estimated before it is measured.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -37,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::{NodeId, NodeKey};
 use crate::record::NodeRecord;
+use crate::vivaldi::Coord;
 
 const DOMAIN: &[u8] = b"tessera-gossip-v1";
 const KIND_FOCA: u8 = 0x01;
@@ -128,6 +132,10 @@ pub struct MemberInfo {
     /// `alive`, `suspect` or `down`.
     pub state: String,
     pub rtt_ms: Option<f64>,
+    /// Round trip predicted by Vivaldi coordinates (ms), for ranking members
+    /// not measured directly yet.
+    #[serde(default)]
+    pub est_rtt_ms: Option<f64>,
     /// Its identity matches a record it signed.
     pub verified: bool,
     /// Transfers from it that failed verification (bad chunk groups) — the
@@ -507,6 +515,9 @@ fn run(
     let mut timer_events: HashMap<u64, Timer<Peer>> = HashMap::new();
     let mut seq = 0u64;
     let mut rtts: HashMap<NodeId, Rtt> = HashMap::new();
+    // Our Vivaldi coordinate, and the last one each member told us.
+    let mut coord = Coord::default();
+    let mut coords: HashMap<NodeId, Coord> = HashMap::new();
     let mut pings: HashMap<u64, (NodeId, Instant)> = HashMap::new();
     let mut states: HashMap<Peer, &'static str> = HashMap::new();
     let mut dropped = 0u64;
@@ -569,7 +580,10 @@ fn run(
             for m in foca.iter_members() {
                 let nonce: u64 = rand::random();
                 pings.insert(nonce, (m.id().id, now));
-                send(m.id().addr, &seal(&key, KIND_PING, &nonce.to_le_bytes()));
+                send(
+                    m.id().addr,
+                    &seal(&key, KIND_PING, &ping_body(nonce, &coord)),
+                );
             }
             pings.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(10));
         }
@@ -623,7 +637,13 @@ fn run(
             let mut members: Vec<MemberInfo> = states
                 .iter()
                 .filter(|(p, _)| p.id != NodeId([0; 32]))
-                .map(|(p, s)| member_info(p, s, records.get(&p.id), rtts.get(&p.id), false))
+                .map(|(p, s)| {
+                    let mut m = member_info(p, s, records.get(&p.id), rtts.get(&p.id), false);
+                    m.est_rtt_ms = coords
+                        .get(&p.id)
+                        .map(|c| (coord.distance(c) * 1000.0).round() / 1000.0);
+                    m
+                })
                 .collect();
             members.push(member_info(&me, "alive", records.get(&me.id), None, true));
             members.sort_by(|a, b| a.addr.cmp(&b.addr).then(a.id.cmp(&b.id)));
@@ -681,14 +701,17 @@ fn run(
                             .iter_members()
                             .find(|m| m.id().id == sender)
                             .map(|m| m.id().addr);
-                        match to {
-                            Some(to) => send(to, &seal(&key, KIND_PONG, body)),
-                            None => dropped += 1,
+                        match (to, parse_ping(body)) {
+                            (Some(to), Some((nonce, theirs))) => {
+                                coords.insert(sender, theirs);
+                                send(to, &seal(&key, KIND_PONG, &ping_body(nonce, &coord)));
+                            }
+                            _ => dropped += 1,
                         }
                     }
                     Ok((KIND_PONG, sender, body)) => {
-                        if let Ok(nonce) = <[u8; 8]>::try_from(body) {
-                            if let Some((id, at)) = pings.remove(&u64::from_le_bytes(nonce)) {
+                        if let Some((nonce, theirs)) = parse_ping(body) {
+                            if let Some((id, at)) = pings.remove(&nonce) {
                                 if id == sender {
                                     let ms = at.elapsed().as_secs_f64() * 1000.0;
                                     let r = rtts.entry(id).or_insert(Rtt { ewma_ms: None });
@@ -696,8 +719,12 @@ fn run(
                                         Some(old) => old * 0.8 + ms * 0.2,
                                         None => ms,
                                     });
+                                    coord.update(ms, &theirs, rand::random::<f64>());
+                                    coords.insert(sender, theirs);
                                 }
                             }
+                        } else {
+                            dropped += 1;
                         }
                     }
                     Ok(_) => dropped += 1,
@@ -718,6 +745,38 @@ fn run(
     }
 }
 
+/// Ping and pong bodies: a nonce and the sender's Vivaldi coordinate.
+fn ping_body(nonce: u64, c: &Coord) -> [u8; 48] {
+    let mut out = [0u8; 48];
+    out[..8].copy_from_slice(&nonce.to_le_bytes());
+    for (i, v) in c.pos.iter().chain([c.height, c.error].iter()).enumerate() {
+        out[8 + i * 8..16 + i * 8].copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn parse_ping(body: &[u8]) -> Option<(u64, Coord)> {
+    let body: &[u8; 48] = body.try_into().ok()?;
+    let f = |i: usize| f64::from_le_bytes(body[8 + i * 8..16 + i * 8].try_into().unwrap_or([0; 8]));
+    let c = Coord {
+        pos: [f(0), f(1), f(2)],
+        height: f(3),
+        error: f(4),
+    };
+    // A coordinate from the network must be sane numbers of sane size.
+    let sane = [f(0), f(1), f(2), f(3), f(4)]
+        .iter()
+        .all(|v| v.is_finite() && v.abs() < 1e6)
+        && c.height >= 0.0
+        && c.error > 0.0;
+    sane.then(|| {
+        (
+            u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8])),
+            c,
+        )
+    })
+}
+
 fn member_info(
     p: &Peer,
     state: &str,
@@ -733,6 +792,7 @@ fn member_info(
         rtt_ms: rtt
             .and_then(|r| r.ewma_ms)
             .map(|v| (v * 1000.0).round() / 1000.0),
+        est_rtt_ms: None,
         verified: record.is_some_and(|r| r.addrs.contains(&p.addr)),
         bad_transfers: 0,
         is_self,

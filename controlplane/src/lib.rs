@@ -27,6 +27,7 @@ pub mod cluster;
 pub mod identity;
 pub mod record;
 pub mod routing;
+pub mod vivaldi;
 
 pub use identity::{NodeId, NodeKey};
 pub use record::NodeRecord;

@@ -43,8 +43,8 @@ pub struct Ranked {
     pub id: String,
     pub addr: std::net::SocketAddr,
     pub region: String,
-    /// Estimated round trip from the answering node (0 for itself; None while
-    /// not yet measured).
+    /// Round trip from the answering node: measured (ping EWMA), else predicted
+    /// by Vivaldi coordinates; 0 for itself; None while neither is known.
     pub rtt_ms: Option<f64>,
     /// Whether it holds the blob: known for the answering node; for others,
     /// `None` (a home node is expected to hold it once replication lands).
@@ -68,7 +68,11 @@ pub fn rank(
             id: m.id.clone(),
             addr: m.addr,
             region: m.region.clone(),
-            rtt_ms: if m.is_self { Some(0.0) } else { m.rtt_ms },
+            rtt_ms: if m.is_self {
+                Some(0.0)
+            } else {
+                m.rtt_ms.or(m.est_rtt_ms)
+            },
             holds: m.is_self.then_some(holds_locally),
             home_rank: i,
         })
@@ -111,6 +115,7 @@ mod tests {
             region: "r".into(),
             state: state.into(),
             rtt_ms: rtt,
+            est_rtt_ms: None,
             verified: true,
             bad_transfers: 0,
             is_self: i == 0,

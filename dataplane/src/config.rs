@@ -102,6 +102,9 @@ pub struct NodeConfig {
     /// Caps each verified-stream transfer to another node at this many bytes a
     /// second (0: no cap); clients are never capped.
     pub peer_transfer_bytes_per_sec: u64,
+    /// On a membership change, offer every blob held here to its current homes
+    /// that lack it (a joining node receives its share).
+    pub rebalance: bool,
 }
 
 impl Default for NodeConfig {
@@ -139,6 +142,7 @@ impl Default for NodeConfig {
             replication: 3,
             on_miss: OnMiss::Fetch,
             peer_transfer_bytes_per_sec: 0,
+            rebalance: true,
         }
     }
 }
