@@ -14,14 +14,19 @@
 //!   port; node records as custom broadcasts; RTT by signed ping/pong; leave on
 //!   SIGTERM; a restart counter so a restarted node rejoins as a newer identity.
 //! - [`routing`]: rendezvous (HRW) home nodes over live verified members and a
-//!   ranking for clients (holders first, then estimated RTT).
+//!   ranking for clients (holders first, then measured or Vivaldi-estimated RTT).
+//! - [`vivaldi`]: network coordinates carried in the signed pings, so the RTT
+//!   to a member can be estimated before it is measured.
 //!
-//! The binary's `peering` module uses these to replicate uploads and fetch
-//! missing blobs from peers as verified streams.
+//! The binary's `peering` module uses these to replicate uploads, rebalance
+//! when membership changes, fetch missing blobs from peers (multi-peer verified
+//! range parts for large blobs), redirect instead when configured, and sign
+//! node-to-node requests; the data plane checks those signatures with
+//! [`cluster::Cluster::peer_verifier`].
 //!
-//! Not yet (issue 5 notes): Vivaldi coordinates (RTT is measured per member,
-//! not estimated for unmeasured ones), multi-peer range fetch, signed
-//! node-to-node HTTP requests, redirect mode, partition tests.
+//! Not yet (issue 5 notes): spare capacity in routing (records carry capacity,
+//! load is not yet reported), work stealing between fetch parts, rebalancing
+//! that scales past a full scan of the store per membership change.
 
 pub mod cluster;
 pub mod identity;
