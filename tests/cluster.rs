@@ -62,6 +62,14 @@ fn start_cluster(n: usize) -> Vec<Node> {
     nodes
 }
 
+/// Members `observer` sees alive, with a verified record.
+fn alive_verified(observer: &Node) -> usize {
+    members(observer)
+        .iter()
+        .filter(|m| m["state"] == "alive" && m["verified"] == true)
+        .count()
+}
+
 fn all_alive_and_verified(nodes: &[Node], observer: &Node) -> bool {
     let m = members(observer);
     m.len() == nodes.len()
@@ -364,11 +372,7 @@ fn a_blob_put_on_one_node_is_replicated_and_served_by_every_other() {
         ],
     );
     within(Duration::from_secs(15), "asker sees the cluster", || {
-        members(&asker)
-            .iter()
-            .filter(|m| m["state"] == "alive" && m["verified"] == true)
-            .count()
-            >= 5
+        alive_verified(&asker) >= 5
     });
     let (status, _, body) = asker.get(&format!("/blobs/{hash}"));
     assert_eq!(status, 200);
@@ -466,11 +470,7 @@ fn a_peer_that_sends_corrupt_chunks_is_caught_and_marked() {
         &[("TESSERA_FAULT_CORRUPT_PEER_STREAMS", "1")],
     );
     within(Duration::from_secs(15), "two members", || {
-        members(&honest)
-            .iter()
-            .filter(|m| m["state"] == "alive" && m["verified"] == true)
-            .count()
-            == 2
+        alive_verified(&honest) == 2
     });
     // Both hold the blob (the liar's own copy is sound; it lies when sending).
     let data = random_bytes(6 << 20, 99);
@@ -484,13 +484,9 @@ fn a_peer_that_sends_corrupt_chunks_is_caught_and_marked() {
     );
     // Everyone knows everyone (a node answers only members' signed requests).
     within(Duration::from_secs(15), "three members everywhere", || {
-        [&asker, &honest, &liar].iter().all(|n| {
-            members(n)
-                .iter()
-                .filter(|m| m["state"] == "alive" && m["verified"] == true)
-                .count()
-                == 3
-        })
+        [&asker, &honest, &liar]
+            .iter()
+            .all(|n| alive_verified(n) == 3)
     });
     let (status, _, body) = asker.get(&format!("/blobs/{hash}"));
     assert_eq!(status, 200);

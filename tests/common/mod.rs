@@ -41,17 +41,7 @@ impl Node {
     /// Starts a node at `addr` with a fresh data dir and `extra` flags.
     #[allow(dead_code)]
     pub fn start_at(addr: SocketAddr, extra: &[&str]) -> Node {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let mut node = Node {
-            child: None,
-            addr,
-            data_dir: tmp.path().join("data"),
-            _tmp: Some(tmp),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
-        };
-        node.spawn();
-        node
+        Self::start_at_with_env(addr, extra, &[])
     }
 
     /// Starts a node at `addr` with extra environment variables.
