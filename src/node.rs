@@ -181,6 +181,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 probe_period: Duration::from_millis(cfg.gossip_probe_ms),
                 own_socket: !cfg.h3,
                 data_dir: Some(cfg.data_dir.clone()),
+                load: Some({
+                    let store = store.clone();
+                    Arc::new(move || {
+                        let max = store.max_bytes().max(1);
+                        (store.used_bytes().saturating_mul(1000) / max).min(1000) as u16
+                    })
+                }),
             },
         )
         .context("cannot start the control plane")?;
@@ -207,6 +214,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         on_stored,
         verify_peer: cluster.as_ref().map(|c| c.peer_verifier()),
         locate: cluster.as_ref().map(|c| c.locator(replication)),
+        extra_metrics: cluster.as_ref().map(|c| c.metrics_renderer()),
     };
     let server = Server::start_with(cfg, store, shutdown.clone(), hooks)?;
     tracing::info!(%listen, cores, "listening on http://{listen}");

@@ -98,6 +98,11 @@ fn five_nodes_find_each_other_detect_failures_and_rejoin() {
             assert!(entry.get(key).is_some(), "{key} missing: {entry}");
         }
         assert_eq!(entry["id"].as_str().map(str::len), Some(64));
+        // Records carry each node's load (store fullness, thousandths).
+        assert!(
+            entry["load_permille"].as_u64().is_some_and(|l| l <= 1000),
+            "{entry}"
+        );
     }
     // RTT to peers is measured (loopback: well under 100 ms).
     within(Duration::from_secs(5), "rtt measured", || {
@@ -505,6 +510,25 @@ fn a_peer_that_sends_corrupt_chunks_is_caught_and_marked() {
     };
     assert!(bad(liar.addr) >= 1, "the liar was not marked: {view:?}");
     assert_eq!(bad(honest.addr), 0, "the honest node was marked: {view:?}");
+    // The mark is in /metrics too, by peer id.
+    let liar_id = view
+        .iter()
+        .find(|m| m["addr"].as_str() == Some(liar.addr.to_string().as_str()))
+        .and_then(|m| m["id"].as_str())
+        .expect("liar id")
+        .to_string();
+    let (_, _, metrics) = asker.get("/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(&format!(
+            "tessera_peer_bad_transfers_total{{peer=\"{liar_id}\"}}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tessera_cluster_members{state=\"alive\"} 3"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -82,7 +82,7 @@ impl Identity for Peer {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// The node's client-facing address (what `--join` takes).
     pub addr: SocketAddr,
@@ -98,6 +98,8 @@ pub struct ClusterConfig {
     pub own_socket: bool,
     /// Where the restart counter lives (`gossip.bump`); None: derived from time.
     pub data_dir: Option<std::path::PathBuf>,
+    /// This node's load in thousandths (store fullness), published in its record.
+    pub load: Option<Arc<dyn Fn() -> u16 + Send + Sync>>,
 }
 
 /// Each start is a newer identity than the last, so a restarted node wins over
@@ -142,6 +144,9 @@ pub struct MemberInfo {
     /// reputation system will use this.
     #[serde(default)]
     pub bad_transfers: u64,
+    /// Its load in thousandths of capacity, from its signed record.
+    #[serde(default)]
+    pub load_permille: Option<u16>,
     /// This entry is the node answering.
     #[serde(rename = "self")]
     pub is_self: bool,
@@ -274,6 +279,35 @@ impl Cluster {
                 .into_iter()
                 .find(|r| r.holds.is_none())
                 .map(|r| r.addr)
+        })
+    }
+
+    /// Prometheus text for the data plane's `/metrics`: members by state,
+    /// gossip dropped, and bad transfers per peer.
+    pub fn metrics_renderer(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
+        let view = self.view.clone();
+        Arc::new(move || {
+            use std::fmt::Write;
+            let mut out = String::new();
+            let Ok(v) = view.lock() else { return out };
+            let _ = writeln!(
+                out,
+                "# HELP tessera_cluster_members Members this node sees, by state."
+            );
+            let _ = writeln!(out, "# TYPE tessera_cluster_members gauge");
+            for state in ["alive", "suspect", "down"] {
+                let n = v.members.iter().filter(|m| m.state == state).count();
+                let _ = writeln!(out, "tessera_cluster_members{{state=\"{state}\"}} {n}");
+            }
+            let _ = writeln!(out, "# HELP tessera_gossip_dropped_total Gossip datagrams dropped: bad signature, forged sender, malformed.");
+            let _ = writeln!(out, "# TYPE tessera_gossip_dropped_total counter");
+            let _ = writeln!(out, "tessera_gossip_dropped_total {}", v.dropped);
+            let _ = writeln!(out, "# HELP tessera_peer_bad_transfers_total Transfers from a peer that failed verification.");
+            let _ = writeln!(out, "# TYPE tessera_peer_bad_transfers_total counter");
+            for (id, n) in &v.bad {
+                let _ = writeln!(out, "tessera_peer_bad_transfers_total{{peer=\"{id}\"}} {n}");
+            }
+            out
         })
     }
 
@@ -554,7 +588,7 @@ fn run(
                 region: cfg.region.clone(),
                 capacity_bytes: cfg.capacity_bytes,
                 services: vec!["blobs".into()],
-                load_permille: 0,
+                load_permille: cfg.load.as_ref().map_or(0, |l| l().min(1000)),
             };
             if let Ok(wire) = record.sign(&key) {
                 let _ = foca.add_broadcast(&wire);
@@ -795,6 +829,7 @@ fn member_info(
         est_rtt_ms: None,
         verified: record.is_some_and(|r| r.addrs.contains(&p.addr)),
         bad_transfers: 0,
+        load_permille: record.map(|r| r.load_permille),
         is_self,
     }
 }

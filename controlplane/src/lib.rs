@@ -24,9 +24,10 @@
 //! node-to-node requests; the data plane checks those signatures with
 //! [`cluster::Cluster::peer_verifier`].
 //!
-//! Not yet (issue 5 notes): spare capacity in routing (records carry capacity,
-//! load is not yet reported), work stealing between fetch parts, rebalancing
-//! that scales past a full scan of the store per membership change.
+//! Not yet (issue 5 notes): work stealing between fetch parts (a slow holder
+//! holds back its part), rebalancing that scales past a full scan of the store
+//! per membership change, and telling a node that left from one that failed
+//! (both show as `down`).
 
 pub mod cluster;
 pub mod identity;

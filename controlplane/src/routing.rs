@@ -51,10 +51,16 @@ pub struct Ranked {
     pub holds: Option<bool>,
     /// Its place in the blob's rendezvous order (0: first home).
     pub home_rank: usize,
+    /// Its load in thousandths, when known.
+    pub load_permille: Option<u16>,
 }
 
+/// A node this loaded has no spare capacity: ranked after the others.
+pub const BUSY_PERMILLE: u16 = 900;
+
 /// The home nodes ranked for a client asking `me`: known holders first, then
-/// by estimated RTT (unmeasured last), ties by rendezvous order.
+/// those with spare capacity (load below [`BUSY_PERMILLE`]), then by RTT
+/// (unmeasured last), ties by rendezvous order.
 pub fn rank(
     blob: &[u8; 32],
     members: &[MemberInfo],
@@ -75,6 +81,7 @@ pub fn rank(
             },
             holds: m.is_self.then_some(holds_locally),
             home_rank: i,
+            load_permille: m.load_permille,
         })
         .collect();
     // The answering node holds it but is not a home (a cached copy): still a
@@ -88,13 +95,16 @@ pub fn rank(
                 rtt_ms: Some(0.0),
                 holds: Some(true),
                 home_rank: usize::MAX,
+                load_permille: me.load_permille,
             });
         }
     }
     out.sort_by(|a, b| {
         let held = |r: &Ranked| r.holds != Some(true);
+        let busy = |r: &Ranked| r.load_permille.is_some_and(|l| l >= BUSY_PERMILLE);
         held(a)
             .cmp(&held(b))
+            .then_with(|| busy(a).cmp(&busy(b)))
             .then_with(|| {
                 let rtt = |r: &Ranked| r.rtt_ms.unwrap_or(f64::INFINITY);
                 rtt(a).total_cmp(&rtt(b))
@@ -118,6 +128,7 @@ mod tests {
             est_rtt_ms: None,
             verified: true,
             bad_transfers: 0,
+            load_permille: None,
             is_self: i == 0,
         }
     }
@@ -167,6 +178,24 @@ mod tests {
                 assert!(m.verified && m.state != "down");
             }
         }
+    }
+
+    #[test]
+    fn a_busy_node_comes_after_a_farther_one_with_room() {
+        let mut all: Vec<MemberInfo> = vec![
+            member(0, "alive", None),
+            member(1, "alive", Some(1.0)),
+            member(2, "alive", Some(5.0)),
+        ];
+        all[1].load_permille = Some(990);
+        all[2].load_permille = Some(100);
+        let r = rank(&[9u8; 32], &all, 3, false);
+        let pos = |i: usize| {
+            r.iter()
+                .position(|x| x.addr == all[i].addr)
+                .expect("ranked")
+        };
+        assert!(pos(2) < pos(1), "{r:?}");
     }
 
     #[test]

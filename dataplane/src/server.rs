@@ -117,6 +117,8 @@ pub struct Hooks {
     pub verify_peer: Option<Arc<VerifyPeer>>,
     /// The best other node's client-facing address for a blob (redirect mode).
     pub locate: Option<Arc<Locate>>,
+    /// More Prometheus text for `/metrics` (the control plane's counters).
+    pub extra_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// See [`Hooks::locate`].
@@ -851,7 +853,10 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
             respond_text(core, conn, route, Status::Ok, "ok\n", keep_alive).await
         }
         (Route::Metrics, Method::Get | Method::Head) => {
-            let text = core.shared.metrics.render(&core.shared.store);
+            let mut text = core.shared.metrics.render(&core.shared.store);
+            if let Some(extra) = &core.shared.hooks.extra_metrics {
+                text.push_str(&extra());
+            }
             respond(
                 core,
                 conn,

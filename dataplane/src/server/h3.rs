@@ -855,7 +855,11 @@ fn on_request(
             respond_text(core, conn, stream, route, Status::Ok, "ok\n");
         }
         (Route::Metrics, http::Method::Get | http::Method::Head) => {
-            let text = core.shared.metrics.render(&core.shared.store).into_bytes();
+            let mut text = core.shared.metrics.render(&core.shared.store);
+            if let Some(extra) = &core.shared.hooks.extra_metrics {
+                text.push_str(&extra());
+            }
+            let text = text.into_bytes();
             respond(
                 core,
                 conn,
