@@ -412,3 +412,23 @@ fn cluster_routes_answer_over_h3_too() {
     assert_eq!(me["self"], true, "{members}");
     assert_eq!(me["addr"].as_str(), Some(node.addr.to_string().as_str()));
 }
+
+#[test]
+fn retry_validates_client_addresses_before_any_state() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let conf = tmp.path().join("tessera.toml");
+    std::fs::write(&conf, "h3_retry = true\n").expect("write");
+    let node = Node::start(&["--config", conf.to_str().expect("utf8")]);
+    let data = random_bytes(200_000, 41);
+    let hash = node.put_bytes(&data);
+    let dir = tempfile::tempdir().expect("tmp");
+    aioquic_get(
+        dir.path(),
+        &[format!("https://{}/blobs/{hash}", node.addr)],
+        None,
+    );
+    assert_eq!(std::fs::read(dir.path().join(&hash)).expect("saved"), data);
+    // The client went through a Retry and came back with its token.
+    assert!(node.metric("tessera_h3_retries_total") >= 1);
+    assert!(node.metric("tessera_h3_connections_total") >= 1);
+}

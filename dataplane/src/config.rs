@@ -82,6 +82,9 @@ pub struct NodeConfig {
     pub h3_max_stream_data_bytes: u64,
     /// A QUIC connection idle this long is closed.
     pub h3_idle_timeout_ms: u64,
+    /// Validate client addresses with a QUIC Retry before keeping any state
+    /// (one more round trip per connection; defends against spoofed floods).
+    pub h3_retry: bool,
     /// Socket buffer asked for each core's UDP socket (the kernel caps it at
     /// net.core.rmem_max / wmem_max; a warning says so).
     pub udp_buffer_bytes: usize,
@@ -134,6 +137,7 @@ impl Default for NodeConfig {
             h3_max_data_bytes: 32 << 20,
             h3_max_stream_data_bytes: 8 << 20,
             h3_idle_timeout_ms: 30_000,
+            h3_retry: false,
             udp_buffer_bytes: 8 << 20,
             join: Vec::new(),
             region: String::new(),

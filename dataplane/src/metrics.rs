@@ -62,6 +62,7 @@ pub struct CoreStats {
     /// Datagrams that reached a core other than their connection's and were handed over.
     pub h3_datagrams_forwarded: AtomicU64,
     pub h3_paced: AtomicU64,
+    pub h3_retries: AtomicU64,
     pub h3_datagrams_dropped: AtomicU64,
     /// HTTP/3 body bytes taken straight from a mapped blob into quiche.
     pub h3_body_bytes_from_mmap: AtomicU64,
@@ -90,6 +91,7 @@ impl Default for CoreStats {
             h3_datagrams_sent: AtomicU64::new(0),
             h3_datagrams_forwarded: AtomicU64::new(0),
             h3_paced: AtomicU64::new(0),
+            h3_retries: AtomicU64::new(0),
             h3_datagrams_dropped: AtomicU64::new(0),
             h3_body_bytes_from_mmap: AtomicU64::new(0),
             published: Mutex::new(new_latency_histogram()),
@@ -160,7 +162,7 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 20] = [
+        let counters: [(&str, &str, u64); 21] = [
             (
                 "tessera_h3_connections_total",
                 "QUIC connections accepted.",
@@ -180,6 +182,11 @@ impl Metrics {
                 "tessera_h3_datagrams_sent_total",
                 "QUIC packets sent.",
                 self.sum(|c| &c.h3_datagrams_sent),
+            ),
+            (
+                "tessera_h3_retries_total",
+                "QUIC Retry packets sent (address validation, h3_retry).",
+                self.sum(|c| &c.h3_retries),
             ),
             (
                 "tessera_h3_paced_total",

@@ -46,6 +46,8 @@ const CID_LEN: usize = 16;
 /// at once (in one GSO batch); a later one ends the batch and holds the
 /// connection until its time. On loopback quiche's pacer rarely asks for a wait.
 const PACING_HORIZON: Duration = Duration::from_millis(1);
+/// How long a Retry token is good for.
+const RETRY_TOKEN_SECS: u64 = 10;
 const MAX_DATAGRAM: usize = 1350;
 /// GRO can hand us up to 64 KiB in one receive.
 const RECV_BUF: usize = 65_536;
@@ -462,8 +464,42 @@ impl Endpoint {
             bump(&core.stats().connections_refused, 1);
             return None;
         }
-        let scid = self.derived_cid(&hdr.dcid);
-        let quic = match quiche::accept(&scid, None, self.local, from, &mut self.config) {
+        // Address validation: the first Initial gets a Retry with a token only
+        // we can mint; the connection starts when an Initial brings it back.
+        let (scid, odcid) = if core.shared.config.h3_retry {
+            match hdr.token.as_deref().filter(|t| !t.is_empty()) {
+                None => {
+                    let new_scid = self.derived_cid(&hdr.dcid);
+                    let token = self.mint_token(&from, &hdr.dcid);
+                    let mut out = [0u8; MAX_DATAGRAM];
+                    if let Ok(n) = quiche::retry(
+                        &hdr.scid,
+                        &hdr.dcid,
+                        &new_scid,
+                        &token,
+                        hdr.version,
+                        &mut out,
+                    ) {
+                        let _ = sys::send_udp(self.fd, &out[..n], n, &from);
+                        bump(&core.stats().h3_retries, 1);
+                    }
+                    return None;
+                }
+                Some(token) => match self.check_token(&from, token) {
+                    Some(odcid) if hdr.dcid.len() == CID_LEN => {
+                        (hdr.dcid.clone().into_owned(), Some(odcid))
+                    }
+                    _ => {
+                        tracing::debug!(%from, "QUIC Initial with an invalid Retry token");
+                        bump(&core.stats().h3_datagrams_dropped, 1);
+                        return None;
+                    }
+                },
+            }
+        } else {
+            (self.derived_cid(&hdr.dcid), None)
+        };
+        let quic = match quiche::accept(&scid, odcid.as_ref(), self.local, from, &mut self.config) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!("QUIC accept failed: {e}");
@@ -482,6 +518,63 @@ impl Endpoint {
         });
         self.ids.insert(scid, slot);
         Some(slot)
+    }
+
+    /// A Retry token: `time (8) | odcid length (1) | odcid | MAC (16)`, the MAC
+    /// keyed with this core's secret over the client's address, time and odcid.
+    fn mint_token(&self, from: &SocketAddr, odcid: &[u8]) -> Vec<u8> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut t = Vec::with_capacity(25 + odcid.len());
+        t.extend_from_slice(&now.to_le_bytes());
+        t.push(odcid.len() as u8);
+        t.extend_from_slice(odcid);
+        let mac = self.token_mac(from, &t);
+        t.extend_from_slice(&mac);
+        t
+    }
+
+    fn token_mac(&self, from: &SocketAddr, body: &[u8]) -> [u8; 16] {
+        let mut h = blake3::Hasher::new_keyed(&self.cid_key);
+        h.update(b"tessera-retry-v1");
+        match from.ip() {
+            std::net::IpAddr::V4(ip) => h.update(&ip.octets()),
+            std::net::IpAddr::V6(ip) => h.update(&ip.octets()),
+        };
+        h.update(&from.port().to_le_bytes());
+        h.update(body);
+        let mut mac = [0u8; 16];
+        mac.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        mac
+    }
+
+    /// The original destination CID from a token we minted for this address in
+    /// the last `RETRY_TOKEN_SECS`; None for anything else.
+    fn check_token(
+        &self,
+        from: &SocketAddr,
+        token: &[u8],
+    ) -> Option<quiche::ConnectionId<'static>> {
+        let (&len, rest) = token.get(8..)?.split_first()?;
+        let len = len as usize;
+        if rest.len() != len + 16 || len > quiche::MAX_CONN_ID_LEN {
+            return None;
+        }
+        let body = &token[..9 + len];
+        if self.token_mac(from, body) != token[9 + len..] {
+            return None;
+        }
+        let minted = u64::from_le_bytes(token[..8].try_into().ok()?);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if now.saturating_sub(minted) > RETRY_TOKEN_SECS {
+            return None;
+        }
+        Some(quiche::ConnectionId::from_vec(token[9..9 + len].to_vec()))
     }
 
     /// Advances every connection: HTTP/3 set-up, requests, bodies, new IDs, and
