@@ -576,3 +576,56 @@ fn a_joining_node_receives_its_share_of_blobs() {
     });
     eprintln!("newcomer received {} blobs in {took:?}", mine.len());
 }
+
+#[test]
+fn a_peer_that_dies_mid_transfer_costs_only_a_retry() {
+    let _serial = serial();
+    let args = |join: Option<SocketAddr>, cap: &str| -> Vec<String> {
+        let mut a: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+        a.extend(["--region", "region-0", "--rebalance", "false"].map(String::from));
+        a.extend(["--peer-transfer-bytes-per-sec".into(), cap.into()]);
+        if let Some(j) = join {
+            a.extend(["--join".into(), j.to_string()]);
+        }
+        a
+    };
+    let fast_args = args(None, "0");
+    let fast = Node::start_at(
+        free_addr_on("127.0.0.1"),
+        &fast_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // The doomed holder sends to peers at 1 MB/s: its part is still in flight
+    // when it is killed.
+    let slow_args = args(Some(fast.addr), "1000000");
+    let mut slow = Node::start_at(
+        free_addr_on("127.0.0.2"),
+        &slow_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let data = random_bytes(8 << 20, 123);
+    let hash = fast.put_bytes(&data);
+    assert_eq!(slow.put_bytes(&data), hash);
+    let asker_args = args(Some(fast.addr), "0");
+    let asker = Node::start_at(
+        free_addr_on("127.0.0.3"),
+        &asker_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    within(Duration::from_secs(15), "three members everywhere", || {
+        [&asker, &fast, &slow]
+            .iter()
+            .all(|n| alive_verified(n) == 3)
+    });
+    let asker_addr = asker.addr;
+    let path = format!("/blobs/{hash}");
+    let fetch = std::thread::spawn(move || {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        try_request(asker_addr, raw.as_bytes())
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    slow.kill9();
+    let (status, _, body) = fetch.join().expect("thread").expect("request");
+    assert_eq!(status, 200);
+    assert!(
+        body == data,
+        "bytes differ after a holder died mid-transfer"
+    );
+}
