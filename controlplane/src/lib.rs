@@ -17,6 +17,11 @@
 //!   ranking for clients (holders first, then measured or Vivaldi-estimated RTT).
 //! - [`vivaldi`]: network coordinates carried in the signed pings, so the RTT
 //!   to a member can be estimated before it is measured.
+//! - [`ledger`] (issue 6, first slice): signed delivery receipts and the
+//!   deterministic, sans-IO state machine that charges clients, pays nodes per
+//!   epoch by reputation, and refuses forged, replayed, stale and over-budget
+//!   receipts. Not yet replicated (no consensus engine wired), not yet fed by
+//!   `tessera get`.
 //!
 //! The binary's `peering` module uses these to replicate uploads, rebalance
 //! when membership changes, fetch missing blobs from peers (multi-peer verified
@@ -31,6 +36,7 @@
 
 pub mod cluster;
 pub mod identity;
+pub mod ledger;
 pub mod record;
 pub mod routing;
 pub mod vivaldi;
