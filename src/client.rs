@@ -220,7 +220,8 @@ fn get_h3(args: &GetArgs, hash: BlobHash) -> anyhow::Result<ExitCode> {
         .join()
         .map_err(|_| anyhow::anyhow!("HTTP/3 thread panicked"))?;
     match (result, transfer) {
-        (Ok(code), _) => Ok(code),
+        // (Receipts go over HTTP/1.1 for now; none for HTTP/3 downloads.)
+        (Ok((code, _)), _) => Ok(code),
         (Err(e), Err(t)) => Err(e.context(format!("{t:#}"))),
         (Err(e), Ok(())) => Err(e),
     }
@@ -235,7 +236,8 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         "{}/blobs/{hash}?format=bao",
         args.node.trim_end_matches('/')
     );
-    let mut resp = agent()
+    let agent = agent();
+    let mut resp = agent
         .get(&url)
         .header("Accept", dataplane::http::BAO_MEDIA_TYPE)
         .call()
@@ -244,7 +246,81 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         bail!("node answered {}: {}", resp.status(), error_body(&mut resp));
     }
     let reader = resp.body_mut().as_reader();
-    decode_into(&hash, &args.output, reader)
+    let (code, size) = decode_into(&hash, &args.output, reader)?;
+    // Verified and written: sign a delivery receipt and hand it to the node
+    // (on the agent's kept-alive connection). A failure here does not undo the
+    // download; it is reported.
+    if let Err(e) = send_receipt(&agent, &args.node, &hash, size) {
+        eprintln!("warning: no delivery receipt sent: {e:#}");
+    }
+    Ok(code)
+}
+
+/// The client's own key and receipt counter, in `$TESSERA_CLIENT_DIR` or
+/// `~/.config/tessera/client/` (made on first use, key file mode 0600).
+fn client_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("TESSERA_CLIENT_DIR") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("tessera").join("client")
+}
+
+/// Signs a receipt for `bytes` of `hash` delivered by the node, and sends it.
+fn send_receipt(
+    agent: &ureq::Agent,
+    node: &str,
+    hash: &BlobHash,
+    bytes: u64,
+) -> anyhow::Result<()> {
+    let dir = client_dir();
+    let (key, _) = controlplane::NodeKey::load_or_create(&dir)?;
+    // Which node served us: its own entry in its member list.
+    let base = node.trim_end_matches('/');
+    let mut resp = agent.get(format!("{base}/cluster/members")).call()?;
+    if resp.status() != 200 {
+        bail!("{base} has no control plane ({})", resp.status());
+    }
+    let members: Vec<controlplane::cluster::MemberInfo> =
+        serde_json::from_str(&resp.body_mut().read_to_string()?)?;
+    let me = members
+        .iter()
+        .find(|m| m.is_self)
+        .context("the node did not name itself")?;
+    let node_id: controlplane::NodeId =
+        me.id.parse().map_err(|e| anyhow::anyhow!("node id: {e}"))?;
+    // The next sequence number: a counter beside the key, replaced atomically.
+    let seq_path = dir.join("receipt.seq");
+    let seq = std::fs::read_to_string(&seq_path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let tmp = dir.join("receipt.seq.tmp");
+    std::fs::write(&tmp, (seq + 1).to_string())?;
+    std::fs::rename(&tmp, &seq_path)?;
+    let receipt = controlplane::ledger::Receipt {
+        client: key.id().0,
+        node: node_id.0,
+        service: 1, // blob delivery
+        content: hash.0,
+        bytes,
+        // Epochs come from the ledger once it runs; 0 until then.
+        epoch: 0,
+        seq,
+    }
+    .sign_with(&key);
+    let body = postcard::to_stdvec(&vec![receipt])?;
+    let mut resp = agent
+        .post(format!("{base}/receipts"))
+        .header("Content-Type", "application/octet-stream")
+        .send(&body[..])?;
+    if resp.status() != 202 {
+        bail!("node answered {}: {}", resp.status(), error_body(&mut resp));
+    }
+    Ok(())
 }
 
 /// Verifies a verified stream group by group into a file beside `output`, renamed
@@ -253,7 +329,7 @@ fn decode_into(
     hash: &BlobHash,
     output: &std::path::Path,
     reader: impl Read,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(ExitCode, u64)> {
     let hash = *hash;
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -303,7 +379,7 @@ fn decode_into(
         "{hash}: {size} bytes verified, written to {}",
         output.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok((ExitCode::SUCCESS, size))
 }
 
 #[derive(clap::Args)]

@@ -165,6 +165,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cores = cfg.core_count();
     let listen = cfg.listen;
     let replication = cfg.replication;
+    let data_dir = cfg.data_dir.clone();
     // The control plane: gossip membership on its own thread, on our port.
     let cluster = if listen.port() == 0 {
         tracing::warn!("listening on port 0: no cluster membership (peers need a fixed port)");
@@ -215,6 +216,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         verify_peer: cluster.as_ref().map(|c| c.peer_verifier()),
         locate: cluster.as_ref().map(|c| c.locator(replication)),
         extra_metrics: cluster.as_ref().map(|c| c.metrics_renderer()),
+        store_receipts: match &cluster {
+            Some(c) => {
+                let log = controlplane::ledger::ReceiptLog::open(
+                    &data_dir.join("receipts.log"),
+                    c.id().0,
+                )
+                .context("cannot open the receipt log")?;
+                Some(Arc::new(move |body: &[u8]| log.accept(body))
+                    as Arc<dataplane::server::StoreReceipts>)
+            }
+            None => None,
+        },
     };
     let server = Server::start_with(cfg, store, shutdown.clone(), hooks)?;
     tracing::info!(%listen, cores, "listening on http://{listen}");

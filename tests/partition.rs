@@ -125,6 +125,10 @@ impl Net {
         Command::new("ip")
             .args(["netns", "exec", self.ns_of(host), BIN])
             .args(args)
+            .env(
+                "TESSERA_CLIENT_DIR",
+                std::env::temp_dir().join(format!("tessera-test-client-{}", std::process::id())),
+            )
             .output()
             .expect("tessera cli")
     }

@@ -77,10 +77,18 @@ impl Receipt {
         let sig = client.sign(&self.message()).to_bytes();
         SignedReceipt { receipt: self, sig }
     }
+
+    /// Signs with a key kept like a node's (`tessera get` keeps the client's
+    /// key that way, in its own directory).
+    pub fn sign_with(self, client: &crate::identity::NodeKey) -> SignedReceipt {
+        let sig = client.sign(&self.message());
+        SignedReceipt { receipt: self, sig }
+    }
 }
 
 impl SignedReceipt {
-    fn verify(&self) -> bool {
+    /// Whether the client named in the receipt signed it.
+    pub fn verify(&self) -> bool {
         VerifyingKey::from_bytes(&self.receipt.client).is_ok_and(|k| {
             k.verify(
                 &self.receipt.message(),
@@ -88,6 +96,77 @@ impl SignedReceipt {
             )
             .is_ok()
         })
+    }
+}
+
+/// A node's durable log of the receipts clients handed in, until it submits
+/// them: records of `length (u32 LE) || postcard(SignedReceipt)`, appended and
+/// fsynced before the client is told they were accepted. A torn last record (a
+/// crash mid-append) is ignored when read.
+pub struct ReceiptLog {
+    file: std::sync::Mutex<std::fs::File>,
+    node: Key,
+}
+
+impl ReceiptLog {
+    pub fn open(path: &std::path::Path, node: Key) -> std::io::Result<ReceiptLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(ReceiptLog {
+            file: std::sync::Mutex::new(file),
+            node,
+        })
+    }
+
+    /// Checks a batch from a client (postcard `Vec<SignedReceipt>`): every
+    /// receipt must be signed by its client and name this node. All or nothing:
+    /// one bad receipt refuses the batch and nothing is written.
+    pub fn accept(&self, body: &[u8]) -> Result<usize, String> {
+        use std::io::Write;
+        let receipts: Vec<SignedReceipt> = match postcard::take_from_bytes(body) {
+            Ok((r, [])) => r,
+            _ => return Err("not a receipt batch".into()),
+        };
+        let mut out = Vec::new();
+        for (i, r) in receipts.iter().enumerate() {
+            if r.receipt.node != self.node {
+                return Err(format!("receipt {i} names another node"));
+            }
+            if !r.verify() {
+                return Err(format!("receipt {i} is not signed by its client"));
+            }
+            let rec = postcard::to_stdvec(r).map_err(|e| e.to_string())?;
+            out.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+            out.extend_from_slice(&rec);
+        }
+        let mut f = self
+            .file
+            .lock()
+            .map_err(|_| "receipt log poisoned".to_string())?;
+        f.write_all(&out).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        Ok(receipts.len())
+    }
+
+    /// Reads every whole record of a log.
+    pub fn read(path: &std::path::Path) -> std::io::Result<Vec<SignedReceipt>> {
+        let bytes = std::fs::read(path)?;
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        while rest.len() >= 4 {
+            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let Some(rec) = rest.get(4..4 + len) else {
+                break;
+            };
+            match postcard::from_bytes::<SignedReceipt>(rec) {
+                Ok(r) => out.push(r),
+                Err(_) => break,
+            }
+            rest = &rest[4 + len..];
+        }
+        Ok(out)
     }
 }
 

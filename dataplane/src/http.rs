@@ -293,6 +293,8 @@ pub enum Route {
     Members,
     /// `/route/{hash}`: the nodes for a blob, ranked.
     RouteOf(BlobHash),
+    /// `/receipts`: clients hand in signed delivery receipts.
+    Receipts,
     /// `/blobs`: uploads.
     Blobs,
     /// `/blobs/{hash}`.
@@ -318,7 +320,7 @@ impl Route {
             Route::Blob(_) | Route::BadHash(_) => 3,
             Route::Pin(_) => 4,
             Route::NotFound => 5,
-            Route::Members | Route::RouteOf(_) => 6,
+            Route::Members | Route::RouteOf(_) | Route::Receipts => 6,
         }
     }
 
@@ -326,7 +328,7 @@ impl Route {
     pub fn allow(self) -> &'static str {
         match self {
             Route::Healthz | Route::Metrics | Route::Members | Route::RouteOf(_) => "GET, HEAD",
-            Route::Blobs => "POST",
+            Route::Blobs | Route::Receipts => "POST",
             Route::Blob(_) | Route::BadHash(_) => "GET, HEAD, DELETE",
             Route::Pin(_) => "PUT, DELETE",
             Route::NotFound => "",
@@ -339,6 +341,7 @@ pub fn route(path: &[u8]) -> Route {
         b"/healthz" => Route::Healthz,
         b"/metrics" => Route::Metrics,
         b"/cluster/members" => Route::Members,
+        b"/receipts" => Route::Receipts,
         b"/blobs" | b"/blobs/" => Route::Blobs,
         _ => {
             if let Some(h) = path.strip_prefix(b"/route/") {
@@ -430,6 +433,7 @@ pub fn parse_range(header: Option<&[u8]>, size: u64) -> RangeRequest {
 pub enum Status {
     Ok,
     Created,
+    Accepted,
     NoContent,
     PartialContent,
     TemporaryRedirect,
@@ -448,9 +452,10 @@ pub enum Status {
 }
 
 /// All statuses, in the order of [`Status::index`], for metrics.
-pub const STATUSES: [Status; 17] = [
+pub const STATUSES: [Status; 18] = [
     Status::Ok,
     Status::Created,
+    Status::Accepted,
     Status::NoContent,
     Status::PartialContent,
     Status::TemporaryRedirect,
@@ -473,6 +478,7 @@ impl Status {
         match self {
             Status::Ok => 200,
             Status::Created => 201,
+            Status::Accepted => 202,
             Status::NoContent => 204,
             Status::PartialContent => 206,
             Status::TemporaryRedirect => 307,
@@ -499,6 +505,7 @@ impl Status {
         match self {
             Status::Ok => "OK",
             Status::Created => "Created",
+            Status::Accepted => "Accepted",
             Status::NoContent => "No Content",
             Status::PartialContent => "Partial Content",
             Status::TemporaryRedirect => "Temporary Redirect",

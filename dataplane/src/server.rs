@@ -119,7 +119,16 @@ pub struct Hooks {
     pub locate: Option<Arc<Locate>>,
     /// More Prometheus text for `/metrics` (the control plane's counters).
     pub extra_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Checks and durably stores a batch of delivery receipts (runs on the
+    /// store-I/O pool; must have fsynced before it returns Ok(count)).
+    pub store_receipts: Option<Arc<StoreReceipts>>,
 }
+
+/// See [`Hooks::store_receipts`].
+pub type StoreReceipts = dyn Fn(&[u8]) -> Result<usize, String> + Send + Sync;
+
+/// Largest receipts batch a client may send in one request.
+const MAX_RECEIPTS_BODY: u64 = 8 << 10;
 
 /// See [`Hooks::locate`].
 pub type Locate = dyn Fn(&[u8; 32]) -> Option<std::net::SocketAddr> + Send + Sync;
@@ -843,7 +852,7 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
     // Only uploads read a body; any other request that carries one is answered and
     // the connection closed, rather than guessing where the next request starts.
     let has_body = info.body != Body::None;
-    let is_upload = matches!(route, Route::Blobs) && info.method == Method::Post;
+    let is_upload = matches!(route, Route::Blobs | Route::Receipts) && info.method == Method::Post;
     if !is_upload {
         conn.rbuf.drain(..info.head_len);
     }
@@ -881,6 +890,7 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
             respond_control(core, conn, &info, text, keep_alive).await
         }
         (Route::Blobs, Method::Post) => upload(core, conn, &info).await,
+        (Route::Receipts, Method::Post) => receipts(core, conn, &info).await,
         (Route::Blob(hash), Method::Get | Method::Head) => {
             if info.verified {
                 get_verified(core, conn, &info, hash, keep_alive).await
@@ -1113,6 +1123,65 @@ async fn open_or_answer(
                 keep_alive,
             )
             .await?))
+        }
+    }
+}
+
+/// `POST /receipts`: a small body (at most `MAX_RECEIPTS_BODY`), checked and
+/// stored durably by the control plane before the node answers 202.
+async fn receipts(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next> {
+    let route = info.route;
+    let n = match info.body {
+        Body::Length(n) if n <= MAX_RECEIPTS_BODY => n as usize,
+        Body::Length(_) => {
+            let msg = "receipts batch too large\n";
+            return respond_text(core, conn, route, Status::PayloadTooLarge, msg, false).await;
+        }
+        _ => {
+            let msg = "receipts need a Content-Length body\n";
+            return respond_text(core, conn, route, Status::BadRequest, msg, false).await;
+        }
+    };
+    let end = info.head_len + n;
+    let wait = Duration::from_millis(core.shared.config.header_timeout_ms);
+    while conn.rbuf.len() < end {
+        if conn.rbuf.capacity() < end {
+            conn.rbuf.reserve(end - conn.rbuf.len());
+        }
+        if !matches!(read_more(conn, wait).await, ReadOutcome::Data) {
+            return Ok(Next::Close);
+        }
+    }
+    let body = conn.rbuf[info.head_len..end].to_vec();
+    conn.rbuf.drain(..end);
+    let keep_alive = info.keep_alive && !core.stopping.get();
+    let Some(store) = core.shared.hooks.store_receipts.clone() else {
+        let msg = "no control plane on this node\n";
+        return respond_text(core, conn, route, Status::NotFound, msg, keep_alive).await;
+    };
+    match off_core(move || Ok(store(&body))).await {
+        Ok(Ok(k)) => {
+            let text = format!("{{\"accepted\":{k}}}\n");
+            respond(
+                core,
+                conn,
+                route,
+                Status::Accepted,
+                "application/json",
+                text.as_bytes(),
+                keep_alive,
+                false,
+            )
+            .await
+        }
+        Ok(Err(why)) => {
+            let text = format!("receipts refused: {why}\n");
+            respond_text(core, conn, route, Status::BadRequest, &text, keep_alive).await
+        }
+        Err(e) => {
+            tracing::error!("cannot store receipts: {e}");
+            let msg = "cannot store receipts\n";
+            respond_text(core, conn, route, Status::InternalServerError, msg, false).await
         }
     }
 }

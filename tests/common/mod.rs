@@ -205,6 +205,11 @@ pub fn tessera(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "warn")
+        // `tessera get` keeps a client key: one per test process, not in $HOME.
+        .env(
+            "TESSERA_CLIENT_DIR",
+            std::env::temp_dir().join(format!("tessera-test-client-{}", std::process::id())),
+        )
         .output()
         .expect("run tessera")
 }
