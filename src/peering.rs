@@ -14,9 +14,10 @@
 //! - Replication: a blob a client uploads here is pushed to its other home
 //!   nodes (`POST /blobs`; the receiver hashes what arrives, so it can only be
 //!   stored under its true hash, and the pusher checks the hash it gets back).
-//!   When membership changes, every node offers each blob it holds to that
-//!   blob's current homes that lack it (a HEAD first), so a joining node
-//!   receives its share and a departed home's copies are remade elsewhere.
+//!   When membership changes, every node offers each blob it holds to the homes
+//!   that newly entered that blob's home set (a HEAD first), so a joining node
+//!   receives its share and a departed home's copies are remade elsewhere;
+//!   blobs whose homes did not move cost nothing.
 //! - Requests between nodes are signed: `X-Tessera-Peer` (node id),
 //!   `X-Tessera-Peer-Time` (ms) and `X-Tessera-Peer-Sig` (ed25519 over method,
 //!   path and time). The receiving node checks them against the signer's key
@@ -251,21 +252,35 @@ impl Peering {
         std::thread::Builder::new()
             .name("tessera-replicate".into())
             .spawn(move || {
-                let mut seen_epoch = this.cluster.membership_epoch();
+                // The members homes are computed over: live and verified.
+                let live = |ms: &[MemberInfo]| -> Vec<String> {
+                    let mut ids: Vec<String> = ms
+                        .iter()
+                        .filter(|m| m.verified && m.state != "down")
+                        .map(|m| m.id.clone())
+                        .collect();
+                    ids.sort();
+                    ids
+                };
+                let mut seen_members = this.cluster.members();
                 loop {
                     match rx.recv_timeout(REBALANCE_CHECK) {
                         Ok(hash) => this.replicate(&store, &hash),
                         Err(flume::RecvTimeoutError::Timeout) => {}
                         Err(flume::RecvTimeoutError::Disconnected) => return,
                     }
-                    // Membership changed: blobs may have new homes (a node joined)
-                    // or lost a copy (one left). Give each home what it lacks,
-                    // once things have settled for a moment.
-                    let epoch = this.cluster.membership_epoch();
-                    if this.rebalance && epoch != seen_epoch {
+                    // The live, verified members changed: blobs may have new homes
+                    // (a node joined or its record arrived) or lost one (a node
+                    // left). Give each new home what it lacks, once things have
+                    // settled for a moment.
+                    if !this.rebalance {
+                        continue;
+                    }
+                    if live(&this.cluster.members()) != live(&seen_members) {
                         std::thread::sleep(REBALANCE_SETTLE);
-                        seen_epoch = this.cluster.membership_epoch();
-                        this.rebalance(&store);
+                        let now = this.cluster.members();
+                        this.rebalance(&store, &seen_members);
+                        seen_members = now;
                     }
                 }
             })?;
@@ -278,8 +293,12 @@ impl Peering {
         }))
     }
 
-    /// Every blob held here is offered to its home nodes that lack it.
-    fn rebalance(&self, store: &Store) {
+    /// After a membership change: each blob held here is offered only to the
+    /// homes that entered its home set since `before` (a joiner, or the
+    /// replacement for a departed home), so the traffic is proportional to the
+    /// blobs whose homes moved, not to the store. Computing homes is local
+    /// (hashing); only those moves cost a request.
+    fn rebalance(&self, store: &Store, before: &[MemberInfo]) {
         let blobs = match store.list() {
             Ok(b) => b,
             Err(e) => {
@@ -288,16 +307,36 @@ impl Peering {
             }
         };
         let started = std::time::Instant::now();
+        let now = self.cluster.members();
+        let mut offered = 0usize;
         for b in &blobs {
-            self.replicate(store, &b.hash.0);
+            let hash = &b.hash.0;
+            let old: Vec<String> = routing::homes(hash, before, self.replication)
+                .iter()
+                .map(|m| m.id.clone())
+                .collect();
+            let fresh: Vec<&MemberInfo> = routing::homes(hash, &now, self.replication)
+                .into_iter()
+                .filter(|m| !old.contains(&m.id))
+                .collect();
+            if !fresh.is_empty() {
+                offered += 1;
+                self.offer(store, hash, fresh);
+            }
         }
-        tracing::info!(blobs = blobs.len(), took = ?started.elapsed(), "rebalanced after a membership change");
+        tracing::info!(blobs = blobs.len(), offered, took = ?started.elapsed(), "rebalanced after a membership change");
     }
 
     fn replicate(&self, store: &Store, hash: &[u8; 32]) {
-        let hex = BlobHash(*hash).to_string();
         let members = self.cluster.members();
-        for home in routing::homes(hash, &members, self.replication) {
+        let homes = routing::homes(hash, &members, self.replication);
+        self.offer(store, hash, homes);
+    }
+
+    /// Pushes a held blob to each of `homes` (but this node) that lacks it.
+    fn offer(&self, store: &Store, hash: &[u8; 32], homes: Vec<&MemberInfo>) {
+        let hex = BlobHash(*hash).to_string();
+        for home in homes {
             if home.is_self {
                 continue;
             }
