@@ -1367,18 +1367,44 @@ fn start_response(
     core.stats()
         .count_request(route.label_index(), status.index());
     bump(&core.stats().h3_requests, 1);
-    let code = status.code().to_string();
-    let mut headers = vec![
-        quiche::h3::Header::new(b":status", code.as_bytes()),
-        quiche::h3::Header::new(b"content-type", content_type.as_bytes()),
-        quiche::h3::Header::new(b"content-length", content_length.as_bytes()),
+    let code = status.code();
+    let code = [
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
     ];
-    for (n, v) in extra {
-        headers.push(quiche::h3::Header::new(n.as_bytes(), v));
-    }
     let fin = body.is_none();
-    let mut state = StreamState::HeadBlocked { headers, fin, body };
     let Some(h3) = conn.h3.as_mut() else { return };
+    // Usually the head goes out at once: borrowed headers, nothing allocated.
+    // Only a head that must wait for stream credit is copied into the stream's
+    // state.
+    const MAX_HEADERS: usize = 16;
+    let mut refs: [quiche::h3::HeaderRef<'_>; MAX_HEADERS] =
+        std::array::from_fn(|_| quiche::h3::HeaderRef::new(b"", b""));
+    refs[0] = quiche::h3::HeaderRef::new(b":status", &code);
+    refs[1] = quiche::h3::HeaderRef::new(b"content-type", content_type.as_bytes());
+    refs[2] = quiche::h3::HeaderRef::new(b"content-length", content_length.as_bytes());
+    let n = 3 + extra.len().min(MAX_HEADERS - 3);
+    for (slot, (name, value)) in refs[3..n].iter_mut().zip(extra) {
+        *slot = quiche::h3::HeaderRef::new(name.as_bytes(), value);
+    }
+    let mut state = match h3.send_response(&mut conn.quic, stream, &refs[..n], fin) {
+        Ok(()) => match body {
+            Some((body, offset, end)) => StreamState::Sending { body, offset, end },
+            None => return,
+        },
+        Err(quiche::h3::Error::StreamBlocked) | Err(quiche::h3::Error::Done) => {
+            let headers = refs[..n]
+                .iter()
+                .map(|h| quiche::h3::Header::new(h.name(), h.value()))
+                .collect();
+            StreamState::HeadBlocked { headers, fin, body }
+        }
+        Err(e) => {
+            tracing::debug!("cannot send response head: {e}");
+            return;
+        }
+    };
     if advance_stream(core, &mut conn.quic, h3, stream, &mut state) {
         conn.streams.insert(stream, state);
     }

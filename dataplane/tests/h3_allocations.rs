@@ -1,0 +1,96 @@
+//! How much the HTTP/3 path allocates per request: an in-process server with a
+//! counting global allocator, and aioquic's client (another process, so only the
+//! server's allocations are counted) sending many GETs on one QUIC connection.
+//! quiche allocates per stream internally (QPACK-decoded headers, stream state,
+//! send buffers), and so does our HTTP/3 GET (a mapping per request, range
+//! strings), so this is a measured bound, not zero: about 132 per request on
+//! 2026-11-24; it fails if a change makes the path much hungrier.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dataplane::config::NodeConfig;
+use dataplane::server::Server;
+use dataplane::store::{Store, StoreConfig};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn aioquic(urls: &[String]) {
+    let client = std::env::var_os("TESSERA_H3_CLIENT")
+        .expect("TESSERA_H3_CLIENT is not set: run the tests with ./scripts/test");
+    let out = tempfile::tempdir().expect("tmp");
+    let status = std::process::Command::new("python3")
+        .arg(client)
+        .args(["--insecure", "--output-dir"])
+        .arg(out.path())
+        .args(urls)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("python3");
+    assert!(status.success(), "aioquic client failed");
+}
+
+#[test]
+fn h3_allocations_per_request_stay_bounded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store =
+        Arc::new(Store::open(dir.path(), StoreConfig { max_bytes: 1 << 30 }).expect("store"));
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    let hash = store.put_reader(&data[..]).expect("put").hash;
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let config = NodeConfig {
+        listen: addr,
+        cores: 1,
+        data_dir: dir.path().to_path_buf(),
+        ..NodeConfig::default()
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let server = Server::start(config, store, shutdown.clone()).expect("start");
+    let url = format!("https://{addr}/blobs/{hash}");
+    // One connection with 20 requests, then one with 220: the difference is
+    // what 200 requests cost, handshakes and set-up cancelling out.
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    aioquic(&vec![url.clone(); 20]);
+    let small = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    aioquic(&vec![url; 220]);
+    let large = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let per_request = large.saturating_sub(small) as f64 / 200.0;
+    println!(
+        "HTTP/3: {per_request:.1} server allocations per request ({small} for 20, {large} for 220)"
+    );
+    assert!(
+        per_request < 200.0,
+        "{per_request:.1} allocations per HTTP/3 request"
+    );
+    shutdown.store(true, Ordering::SeqCst);
+    server.wait();
+}
