@@ -239,7 +239,17 @@ struct QuicConn {
 struct Committed {
     conn: quiche::ConnectionId<'static>,
     stream: u64,
-    result: Result<crate::store::PutOutcome, StoreError>,
+    result: Done,
+}
+
+/// What finished off the core for a stream.
+enum Done {
+    Upload(Result<crate::store::PutOutcome, StoreError>),
+    /// A missing blob was fetched from peers (or not): answer the request now.
+    Fetched {
+        req: Box<H3Request>,
+        hash: BlobHash,
+    },
 }
 
 /// A core's QUIC endpoint.
@@ -666,7 +676,16 @@ impl Endpoint {
             return;
         };
         conn.streams.remove(&c.stream);
-        match c.result {
+        let result = match c.result {
+            Done::Upload(r) => r,
+            Done::Fetched { req, hash } => {
+                // Stored now, or not: answer from the store (404 if not).
+                get_blob(core, conn, c.stream, &req, Route::Blob(hash), hash, None);
+                send_bodies(core, conn);
+                return;
+            }
+        };
+        match result {
             Ok(out) => {
                 let body =
                     format!("{{\"hash\":\"{}\",\"size\":{}}}\n", out.hash, out.size).into_bytes();
@@ -818,6 +837,7 @@ async fn send_all(
 }
 
 /// The parts of an HTTP/3 request the server acts on.
+#[derive(Clone)]
 struct H3Request {
     method: http::Method,
     path: [u8; MAX_HEADER_VALUE],
@@ -904,7 +924,7 @@ fn handle_events(
         let Some(h3) = conn.h3.as_mut() else { return };
         match h3.poll(&mut conn.quic) {
             Ok((stream, quiche::h3::Event::Headers { list, more_frames })) => {
-                on_request(core, conn, stream, &list, more_frames);
+                on_request(core, conn, stream, &list, more_frames, commits);
             }
             Ok((stream, quiche::h3::Event::Data)) => on_data(core, conn, stream),
             Ok((stream, quiche::h3::Event::Finished)) => on_finished(core, conn, stream, commits),
@@ -929,6 +949,7 @@ fn on_request(
     stream: u64,
     list: &[quiche::h3::Header],
     more_frames: bool,
+    commits: &flume::Sender<Committed>,
 ) {
     let Some(req) = H3Request::from_headers(list) else {
         respond_text(
@@ -1042,7 +1063,7 @@ fn on_request(
             }
         }
         (Route::Blob(hash), http::Method::Get | http::Method::Head) => {
-            get_blob(core, conn, stream, &req, route, hash);
+            get_blob(core, conn, stream, &req, route, hash, Some(commits));
         }
         (Route::BadHash(e), _) => {
             let msg = format!("malformed blob hash: {e}\n").into_bytes();
@@ -1088,6 +1109,8 @@ fn on_request(
     }
 }
 
+/// `fetch`: where to report a fetch from peers on a miss (None: do not fetch,
+/// e.g. when this is the answer after a fetch).
 fn get_blob(
     core: &Core,
     conn: &mut QuicConn,
@@ -1095,10 +1118,30 @@ fn get_blob(
     req: &H3Request,
     route: Route,
     hash: BlobHash,
+    fetch: Option<&flume::Sender<Committed>>,
 ) {
     let (fd, size) = match core.open_blob(&hash) {
         Ok(Some(found)) => found,
         Ok(None) => {
+            // Not here: fetch it from peers off the core, then answer.
+            if let (Some(commits), Some(fetcher), crate::config::OnMiss::Fetch) = (
+                fetch,
+                core.shared.hooks.fetch_missing.clone(),
+                core.shared.config.on_miss,
+            ) {
+                conn.streams.insert(stream, StreamState::Committing);
+                let (store, commits) = (core.shared.store.clone(), commits.clone());
+                let (id, req) = (conn.quic.source_id().into_owned(), Box::new(req.clone()));
+                monoio::spawn(async move {
+                    let _ = off_core(move || Ok(fetcher(&store, &hash.0))).await;
+                    let _ = commits.send(Committed {
+                        conn: id,
+                        stream,
+                        result: Done::Fetched { req, hash },
+                    });
+                });
+                return;
+            }
             return respond_text(
                 core,
                 conn,
@@ -1106,7 +1149,7 @@ fn get_blob(
                 route,
                 Status::NotFound,
                 "blob not found\n",
-            )
+            );
         }
         Err(e) => {
             tracing::error!(%hash, "cannot open blob: {e}");
@@ -1289,7 +1332,7 @@ fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::S
         let _ = commits.send(Committed {
             conn: id,
             stream,
-            result,
+            result: Done::Upload(result),
         });
     });
 }
