@@ -6,39 +6,17 @@
 //! strings), so this is a measured bound, not zero: about 132 per request on
 //! 2026-11-24; it fails if a change makes the path much hungrier.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dataplane::config::NodeConfig;
 use dataplane::server::Server;
 use dataplane::store::{Store, StoreConfig};
 
-struct Counting;
+mod counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use counting::allocations;
 
 fn aioquic(urls: &[String]) {
     let client = std::env::var_os("TESSERA_H3_CLIENT")
@@ -77,12 +55,12 @@ fn h3_allocations_per_request_stay_bounded() {
     let url = format!("https://{addr}/blobs/{hash}");
     // One connection with 20 requests, then one with 220: the difference is
     // what 200 requests cost, handshakes and set-up cancelling out.
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     aioquic(&vec![url.clone(); 20]);
-    let small = ALLOCATIONS.load(Ordering::Relaxed) - before;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let small = allocations() - before;
+    let before = allocations();
     aioquic(&vec![url; 220]);
-    let large = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let large = allocations() - before;
     let per_request = large.saturating_sub(small) as f64 / 200.0;
     println!(
         "HTTP/3: {per_request:.1} server allocations per request ({small} for 20, {large} for 220)"

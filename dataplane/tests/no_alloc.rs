@@ -1,40 +1,18 @@
 //! The plain GET path allocates nothing per request: an in-process server, a global
 //! allocator that counts, and thousands of keep-alive requests over a real socket.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dataplane::config::NodeConfig;
 use dataplane::server::Server;
 use dataplane::store::{Store, StoreConfig};
 
-struct Counting;
+mod counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use counting::allocations;
 
 #[test]
 fn plain_get_allocates_nothing_per_request() {
@@ -82,11 +60,11 @@ fn plain_get_allocates_nothing_per_request() {
     }
 
     const REQUESTS: u64 = 5000;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for _ in 0..REQUESTS {
         exchange(&mut conn, &mut buf);
     }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations() - before;
     assert_eq!(&buf[response_len - data.len()..response_len], &data[..]);
     println!("{allocations} allocations in {REQUESTS} requests (all threads)");
     // Background work (timer ticks, the once-a-second flush of access times) may
