@@ -49,6 +49,8 @@ const KIND_PONG: u8 = 0x03;
 /// Largest datagram this layer sends or accepts.
 pub const MAX_DATAGRAM: usize = 1400;
 const ENVELOPE_OVERHEAD: usize = 1 + 32 + 64;
+/// How often the member list the data plane reads is rebuilt.
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 /// How often a node re-signs and re-broadcasts its record.
 const RECORD_EVERY: Duration = Duration::from_secs(10);
 
@@ -158,8 +160,6 @@ struct View {
     dropped: u64,
     /// Bad transfers per node id (hex), kept across view rebuilds.
     bad: HashMap<String, u64>,
-    /// Grows whenever a member comes up or goes down (blobs may change homes).
-    epoch: u64,
 }
 
 /// Renders `GET /route/{hash}` given whether the answering node holds the blob.
@@ -240,10 +240,6 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    pub fn members_json(&self) -> String {
-        serde_json::to_string(&self.members()).unwrap_or_else(|_| "[]".into())
-    }
-
     /// A renderer for the data plane's `GET /cluster/members`.
     pub fn members_renderer(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
         let view = self.view.clone();
@@ -309,17 +305,6 @@ impl Cluster {
             }
             out
         })
-    }
-
-    /// Grows whenever a member comes up or goes down: a caller that saw another
-    /// value should re-check where its blobs belong.
-    pub fn membership_epoch(&self) -> u64 {
-        self.view.lock().map(|v| v.epoch).unwrap_or(0)
-    }
-
-    /// Envelopes dropped so far (bad signature, forged sender, malformed).
-    pub fn dropped(&self) -> u64 {
-        self.view.lock().map(|v| v.dropped).unwrap_or(0)
     }
 
     /// This node's id.
@@ -553,7 +538,7 @@ fn run(
     let mut coord = Coord::default();
     let mut coords: HashMap<NodeId, Coord> = HashMap::new();
     let mut pings: HashMap<u64, (NodeId, Instant)> = HashMap::new();
-    let mut states: HashMap<Peer, &'static str> = HashMap::new();
+    let mut next_publish = Instant::now();
     let mut dropped = 0u64;
     let mut next_record = Instant::now();
     let mut next_ping = Instant::now() + cfg.probe_period;
@@ -634,44 +619,36 @@ fn run(
             match n {
                 OwnedNotification::MemberUp(p) => {
                     tracing::info!(id = %p.id.short(), addr = %p.addr, "member up");
-                    if let Ok(mut v) = view.lock() {
-                        v.epoch += 1;
-                    }
                     // A newcomer has none of our record's past broadcasts:
                     // sign and spread a fresh one now.
                     next_record = Instant::now();
                 }
                 OwnedNotification::MemberDown(p) => {
                     tracing::info!(id = %p.id.short(), addr = %p.addr, "member down");
-                    if let Ok(mut v) = view.lock() {
-                        v.epoch += 1;
-                    }
                 }
                 OwnedNotification::Active => announced = true,
                 OwnedNotification::Idle => announced = false,
                 OwnedNotification::Rename(a, b) => {
                     tracing::debug!(old = ?a, new = ?b, "member renamed");
-                    states.remove(&a);
                 }
                 other => tracing::debug!("membership: {other:?}"),
             }
         }
-        // Publish the view.
-        states.clear();
-        for m in foca.iter_membership_state() {
-            let s = match m.state() {
-                foca::State::Alive => "alive",
-                foca::State::Suspect => "suspect",
-                foca::State::Down => "down",
-            };
-            states.insert(*m.id(), s);
-        }
-        {
+        // Publish the view for the data plane, at most every PUBLISH_EVERY (not
+        // once per datagram batch).
+        if now >= next_publish {
+            next_publish = now + PUBLISH_EVERY;
             let records = records.borrow();
-            let mut members: Vec<MemberInfo> = states
-                .iter()
-                .filter(|(p, _)| p.id != NodeId([0; 32]))
-                .map(|(p, s)| {
+            let mut members: Vec<MemberInfo> = foca
+                .iter_membership_state()
+                .filter(|m| m.id().id != NodeId([0; 32]))
+                .map(|m| {
+                    let p = m.id();
+                    let s = match m.state() {
+                        foca::State::Alive => "alive",
+                        foca::State::Suspect => "suspect",
+                        foca::State::Down => "down",
+                    };
                     let mut m = member_info(p, s, records.get(&p.id), rtts.get(&p.id), false);
                     m.est_rtt_ms = coords
                         .get(&p.id)
