@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -17,18 +17,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-const FAST: &[&str] = &["--gossip-probe-ms", "300", "--gossip-down-after-ms", "1500"];
-
-fn members(node: &Node) -> Vec<serde_json::Value> {
-    let out = tessera(&["cluster", "members", "--json", "--node", &node.url()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
-}
-
 fn state_of(node: &Node, addr: SocketAddr) -> Option<String> {
     members(node)
         .into_iter()
@@ -36,22 +24,12 @@ fn state_of(node: &Node, addr: SocketAddr) -> Option<String> {
         .and_then(|m| m["state"].as_str().map(String::from))
 }
 
-/// Waits until `cond` holds, up to `limit`; returns how long it took.
-fn within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
-}
-
 fn start_cluster(n: usize) -> Vec<Node> {
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..n {
         let addr = free_addr_on(&format!("127.0.0.{}", i + 1));
         let region = format!("region-{}", i % 2);
-        let mut args: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
         args.extend(["--region".into(), region]);
         if let Some(first) = nodes.first() {
             args.extend(["--join".into(), first.addr.to_string()]);
@@ -60,14 +38,6 @@ fn start_cluster(n: usize) -> Vec<Node> {
         nodes.push(Node::start_at(addr, &refs));
     }
     nodes
-}
-
-/// Members `observer` sees alive, with a verified record.
-fn alive_verified(observer: &Node) -> usize {
-    members(observer)
-        .iter()
-        .filter(|m| m["state"] == "alive" && m["verified"] == true)
-        .count()
 }
 
 fn all_alive_and_verified(nodes: &[Node], observer: &Node) -> bool {
@@ -391,7 +361,7 @@ fn a_node_in_redirect_mode_sends_clients_to_a_home_node() {
     let _serial = serial();
     let mut nodes = start_cluster(2);
     let addr = free_addr_on("127.0.0.3");
-    let mut args: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
     args.extend(
         [
             "--region",
@@ -456,7 +426,7 @@ fn a_peer_that_sends_corrupt_chunks_is_caught_and_marked() {
     let _serial = serial();
     // No rebalancing: the fresh node must fetch, not be handed the blob.
     let args = |join: Option<SocketAddr>| -> Vec<String> {
-        let mut a: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
         a.extend(["--region", "region-0", "--rebalance", "false"].map(String::from));
         if let Some(j) = join {
             a.extend(["--join".into(), j.to_string()]);
@@ -543,7 +513,7 @@ fn a_joining_node_receives_its_share_of_blobs() {
     let hashes: Vec<String> = (0..24)
         .map(|i| nodes[i % 3].put_bytes(&random_bytes(20_000 + i, 500 + i as u64)))
         .collect();
-    let mut args: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
     args.extend(["--region", "region-1", "--join"].map(String::from));
     args.push(nodes[1].addr.to_string());
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -581,7 +551,7 @@ fn a_joining_node_receives_its_share_of_blobs() {
 fn a_peer_that_dies_mid_transfer_costs_only_a_retry() {
     let _serial = serial();
     let args = |join: Option<SocketAddr>, cap: &str| -> Vec<String> {
-        let mut a: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
         a.extend(["--region", "region-0", "--rebalance", "false"].map(String::from));
         a.extend(["--peer-transfer-bytes-per-sec".into(), cap.into()]);
         if let Some(j) = join {

@@ -437,34 +437,18 @@ fn retry_validates_client_addresses_before_any_state() {
 fn a_miss_over_h3_is_fetched_from_a_peer() {
     // The holder keeps its blobs to itself (no rebalancing), so the other node
     // can only serve it by fetching it on the miss.
-    let fast = ["--gossip-probe-ms", "300", "--gossip-down-after-ms", "1500"];
-    let mut a_args = fast.to_vec();
+    let mut a_args = FAST_GOSSIP.to_vec();
     a_args.extend(["--rebalance", "false"]);
     let holder = Node::start(&a_args);
     let data = random_bytes(300_000, 77);
     let hash = holder.put_bytes(&data);
     let join = holder.addr.to_string();
-    let mut b_args = fast.to_vec();
+    let mut b_args = FAST_GOSSIP.to_vec();
     b_args.extend(["--join", &join]);
     let other = Node::start(&b_args);
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = tessera(&["cluster", "members", "--json", "--node", &other.url()]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let alive = v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|m| m["verified"] == true && m["state"] == "alive")
-                    .count()
-            })
-            .unwrap_or(0);
-        if alive == 2 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no cluster: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    within(Duration::from_secs(15), "two members", || {
+        alive_verified(&other) == 2
+    });
     assert!(!other.data_dir.join("blobs").join(&hash).exists());
     let dir = tempfile::tempdir().expect("tmp");
     aioquic_get(

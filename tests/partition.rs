@@ -9,9 +9,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{random_bytes, BIN};
+use common::{random_bytes, within, BIN};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip")
@@ -200,15 +200,6 @@ impl Drop for Net {
         let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
         let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
     }
-}
-
-fn within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("{what}: {:?}", start.elapsed());
 }
 
 #[test]

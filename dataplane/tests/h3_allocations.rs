@@ -6,17 +6,9 @@
 //! strings), so this is a measured bound, not zero: about 132 per request on
 //! 2026-11-24; it fails if a change makes the path much hungrier.
 
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+mod support;
 
-use dataplane::config::NodeConfig;
-use dataplane::server::Server;
-use dataplane::store::{Store, StoreConfig};
-
-mod counting;
-
-use counting::allocations;
+use support::{allocations, OneCore};
 
 fn aioquic(urls: &[String]) {
     let client = std::env::var_os("TESSERA_H3_CLIENT")
@@ -35,23 +27,8 @@ fn aioquic(urls: &[String]) {
 
 #[test]
 fn h3_allocations_per_request_stay_bounded() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store =
-        Arc::new(Store::open(dir.path(), StoreConfig { max_bytes: 1 << 30 }).expect("store"));
-    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
-    let hash = store.put_reader(&data[..]).expect("put").hash;
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
-    let config = NodeConfig {
-        listen: addr,
-        cores: 1,
-        data_dir: dir.path().to_path_buf(),
-        ..NodeConfig::default()
-    };
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let server = Server::start(config, store, shutdown.clone()).expect("start");
+    let node = OneCore::start(7);
+    let (addr, hash) = (node.addr, node.hash);
     let url = format!("https://{addr}/blobs/{hash}");
     // One connection with 20 requests, then one with 220: the difference is
     // what 200 requests cost, handshakes and set-up cancelling out.
@@ -69,6 +46,5 @@ fn h3_allocations_per_request_stay_bounded() {
         per_request < 200.0,
         "{per_request:.1} allocations per HTTP/3 request"
     );
-    shutdown.store(true, Ordering::SeqCst);
-    server.wait();
+    node.stop();
 }

@@ -2,37 +2,16 @@
 //! allocator that counts, and thousands of keep-alive requests over a real socket.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::TcpStream;
 
-use dataplane::config::NodeConfig;
-use dataplane::server::Server;
-use dataplane::store::{Store, StoreConfig};
+mod support;
 
-mod counting;
-
-use counting::allocations;
+use support::{allocations, OneCore};
 
 #[test]
 fn plain_get_allocates_nothing_per_request() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store =
-        Arc::new(Store::open(dir.path(), StoreConfig { max_bytes: 1 << 30 }).expect("store"));
-    let data: Vec<u8> = (0..4096u32).map(|i| (i * 13) as u8).collect();
-    let hash = store.put_reader(&data[..]).expect("put").hash;
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
-    let config = NodeConfig {
-        listen: addr,
-        cores: 1,
-        data_dir: dir.path().to_path_buf(),
-        ..NodeConfig::default()
-    };
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let server = Server::start(config, store, shutdown.clone()).expect("start");
+    let node = OneCore::start(13);
+    let (addr, hash, data) = (node.addr, node.hash, node.data.clone());
 
     let request =
         format!("GET /blobs/{hash} HTTP/1.1\r\nHost: t\r\nRange: bytes=0-\r\n\r\n").into_bytes();
@@ -73,7 +52,6 @@ fn plain_get_allocates_nothing_per_request() {
         allocations < REQUESTS / 10,
         "{allocations} allocations for {REQUESTS} requests"
     );
-    shutdown.store(true, Ordering::SeqCst);
     drop(conn);
-    server.wait();
+    node.stop();
 }

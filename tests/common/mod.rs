@@ -270,3 +270,37 @@ pub fn curl(args: &[&str]) -> Output {
         .output()
         .expect("curl is installed (apt-get install curl)")
 }
+
+/// Gossip settings that make cluster tests quick: probe every 300 ms, down
+/// 1.5 s after a suspicion.
+pub const FAST_GOSSIP: &[&str] = &["--gossip-probe-ms", "300", "--gossip-down-after-ms", "1500"];
+
+/// `tessera cluster members --json` as `node` sees the cluster.
+pub fn members(node: &Node) -> Vec<serde_json::Value> {
+    let out = tessera(&["cluster", "members", "--json", "--node", &node.url()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// Members `observer` sees alive, with a verified record.
+pub fn alive_verified(observer: &Node) -> usize {
+    members(observer)
+        .iter()
+        .filter(|m| m["state"] == "alive" && m["verified"] == true)
+        .count()
+}
+
+/// Waits until `cond` holds, up to `limit` (a functional bound, generous for a
+/// loaded machine, not a speed measurement); returns how long it took.
+pub fn within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
