@@ -17,18 +17,9 @@ while (($#)); do
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
-if [ -z "${TESSERA_BIN:-}" ]; then
-    cargo build --release --locked -q
-    TESSERA_BIN=${CARGO_TARGET_DIR:-target}/release/tessera
-fi
-work=$(mktemp -d /tmp/tessera-multipeer.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_setup multipeer
 cap=$((cap_mb * 1000000))
 common=(--cores 1 --gossip-probe-ms 300 --gossip-down-after-ms 1500 --peer-transfer-bytes-per-sec "$cap" --rebalance false)
 start() { # ip port dir [join]

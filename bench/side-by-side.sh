@@ -36,19 +36,9 @@ NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 WRK_BIN=${WRK_BIN:-$(command -v wrk || true)}
 [ -x "$NGINX_BIN" ] || { echo "nginx not found: apt-get install -y nginx" >&2; exit 2; }
 [ -n "$WRK_BIN" ] || { echo "wrk not found: apt-get install -y wrk" >&2; exit 2; }
-if [ -z "${TESSERA_BIN:-}" ]; then
-    cargo build --release --locked -q
-    TESSERA_BIN=${CARGO_TARGET_DIR:-target}/release/tessera
-fi
-
-work=$(mktemp -d /tmp/tessera-bench.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_setup bench
 
 mkdir -p "$work/www" "$work/nginx" bench/out
 chmod 755 "$work" "$work/www"  # nginx workers run as an unprivileged user
