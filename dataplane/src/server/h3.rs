@@ -211,6 +211,8 @@ enum StreamState {
 /// quiche's packet buffers) or a small owned buffer.
 enum Body {
     Mapped(Rc<memmap2::Mmap>),
+    /// A small blob the core's open-file cache holds (no mapping per request).
+    Cached(Rc<[u8]>),
     Owned(Vec<u8>),
 }
 
@@ -218,6 +220,7 @@ impl Body {
     fn bytes(&self) -> &[u8] {
         match self {
             Body::Mapped(m) => m,
+            Body::Cached(b) => b,
             Body::Owned(v) => v,
         }
     }
@@ -1120,8 +1123,8 @@ fn get_blob(
     hash: BlobHash,
     fetch: Option<&flume::Sender<Committed>>,
 ) {
-    let (fd, size) = match core.open_blob(&hash) {
-        Ok(Some(found)) => found,
+    let (fd, size, cached) = match core.open_blob_cached(&hash) {
+        Ok(Some(o)) => (o.fd, o.size, o.body),
         Ok(None) => {
             // Not here: fetch it from peers off the core, then answer.
             if let (Some(commits), Some(fetcher), crate::config::OnMiss::Fetch) = (
@@ -1231,6 +1234,8 @@ fn get_blob(
     };
     let body = if len == 0 || head_only {
         Body::Owned(Vec::new())
+    } else if let Some(bytes) = cached {
+        Body::Cached(bytes)
     } else {
         // SAFETY: blobs are immutable once committed (written to tmp/, renamed in,
         // never modified in place), so the mapping's bytes cannot change under us.
