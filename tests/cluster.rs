@@ -325,8 +325,10 @@ fn a_blob_put_on_one_node_is_replicated_and_served_by_every_other() {
     assert_eq!(status, 200);
     assert!(body == data, "late joiner served different bytes");
 
-    // A holder whose copy rotted: its stream fails verification, nothing bad
-    // is stored or served, the next peer supplies the bytes, and it is marked.
+    // A holder whose copy rotted cuts its own stream when it notices (whether
+    // the asker ever asks it depends on the ranking): whatever happens, nothing
+    // bad is stored or served. Marking a lying peer is asserted in
+    // `a_peer_that_sends_corrupt_chunks_is_caught_and_marked`.
     let rotten = nodes
         .iter()
         .position(|n| n.child.is_some() && n.data_dir.join("blobs").join(&hash).exists())

@@ -171,7 +171,6 @@ pub struct Cluster {
     view: Arc<Mutex<View>>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    id: NodeId,
     key: NodeKey,
 }
 
@@ -210,7 +209,6 @@ impl Cluster {
         }
         let view = Arc::new(Mutex::new(View::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let id = key.id();
         let signer = key.clone();
         let thread = {
             let (view, stop) = (view.clone(), stop.clone());
@@ -223,7 +221,6 @@ impl Cluster {
             view,
             stop,
             thread: Mutex::new(Some(thread)),
-            id,
             key: signer,
         })
     }
@@ -309,7 +306,7 @@ impl Cluster {
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
-        self.id
+        self.key.id()
     }
 
     /// Signs a request to another node: (time in ms, signature hex) over
