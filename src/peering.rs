@@ -39,6 +39,8 @@ use dataplane::store::{Store, StoreError};
 const MULTI_PEER_MIN_BYTES: u64 = 4 << 20;
 /// At most this many parts (and peers) per fetch.
 const MAX_PARTS: usize = 4;
+/// Holders found beyond MAX_PARTS before a fetch starts, to retry failed parts on.
+const SPARE_HOLDERS: usize = 2;
 /// How often the replicator looks at the membership epoch.
 const REBALANCE_CHECK: Duration = Duration::from_millis(500);
 /// Wait after a membership change before rebalancing (joins come in bursts).
@@ -132,6 +134,11 @@ impl Peering {
                 _ => {}
             }
             holders.push(peer);
+            // Enough for every part plus spares to retry on: ask no further
+            // (a large cluster is not probed member by member on each miss).
+            if holders.len() >= MAX_PARTS + SPARE_HOLDERS {
+                break;
+            }
         }
         let Some(size) = size else { return false };
         let fetched = if size >= MULTI_PEER_MIN_BYTES && holders.len() > 1 {
