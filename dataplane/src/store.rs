@@ -333,27 +333,36 @@ impl Store {
                 limit: self.config.max_bytes,
             });
         }
-        let data = TempFile::new(self.tmp_path("data"))?;
-        data.file.set_len(size)?;
-        let tree = verified::tree(size);
-        let groups = size.div_ceil(verified::CHUNK_GROUP_BYTES as u64).max(1) as usize;
+        let a = self.new_assembly(expected)?;
+        a.parts()
+            .set_size(size, self.config.max_bytes, &a.data.file)?;
+        Ok(a)
+    }
+
+    /// An assembly whose size the first stream will announce.
+    fn new_assembly(&self, expected: BlobHash) -> Result<Assembly, StoreError> {
         Ok(Assembly {
             expected,
-            size,
-            data,
-            outboard: Mutex::new(vec![0u8; tree.outboard_size() as usize]),
-            tree,
-            done: Mutex::new(vec![false; groups]),
+            max_bytes: self.config.max_bytes,
+            data: TempFile::new(self.tmp_path("data"))?,
+            parts: Mutex::new(Parts {
+                size: None,
+                tree: verified::tree(0),
+                outboard: Vec::new(),
+                done: Vec::new(),
+            }),
         })
     }
 
     /// Stores an assembly whose every group arrived verified.
     pub fn finish_assembly(&self, a: Assembly) -> Result<PutOutcome, StoreError> {
-        let missing = a
-            .done
-            .lock()
-            .map(|d| d.iter().filter(|g| !**g).count())
-            .unwrap_or(usize::MAX);
+        let parts = a.parts.into_inner().unwrap_or_else(|p| p.into_inner());
+        let Some(size) = parts.size else {
+            return Err(StoreError::Io(io::Error::other(
+                "no stream announced the blob's size",
+            )));
+        };
+        let missing = parts.done.iter().filter(|g| !**g).count();
         if missing > 0 {
             return Err(StoreError::Io(io::Error::other(format!(
                 "{missing} chunk groups never arrived"
@@ -361,56 +370,22 @@ impl Store {
         }
         a.data.file.sync_all()?;
         let outboard_tmp = TempFile::new(self.tmp_path("obao"))?;
-        let outboard = a.outboard.into_inner().unwrap_or_else(|p| p.into_inner());
-        (&outboard_tmp.file).write_all(&outboard)?;
+        (&outboard_tmp.file).write_all(&parts.outboard)?;
         outboard_tmp.file.sync_all()?;
-        self.commit(a.expected, a.size, a.data, outboard_tmp)
+        self.commit(a.expected, size, a.data, outboard_tmp)
     }
 
     /// Imports a verified stream of `expected`: every chunk group is checked before it
     /// is written, and the first bad one aborts the import with its index, leaving
-    /// nothing behind.
+    /// nothing behind. (An assembly fed by one whole stream.)
     pub fn import_verified(
         &self,
         expected: BlobHash,
         reader: impl Read,
     ) -> Result<PutOutcome, StoreError> {
-        let data_tmp = TempFile::new(self.tmp_path("data"))?;
-        let mut outboard = Vec::new();
-        let mut tree = verified::tree(0);
-        let size = verified::decode_stream(
-            expected.as_blake3(),
-            reader,
-            &verified::all_ranges(),
-            |item| {
-                match item {
-                    verified::Item::Size(size) => {
-                        if size > self.config.max_bytes {
-                            return Err(io::Error::other(format!(
-                                "blob of {size} bytes exceeds the store limit"
-                            )));
-                        }
-                        tree = verified::tree(size);
-                        outboard = vec![0u8; tree.outboard_size() as usize];
-                    }
-                    verified::Item::Parent { node, pair } => {
-                        if let Some(off) = verified::outboard_offset(&tree, node) {
-                            let off = off as usize;
-                            outboard[off..off + 64].copy_from_slice(pair);
-                        }
-                    }
-                    verified::Item::Group { offset, data } => {
-                        data_tmp.file.write_all_at(data, offset)?;
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        data_tmp.file.sync_all()?;
-        let outboard_tmp = TempFile::new(self.tmp_path("obao"))?;
-        (&outboard_tmp.file).write_all(&outboard)?;
-        outboard_tmp.file.sync_all()?;
-        self.commit(expected, size, data_tmp, outboard_tmp)
+        let a = self.new_assembly(expected)?;
+        a.decode(reader, &verified::all_ranges())?;
+        self.finish_assembly(a)
     }
 
     /// Moves a finished blob from `tmp/` into `blobs/` and records it.
@@ -759,16 +734,46 @@ impl Drop for PutWriter {
 /// `add_range` takes `&self`: one thread per peer may feed it at once.
 pub struct Assembly {
     expected: BlobHash,
-    size: u64,
+    max_bytes: u64,
     data: TempFile,
+    parts: Mutex<Parts>,
+}
+
+/// What an assembly knows once a stream announced the size.
+struct Parts {
+    size: Option<u64>,
     tree: bao_tree::BaoTree,
-    outboard: Mutex<Vec<u8>>,
-    done: Mutex<Vec<bool>>,
+    outboard: Vec<u8>,
+    /// Chunk groups written verified.
+    done: Vec<bool>,
+}
+
+impl Parts {
+    /// The first announced size fixes the tree; a later stream must agree.
+    fn set_size(&mut self, size: u64, max_bytes: u64, data: &File) -> io::Result<()> {
+        match self.size {
+            Some(s) if s != size => Err(io::Error::other(format!(
+                "peer announced {size} bytes, expected {s}"
+            ))),
+            Some(_) => Ok(()),
+            None if size > max_bytes => Err(io::Error::other(format!(
+                "blob of {size} bytes exceeds the store limit"
+            ))),
+            None => {
+                data.set_len(size)?;
+                self.size = Some(size);
+                self.tree = verified::tree(size);
+                self.outboard = vec![0u8; self.tree.outboard_size() as usize];
+                self.done = vec![false; size.div_ceil(verified::CHUNK_GROUP_BYTES as u64) as usize];
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Assembly {
-    pub fn size(&self) -> u64 {
-        self.size
+    fn parts(&self) -> std::sync::MutexGuard<'_, Parts> {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Decodes a verified stream of bytes `first..=last` (widened to whole chunk
@@ -776,23 +781,22 @@ impl Assembly {
     /// expected root. A bad group or a stream for another size is an error and
     /// writes nothing more; groups already written stay valid.
     pub fn add_range(&self, reader: impl Read, first: u64, last: u64) -> Result<(), StoreError> {
-        let ranges = verified::group_ranges(first, last);
+        self.decode(reader, &verified::group_ranges(first, last))
+    }
+
+    fn decode(&self, reader: impl Read, ranges: &bao_tree::ChunkRanges) -> Result<(), StoreError> {
         let mut written: Vec<usize> = Vec::new();
-        verified::decode_stream(self.expected.as_blake3(), reader, &ranges, |item| {
+        verified::decode_stream(self.expected.as_blake3(), reader, ranges, |item| {
             match item {
-                verified::Item::Size(size) if size != self.size => {
-                    return Err(io::Error::other(format!(
-                        "peer announced {size} bytes, expected {}",
-                        self.size
-                    )))
+                verified::Item::Size(size) => {
+                    self.parts()
+                        .set_size(size, self.max_bytes, &self.data.file)?
                 }
-                verified::Item::Size(_) => {}
                 verified::Item::Parent { node, pair } => {
-                    if let Some(off) = verified::outboard_offset(&self.tree, node) {
+                    let mut parts = self.parts();
+                    if let Some(off) = verified::outboard_offset(&parts.tree, node) {
                         let off = off as usize;
-                        if let Ok(mut ob) = self.outboard.lock() {
-                            ob[off..off + 64].copy_from_slice(pair);
-                        }
+                        parts.outboard[off..off + 64].copy_from_slice(pair);
                     }
                 }
                 verified::Item::Group { offset, data } => {
@@ -802,11 +806,10 @@ impl Assembly {
             }
             Ok(())
         })?;
-        if let Ok(mut done) = self.done.lock() {
-            for g in written {
-                if let Some(d) = done.get_mut(g) {
-                    *d = true;
-                }
+        let mut parts = self.parts();
+        for g in written {
+            if let Some(d) = parts.done.get_mut(g) {
+                *d = true;
             }
         }
         Ok(())
@@ -999,6 +1002,20 @@ mod tests {
             .read_to_end(&mut obao)
             .expect("read");
         assert_eq!(obao, ob.pre_order);
+    }
+
+    #[test]
+    fn an_empty_blob_imports_from_its_verified_stream() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = store(dir.path(), 1 << 30);
+        let mut b = OutboardBuilder::new();
+        b.update(&[]);
+        let ob = b.finish();
+        let hash = BlobHash::from(ob.root);
+        let enc = encode_to_vec(&[], &ob.pre_order, &all_ranges());
+        let out = s.import_verified(hash, &enc[..]).expect("import");
+        assert_eq!(out.size, 0);
+        assert!(s.read_all(&hash).expect("read").is_empty());
     }
 
     #[test]
