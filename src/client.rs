@@ -258,7 +258,7 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
 
 /// The client's own key and receipt counter, in `$TESSERA_CLIENT_DIR` or
 /// `~/.config/tessera/client/` (made on first use, key file mode 0600).
-fn client_dir() -> PathBuf {
+pub fn client_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("TESSERA_CLIENT_DIR") {
         return PathBuf::from(d);
     }
@@ -292,6 +292,14 @@ fn send_receipt(
         .context("the node did not name itself")?;
     let node_id: controlplane::NodeId =
         me.id.parse().map_err(|e| anyhow::anyhow!("node id: {e}"))?;
+    // The ledger's open epoch (0 where the node runs no ledger).
+    let epoch = match agent.get(format!("{base}/ledger/status")).call() {
+        Ok(mut r) if r.status() == 200 => {
+            let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+            v["epoch"].as_u64().unwrap_or(0)
+        }
+        _ => 0,
+    };
     // The next sequence number: a counter beside the key, replaced atomically.
     let seq_path = dir.join("receipt.seq");
     let seq = std::fs::read_to_string(&seq_path)
@@ -307,8 +315,7 @@ fn send_receipt(
         service: 1, // blob delivery
         content: hash.0,
         bytes,
-        // Epochs come from the ledger once it runs; 0 until then.
-        epoch: 0,
+        epoch,
         seq,
     }
     .sign_with(&key);

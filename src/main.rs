@@ -7,6 +7,7 @@
 
 mod client;
 mod h3client;
+mod ledger;
 mod node;
 mod peering;
 
@@ -48,6 +49,23 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// This client's ledger account (its key: ~/.config/tessera/client/).
+    Account(ledger::AccountArgs),
+    /// The replicated ledger as a node sees it.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// Rewards paid to nodes for a closed epoch.
+    Rewards(ledger::RewardsArgs),
+    /// Every staked node's reputation.
+    Reputation(ledger::NodeArg),
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Epoch, committee, ledger time, counters.
+    Status(ledger::NodeArg),
 }
 
 #[derive(Subcommand)]
@@ -64,6 +82,14 @@ enum KeysCommand {
         #[arg(long, env = "TESSERA_DATA_DIR")]
         data_dir: Option<PathBuf>,
         /// One JSON object: {"id", "key_file"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the key if there is none (e.g. to name a genesis committee before
+    /// the first start), then show it.
+    Init {
+        #[arg(long, env = "TESSERA_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -107,7 +133,16 @@ fn main() -> std::process::ExitCode {
         } => client::members(args),
         Command::Keys {
             command: KeysCommand::Show { data_dir, json },
-        } => keys_show(data_dir, json),
+        } => keys_show(data_dir, json, false),
+        Command::Keys {
+            command: KeysCommand::Init { data_dir, json },
+        } => keys_show(data_dir, json, true),
+        Command::Account(args) => ledger::account(args),
+        Command::Ledger {
+            command: LedgerCommand::Status(args),
+        } => ledger::status(args),
+        Command::Rewards(args) => ledger::rewards(args),
+        Command::Reputation(args) => ledger::reputation(args),
     };
     match result {
         Ok(code) => code,
@@ -118,9 +153,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn keys_show(data_dir: Option<PathBuf>, json: bool) -> anyhow::Result<std::process::ExitCode> {
+fn keys_show(
+    data_dir: Option<PathBuf>,
+    json: bool,
+    create: bool,
+) -> anyhow::Result<std::process::ExitCode> {
     let dir = data_dir.unwrap_or_else(dataplane::config::default_data_dir);
-    let key = controlplane::NodeKey::load(&dir)?;
+    let key = if create {
+        std::fs::create_dir_all(&dir)?;
+        controlplane::NodeKey::load_or_create(&dir)?.0
+    } else {
+        controlplane::NodeKey::load(&dir)?
+    };
     if json {
         println!(
             "{}",

@@ -172,7 +172,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         let cluster = Cluster::start(
-            key,
+            key.clone(),
             ClusterConfig {
                 addr: listen,
                 join: cfg.join.clone(),
@@ -204,6 +204,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    // The replicated ledger, when this network has one.
+    let chain = match &cluster {
+        Some(c) if !cfg.ledger.genesis.is_empty() => {
+            let chain = crate::ledger::start(key.clone(), c.clone(), &cfg)?;
+            crate::ledger::start_duties(chain.clone(), c.clone(), key.clone(), &cfg)
+                .context("cannot start the ledger duties")?;
+            Some(chain)
+        }
+        _ => None,
+    };
     let hooks = Hooks {
         control_inbox: cluster.as_ref().map(|c| c.inbox()),
         members: cluster.as_ref().map(|c| c.members_renderer()),
@@ -215,7 +225,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         on_stored,
         verify_peer: cluster.as_ref().map(|c| c.peer_verifier()),
         locate: cluster.as_ref().map(|c| c.locator(replication)),
-        extra_metrics: cluster.as_ref().map(|c| c.metrics_renderer()),
+        extra_metrics: cluster.as_ref().map(|c| {
+            let render = c.metrics_renderer();
+            let chain = chain.clone();
+            Arc::new(move || {
+                let mut text = render();
+                if let Some(chain) = &chain {
+                    text.push_str(&crate::ledger::metrics(chain));
+                }
+                text
+            }) as Arc<dyn Fn() -> String + Send + Sync>
+        }),
+        ledger: chain.as_ref().map(|c| crate::ledger::handler(c.clone())),
         store_receipts: match &cluster {
             Some(c) => {
                 let log = controlplane::ledger::ReceiptLog::open(
@@ -247,6 +268,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("stopping: finishing requests in flight");
     let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
     server.wait();
+    if let Some(chain) = chain {
+        chain.shutdown();
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -208,6 +208,11 @@ impl NodeKey {
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()
     }
+
+    /// The key itself, for protocols that sign with it (the ledger's consensus).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
 }
 
 fn parse_key(text: &str) -> Result<[u8; 32], &'static str> {

@@ -179,11 +179,10 @@ pub enum Tx {
     RegisterNode { stake: u64 },
     /// A node submits receipts clients signed for it.
     SubmitReceipts { receipts: Vec<SignedReceipt> },
-    /// Close the open epoch: pay nodes, open the next.
-    CloseEpoch { epoch: u64 },
-    /// Set a node's reputation in thousandths (the aggregation that produces it
-    /// is a later step).
-    SetReputation { node: Key, permille: u16 },
+    /// A registered node's scores (thousandths) for other nodes in the open
+    /// epoch, from its own measurements (liveness, verified transfers); a later
+    /// report from the same node replaces the earlier one per subject.
+    Report { epoch: u64, scores: Vec<(Key, u16)> },
 }
 
 /// A transaction as it travels: the body, who sent it, their nonce, signature.
@@ -205,6 +204,11 @@ impl SignedTx {
             nonce,
             sig,
         }
+    }
+
+    /// Same as [`SignedTx::new`] with the node's key.
+    pub fn new_with(tx: Tx, nonce: u64, key: &crate::identity::NodeKey) -> SignedTx {
+        SignedTx::new(tx, nonce, key.signing_key())
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -243,7 +247,8 @@ impl SignedTx {
         })
     }
 
-    fn verify(&self) -> bool {
+    /// Whether the sender's key signed this body and nonce.
+    pub fn verify(&self) -> bool {
         let body = postcard::to_stdvec(&self.tx).unwrap_or_default();
         VerifyingKey::from_bytes(&self.sender).is_ok_and(|k| {
             k.verify(
@@ -279,12 +284,14 @@ pub enum Reject {
     NotANode,
     #[error("epoch {0} is not the open epoch")]
     WrongEpoch(u64),
-    #[error("too many receipts in one transaction")]
-    TooManyReceipts,
+    #[error("too many entries in one transaction")]
+    TooMany,
+    #[error("a node cannot score itself")]
+    SelfReport,
 }
 
 /// Why one receipt in a submission was not paid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReceiptReject {
     Forged,
     Replayed,
@@ -293,43 +300,188 @@ pub enum ReceiptReject {
     OtherNode,
 }
 
+impl ReceiptReject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptReject::Forged => "forged",
+            ReceiptReject::Replayed => "replayed",
+            ReceiptReject::Stale => "stale",
+            ReceiptReject::OverBudget => "over-budget",
+            ReceiptReject::OtherNode => "other-node",
+        }
+    }
+}
+
 /// What applying a transaction did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Outcome {
     pub accepted_receipts: usize,
     pub rejected_receipts: Vec<(usize, ReceiptReject)>,
-    /// Rewards paid at an epoch close, by node.
-    pub rewards: BTreeMap<Key, u64>,
 }
 
-/// Ledger parameters every replica must share.
+/// Ledger parameters every replica must share (part of the genesis).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Params {
     /// Charged to a client per delivered byte, in the ledger's smallest unit.
     pub price_per_byte: u64,
     pub dev_deposits: bool,
-    /// Accounts allowed to close epochs and set reputation (the committee).
-    pub operators: BTreeSet<Key>,
+    /// Epoch length in block-time milliseconds.
+    pub epoch_ms: u64,
+    /// Seats in the committee chosen at each epoch's end.
+    pub committee_size: usize,
+    /// Least stake that makes a node a committee candidate.
+    pub min_stake: u64,
+}
+
+/// Fewest distinct reporters whose median sets a node's reputation; below it
+/// the reputation stays as it was (one or two voices decide nothing).
+pub const MIN_REPORTERS: usize = 3;
+/// A new committee needs at least this many candidates (3f+1 with f = 1).
+pub const MIN_COMMITTEE: usize = 4;
+
+/// What an epoch's end did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EpochClose {
+    pub epoch: u64,
+    /// Total charged to clients in the epoch (the reward pool).
+    pub pool: u64,
+    pub rewards: BTreeMap<Key, u64>,
+    /// Whether the committee for the next epoch differs from this one.
+    pub committee_changed: bool,
 }
 
 /// The replicated state.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct State {
     pub epoch: u64,
+    /// Block time at which the open epoch began (0: no block yet).
+    pub epoch_start_ms: u64,
+    /// Time of the last applied block.
+    pub time_ms: u64,
+    /// Blocks applied.
+    pub height: u64,
+    /// The members that replicate the ledger this epoch.
+    pub committee: Vec<Key>,
     pub balances: BTreeMap<Key, u64>,
     pub nonces: BTreeMap<Key, u64>,
     pub stakes: BTreeMap<Key, u64>,
     /// Reputation in thousandths (1000 when never set).
     pub reputation: BTreeMap<Key, u16>,
-    /// (client, node, seq) already paid.
+    /// (client, node, seq) already paid in the open epoch (older receipts are
+    /// stale anyway, so the set is emptied at each epoch's end).
     pub spent: BTreeSet<(Key, Key, u64)>,
-    /// What the open epoch owes each node before reputation.
+    /// What clients were charged in the open epoch for each node's deliveries.
     pub earned: BTreeMap<Key, u64>,
-    /// Rewards paid per closed epoch, by node.
-    pub rewards: BTreeMap<u64, BTreeMap<Key, u64>>,
+    /// Open epoch's reports: subject -> reporter -> score.
+    pub reports: BTreeMap<Key, BTreeMap<Key, u16>>,
+    /// Closed epochs, by number.
+    pub closed: BTreeMap<u64, EpochClose>,
+    /// Rounding remainders and pools no one could be paid from.
+    pub treasury: u64,
 }
 
 impl State {
+    /// The genesis state: the first committee and nothing else.
+    pub fn genesis(committee: Vec<Key>) -> State {
+        State {
+            committee,
+            ..State::default()
+        }
+    }
+
+    /// Reputation of a node in thousandths.
+    pub fn reputation_of(&self, node: &Key) -> u16 {
+        self.reputation.get(node).copied().unwrap_or(1000)
+    }
+
+    /// Moves block time forward to `time_ms`, closing the open epoch when it has
+    /// run its length. Call once per block, before its transactions.
+    pub fn advance(&mut self, params: &Params, time_ms: u64) -> Option<EpochClose> {
+        self.height += 1;
+        self.time_ms = self.time_ms.max(time_ms);
+        if self.epoch_start_ms == 0 {
+            self.epoch_start_ms = self.time_ms;
+            return None;
+        }
+        let len = params.epoch_ms.max(1);
+        let elapsed = self.time_ms.saturating_sub(self.epoch_start_ms);
+        if elapsed < len {
+            return None;
+        }
+        let close = self.close_epoch(params);
+        // Fixed-length epochs on the block clock; a long silence skips ahead.
+        self.epoch_start_ms += elapsed / len * len;
+        Some(close)
+    }
+
+    fn close_epoch(&mut self, params: &Params) -> EpochClose {
+        // Reputation: the median of distinct reporters' scores (the reporters
+        // were registered nodes when they reported, never the subject).
+        for (subject, by) in std::mem::take(&mut self.reports) {
+            if by.len() < MIN_REPORTERS {
+                continue;
+            }
+            let mut scores: Vec<u16> = by.into_values().collect();
+            scores.sort_unstable();
+            self.reputation
+                .insert(subject, scores[(scores.len() - 1) / 2]);
+        }
+        // Rewards: the pool clients paid, shared by charged bytes × reputation.
+        let earned = std::mem::take(&mut self.earned);
+        let pool: u128 = earned.values().map(|&v| v as u128).sum();
+        let weights: Vec<(Key, u128)> = earned
+            .iter()
+            .map(|(n, &v)| (*n, v as u128 * self.reputation_of(n) as u128))
+            .collect();
+        let total: u128 = weights.iter().map(|(_, w)| w).sum();
+        let mut rewards = BTreeMap::new();
+        let mut paid: u128 = 0;
+        for (node, w) in weights {
+            if let Some(r) = (pool * w).checked_div(total) {
+                paid += r;
+                let r = r as u64;
+                let b = self.balances.entry(node).or_default();
+                *b = b.saturating_add(r);
+                rewards.insert(node, r);
+            }
+        }
+        self.treasury = self.treasury.saturating_add((pool - paid) as u64);
+        // The next committee: the staked nodes with the most stake × reputation.
+        let mut candidates: Vec<(u128, Key)> = self
+            .stakes
+            .iter()
+            .filter(|(_, &s)| s >= params.min_stake.max(1))
+            .map(|(n, &s)| (s as u128 * self.reputation_of(n) as u128, *n))
+            .filter(|(w, _)| *w > 0)
+            .collect();
+        let mut committee_changed = false;
+        if candidates.len() >= MIN_COMMITTEE.min(params.committee_size.max(1)) {
+            candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut next: Vec<Key> = candidates
+                .into_iter()
+                .take(params.committee_size.max(1))
+                .map(|(_, k)| k)
+                .collect();
+            next.sort_unstable();
+            let mut now = self.committee.clone();
+            now.sort_unstable();
+            if next != now {
+                self.committee = next;
+                committee_changed = true;
+            }
+        }
+        self.spent.clear();
+        let close = EpochClose {
+            epoch: self.epoch,
+            pool: pool as u64,
+            rewards,
+            committee_changed,
+        };
+        self.closed.insert(self.epoch, close.clone());
+        self.epoch += 1;
+        close
+    }
+
     /// Applies one transaction; on `Err` the state is unchanged.
     pub fn apply(&mut self, params: &Params, stx: &SignedTx) -> Result<Outcome, Reject> {
         if !stx.verify() {
@@ -358,14 +510,15 @@ impl State {
                     return Err(Reject::InsufficientBalance);
                 }
                 self.balances.insert(sender, b - stake);
-                *self.stakes.entry(sender).or_default() += stake;
+                let s = self.stakes.entry(sender).or_default();
+                *s = s.saturating_add(*stake);
             }
             Tx::SubmitReceipts { receipts } => {
                 if !self.stakes.contains_key(&sender) {
                     return Err(Reject::NotANode);
                 }
                 if receipts.len() > MAX_RECEIPTS_PER_TX {
-                    return Err(Reject::TooManyReceipts);
+                    return Err(Reject::TooMany);
                 }
                 for (i, r) in receipts.iter().enumerate() {
                     match self.check_receipt(params, &sender, r) {
@@ -375,36 +528,33 @@ impl State {
                             if let Some(b) = self.balances.get_mut(&rc.client) {
                                 *b -= charge;
                             }
-                            *self.earned.entry(sender).or_default() += charge;
+                            let e = self.earned.entry(sender).or_default();
+                            *e = e.saturating_add(charge);
                             outcome.accepted_receipts += 1;
                         }
                         Err(why) => outcome.rejected_receipts.push((i, why)),
                     }
                 }
             }
-            Tx::CloseEpoch { epoch } => {
-                if !params.operators.contains(&sender) {
+            Tx::Report { epoch, scores } => {
+                if !self.stakes.contains_key(&sender) {
                     return Err(Reject::NotANode);
                 }
                 if *epoch != self.epoch {
                     return Err(Reject::WrongEpoch(*epoch));
                 }
-                let mut paid = BTreeMap::new();
-                for (node, amount) in std::mem::take(&mut self.earned) {
-                    let rep = self.reputation.get(&node).copied().unwrap_or(1000) as u128;
-                    let reward = (amount as u128 * rep / 1000) as u64;
-                    *self.balances.entry(node).or_default() += reward;
-                    paid.insert(node, reward);
+                if scores.len() > MAX_RECEIPTS_PER_TX {
+                    return Err(Reject::TooMany);
                 }
-                self.rewards.insert(self.epoch, paid.clone());
-                outcome.rewards = paid;
-                self.epoch += 1;
-            }
-            Tx::SetReputation { node, permille } => {
-                if !params.operators.contains(&sender) {
-                    return Err(Reject::NotANode);
+                if scores.iter().any(|(n, _)| *n == sender) {
+                    return Err(Reject::SelfReport);
                 }
-                self.reputation.insert(*node, (*permille).min(1000));
+                for (node, score) in scores {
+                    self.reports
+                        .entry(*node)
+                        .or_default()
+                        .insert(sender, (*score).min(1000));
+                }
             }
         }
         self.nonces.insert(sender, want + 1);
@@ -446,27 +596,43 @@ mod tests {
         SigningKey::from_bytes(&[seed; 32])
     }
 
+    fn id(k: &SigningKey) -> Key {
+        k.verifying_key().to_bytes()
+    }
+
     struct Net {
         state: State,
         params: Params,
         nonces: BTreeMap<Key, u64>,
+        clock: u64,
     }
 
     impl Net {
-        fn new(operator: &SigningKey) -> Net {
-            Net {
-                state: State::default(),
+        fn new() -> Net {
+            let mut net = Net {
+                state: State::genesis(vec![]),
                 params: Params {
                     price_per_byte: 2,
                     dev_deposits: true,
-                    operators: [operator.verifying_key().to_bytes()].into(),
+                    epoch_ms: 1000,
+                    committee_size: 4,
+                    min_stake: 1,
                 },
                 nonces: BTreeMap::new(),
-            }
+                clock: 1_000_000,
+            };
+            net.tick(0);
+            net
+        }
+
+        /// One block `ms` after the last: may close the epoch.
+        fn tick(&mut self, ms: u64) -> Option<EpochClose> {
+            self.clock += ms;
+            self.state.advance(&self.params, self.clock)
         }
 
         fn send(&mut self, k: &SigningKey, tx: Tx) -> Result<Outcome, Reject> {
-            let who = k.verifying_key().to_bytes();
+            let who = id(k);
             let nonce = *self.nonces.get(&who).unwrap_or(&0);
             // Through the wire form, as a replica would receive it.
             let wire = SignedTx::new(tx, nonce, k).encode();
@@ -475,6 +641,24 @@ mod tests {
                 self.nonces.insert(who, nonce + 1);
             }
             r
+        }
+
+        fn node(&mut self, k: &SigningKey, stake: u64) {
+            self.send(k, Tx::Deposit { amount: stake })
+                .expect("deposit");
+            self.send(k, Tx::RegisterNode { stake }).expect("register");
+        }
+
+        fn report(&mut self, from: &SigningKey, about: &SigningKey, score: u16) {
+            let epoch = self.state.epoch;
+            self.send(
+                from,
+                Tx::Report {
+                    epoch,
+                    scores: vec![(id(about), score)],
+                },
+            )
+            .expect("report");
         }
     }
 
@@ -486,8 +670,8 @@ mod tests {
         seq: u64,
     ) -> SignedReceipt {
         Receipt {
-            client: client.verifying_key().to_bytes(),
-            node: node.verifying_key().to_bytes(),
+            client: id(client),
+            node: id(node),
             service: 1,
             content: [9; 32],
             bytes,
@@ -499,25 +683,19 @@ mod tests {
 
     #[test]
     fn receipts_charge_clients_and_pay_nodes_by_reputation() {
-        let (op, a, b, c1, c2) = (key(1), key(2), key(3), key(4), key(5));
-        let mut net = Net::new(&op);
-        for k in [&a, &b] {
-            net.send(k, Tx::Deposit { amount: 100 }).expect("deposit");
-            net.send(k, Tx::RegisterNode { stake: 50 })
-                .expect("register");
+        let (a, b, c, d, c1, c2) = (key(2), key(3), key(6), key(7), key(4), key(5));
+        let mut net = Net::new();
+        for k in [&a, &b, &c, &d] {
+            net.node(k, 50);
         }
         net.send(&c1, Tx::Deposit { amount: 10_000 })
             .expect("deposit");
         net.send(&c2, Tx::Deposit { amount: 1_000 })
             .expect("deposit");
-        net.send(
-            &op,
-            Tx::SetReputation {
-                node: b.verifying_key().to_bytes(),
-                permille: 500,
-            },
-        )
-        .expect("reputation");
+        // Three peers measured b at half.
+        for r in [&a, &c, &d] {
+            net.report(r, &b, 500);
+        }
         let out = net
             .send(
                 &a,
@@ -536,27 +714,102 @@ mod tests {
             )
             .expect("submit");
         assert_eq!(out.accepted_receipts, 1);
-        let out = net.send(&op, Tx::CloseEpoch { epoch: 0 }).expect("close");
-        // Independent computation: a earned (1000 + 100) × 2 at reputation 1.0,
-        // b earned 2000 × 2 at reputation 0.5.
-        let (ka, kb) = (a.verifying_key().to_bytes(), b.verifying_key().to_bytes());
-        assert_eq!(out.rewards.get(&ka), Some(&2200));
-        assert_eq!(out.rewards.get(&kb), Some(&2000));
-        assert_eq!(
-            net.state.balances[&c1.verifying_key().to_bytes()],
-            10_000 - 2000 - 4000
+        assert_eq!(net.tick(999), None, "the epoch is not over yet");
+        let close = net.tick(1).expect("epoch 0 closes at 1000 ms");
+        // Independent computation: the pool is what clients paid, (1100 + 2000)
+        // bytes × 2; a's weight 2200 × 1000, b's 4000 × 500 (median of reports).
+        let pool: u128 = 6200;
+        let (wa, wb): (u128, u128) = (2200 * 1000, 4000 * 500);
+        let (ra, rb) = (
+            (pool * wa / (wa + wb)) as u64,
+            (pool * wb / (wa + wb)) as u64,
         );
-        assert_eq!(net.state.balances[&ka], 50 + 2200);
+        assert_eq!(close.pool, 6200);
+        assert_eq!(close.rewards.get(&id(&a)), Some(&ra));
+        assert_eq!(close.rewards.get(&id(&b)), Some(&rb));
+        assert_eq!(net.state.treasury, 6200 - ra - rb);
+        assert_eq!(net.state.balances[&id(&c1)], 10_000 - 2000 - 4000);
+        assert_eq!(net.state.balances[&id(&a)], ra);
+        assert_eq!(net.state.reputation_of(&id(&b)), 500);
         assert_eq!(net.state.epoch, 1);
+        assert_eq!(net.state.closed[&0], close);
+    }
+
+    #[test]
+    fn a_lone_liar_neither_sinks_nor_lifts_a_node() {
+        let ks: Vec<SigningKey> = (10..15).map(key).collect();
+        let mut net = Net::new();
+        for k in &ks {
+            net.node(k, 10);
+        }
+        // ks[0] is good: three say 1000, the liar says 0.
+        for r in &ks[1..4] {
+            net.report(r, &ks[0], 1000);
+        }
+        net.report(&ks[4], &ks[0], 0);
+        // ks[1] is bad: three say 0, the liar says 1000.
+        for r in [&ks[0], &ks[2], &ks[3]] {
+            net.report(r, &ks[1], 0);
+        }
+        net.report(&ks[4], &ks[1], 1000);
+        // ks[2] has only two reporters: unchanged.
+        net.report(&ks[0], &ks[2], 0);
+        net.report(&ks[1], &ks[2], 0);
+        net.tick(1000).expect("close");
+        assert_eq!(net.state.reputation_of(&id(&ks[0])), 1000);
+        assert_eq!(net.state.reputation_of(&id(&ks[1])), 0);
+        assert_eq!(net.state.reputation_of(&id(&ks[2])), 1000);
+        // A node cannot score itself; reports are for the open epoch only.
+        assert_eq!(
+            net.send(
+                &ks[0],
+                Tx::Report {
+                    epoch: 1,
+                    scores: vec![(id(&ks[0]), 1000)]
+                }
+            ),
+            Err(Reject::SelfReport)
+        );
+        assert_eq!(
+            net.send(
+                &ks[0],
+                Tx::Report {
+                    epoch: 0,
+                    scores: vec![]
+                }
+            ),
+            Err(Reject::WrongEpoch(0))
+        );
+    }
+
+    #[test]
+    fn the_next_committee_is_chosen_by_stake_and_reputation() {
+        let ks: Vec<SigningKey> = (20..26).map(key).collect();
+        let mut net = Net::new();
+        for (i, k) in ks.iter().enumerate() {
+            net.node(k, 10 + i as u64);
+        }
+        // The two largest stakes, but ks[5] is scored 0 by three peers.
+        for r in &ks[0..3] {
+            net.report(r, &ks[5], 0);
+        }
+        let close = net.tick(1000).expect("close");
+        assert!(close.committee_changed);
+        let mut want: Vec<Key> = [&ks[1], &ks[2], &ks[3], &ks[4]]
+            .iter()
+            .map(|k| id(k))
+            .collect();
+        want.sort_unstable();
+        assert_eq!(net.state.committee, want);
+        let close = net.tick(1000).expect("close");
+        assert!(!close.committee_changed, "same candidates, same committee");
     }
 
     #[test]
     fn forged_replayed_stale_over_budget_and_foreign_receipts_are_refused() {
-        let (op, a, b, c) = (key(1), key(2), key(3), key(4));
-        let mut net = Net::new(&op);
-        net.send(&a, Tx::Deposit { amount: 10 }).expect("deposit");
-        net.send(&a, Tx::RegisterNode { stake: 10 })
-            .expect("register");
+        let (a, b, c) = (key(2), key(3), key(4));
+        let mut net = Net::new();
+        net.node(&a, 10);
         net.send(&c, Tx::Deposit { amount: 1000 }).expect("deposit");
         let mut forged = receipt(&c, &a, 10, 0, 0);
         forged.receipt.bytes = 400; // altered after signing
@@ -587,23 +840,27 @@ mod tests {
                 (5, ReceiptReject::OtherNode),
             ]
         );
-        // A receipt from a closed epoch is stale afterwards too.
-        net.send(&op, Tx::CloseEpoch { epoch: 0 }).expect("close");
+        // A receipt from a closed epoch is stale afterwards too, and the one
+        // already paid stays refused (stale before replayed).
+        net.tick(1000).expect("close");
         let out = net
             .send(
                 &a,
                 Tx::SubmitReceipts {
-                    receipts: vec![receipt(&c, &a, 10, 0, 9)],
+                    receipts: vec![receipt(&c, &a, 10, 0, 9), receipt(&c, &a, 10, 0, 1)],
                 },
             )
             .expect("submit");
-        assert_eq!(out.rejected_receipts, vec![(0, ReceiptReject::Stale)]);
+        assert_eq!(
+            out.rejected_receipts,
+            vec![(0, ReceiptReject::Stale), (1, ReceiptReject::Stale)]
+        );
     }
 
     #[test]
     fn bad_transactions_leave_the_state_unchanged() {
-        let (op, a, mallory) = (key(1), key(2), key(3));
-        let mut net = Net::new(&op);
+        let (a, mallory) = (key(2), key(3));
+        let mut net = Net::new();
         net.send(&a, Tx::Deposit { amount: 5 }).expect("deposit");
         let before = net.state.clone();
         // Wrong nonce (a replayed transaction).
@@ -614,20 +871,36 @@ mod tests {
         );
         // Signed by one key, claiming another sender.
         let mut forged = SignedTx::new(Tx::Deposit { amount: 1 << 40 }, 0, &mallory);
-        forged.sender = a.verifying_key().to_bytes();
+        forged.sender = id(&a);
         assert_eq!(
             net.state.apply(&net.params, &forged),
             Err(Reject::BadSignature)
         );
-        // Only the committee closes epochs.
+        // Staking more than the balance; reporting or submitting unregistered.
         assert_eq!(
-            net.send(&mallory, Tx::CloseEpoch { epoch: 0 }),
+            net.send(&a, Tx::RegisterNode { stake: 6 }),
+            Err(Reject::InsufficientBalance)
+        );
+        assert_eq!(
+            net.send(
+                &mallory,
+                Tx::Report {
+                    epoch: 0,
+                    scores: vec![(id(&a), 0)]
+                }
+            ),
             Err(Reject::NotANode)
         );
-        // Not a node: cannot submit receipts.
         assert_eq!(
             net.send(&mallory, Tx::SubmitReceipts { receipts: vec![] }),
             Err(Reject::NotANode)
+        );
+        assert_eq!(net.state, before);
+        // Deposits only in dev mode.
+        net.params.dev_deposits = false;
+        assert_eq!(
+            net.send(&a, Tx::Deposit { amount: 1 }),
+            Err(Reject::DepositsDisabled)
         );
         assert_eq!(net.state, before);
         // Malformed wire input: an error, never a panic.

@@ -36,6 +36,7 @@
 //! per membership change, and telling a node that left from one that failed
 //! (both show as `down`).
 
+pub mod chain;
 pub mod cluster;
 pub mod identity;
 pub mod ledger;

@@ -108,6 +108,51 @@ pub struct NodeConfig {
     /// On a membership change, offer every blob held here to its current homes
     /// that lack it (a joining node receives its share).
     pub rebalance: bool,
+    /// The replicated ledger (`[ledger]`); off unless a genesis committee is set.
+    pub ledger: LedgerConfig,
+}
+
+/// `[ledger]`: receipts, rewards and reputation replicated by a BFT committee.
+/// Every node of one network must use the same genesis and parameters.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Node ids (64 hex digits) of the first committee; empty: no ledger.
+    /// 3f+1 members tolerate f faulty ones (4 tolerate 1).
+    pub genesis: Vec<String>,
+    /// Epoch length in milliseconds of ledger time.
+    pub epoch_ms: u64,
+    /// Delay between a member's consensus units (one ordering round).
+    pub unit_ms: u64,
+    /// Charged to a client per delivered byte.
+    pub price_per_byte: u64,
+    /// Dev/test networks: accounts may credit themselves (`tessera account
+    /// --deposit`), and nodes stake from a self-deposit.
+    pub dev_deposits: bool,
+    /// Seats in each epoch's committee.
+    pub committee_size: usize,
+    /// Stake this node registers with on start (0: it does not register).
+    pub stake: u64,
+    /// Least stake that makes a node a committee candidate.
+    pub min_stake: u64,
+    /// How often the node submits its receipts log and its peer scores.
+    pub submit_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            genesis: Vec::new(),
+            epoch_ms: 3_600_000,
+            unit_ms: 500,
+            price_per_byte: 1,
+            dev_deposits: false,
+            committee_size: 4,
+            stake: 0,
+            min_stake: 1,
+            submit_ms: 2_000,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -147,6 +192,7 @@ impl Default for NodeConfig {
             on_miss: OnMiss::Fetch,
             peer_transfer_bytes_per_sec: 0,
             rebalance: true,
+            ledger: LedgerConfig::default(),
         }
     }
 }
@@ -197,6 +243,25 @@ impl NodeConfig {
         }
         if self.h3 && core_count_limit(self) > 255 {
             return Err("HTTP/3 steers packets by a one-byte core index: at most 255 cores".into());
+        }
+        let l = &self.ledger;
+        if l.genesis
+            .iter()
+            .any(|g| g.len() != 64 || !g.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err("ledger.genesis holds node ids: 64 hex digits each".into());
+        }
+        if l.unit_ms < 10 || l.epoch_ms < 10 * l.unit_ms {
+            return Err(
+                "ledger.unit_ms must be at least 10 and ledger.epoch_ms at least ten units".into(),
+            );
+        }
+        // AlephBFT numbers rounds with 16 bits: an epoch must end before then.
+        if l.epoch_ms / l.unit_ms > 60_000 {
+            return Err("ledger.epoch_ms / ledger.unit_ms must stay below 60000 rounds".into());
+        }
+        if l.submit_ms == 0 || l.committee_size == 0 {
+            return Err("ledger.submit_ms and ledger.committee_size must be at least 1".into());
         }
         if matches!(&self.admin_token, Some(t) if t.len() < 16) {
             return Err("admin_token must be at least 16 characters".into());

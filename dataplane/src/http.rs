@@ -295,6 +295,8 @@ pub enum Route {
     RouteOf(BlobHash),
     /// `/receipts`: clients hand in signed delivery receipts.
     Receipts,
+    /// `/ledger/...`: the replicated ledger (control plane).
+    Ledger(LedgerRoute),
     /// `/blobs`: uploads.
     Blobs,
     /// `/blobs/{hash}`.
@@ -304,6 +306,72 @@ pub enum Route {
     /// `/blobs/{x}` where `x` is not a hash.
     BadHash(HashParseError),
     NotFound,
+}
+
+/// The ledger's routes (answered by the control plane's hook).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerRoute {
+    /// `GET /ledger/status`.
+    Status,
+    /// `GET /ledger/account/{id}`.
+    Account([u8; 32]),
+    /// `GET /ledger/rewards/{epoch}`.
+    Rewards(u64),
+    /// `GET /ledger/reputation`.
+    Reputation,
+    /// `GET /ledger/boundary/{epoch}`: the state at an epoch's start (peers).
+    Boundary(u64),
+    /// `POST /ledger/tx`: a signed transaction.
+    Tx,
+    /// `POST /ledger/msg`: a consensus message (peers only).
+    Msg,
+    /// Anything else under `/ledger/`.
+    Unknown,
+}
+
+impl LedgerRoute {
+    fn parse(rest: &[u8]) -> LedgerRoute {
+        let num = |s: &[u8]| std::str::from_utf8(s).ok()?.parse::<u64>().ok();
+        match rest {
+            b"status" => LedgerRoute::Status,
+            b"reputation" => LedgerRoute::Reputation,
+            b"tx" => LedgerRoute::Tx,
+            b"msg" => LedgerRoute::Msg,
+            _ => {
+                if let Some(id) = rest.strip_prefix(b"account/") {
+                    return match parse_hex32(id) {
+                        Some(k) => LedgerRoute::Account(k),
+                        None => LedgerRoute::Unknown,
+                    };
+                }
+                if let Some(e) = rest.strip_prefix(b"rewards/").and_then(num) {
+                    return LedgerRoute::Rewards(e);
+                }
+                if let Some(e) = rest.strip_prefix(b"boundary/").and_then(num) {
+                    return LedgerRoute::Boundary(e);
+                }
+                LedgerRoute::Unknown
+            }
+        }
+    }
+
+    pub fn is_post(self) -> bool {
+        matches!(self, LedgerRoute::Tx | LedgerRoute::Msg)
+    }
+}
+
+/// 64 hex digits as 32 bytes.
+pub fn parse_hex32(s: &[u8]) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
 }
 
 /// Routes, as labels for metrics.
@@ -320,7 +388,7 @@ impl Route {
             Route::Blob(_) | Route::BadHash(_) => 3,
             Route::Pin(_) => 4,
             Route::NotFound => 5,
-            Route::Members | Route::RouteOf(_) | Route::Receipts => 6,
+            Route::Members | Route::RouteOf(_) | Route::Receipts | Route::Ledger(_) => 6,
         }
     }
 
@@ -329,6 +397,8 @@ impl Route {
         match self {
             Route::Healthz | Route::Metrics | Route::Members | Route::RouteOf(_) => "GET, HEAD",
             Route::Blobs | Route::Receipts => "POST",
+            Route::Ledger(l) if l.is_post() => "POST",
+            Route::Ledger(_) => "GET",
             Route::Blob(_) | Route::BadHash(_) => "GET, HEAD, DELETE",
             Route::Pin(_) => "PUT, DELETE",
             Route::NotFound => "",
@@ -344,6 +414,9 @@ pub fn route(path: &[u8]) -> Route {
         b"/receipts" => Route::Receipts,
         b"/blobs" | b"/blobs/" => Route::Blobs,
         _ => {
+            if let Some(rest) = path.strip_prefix(b"/ledger/") {
+                return Route::Ledger(LedgerRoute::parse(rest));
+            }
             if let Some(h) = path.strip_prefix(b"/route/") {
                 return match BlobHash::parse(h) {
                     Ok(h) => Route::RouteOf(h),

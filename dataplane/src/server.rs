@@ -122,7 +122,30 @@ pub struct Hooks {
     /// Checks and durably stores a batch of delivery receipts (runs on the
     /// store-I/O pool; must have fsynced before it returns Ok(count)).
     pub store_receipts: Option<Arc<StoreReceipts>>,
+    /// Answers `/ledger/...` (runs on the store-I/O pool, never on a core).
+    pub ledger: Option<Arc<LedgerHandler>>,
 }
+
+/// A `/ledger/...` request for the control plane.
+pub struct LedgerCall {
+    pub route: crate::http::LedgerRoute,
+    pub body: Vec<u8>,
+    /// The node that signed the request, when one did and it checked out.
+    pub peer: Option<[u8; 32]>,
+}
+
+/// The control plane's answer to a [`LedgerCall`].
+pub struct LedgerReply {
+    pub status: Status,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// See [`Hooks::ledger`].
+pub type LedgerHandler = dyn Fn(LedgerCall) -> LedgerReply + Send + Sync;
+
+/// Largest body a `/ledger/` request may carry (a consensus message).
+const MAX_LEDGER_BODY: u64 = 4 << 20;
 
 /// See [`Hooks::store_receipts`].
 pub type StoreReceipts = dyn Fn(&[u8]) -> Result<usize, String> + Send + Sync;
@@ -648,6 +671,8 @@ struct ReqInfo {
     from_peer: bool,
     /// Signed by another node, and the signature does not check out.
     peer_refused: bool,
+    /// The node that signed the request (signature checked).
+    peer: Option<[u8; 32]>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -797,6 +822,7 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
             _ => Auth::Wrong,
         },
     };
+    let peer_refused = req.from_peer && !peer_signed(core, req);
     ReqInfo {
         method: req.method,
         route: http::route(req.path),
@@ -809,7 +835,10 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
         auth,
         expect_continue: req.expect_continue,
         from_peer: req.from_peer,
-        peer_refused: req.from_peer && !peer_signed(core, req),
+        peer_refused,
+        peer: (req.from_peer && !peer_refused)
+            .then(|| req.peer_id.and_then(http::parse_hex32))
+            .flatten(),
     }
 }
 
@@ -852,7 +881,9 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
     // Only uploads read a body; any other request that carries one is answered and
     // the connection closed, rather than guessing where the next request starts.
     let has_body = info.body != Body::None;
-    let is_upload = matches!(route, Route::Blobs | Route::Receipts) && info.method == Method::Post;
+    let is_upload = (matches!(route, Route::Blobs | Route::Receipts)
+        || matches!(route, Route::Ledger(l) if l.is_post()))
+        && info.method == Method::Post;
     if !is_upload {
         conn.rbuf.drain(..info.head_len);
     }
@@ -891,6 +922,8 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
         }
         (Route::Blobs, Method::Post) => upload(core, conn, &info).await,
         (Route::Receipts, Method::Post) => receipts(core, conn, &info).await,
+        (Route::Ledger(l), Method::Post) if l.is_post() => ledger(core, conn, &info, l).await,
+        (Route::Ledger(l), Method::Get) if !l.is_post() => ledger(core, conn, &info, l).await,
         (Route::Blob(hash), Method::Get | Method::Head) => {
             if info.verified {
                 get_verified(core, conn, &info, hash, keep_alive).await
@@ -1131,29 +1164,10 @@ async fn open_or_answer(
 /// stored durably by the control plane before the node answers 202.
 async fn receipts(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next> {
     let route = info.route;
-    let n = match info.body {
-        Body::Length(n) if n <= MAX_RECEIPTS_BODY => n as usize,
-        Body::Length(_) => {
-            let msg = "receipts batch too large\n";
-            return respond_text(core, conn, route, Status::PayloadTooLarge, msg, false).await;
-        }
-        _ => {
-            let msg = "receipts need a Content-Length body\n";
-            return respond_text(core, conn, route, Status::BadRequest, msg, false).await;
-        }
+    let body = match small_body(core, conn, info, MAX_RECEIPTS_BODY, "receipts").await? {
+        Ok(b) => b,
+        Err(next) => return Ok(next),
     };
-    let end = info.head_len + n;
-    let wait = Duration::from_millis(core.shared.config.header_timeout_ms);
-    while conn.rbuf.len() < end {
-        if conn.rbuf.capacity() < end {
-            conn.rbuf.reserve(end - conn.rbuf.len());
-        }
-        if !matches!(read_more(conn, wait).await, ReadOutcome::Data) {
-            return Ok(Next::Close);
-        }
-    }
-    let body = conn.rbuf[info.head_len..end].to_vec();
-    conn.rbuf.drain(..end);
     let keep_alive = info.keep_alive && !core.stopping.get();
     let Some(store) = core.shared.hooks.store_receipts.clone() else {
         let msg = "no control plane on this node\n";
@@ -1181,6 +1195,93 @@ async fn receipts(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Ne
         Err(e) => {
             tracing::error!("cannot store receipts: {e}");
             let msg = "cannot store receipts\n";
+            respond_text(core, conn, route, Status::InternalServerError, msg, false).await
+        }
+    }
+}
+
+/// Reads a small request body (at most `max` bytes, with a Content-Length) into
+/// memory; `Err(next)` when the request was answered instead.
+async fn small_body(
+    core: &Core,
+    conn: &mut Conn,
+    info: &ReqInfo,
+    max: u64,
+    what: &str,
+) -> io::Result<Result<Vec<u8>, Next>> {
+    let route = info.route;
+    let n = match info.body {
+        Body::Length(n) if n <= max => n as usize,
+        Body::Length(_) => {
+            let msg = format!("{what} body too large (at most {max} bytes)\n");
+            let next =
+                respond_text(core, conn, route, Status::PayloadTooLarge, &msg, false).await?;
+            return Ok(Err(next));
+        }
+        _ => {
+            let msg = format!("{what} need a Content-Length body\n");
+            let next = respond_text(core, conn, route, Status::BadRequest, &msg, false).await?;
+            return Ok(Err(next));
+        }
+    };
+    let end = info.head_len + n;
+    let wait = Duration::from_millis(core.shared.config.header_timeout_ms);
+    while conn.rbuf.len() < end {
+        if conn.rbuf.capacity() < end {
+            conn.rbuf.reserve(end - conn.rbuf.len());
+        }
+        if !matches!(read_more(conn, wait).await, ReadOutcome::Data) {
+            return Ok(Err(Next::Close));
+        }
+    }
+    let body = conn.rbuf[info.head_len..end].to_vec();
+    conn.rbuf.drain(..end);
+    Ok(Ok(body))
+}
+
+/// `/ledger/...`: handed to the control plane off the core.
+async fn ledger(
+    core: &Core,
+    conn: &mut Conn,
+    info: &ReqInfo,
+    route_l: http::LedgerRoute,
+) -> io::Result<Next> {
+    let route = info.route;
+    let body = if route_l.is_post() {
+        match small_body(core, conn, info, MAX_LEDGER_BODY, "ledger requests").await? {
+            Ok(b) => b,
+            Err(next) => return Ok(next),
+        }
+    } else {
+        Vec::new()
+    };
+    let keep_alive = info.keep_alive && !core.stopping.get();
+    let Some(handler) = core.shared.hooks.ledger.clone() else {
+        let msg = "this node runs no ledger (set [ledger] genesis)\n";
+        return respond_text(core, conn, route, Status::NotFound, msg, keep_alive).await;
+    };
+    let call = LedgerCall {
+        route: route_l,
+        body,
+        peer: info.peer,
+    };
+    match off_core(move || Ok(handler(call))).await {
+        Ok(reply) => {
+            respond(
+                core,
+                conn,
+                route,
+                reply.status,
+                reply.content_type,
+                &reply.body,
+                keep_alive,
+                false,
+            )
+            .await
+        }
+        Err(e) => {
+            tracing::error!("ledger request failed: {e}");
+            let msg = "ledger request failed\n";
             respond_text(core, conn, route, Status::InternalServerError, msg, false).await
         }
     }

@@ -10,11 +10,16 @@ fuzz_target!(|data: &[u8]| {
     let params = Params {
         price_per_byte: 1,
         dev_deposits: true,
-        operators: Default::default(),
+        epoch_ms: 1000,
+        committee_size: 4,
+        min_stake: 1,
     };
-    let mut state = State::default();
+    let mut state = State::genesis(vec![[7; 32]]);
+    state.advance(&params, 1);
     let before = state.clone();
     if state.apply(&params, &tx).is_err() {
         assert_eq!(state, before);
     }
+    // An epoch's end after any transaction must not panic either.
+    state.advance(&params, 5000);
 });

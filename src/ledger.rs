@@ -1,0 +1,686 @@
+//! The ledger's wiring into the node and its command-line client.
+//!
+//! - [`HttpTransport`]: consensus messages and transactions between committee
+//!   members as signed node-to-node requests (`POST /ledger/msg`, `/ledger/tx`),
+//!   one sender thread and one kept-alive connection per peer, a bounded queue
+//!   that drops when a peer cannot keep up (AlephBFT re-requests what it lacks).
+//! - [`handler`]: the `/ledger/...` routes the data plane hands over.
+//! - [`start_duties`]: what the node itself sends to the ledger: its stake on
+//!   first start (dev networks deposit it first), the receipts clients handed
+//!   it (`receipts.log`, in order, from a cursor kept in the data dir and moved
+//!   only once the ledger committed them), and once per epoch its scores for the
+//!   other staked nodes from its own measurements (alive and verified: 1000,
+//!   minus 250 per transfer that failed verification; down or unknown: 0).
+//! - `tessera account | ledger status | rewards | reputation`: the client side.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use controlplane::chain::{Chain, Transport};
+use controlplane::cluster::Cluster;
+use controlplane::ledger::{Key, ReceiptLog, SignedTx, State, Tx};
+use dataplane::http::{LedgerRoute, Status, PEER_HEADER, PEER_SIG_HEADER, PEER_TIME_HEADER};
+use dataplane::server::{LedgerCall, LedgerHandler, LedgerReply};
+
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE: usize = 4096;
+
+fn hex(k: &Key) -> String {
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+enum Out {
+    Msg(Vec<u8>),
+    Tx(Vec<u8>),
+}
+
+/// Signed HTTP requests to other nodes, found through the membership view.
+pub struct HttpTransport {
+    cluster: Arc<Cluster>,
+    agent: ureq::Agent,
+    me: String,
+    queues: Mutex<HashMap<Key, flume::Sender<Out>>>,
+    weak: std::sync::Weak<HttpTransport>,
+}
+
+impl HttpTransport {
+    pub fn new(cluster: Arc<Cluster>) -> Arc<HttpTransport> {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(2)))
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Arc::new_cyclic(|weak| HttpTransport {
+            me: cluster.id().to_string(),
+            cluster,
+            agent,
+            queues: Mutex::new(HashMap::new()),
+            weak: weak.clone(),
+        })
+    }
+
+    fn addr_of(&self, id: &Key) -> Option<std::net::SocketAddr> {
+        let want = hex(id);
+        self.cluster
+            .members()
+            .into_iter()
+            .find(|m| m.id == want && m.state != "down")
+            .map(|m| m.addr)
+    }
+
+    fn signed<B>(
+        &self,
+        req: ureq::RequestBuilder<B>,
+        method: &str,
+        path: &str,
+    ) -> ureq::RequestBuilder<B> {
+        let (time, sig) = self.cluster.sign_request(|t| {
+            dataplane::http::peer_message(method.as_bytes(), path.as_bytes(), t.as_bytes())
+        });
+        req.header(PEER_HEADER, &self.me)
+            .header(PEER_TIME_HEADER, &time)
+            .header(PEER_SIG_HEADER, &sig)
+    }
+
+    fn queue(self: &Arc<Self>, to: &Key, out: Out) {
+        let Ok(mut queues) = self.queues.lock() else {
+            return;
+        };
+        let tx = queues.entry(*to).or_insert_with(|| {
+            let (tx, rx) = flume::bounded(PEER_QUEUE);
+            let me = self.clone();
+            let peer = *to;
+            let _ = std::thread::Builder::new()
+                .name("ledger-send".into())
+                .spawn(move || me.sender(peer, rx));
+            tx
+        });
+        let _ = tx.try_send(out);
+    }
+
+    /// One peer's sender: posts each queued item on a kept-alive connection.
+    fn sender(self: Arc<Self>, peer: Key, rx: flume::Receiver<Out>) {
+        let mut addr = None;
+        let mut looked = Instant::now() - Duration::from_secs(10);
+        while let Ok(out) = rx.recv() {
+            if addr.is_none() || looked.elapsed() > Duration::from_secs(2) {
+                addr = self.addr_of(&peer);
+                looked = Instant::now();
+            }
+            let Some(a) = addr else { continue };
+            let (path, body) = match out {
+                Out::Msg(b) => ("/ledger/msg", b),
+                Out::Tx(b) => ("/ledger/tx", b),
+            };
+            let req = self.agent.post(format!("http://{a}{path}"));
+            let sent = self
+                .signed(req, "POST", path)
+                .header("Content-Type", "application/octet-stream")
+                .send(&body[..]);
+            if let Ok(mut resp) = sent {
+                let _ = resp.body_mut().read_to_vec();
+            } else {
+                addr = None;
+            }
+        }
+    }
+}
+
+impl Transport for HttpTransport {
+    fn send_msg(&self, to: &Key, body: Vec<u8>) {
+        if let Some(me) = self.weak.upgrade() {
+            me.queue(to, Out::Msg(body));
+        }
+    }
+
+    fn send_tx(&self, to: &Key, body: Vec<u8>) {
+        if let Some(me) = self.weak.upgrade() {
+            me.queue(to, Out::Tx(body));
+        }
+    }
+
+    fn fetch_boundary(&self, from: &Key, epoch: u64) -> Option<Vec<u8>> {
+        let a = self.addr_of(from)?;
+        let path = format!("/ledger/boundary/{epoch}");
+        let req = self.agent.get(format!("http://{a}{path}"));
+        let mut resp = self.signed(req, "GET", &path).call().ok()?;
+        if resp.status() != 200 {
+            return None;
+        }
+        resp.body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .ok()
+    }
+}
+
+/// Opens and starts this node's replica.
+pub fn start(
+    key: controlplane::NodeKey,
+    cluster: Arc<Cluster>,
+    cfg: &dataplane::config::NodeConfig,
+) -> anyhow::Result<Arc<Chain>> {
+    let l = &cfg.ledger;
+    let mut genesis = Vec::new();
+    for g in &l.genesis {
+        let id: controlplane::NodeId = g
+            .parse()
+            .map_err(|e| anyhow::anyhow!("ledger.genesis {g}: {e}"))?;
+        genesis.push(id.0);
+    }
+    let transport = HttpTransport::new(cluster);
+    let chain = Chain::open(
+        key,
+        controlplane::chain::ChainConfig {
+            dir: cfg.data_dir.join("ledger"),
+            genesis,
+            params: controlplane::ledger::Params {
+                price_per_byte: l.price_per_byte,
+                dev_deposits: l.dev_deposits,
+                epoch_ms: l.epoch_ms,
+                committee_size: l.committee_size,
+                min_stake: l.min_stake,
+            },
+            unit_ms: l.unit_ms,
+        },
+        transport,
+    )
+    .context("cannot open the ledger")?;
+    chain.start().context("cannot start the ledger")?;
+    Ok(chain)
+}
+
+fn json(status: Status, v: serde_json::Value) -> LedgerReply {
+    LedgerReply {
+        status,
+        content_type: "application/json",
+        body: format!("{v}\n").into_bytes(),
+    }
+}
+
+fn text(status: Status, t: &str) -> LedgerReply {
+    LedgerReply {
+        status,
+        content_type: "text/plain",
+        body: format!("{t}\n").into_bytes(),
+    }
+}
+
+/// The `/ledger/...` routes.
+pub fn handler(chain: Arc<Chain>) -> Arc<LedgerHandler> {
+    Arc::new(move |call: LedgerCall| {
+        match call.route {
+        LedgerRoute::Status => {
+            let s = chain.stats_json();
+            json(Status::Ok, s)
+        }
+        LedgerRoute::Account(k) => chain.with_state(|s| {
+            json(
+                Status::Ok,
+                serde_json::json!({
+                    "id": hex(&k),
+                    "balance": s.balances.get(&k).copied().unwrap_or(0),
+                    "nonce": s.nonces.get(&k).copied().unwrap_or(0),
+                    "stake": s.stakes.get(&k).copied().unwrap_or(0),
+                    "reputation": s.reputation_of(&k),
+                    "epoch": s.epoch,
+                }),
+            )
+        }),
+        LedgerRoute::Rewards(e) => chain.with_state(|s| match s.closed.get(&e) {
+            Some(c) => json(
+                Status::Ok,
+                serde_json::json!({
+                    "epoch": e,
+                    "pool": c.pool,
+                    "committee_changed": c.committee_changed,
+                    "rewards": c.rewards.iter().map(|(k, v)| (hex(k), *v)).collect::<HashMap<_, _>>(),
+                }),
+            ),
+            None => text(
+                Status::NotFound,
+                &format!("epoch {e} has not closed (the open epoch is {})", s.epoch),
+            ),
+        }),
+        LedgerRoute::Reputation => chain.with_state(|s| {
+            let nodes: Vec<serde_json::Value> = s
+                .stakes
+                .iter()
+                .map(|(k, stake)| {
+                    serde_json::json!({
+                        "id": hex(k),
+                        "reputation": s.reputation_of(k),
+                        "stake": stake,
+                        "reports_this_epoch": s.reports.get(k).map(|r| r.len()).unwrap_or(0),
+                        "committee": s.committee.contains(k),
+                    })
+                })
+                .collect();
+            json(Status::Ok, serde_json::json!({"epoch": s.epoch, "nodes": nodes}))
+        }),
+        LedgerRoute::Boundary(e) => match chain.boundary(e) {
+            Some(b) => LedgerReply {
+                status: Status::Ok,
+                content_type: "application/octet-stream",
+                body: b,
+            },
+            None => text(Status::NotFound, &format!("no state kept for epoch {e}")),
+        },
+        LedgerRoute::Tx => match chain.submit(&call.body, call.peer.is_some()) {
+            Ok(()) => json(Status::Accepted, serde_json::json!({"accepted": true})),
+            Err(why) => text(Status::BadRequest, &format!("transaction refused: {why}")),
+        },
+        LedgerRoute::Msg => match call.peer {
+            None => text(
+                Status::Unauthorized,
+                "consensus messages come from committee members (signed node requests)",
+            ),
+            Some(peer) => match chain.deliver(&peer, &call.body) {
+                Ok(()) => LedgerReply {
+                    status: Status::Accepted,
+                    content_type: "text/plain",
+                    body: Vec::new(),
+                },
+                Err(why) => text(Status::BadRequest, why),
+            },
+        },
+        LedgerRoute::Unknown => text(
+            Status::NotFound,
+            "ledger routes: status, account/{id}, rewards/{epoch}, reputation, tx",
+        ),
+    }
+    })
+}
+
+/// Extension for rendering the chain's status (kept here: JSON is the binary's).
+trait StatusJson {
+    fn stats_json(&self) -> serde_json::Value;
+}
+
+impl StatusJson for Chain {
+    fn stats_json(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &self.stats;
+        let p = self.params();
+        self.with_state(|s| {
+            serde_json::json!({
+                "epoch": s.epoch,
+                "epoch_ms": p.epoch_ms,
+                "epoch_start_ms": s.epoch_start_ms,
+                "time_ms": s.time_ms,
+                "height": s.height,
+                "committee": s.committee.iter().map(hex).collect::<Vec<_>>(),
+                "accounts": s.balances.len(),
+                "nodes": s.stakes.len(),
+                "treasury": s.treasury,
+                "price_per_byte": p.price_per_byte,
+                "dev_deposits": p.dev_deposits,
+                "closed_epochs": s.closed.len(),
+                "units_applied": st.units.load(Relaxed),
+                "txs_applied": st.txs_applied.load(Relaxed),
+                "txs_refused": st.txs_refused.load(Relaxed),
+                "receipts_accepted": st.receipts_accepted.load(Relaxed),
+                "receipts_refused": st.receipts_refused.load(Relaxed),
+                "catchups": st.catchups.load(Relaxed),
+                "mempool": self.mempool_len(),
+            })
+        })
+    }
+}
+
+/// Prometheus lines for the ledger.
+pub fn metrics(chain: &Chain) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = &chain.stats;
+    let (epoch, height) = chain.with_state(|s| (s.epoch, s.height));
+    format!(
+        "# TYPE tessera_ledger_epoch gauge\ntessera_ledger_epoch {epoch}\n\
+         # TYPE tessera_ledger_units_total counter\ntessera_ledger_units_total {height}\n\
+         # TYPE tessera_ledger_txs_total counter\n\
+         tessera_ledger_txs_total{{result=\"applied\"}} {}\n\
+         tessera_ledger_txs_total{{result=\"refused\"}} {}\n\
+         # TYPE tessera_ledger_receipts_total counter\n\
+         tessera_ledger_receipts_total{{result=\"accepted\"}} {}\n\
+         tessera_ledger_receipts_total{{result=\"refused\"}} {}\n\
+         # TYPE tessera_ledger_catchups_total counter\ntessera_ledger_catchups_total {}\n",
+        st.txs_applied.load(Relaxed),
+        st.txs_refused.load(Relaxed),
+        st.receipts_accepted.load(Relaxed),
+        st.receipts_refused.load(Relaxed),
+        st.catchups.load(Relaxed),
+    )
+}
+
+/// What the node owes the ledger, sent one transaction at a time (each waits
+/// for the previous one's nonce to be committed; one that is not committed in
+/// 15 s is sent again).
+pub fn start_duties(
+    chain: Arc<Chain>,
+    cluster: Arc<Cluster>,
+    key: controlplane::NodeKey,
+    cfg: &dataplane::config::NodeConfig,
+) -> std::io::Result<()> {
+    let stake = cfg.ledger.stake;
+    let dev = cfg.ledger.dev_deposits;
+    let period = Duration::from_millis(cfg.ledger.submit_ms);
+    let dir = cfg.data_dir.clone();
+    std::thread::Builder::new()
+        .name("ledger-duties".into())
+        .spawn(move || {
+            let mut duties = Duties {
+                chain,
+                cluster,
+                key,
+                stake,
+                dev,
+                log: dir.join("receipts.log"),
+                cursor_path: dir.join("ledger").join("receipts.cursor"),
+                inflight: None,
+                reported: None,
+            };
+            loop {
+                std::thread::sleep(period);
+                duties.tick();
+            }
+        })
+        .map(|_| ())
+}
+
+enum Job {
+    Deposit,
+    Register,
+    Receipts { upto: u64 },
+    Report { epoch: u64 },
+}
+
+struct Duties {
+    chain: Arc<Chain>,
+    cluster: Arc<Cluster>,
+    key: controlplane::NodeKey,
+    stake: u64,
+    dev: bool,
+    log: PathBuf,
+    cursor_path: PathBuf,
+    /// (nonce, job, sent at)
+    inflight: Option<(u64, Job, Instant)>,
+    reported: Option<u64>,
+}
+
+impl Duties {
+    fn tick(&mut self) {
+        let me = self.key.id().0;
+        let state = self.chain.state();
+        let committed = state.nonces.get(&me).copied().unwrap_or(0);
+        if let Some((nonce, job, at)) = &self.inflight {
+            if committed > *nonce {
+                match job {
+                    Job::Receipts { upto } => write_cursor(&self.cursor_path, *upto),
+                    Job::Report { epoch } => self.reported = Some(*epoch),
+                    Job::Deposit | Job::Register => {}
+                }
+                self.inflight = None;
+            } else if at.elapsed() < Duration::from_secs(15) {
+                return;
+            } else {
+                self.inflight = None;
+            }
+        }
+        let Some((job, tx)) = self.next_job(&state, &me) else {
+            return;
+        };
+        let wire = SignedTx::new_with(tx, committed, &self.key).encode();
+        match self.chain.submit(&wire, false) {
+            Ok(()) => self.inflight = Some((committed, job, Instant::now())),
+            Err(e) => tracing::warn!("ledger: cannot submit: {e}"),
+        }
+    }
+
+    fn next_job(&self, state: &State, me: &Key) -> Option<(Job, Tx)> {
+        if self.stake > 0 && !state.stakes.contains_key(me) {
+            let balance = state.balances.get(me).copied().unwrap_or(0);
+            if balance >= self.stake {
+                return Some((Job::Register, Tx::RegisterNode { stake: self.stake }));
+            }
+            if self.dev {
+                return Some((
+                    Job::Deposit,
+                    Tx::Deposit {
+                        amount: self.stake - balance,
+                    },
+                ));
+            }
+            return None;
+        }
+        if !state.stakes.contains_key(me) {
+            return None;
+        }
+        let cursor = read_cursor(&self.cursor_path);
+        if let Ok(all) = ReceiptLog::read(&self.log) {
+            if (all.len() as u64) > cursor {
+                let receipts: Vec<_> = all
+                    .into_iter()
+                    .skip(cursor as usize)
+                    .take(controlplane::ledger::MAX_RECEIPTS_PER_TX)
+                    .collect();
+                let upto = cursor + receipts.len() as u64;
+                return Some((Job::Receipts { upto }, Tx::SubmitReceipts { receipts }));
+            }
+        }
+        if self.reported != Some(state.epoch) {
+            let members = self.cluster.members();
+            let scores: Vec<(Key, u16)> = state
+                .stakes
+                .keys()
+                .filter(|k| *k != me)
+                .map(|k| {
+                    let id = hex(k);
+                    let score = match members.iter().find(|m| m.id == id) {
+                        Some(m) if m.state == "alive" && m.verified => {
+                            1000u64.saturating_sub(250 * m.bad_transfers) as u16
+                        }
+                        _ => 0,
+                    };
+                    (*k, score)
+                })
+                .collect();
+            if !scores.is_empty() {
+                return Some((
+                    Job::Report { epoch: state.epoch },
+                    Tx::Report {
+                        epoch: state.epoch,
+                        scores,
+                    },
+                ));
+            }
+        }
+        None
+    }
+}
+
+fn read_cursor(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_cursor(path: &Path, v: u64) {
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, v.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+// ---- The command-line client ----
+
+/// `--node` for the ledger commands.
+#[derive(clap::Args)]
+pub struct NodeArg {
+    /// A node's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "TESSERA_NODE")]
+    pub node: String,
+    /// Print the node's JSON answer as it is.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct AccountArgs {
+    #[command(flatten)]
+    pub node: NodeArg,
+    /// Dev/test networks: credit this account first (waits until committed).
+    #[arg(long)]
+    pub deposit: Option<u64>,
+}
+
+#[derive(clap::Args)]
+pub struct RewardsArgs {
+    #[command(flatten)]
+    pub node: NodeArg,
+    /// A closed epoch.
+    #[arg(long)]
+    pub epoch: u64,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+fn get_json(agent: &ureq::Agent, url: &str) -> anyhow::Result<serde_json::Value> {
+    let mut resp = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let body = resp.body_mut().read_to_string()?;
+    if status != 200 {
+        bail!("{url}: {status}: {}", body.trim());
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn client_key() -> anyhow::Result<controlplane::NodeKey> {
+    Ok(controlplane::NodeKey::load_or_create(&crate::client::client_dir())?.0)
+}
+
+/// `tessera account`: this client's balance and nonce; `--deposit` first.
+pub fn account(args: AccountArgs) -> anyhow::Result<std::process::ExitCode> {
+    let key = client_key()?;
+    let base = args.node.node.trim_end_matches('/').to_string();
+    let agent = agent();
+    let url = format!("{base}/ledger/account/{}", key.id());
+    if let Some(amount) = args.deposit {
+        let before = get_json(&agent, &url)?;
+        let nonce = before["nonce"].as_u64().unwrap_or(0);
+        let wire = SignedTx::new_with(Tx::Deposit { amount }, nonce, &key).encode();
+        let mut resp = agent
+            .post(format!("{base}/ledger/tx"))
+            .header("Content-Type", "application/octet-stream")
+            .send(&wire[..])?;
+        if resp.status() != 202 {
+            bail!(
+                "deposit refused: {}",
+                resp.body_mut().read_to_string()?.trim()
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = get_json(&agent, &url)?;
+            if now["nonce"].as_u64().unwrap_or(0) > nonce {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the deposit was not committed within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let v = get_json(&agent, &url)?;
+    if args.node.json {
+        println!("{v}");
+    } else {
+        println!("account   {}", key.id());
+        println!("balance   {}", v["balance"]);
+        println!("nonce     {}", v["nonce"]);
+        if v["stake"].as_u64().unwrap_or(0) > 0 {
+            println!("stake     {}", v["stake"]);
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `tessera ledger status`.
+pub fn status(args: NodeArg) -> anyhow::Result<std::process::ExitCode> {
+    let base = args.node.trim_end_matches('/');
+    let v = get_json(&agent(), &format!("{base}/ledger/status"))?;
+    if args.json {
+        println!("{v}");
+    } else {
+        println!("epoch          {}", v["epoch"]);
+        println!(
+            "committee      {} members",
+            v["committee"].as_array().map_or(0, |a| a.len())
+        );
+        println!("ledger time    {} ms", v["time_ms"]);
+        println!("units applied  {}", v["height"]);
+        println!("accounts       {}", v["accounts"]);
+        println!("nodes          {}", v["nodes"]);
+        println!(
+            "receipts       {} accepted, {} refused",
+            v["receipts_accepted"], v["receipts_refused"]
+        );
+        println!("mempool        {}", v["mempool"]);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `tessera rewards --epoch N`.
+pub fn rewards(args: RewardsArgs) -> anyhow::Result<std::process::ExitCode> {
+    let base = args.node.node.trim_end_matches('/');
+    let v = get_json(&agent(), &format!("{base}/ledger/rewards/{}", args.epoch))?;
+    if args.node.json {
+        println!("{v}");
+    } else {
+        println!("epoch {}: pool {}", v["epoch"], v["pool"]);
+        if let Some(map) = v["rewards"].as_object() {
+            for (id, r) in map {
+                println!("{id}  {r}");
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `tessera reputation`.
+pub fn reputation(args: NodeArg) -> anyhow::Result<std::process::ExitCode> {
+    let base = args.node.trim_end_matches('/');
+    let v = get_json(&agent(), &format!("{base}/ledger/reputation"))?;
+    if args.json {
+        println!("{v}");
+    } else {
+        println!("epoch {}", v["epoch"]);
+        for n in v["nodes"].as_array().into_iter().flatten() {
+            println!(
+                "{}  reputation {}  stake {}{}",
+                n["id"].as_str().unwrap_or(""),
+                n["reputation"],
+                n["stake"],
+                if n["committee"].as_bool() == Some(true) {
+                    "  committee"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
