@@ -47,20 +47,26 @@ impl Node {
     /// Starts a node at `addr` with extra environment variables.
     #[allow(dead_code)]
     pub fn start_at_with_env(addr: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut node = Self::prepare_at(addr, extra);
+        node.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        node.spawn();
+        node
+    }
+
+    /// A node at `addr` with a fresh data dir, not started yet ([`Node::spawn`]).
+    pub fn prepare_at(addr: SocketAddr, extra: &[&str]) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut node = Node {
+        Node {
             child: None,
             addr,
             data_dir: tmp.path().join("data"),
             _tmp: Some(tmp),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        node.spawn();
-        node
+            env: Vec::new(),
+        }
     }
 
     /// Starts a node with a fresh data dir and `extra` flags.
@@ -83,7 +89,7 @@ impl Node {
         node
     }
 
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         let child = Command::new(BIN)
             .arg("run")
             .arg("--data-dir")

@@ -1,0 +1,239 @@
+//! The replicated ledger with a real 4-member committee on loopback (127.0.0.1–4):
+//! real `tessera get` downloads leave receipts, the nodes submit them, AlephBFT
+//! orders them, the epoch closes and pays rewards that match what this test
+//! computes from its own downloads; a member killed with SIGKILL does not stop
+//! the ledger, and once restarted it catches up to the same state. Junk sent
+//! to the ledger routes is refused and harms nothing.
+//!
+//! AlephBFT has no leader: every member proposes in every round, so killing
+//! any one member is the same test as killing "the leader" of a leader-based
+//! engine.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const EPOCH_MS: u64 = 10_000;
+const PRICE: u64 = 3;
+
+fn status(node: &Node) -> serde_json::Value {
+    let (code, _, body) = node.get("/ledger/status");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).expect("json")
+}
+
+fn try_json(node: &Node, path: &str) -> Option<serde_json::Value> {
+    match try_request(
+        node.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    ) {
+        Ok((200, _, body)) => serde_json::from_slice(&body).ok(),
+        _ => None,
+    }
+}
+
+fn epoch(node: &Node) -> u64 {
+    status(node)["epoch"].as_u64().expect("epoch")
+}
+
+fn get(node: &Node, client_dir: &std::path::Path, hash: &str, out: &std::path::Path) {
+    let status = Command::new(BIN)
+        .args(["get", "--node", &node.url(), hash, "-o"])
+        .arg(out)
+        .env("TESSERA_CLIENT_DIR", client_dir)
+        .status()
+        .expect("tessera get");
+    assert!(status.success());
+}
+
+/// Rewards of a closed epoch as `node` sees them (id -> amount).
+fn rewards(node: &Node, epoch: u64) -> Option<(u64, BTreeMap<String, u64>)> {
+    let v = try_json(node, &format!("/ledger/rewards/{epoch}"))?;
+    let map = v["rewards"]
+        .as_object()?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+        .collect();
+    Some((v["pool"].as_u64()?, map))
+}
+
+#[test]
+fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
+    // Keys first: the genesis committee names them.
+    let mut nodes: Vec<Node> = (1..=4)
+        .map(|i| Node::prepare_at(free_addr_on(&format!("127.0.0.{i}")), &[]))
+        .collect();
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            std::fs::create_dir_all(&n.data_dir).expect("mkdir");
+            controlplane::NodeKey::load_or_create(&n.data_dir)
+                .expect("key")
+                .0
+                .id()
+                .to_string()
+        })
+        .collect();
+    let genesis = ids
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let seed = nodes[0].addr.to_string();
+    for n in nodes.iter_mut() {
+        let config = n.data_dir.with_file_name("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[ledger]\ngenesis = [{genesis}]\nepoch_ms = {EPOCH_MS}\nunit_ms = 100\n\
+                 price_per_byte = {PRICE}\ndev_deposits = true\nstake = 100\nsubmit_ms = 300\n"
+            ),
+        )
+        .expect("config");
+        n.extra = vec!["--config".into(), config.display().to_string()];
+        n.extra.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
+        n.extra.extend(["--join".into(), seed.clone()]);
+        n.spawn();
+    }
+    // Every node registers its stake (a deposit, then the registration).
+    within(Duration::from_secs(90), "4 staked nodes", || {
+        nodes.iter().all(|n| {
+            try_json(n, "/ledger/reputation").and_then(|v| v["nodes"].as_array().map(|a| a.len()))
+                == Some(4)
+        })
+    });
+    let tmp = tempfile::tempdir().expect("tmp");
+    let client_dir = tmp.path().join("client");
+    let out = Command::new(BIN)
+        .args(["account", "--deposit", "10000000", "--json", "--node"])
+        .arg(nodes[1].url())
+        .env("TESSERA_CLIENT_DIR", &client_dir)
+        .output()
+        .expect("account");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let account: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(account["balance"], 10_000_000);
+    let client_id = account["id"].as_str().expect("id").to_string();
+
+    let small = random_bytes(100_000, 1);
+    let large = random_bytes(250_000, 2);
+    let h_small = nodes[0].put_bytes(&small);
+    let h_large = nodes[0].put_bytes(&large);
+    // Download at the start of a fresh epoch, so every receipt names it.
+    let first = epoch(&nodes[0]);
+    within(Duration::from_secs(30), "the next epoch", || {
+        epoch(&nodes[0]) > first
+    });
+    let e = epoch(&nodes[0]);
+    // (node index, blob, bytes) — served by three different nodes.
+    let plan = [
+        (0usize, &h_small, small.len() as u64),
+        (0, &h_small, small.len() as u64),
+        (1, &h_large, large.len() as u64),
+        (2, &h_small, small.len() as u64),
+    ];
+    for (k, (node, hash, _)) in plan.iter().enumerate() {
+        let file = tmp.path().join(format!("out{k}"));
+        get(&nodes[*node], &client_dir, hash, &file);
+    }
+    assert_eq!(epoch(&nodes[0]), e, "downloads took longer than an epoch");
+    // The nodes submit their receipts; the ledger accepts all four.
+    within(Duration::from_secs(20), "receipts committed", || {
+        status(&nodes[3])["receipts_accepted"].as_u64() >= Some(4)
+    });
+
+    // A member dies; the other three keep the ledger going.
+    nodes[3].kill9();
+    let (pool, paid) = {
+        let mut got = None;
+        within(
+            Duration::from_secs(40),
+            "epoch e closed without node 4",
+            || {
+                got = rewards(&nodes[0], e);
+                got.is_some()
+            },
+        );
+        got.expect("rewards")
+    };
+    // Independent computation from this test's own downloads: the pool is
+    // what the client was charged; shares by charged bytes × reputation.
+    let mut charged: BTreeMap<String, u64> = BTreeMap::new();
+    for (node, _, bytes) in plan {
+        *charged.entry(ids[node].clone()).or_default() += bytes * PRICE;
+    }
+    let want_pool: u64 = charged.values().sum();
+    assert_eq!(pool, want_pool);
+    let rep = try_json(&nodes[0], "/ledger/reputation").expect("reputation");
+    let rep_of = |id: &str| -> u128 {
+        rep["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["id"] == id)
+            .and_then(|n| n["reputation"].as_u64())
+            .expect("reputation") as u128
+    };
+    let total: u128 = charged.iter().map(|(id, c)| *c as u128 * rep_of(id)).sum();
+    for (id, c) in &charged {
+        let want = (want_pool as u128 * *c as u128 * rep_of(id) / total) as u64;
+        assert_eq!(paid.get(id), Some(&want), "reward of {id}");
+    }
+    // The client paid exactly the pool.
+    let acct = try_json(&nodes[2], &format!("/ledger/account/{client_id}")).expect("account");
+    assert_eq!(acct["balance"].as_u64(), Some(10_000_000 - want_pool));
+    // And a transaction sent while the member is down still commits.
+    let out = Command::new(BIN)
+        .args(["account", "--deposit", "5", "--json", "--node"])
+        .arg(nodes[2].url())
+        .env("TESSERA_CLIENT_DIR", &client_dir)
+        .output()
+        .expect("account");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Junk harms nothing: a malformed transaction, an unsigned consensus
+    // message, a forged-looking one.
+    let junk = b"POST /ledger/tx HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello";
+    assert_eq!(nodes[0].request(junk).0, 400);
+    let unsigned =
+        b"POST /ledger/msg HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\n\0\0\0\0\0\0\0\0x";
+    assert_eq!(nodes[0].request(unsigned).0, 401);
+    let before = status(&nodes[0])["height"].as_u64();
+    within(Duration::from_secs(10), "the ledger still moves", || {
+        status(&nodes[0])["height"].as_u64() > before
+    });
+
+    // The member comes back and catches up: same rewards, same balances.
+    nodes[3].restart();
+    within(Duration::from_secs(60), "node 4 caught up", || {
+        let now = epoch(&nodes[0]);
+        epoch(&nodes[3]) >= now && rewards(&nodes[3], e).is_some()
+    });
+    assert_eq!(rewards(&nodes[3], e), Some((pool, paid)));
+    let acct4 = try_json(&nodes[3], &format!("/ledger/account/{client_id}")).expect("account");
+    assert_eq!(acct4["balance"].as_u64(), Some(10_000_000 - want_pool + 5));
+    // The CLI reads the same figures.
+    let out = tessera(&[
+        "rewards",
+        "--epoch",
+        &e.to_string(),
+        "--json",
+        "--node",
+        &nodes[3].url(),
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["pool"].as_u64(), Some(want_pool));
+}
