@@ -240,6 +240,7 @@ pub fn handler(chain: Arc<Chain>) -> Arc<LedgerHandler> {
                     "pool": c.pool,
                     "committee_changed": c.committee_changed,
                     "rewards": c.rewards.iter().map(|(k, v)| (hex(k), *v)).collect::<HashMap<_, _>>(),
+                    "reputation": c.reputation.iter().map(|(k, v)| (hex(k), *v)).collect::<HashMap<_, _>>(),
                 }),
             ),
             None => text(
@@ -324,6 +325,7 @@ impl StatusJson for Chain {
                 "units_applied": st.units.load(Relaxed),
                 "txs_applied": st.txs_applied.load(Relaxed),
                 "txs_refused": st.txs_refused.load(Relaxed),
+                "txs_duplicate": st.txs_duplicate.load(Relaxed),
                 "receipts_accepted": st.receipts_accepted.load(Relaxed),
                 "receipts_refused": st.receipts_refused.load(Relaxed),
                 "catchups": st.catchups.load(Relaxed),
@@ -367,6 +369,7 @@ pub fn start_duties(
 ) -> std::io::Result<()> {
     let stake = cfg.ledger.stake;
     let dev = cfg.ledger.dev_deposits;
+    let epoch_ms = cfg.ledger.epoch_ms;
     let period = Duration::from_millis(cfg.ledger.submit_ms);
     let dir = cfg.data_dir.clone();
     std::thread::Builder::new()
@@ -378,10 +381,13 @@ pub fn start_duties(
                 key,
                 stake,
                 dev,
+                epoch_ms,
                 log: dir.join("receipts.log"),
                 cursor_path: dir.join("ledger").join("receipts.cursor"),
                 inflight: None,
                 reported: None,
+                uptime: Uptime::default(),
+                started: Instant::now(),
             };
             loop {
                 std::thread::sleep(period);
@@ -404,17 +410,78 @@ struct Duties {
     key: controlplane::NodeKey,
     stake: u64,
     dev: bool,
+    epoch_ms: u64,
     log: PathBuf,
     cursor_path: PathBuf,
     /// (nonce, job, sent at)
     inflight: Option<(u64, Job, Instant)>,
     reported: Option<u64>,
+    uptime: Uptime,
+    started: Instant,
+}
+
+/// A node's first seconds (joining, verifying records) are not measured.
+const MEASURE_AFTER: Duration = Duration::from_secs(5);
+
+/// What this node saw of the other staked nodes during the open epoch.
+#[derive(Default)]
+struct Uptime {
+    epoch: u64,
+    /// id -> (samples, samples alive and verified, bad transfers at the first)
+    nodes: HashMap<Key, (u32, u32, u64)>,
+}
+
+impl Uptime {
+    fn sample(&mut self, state: &State, me: &Key, members: &[controlplane::cluster::MemberInfo]) {
+        if self.epoch != state.epoch {
+            *self = Uptime {
+                epoch: state.epoch,
+                ..Uptime::default()
+            };
+        }
+        for k in state.stakes.keys().filter(|k| *k != me) {
+            let id = hex(k);
+            let m = members.iter().find(|m| m.id == id);
+            let e = self
+                .nodes
+                .entry(*k)
+                .or_insert((0, 0, m.map_or(0, |m| m.bad_transfers)));
+            e.0 += 1;
+            if m.is_some_and(|m| m.state == "alive" && m.verified) {
+                e.1 += 1;
+            }
+        }
+    }
+
+    /// Scores in thousandths: the share of samples the node was alive and
+    /// verified, less 250 per transfer from it that failed verification this
+    /// epoch.
+    fn scores(&self, members: &[controlplane::cluster::MemberInfo]) -> Vec<(Key, u16)> {
+        self.nodes
+            .iter()
+            .filter(|(_, (samples, _, _))| *samples >= 3)
+            .map(|(k, (samples, alive, bad_before))| {
+                let id = hex(k);
+                let bad = members
+                    .iter()
+                    .find(|m| m.id == id)
+                    .map_or(0, |m| m.bad_transfers.saturating_sub(*bad_before));
+                let up = *alive as u64 * 1000 / (*samples).max(1) as u64;
+                (*k, up.saturating_sub(250 * bad) as u16)
+            })
+            .collect()
+    }
 }
 
 impl Duties {
     fn tick(&mut self) {
         let me = self.key.id().0;
         let state = self.chain.state();
+        let members = self.cluster.members();
+        // Measure only once this node's own view of the cluster has settled.
+        if self.started.elapsed() >= MEASURE_AFTER {
+            self.uptime.sample(&state, &me, &members);
+        }
         let committed = state.nonces.get(&me).copied().unwrap_or(0);
         if let Some((nonce, job, at)) = &self.inflight {
             if committed > *nonce {
@@ -430,7 +497,7 @@ impl Duties {
                 self.inflight = None;
             }
         }
-        let Some((job, tx)) = self.next_job(&state, &me) else {
+        let Some((job, tx)) = self.next_job(&state, &me, &members) else {
             return;
         };
         let wire = SignedTx::new_with(tx, committed, &self.key).encode();
@@ -440,7 +507,12 @@ impl Duties {
         }
     }
 
-    fn next_job(&self, state: &State, me: &Key) -> Option<(Job, Tx)> {
+    fn next_job(
+        &self,
+        state: &State,
+        me: &Key,
+        members: &[controlplane::cluster::MemberInfo],
+    ) -> Option<(Job, Tx)> {
         if self.stake > 0 && !state.stakes.contains_key(me) {
             let balance = state.balances.get(me).copied().unwrap_or(0);
             if balance >= self.stake {
@@ -471,23 +543,10 @@ impl Duties {
                 return Some((Job::Receipts { upto }, Tx::SubmitReceipts { receipts }));
             }
         }
-        if self.reported != Some(state.epoch) {
-            let members = self.cluster.members();
-            let scores: Vec<(Key, u16)> = state
-                .stakes
-                .keys()
-                .filter(|k| *k != me)
-                .map(|k| {
-                    let id = hex(k);
-                    let score = match members.iter().find(|m| m.id == id) {
-                        Some(m) if m.state == "alive" && m.verified => {
-                            1000u64.saturating_sub(250 * m.bad_transfers) as u16
-                        }
-                        _ => 0,
-                    };
-                    (*k, score)
-                })
-                .collect();
+        // Scores once per epoch, from half of it onwards (measured, not guessed).
+        let half = state.time_ms.saturating_sub(state.epoch_start_ms) >= self.epoch_ms / 2;
+        if self.reported != Some(state.epoch) && half && self.uptime.epoch == state.epoch {
+            let scores = self.uptime.scores(members);
             if !scores.is_empty() {
                 return Some((
                     Job::Report { epoch: state.epoch },

@@ -50,15 +50,22 @@ fn get(node: &Node, client_dir: &std::path::Path, hash: &str, out: &std::path::P
     assert!(status.success());
 }
 
-/// Rewards of a closed epoch as `node` sees them (id -> amount).
-fn rewards(node: &Node, epoch: u64) -> Option<(u64, BTreeMap<String, u64>)> {
+type Figures = BTreeMap<String, u64>;
+
+/// A closed epoch as `node` sees it: pool, rewards and the reputation each
+/// share was weighted by (id -> value).
+fn rewards(node: &Node, epoch: u64) -> Option<(u64, Figures, Figures)> {
     let v = try_json(node, &format!("/ledger/rewards/{epoch}"))?;
-    let map = v["rewards"]
-        .as_object()?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-        .collect();
-    Some((v["pool"].as_u64()?, map))
+    let map = |field: &str| -> Option<Figures> {
+        Some(
+            v[field]
+                .as_object()?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect(),
+        )
+    };
+    Some((v["pool"].as_u64()?, map("rewards")?, map("reputation")?))
 }
 
 #[test]
@@ -152,7 +159,7 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
 
     // A member dies; the other three keep the ledger going.
     nodes[3].kill9();
-    let (pool, paid) = {
+    let (pool, paid, reputation) = {
         let mut got = None;
         within(
             Duration::from_secs(40),
@@ -172,16 +179,11 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
     }
     let want_pool: u64 = charged.values().sum();
     assert_eq!(pool, want_pool);
-    let rep = try_json(&nodes[0], "/ledger/reputation").expect("reputation");
-    let rep_of = |id: &str| -> u128 {
-        rep["nodes"]
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .find(|n| n["id"] == id)
-            .and_then(|n| n["reputation"].as_u64())
-            .expect("reputation") as u128
-    };
+    // Every server was up all epoch: its peers' median score is full.
+    for id in charged.keys() {
+        assert_eq!(reputation.get(id), Some(&1000), "reputation of {id}");
+    }
+    let rep_of = |id: &str| -> u128 { reputation[id] as u128 };
     let total: u128 = charged.iter().map(|(id, c)| *c as u128 * rep_of(id)).sum();
     for (id, c) in &charged {
         let want = (want_pool as u128 * *c as u128 * rep_of(id) / total) as u64;
@@ -221,7 +223,7 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
         let now = epoch(&nodes[0]);
         epoch(&nodes[3]) >= now && rewards(&nodes[3], e).is_some()
     });
-    assert_eq!(rewards(&nodes[3], e), Some((pool, paid)));
+    assert_eq!(rewards(&nodes[3], e), Some((pool, paid, reputation)));
     let acct4 = try_json(&nodes[3], &format!("/ledger/account/{client_id}")).expect("account");
     assert_eq!(acct4["balance"].as_u64(), Some(10_000_000 - want_pool + 5));
     // The CLI reads the same figures.

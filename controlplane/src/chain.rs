@@ -56,7 +56,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeKey;
-use crate::ledger::{Key, Params, SignedTx, State};
+use crate::ledger::{Key, Params, Reject, SignedTx, State};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BOUNDARY: TableDefinition<u64, &[u8]> = TableDefinition::new("boundary");
@@ -143,6 +143,8 @@ pub struct Stats {
     pub units: AtomicU64,
     pub txs_applied: AtomicU64,
     pub txs_refused: AtomicU64,
+    /// Copies of a transaction already applied (several members proposed it).
+    pub txs_duplicate: AtomicU64,
     pub receipts_accepted: AtomicU64,
     pub receipts_refused: AtomicU64,
     pub catchups: AtomicU64,
@@ -597,6 +599,9 @@ impl Chain {
                             for (i, why) in &out.rejected_receipts {
                                 tracing::debug!(receipt = i, why = why.as_str(), "receipt refused");
                             }
+                        }
+                        Err(Reject::BadNonce { got, want }) if got < want => {
+                            self.stats.txs_duplicate.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(e) => {
                             self.stats.txs_refused.fetch_add(1, Ordering::Relaxed);

@@ -1,8 +1,9 @@
-//! The ledger's rules (issue 6, first slice): delivery receipts and the state
-//! machine that charges clients and credits nodes for verified bytes. Sans-IO and
-//! deterministic: [`State::apply`] is a pure function of the state and one signed
-//! transaction, so every replica that applies the same transactions in the same
-//! order holds the same state. Replication by a BFT engine is not built yet.
+//! The ledger's rules: delivery receipts and the state machine that charges
+//! clients and credits nodes for verified bytes. Sans-IO and deterministic:
+//! [`State::apply`] is a pure function of the state and one signed transaction,
+//! and [`State::advance`] of the state and the ledger clock, so every replica
+//! that applies the same transactions in the same order holds the same state.
+//! [`crate::chain`] replicates it.
 //!
 //! A client signs a [`Receipt`] after it has received and verified bytes from a
 //! node; the node collects receipts and submits them in a [`Tx::SubmitReceipts`]
@@ -10,9 +11,12 @@
 //! client signature fails (forged), one whose (client, node, sequence) it has
 //! seen (replay), one for another epoch than the open one (stale), one whose
 //! client cannot pay (over budget), and one naming another node than the
-//! submitter. At [`Tx::CloseEpoch`] each node is credited what its accepted
-//! receipts charged, weighted by its reputation (in thousandths), and the epoch
-//! advances.
+//! submitter. When the ledger clock passes the epoch's length
+//! ([`State::advance`]) the epoch closes: each node's reputation becomes the
+//! median of at least [`MIN_REPORTERS`] other nodes' [`Tx::Report`] scores, the
+//! pool clients paid is shared by charged bytes × reputation (rounding to the
+//! treasury), and the next committee is the staked nodes with most stake ×
+//! reputation.
 //!
 //! Wire form of a transaction: postcard(`Tx`) + sender public key (32) +
 //! signature (64) over `"tessera-tx-v1" || postcard(Tx) || nonce`; decoding is
@@ -346,6 +350,8 @@ pub struct EpochClose {
     /// Total charged to clients in the epoch (the reward pool).
     pub pool: u64,
     pub rewards: BTreeMap<Key, u64>,
+    /// The reputation each paid node's share was weighted by.
+    pub reputation: BTreeMap<Key, u16>,
     /// Whether the committee for the next epoch differs from this one.
     pub committee_changed: bool,
 }
@@ -435,6 +441,7 @@ impl State {
             .collect();
         let total: u128 = weights.iter().map(|(_, w)| w).sum();
         let mut rewards = BTreeMap::new();
+        let reputation = earned.keys().map(|n| (*n, self.reputation_of(n))).collect();
         let mut paid: u128 = 0;
         for (node, w) in weights {
             if let Some(r) = (pool * w).checked_div(total) {
@@ -475,6 +482,7 @@ impl State {
             epoch: self.epoch,
             pool: pool as u64,
             rewards,
+            reputation,
             committee_changed,
         };
         self.closed.insert(self.epoch, close.clone());

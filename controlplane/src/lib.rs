@@ -17,13 +17,16 @@
 //!   ranking for clients (holders first, then measured or Vivaldi-estimated RTT).
 //! - [`vivaldi`]: network coordinates carried in the signed pings, so the RTT
 //!   to a member can be estimated before it is measured.
-//! - [`ledger`] (issue 6, first slice): signed delivery receipts, the node's
-//!   durable receipt log (`POST /receipts`, fsynced before 202; `tessera get`
-//!   signs one per verified download with the client's own key), and the
-//!   deterministic, sans-IO state machine that charges clients, pays nodes per
-//!   epoch by reputation, and refuses forged, replayed, stale and over-budget
-//!   receipts. Not yet replicated (no consensus engine wired); nodes do not yet
-//!   submit their logs.
+//! - [`ledger`]: signed delivery receipts, the node's durable receipt log
+//!   (`POST /receipts`, fsynced before 202; `tessera get` signs one per verified
+//!   download with the client's own key), and the deterministic, sans-IO state
+//!   machine: accounts, stakes, receipts that charge clients, peer reports
+//!   aggregated into reputation by median, epochs that pay nodes from the pool
+//!   by bytes × reputation and choose the next committee.
+//! - [`chain`]: that state machine replicated by a committee with AlephBFT
+//!   (Byzantine fault tolerant, leaderless), one session per epoch, state and
+//!   progress in redb, unit backup for crash recovery, catch-up from f+1
+//!   matching snapshots; the binary supplies its HTTP transport.
 //!
 //! The binary's `peering` module uses these to replicate uploads, rebalance
 //! when membership changes, fetch missing blobs from peers (multi-peer verified
