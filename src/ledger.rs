@@ -229,6 +229,9 @@ pub fn handler(chain: Arc<Chain>) -> Arc<LedgerHandler> {
                     "stake": s.stakes.get(&k).copied().unwrap_or(0),
                     "reputation": s.reputation_of(&k),
                     "epoch": s.epoch,
+                    "receipts_refused": s.refusals.get(&k).map(|m| {
+                        m.iter().map(|(why, n)| (why.as_str(), *n)).collect::<HashMap<_, _>>()
+                    }).unwrap_or_default(),
                 }),
             )
         }),
@@ -322,6 +325,12 @@ impl StatusJson for Chain {
                 "price_per_byte": p.price_per_byte,
                 "dev_deposits": p.dev_deposits,
                 "closed_epochs": s.closed.len(),
+                "services": s.services.iter().map(|(id, svc)| serde_json::json!({
+                    "id": id,
+                    "name": svc.name,
+                    "owner": hex(&svc.owner),
+                    "price_per_byte": svc.price_per_byte,
+                })).collect::<Vec<_>>(),
                 "units_applied": st.units.load(Relaxed),
                 "txs_applied": st.txs_applied.load(Relaxed),
                 "txs_refused": st.txs_refused.load(Relaxed),

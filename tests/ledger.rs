@@ -217,6 +217,55 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
         status(&nodes[0])["height"].as_u64() > before
     });
 
+    // Refused with a reason, end to end: a client that cannot pay, a receipt
+    // handed in twice, one for an epoch that has closed (all early in a fresh
+    // epoch, so that none of them turns stale on the way).
+    let before = epoch(&nodes[0]);
+    within(Duration::from_secs(30), "a fresh epoch", || {
+        epoch(&nodes[0]) > before
+    });
+    let poor = tmp.path().join("poor");
+    get(&nodes[0], &poor, &h_small, &tmp.path().join("poor-out"));
+    let client = controlplane::NodeKey::load(&client_dir).expect("client key");
+    let node0 = controlplane::NodeKey::load(&nodes[0].data_dir)
+        .expect("node key")
+        .id();
+    let now = epoch(&nodes[0]);
+    let receipt = |epoch: u64, seq: u64| {
+        controlplane::ledger::Receipt {
+            client: client.id().0,
+            node: node0.0,
+            service: 1,
+            content: [1; 32],
+            bytes: 10,
+            epoch,
+            seq,
+        }
+        .sign_with(&client)
+    };
+    let fresh = receipt(now, 1 << 40);
+    for batch in [
+        vec![fresh.clone()],
+        vec![fresh],
+        vec![receipt(e, (1 << 40) + 1)],
+    ] {
+        let body = postcard::to_stdvec(&batch).expect("encode");
+        let mut raw = format!(
+            "POST /receipts HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        assert_eq!(nodes[0].request(&raw).0, 202);
+    }
+    within(Duration::from_secs(30), "refusals with reasons", || {
+        let Some(v) = try_json(&nodes[1], &format!("/ledger/account/{node0}")) else {
+            return false;
+        };
+        let r = &v["receipts_refused"];
+        r["over-budget"] == 1 && r["replayed"] == 1 && r["stale"] == 1
+    });
+
     // The member comes back and catches up: same rewards, same balances.
     nodes[3].restart();
     within(Duration::from_secs(60), "node 4 caught up", || {
@@ -224,8 +273,18 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
         epoch(&nodes[3]) >= now && rewards(&nodes[3], e).is_some()
     });
     assert_eq!(rewards(&nodes[3], e), Some((pool, paid, reputation)));
-    let acct4 = try_json(&nodes[3], &format!("/ledger/account/{client_id}")).expect("account");
-    assert_eq!(acct4["balance"].as_u64(), Some(10_000_000 - want_pool + 5));
+    // Deposits 10 000 000 and 5, the downloads' pool, the one good 10-byte
+    // receipt handed in by hand: node 4 reaches the same balance as the others.
+    let want = Some(10_000_000 + 5 - want_pool - 10 * PRICE);
+    let balance = |n: &Node| {
+        try_json(n, &format!("/ledger/account/{client_id}")).and_then(|v| v["balance"].as_u64())
+    };
+    assert_eq!(balance(&nodes[0]), want);
+    within(
+        Duration::from_secs(30),
+        "node 4 holds the same balance",
+        || balance(&nodes[3]) == want,
+    );
     // The CLI reads the same figures.
     let out = tessera(&[
         "rewards",

@@ -187,6 +187,27 @@ pub enum Tx {
     /// epoch, from its own measurements (liveness, verified transfers); a later
     /// report from the same node replaces the earlier one per subject.
     Report { epoch: u64, scores: Vec<(Key, u16)> },
+    /// A staked node registers a service id (it becomes its owner) or, as its
+    /// owner, changes its name or price.
+    RegisterService {
+        service: u16,
+        name: String,
+        price_per_byte: u64,
+    },
+}
+
+/// Receipts name the service that delivered; service 1 (blob delivery) is
+/// built in and charged at [`Params::price_per_byte`] unless registered.
+pub const BLOB_SERVICE: u16 = 1;
+/// Longest service name.
+pub const MAX_SERVICE_NAME: usize = 64;
+
+/// An entry of the service registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub owner: Key,
+    pub price_per_byte: u64,
 }
 
 /// A transaction as it travels: the body, who sent it, their nonce, signature.
@@ -292,16 +313,21 @@ pub enum Reject {
     TooMany,
     #[error("a node cannot score itself")]
     SelfReport,
+    #[error("service {0} belongs to another node")]
+    NotOwner(u16),
+    #[error("service names are 1 to 64 bytes")]
+    BadName,
 }
 
 /// Why one receipt in a submission was not paid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ReceiptReject {
     Forged,
     Replayed,
     Stale,
     OverBudget,
     OtherNode,
+    UnknownService,
 }
 
 impl ReceiptReject {
@@ -312,6 +338,7 @@ impl ReceiptReject {
             ReceiptReject::Stale => "stale",
             ReceiptReject::OverBudget => "over-budget",
             ReceiptReject::OtherNode => "other-node",
+            ReceiptReject::UnknownService => "unknown-service",
         }
     }
 }
@@ -384,6 +411,10 @@ pub struct State {
     pub closed: BTreeMap<u64, EpochClose>,
     /// Rounding remainders and pools no one could be paid from.
     pub treasury: u64,
+    /// The service registry.
+    pub services: BTreeMap<u16, Service>,
+    /// Receipts refused so far, per submitting node and reason.
+    pub refusals: BTreeMap<Key, BTreeMap<ReceiptReject, u64>>,
 }
 
 impl State {
@@ -540,7 +571,15 @@ impl State {
                             *e = e.saturating_add(charge);
                             outcome.accepted_receipts += 1;
                         }
-                        Err(why) => outcome.rejected_receipts.push((i, why)),
+                        Err(why) => {
+                            *self
+                                .refusals
+                                .entry(sender)
+                                .or_default()
+                                .entry(why)
+                                .or_default() += 1;
+                            outcome.rejected_receipts.push((i, why));
+                        }
                     }
                 }
             }
@@ -563,6 +602,33 @@ impl State {
                         .or_default()
                         .insert(sender, (*score).min(1000));
                 }
+            }
+            Tx::RegisterService {
+                service,
+                name,
+                price_per_byte,
+            } => {
+                if !self.stakes.contains_key(&sender) {
+                    return Err(Reject::NotANode);
+                }
+                if name.is_empty() || name.len() > MAX_SERVICE_NAME {
+                    return Err(Reject::BadName);
+                }
+                if self
+                    .services
+                    .get(service)
+                    .is_some_and(|s| s.owner != sender)
+                {
+                    return Err(Reject::NotOwner(*service));
+                }
+                self.services.insert(
+                    *service,
+                    Service {
+                        name: name.clone(),
+                        owner: sender,
+                        price_per_byte: *price_per_byte,
+                    },
+                );
             }
         }
         self.nonces.insert(sender, want + 1);
@@ -588,7 +654,12 @@ impl State {
         if self.spent.contains(&(rc.client, rc.node, rc.seq)) {
             return Err(ReceiptReject::Replayed);
         }
-        let charge = rc.bytes.saturating_mul(params.price_per_byte);
+        let price = match self.services.get(&rc.service) {
+            Some(s) => s.price_per_byte,
+            None if rc.service == BLOB_SERVICE => params.price_per_byte,
+            None => return Err(ReceiptReject::UnknownService),
+        };
+        let charge = rc.bytes.saturating_mul(price);
         if self.balances.get(&rc.client).copied().unwrap_or(0) < charge {
             return Err(ReceiptReject::OverBudget);
         }
@@ -862,6 +933,45 @@ mod tests {
         assert_eq!(
             out.rejected_receipts,
             vec![(0, ReceiptReject::Stale), (1, ReceiptReject::Stale)]
+        );
+    }
+
+    #[test]
+    fn services_are_registered_by_nodes_and_price_their_receipts() {
+        let (a, b, c) = (key(2), key(3), key(4));
+        let mut net = Net::new();
+        net.node(&a, 10);
+        net.node(&b, 10);
+        net.send(&c, Tx::Deposit { amount: 1000 }).expect("deposit");
+        let svc = |price| Tx::RegisterService {
+            service: 7,
+            name: "edge-fn".into(),
+            price_per_byte: price,
+        };
+        net.send(&a, svc(5)).expect("register");
+        assert_eq!(net.send(&b, svc(1)), Err(Reject::NotOwner(7)));
+        assert_eq!(net.send(&c, svc(1)), Err(Reject::NotANode));
+        let mut r = receipt(&c, &a, 10, 0, 0);
+        r.receipt.service = 7;
+        let r = r.receipt.sign(&c);
+        let mut unknown = receipt(&c, &a, 10, 0, 1).receipt;
+        unknown.service = 9;
+        let out = net
+            .send(
+                &a,
+                Tx::SubmitReceipts {
+                    receipts: vec![r, unknown.sign(&c)],
+                },
+            )
+            .expect("submit");
+        assert_eq!(
+            out.rejected_receipts,
+            vec![(1, ReceiptReject::UnknownService)]
+        );
+        assert_eq!(net.state.balances[&id(&c)], 1000 - 50);
+        assert_eq!(
+            net.state.refusals[&id(&a)].get(&ReceiptReject::UnknownService),
+            Some(&1)
         );
     }
 
