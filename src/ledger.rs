@@ -145,7 +145,11 @@ impl Transport for HttpTransport {
 
     fn fetch_boundary(&self, from: &Key, epoch: u64) -> Option<Vec<u8>> {
         let a = self.addr_of(from)?;
-        let path = format!("/ledger/boundary/{epoch}");
+        let path = if epoch == controlplane::chain::LATEST {
+            "/ledger/boundary/latest".to_string()
+        } else {
+            format!("/ledger/boundary/{epoch}")
+        };
         let req = self.agent.get(format!("http://{a}{path}"));
         let mut resp = self.signed(req, "GET", &path).call().ok()?;
         if resp.status() != 200 {

@@ -68,36 +68,31 @@ fn rewards(node: &Node, epoch: u64) -> Option<(u64, Figures, Figures)> {
     Some((v["pool"].as_u64()?, map("rewards")?, map("reputation")?))
 }
 
-#[test]
-fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
+/// Nodes on 127.0.0.1…n, each staking `stakes[i]`; the first `genesis` of
+/// them form the genesis committee. Started, not yet registered.
+fn committee(stakes: &[u64], genesis: usize, epoch_ms: u64) -> Vec<Node> {
     // Keys first: the genesis committee names them.
-    let mut nodes: Vec<Node> = (1..=4)
+    let mut nodes: Vec<Node> = (1..=stakes.len())
         .map(|i| Node::prepare_at(free_addr_on(&format!("127.0.0.{i}")), &[]))
         .collect();
-    let ids: Vec<String> = nodes
-        .iter()
-        .map(|n| {
-            std::fs::create_dir_all(&n.data_dir).expect("mkdir");
-            controlplane::NodeKey::load_or_create(&n.data_dir)
-                .expect("key")
-                .0
-                .id()
-                .to_string()
-        })
-        .collect();
-    let genesis = ids
+    for n in &nodes {
+        std::fs::create_dir_all(&n.data_dir).expect("mkdir");
+        controlplane::NodeKey::load_or_create(&n.data_dir).expect("key");
+    }
+    let ids = node_ids(&nodes);
+    let genesis = ids[..genesis]
         .iter()
         .map(|i| format!("\"{i}\""))
         .collect::<Vec<_>>()
         .join(", ");
     let seed = nodes[0].addr.to_string();
-    for n in nodes.iter_mut() {
+    for (n, stake) in nodes.iter_mut().zip(stakes) {
         let config = n.data_dir.with_file_name("node.toml");
         std::fs::write(
             &config,
             format!(
-                "[ledger]\ngenesis = [{genesis}]\nepoch_ms = {EPOCH_MS}\nunit_ms = 100\n\
-                 price_per_byte = {PRICE}\ndev_deposits = true\nstake = 100\nsubmit_ms = 300\n"
+                "[ledger]\ngenesis = [{genesis}]\nepoch_ms = {epoch_ms}\nunit_ms = 100\n\
+                 price_per_byte = {PRICE}\ndev_deposits = true\nstake = {stake}\nsubmit_ms = 300\n"
             ),
         )
         .expect("config");
@@ -106,6 +101,88 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
         n.extra.extend(["--join".into(), seed.clone()]);
         n.spawn();
     }
+    nodes
+}
+
+fn node_ids(nodes: &[Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| {
+            controlplane::NodeKey::load(&n.data_dir)
+                .expect("key")
+                .id()
+                .to_string()
+        })
+        .collect()
+}
+
+fn staked(node: &Node) -> Option<usize> {
+    try_json(node, "/ledger/reputation").and_then(|v| v["nodes"].as_array().map(|a| a.len()))
+}
+
+fn committee_of(node: &Node) -> Vec<String> {
+    status(node)["committee"]
+        .as_array()
+        .expect("committee")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_string())
+        .collect()
+}
+
+#[test]
+fn the_committee_changes_at_an_epoch_end_and_the_ledger_goes_on() {
+    // Five nodes, four in the genesis committee; the fifth stakes the most, so
+    // the first epoch end after it registered seats it and drops one of the
+    // four (equal weights: the larger id goes).
+    let nodes = committee(&[100, 100, 100, 100, 1000], 4, 6_000);
+    let ids = node_ids(&nodes);
+    within(Duration::from_secs(90), "5 staked nodes", || {
+        staked(&nodes[0]) == Some(5)
+    });
+    within(Duration::from_secs(30), "the fifth node seated", || {
+        committee_of(&nodes[0]).contains(&ids[4])
+    });
+    let seated = committee_of(&nodes[0]);
+    assert_eq!(seated.len(), 4);
+    let mut old = ids[..4].to_vec();
+    old.sort();
+    let dropped = old.last().expect("dropped").clone();
+    assert!(!seated.contains(&dropped), "{dropped} should have left");
+    // The new committee orders transactions: a deposit sent to the newcomer
+    // commits, and every node, the one that left included, follows.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let client_dir = tmp.path().join("client");
+    let out = Command::new(BIN)
+        .args(["account", "--deposit", "77", "--json", "--node"])
+        .arg(nodes[4].url())
+        .env("TESSERA_CLIENT_DIR", &client_dir)
+        .output()
+        .expect("account");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = controlplane::NodeKey::load(&client_dir)
+        .expect("client key")
+        .id();
+    let at = epoch(&nodes[0]);
+    within(
+        Duration::from_secs(40),
+        "every node holds the deposit",
+        || {
+            nodes.iter().all(|n| {
+                try_json(n, &format!("/ledger/account/{client}"))
+                    .is_some_and(|v| v["balance"] == 77 && v["epoch"].as_u64() >= Some(at))
+            })
+        },
+    );
+}
+
+#[test]
+fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
+    let mut nodes = committee(&[100; 4], 4, EPOCH_MS);
+    let ids = node_ids(&nodes);
     // Every node registers its stake (a deposit, then the registration).
     within(Duration::from_secs(90), "4 staked nodes", || {
         nodes.iter().all(|n| {

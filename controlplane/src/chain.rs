@@ -62,6 +62,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BOUNDARY: TableDefinition<u64, &[u8]> = TableDefinition::new("boundary");
 /// Boundary states kept for catching-up peers.
 const KEEP_BOUNDARIES: u64 = 8;
+/// `boundary(LATEST)`: the newest epoch start a replica keeps.
+pub const LATEST: u64 = u64::MAX;
 /// Largest consensus message accepted.
 pub const MAX_MSG_BYTES: usize = 4 << 20;
 /// Transactions one member puts in one unit.
@@ -350,9 +352,14 @@ impl Chain {
     }
 
     /// The state at the start of `epoch` (postcard), for catching-up peers.
+    /// [`LATEST`] asks for the newest one kept.
     pub fn boundary(&self, epoch: u64) -> Option<Vec<u8>> {
         let r = self.db.begin_read().ok()?;
         let t = r.open_table(BOUNDARY).ok()?;
+        if epoch == LATEST {
+            let (_, v) = t.last().ok()??;
+            return Some(v.value().to_vec());
+        }
         let v = t.get(epoch).ok()??;
         Some(v.value().to_vec())
     }
@@ -705,8 +712,8 @@ impl Chain {
         let candidates: Vec<u64> = if target > current {
             vec![target]
         } else if !committee.contains(&self.me) {
-            // A follower asks for the next epoch's start.
-            vec![current + 1]
+            // A follower asks for the newest epoch start the members keep.
+            vec![LATEST]
         } else {
             return false;
         };
@@ -717,6 +724,13 @@ impl Chain {
                 let Some(bytes) = self.transport.fetch_boundary(member, epoch) else {
                     continue;
                 };
+                if epoch == LATEST && votes.is_empty() {
+                    // Nothing newer than what this replica holds: stop here.
+                    match postcard::from_bytes::<State>(&bytes) {
+                        Ok(s) if s.epoch > current => {}
+                        _ => return false,
+                    }
+                }
                 let h = *blake3::hash(&bytes).as_bytes();
                 let e = votes.entry(h).or_insert((0, bytes));
                 e.0 += 1;
@@ -724,7 +738,7 @@ impl Chain {
                     let Ok(state) = postcard::from_bytes::<State>(&e.1) else {
                         return false;
                     };
-                    if state.epoch != epoch {
+                    if (epoch != LATEST && state.epoch != epoch) || state.epoch <= current {
                         return false;
                     }
                     let p = Progress {

@@ -319,7 +319,8 @@ pub enum LedgerRoute {
     Rewards(u64),
     /// `GET /ledger/reputation`.
     Reputation,
-    /// `GET /ledger/boundary/{epoch}`: the state at an epoch's start (peers).
+    /// `GET /ledger/boundary/{epoch}` (or `latest`, as `u64::MAX`): the state
+    /// at an epoch's start (peers).
     Boundary(u64),
     /// `POST /ledger/tx`: a signed transaction.
     Tx,
@@ -346,6 +347,9 @@ impl LedgerRoute {
                 }
                 if let Some(e) = rest.strip_prefix(b"rewards/").and_then(num) {
                     return LedgerRoute::Rewards(e);
+                }
+                if rest == b"boundary/latest" {
+                    return LedgerRoute::Boundary(u64::MAX);
                 }
                 if let Some(e) = rest.strip_prefix(b"boundary/").and_then(num) {
                     return LedgerRoute::Boundary(e);
