@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,8 +70,11 @@ pub const MAX_MSG_BYTES: usize = 4 << 20;
 const TXS_PER_UNIT: usize = 256;
 /// A pending transaction is proposed again only after this long.
 const REPROPOSE: Duration = Duration::from_secs(2);
-/// Messages held for a session this replica has not started yet.
-const MAX_EARLY: usize = 20_000;
+/// Bytes held for a session this replica has not started yet.
+const MAX_EARLY_BYTES: usize = 64 << 20;
+/// Messages queued for the running session before new ones are dropped
+/// (AlephBFT asks again for what it lacks).
+const MAX_INBOX: usize = 50_000;
 /// Pending transactions held.
 const MAX_MEMPOOL: usize = 50_000;
 
@@ -120,6 +123,9 @@ struct Pending {
     proposed: Option<Instant>,
 }
 
+/// Messages held for later sessions: (session, body).
+type Early = VecDeque<(u64, Vec<u8>)>;
+
 /// One replica of the ledger.
 pub struct Chain {
     key: NodeKey,
@@ -132,7 +138,10 @@ pub struct Chain {
     transport: Arc<dyn Transport>,
     /// Inbox of the running session (its number and sender).
     inbox: Mutex<Option<(u64, mpsc::UnboundedSender<Vec<u8>>)>>,
-    early: Mutex<VecDeque<(u64, Vec<u8>)>>,
+    /// Messages in the inbox not yet taken by the engine.
+    queued: Arc<AtomicUsize>,
+    /// Messages for later sessions, and their total size.
+    early: Mutex<(Early, usize)>,
     /// Highest session a committee member was heard in.
     newest_seen: AtomicU64,
     stop: AtomicBool,
@@ -222,7 +231,8 @@ impl Chain {
             mempool: Mutex::new(BTreeMap::new()),
             transport,
             inbox: Mutex::new(None),
-            early: Mutex::new(VecDeque::new()),
+            queued: Arc::new(AtomicUsize::new(0)),
+            early: Mutex::new((VecDeque::new(), 0)),
             newest_seen: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             stats: Stats::default(),
@@ -324,31 +334,43 @@ impl Chain {
         }
         if session > current {
             self.newest_seen.fetch_max(session, Ordering::Relaxed);
-            if let Ok(mut early) = self.early.lock() {
-                if early.len() >= MAX_EARLY {
-                    early.pop_front();
-                }
-                early.push_back((session, body.to_vec()));
-            }
+            self.hold_early(session, body);
             return Ok(());
         }
         if let Ok(inbox) = self.inbox.lock() {
             match inbox.as_ref() {
                 Some((s, tx)) if *s == session => {
+                    if self.queued.load(Ordering::Relaxed) >= MAX_INBOX {
+                        return Err("replica is busy; message dropped");
+                    }
+                    self.queued.fetch_add(1, Ordering::Relaxed);
                     let _ = tx.unbounded_send(body[8..].to_vec());
                 }
                 _ => {
                     // Between sessions: keep it for the one about to start.
                     drop(inbox);
-                    if let Ok(mut early) = self.early.lock() {
-                        if early.len() < MAX_EARLY {
-                            early.push_back((session, body.to_vec()));
-                        }
-                    }
+                    self.hold_early(session, body);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Keeps a message for a session not started yet, oldest dropped first
+    /// beyond [`MAX_EARLY_BYTES`].
+    fn hold_early(&self, session: u64, body: &[u8]) {
+        let Ok(mut early) = self.early.lock() else {
+            return;
+        };
+        let (queue, bytes) = &mut *early;
+        while *bytes + body.len() > MAX_EARLY_BYTES {
+            match queue.pop_front() {
+                Some((_, b)) => *bytes -= b.len(),
+                None => return,
+            }
+        }
+        *bytes += body.len();
+        queue.push_back((session, body.to_vec()));
     }
 
     /// The state at the start of `epoch` (postcard), for catching-up peers.
@@ -454,13 +476,18 @@ impl Chain {
             *inbox = Some((session, inbox_tx.clone()));
         }
         // Messages that came early for this session.
+        self.queued.store(0, Ordering::Relaxed);
         if let Ok(mut early) = self.early.lock() {
-            let held: Vec<(u64, Vec<u8>)> = early.drain(..).collect();
+            let (queue, bytes) = &mut *early;
+            let held: Vec<(u64, Vec<u8>)> = queue.drain(..).collect();
+            *bytes = 0;
             for (s, body) in held {
                 if s == session {
+                    self.queued.fetch_add(1, Ordering::Relaxed);
                     let _ = inbox_tx.unbounded_send(body[8..].to_vec());
                 } else if s > session {
-                    early.push_back((s, body));
+                    *bytes += body.len();
+                    queue.push_back((s, body));
                 }
             }
         }
@@ -490,6 +517,7 @@ impl Chain {
             chain: self.clone(),
         };
         let network = Net {
+            queued: self.queued.clone(),
             session,
             committee: committee.to_vec(),
             me: index,
@@ -840,6 +868,7 @@ impl MultiKeychain for Keys {
 }
 
 struct Net {
+    queued: Arc<AtomicUsize>,
     session: u64,
     committee: Vec<Key>,
     me: usize,
@@ -873,6 +902,9 @@ impl aleph_bft::Network<Message> for Net {
     async fn next_event(&mut self) -> Option<Message> {
         loop {
             let bytes = self.inbox.next().await?;
+            let _ = self
+                .queued
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| q.checked_sub(1));
             if let Ok(m) = Message::decode(&mut &bytes[..]) {
                 return Some(m);
             }
