@@ -163,12 +163,21 @@ fn ranges_and_the_verified_stream_over_h3() {
     assert_eq!(got, data);
 }
 
-/// A NAT in the test: relays between the client and the node, and every
-/// `rebind_every` moves its node-facing side to a fresh source port, as a NAT that
-/// rebinds does. The node sees the connection arrive from new addresses. The old
+/// A NAT in the test: relays between the client and the node, and once the
+/// transfer is under way (the node has sent it `REBIND_AFTER_PACKETS` packets,
+/// long after the handshake) and then every `rebind_every`, moves its
+/// node-facing side to a fresh source port, as a NAT that rebinds does. Never
+/// during the handshake: QUIC relies on a stable address until then (RFC 9000
+/// §9), and quiche counts handshake packets from a new address toward no path,
+/// so a server still amplification-limited stays silent (that was the rare
+/// stall this test used to hit). The node sees the connection arrive from new addresses. The old
 /// mapping keeps delivering the node's packets to the client for `linger` (zero:
 /// packets still in flight to the old port are lost, as when a NAT drops a
 /// mapping mid-transfer).
+/// Packets from the node before the NAT first rebinds (a handshake takes a
+/// handful; a 16 MiB transfer thousands).
+const REBIND_AFTER_PACKETS: usize = 300;
+
 struct RebindingNat {
     addr: std::net::SocketAddr,
     stop: Arc<AtomicBool>,
@@ -191,6 +200,7 @@ impl RebindingNat {
         let client: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let rebinds = Arc::new(AtomicUsize::new(0));
+        let from_server = Arc::new(AtomicUsize::new(0));
         // Client -> node, always through the current mapping.
         {
             let (front, back, client, stop) = (
@@ -213,12 +223,14 @@ impl RebindingNat {
         // Node -> client: one relay per mapping, which ends `linger` after the
         // mapping is replaced (its socket closes then).
         let relay = {
-            let (front, client, stop) = (front, client, stop.clone());
+            let (front, client, stop, from_server) =
+                (front, client, stop.clone(), from_server.clone());
             move |sock: UdpSocket, retired: Arc<Mutex<Option<std::time::Instant>>>| {
-                let (front, client, stop) = (
+                let (front, client, stop, from_server) = (
                     front.try_clone().expect("clone"),
                     client.clone(),
                     stop.clone(),
+                    from_server.clone(),
                 );
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 65536];
@@ -229,6 +241,7 @@ impl RebindingNat {
                             }
                         }
                         if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                            from_server.fetch_add(1, Ordering::Relaxed);
                             if let Some(c) = *client.lock().expect("lock") {
                                 let _ = front.send_to(&buf[..n], c);
                             }
@@ -245,9 +258,17 @@ impl RebindingNat {
         {
             let (back, stop, rebinds) = (back, stop.clone(), rebinds.clone());
             std::thread::spawn(move || {
+                while from_server.load(Ordering::Relaxed) < REBIND_AFTER_PACKETS {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 while !stop.load(Ordering::Relaxed) && rebinds.load(Ordering::Relaxed) < max_rebinds
                 {
-                    std::thread::sleep(rebind_every);
+                    if rebinds.load(Ordering::Relaxed) > 0 {
+                        std::thread::sleep(rebind_every);
+                    }
                     let fresh = Self::back_socket();
                     let next = Arc::new(Mutex::new(None));
                     relay(fresh.try_clone().expect("clone"), next.clone());
@@ -310,11 +331,22 @@ fn download_through_rebinding_nat(linger: Duration) {
 }
 
 #[test]
-#[ignore = "passes ~47 runs in 50; a rare handshake stall through the test NAT (cause not found yet, see issue 4 notes): run with --ignored"]
+#[ignore = "stalls in about 1 run in 6 (new-path validation never completes; see the note): run with --ignored"]
 fn a_connection_survives_nat_rebinding_across_cores() {
     // The old mapping still delivers for 200 ms, as NATs that rebind under
     // load usually do; the node must follow the connection to its new address
     // (validating it) and its packets to the owning core.
+    //
+    // What is known of the stall (server debug log, 2026-11-25): quiche sees
+    // the new path (`New`, `ReusedSourceConnectionId`) but does not validate
+    // it; 7.5 s later `FailedValidation`, a move back to the dead old address,
+    // then `Validated` 19 ms later — so a path challenge answered at once was
+    // not sent (or not answered) for seconds. Suspected: the new path's
+    // anti-amplification credit (quiche credits bytes received on a path only
+    // once the path exists, and pads challenges to 1200 bytes) while the
+    // client, no longer receiving data once the old mapping is gone, sends
+    // little on the new path. Not stalled with the rebinding during the
+    // handshake excluded and a 1 s linger either (2 in 20), so not the linger.
     download_through_rebinding_nat(Duration::from_millis(200));
 }
 
