@@ -176,6 +176,8 @@ fn get_h3(args: &GetArgs, hash: BlobHash) -> anyhow::Result<ExitCode> {
     // The QUIC connection runs on its own thread and hands the body over.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(256);
     let (status_tx, status_rx) = std::sync::mpsc::sync_channel::<u16>(1);
+    // The verified size, once the body checked out (None: it did not).
+    let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel::<Option<u64>>(1);
     let node = args.node.clone();
     let ca = args.ca.clone();
     let path = format!("/blobs/{hash}?format=bao");
@@ -194,6 +196,13 @@ fn get_h3(args: &GetArgs, hash: BlobHash) -> anyhow::Result<ExitCode> {
         if !told {
             let _ = status_tx.send(resp.status);
         }
+        drop(tx);
+        // Verified and written: the receipt goes back on this connection.
+        if let Ok(Some(size)) = verified_rx.recv() {
+            if let Err(e) = send_receipt(&mut client, &hash, size) {
+                eprintln!("warning: no delivery receipt sent: {e:#}");
+            }
+        }
         client.close();
         Ok(())
     });
@@ -206,6 +215,8 @@ fn get_h3(args: &GetArgs, hash: BlobHash) -> anyhow::Result<ExitCode> {
     if status != 200 {
         let mut text = String::new();
         let _ = reader.by_ref().take(4096).read_to_string(&mut text);
+        let _ = verified_tx.send(None);
+        drop(reader);
         let failed = worker
             .join()
             .map_err(|_| anyhow::anyhow!("HTTP/3 thread panicked"))?;
@@ -216,11 +227,11 @@ fn get_h3(args: &GetArgs, hash: BlobHash) -> anyhow::Result<ExitCode> {
     }
     let result = decode_into(&hash, &args.output, &mut reader);
     drop(reader);
+    let _ = verified_tx.send(result.as_ref().ok().map(|(_, size)| *size));
     let transfer = worker
         .join()
         .map_err(|_| anyhow::anyhow!("HTTP/3 thread panicked"))?;
     match (result, transfer) {
-        // (Receipts go over HTTP/1.1 for now; none for HTTP/3 downloads.)
         (Ok((code, _)), _) => Ok(code),
         (Err(e), Err(t)) => Err(e.context(format!("{t:#}"))),
         (Err(e), Ok(())) => Err(e),
@@ -250,7 +261,11 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     // Verified and written: sign a delivery receipt and hand it to the node
     // (on the agent's kept-alive connection). A failure here does not undo the
     // download; it is reported.
-    if let Err(e) = send_receipt(&agent, &args.node, &hash, size) {
+    let mut http1 = Http1 {
+        agent: &agent,
+        base: args.node.trim_end_matches('/').to_string(),
+    };
+    if let Err(e) = send_receipt(&mut http1, &hash, size) {
         eprintln!("warning: no delivery receipt sent: {e:#}");
     }
     Ok(code)
@@ -269,23 +284,76 @@ pub fn client_dir() -> PathBuf {
     base.join("tessera").join("client")
 }
 
+/// One request and its whole answer, over whichever connection the download
+/// used (so the receipt goes back on the same one).
+pub trait Exchange {
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<(u16, Vec<u8>)>;
+}
+
+/// HTTP/1.1: the agent's kept-alive connection to `base`.
+struct Http1<'a> {
+    agent: &'a ureq::Agent,
+    base: String,
+}
+
+impl Exchange for Http1<'_> {
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let url = format!("{}{path}", self.base);
+        let mut resp = match (method, body) {
+            ("POST", Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/octet-stream")
+                .send(b)?,
+            _ => self.agent.get(&url).call()?,
+        };
+        let status = resp.status().as_u16();
+        let bytes = resp.body_mut().with_config().limit(1 << 20).read_to_vec()?;
+        Ok((status, bytes))
+    }
+}
+
+impl Exchange for crate::h3client::H3Client {
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut reader = body.map(|b| (std::io::Cursor::new(b), b.len() as u64));
+        let upload = reader.as_mut().map(|(r, len)| (r as &mut dyn Read, *len));
+        let extra = [("content-type", "application/octet-stream")];
+        let resp = self.request(method, path, &extra, upload, |_, d| {
+            if out.len() < 1 << 20 {
+                out.extend_from_slice(d);
+            }
+            Ok(())
+        })?;
+        Ok((resp.status, out))
+    }
+}
+
 /// Signs a receipt for `bytes` of `hash` delivered by the node, and sends it.
-fn send_receipt(
-    agent: &ureq::Agent,
-    node: &str,
-    hash: &BlobHash,
-    bytes: u64,
-) -> anyhow::Result<()> {
+fn send_receipt(ex: &mut dyn Exchange, hash: &BlobHash, bytes: u64) -> anyhow::Result<()> {
     let dir = client_dir();
     let (key, _) = controlplane::NodeKey::load_or_create(&dir)?;
     // Which node served us: its own entry in its member list.
-    let base = node.trim_end_matches('/');
-    let mut resp = agent.get(format!("{base}/cluster/members")).call()?;
-    if resp.status() != 200 {
-        bail!("{base} has no control plane ({})", resp.status());
+    let (status, body) = ex.exchange("GET", "/cluster/members", None)?;
+    if status != 200 {
+        bail!("the node has no control plane ({status})");
     }
-    let members: Vec<controlplane::cluster::MemberInfo> =
-        serde_json::from_str(&resp.body_mut().read_to_string()?)?;
+    let members: Vec<controlplane::cluster::MemberInfo> = serde_json::from_slice(&body)?;
     let me = members
         .iter()
         .find(|m| m.is_self)
@@ -293,9 +361,9 @@ fn send_receipt(
     let node_id: controlplane::NodeId =
         me.id.parse().map_err(|e| anyhow::anyhow!("node id: {e}"))?;
     // The ledger's open epoch (0 where the node runs no ledger).
-    let epoch = match agent.get(format!("{base}/ledger/status")).call() {
-        Ok(mut r) if r.status() == 200 => {
-            let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+    let epoch = match ex.exchange("GET", "/ledger/status", None)? {
+        (200, body) => {
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
             v["epoch"].as_u64().unwrap_or(0)
         }
         _ => 0,
@@ -312,7 +380,7 @@ fn send_receipt(
     let receipt = controlplane::ledger::Receipt {
         client: key.id().0,
         node: node_id.0,
-        service: 1, // blob delivery
+        service: controlplane::ledger::BLOB_SERVICE,
         content: hash.0,
         bytes,
         epoch,
@@ -320,12 +388,12 @@ fn send_receipt(
     }
     .sign_with(&key);
     let body = postcard::to_stdvec(&vec![receipt])?;
-    let mut resp = agent
-        .post(format!("{base}/receipts"))
-        .header("Content-Type", "application/octet-stream")
-        .send(&body[..])?;
-    if resp.status() != 202 {
-        bail!("node answered {}: {}", resp.status(), error_body(&mut resp));
+    let (status, answer) = ex.exchange("POST", "/receipts", Some(&body))?;
+    if status != 202 {
+        bail!(
+            "node answered {status}: {}",
+            String::from_utf8_lossy(&answer).trim()
+        );
     }
     Ok(())
 }

@@ -398,6 +398,14 @@ fn tessera_put_and_get_over_h3_verify_like_http1() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read(&dest).expect("read"), data);
+    // The verified download left a signed receipt, sent on the same QUIC
+    // connection and kept by the node.
+    let receipts = controlplane::ledger::ReceiptLog::read(&node.data_dir.join("receipts.log"))
+        .expect("receipt log");
+    assert_eq!(receipts.len(), 1);
+    assert!(receipts[0].verify());
+    assert_eq!(receipts[0].receipt.bytes, data.len() as u64);
+    assert_eq!(receipts[0].receipt.content, *blake3::hash(&data).as_bytes());
 
     // A blob rotted on disk is refused over HTTP/3 too, and nothing is written.
     let path = node.data_dir.join("blobs").join(&hash);

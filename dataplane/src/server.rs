@@ -151,7 +151,7 @@ const MAX_LEDGER_BODY: u64 = 4 << 20;
 pub type StoreReceipts = dyn Fn(&[u8]) -> Result<usize, String> + Send + Sync;
 
 /// Largest receipts batch a client may send in one request.
-const MAX_RECEIPTS_BODY: u64 = 8 << 10;
+pub(super) const MAX_RECEIPTS_BODY: u64 = 8 << 10;
 
 /// See [`Hooks::locate`].
 pub type Locate = dyn Fn(&[u8; 32]) -> Option<std::net::SocketAddr> + Send + Sync;

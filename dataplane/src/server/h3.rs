@@ -196,6 +196,8 @@ enum StreamState {
         offset: usize,
         end: usize,
     },
+    /// A small request body arriving (receipts), held in memory.
+    SmallBody { body: Vec<u8>, too_large: bool },
     /// Waiting for an upload's commit on the store-I/O threads.
     Committing,
     /// The response head could not be sent yet (no stream capacity): retried with
@@ -252,6 +254,13 @@ enum Done {
     Fetched {
         req: Box<H3Request>,
         hash: BlobHash,
+    },
+    /// A control-plane answer computed off the core (receipts, ledger).
+    Reply {
+        route: Route,
+        status: Status,
+        content_type: &'static str,
+        body: Vec<u8>,
     },
 }
 
@@ -687,6 +696,26 @@ impl Endpoint {
                 send_bodies(core, conn);
                 return;
             }
+            Done::Reply {
+                route,
+                status,
+                content_type,
+                body,
+            } => {
+                respond(
+                    core,
+                    conn,
+                    c.stream,
+                    route,
+                    status,
+                    content_type,
+                    Body::Owned(body),
+                    false,
+                    &[],
+                );
+                send_bodies(core, conn);
+                return;
+            }
         };
         match result {
             Ok(out) => {
@@ -1068,6 +1097,56 @@ fn on_request(
         (Route::Blob(hash), http::Method::Get | http::Method::Head) => {
             get_blob(core, conn, stream, &req, route, hash, Some(commits));
         }
+        (Route::Receipts, http::Method::Post) => {
+            if !more_frames {
+                let msg = "receipts need a body\n";
+                respond_text(core, conn, stream, route, Status::BadRequest, msg);
+                return;
+            }
+            conn.streams.insert(
+                stream,
+                StreamState::SmallBody {
+                    body: Vec::new(),
+                    too_large: false,
+                },
+            );
+        }
+        (Route::Ledger(l), http::Method::Get) if !l.is_post() => {
+            let Some(handler) = core.shared.hooks.ledger.clone() else {
+                let msg = "this node runs no ledger\n";
+                respond_text(core, conn, stream, route, Status::NotFound, msg);
+                return;
+            };
+            conn.streams.insert(stream, StreamState::Committing);
+            let id = conn.quic.source_id().into_owned();
+            let commits = commits.clone();
+            monoio::spawn(async move {
+                let call = super::LedgerCall {
+                    route: l,
+                    body: Vec::new(),
+                    peer: None,
+                };
+                let result = match off_core(move || Ok(handler(call))).await {
+                    Ok(r) => Done::Reply {
+                        route,
+                        status: r.status,
+                        content_type: r.content_type,
+                        body: r.body,
+                    },
+                    Err(_) => Done::Reply {
+                        route,
+                        status: Status::InternalServerError,
+                        content_type: "text/plain",
+                        body: b"ledger request failed\n".to_vec(),
+                    },
+                };
+                let _ = commits.send(Committed {
+                    conn: id,
+                    stream,
+                    result,
+                });
+            });
+        }
         (Route::BadHash(e), _) => {
             let msg = format!("malformed blob hash: {e}\n").into_bytes();
             respond(
@@ -1305,6 +1384,14 @@ fn on_data(core: &Core, conn: &mut QuicConn, stream: u64) {
             Err(_) => return,
         };
         bump(&core.stats().bytes_received, n as u64);
+        if let Some(StreamState::SmallBody { body, too_large }) = conn.streams.get_mut(&stream) {
+            if body.len() + n > super::MAX_RECEIPTS_BODY as usize {
+                *too_large = true;
+            } else {
+                body.extend_from_slice(&buf[..n]);
+            }
+            continue;
+        }
         if let Some(StreamState::Upload {
             writer: Some(w),
             failed,
@@ -1320,6 +1407,12 @@ fn on_data(core: &Core, conn: &mut QuicConn, stream: u64) {
 }
 
 fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::Sender<Committed>) {
+    if let Some(StreamState::SmallBody { .. }) = conn.streams.get(&stream) {
+        let Some(StreamState::SmallBody { body, too_large }) = conn.streams.remove(&stream) else {
+            return;
+        };
+        return receipts(core, conn, stream, body, too_large, commits);
+    }
     let Some(StreamState::Upload { writer, failed }) = conn.streams.get_mut(&stream) else {
         return;
     };
@@ -1338,6 +1431,53 @@ fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::S
             conn: id,
             stream,
             result: Done::Upload(result),
+        });
+    });
+}
+
+/// `POST /receipts` over HTTP/3: checked and fsynced off the core, as over
+/// HTTP/1.1, then answered.
+fn receipts(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    body: Vec<u8>,
+    too_large: bool,
+    commits: &flume::Sender<Committed>,
+) {
+    let route = Route::Receipts;
+    if too_large {
+        let msg = "receipts body too large\n";
+        return respond_text(core, conn, stream, route, Status::PayloadTooLarge, msg);
+    }
+    let Some(store) = core.shared.hooks.store_receipts.clone() else {
+        let msg = "no control plane on this node\n";
+        return respond_text(core, conn, stream, route, Status::NotFound, msg);
+    };
+    conn.streams.insert(stream, StreamState::Committing);
+    let id = conn.quic.source_id().into_owned();
+    let commits = commits.clone();
+    monoio::spawn(async move {
+        let (status, body) = match off_core(move || Ok(store(&body))).await {
+            Ok(Ok(k)) => (Status::Accepted, format!("{{\"accepted\":{k}}}\n")),
+            Ok(Err(why)) => (Status::BadRequest, format!("receipts refused: {why}\n")),
+            Err(e) => {
+                tracing::error!("cannot store receipts: {e}");
+                (
+                    Status::InternalServerError,
+                    "cannot store receipts\n".to_string(),
+                )
+            }
+        };
+        let _ = commits.send(Committed {
+            conn: id,
+            stream,
+            result: Done::Reply {
+                route,
+                status,
+                content_type: "application/json",
+                body: body.into_bytes(),
+            },
         });
     });
 }
