@@ -23,7 +23,9 @@
 //! the close chose.
 //!
 //! **Durability and catch-up.** Applied state and session progress are written
-//! in one redb transaction per finalized batch. AlephBFT's unit backup (every
+//! in one redb transaction per finalized batch: one row per account, stake,
+//! report, closed epoch..., and only the rows the batch changed
+//! (`chain/rows.rs`). AlephBFT's unit backup (every
 //! unit, framed and checksummed, fsynced before it is sent) lets a member that
 //! crashed re-join its session without equivocating; on restart the ordering is
 //! replayed from the start of the session and the first `applied` units (already
@@ -54,6 +56,8 @@ use futures::{FutureExt, StreamExt};
 use parity_scale_codec::{Decode, Encode};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+mod rows;
 
 use crate::identity::NodeKey;
 use crate::ledger::{Key, Params, Reject, SignedTx, State};
@@ -186,22 +190,19 @@ impl Chain {
             let w = db.begin_write().map_err(db_err)?;
             let loaded = {
                 let mut meta = w.open_table(META).map_err(db_err)?;
+                let mut rows = w.open_table(rows::ROWS).map_err(db_err)?;
                 w.open_table(BOUNDARY).map_err(db_err)?;
-                let state = meta
-                    .get("state")
-                    .map_err(db_err)?
-                    .map(|v| postcard::from_bytes::<State>(v.value()));
+                let state = rows::load(&meta, &rows).map_err(db_err)?;
                 let progress = meta
                     .get("progress")
                     .map_err(db_err)?
                     .map(|v| postcard::from_bytes::<Progress>(v.value()));
                 match (state, progress) {
-                    (Some(Ok(s)), Some(Ok(p))) => (s, p),
+                    (Some(s), Some(Ok(p))) => (s, p),
                     (None, None) => {
                         let s = State::genesis(cfg.genesis.clone());
                         let p = Progress::default();
-                        meta.insert("state", postcard::to_stdvec(&s).map_err(db_err)?.as_slice())
-                            .map_err(db_err)?;
+                        rows::write(&mut meta, &mut rows, &State::default(), &s).map_err(db_err)?;
                         meta.insert(
                             "progress",
                             postcard::to_stdvec(&p).map_err(db_err)?.as_slice(),
@@ -209,7 +210,7 @@ impl Chain {
                         .map_err(db_err)?;
                         (s, p)
                     }
-                    _ => return Err(db_err("state or progress record is damaged")),
+                    _ => return Err(db_err("the progress record is damaged")),
                 }
             };
             w.commit().map_err(db_err)?;
@@ -646,7 +647,7 @@ impl Chain {
                 }
             }
         }
-        if let Err(e) = self.persist(&next, &np, closed) {
+        if let Err(e) = self.persist(&state, &next, &np, closed) {
             // Not applied: the replica stops here rather than diverge from disk.
             tracing::error!("ledger: cannot persist state: {e}");
             self.stop.store(true, Ordering::Relaxed);
@@ -669,17 +670,26 @@ impl Chain {
         closed
     }
 
-    fn persist(&self, state: &State, p: &Progress, boundary: bool) -> Result<(), String> {
-        let s = postcard::to_stdvec(state).map_err(|e| e.to_string())?;
+    /// Writes the change from `old` (what is on disk) to `state`, with the
+    /// session progress, in one transaction; at an epoch's start also the whole
+    /// state as that epoch's boundary snapshot.
+    fn persist(
+        &self,
+        old: &State,
+        state: &State,
+        p: &Progress,
+        boundary: bool,
+    ) -> Result<(), String> {
         let pb = postcard::to_stdvec(p).map_err(|e| e.to_string())?;
         let w = self.db.begin_write().map_err(|e| e.to_string())?;
         {
             let mut meta = w.open_table(META).map_err(|e| e.to_string())?;
-            meta.insert("state", s.as_slice())
-                .map_err(|e| e.to_string())?;
+            let mut rows = w.open_table(rows::ROWS).map_err(|e| e.to_string())?;
+            rows::write(&mut meta, &mut rows, old, state)?;
             meta.insert("progress", pb.as_slice())
                 .map_err(|e| e.to_string())?;
             if boundary {
+                let s = postcard::to_stdvec(state).map_err(|e| e.to_string())?;
                 let mut b = w.open_table(BOUNDARY).map_err(|e| e.to_string())?;
                 b.insert(state.epoch, s.as_slice())
                     .map_err(|e| e.to_string())?;
@@ -773,7 +783,8 @@ impl Chain {
                         session: epoch,
                         ..Progress::default()
                     };
-                    if let Err(e) = self.persist(&state, &p, true) {
+                    let old = self.state();
+                    if let Err(e) = self.persist(&old, &state, &p, true) {
                         tracing::error!("ledger: cannot persist caught-up state: {e}");
                         return false;
                     }
