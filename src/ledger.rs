@@ -9,8 +9,9 @@
 //!   first start (dev networks deposit it first), the receipts clients handed
 //!   it (`receipts.log`, in order, from a cursor kept in the data dir and moved
 //!   only once the ledger committed them), and once per epoch its scores for the
-//!   other staked nodes from its own measurements (alive and verified: 1000,
-//!   minus 250 per transfer that failed verification; down or unknown: 0).
+//!   other staked nodes from its own measurements (the share of samples alive
+//!   and verified, weighted 20 % by round trip against the median, minus 250
+//!   per transfer from it that failed verification).
 //! - `tessera account | ledger status | rewards | reputation`: the client side.
 
 use std::collections::HashMap;
@@ -442,6 +443,8 @@ struct Uptime {
     epoch: u64,
     /// id -> (samples, samples alive and verified, bad transfers at the first)
     nodes: HashMap<Key, (u32, u32, u64)>,
+    /// id -> measured round trip (EWMA from the signed pings), latest seen.
+    rtt_ms: HashMap<Key, f64>,
 }
 
 impl Uptime {
@@ -463,13 +466,20 @@ impl Uptime {
             if m.is_some_and(|m| m.state == "alive" && m.verified) {
                 e.1 += 1;
             }
+            if let Some(rtt) = m.and_then(|m| m.rtt_ms) {
+                self.rtt_ms.insert(*k, rtt);
+            }
         }
     }
 
     /// Scores in thousandths: the share of samples the node was alive and
-    /// verified, less 250 per transfer from it that failed verification this
-    /// epoch.
+    /// verified, 80 % of it as is and 20 % scaled by how its round trip
+    /// compares with the median round trip to the others (at least half), less
+    /// 250 per transfer from it that failed verification this epoch.
     fn scores(&self, members: &[controlplane::cluster::MemberInfo]) -> Vec<(Key, u16)> {
+        let mut rtts: Vec<f64> = self.rtt_ms.values().copied().collect();
+        rtts.sort_by(f64::total_cmp);
+        let median = rtts.get(rtts.len().saturating_sub(1) / 2).copied();
         self.nodes
             .iter()
             .filter(|(_, (samples, _, _))| *samples >= 3)
@@ -479,8 +489,14 @@ impl Uptime {
                     .iter()
                     .find(|m| m.id == id)
                     .map_or(0, |m| m.bad_transfers.saturating_sub(*bad_before));
-                let up = *alive as u64 * 1000 / (*samples).max(1) as u64;
-                (*k, up.saturating_sub(250 * bad) as u16)
+                let up = *alive as f64 / (*samples).max(1) as f64;
+                let near = match (median, self.rtt_ms.get(k)) {
+                    // Below 10 ms every round trip counts as near (noise).
+                    (Some(m), Some(&r)) => (m.max(10.0) / r.max(10.0)).clamp(0.5, 1.0),
+                    _ => 1.0,
+                };
+                let score = (1000.0 * up * (0.8 + 0.2 * near)) as u64;
+                (*k, score.saturating_sub(250 * bad) as u16)
             })
             .collect()
     }
