@@ -23,7 +23,7 @@ use anyhow::{bail, Context};
 use controlplane::chain::{Chain, Transport};
 use controlplane::cluster::Cluster;
 use controlplane::ledger::{Key, ReceiptLog, SignedTx, State, Tx};
-use dataplane::http::{LedgerRoute, Status, PEER_HEADER, PEER_SIG_HEADER, PEER_TIME_HEADER};
+use dataplane::http::{LedgerRoute, Status};
 use dataplane::server::{LedgerCall, LedgerHandler, LedgerReply};
 
 /// Messages queued per peer before new ones are dropped.
@@ -79,12 +79,7 @@ impl HttpTransport {
         method: &str,
         path: &str,
     ) -> ureq::RequestBuilder<B> {
-        let (time, sig) = self.cluster.sign_request(|t| {
-            dataplane::http::peer_message(method.as_bytes(), path.as_bytes(), t.as_bytes())
-        });
-        req.header(PEER_HEADER, &self.me)
-            .header(PEER_TIME_HEADER, &time)
-            .header(PEER_SIG_HEADER, &sig)
+        crate::peering::sign_request(&self.cluster, &self.me, req, method, path)
     }
 
     fn queue(self: &Arc<Self>, to: &Key, out: Out) {

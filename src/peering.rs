@@ -46,6 +46,23 @@ const REBALANCE_CHECK: Duration = Duration::from_millis(500);
 /// Wait after a membership change before rebalancing (joins come in bursts).
 const REBALANCE_SETTLE: Duration = Duration::from_millis(500);
 
+/// Signs a request to another node: this node's id (`me`), the time, and its
+/// signature over method, path and time (the receiver checks them).
+pub fn sign_request<B>(
+    cluster: &Cluster,
+    me: &str,
+    req: ureq::RequestBuilder<B>,
+    method: &str,
+    path: &str,
+) -> ureq::RequestBuilder<B> {
+    let (time, sig) = cluster.sign_request(|t| {
+        dataplane::http::peer_message(method.as_bytes(), path.as_bytes(), t.as_bytes())
+    });
+    req.header(PEER_HEADER, me)
+        .header(PEER_TIME_HEADER, &time)
+        .header(PEER_SIG_HEADER, &sig)
+}
+
 pub struct Peering {
     cluster: Arc<Cluster>,
     replication: usize,
@@ -79,12 +96,7 @@ impl Peering {
         method: &str,
         path: &str,
     ) -> ureq::RequestBuilder<B> {
-        let (time, sig) = self.cluster.sign_request(|t| {
-            dataplane::http::peer_message(method.as_bytes(), path.as_bytes(), t.as_bytes())
-        });
-        req.header(PEER_HEADER, &self.me)
-            .header(PEER_TIME_HEADER, &time)
-            .header(PEER_SIG_HEADER, &sig)
+        sign_request(&self.cluster, &self.me, req, method, path)
     }
 
     /// Candidates for a blob we lack: homes first, then the rest, nearest first.

@@ -40,14 +40,27 @@ fn epoch(node: &Node) -> u64 {
     status(node)["epoch"].as_u64().expect("epoch")
 }
 
-fn get(node: &Node, client_dir: &std::path::Path, hash: &str, out: &std::path::Path) {
-    let status = Command::new(BIN)
-        .args(["get", "--node", &node.url(), hash, "-o"])
-        .arg(out)
+/// `tessera account --deposit` as the client in `client_dir`; its JSON answer
+/// once the deposit committed.
+fn deposit(node: &Node, client_dir: &std::path::Path, amount: u64) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args([
+            "account",
+            "--json",
+            "--deposit",
+            &amount.to_string(),
+            "--node",
+        ])
+        .arg(node.url())
         .env("TESSERA_CLIENT_DIR", client_dir)
-        .status()
-        .expect("tessera get");
-    assert!(status.success());
+        .output()
+        .expect("account");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
 }
 
 type Figures = BTreeMap<String, u64>;
@@ -152,20 +165,10 @@ fn the_committee_changes_at_an_epoch_end_and_the_ledger_goes_on() {
     // commits, and every node, the one that left included, follows.
     let tmp = tempfile::tempdir().expect("tmp");
     let client_dir = tmp.path().join("client");
-    let out = Command::new(BIN)
-        .args(["account", "--deposit", "77", "--json", "--node"])
-        .arg(nodes[4].url())
-        .env("TESSERA_CLIENT_DIR", &client_dir)
-        .output()
-        .expect("account");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let client = controlplane::NodeKey::load(&client_dir)
-        .expect("client key")
-        .id();
+    let client = deposit(&nodes[4], &client_dir, 77)["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let at = epoch(&nodes[0]);
     within(
         Duration::from_secs(40),
@@ -185,25 +188,11 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
     let ids = node_ids(&nodes);
     // Every node registers its stake (a deposit, then the registration).
     within(Duration::from_secs(90), "4 staked nodes", || {
-        nodes.iter().all(|n| {
-            try_json(n, "/ledger/reputation").and_then(|v| v["nodes"].as_array().map(|a| a.len()))
-                == Some(4)
-        })
+        nodes.iter().all(|n| staked(n) == Some(4))
     });
     let tmp = tempfile::tempdir().expect("tmp");
     let client_dir = tmp.path().join("client");
-    let out = Command::new(BIN)
-        .args(["account", "--deposit", "10000000", "--json", "--node"])
-        .arg(nodes[1].url())
-        .env("TESSERA_CLIENT_DIR", &client_dir)
-        .output()
-        .expect("account");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let account: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let account = deposit(&nodes[1], &client_dir, 10_000_000);
     assert_eq!(account["balance"], 10_000_000);
     let client_id = account["id"].as_str().expect("id").to_string();
 
@@ -226,7 +215,7 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
     ];
     for (k, (node, hash, _)) in plan.iter().enumerate() {
         let file = tmp.path().join(format!("out{k}"));
-        get(&nodes[*node], &client_dir, hash, &file);
+        get_as(&nodes[*node], &client_dir, hash, &file);
     }
     assert_eq!(epoch(&nodes[0]), e, "downloads took longer than an epoch");
     // The nodes submit their receipts; the ledger accepts all four.
@@ -270,16 +259,9 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
     let acct = try_json(&nodes[2], &format!("/ledger/account/{client_id}")).expect("account");
     assert_eq!(acct["balance"].as_u64(), Some(10_000_000 - want_pool));
     // And a transaction sent while the member is down still commits.
-    let out = Command::new(BIN)
-        .args(["account", "--deposit", "5", "--json", "--node"])
-        .arg(nodes[2].url())
-        .env("TESSERA_CLIENT_DIR", &client_dir)
-        .output()
-        .expect("account");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        deposit(&nodes[2], &client_dir, 5)["balance"].as_u64(),
+        Some(10_000_000 + 5 - want_pool)
     );
 
     // Junk harms nothing: a malformed transaction, an unsigned consensus
@@ -302,7 +284,7 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
         epoch(&nodes[0]) > before
     });
     let poor = tmp.path().join("poor");
-    get(&nodes[0], &poor, &h_small, &tmp.path().join("poor-out"));
+    get_as(&nodes[0], &poor, &h_small, &tmp.path().join("poor-out"));
     let client = controlplane::NodeKey::load(&client_dir).expect("client key");
     let node0 = controlplane::NodeKey::load(&nodes[0].data_dir)
         .expect("node key")

@@ -4,20 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use controlplane::ledger::{Receipt, ReceiptLog};
-
-fn get(node: &Node, client_dir: &std::path::Path, hash: &str, out: &std::path::Path) {
-    let status = Command::new(BIN)
-        .args(["get", "--node", &node.url(), hash, "-o"])
-        .arg(out)
-        .env("TESSERA_CLIENT_DIR", client_dir)
-        .status()
-        .expect("tessera get");
-    assert!(status.success());
-}
 
 #[test]
 fn a_verified_download_leaves_a_signed_durable_receipt() {
@@ -27,7 +15,7 @@ fn a_verified_download_leaves_a_signed_durable_receipt() {
     let tmp = tempfile::tempdir().expect("tmp");
     let client_dir = tmp.path().join("client");
     let out = tmp.path().join("out");
-    get(&node, &client_dir, &hash, &out);
+    get_as(&node, &client_dir, &hash, &out);
     assert_eq!(std::fs::read(&out).expect("read"), data);
     // The client's key was made on first use, private to its owner.
     let client = controlplane::NodeKey::load(&client_dir).expect("client key");
@@ -48,7 +36,7 @@ fn a_verified_download_leaves_a_signed_durable_receipt() {
     assert_eq!(r.receipt.seq, 0);
     // The next download is the next sequence number.
     node.restart();
-    get(&node, &client_dir, &hash, &out);
+    get_as(&node, &client_dir, &hash, &out);
     let receipts = ReceiptLog::read(&log).expect("log");
     assert_eq!(receipts.len(), 2);
     assert_eq!(receipts[1].receipt.seq, 1);

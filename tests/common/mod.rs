@@ -277,6 +277,18 @@ pub fn curl(args: &[&str]) -> Output {
         .expect("curl is installed (apt-get install curl)")
 }
 
+/// `tessera get` of `hash` from `node` into `out` as the client whose key is in
+/// `client_dir` (it signs a delivery receipt afterwards).
+pub fn get_as(node: &Node, client_dir: &Path, hash: &str, out: &Path) {
+    let status = Command::new(BIN)
+        .args(["get", "--node", &node.url(), hash, "-o"])
+        .arg(out)
+        .env("TESSERA_CLIENT_DIR", client_dir)
+        .status()
+        .expect("tessera get");
+    assert!(status.success());
+}
+
 /// Gossip settings that make cluster tests quick: probe every 300 ms, down
 /// 1.5 s after a suspicion.
 pub const FAST_GOSSIP: &[&str] = &["--gossip-probe-ms", "300", "--gossip-down-after-ms", "1500"];
