@@ -387,7 +387,28 @@ impl Chain {
         Some(v.value().to_vec())
     }
 
+    /// Removes the unit backups of sessions that are over (a crash between an
+    /// epoch's close and the backup's removal leaves one behind).
+    fn drop_old_backups(&self) {
+        let epoch = self.with_state(|s| s.epoch);
+        let Ok(dir) = std::fs::read_dir(&self.cfg.dir) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let session = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("session-"))
+                .and_then(|n| n.strip_suffix(".units"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if session.is_some_and(|s| s < epoch) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     fn run(self: Arc<Chain>) {
+        self.drop_old_backups();
         let pool = match futures::executor::ThreadPool::builder()
             .pool_size(2)
             .name_prefix("ledger-")
@@ -574,6 +595,7 @@ impl Chain {
         let _ = done_rx.recv_timeout(Duration::from_secs(10));
         if closed {
             // The session's units are no longer needed.
+            self.drop_old_backups();
             let _ = std::fs::remove_file(&backup);
             tracing::info!(session, "ledger session closed");
         }

@@ -18,7 +18,8 @@
 //! in that path's loss recovery and only finds them lost when a later packet on
 //! the same path is acknowledged; if the old address is dead (an abrupt NAT
 //! rebinding mid-transfer) the tail sent there is never resent — a quiche 0.30
-//! limitation, see `tests/h3.rs`.
+//! limitation, see `tests/h3.rs`. A client that migrates on purpose (both
+//! paths alive) is followed across cores: `tests/h3_migration.rs`.
 
 use std::collections::HashMap;
 use std::io;
