@@ -612,6 +612,7 @@ impl Chain {
             return false;
         }
         let batch = data.and_then(|d| postcard::from_bytes::<Batch>(d).ok());
+        // (`decode_batch` is the same decoding, for the fuzz target.)
         let mut next = state.clone();
         let mut np = p.clone();
         np.applied += 1;
@@ -786,8 +787,8 @@ impl Chain {
                 };
                 if epoch == LATEST && votes.is_empty() {
                     // Nothing newer than what this replica holds: stop here.
-                    match postcard::from_bytes::<State>(&bytes) {
-                        Ok(s) if s.epoch > current => {}
+                    match decode_boundary(&bytes) {
+                        Some(s) if s.epoch > current => {}
                         _ => return false,
                     }
                 }
@@ -795,7 +796,7 @@ impl Chain {
                 let e = votes.entry(h).or_insert((0, bytes));
                 e.0 += 1;
                 if e.0 > f {
-                    let Ok(state) = postcard::from_bytes::<State>(&e.1) else {
+                    let Some(state) = decode_boundary(&e.1) else {
                         return false;
                     };
                     if (epoch != LATEST && state.epoch != epoch) || state.epoch <= current {
@@ -828,6 +829,19 @@ impl Chain {
 fn split_session(body: &[u8]) -> Option<(u64, &[u8])> {
     let head: [u8; 8] = body.get(..8)?.try_into().ok()?;
     Some((u64::from_le_bytes(head), &body[8..]))
+}
+
+/// A boundary snapshot from another replica (untrusted until f+1 agree); also
+/// the fuzz target's entry point.
+pub fn decode_boundary(bytes: &[u8]) -> Option<State> {
+    postcard::from_bytes::<State>(bytes).ok()
+}
+
+/// A unit's batch as a member proposed it (untrusted bytes from the order).
+pub fn decode_batch(bytes: &[u8]) -> Option<(u64, usize)> {
+    postcard::from_bytes::<Batch>(bytes)
+        .ok()
+        .map(|b| (b.time_ms, b.txs.len()))
 }
 
 /// Whether `body` is a well-formed consensus message (for the fuzz target and
