@@ -139,12 +139,11 @@ impl Transport for HttpTransport {
         }
     }
 
-    fn fetch_boundary(&self, from: &Key, epoch: u64) -> Option<Vec<u8>> {
+    fn fetch_boundary(&self, from: &Key, ask: controlplane::chain::Ask) -> Option<Vec<u8>> {
         let a = self.addr_of(from)?;
-        let path = if epoch == controlplane::chain::LATEST {
-            "/ledger/boundary/latest".to_string()
-        } else {
-            format!("/ledger/boundary/{epoch}")
+        let path = match ask {
+            controlplane::chain::Ask::Epoch(e) => format!("/ledger/boundary/{e}"),
+            controlplane::chain::Ask::NewestAfter(e) => format!("/ledger/boundary/after/{e}"),
         };
         let req = self.agent.get(format!("http://{a}{path}"));
         let mut resp = self.signed(req, "GET", &path).call().ok()?;
@@ -213,8 +212,17 @@ fn text(status: Status, t: &str) -> LedgerReply {
 
 /// The `/ledger/...` routes.
 pub fn handler(chain: Arc<Chain>) -> Arc<LedgerHandler> {
-    Arc::new(move |call: LedgerCall| {
-        match call.route {
+    Arc::new(move |call: LedgerCall| answer(&chain, call))
+}
+
+fn answer(chain: &Chain, call: LedgerCall) -> LedgerReply {
+    match call.route {
+        // Whole-state snapshots are for other nodes catching up, not for anyone
+        // who asks (each is the size of the ledger).
+        LedgerRoute::Boundary(_) | LedgerRoute::BoundaryAfter(_) if call.peer.is_none() => text(
+            Status::Unauthorized,
+            "state snapshots go to other nodes only (signed node requests)",
+        ),
         LedgerRoute::Status => {
             let s = chain.stats_json();
             json(Status::Ok, s)
@@ -267,7 +275,15 @@ pub fn handler(chain: Arc<Chain>) -> Arc<LedgerHandler> {
                 .collect();
             json(Status::Ok, serde_json::json!({"epoch": s.epoch, "nodes": nodes}))
         }),
-        LedgerRoute::Boundary(e) => match chain.boundary(e) {
+        LedgerRoute::BoundaryAfter(e) => match chain.boundary(controlplane::chain::Ask::NewestAfter(e)) {
+            Some(b) => LedgerReply {
+                status: Status::Ok,
+                content_type: "application/octet-stream",
+                body: b,
+            },
+            None => text(Status::NotFound, &format!("no epoch start kept after {e}")),
+        },
+        LedgerRoute::Boundary(e) => match chain.boundary(controlplane::chain::Ask::Epoch(e)) {
             Some(b) => LedgerReply {
                 status: Status::Ok,
                 content_type: "application/octet-stream",
@@ -298,7 +314,6 @@ pub fn handler(chain: Arc<Chain>) -> Arc<LedgerHandler> {
             "ledger routes: status, account/{id}, rewards/{epoch}, reputation, tx",
         ),
     }
-    })
 }
 
 /// Extension for rendering the chain's status (kept here: JSON is the binary's).

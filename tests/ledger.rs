@@ -271,6 +271,8 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
     let unsigned =
         b"POST /ledger/msg HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\n\0\0\0\0\0\0\0\0x";
     assert_eq!(nodes[0].request(unsigned).0, 401);
+    // Whole-state snapshots go to other nodes only.
+    assert_eq!(nodes[0].get(&format!("/ledger/boundary/{e}")).0, 401);
     let before = status(&nodes[0])["height"].as_u64();
     within(Duration::from_secs(10), "the ledger still moves", || {
         status(&nodes[0])["height"].as_u64() > before

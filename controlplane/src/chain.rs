@@ -66,8 +66,14 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BOUNDARY: TableDefinition<u64, &[u8]> = TableDefinition::new("boundary");
 /// Boundary states kept for catching-up peers.
 const KEEP_BOUNDARIES: u64 = 8;
-/// `boundary(LATEST)`: the newest epoch start a replica keeps.
-pub const LATEST: u64 = u64::MAX;
+/// Which boundary snapshot to ask a member for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// The state at the start of this epoch.
+    Epoch(u64),
+    /// The newest epoch start kept, only if later than this epoch.
+    NewestAfter(u64),
+}
 /// Largest consensus message accepted.
 pub const MAX_MSG_BYTES: usize = 4 << 20;
 /// Transactions one member puts in one unit.
@@ -88,8 +94,9 @@ pub trait Transport: Send + Sync + 'static {
     fn send_msg(&self, to: &Key, body: Vec<u8>);
     /// Hands a transaction to another member's mempool (`POST /ledger/tx`).
     fn send_tx(&self, to: &Key, body: Vec<u8>);
-    /// Fetches the state at the start of `epoch` from a member (blocking).
-    fn fetch_boundary(&self, from: &Key, epoch: u64) -> Option<Vec<u8>>;
+    /// Fetches the state at the start of `epoch` from a member (blocking);
+    /// with [`Ask::NewestAfter`], the newest one it keeps if later than that.
+    fn fetch_boundary(&self, from: &Key, ask: Ask) -> Option<Vec<u8>>;
 }
 
 /// The ledger's genesis and pace; every replica must share it.
@@ -375,16 +382,19 @@ impl Chain {
     }
 
     /// The state at the start of `epoch` (postcard), for catching-up peers.
-    /// [`LATEST`] asks for the newest one kept.
-    pub fn boundary(&self, epoch: u64) -> Option<Vec<u8>> {
+    pub fn boundary(&self, ask: Ask) -> Option<Vec<u8>> {
         let r = self.db.begin_read().ok()?;
         let t = r.open_table(BOUNDARY).ok()?;
-        if epoch == LATEST {
-            let (_, v) = t.last().ok()??;
-            return Some(v.value().to_vec());
+        match ask {
+            Ask::NewestAfter(after) => {
+                let (k, v) = t.last().ok()??;
+                (k.value() > after).then(|| v.value().to_vec())
+            }
+            Ask::Epoch(epoch) => {
+                let v = t.get(epoch).ok()??;
+                Some(v.value().to_vec())
+            }
         }
-        let v = t.get(epoch).ok()??;
-        Some(v.value().to_vec())
     }
 
     /// Removes the unit backups of sessions that are over (a crash between an
@@ -770,56 +780,53 @@ impl Chain {
     fn catch_up(&self, committee: &[Key]) -> bool {
         let current = self.with_state(|s| s.epoch);
         let target = self.newest_seen.load(Ordering::Relaxed);
-        let candidates: Vec<u64> = if target > current {
-            vec![target]
+        let ask = if target > current {
+            Ask::Epoch(target)
         } else if !committee.contains(&self.me) {
-            // A follower asks for the newest epoch start the members keep.
-            vec![LATEST]
+            // A follower asks for the newest epoch start the members keep
+            // (nothing comes back while it is not newer than its own).
+            Ask::NewestAfter(current)
         } else {
             return false;
         };
         let f = committee.len().saturating_sub(1) / 3;
-        for epoch in candidates {
-            let mut votes: HashMap<[u8; 32], (usize, Vec<u8>)> = HashMap::new();
-            for member in committee.iter().filter(|m| **m != self.me) {
-                let Some(bytes) = self.transport.fetch_boundary(member, epoch) else {
-                    continue;
+        let mut votes: HashMap<[u8; 32], (usize, Vec<u8>)> = HashMap::new();
+        for member in committee.iter().filter(|m| **m != self.me) {
+            let Some(bytes) = self.transport.fetch_boundary(member, ask) else {
+                continue;
+            };
+            let h = *blake3::hash(&bytes).as_bytes();
+            let e = votes.entry(h).or_insert((0, bytes));
+            e.0 += 1;
+            if e.0 > f {
+                let Some(state) = decode_boundary(&e.1) else {
+                    return false;
                 };
-                if epoch == LATEST && votes.is_empty() {
-                    // Nothing newer than what this replica holds: stop here.
-                    match decode_boundary(&bytes) {
-                        Some(s) if s.epoch > current => {}
-                        _ => return false,
-                    }
+                let wanted = match ask {
+                    Ask::Epoch(e) => state.epoch == e,
+                    Ask::NewestAfter(_) => true,
+                };
+                if !wanted || state.epoch <= current {
+                    return false;
                 }
-                let h = *blake3::hash(&bytes).as_bytes();
-                let e = votes.entry(h).or_insert((0, bytes));
-                e.0 += 1;
-                if e.0 > f {
-                    let Some(state) = decode_boundary(&e.1) else {
-                        return false;
-                    };
-                    if (epoch != LATEST && state.epoch != epoch) || state.epoch <= current {
-                        return false;
-                    }
-                    let p = Progress {
-                        session: epoch,
-                        ..Progress::default()
-                    };
-                    let old = self.state();
-                    if let Err(e) = self.persist(&old, &state, &p, true) {
-                        tracing::error!("ledger: cannot persist caught-up state: {e}");
-                        return false;
-                    }
-                    if let (Ok(mut s), Ok(mut pp)) = (self.state.write(), self.progress.lock()) {
-                        *s = state;
-                        *pp = p;
-                    }
-                    self.stats.catchups.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(epoch, "ledger caught up from the committee");
-                    self.prune_mempool();
-                    return true;
+                let state_epoch = state.epoch;
+                let p = Progress {
+                    session: state_epoch,
+                    ..Progress::default()
+                };
+                let old = self.state();
+                if let Err(e) = self.persist(&old, &state, &p, true) {
+                    tracing::error!("ledger: cannot persist caught-up state: {e}");
+                    return false;
                 }
+                if let (Ok(mut s), Ok(mut pp)) = (self.state.write(), self.progress.lock()) {
+                    *s = state;
+                    *pp = p;
+                }
+                self.stats.catchups.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(epoch = state_epoch, "ledger caught up from the committee");
+                self.prune_mempool();
+                return true;
             }
         }
         false

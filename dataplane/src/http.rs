@@ -319,9 +319,11 @@ pub enum LedgerRoute {
     Rewards(u64),
     /// `GET /ledger/reputation`.
     Reputation,
-    /// `GET /ledger/boundary/{epoch}` (or `latest`, as `u64::MAX`): the state
-    /// at an epoch's start (peers).
+    /// `GET /ledger/boundary/{epoch}`: the state at an epoch's start (peers).
     Boundary(u64),
+    /// `GET /ledger/boundary/after/{epoch}`: the newest epoch start kept, if it
+    /// is later than `epoch` (404 otherwise: a follower's cheap poll).
+    BoundaryAfter(u64),
     /// `POST /ledger/tx`: a signed transaction.
     Tx,
     /// `POST /ledger/msg`: a consensus message (peers only).
@@ -348,8 +350,8 @@ impl LedgerRoute {
                 if let Some(e) = rest.strip_prefix(b"rewards/").and_then(num) {
                     return LedgerRoute::Rewards(e);
                 }
-                if rest == b"boundary/latest" {
-                    return LedgerRoute::Boundary(u64::MAX);
+                if let Some(e) = rest.strip_prefix(b"boundary/after/").and_then(num) {
+                    return LedgerRoute::BoundaryAfter(e);
                 }
                 if let Some(e) = rest.strip_prefix(b"boundary/").and_then(num) {
                     return LedgerRoute::Boundary(e);
