@@ -10,8 +10,9 @@
 //!   it (`receipts.log`, in order, from a cursor kept in the data dir and moved
 //!   only once the ledger committed them), and once per epoch its scores for the
 //!   other staked nodes from its own measurements (the share of samples alive
-//!   and verified, weighted 20 % by round trip against the median, minus 250
-//!   per transfer from it that failed verification).
+//!   and verified, weighted 20 % by round trip against the median, times the
+//!   share of transfers from it that delivered verified bytes, minus 250 per
+//!   transfer from it that failed verification).
 //! - `tessera account | ledger status | rewards | reputation`: the client side.
 
 use std::collections::HashMap;
@@ -453,6 +454,8 @@ struct Uptime {
     epoch: u64,
     /// id -> (samples, samples alive and verified, bad transfers at the first)
     nodes: HashMap<Key, (u32, u32, u64)>,
+    /// id -> (transfers served, transfers failed) when first sampled.
+    transfers_at_start: HashMap<Key, (u64, u64)>,
     /// id -> measured round trip (EWMA from the signed pings), latest seen.
     rtt_ms: HashMap<Key, f64>,
 }
@@ -468,6 +471,9 @@ impl Uptime {
         for k in state.stakes.keys().filter(|k| *k != me) {
             let id = hex(k);
             let m = members.iter().find(|m| m.id == id);
+            self.transfers_at_start
+                .entry(*k)
+                .or_insert(m.map_or((0, 0), |m| (m.served_transfers, m.failed_transfers)));
             let e = self
                 .nodes
                 .entry(*k)
@@ -484,8 +490,10 @@ impl Uptime {
 
     /// Scores in thousandths: the share of samples the node was alive and
     /// verified, 80 % of it as is and 20 % scaled by how its round trip
-    /// compares with the median round trip to the others (at least half), less
-    /// 250 per transfer from it that failed verification this epoch.
+    /// compares with the median round trip to the others (at least half);
+    /// times the share of this epoch's transfers from it that delivered
+    /// verified bytes (when this node asked it for any); less 250 per transfer
+    /// from it that failed verification this epoch.
     fn scores(&self, members: &[controlplane::cluster::MemberInfo]) -> Vec<(Key, u16)> {
         let mut rtts: Vec<f64> = self.rtt_ms.values().copied().collect();
         rtts.sort_by(f64::total_cmp);
@@ -495,17 +503,23 @@ impl Uptime {
             .filter(|(_, (samples, _, _))| *samples >= 3)
             .map(|(k, (samples, alive, bad_before))| {
                 let id = hex(k);
-                let bad = members
-                    .iter()
-                    .find(|m| m.id == id)
-                    .map_or(0, |m| m.bad_transfers.saturating_sub(*bad_before));
+                let m = members.iter().find(|m| m.id == id);
+                let bad = m.map_or(0, |m| m.bad_transfers.saturating_sub(*bad_before));
+                let (ok0, failed0) = self.transfers_at_start.get(k).copied().unwrap_or_default();
+                let ok = m.map_or(0, |m| m.served_transfers.saturating_sub(ok0));
+                let failed = m.map_or(0, |m| m.failed_transfers.saturating_sub(failed0));
+                let delivered = if ok + failed > 0 {
+                    ok as f64 / (ok + failed) as f64
+                } else {
+                    1.0
+                };
                 let up = *alive as f64 / (*samples).max(1) as f64;
                 let near = match (median, self.rtt_ms.get(k)) {
                     // Below 10 ms every round trip counts as near (noise).
                     (Some(m), Some(&r)) => (m.max(10.0) / r.max(10.0)).clamp(0.5, 1.0),
                     _ => 1.0,
                 };
-                let score = (1000.0 * up * (0.8 + 0.2 * near)) as u64;
+                let score = (1000.0 * up * (0.8 + 0.2 * near) * delivered) as u64;
                 (*k, score.saturating_sub(250 * bad) as u16)
             })
             .collect()

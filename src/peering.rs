@@ -195,6 +195,7 @@ impl Peering {
             self.cluster.mark_bad(&peer.id);
         } else {
             tracing::warn!(blob = %hex, peer = %peer.addr, "transfer from peer failed: {e}; asking another");
+            self.cluster.note_transfer(&peer.id, None);
         }
     }
 
@@ -203,10 +204,14 @@ impl Peering {
         let hex = BlobHash(*hash).to_string();
         for peer in holders {
             let Some(mut resp) = self.get_verified(peer, &hex, None) else {
+                self.cluster.note_transfer(&peer.id, None);
                 continue;
             };
             match store.import_verified(BlobHash(*hash), resp.body_mut().as_reader()) {
-                Ok(_) => return true,
+                Ok(out) => {
+                    self.cluster.note_transfer(&peer.id, Some(out.size));
+                    return true;
+                }
                 Err(e) => self.failed(peer, &hex, &e),
             }
         }
@@ -245,10 +250,15 @@ impl Peering {
                             let peer = &holders[(i + k) % holders.len()];
                             let Some(mut resp) = self.get_verified(peer, hex, Some((first, last)))
                             else {
+                                self.cluster.note_transfer(&peer.id, None);
                                 continue;
                             };
                             match assembly.add_range(resp.body_mut().as_reader(), first, last) {
-                                Ok(()) => return true,
+                                Ok(()) => {
+                                    let bytes = last - first + 1;
+                                    self.cluster.note_transfer(&peer.id, Some(bytes));
+                                    return true;
+                                }
                                 Err(e) => self.failed(peer, hex, &e),
                             }
                         }

@@ -482,6 +482,16 @@ fn a_peer_that_sends_corrupt_chunks_is_caught_and_marked() {
     };
     assert!(bad(liar.addr) >= 1, "the liar was not marked: {view:?}");
     assert_eq!(bad(honest.addr), 0, "the honest node was marked: {view:?}");
+    // Verified bytes are counted for the one that delivered them (its part and
+    // the liar's, asked of it again), none for the liar.
+    let served = |addr: SocketAddr| {
+        view.iter()
+            .find(|m| m["addr"].as_str() == Some(addr.to_string().as_str()))
+            .and_then(|m| m["served_bytes"].as_u64())
+            .unwrap_or(0)
+    };
+    assert_eq!(served(honest.addr), data.len() as u64, "{view:?}");
+    assert_eq!(served(liar.addr), 0, "{view:?}");
     // The mark is in /metrics too, by peer id.
     let liar_id = view
         .iter()

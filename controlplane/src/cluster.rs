@@ -142,10 +142,18 @@ pub struct MemberInfo {
     pub est_rtt_ms: Option<f64>,
     /// Its identity matches a record it signed.
     pub verified: bool,
-    /// Transfers from it that failed verification (bad chunk groups) — the
-    /// reputation system will use this.
+    /// Transfers from it that failed verification (bad chunk groups).
     #[serde(default)]
     pub bad_transfers: u64,
+    /// Verified bytes this node fetched from it, and in how many transfers.
+    #[serde(default)]
+    pub served_bytes: u64,
+    #[serde(default)]
+    pub served_transfers: u64,
+    /// Transfers it was asked for (it held the blob) and did not deliver: no
+    /// answer, an error, or a stream cut short (bad data counts above).
+    #[serde(default)]
+    pub failed_transfers: u64,
     /// Its load in thousandths of capacity, from its signed record.
     #[serde(default)]
     pub load_permille: Option<u16>,
@@ -160,6 +168,8 @@ struct View {
     dropped: u64,
     /// Bad transfers per node id (hex), kept across view rebuilds.
     bad: HashMap<String, u64>,
+    /// (verified bytes served, transfers served, failed transfers) per node id.
+    served: HashMap<String, (u64, u64, u64)>,
 }
 
 /// Renders `GET /route/{hash}` given whether the answering node holds the blob.
@@ -343,6 +353,25 @@ impl Cluster {
             };
             known && fresh && id.verify(message, &sig).is_ok()
         })
+    }
+
+    /// Records what a transfer from `id` gave: verified bytes, or a failure
+    /// other than bad data (see [`Cluster::mark_bad`]).
+    pub fn note_transfer(&self, id: &str, verified_bytes: Option<u64>) {
+        if let Ok(mut v) = self.view.lock() {
+            let e = v.served.entry(id.to_string()).or_default();
+            match verified_bytes {
+                Some(b) => {
+                    e.0 += b;
+                    e.1 += 1;
+                }
+                None => e.2 += 1,
+            }
+            let e = *e;
+            if let Some(m) = v.members.iter_mut().find(|m| m.id == id) {
+                (m.served_bytes, m.served_transfers, m.failed_transfers) = e;
+            }
+        }
     }
 
     /// Records a transfer from `id` that failed verification.
@@ -658,6 +687,8 @@ fn run(
             if let Ok(mut v) = view.lock() {
                 for m in &mut members {
                     m.bad_transfers = v.bad.get(&m.id).copied().unwrap_or(0);
+                    (m.served_bytes, m.served_transfers, m.failed_transfers) =
+                        v.served.get(&m.id).copied().unwrap_or_default();
                 }
                 v.members = members;
                 v.dropped = dropped;
@@ -803,6 +834,9 @@ fn member_info(
         est_rtt_ms: None,
         verified: record.is_some_and(|r| r.addrs.contains(&p.addr)),
         bad_transfers: 0,
+        served_bytes: 0,
+        served_transfers: 0,
+        failed_transfers: 0,
         load_permille: record.map(|r| r.load_permille),
         is_self,
     }
