@@ -25,12 +25,18 @@ fn state_of(node: &Node, addr: SocketAddr) -> Option<String> {
 }
 
 fn start_cluster(n: usize) -> Vec<Node> {
+    start_cluster_with(n, &[])
+}
+
+/// `n` nodes on 127.0.0.1…n, each with `extra` flags too.
+fn start_cluster_with(n: usize, extra: &[&str]) -> Vec<Node> {
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..n {
         let addr = free_addr_on(&format!("127.0.0.{}", i + 1));
         let region = format!("region-{}", i % 2);
         let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
         args.extend(["--region".into(), region]);
+        args.extend(extra.iter().map(|s| s.to_string()));
         if let Some(first) = nodes.first() {
             args.extend(["--join".into(), first.addr.to_string()]);
         }
@@ -361,7 +367,9 @@ fn a_blob_put_on_one_node_is_replicated_and_served_by_every_other() {
 #[test]
 fn a_node_in_redirect_mode_sends_clients_to_a_home_node() {
     let _serial = serial();
-    let mut nodes = start_cluster(2);
+    // Every node with the same replication, so that the homes the uploads are
+    // copied to are the homes the redirector computes.
+    let mut nodes = start_cluster_with(2, &["--replication", "2"]);
     let addr = free_addr_on("127.0.0.3");
     let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
     args.extend(
@@ -413,6 +421,15 @@ fn a_node_in_redirect_mode_sends_clients_to_a_home_node() {
             .iter()
             .any(|h| location == format!("http://{h}/blobs/{hash}")),
         "{location} not one of {homes:?}"
+    );
+    // The same over HTTP/3 (aioquic's client), to the home's HTTP/3 side.
+    let head = aioquic_with_head(&format!("https://{}/blobs/{hash}", nodes[2].addr));
+    assert!(head.contains(":status: 307"), "{head}");
+    assert!(
+        homes
+            .iter()
+            .any(|h| head.contains(&format!("location: https://{h}/blobs/{hash}"))),
+        "{head} does not name one of {homes:?}"
     );
     assert!(!nodes[2].data_dir.join("blobs").join(&hash).exists());
 }

@@ -4,48 +4,12 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-
-fn h3_client() -> PathBuf {
-    let path = std::env::var_os("TESSERA_H3_CLIENT").map(PathBuf::from).expect(
-        "TESSERA_H3_CLIENT is not set: run the tests with ./scripts/test, which installs aioquic's HTTP/3 client",
-    );
-    assert!(
-        path.exists(),
-        "{} missing: run ./scripts/test",
-        path.display()
-    );
-    path
-}
-
-/// Runs aioquic's example client against `urls` on one connection, saving each
-/// response body into `out` (named after the last path segment).
-fn aioquic_get(out: &Path, urls: &[String], data: Option<&str>) -> std::process::Output {
-    let mut cmd = Command::new("python3");
-    cmd.arg(h3_client())
-        .args(["--insecure", "--output-dir"])
-        .arg(out);
-    if let Some(d) = data {
-        cmd.args(["-d", d]);
-    }
-    // Extra client flags for debugging, e.g. "--quic-log /tmp/qlog -v".
-    if let Ok(extra) = std::env::var("TESSERA_H3_CLIENT_ARGS") {
-        cmd.args(extra.split_whitespace());
-    }
-    let output = cmd.args(urls).output().expect("python3");
-    assert!(
-        output.status.success(),
-        "aioquic client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
 
 #[test]
 fn whole_blobs_and_many_streams_on_one_connection() {

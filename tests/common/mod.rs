@@ -289,6 +289,63 @@ pub fn get_as(node: &Node, client_dir: &Path, hash: &str, out: &Path) {
     assert!(status.success());
 }
 
+/// aioquic's example HTTP/3 client (an independent implementation), installed
+/// by `scripts/test`.
+pub fn h3_client() -> PathBuf {
+    let path = std::env::var_os("TESSERA_H3_CLIENT").map(PathBuf::from).expect(
+        "TESSERA_H3_CLIENT is not set: run the tests with ./scripts/test, which installs aioquic's HTTP/3 client",
+    );
+    assert!(
+        path.exists(),
+        "{} missing: run ./scripts/test",
+        path.display()
+    );
+    path
+}
+
+/// Runs aioquic's example client against `urls` on one connection, saving each
+/// response body into `out` (named after the last path segment).
+pub fn aioquic_get(out: &Path, urls: &[String], data: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new("python3");
+    cmd.arg(h3_client())
+        .args(["--insecure", "--output-dir"])
+        .arg(out);
+    if let Some(d) = data {
+        cmd.args(["-d", d]);
+    }
+    // Extra client flags for debugging, e.g. "--quic-log /tmp/qlog -v".
+    if let Ok(extra) = std::env::var("TESSERA_H3_CLIENT_ARGS") {
+        cmd.args(extra.split_whitespace());
+    }
+    let output = cmd.args(urls).output().expect("python3");
+    assert!(
+        output.status.success(),
+        "aioquic client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// One GET over HTTP/3 with aioquic, response head included: the status line
+/// and headers as text (`:status: 307`, `location: …`), then the body.
+pub fn aioquic_with_head(url: &str) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let output = Command::new("python3")
+        .arg(h3_client())
+        .args(["--insecure", "--include", "--output-dir"])
+        .arg(dir.path())
+        .arg(url)
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "aioquic client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let name = url.rsplit('/').next().unwrap_or("index.html");
+    String::from_utf8_lossy(&std::fs::read(dir.path().join(name)).expect("saved")).into_owned()
+}
+
 /// Gossip settings that make cluster tests quick: probe every 300 ms, down
 /// 1.5 s after a suspicion.
 pub const FAST_GOSSIP: &[&str] = &["--gossip-probe-ms", "300", "--gossip-down-after-ms", "1500"];

@@ -1206,6 +1206,28 @@ fn get_blob(
     let (fd, size, cached) = match core.open_blob_cached(&hash) {
         Ok(Some(o)) => (o.fd, o.size, o.body),
         Ok(None) => {
+            // Not here, redirect mode: send the client to the best node for it
+            // (HTTP/3 answers on the same port number there).
+            if let (Some(_), crate::config::OnMiss::Redirect, Some(locate)) = (
+                fetch,
+                core.shared.config.on_miss,
+                core.shared.hooks.locate.as_ref(),
+            ) {
+                if let Some(best) = locate(&hash.0) {
+                    let location = format!("https://{best}/blobs/{hash}");
+                    return respond(
+                        core,
+                        conn,
+                        stream,
+                        route,
+                        Status::TemporaryRedirect,
+                        "text/plain",
+                        Body::Owned(Vec::new()),
+                        false,
+                        &[("location", location.as_bytes())],
+                    );
+                }
+            }
             // Not here: fetch it from peers off the core, then answer.
             if let (Some(commits), Some(fetcher), crate::config::OnMiss::Fetch) = (
                 fetch,
