@@ -128,6 +128,9 @@ mod tests {
             est_rtt_ms: None,
             verified: true,
             bad_transfers: 0,
+            served_bytes: 0,
+            served_transfers: 0,
+            failed_transfers: 0,
             load_permille: None,
             is_self: i == 0,
         }
