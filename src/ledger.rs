@@ -7,8 +7,8 @@
 //! - [`handler`]: the `/ledger/...` routes the data plane hands over.
 //! - [`start_duties`]: what the node itself sends to the ledger: its stake on
 //!   first start (dev networks deposit it first), the receipts clients handed
-//!   it (`receipts.log`, in order, from a cursor kept in the data dir and moved
-//!   only once the ledger committed them), and once per epoch its scores for the
+//!   it (`receipts.log`, in order, from a byte cursor kept in the data dir and
+//!   moved only once the ledger committed them), and once per epoch its scores for the
 //!   other staked nodes from its own measurements (the share of samples alive
 //!   and verified, weighted 20 % by round trip against the median, times the
 //!   share of transfers from it that delivered verified bytes, minus 250 per
@@ -584,15 +584,12 @@ impl Duties {
         if !state.stakes.contains_key(me) {
             return None;
         }
+        // The log from the cursor (a byte offset) on: one batch at a time.
         let cursor = read_cursor(&self.cursor_path);
-        if let Ok(all) = ReceiptLog::read(&self.log) {
-            if (all.len() as u64) > cursor {
-                let receipts: Vec<_> = all
-                    .into_iter()
-                    .skip(cursor as usize)
-                    .take(controlplane::ledger::MAX_RECEIPTS_PER_TX)
-                    .collect();
-                let upto = cursor + receipts.len() as u64;
+        let batch =
+            ReceiptLog::read_from(&self.log, cursor, controlplane::ledger::MAX_RECEIPTS_PER_TX);
+        if let Ok((receipts, upto)) = batch {
+            if !receipts.is_empty() {
                 return Some((Job::Receipts { upto }, Tx::SubmitReceipts { receipts }));
             }
         }

@@ -113,11 +113,24 @@ pub struct ReceiptLog {
 }
 
 impl ReceiptLog {
+    /// Opens (or makes) the log; a torn last record from a crash mid-append is
+    /// cut off first, so that new records follow whole ones.
     pub fn open(path: &std::path::Path, node: Key) -> std::io::Result<ReceiptLog> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
+        let len = file.metadata()?.len();
+        let (_, whole) = Self::read_from(path, 0, usize::MAX)?;
+        if whole < len {
+            tracing::warn!(
+                "receipt log {}: dropping a torn last record ({} bytes)",
+                path.display(),
+                len - whole
+            );
+            file.set_len(whole)?;
+            file.sync_data()?;
+        }
         Ok(ReceiptLog {
             file: std::sync::Mutex::new(file),
             node,
@@ -156,23 +169,54 @@ impl ReceiptLog {
 
     /// Reads every whole record of a log.
     pub fn read(path: &std::path::Path) -> std::io::Result<Vec<SignedReceipt>> {
-        let bytes = std::fs::read(path)?;
+        Ok(Self::read_from(path, 0, usize::MAX)?.0)
+    }
+
+    /// Reads up to `max` whole records from byte `offset` on; returns them and
+    /// the offset just past the last one (where the next read starts). A log
+    /// that does not exist yet is empty.
+    pub fn read_from(
+        path: &std::path::Path,
+        offset: u64,
+        max: usize,
+    ) -> std::io::Result<(Vec<SignedReceipt>, u64)> {
+        use std::io::{Read, Seek};
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(e),
+        };
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        let mut reader = std::io::BufReader::new(file);
         let mut out = Vec::new();
-        let mut rest = &bytes[..];
-        while rest.len() >= 4 {
-            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let Some(rec) = rest.get(4..4 + len) else {
+        let mut at = offset;
+        let mut rec = Vec::new();
+        while out.len() < max {
+            let mut head = [0u8; 4];
+            if reader.read_exact(&mut head).is_err() {
                 break;
-            };
-            match postcard::from_bytes::<SignedReceipt>(rec) {
+            }
+            let len = u32::from_le_bytes(head) as usize;
+            if len > MAX_RECEIPT_RECORD {
+                break;
+            }
+            rec.resize(len, 0);
+            if reader.read_exact(&mut rec).is_err() {
+                break;
+            }
+            match postcard::from_bytes::<SignedReceipt>(&rec) {
                 Ok(r) => out.push(r),
                 Err(_) => break,
             }
-            rest = &rest[4 + len..];
+            at += 4 + len as u64;
         }
-        Ok(out)
+        Ok((out, at))
     }
 }
+
+/// No signed receipt encodes to more than this (a larger length is a torn or
+/// damaged record).
+const MAX_RECEIPT_RECORD: usize = 1024;
 
 /// A ledger transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -934,6 +978,43 @@ mod tests {
             out.rejected_receipts,
             vec![(0, ReceiptReject::Stale), (1, ReceiptReject::Stale)]
         );
+    }
+
+    #[test]
+    fn the_receipt_log_reads_from_a_cursor_and_drops_a_torn_tail() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("receipts.log");
+        let (c, a) = (key(4), key(2));
+        let log = ReceiptLog::open(&path, id(&a)).expect("open");
+        let batch = |seqs: std::ops::Range<u64>| {
+            let v: Vec<SignedReceipt> = seqs.map(|s| receipt(&c, &a, 10, 0, s)).collect();
+            postcard::to_stdvec(&v).expect("encode")
+        };
+        assert_eq!(log.accept(&batch(0..3)), Ok(3));
+        let (first, at) = ReceiptLog::read_from(&path, 0, 2).expect("read");
+        assert_eq!(
+            first.iter().map(|r| r.receipt.seq).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        let (rest, end) = ReceiptLog::read_from(&path, at, 100).expect("read");
+        assert_eq!(rest.iter().map(|r| r.receipt.seq).collect::<Vec<_>>(), [2]);
+        assert_eq!(end, std::fs::metadata(&path).expect("meta").len());
+        // A crash mid-append leaves half a record; reopening cuts it off, so
+        // the next batch is readable after the first.
+        drop(log);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("reopen")
+            .write_all(&[200, 0, 0, 0, 1, 2, 3])
+            .expect("torn");
+        let log = ReceiptLog::open(&path, id(&a)).expect("open");
+        assert_eq!(log.accept(&batch(3..5)), Ok(2));
+        let (all, _) = ReceiptLog::read_from(&path, 0, 100).expect("read");
+        assert_eq!(all.len(), 5);
+        let (none, at) = ReceiptLog::read_from(&dir.path().join("none"), 0, 9).expect("none");
+        assert!(none.is_empty() && at == 0);
     }
 
     #[test]
