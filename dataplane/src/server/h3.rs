@@ -239,6 +239,9 @@ struct QuicConn {
     peer: SocketAddr,
     /// Pacing: nothing more is sent before this instant (quiche's `SendInfo.at`).
     pace_at: Instant,
+    /// A new peer path seen and not validated yet: since when (for the debug
+    /// log of a validation that takes too long).
+    new_path_at: Option<Instant>,
 }
 
 /// An upload commit finished on a store-I/O thread.
@@ -538,6 +541,7 @@ impl Endpoint {
             ids: vec![scid.clone()],
             peer: from,
             pace_at: Instant::now(),
+            new_path_at: None,
         });
         self.ids.insert(scid, slot);
         Some(slot)
@@ -620,8 +624,33 @@ impl Endpoint {
             }
             // Path changes (client migration, NAT rebinding): quiche validates new
             // paths itself; we log them and let it retire what the peer retired.
+            if conn
+                .new_path_at
+                .is_some_and(|t| now.saturating_duration_since(t) > Duration::from_secs(1))
+            {
+                conn.new_path_at = None;
+                for p in conn.quic.path_stats() {
+                    tracing::debug!(
+                        local = %p.local_addr,
+                        peer = %p.peer_addr,
+                        state = ?p.validation_state,
+                        active = p.active,
+                        sent = p.sent,
+                        recv = p.recv,
+                        lost = p.lost,
+                        "QUIC path still not validated after 1 s"
+                    );
+                }
+            }
             while let Some(ev) = conn.quic.path_event_next() {
                 tracing::debug!("QUIC path event: {ev:?}");
+                match ev {
+                    quiche::PathEvent::New(..) => conn.new_path_at = Some(now),
+                    quiche::PathEvent::Validated(..) | quiche::PathEvent::FailedValidation(..) => {
+                        conn.new_path_at = None
+                    }
+                    _ => {}
+                }
                 if let quiche::PathEvent::PeerMigrated(local, peer) = ev {
                     // Packets sent to the old address just before the move stay
                     // in the old path's loss recovery, which only declares a
