@@ -84,6 +84,16 @@ fn rewards(node: &Node, epoch: u64) -> Option<(u64, Figures, Figures)> {
 /// Nodes on 127.0.0.1…n, each staking `stakes[i]`; the first `genesis` of
 /// them form the genesis committee. Started, not yet registered.
 fn committee(stakes: &[u64], genesis: usize, epoch_ms: u64) -> Vec<Node> {
+    committee_with_env(stakes, genesis, epoch_ms, &[])
+}
+
+/// [`committee`], with extra environment for node `i` where `env` names it.
+fn committee_with_env(
+    stakes: &[u64],
+    genesis: usize,
+    epoch_ms: u64,
+    env: &[(usize, &str, &str)],
+) -> Vec<Node> {
     // Keys first: the genesis committee names them.
     let mut nodes: Vec<Node> = (1..=stakes.len())
         .map(|i| Node::prepare_at(free_addr_on(&format!("127.0.0.{i}")), &[]))
@@ -112,6 +122,13 @@ fn committee(stakes: &[u64], genesis: usize, epoch_ms: u64) -> Vec<Node> {
         n.extra = vec!["--config".into(), config.display().to_string()];
         n.extra.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
         n.extra.extend(["--join".into(), seed.clone()]);
+    }
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.env = env
+            .iter()
+            .filter(|(k, _, _)| *k == i)
+            .map(|(_, k, v)| (k.to_string(), v.to_string()))
+            .collect();
         n.spawn();
     }
     nodes
@@ -180,6 +197,41 @@ fn the_committee_changes_at_an_epoch_end_and_the_ledger_goes_on() {
             })
         },
     );
+}
+
+#[test]
+fn a_member_whose_clock_runs_an_hour_ahead_cannot_close_epochs_early() {
+    // Built with the test-only `fault-injection` feature: member 4 stamps its
+    // batches an hour ahead. The ledger clock is the members' median, so it
+    // keeps to real time and epochs keep their length. (With three of the
+    // four lying, this test fails: checked by hand.)
+    let nodes = committee_with_env(
+        &[100; 4],
+        4,
+        4_000,
+        &[(3, "TESSERA_FAULT_LEDGER_CLOCK_AHEAD_MS", "3600000")],
+    );
+    within(Duration::from_secs(60), "the ledger running", || {
+        status(&nodes[0])["height"].as_u64() > Some(20)
+    });
+    let wall = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    };
+    let e0 = epoch(&nodes[0]);
+    std::thread::sleep(Duration::from_secs(6));
+    let s = status(&nodes[0]);
+    let ledger_time = s["time_ms"].as_u64().expect("time");
+    assert!(
+        ledger_time <= wall() + 2_000,
+        "ledger time {ledger_time} ran ahead of the wall clock {}",
+        wall()
+    );
+    // 6 s of 4 s epochs: one or two closes, not hundreds.
+    let e1 = s["epoch"].as_u64().expect("epoch");
+    assert!(e1 - e0 <= 3, "epochs went from {e0} to {e1} in 6 s");
 }
 
 #[test]

@@ -768,11 +768,17 @@ impl Chain {
                 txs.push(p.wire.clone());
             }
         }
-        postcard::to_stdvec(&Batch {
-            time_ms: now_ms(),
-            txs,
-        })
-        .unwrap_or_default()
+        #[allow(unused_mut)]
+        let mut time_ms = now_ms();
+        // Test-only: a member whose clock runs ahead (the median must hold).
+        #[cfg(feature = "fault-injection")]
+        if let Some(ahead) = std::env::var("TESSERA_FAULT_LEDGER_CLOCK_AHEAD_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            time_ms += ahead;
+        }
+        postcard::to_stdvec(&Batch { time_ms, txs }).unwrap_or_default()
     }
 
     /// Adopts the state at the start of the newest epoch a member was heard in,
