@@ -200,16 +200,21 @@ fn the_committee_changes_at_an_epoch_end_and_the_ledger_goes_on() {
 }
 
 #[test]
-fn a_member_whose_clock_runs_an_hour_ahead_cannot_close_epochs_early() {
+fn lying_members_move_neither_the_clock_nor_the_state() {
     // Built with the test-only `fault-injection` feature: member 4 stamps its
     // batches an hour ahead. The ledger clock is the members' median, so it
     // keeps to real time and epochs keep their length. (With three of the
     // four lying, this test fails: checked by hand.)
+    // Member 3 also stuffs its units with junk and a forged deposit: every
+    // replica skips them alike (checked below: the same state everywhere).
     let nodes = committee_with_env(
         &[100; 4],
         4,
         4_000,
-        &[(3, "TESSERA_FAULT_LEDGER_CLOCK_AHEAD_MS", "3600000")],
+        &[
+            (3, "TESSERA_FAULT_LEDGER_CLOCK_AHEAD_MS", "3600000"),
+            (2, "TESSERA_FAULT_LEDGER_JUNK_TXS", "1"),
+        ],
     );
     within(Duration::from_secs(60), "the ledger running", || {
         status(&nodes[0])["height"].as_u64() > Some(20)
@@ -232,6 +237,29 @@ fn a_member_whose_clock_runs_an_hour_ahead_cannot_close_epochs_early() {
     // 6 s of 4 s epochs: one or two closes, not hundreds.
     let e1 = s["epoch"].as_u64().expect("epoch");
     assert!(e1 - e0 <= 3, "epochs went from {e0} to {e1} in 6 s");
+    // The junk was ordered and refused by every replica; the forged deposit
+    // credited no one; all hold the same epoch start.
+    assert!(s["txs_refused"].as_u64() > Some(0), "{s}");
+    let forged = "07".repeat(32);
+    for n in &nodes {
+        let a = try_json(n, &format!("/ledger/account/{forged}")).expect("account");
+        assert_eq!(a["balance"], 0, "a forged deposit was credited");
+    }
+    let e = epoch(&nodes[0]);
+    within(
+        Duration::from_secs(20),
+        "the same epoch start everywhere",
+        || {
+            let starts: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    let s = status(n);
+                    (s["epoch"].as_u64(), s["epoch_start_ms"].as_u64())
+                })
+                .collect();
+            starts.iter().all(|x| *x == starts[0] && x.0 > Some(e))
+        },
+    );
 }
 
 #[test]

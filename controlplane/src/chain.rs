@@ -768,6 +768,19 @@ impl Chain {
                 txs.push(p.wire.clone());
             }
         }
+        // Test-only: a member that stuffs its units with junk and forgeries
+        // (every replica must skip them alike).
+        #[cfg(feature = "fault-injection")]
+        if std::env::var_os("TESSERA_FAULT_LEDGER_JUNK_TXS").is_some() {
+            txs.push(b"not a transaction".to_vec());
+            let mut forged = crate::ledger::SignedTx::new_with(
+                crate::ledger::Tx::Deposit { amount: 1 << 40 },
+                0,
+                &self.key,
+            );
+            forged.sender = [7; 32];
+            txs.push(forged.encode());
+        }
         #[allow(unused_mut)]
         let mut time_ms = now_ms();
         // Test-only: a member whose clock runs ahead (the median must hold).
