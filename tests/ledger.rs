@@ -200,6 +200,42 @@ fn the_committee_changes_at_an_epoch_end_and_the_ledger_goes_on() {
 }
 
 #[test]
+fn a_member_killed_and_restarted_within_an_epoch_replays_its_session() {
+    // Long epochs: the member comes back in the same AlephBFT session, from
+    // its own unit backup, not from a snapshot.
+    let mut nodes = committee(&[100; 4], 4, 60_000);
+    within(Duration::from_secs(60), "4 staked nodes", || {
+        nodes.iter().all(|n| staked(n) == Some(4))
+    });
+    let e = epoch(&nodes[1]);
+    let before = status(&nodes[1])["height"].as_u64().expect("height");
+    nodes[1].kill9();
+    nodes[1].restart();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let client = deposit(&nodes[0], &tmp.path().join("client"), 42)["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    within(
+        Duration::from_secs(30),
+        "the restarted member applies again",
+        || {
+            let s = status(&nodes[1]);
+            s["height"].as_u64() > Some(before + 20)
+                && try_json(&nodes[1], &format!("/ledger/account/{client}"))
+                    .is_some_and(|a| a["balance"] == 42)
+        },
+    );
+    let s = status(&nodes[1]);
+    assert_eq!(
+        s["epoch"].as_u64(),
+        Some(e),
+        "the epoch should still be open"
+    );
+    assert_eq!(s["catchups"], 0, "it took a snapshot instead of replaying");
+}
+
+#[test]
 fn lying_members_move_neither_the_clock_nor_the_state() {
     // Built with the test-only `fault-injection` feature: member 4 stamps its
     // batches an hour ahead. The ledger clock is the members' median, so it
