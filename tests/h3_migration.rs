@@ -1,6 +1,7 @@
 //! A client that migrates: mid-download it moves its QUIC connection to a new
 //! local port (quiche's client-side `migrate_source`, the way a phone moves
-//! from one network to another). The node must validate the new path, follow
+//! from one network to another); and one behind a NAT that rebinds (its
+//! datagrams leave from a new port without its QUIC stack knowing). The node must validate the new path, follow
 //! the connection there, and, when the new 4-tuple's packets land on another
 //! core (`SO_REUSEPORT` hashes them anywhere), steer them to the core that owns
 //! the connection. The client is quiche's, not the node's code: only the QUIC
@@ -23,6 +24,25 @@ struct Migrated {
 /// GETs `path` from `peer` over HTTP/3 and migrates to a second socket once
 /// `after` body bytes have arrived.
 fn download_migrating(peer: SocketAddr, path: &str, after: usize) -> Migrated {
+    download(peer, path, after, false)
+}
+
+/// With `rebind`, the move is a NAT rebinding instead: the client's QUIC stack
+/// is not told; its datagrams simply leave from the second socket from then on
+/// (the first one still receives what the node sends to the old address).
+fn download(peer: SocketAddr, path: &str, after: usize, rebind: bool) -> Migrated {
+    download_lingering(peer, path, after, rebind, None)
+}
+
+/// `linger`: how long the old mapping still delivers after a rebinding (None:
+/// for ever).
+fn download_lingering(
+    peer: SocketAddr,
+    path: &str,
+    after: usize,
+    rebind: bool,
+    linger: Option<Duration>,
+) -> Migrated {
     let sockets = [
         UdpSocket::bind("127.0.0.1:0").expect("bind"),
         UdpSocket::bind("127.0.0.1:0").expect("bind"),
@@ -55,17 +75,23 @@ fn download_migrating(peer: SocketAddr, path: &str, after: usize) -> Migrated {
     let mut stream = None;
     let mut body = Vec::new();
     let mut migrated = false;
+    let mut migrated_at: Option<Instant> = None;
     let mut buf = vec![0u8; 65536];
     let mut out = vec![0u8; 1350];
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        assert!(Instant::now() < deadline, "download did not finish");
+        if Instant::now() > deadline {
+            for p in conn.path_stats() {
+                eprintln!("client path: {p:?}");
+            }
+            panic!("download did not finish ({} bytes)", body.len());
+        }
         assert!(!conn.is_closed(), "closed: {:?}", conn.peer_error());
         // Send whatever is due, each datagram from the socket quiche chose.
         loop {
             match conn.send(&mut out) {
                 Ok((n, info)) => {
-                    let s = if info.from == locals[1] {
+                    let s = if info.from == locals[1] || (rebind && migrated) {
                         &sockets[1]
                     } else {
                         &sockets[0]
@@ -79,10 +105,16 @@ fn download_migrating(peer: SocketAddr, path: &str, after: usize) -> Migrated {
         // Receive on both sockets (the old path keeps working after a
         // voluntary migration).
         let mut got = false;
-        for (s, local) in sockets.iter().zip(locals) {
+        let old_dead = matches!((migrated_at, linger), (Some(t), Some(l)) if t.elapsed() >= l);
+        for (i, (s, local)) in sockets.iter().zip(locals).enumerate() {
             while let Ok((n, from)) = s.recv_from(&mut buf) {
+                if i == 0 && old_dead {
+                    continue; // the old mapping is gone: dropped
+                }
                 got = true;
-                let info = quiche::RecvInfo { from, to: local };
+                // A NAT rebinding is invisible to the client: same local address.
+                let to = if rebind { locals[0] } else { local };
+                let info = quiche::RecvInfo { from, to };
                 let _ = conn.recv(&mut buf[..n], info);
             }
         }
@@ -129,11 +161,14 @@ fn download_migrating(peer: SocketAddr, path: &str, after: usize) -> Migrated {
                     }
                 }
                 Ok((_, quiche::h3::Event::Finished)) => {
-                    let local_at_end = conn
-                        .path_stats()
-                        .find(|p| p.active)
-                        .map(|p| p.local_addr)
-                        .expect("an active path");
+                    let local_at_end = if rebind {
+                        locals[1]
+                    } else {
+                        conn.path_stats()
+                            .find(|p| p.active)
+                            .map(|p| p.local_addr)
+                            .expect("an active path")
+                    };
                     return Migrated {
                         body,
                         local_at_end,
@@ -145,9 +180,12 @@ fn download_migrating(peer: SocketAddr, path: &str, after: usize) -> Migrated {
                 Err(e) => panic!("h3: {e}"),
             }
         }
-        if !migrated && body.len() >= after && conn.available_dcids() > 0 {
-            conn.migrate_source(locals[1]).expect("migrate");
+        if !migrated && body.len() >= after && (rebind || conn.available_dcids() > 0) {
+            if !rebind {
+                conn.migrate_source(locals[1]).expect("migrate");
+            }
             migrated = true;
+            migrated_at = Some(Instant::now());
         }
     }
 }
@@ -171,4 +209,27 @@ fn a_client_that_migrates_mid_download_is_followed_across_cores() {
         }
     }
     panic!("twelve migrations and no packet was ever steered to its owning core");
+}
+
+#[test]
+fn a_nat_rebinding_is_followed_across_cores() {
+    // The client's QUIC stack is not told: its datagrams leave from a new port
+    // mid-download, as behind a NAT that rebinds, and the old mapping still
+    // delivers for 100 ms. The node validates the new address, moves the
+    // connection there and steers its packets to the owning core. (With the
+    // old mapping dead at once, the tail the node sent there is never resent:
+    // quiche 0.30, see tests/h3.rs; with aioquic's client the lingering case
+    // stalls about 1 run in 6, see there too.)
+    let node = Node::start(&[]);
+    let data = random_bytes(8 << 20, 78);
+    let hash = node.put_bytes(&data);
+    let linger = Some(Duration::from_millis(100));
+    for attempt in 1..=12 {
+        let got = download_lingering(node.addr, &format!("/blobs/{hash}"), 1 << 20, true, linger);
+        assert!(got.body == data, "bytes differ (attempt {attempt})");
+        if node.metric("tessera_h3_datagrams_forwarded_total") > 0 {
+            return;
+        }
+    }
+    panic!("twelve rebindings and no packet was ever steered to its owning core");
 }
