@@ -643,8 +643,12 @@ pub struct AccountArgs {
     #[command(flatten)]
     pub node: NodeArg,
     /// Dev/test networks: credit this account first (waits until committed).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "id")]
     pub deposit: Option<u64>,
+    /// Show another account (a node id or a client's key) instead of this
+    /// client's own.
+    #[arg(long)]
+    pub id: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -683,47 +687,112 @@ fn client_key() -> anyhow::Result<controlplane::NodeKey> {
 
 /// `tessera account`: this client's balance and nonce; `--deposit` first.
 pub fn account(args: AccountArgs) -> anyhow::Result<std::process::ExitCode> {
-    let key = client_key()?;
     let base = args.node.node.trim_end_matches('/').to_string();
     let agent = agent();
-    let url = format!("{base}/ledger/account/{}", key.id());
-    if let Some(amount) = args.deposit {
-        let before = get_json(&agent, &url)?;
-        let nonce = before["nonce"].as_u64().unwrap_or(0);
-        let wire = SignedTx::new_with(Tx::Deposit { amount }, nonce, &key).encode();
-        let mut resp = agent
-            .post(format!("{base}/ledger/tx"))
-            .header("Content-Type", "application/octet-stream")
-            .send(&wire[..])?;
-        if resp.status() != 202 {
-            bail!(
-                "deposit refused: {}",
-                resp.body_mut().read_to_string()?.trim()
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let now = get_json(&agent, &url)?;
-            if now["nonce"].as_u64().unwrap_or(0) > nonce {
-                break;
+    let id = match &args.id {
+        Some(id) => id.clone(),
+        None => {
+            let key = client_key()?;
+            if let Some(amount) = args.deposit {
+                commit(&agent, &base, &key, Tx::Deposit { amount })?;
             }
-            if Instant::now() > deadline {
-                bail!("the deposit was not committed within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(200));
+            key.id().to_string()
         }
-    }
-    let v = get_json(&agent, &url)?;
+    };
+    let v = get_json(&agent, &format!("{base}/ledger/account/{id}"))?;
     if args.node.json {
         println!("{v}");
     } else {
-        println!("account   {}", key.id());
+        println!("account   {id}");
         println!("balance   {}", v["balance"]);
         println!("nonce     {}", v["nonce"]);
         if v["stake"].as_u64().unwrap_or(0) > 0 {
             println!("stake     {}", v["stake"]);
+            println!("reputation {}", v["reputation"]);
         }
     }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Signs `tx` with `key` at its next nonce, hands it to the node and waits
+/// (30 s at most) until the ledger committed it.
+fn commit(
+    agent: &ureq::Agent,
+    base: &str,
+    key: &controlplane::NodeKey,
+    tx: Tx,
+) -> anyhow::Result<()> {
+    let url = format!("{base}/ledger/account/{}", key.id());
+    let nonce = get_json(agent, &url)?["nonce"].as_u64().unwrap_or(0);
+    let wire = SignedTx::new_with(tx, nonce, key).encode();
+    let mut resp = agent
+        .post(format!("{base}/ledger/tx"))
+        .header("Content-Type", "application/octet-stream")
+        .send(&wire[..])?;
+    if resp.status() != 202 {
+        bail!(
+            "transaction refused: {}",
+            resp.body_mut().read_to_string()?.trim()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_json(agent, &url)?["nonce"].as_u64().unwrap_or(0) <= nonce {
+        if Instant::now() > deadline {
+            bail!("the transaction was not committed within 30 s (it may still be, or have been refused by the ledger's rules: see `tessera ledger status`)");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub node: NodeArg,
+    /// The registering node's data directory (its key signs).
+    #[arg(long, env = "TESSERA_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Service id receipts name (1 is blob delivery).
+    #[arg(long)]
+    pub id: u16,
+    #[arg(long)]
+    pub name: String,
+    /// Charged to clients per delivered byte.
+    #[arg(long)]
+    pub price_per_byte: u64,
+}
+
+/// `tessera ledger service`: a staked node registers a service (or, as its
+/// owner, changes its name or price).
+pub fn service(args: ServiceArgs) -> anyhow::Result<std::process::ExitCode> {
+    let dir = args
+        .data_dir
+        .unwrap_or_else(dataplane::config::default_data_dir);
+    let key = controlplane::NodeKey::load(&dir)?;
+    let base = args.node.node.trim_end_matches('/').to_string();
+    let agent = agent();
+    commit(
+        &agent,
+        &base,
+        &key,
+        Tx::RegisterService {
+            service: args.id,
+            name: args.name,
+            price_per_byte: args.price_per_byte,
+        },
+    )?;
+    // Committed does not mean accepted: the registry says whether it took it.
+    let st = get_json(&agent, &format!("{base}/ledger/status"))?;
+    let owner = key.id().to_string();
+    let listed = st["services"].as_array().into_iter().flatten().any(|v| {
+        v["id"].as_u64() == Some(args.id as u64)
+            && v["owner"].as_str() == Some(owner.as_str())
+            && v["price_per_byte"].as_u64() == Some(args.price_per_byte)
+    });
+    if !listed {
+        bail!("the ledger did not register service {} (is this node staked, and the id not another node's?)", args.id);
+    }
+    println!("service {} registered by {owner}", args.id);
     Ok(std::process::ExitCode::SUCCESS)
 }
 

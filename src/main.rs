@@ -64,8 +64,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LedgerCommand {
-    /// Epoch, committee, ledger time, counters.
+    /// Epoch, committee, ledger time, services, counters.
     Status(ledger::NodeArg),
+    /// Register a service (or change its name or price) as a staked node.
+    Service(ledger::ServiceArgs),
 }
 
 #[derive(Subcommand)]
@@ -141,6 +143,9 @@ fn main() -> std::process::ExitCode {
         Command::Ledger {
             command: LedgerCommand::Status(args),
         } => ledger::status(args),
+        Command::Ledger {
+            command: LedgerCommand::Service(args),
+        } => ledger::service(args),
         Command::Rewards(args) => ledger::rewards(args),
         Command::Reputation(args) => ledger::reputation(args),
     };

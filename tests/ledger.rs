@@ -233,6 +233,62 @@ fn a_member_killed_and_restarted_within_an_epoch_replays_its_session() {
         "the epoch should still be open"
     );
     assert_eq!(s["catchups"], 0, "it took a snapshot instead of replaying");
+
+    // The service registry through the CLI: a staked node registers one, every
+    // replica lists it; `tessera account --id` shows a node's stake.
+    let dir = nodes[0].data_dir.display().to_string();
+    let out = tessera(&[
+        "ledger",
+        "service",
+        "--data-dir",
+        &dir,
+        "--id",
+        "7",
+        "--name",
+        "edge-functions",
+        "--price-per-byte",
+        "5",
+        "--node",
+        &nodes[0].url(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within(Duration::from_secs(20), "the service everywhere", || {
+        nodes.iter().all(|n| {
+            status(n)["services"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|s| s["id"] == 7 && s["price_per_byte"] == 5))
+        })
+    });
+    let id0 = node_ids(&nodes)[0].clone();
+    let out = tessera(&["account", "--json", "--id", &id0, "--node", &nodes[2].url()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["stake"], 100);
+    // Another node cannot take the id.
+    let dir1 = nodes[1].data_dir.display().to_string();
+    let out = tessera(&[
+        "ledger",
+        "service",
+        "--data-dir",
+        &dir1,
+        "--id",
+        "7",
+        "--name",
+        "mine",
+        "--price-per-byte",
+        "1",
+        "--node",
+        &nodes[1].url(),
+    ]);
+    assert!(!out.status.success(), "a second owner took service 7");
 }
 
 #[test]

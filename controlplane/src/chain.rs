@@ -304,6 +304,15 @@ impl Chain {
                 tx.nonce
             ));
         }
+        // A transaction that the committed state would refuse is refused now,
+        // with its reason (a later one in a sender's sequence cannot be judged
+        // before its predecessors are ordered, so it is only queued).
+        if !from_peer && tx.nonce == committed {
+            let mut probe = self.state();
+            probe
+                .apply(&self.cfg.params, &tx)
+                .map_err(|e| e.to_string())?;
+        }
         let committee = self.with_state(|s| s.committee.clone());
         if committee.contains(&self.me) {
             let mut pool = self.mempool.lock().map_err(|_| "mempool poisoned")?;
