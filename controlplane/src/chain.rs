@@ -132,6 +132,33 @@ struct Batch {
 struct Pending {
     wire: Vec<u8>,
     proposed: Option<Instant>,
+    /// When this member first held it.
+    since: Instant,
+}
+
+/// A pending transaction is proposed at once by f+1 members chosen by its
+/// hash (at least one of them honest), by the others only if it is still
+/// pending after this long (its chosen proposers are down or silent): fewer
+/// copies in the order without depending on any one member.
+const BACKUP_AFTER: Duration = Duration::from_secs(6);
+
+/// Whether `me` is one of the f+1 members that propose `(sender, nonce)` first:
+/// rendezvous hashing over the committee.
+fn first_proposer(committee: &[Key], me: &Key, sender: &Key, nonce: u64) -> bool {
+    let weight = |m: &Key| {
+        let mut h = blake3::Hasher::new();
+        h.update(sender);
+        h.update(&nonce.to_le_bytes());
+        h.update(m);
+        *h.finalize().as_bytes()
+    };
+    let mine = weight(me);
+    let above = committee
+        .iter()
+        .filter(|m| *m != me && weight(m) > mine)
+        .count();
+    let f = committee.len().saturating_sub(1) / 3;
+    above <= f
 }
 
 /// Messages held for later sessions: (session, body).
@@ -322,6 +349,7 @@ impl Chain {
             pool.entry((tx.sender, tx.nonce)).or_insert(Pending {
                 wire: wire.to_vec(),
                 proposed: None,
+                since: Instant::now(),
             });
         }
         if !from_peer {
@@ -765,12 +793,18 @@ impl Chain {
     /// The next batch this member proposes.
     fn next_batch(&self) -> Vec<u8> {
         let mut txs = Vec::new();
+        let committee = self.with_state(|s| s.committee.clone());
         if let Ok(mut pool) = self.mempool.lock() {
-            for p in pool.values_mut() {
+            for ((sender, nonce), p) in pool.iter_mut() {
                 if txs.len() >= TXS_PER_UNIT {
                     break;
                 }
                 if p.proposed.is_some_and(|t| t.elapsed() < REPROPOSE) {
+                    continue;
+                }
+                if p.since.elapsed() < BACKUP_AFTER
+                    && !first_proposer(&committee, &self.me, sender, *nonce)
+                {
                     continue;
                 }
                 p.proposed = Some(Instant::now());
@@ -1167,6 +1201,24 @@ mod tests {
         assert!(read_backup(&dir.path().join("none"))
             .expect("none")
             .is_empty());
+    }
+
+    #[test]
+    fn each_transaction_has_f_plus_one_first_proposers() {
+        let committee: Vec<Key> = (1..=7u8).map(|i| [i; 32]).collect();
+        for nonce in 0..50 {
+            let n = committee
+                .iter()
+                .filter(|m| first_proposer(&committee, m, &[9; 32], nonce))
+                .count();
+            assert_eq!(n, 3, "f = 2 of 7: three first proposers");
+        }
+        let four: Vec<Key> = committee[..4].to_vec();
+        let n = four
+            .iter()
+            .filter(|m| first_proposer(&four, m, &[9; 32], 1))
+            .count();
+        assert_eq!(n, 2);
     }
 
     #[test]
