@@ -134,12 +134,16 @@ struct Pending {
     proposed: Option<Instant>,
     /// When this member first held it.
     since: Instant,
+    /// A client handed it to this member directly (then it proposes it at
+    /// once too: no forwarding hop before the first proposal).
+    local: bool,
 }
 
 /// A pending transaction is proposed at once by f+1 members chosen by its
-/// hash (at least one of them honest), by the others only if it is still
-/// pending after this long (its chosen proposers are down or silent): fewer
-/// copies in the order without depending on any one member.
+/// hash (at least one of them honest) and by the member a client handed it to,
+/// by the others only if it is still pending after this long (its chosen
+/// proposers are down or silent): fewer copies in the order without depending
+/// on any one member.
 const BACKUP_AFTER: Duration = Duration::from_secs(6);
 
 /// Whether `me` is one of the f+1 members that propose `(sender, nonce)` first:
@@ -350,6 +354,7 @@ impl Chain {
                 wire: wire.to_vec(),
                 proposed: None,
                 since: Instant::now(),
+                local: !from_peer,
             });
         }
         if !from_peer {
@@ -802,7 +807,8 @@ impl Chain {
                 if p.proposed.is_some_and(|t| t.elapsed() < REPROPOSE) {
                     continue;
                 }
-                if p.since.elapsed() < BACKUP_AFTER
+                if !p.local
+                    && p.since.elapsed() < BACKUP_AFTER
                     && !first_proposer(&committee, &self.me, sender, *nonce)
                 {
                     continue;
