@@ -5,7 +5,9 @@
 //! (`aleph-bft`, Cardinal Cryptography's asynchronous BFT atomic broadcast: safe
 //! and live with f Byzantine members of 3f+1, no leader, no timing assumptions
 //! for safety). Every member proposes a batch in each of its units: its clock
-//! reading and the pending transactions it holds. AlephBFT outputs the same
+//! reading and pending transactions (each first by f+1 members chosen by
+//! rendezvous hashing and by the member a client handed it to; by the others
+//! only if it is still pending after a few seconds). AlephBFT outputs the same
 //! sequence of units on every honest member; each replica applies them with
 //! [`State::apply`] in that order, so all hold the same state. A transaction
 //! that does not apply (bad signature, wrong nonce, ...) is skipped by every
