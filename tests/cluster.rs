@@ -17,11 +17,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn state_of(node: &Node, addr: SocketAddr) -> Option<String> {
-    members(node)
-        .into_iter()
+/// The entry for the member at `addr` in a member list.
+fn entry(view: &[serde_json::Value], addr: SocketAddr) -> Option<&serde_json::Value> {
+    view.iter()
         .find(|m| m["addr"].as_str() == Some(addr.to_string().as_str()))
-        .and_then(|m| m["state"].as_str().map(String::from))
+}
+
+fn state_of(node: &Node, addr: SocketAddr) -> Option<String> {
+    entry(&members(node), addr).and_then(|m| m["state"].as_str().map(String::from))
 }
 
 fn start_cluster(n: usize) -> Vec<Node> {
@@ -491,28 +494,21 @@ fn a_peer_that_sends_corrupt_chunks_is_caught_and_marked() {
         "the asker stored bytes that are not the blob"
     );
     let view = members(&asker);
-    let bad = |addr: SocketAddr| {
-        view.iter()
-            .find(|m| m["addr"].as_str() == Some(addr.to_string().as_str()))
-            .and_then(|m| m["bad_transfers"].as_u64())
+    let count = |addr: SocketAddr, field: &str| {
+        entry(&view, addr)
+            .and_then(|m| m[field].as_u64())
             .unwrap_or(0)
     };
+    let bad = |addr: SocketAddr| count(addr, "bad_transfers");
     assert!(bad(liar.addr) >= 1, "the liar was not marked: {view:?}");
     assert_eq!(bad(honest.addr), 0, "the honest node was marked: {view:?}");
     // Verified bytes are counted for the one that delivered them (its part and
     // the liar's, asked of it again), none for the liar.
-    let served = |addr: SocketAddr| {
-        view.iter()
-            .find(|m| m["addr"].as_str() == Some(addr.to_string().as_str()))
-            .and_then(|m| m["served_bytes"].as_u64())
-            .unwrap_or(0)
-    };
+    let served = |addr: SocketAddr| count(addr, "served_bytes");
     assert_eq!(served(honest.addr), data.len() as u64, "{view:?}");
     assert_eq!(served(liar.addr), 0, "{view:?}");
     // The mark is in /metrics too, by peer id.
-    let liar_id = view
-        .iter()
-        .find(|m| m["addr"].as_str() == Some(liar.addr.to_string().as_str()))
+    let liar_id = entry(&view, liar.addr)
         .and_then(|m| m["id"].as_str())
         .expect("liar id")
         .to_string();
