@@ -134,11 +134,48 @@ pub struct LedgerCall {
     pub peer: Option<[u8; 32]>,
 }
 
-/// The control plane's answer to a [`LedgerCall`].
+/// The control plane's answer to a [`LedgerCall`] (and to a receipts batch):
+/// what either protocol sends back.
 pub struct LedgerReply {
     pub status: Status,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+}
+
+impl LedgerReply {
+    fn text(status: Status, text: &str) -> LedgerReply {
+        LedgerReply {
+            status,
+            content_type: "text/plain",
+            body: text.as_bytes().to_vec(),
+        }
+    }
+
+    /// The answer to a receipts batch, from what storing it gave.
+    pub(crate) fn receipts(stored: Result<Result<usize, String>, StoreError>) -> LedgerReply {
+        match stored {
+            Ok(Ok(k)) => LedgerReply {
+                status: Status::Accepted,
+                content_type: "application/json",
+                body: format!("{{\"accepted\":{k}}}\n").into_bytes(),
+            },
+            Ok(Err(why)) => {
+                LedgerReply::text(Status::BadRequest, &format!("receipts refused: {why}\n"))
+            }
+            Err(e) => {
+                tracing::error!("cannot store receipts: {e}");
+                LedgerReply::text(Status::InternalServerError, "cannot store receipts\n")
+            }
+        }
+    }
+
+    /// The answer to a ledger call run off the core.
+    pub(crate) fn from_call(answered: Result<LedgerReply, StoreError>) -> LedgerReply {
+        answered.unwrap_or_else(|e| {
+            tracing::error!("ledger request failed: {e}");
+            LedgerReply::text(Status::InternalServerError, "ledger request failed\n")
+        })
+    }
 }
 
 /// See [`Hooks::ledger`].
@@ -1105,14 +1142,8 @@ async fn open_or_answer(
         })
     };
     let on_miss = core.shared.config.on_miss;
-    if let (Ok(None), OnMiss::Redirect, Some(locate), true) = (
-        &opened,
-        on_miss,
-        &core.shared.hooks.locate,
-        suffix.is_empty() && !from_peer,
-    ) {
-        if let Some(best) = locate(&hash.0) {
-            let location = format!("http://{best}/blobs/{hash}");
+    if let (Ok(None), true) = (&opened, suffix.is_empty() && !from_peer) {
+        if let Some(location) = redirect_for(core, hash, "http") {
             let mut wbuf = std::mem::take(&mut conn.wbuf);
             head(core, &mut wbuf, Status::TemporaryRedirect)
                 .header("Location", location.as_bytes())
@@ -1173,31 +1204,8 @@ async fn receipts(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Ne
         let msg = "no control plane on this node\n";
         return respond_text(core, conn, route, Status::NotFound, msg, keep_alive).await;
     };
-    match off_core(move || Ok(store(&body))).await {
-        Ok(Ok(k)) => {
-            let text = format!("{{\"accepted\":{k}}}\n");
-            respond(
-                core,
-                conn,
-                route,
-                Status::Accepted,
-                "application/json",
-                text.as_bytes(),
-                keep_alive,
-                false,
-            )
-            .await
-        }
-        Ok(Err(why)) => {
-            let text = format!("receipts refused: {why}\n");
-            respond_text(core, conn, route, Status::BadRequest, &text, keep_alive).await
-        }
-        Err(e) => {
-            tracing::error!("cannot store receipts: {e}");
-            let msg = "cannot store receipts\n";
-            respond_text(core, conn, route, Status::InternalServerError, msg, false).await
-        }
-    }
+    let reply = LedgerReply::receipts(off_core(move || Ok(store(&body))).await);
+    send_reply(core, conn, route, reply, keep_alive).await
 }
 
 /// Reads a small request body (at most `max` bytes, with a Content-Length) into
@@ -1265,26 +1273,40 @@ async fn ledger(
         body,
         peer: info.peer,
     };
-    match off_core(move || Ok(handler(call))).await {
-        Ok(reply) => {
-            respond(
-                core,
-                conn,
-                route,
-                reply.status,
-                reply.content_type,
-                &reply.body,
-                keep_alive,
-                false,
-            )
-            .await
-        }
-        Err(e) => {
-            tracing::error!("ledger request failed: {e}");
-            let msg = "ledger request failed\n";
-            respond_text(core, conn, route, Status::InternalServerError, msg, false).await
-        }
+    let reply = LedgerReply::from_call(off_core(move || Ok(handler(call))).await);
+    send_reply(core, conn, route, reply, keep_alive).await
+}
+
+/// Redirect mode: where to send a client for a blob this node lacks (the best
+/// other node, in `scheme`), or None when the miss is handled otherwise.
+fn redirect_for(core: &Core, hash: &BlobHash, scheme: &str) -> Option<String> {
+    if core.shared.config.on_miss != OnMiss::Redirect {
+        return None;
     }
+    let best = core.shared.hooks.locate.as_ref()?(&hash.0)?;
+    Some(format!("{scheme}://{best}/blobs/{hash}"))
+}
+
+/// Sends a control-plane answer; after a server error the connection closes.
+async fn send_reply(
+    core: &Core,
+    conn: &mut Conn,
+    route: Route,
+    reply: LedgerReply,
+    keep_alive: bool,
+) -> io::Result<Next> {
+    let keep_alive = keep_alive && reply.status != Status::InternalServerError;
+    respond(
+        core,
+        conn,
+        route,
+        reply.status,
+        reply.content_type,
+        &reply.body,
+        keep_alive,
+        false,
+    )
+    .await
 }
 
 /// Answers a control-plane route: its JSON, or 404 when the node runs without

@@ -262,9 +262,7 @@ enum Done {
     /// A control-plane answer computed off the core (receipts, ledger).
     Reply {
         route: Route,
-        status: Status,
-        content_type: &'static str,
-        body: Vec<u8>,
+        reply: super::LedgerReply,
     },
 }
 
@@ -726,20 +724,15 @@ impl Endpoint {
                 send_bodies(core, conn);
                 return;
             }
-            Done::Reply {
-                route,
-                status,
-                content_type,
-                body,
-            } => {
+            Done::Reply { route, reply } => {
                 respond(
                     core,
                     conn,
                     c.stream,
                     route,
-                    status,
-                    content_type,
-                    Body::Owned(body),
+                    reply.status,
+                    reply.content_type,
+                    Body::Owned(reply.body),
                     false,
                     &[],
                 );
@@ -1156,19 +1149,9 @@ fn on_request(
                     body: Vec::new(),
                     peer: None,
                 };
-                let result = match off_core(move || Ok(handler(call))).await {
-                    Ok(r) => Done::Reply {
-                        route,
-                        status: r.status,
-                        content_type: r.content_type,
-                        body: r.body,
-                    },
-                    Err(_) => Done::Reply {
-                        route,
-                        status: Status::InternalServerError,
-                        content_type: "text/plain",
-                        body: b"ledger request failed\n".to_vec(),
-                    },
+                let result = Done::Reply {
+                    route,
+                    reply: super::LedgerReply::from_call(off_core(move || Ok(handler(call))).await),
                 };
                 let _ = commits.send(Committed {
                     conn: id,
@@ -1237,25 +1220,18 @@ fn get_blob(
         Ok(None) => {
             // Not here, redirect mode: send the client to the best node for it
             // (HTTP/3 answers on the same port number there).
-            if let (Some(_), crate::config::OnMiss::Redirect, Some(locate)) = (
-                fetch,
-                core.shared.config.on_miss,
-                core.shared.hooks.locate.as_ref(),
-            ) {
-                if let Some(best) = locate(&hash.0) {
-                    let location = format!("https://{best}/blobs/{hash}");
-                    return respond(
-                        core,
-                        conn,
-                        stream,
-                        route,
-                        Status::TemporaryRedirect,
-                        "text/plain",
-                        Body::Owned(Vec::new()),
-                        false,
-                        &[("location", location.as_bytes())],
-                    );
-                }
+            if let Some(location) = fetch.and_then(|_| super::redirect_for(core, &hash, "https")) {
+                return respond(
+                    core,
+                    conn,
+                    stream,
+                    route,
+                    Status::TemporaryRedirect,
+                    "text/plain",
+                    Body::Owned(Vec::new()),
+                    false,
+                    &[("location", location.as_bytes())],
+                );
             }
             // Not here: fetch it from peers off the core, then answer.
             if let (Some(commits), Some(fetcher), crate::config::OnMiss::Fetch) = (
@@ -1510,26 +1486,11 @@ fn receipts(
     let id = conn.quic.source_id().into_owned();
     let commits = commits.clone();
     monoio::spawn(async move {
-        let (status, body) = match off_core(move || Ok(store(&body))).await {
-            Ok(Ok(k)) => (Status::Accepted, format!("{{\"accepted\":{k}}}\n")),
-            Ok(Err(why)) => (Status::BadRequest, format!("receipts refused: {why}\n")),
-            Err(e) => {
-                tracing::error!("cannot store receipts: {e}");
-                (
-                    Status::InternalServerError,
-                    "cannot store receipts\n".to_string(),
-                )
-            }
-        };
+        let reply = super::LedgerReply::receipts(off_core(move || Ok(store(&body))).await);
         let _ = commits.send(Committed {
             conn: id,
             stream,
-            result: Done::Reply {
-                route,
-                status,
-                content_type: "application/json",
-                body: body.into_bytes(),
-            },
+            result: Done::Reply { route, reply },
         });
     });
 }
