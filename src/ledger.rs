@@ -460,15 +460,41 @@ struct Uptime {
     rtt_ms: HashMap<Key, f64>,
 }
 
+/// What the node's duties read of the committed state (a few fields, not a
+/// copy of the whole ledger each tick).
+struct Mine {
+    epoch: u64,
+    /// Ledger time since the open epoch began.
+    into_epoch_ms: u64,
+    nonce: u64,
+    balance: u64,
+    staked: bool,
+    /// The other staked nodes.
+    peers: Vec<Key>,
+}
+
+impl Mine {
+    fn of(s: &State, me: &Key) -> Mine {
+        Mine {
+            epoch: s.epoch,
+            into_epoch_ms: s.time_ms.saturating_sub(s.epoch_start_ms),
+            nonce: s.nonces.get(me).copied().unwrap_or(0),
+            balance: s.balances.get(me).copied().unwrap_or(0),
+            staked: s.stakes.contains_key(me),
+            peers: s.stakes.keys().filter(|k| *k != me).copied().collect(),
+        }
+    }
+}
+
 impl Uptime {
-    fn sample(&mut self, state: &State, me: &Key, members: &[controlplane::cluster::MemberInfo]) {
-        if self.epoch != state.epoch {
+    fn sample(&mut self, mine: &Mine, members: &[controlplane::cluster::MemberInfo]) {
+        if self.epoch != mine.epoch {
             *self = Uptime {
-                epoch: state.epoch,
+                epoch: mine.epoch,
                 ..Uptime::default()
             };
         }
-        for k in state.stakes.keys().filter(|k| *k != me) {
+        for k in &mine.peers {
             let id = hex(k);
             let m = members.iter().find(|m| m.id == id);
             self.transfers_at_start
@@ -529,13 +555,13 @@ impl Uptime {
 impl Duties {
     fn tick(&mut self) {
         let me = self.key.id().0;
-        let state = self.chain.state();
+        let mine = self.chain.with_state(|s| Mine::of(s, &me));
         let members = self.cluster.members();
         // Measure only once this node's own view of the cluster has settled.
         if self.started.elapsed() >= MEASURE_AFTER {
-            self.uptime.sample(&state, &me, &members);
+            self.uptime.sample(&mine, &members);
         }
-        let committed = state.nonces.get(&me).copied().unwrap_or(0);
+        let committed = mine.nonce;
         if let Some((nonce, job, at)) = &self.inflight {
             if committed > *nonce {
                 match job {
@@ -550,7 +576,7 @@ impl Duties {
                 self.inflight = None;
             }
         }
-        let Some((job, tx)) = self.next_job(&state, &me, &members) else {
+        let Some((job, tx)) = self.next_job(&mine, &members) else {
             return;
         };
         let wire = SignedTx::new_with(tx, committed, &self.key).encode();
@@ -562,12 +588,11 @@ impl Duties {
 
     fn next_job(
         &self,
-        state: &State,
-        me: &Key,
+        mine: &Mine,
         members: &[controlplane::cluster::MemberInfo],
     ) -> Option<(Job, Tx)> {
-        if self.stake > 0 && !state.stakes.contains_key(me) {
-            let balance = state.balances.get(me).copied().unwrap_or(0);
+        if self.stake > 0 && !mine.staked {
+            let balance = mine.balance;
             if balance >= self.stake {
                 return Some((Job::Register, Tx::RegisterNode { stake: self.stake }));
             }
@@ -581,7 +606,7 @@ impl Duties {
             }
             return None;
         }
-        if !state.stakes.contains_key(me) {
+        if !mine.staked {
             return None;
         }
         // The log from the cursor (a byte offset) on: one batch at a time.
@@ -594,14 +619,14 @@ impl Duties {
             }
         }
         // Scores once per epoch, from half of it onwards (measured, not guessed).
-        let half = state.time_ms.saturating_sub(state.epoch_start_ms) >= self.epoch_ms / 2;
-        if self.reported != Some(state.epoch) && half && self.uptime.epoch == state.epoch {
+        let half = mine.into_epoch_ms >= self.epoch_ms / 2;
+        if self.reported != Some(mine.epoch) && half && self.uptime.epoch == mine.epoch {
             let scores = self.uptime.scores(members);
             if !scores.is_empty() {
                 return Some((
-                    Job::Report { epoch: state.epoch },
+                    Job::Report { epoch: mine.epoch },
                     Tx::Report {
-                        epoch: state.epoch,
+                        epoch: mine.epoch,
                         scores,
                     },
                 ));

@@ -790,11 +790,17 @@ impl Chain {
         w.commit().map_err(|e| e.to_string())
     }
 
+    /// Drops pending transactions whose nonce the ledger has used (read under
+    /// the state lock; the mempool lock is never held while taking it
+    /// elsewhere, so the order state → mempool is safe).
     fn prune_mempool(&self) {
-        let nonces = self.with_state(|s| s.nonces.clone());
-        if let Ok(mut pool) = self.mempool.lock() {
-            pool.retain(|(sender, nonce), _| *nonce >= nonces.get(sender).copied().unwrap_or(0));
-        }
+        self.with_state(|s| {
+            if let Ok(mut pool) = self.mempool.lock() {
+                pool.retain(|(sender, nonce), _| {
+                    *nonce >= s.nonces.get(sender).copied().unwrap_or(0)
+                });
+            }
+        });
     }
 
     /// The next batch this member proposes.
