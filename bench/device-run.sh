@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Core-scaling run on a many-core machine that has no package registry (issue 3).
+# Core-scaling run on a many-core machine that has no package registry.
 # Build the kit here with `bench/device-kit.sh` (release binaries, Debian's nginx
 # and wrk unpacked, a font), carry target/kit, then run this there:
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The replicated ledger (issue 6): a 4-member committee on loopback
+# The replicated ledger: a 4-member committee on loopback
 # (127.0.0.31–34), measured two ways:
 #   1. commit latency: N deposits, one after another, each timed from the POST
 #      to the moment the node reports the account's nonce advanced (what

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-peer fetch (issue 5): a fresh node fetches one blob it lacks from 1, 2 and
+# Multi-peer fetch: a fresh node fetches one blob it lacks from 1, 2 and
 # 4 holders, each holder capping every transfer to a peer at the same rate, and
 # the aggregate throughput is compared with the single-peer case. The fetch is
 # triggered by a HEAD on the fresh node (fetch on miss, every group verified).

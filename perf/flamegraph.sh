@@ -5,7 +5,9 @@
 #
 # --load URL runs wrk against URL (pinned away from the node's CPUs if possible)
 # while recording. Needs perf (Debian: apt-get install linux-perf) and inferno
-# (cargo install inferno). Release builds keep line tables (debug = 1) for symbols.
+# (cargo install inferno). Profile a node built with `cargo build --profile profiling`
+# (release plus line tables; target/profiling/tessera): plain release builds carry no
+# debug info, so their stacks have function names but no inlined frames or lines.
 set -euo pipefail
 pid="" seconds=20 load="" out="flame.svg"
 while (($#)); do

@@ -110,12 +110,24 @@ enum StoreCommand {
     },
 }
 
+/// Whether log lines get ANSI colours: only when stderr is a terminal, and never
+/// with `NO_COLOR` set to anything but the empty string (no-color.org), so logs
+/// written to a file, a pipe or the journal stay plain text.
+fn log_colours(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(log_colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

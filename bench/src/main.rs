@@ -159,7 +159,10 @@ fn main() -> anyhow::Result<()> {
 
 fn print_report(r: &load::Report) {
     if let Some(rate) = r.offered_rate {
-        println!("offered   {rate:.0} req/s (open loop, latency from intended send time)");
+        println!(
+            "offered   {rate:.0} req/s (open loop, latency from intended send time): {} scheduled",
+            r.scheduled
+        );
     } else {
         println!("closed loop");
     }

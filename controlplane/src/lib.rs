@@ -1,5 +1,5 @@
 //! Tessera's control plane: what makes many nodes one network. It runs on its own
-//! thread, apart from the data-plane cores (see `../shared/DESIGN.md`); the two
+//! thread, apart from the data-plane cores (see `ARCHITECTURE.md`); the two
 //! meet only at bounded channels (gossip datagrams in) and snapshots (the member
 //! list the data plane renders, the routing answer it asks for).
 //!
@@ -34,7 +34,7 @@
 //! node-to-node requests; the data plane checks those signatures with
 //! [`cluster::Cluster::peer_verifier`].
 //!
-//! Not yet (issue 5 notes): work stealing between fetch parts (a slow holder
+//! Not yet: work stealing between fetch parts (a slow holder
 //! holds back its part), rebalancing that scales past a full scan of the store
 //! per membership change, and telling a node that left from one that failed
 //! (both show as `down`).

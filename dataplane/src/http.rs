@@ -6,6 +6,10 @@ use std::io::Write;
 
 use crate::hash::{BlobHash, HashParseError};
 
+pub mod conditional;
+
+pub use conditional::{Outcome as ConditionalOutcome, Preconditions, Validators};
+
 /// The most headers a request may carry; also the size of the parse array on the stack.
 pub const MAX_HEADERS: usize = 64;
 
@@ -50,11 +54,18 @@ pub enum Body {
 }
 
 /// The parts of a request head the server acts on, borrowed from the read buffer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub method: Method,
+    /// Origin-form path; an absolute-form target (`http://host/path`, RFC 9112
+    /// §3.2.2) is reduced to its path, and its authority becomes [`Self::host`].
     pub path: &'a [u8],
     pub query: &'a [u8],
+    /// The target's authority if absolute-form, else the `Host` header.
+    pub host: Option<&'a [u8]>,
+    /// `If-Match`, `If-None-Match`, `If-Modified-Since`, `If-Unmodified-Since`,
+    /// `If-Range`, copied for [`Preconditions::evaluate`].
+    pub preconditions: Preconditions,
     /// Bytes of the head, including the blank line; the body starts here.
     pub head_len: usize,
     pub body: Body,
@@ -148,11 +159,13 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
         Some("DELETE") => Method::Delete,
         _ => Method::Other,
     };
-    let target = req.path.unwrap_or("/").as_bytes();
+    let (authority, target) = split_absolute_form(req.path.unwrap_or("/").as_bytes())?;
     let (path, query) = match target.iter().position(|&b| b == b'?') {
         Some(i) => (&target[..i], &target[i + 1..]),
         None => (target, &target[target.len()..]),
     };
+    let mut host = authority;
+    let mut preconditions = Preconditions::default();
     let http10 = req.version == Some(0);
     let mut keep_alive = !http10;
     let mut content_length: Option<u64> = None;
@@ -202,6 +215,15 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
             peer_time = Some(value);
         } else if name.eq_ignore_ascii_case(PEER_SIG_HEADER.as_bytes()) {
             peer_sig = Some(value);
+        } else if name.eq_ignore_ascii_case(b"host") {
+            // The target's authority, when there is one, wins (RFC 9112 §3.2.2).
+            if authority.is_none() {
+                host = Some(value);
+            }
+        } else if let Some(field) = conditional::Field::from_name(name) {
+            preconditions
+                .push_field(field, value)
+                .map_err(|_| ParseError::Malformed(conditional::TooLarge::MESSAGE))?;
         }
     }
     let body = match (content_length, chunked) {
@@ -219,6 +241,8 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
         method,
         path,
         query,
+        host,
+        preconditions,
         head_len,
         body,
         keep_alive,
@@ -232,6 +256,53 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
         peer_sig,
     }))
 }
+
+/// Splits an absolute-form request target (`http://host:port/path?q`) into its
+/// authority and origin-form rest (`/path?q`, or `/` when empty). An
+/// origin-form target comes back as it is. Other schemes are refused: this
+/// server is no proxy.
+fn split_absolute_form(target: &[u8]) -> Result<(Option<&[u8]>, &[u8]), ParseError> {
+    if target.first() == Some(&b'/') {
+        return Ok((None, target));
+    }
+    let rest = match target.iter().position(|&b| b == b':') {
+        Some(i)
+            if target[..i].eq_ignore_ascii_case(b"http")
+                || target[..i].eq_ignore_ascii_case(b"https") =>
+        {
+            &target[i + 1..]
+        }
+        _ => {
+            return Err(ParseError::Malformed(
+                "request target must be a path (/...) or an http(s):// URL\n",
+            ))
+        }
+    };
+    let Some(rest) = rest.strip_prefix(b"//") else {
+        return Err(ParseError::Malformed(
+            "absolute request target lacks its //authority\n",
+        ));
+    };
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    // userinfo is deprecated and refused (RFC 9110 §4.2.4).
+    if authority.is_empty() || authority.contains(&b'@') {
+        return Err(ParseError::Malformed(
+            "absolute request target has no usable host\n",
+        ));
+    }
+    Ok((Some(authority), if path.is_empty() { b"/" } else { path }))
+}
+
+/// `Cache-Control` of a blob: its bytes can never change under its name.
+pub const BLOB_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+
+/// Body of a 412 answer.
+pub const PRECONDITION_FAILED_MESSAGE: &str =
+    "precondition failed: If-Match / If-Unmodified-Since do not hold for this representation\n";
 
 /// Media type of a verified stream; ask for it with `Accept` or `?format=bao`.
 pub const BAO_MEDIA_TYPE: &str = "application/x-bao";
@@ -515,12 +586,14 @@ pub enum Status {
     Accepted,
     NoContent,
     PartialContent,
+    NotModified,
     TemporaryRedirect,
     BadRequest,
     Unauthorized,
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    PreconditionFailed,
     PayloadTooLarge,
     RangeNotSatisfiable,
     HeaderFieldsTooLarge,
@@ -531,18 +604,20 @@ pub enum Status {
 }
 
 /// All statuses, in the order of [`Status::index`], for metrics.
-pub const STATUSES: [Status; 18] = [
+pub const STATUSES: [Status; 20] = [
     Status::Ok,
     Status::Created,
     Status::Accepted,
     Status::NoContent,
     Status::PartialContent,
+    Status::NotModified,
     Status::TemporaryRedirect,
     Status::BadRequest,
     Status::Unauthorized,
     Status::Forbidden,
     Status::NotFound,
     Status::MethodNotAllowed,
+    Status::PreconditionFailed,
     Status::PayloadTooLarge,
     Status::RangeNotSatisfiable,
     Status::HeaderFieldsTooLarge,
@@ -560,12 +635,14 @@ impl Status {
             Status::Accepted => 202,
             Status::NoContent => 204,
             Status::PartialContent => 206,
+            Status::NotModified => 304,
             Status::TemporaryRedirect => 307,
             Status::BadRequest => 400,
             Status::Unauthorized => 401,
             Status::Forbidden => 403,
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
+            Status::PreconditionFailed => 412,
             Status::PayloadTooLarge => 413,
             Status::RangeNotSatisfiable => 416,
             Status::HeaderFieldsTooLarge => 431,
@@ -587,12 +664,14 @@ impl Status {
             Status::Accepted => "Accepted",
             Status::NoContent => "No Content",
             Status::PartialContent => "Partial Content",
+            Status::NotModified => "Not Modified",
             Status::TemporaryRedirect => "Temporary Redirect",
             Status::BadRequest => "Bad Request",
             Status::Unauthorized => "Unauthorized",
             Status::Forbidden => "Forbidden",
             Status::NotFound => "Not Found",
             Status::MethodNotAllowed => "Method Not Allowed",
+            Status::PreconditionFailed => "Precondition Failed",
             Status::PayloadTooLarge => "Content Too Large",
             Status::RangeNotSatisfiable => "Range Not Satisfiable",
             Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
@@ -601,6 +680,34 @@ impl Status {
             Status::ServiceUnavailable => "Service Unavailable",
             Status::InsufficientStorage => "Insufficient Storage",
         }
+    }
+}
+
+/// A blob representation's entity tag, quotes included: `"{hash}"` for the
+/// plain bytes, `"{hash}.bao"` for the verified stream (a different
+/// representation of the same blob, so a different strong tag).
+#[derive(Clone, Copy)]
+pub struct BlobTag {
+    buf: [u8; 70],
+    len: usize,
+}
+
+impl BlobTag {
+    pub fn new(hash: &BlobHash, verified: bool) -> BlobTag {
+        let mut buf = [0u8; 70];
+        buf[0] = b'"';
+        buf[1..65].copy_from_slice(&hash.to_hex());
+        let mut len = 65;
+        if verified {
+            buf[len..len + 4].copy_from_slice(b".bao");
+            len += 4;
+        }
+        buf[len] = b'"';
+        BlobTag { buf, len: len + 1 }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -645,16 +752,19 @@ impl<'a> Head<'a> {
         self
     }
 
-    pub fn etag(self, hash: &BlobHash) -> Self {
-        self.out.extend_from_slice(b"ETag: \"");
-        self.out.extend_from_slice(&hash.to_hex());
-        self.out.extend_from_slice(b"\"\r\n");
-        self
+    pub fn etag(self, tag: &BlobTag) -> Self {
+        self.header("ETag", tag.as_bytes())
     }
 
     /// Ends the head with `Content-Length` and the connection decision.
     pub fn finish(self, content_length: u64, keep_alive: bool) {
         let _ = write!(self.out, "Content-Length: {content_length}\r\n");
+        self.finish_without_length(keep_alive);
+    }
+
+    /// Ends a head that has no body and states no length: `304 Not Modified`
+    /// (whose `Content-Length` would have to be the 200's, RFC 9110 §8.6).
+    pub fn finish_without_length(self, keep_alive: bool) {
         // Stated either way, as nginx does, so HTTP/1.0 clients keep the connection too.
         if keep_alive {
             self.out
@@ -695,8 +805,8 @@ impl ChunkedDecoder {
         loop {
             match *self {
                 ChunkedDecoder::Done => break,
-                ChunkedDecoder::Size => match httparse::parse_chunk_size(input) {
-                    Ok(httparse::Status::Complete((used, size))) => {
+                ChunkedDecoder::Size => match parse_chunk_size(input)? {
+                    Some((used, size)) => {
                         input = &input[used..];
                         *self = if size == 0 {
                             ChunkedDecoder::Trailer
@@ -704,13 +814,7 @@ impl ChunkedDecoder {
                             ChunkedDecoder::Data(size)
                         };
                     }
-                    Ok(httparse::Status::Partial) => {
-                        if input.len() > MAX_CHUNK_LINE_BYTES {
-                            return Err("chunk size line too long\n");
-                        }
-                        break;
-                    }
-                    Err(_) => return Err("malformed chunk size\n"),
+                    None => break,
                 },
                 ChunkedDecoder::Data(left) => {
                     if input.is_empty() {
@@ -736,12 +840,10 @@ impl ChunkedDecoder {
                     *self = ChunkedDecoder::Size;
                 }
                 ChunkedDecoder::Trailer => {
-                    let Some(end) = input.windows(2).position(|w| w == b"\r\n") else {
-                        if input.len() > MAX_CHUNK_LINE_BYTES {
-                            return Err("trailer line too long\n");
-                        }
+                    let Some(end) = line_end(input, "trailer line too long\n")? else {
                         break;
                     };
+                    check_trailer_field(&input[..end])?;
                     input = &input[end + 2..];
                     if end == 0 {
                         *self = ChunkedDecoder::Done;
@@ -754,6 +856,130 @@ impl ChunkedDecoder {
 
     pub fn is_done(&self) -> bool {
         *self == ChunkedDecoder::Done
+    }
+}
+
+/// Where the CRLF that ends the line at the start of `input` is; None: not
+/// arrived yet. A bare CR or LF is refused: accepting line ends the other
+/// parser in front of us may not is how chunked bodies get smuggled.
+fn line_end(input: &[u8], too_long: &'static str) -> Result<Option<usize>, &'static str> {
+    let window = &input[..input.len().min(MAX_CHUNK_LINE_BYTES + 2)];
+    match window.iter().position(|&b| b == b'\r' || b == b'\n') {
+        Some(i) if window[i] == b'\n' => Err("bare LF in chunked framing\n"),
+        Some(i) if i + 1 == input.len() => Ok(None),
+        Some(i) if input[i + 1] == b'\n' => Ok(Some(i)),
+        Some(_) => Err("bare CR in chunked framing\n"),
+        None if input.len() > MAX_CHUNK_LINE_BYTES => Err(too_long),
+        None => Ok(None),
+    }
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A chunk-size line (RFC 9112 §7.1): `1*HEXDIG *( BWS ";" BWS token [ BWS "="
+/// BWS ( token / quoted-string ) ] ) CRLF`. Returns the bytes it took and the
+/// size; None: the line has not all arrived.
+pub fn parse_chunk_size(input: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
+    let Some(end) = line_end(input, "chunk size line too long\n")? else {
+        return Ok(None);
+    };
+    let line = &input[..end];
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err("malformed chunk size\n");
+    }
+    // Leading zeros do not count against the 64-bit limit.
+    let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+    let hex = &line[zeros.min(digits - 1)..digits];
+    if hex.len() > 16 {
+        return Err("chunk size too large\n");
+    }
+    let size = hex.iter().fold(0u64, |n, &b| {
+        n << 4 | u64::from((b as char).to_digit(16).unwrap_or(0))
+    });
+    check_chunk_extensions(&line[digits..])?;
+    Ok(Some((end + 2, size)))
+}
+
+fn check_chunk_extensions(mut ext: &[u8]) -> Result<(), &'static str> {
+    const BAD: &str = "malformed chunk extension (must be ;token or ;token=value)\n";
+    let ows = |v: &[u8]| -> usize { v.iter().take_while(|&&b| b == b' ' || b == b'\t').count() };
+    let token = |v: &[u8]| -> usize { v.iter().take_while(|&&b| is_tchar(b)).count() };
+    loop {
+        ext = &ext[ows(ext)..];
+        let Some(rest) = ext.strip_prefix(b";") else {
+            return if ext.is_empty() { Ok(()) } else { Err(BAD) };
+        };
+        let rest = &rest[ows(rest)..];
+        let name = token(rest);
+        if name == 0 {
+            return Err(BAD);
+        }
+        ext = &rest[name..];
+        let after = &ext[ows(ext)..];
+        let Some(value) = after.strip_prefix(b"=") else {
+            continue;
+        };
+        let value = &value[ows(value)..];
+        let used = if value.first() == Some(&b'"') {
+            quoted_string_len(value).ok_or(BAD)?
+        } else {
+            token(value)
+        };
+        if used == 0 {
+            return Err(BAD);
+        }
+        ext = &value[used..];
+    }
+}
+
+/// Length of the quoted-string at the start of `v` (RFC 9110 §5.6.4).
+fn quoted_string_len(v: &[u8]) -> Option<usize> {
+    let qdtext = |b: u8| {
+        b == b'\t'
+            || b == b' '
+            || b == 0x21
+            || ((0x23..=0x7e).contains(&b) && b != b'\\')
+            || b >= 0x80
+    };
+    let mut i = 1;
+    while i < v.len() {
+        match v[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => {
+                let next = *v.get(i + 1)?;
+                if !(next == b'\t' || next == b' ' || (0x21..=0x7e).contains(&next) || next >= 0x80)
+                {
+                    return None;
+                }
+                i += 2;
+            }
+            b if qdtext(b) => i += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A trailer field line: `token ":" OWS value OWS`, no control characters
+/// (RFC 9112 §7.1.2, RFC 9110 §5.5). The fields themselves are discarded.
+fn check_trailer_field(line: &[u8]) -> Result<(), &'static str> {
+    if line.is_empty() {
+        return Ok(());
+    }
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    let ok = name > 0
+        && line.get(name) == Some(&b':')
+        && line[name + 1..]
+            .iter()
+            .all(|&b| b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80);
+    if ok {
+        Ok(())
+    } else {
+        Err("malformed trailer field\n")
     }
 }
 
@@ -913,6 +1139,135 @@ mod tests {
         let mut d = ChunkedDecoder::default();
         assert!(d.decode(b"2\r\nabXY", |_| {}).is_err());
     }
+
+    #[test]
+    fn chunk_size_lines() {
+        let ok: &[(&[u8], u64)] = &[
+            (b"0\r\n", 0),
+            (b"1a\r\n", 26),
+            (b"A;name\r\n", 10),
+            (b"5 ; a=b ; c\r\n", 5),
+            (b"5;a=\"quoted \\\" value\"\r\n", 5),
+            (b"00000000000000000000ffffffffffffffff\r\n", u64::MAX),
+        ];
+        for &(line, size) in ok {
+            assert_eq!(
+                parse_chunk_size(line),
+                Ok(Some((line.len(), size))),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let bad: &[&[u8]] = &[
+            b"3;\x00\r\n",
+            b"3;\r\n",
+            b"3;a=\r\n",
+            b"3;a=\"open\r\n",
+            b"3;a b\r\n",
+            b"3x\r\n",
+            b";a\r\n",
+            b"\r\n",
+            b"-1\r\n",
+            b"3\n",
+            b"3\rX",
+            b"10000000000000000\r\n",
+        ];
+        for &line in bad {
+            assert!(
+                parse_chunk_size(line).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert_eq!(parse_chunk_size(b"3;a"), Ok(None));
+        assert_eq!(parse_chunk_size(b"3\r"), Ok(None));
+        let long = [b'a'; MAX_CHUNK_LINE_BYTES + 1];
+        assert!(parse_chunk_size(&long).is_err());
+        // Trailers are field lines.
+        let mut d = ChunkedDecoder::default();
+        assert!(d.decode(b"0\r\nX-A: 1\r\n\r\n", |_| {}).is_ok() && d.is_done());
+        for trailer in [
+            &b"0\r\nno colon\r\n\r\n"[..],
+            b"0\r\nX: a\x00b\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+        ] {
+            let mut d = ChunkedDecoder::default();
+            assert!(
+                d.decode(trailer, |_| {}).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(trailer)
+            );
+        }
+    }
+
+    #[test]
+    fn absolute_form_targets() {
+        let h = "b".repeat(64);
+        let raw = format!(
+            "GET http://node.example:8080/blobs/{h}?format=bao HTTP/1.1\r\nHost: other\r\n\r\n"
+        );
+        let r = parse_request(raw.as_bytes(), LIMITS)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(r.path, format!("/blobs/{h}").as_bytes());
+        assert_eq!(r.query, b"format=bao");
+        assert_eq!(r.host, Some(&b"node.example:8080"[..]));
+        let r = parse_request(b"GET HTTPS://n HTTP/1.1\r\n\r\n", LIMITS)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!((r.path, r.host), (&b"/"[..], Some(&b"n"[..])));
+        let r = parse_request(b"GET /x HTTP/1.1\r\nHost: h:1\r\n\r\n", LIMITS)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(r.host, Some(&b"h:1"[..]));
+        for bad in [
+            &b"GET ftp://n/x HTTP/1.1\r\n\r\n"[..],
+            b"GET http:/x HTTP/1.1\r\n\r\n",
+            b"GET http://u@n/ HTTP/1.1\r\n\r\n",
+            b"GET http:///x HTTP/1.1\r\n\r\n",
+            b"GET x HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request(bad, LIMITS), Err(ParseError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn preconditions_are_collected() {
+        let raw = b"GET / HTTP/1.1\r\nIf-None-Match: \"a\"\r\nif-none-match: \"b\"\r\nIf-Range: \"c\"\r\nRange: bytes=0-1\r\n\r\n";
+        let r = parse_request(raw, LIMITS).expect("ok").expect("complete");
+        let tag = BlobTag::new(&BlobHash([0; 32]), false);
+        let v = Validators {
+            etag: Some(tag.as_bytes()),
+            ..Validators::default()
+        };
+        assert_eq!(
+            r.preconditions.evaluate(Method::Get, true, &v),
+            ConditionalOutcome::Proceed { honor_range: false }
+        );
+        let tagged = format!(
+            "GET / HTTP/1.1\r\nIf-None-Match: \"x\", {}\r\n\r\n",
+            String::from_utf8_lossy(tag.as_bytes())
+        );
+        let r = parse_request(tagged.as_bytes(), LIMITS)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(
+            r.preconditions.evaluate(Method::Get, false, &v),
+            ConditionalOutcome::NotModified
+        );
+        let huge = format!(
+            "GET / HTTP/1.1\r\nIf-None-Match: {}\r\n\r\n",
+            "\"a\",".repeat(300)
+        );
+        assert!(matches!(
+            parse_request(huge.as_bytes(), LIMITS),
+            Err(ParseError::Malformed(_))
+        ));
+    }
 }
 
 /// Runs untrusted bytes through every parser the request path uses, as the server
@@ -926,6 +1281,14 @@ pub fn exercise(data: &[u8]) {
     if let Ok(Some(req)) = parse_request(data, limits) {
         let _ = route(req.path);
         let _ = req.wants_verified();
+        let tag = BlobTag::new(&BlobHash([7; 32]), req.wants_verified());
+        let v = Validators {
+            etag: Some(tag.as_bytes()),
+            ..Validators::default()
+        };
+        let _ = req
+            .preconditions
+            .evaluate(req.method, req.range.is_some(), &v);
         for size in [0, 1, 16384, u64::MAX] {
             if let RangeRequest::Partial { first, last } = parse_range(req.range, size) {
                 assert!(first <= last && last < size, "range outside the blob");

@@ -31,7 +31,8 @@ use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use crate::config::{NodeConfig, OnMiss};
 use crate::hash::BlobHash;
 use crate::http::{
-    self, Body, ChunkedDecoder, Head, Method, ParseError, RangeRequest, Route, Status,
+    self, BlobTag, Body, ChunkedDecoder, ConditionalOutcome, Head, Method, ParseError,
+    Preconditions, RangeRequest, Route, Status, Validators,
 };
 use crate::metrics::{bump, new_latency_histogram, CoreStats, Metrics};
 use crate::store::{now_secs, Store, StoreError};
@@ -710,6 +711,7 @@ struct ReqInfo {
     peer_refused: bool,
     /// The node that signed the request (signature checked).
     peer: Option<[u8; 32]>,
+    preconditions: Preconditions,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -876,6 +878,7 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
         peer: (req.from_peer && !peer_refused)
             .then(|| req.peer_id.and_then(http::parse_hex32))
             .flatten(),
+        preconditions: req.preconditions.clone(),
     }
 }
 
@@ -1344,18 +1347,72 @@ fn head<'a>(core: &Core, out: &'a mut Vec<u8>, status: Status) -> Head<'a> {
     Head::new(out, status).raw(&core.shared.alt_svc)
 }
 
+/// The head of a blob representation: a 200 or 206, or the 304 that stands for
+/// it (which carries the same validators and caching fields, RFC 9110 §15.4.5).
 fn blob_head<'a>(
     core: &Core,
     wbuf: &'a mut Vec<u8>,
     status: Status,
-    hash: &BlobHash,
+    tag: &BlobTag,
     content_type: &[u8],
 ) -> Head<'a> {
-    head(core, wbuf, status)
-        .header("Content-Type", content_type)
-        .etag(hash)
-        .header("Cache-Control", b"public, max-age=31536000, immutable")
+    let head = head(core, wbuf, status);
+    let head = if status == Status::NotModified {
+        head
+    } else {
+        head.header("Content-Type", content_type)
+    };
+    head.etag(tag)
+        .header("Cache-Control", http::BLOB_CACHE_CONTROL.as_bytes())
+        .header("Vary", b"Accept")
         .header("Accept-Ranges", b"bytes")
+}
+
+/// Evaluates the request's preconditions against a blob representation
+/// (RFC 9110 §13.2.2, the rules in [`http::conditional`]) and answers the 304
+/// or 412 itself. `Ok(Ok(honor_range))`: serve it, with the `Range` if
+/// `honor_range` (false when `If-Range` did not match: the whole blob, 200).
+async fn blob_preconditions(
+    core: &Core,
+    conn: &mut Conn,
+    info: &ReqInfo,
+    hash: BlobHash,
+    tag: &BlobTag,
+    keep_alive: bool,
+) -> io::Result<Result<bool, Next>> {
+    let has_range = info.range_len.is_some();
+    let validators = Validators {
+        etag: Some(tag.as_bytes()),
+        ..Validators::default()
+    };
+    match info
+        .preconditions
+        .evaluate(info.method, has_range, &validators)
+    {
+        ConditionalOutcome::Proceed { honor_range } => Ok(Ok(honor_range)),
+        ConditionalOutcome::NotModified => {
+            // A revalidation is a use: the blob stays recent for eviction.
+            touch(core, hash);
+            let mut wbuf = std::mem::take(&mut conn.wbuf);
+            blob_head(core, &mut wbuf, Status::NotModified, tag, b"")
+                .finish_without_length(keep_alive);
+            conn.wbuf = wbuf;
+            let next = send_wbuf(core, conn, info.route, Status::NotModified, keep_alive).await?;
+            Ok(Err(next))
+        }
+        ConditionalOutcome::PreconditionFailed => {
+            let next = respond_text(
+                core,
+                conn,
+                info.route,
+                Status::PreconditionFailed,
+                http::PRECONDITION_FAILED_MESSAGE,
+                keep_alive,
+            )
+            .await?;
+            Ok(Err(next))
+        }
+    }
 }
 
 async fn range_not_satisfiable(
@@ -1392,7 +1449,12 @@ async fn get_plain(
         Ok(found) => found,
         Err(next) => return Ok(next),
     };
-    let (status, first, len) = match http::parse_range(info.range(), size) {
+    let tag = BlobTag::new(&hash, false);
+    let range = match blob_preconditions(core, conn, info, hash, &tag, keep_alive).await? {
+        Ok(honor_range) => info.range().filter(|_| honor_range),
+        Err(next) => return Ok(next),
+    };
+    let (status, first, len) = match http::parse_range(range, size) {
         RangeRequest::Full => (Status::Ok, 0, size),
         RangeRequest::Partial { first, last } => (Status::PartialContent, first, last - first + 1),
         RangeRequest::Unsatisfiable => {
@@ -1400,7 +1462,7 @@ async fn get_plain(
         }
     };
     let mut wbuf = std::mem::take(&mut conn.wbuf);
-    let mut head = blob_head(core, &mut wbuf, status, &hash, b"application/octet-stream");
+    let mut head = blob_head(core, &mut wbuf, status, &tag, b"application/octet-stream");
     if status == Status::PartialContent {
         head = head.content_range(first, first + len - 1, size);
     }
@@ -1519,7 +1581,12 @@ async fn get_verified(
             Ok(found) => found,
             Err(next) => return Ok(next),
         };
-    let ranges = match http::parse_range(info.range(), size) {
+    let tag = BlobTag::new(&hash, true);
+    let range = match blob_preconditions(core, conn, info, hash, &tag, keep_alive).await? {
+        Ok(honor_range) => info.range().filter(|_| honor_range),
+        Err(next) => return Ok(next),
+    };
+    let ranges = match http::parse_range(range, size) {
         RangeRequest::Full => verified::all_ranges(),
         RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
         RangeRequest::Unsatisfiable => {
@@ -1532,7 +1599,7 @@ async fn get_verified(
         core,
         &mut wbuf,
         Status::Ok,
-        &hash,
+        &tag,
         http::BAO_MEDIA_TYPE.as_bytes(),
     )
     .finish(total, keep_alive);

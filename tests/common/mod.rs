@@ -379,3 +379,59 @@ pub fn within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Du
     }
     start.elapsed()
 }
+
+/// An HTTP/3 response as aioquic saw it.
+pub struct H3Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl H3Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/3 request with aioquic (`tests/common/h3_request.py`, built on the
+/// example client's protocol class), with any method and request headers.
+pub fn aioquic_request(url: &str, method: &str, headers: &[(&str, &str)]) -> H3Response {
+    h3_client();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/h3_request.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg(url).args(["-X", method]);
+    for (name, value) in headers {
+        cmd.arg("-H").arg(format!("{name}: {value}"));
+    }
+    let out = cmd.output().expect("python3");
+    assert!(
+        out.status.success(),
+        "aioquic request failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("json from h3_request.py");
+    let hex = v["body"].as_str().expect("body");
+    let body = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    H3Response {
+        status: v["status"].as_u64().expect("status") as u16,
+        headers: v["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .map(|h| {
+                (
+                    h[0].as_str().expect("name").to_string(),
+                    h[1].as_str().expect("value").to_string(),
+                )
+            })
+            .collect(),
+        body,
+    }
+}

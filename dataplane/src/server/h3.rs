@@ -900,10 +900,12 @@ struct H3Request {
     range: [u8; 128],
     range_len: Option<usize>,
     accept_bao: bool,
+    preconditions: http::Preconditions,
 }
 
 impl H3Request {
-    fn from_headers(list: &[quiche::h3::Header]) -> Option<H3Request> {
+    /// The request view of a head; Err: the message of the 400 that answers it.
+    fn from_headers(list: &[quiche::h3::Header]) -> Result<H3Request, &'static str> {
         let mut req = H3Request {
             method: http::Method::Other,
             path: [0u8; MAX_HEADER_VALUE],
@@ -911,6 +913,7 @@ impl H3Request {
             range: [0u8; 128],
             range_len: None,
             accept_bao: false,
+            preconditions: http::Preconditions::default(),
         };
         let mut has_path = false;
         for h in list {
@@ -927,7 +930,10 @@ impl H3Request {
                     }
                 }
                 b":path" => {
-                    let dst = req.path.get_mut(..value.len())?;
+                    let dst = req
+                        .path
+                        .get_mut(..value.len())
+                        .ok_or("request :path is longer than the server's limit\n")?;
                     dst.copy_from_slice(value);
                     req.path_len = value.len();
                     has_path = true;
@@ -941,10 +947,18 @@ impl H3Request {
                         .split(|&b| b == b',')
                         .any(|t| t.trim_ascii().starts_with(http::BAO_MEDIA_TYPE.as_bytes()));
                 }
-                _ => {}
+                _ => {
+                    req.preconditions
+                        .push(name, value)
+                        .map_err(|_| http::conditional::TooLarge::MESSAGE)?;
+                }
             }
         }
-        has_path.then_some(req)
+        if has_path {
+            Ok(req)
+        } else {
+            Err("request without a usable :path\n")
+        }
     }
 
     fn target(&self) -> (&[u8], &[u8]) {
@@ -1006,16 +1020,19 @@ fn on_request(
     more_frames: bool,
     commits: &flume::Sender<Committed>,
 ) {
-    let Some(req) = H3Request::from_headers(list) else {
-        respond_text(
-            core,
-            conn,
-            stream,
-            Route::NotFound,
-            Status::BadRequest,
-            "request without a usable :path\n",
-        );
-        return;
+    let req = match H3Request::from_headers(list) {
+        Ok(req) => req,
+        Err(message) => {
+            respond_text(
+                core,
+                conn,
+                stream,
+                Route::NotFound,
+                Status::BadRequest,
+                message,
+            );
+            return;
+        }
     };
     let (path, _) = req.target();
     let route = http::route(path);
@@ -1273,7 +1290,51 @@ fn get_blob(
             );
         }
     };
-    let range = http::parse_range(req.range(), size);
+    let verified = req.wants_verified();
+    let tag = http::BlobTag::new(&hash, verified);
+    let common: [(&str, &[u8]); 4] = [
+        ("etag", tag.as_bytes()),
+        ("cache-control", http::BLOB_CACHE_CONTROL.as_bytes()),
+        ("vary", b"accept"),
+        ("accept-ranges", b"bytes"),
+    ];
+    // Preconditions, as over HTTP/1.1 (RFC 9110 §13.2.2).
+    let validators = http::Validators {
+        etag: Some(tag.as_bytes()),
+        ..http::Validators::default()
+    };
+    let honor_range =
+        match req
+            .preconditions
+            .evaluate(req.method, req.range().is_some(), &validators)
+        {
+            http::ConditionalOutcome::Proceed { honor_range } => honor_range,
+            http::ConditionalOutcome::NotModified => {
+                touch(core, hash);
+                return start_response(
+                    core,
+                    conn,
+                    stream,
+                    route,
+                    Status::NotModified,
+                    "",
+                    "",
+                    &common,
+                    None,
+                );
+            }
+            http::ConditionalOutcome::PreconditionFailed => {
+                return respond_text(
+                    core,
+                    conn,
+                    stream,
+                    route,
+                    Status::PreconditionFailed,
+                    http::PRECONDITION_FAILED_MESSAGE,
+                );
+            }
+        };
+    let range = http::parse_range(req.range().filter(|_| honor_range), size);
     if range == RangeRequest::Unsatisfiable {
         let cr = format!("bytes */{size}");
         return respond(
@@ -1289,14 +1350,8 @@ fn get_blob(
         );
     }
     touch(core, hash);
-    let etag = format!("\"{hash}\"");
-    let common: [(&str, &[u8]); 3] = [
-        ("etag", etag.as_bytes()),
-        ("cache-control", b"public, max-age=31536000, immutable"),
-        ("accept-ranges", b"bytes"),
-    ];
     let head_only = req.method == http::Method::Head;
-    if req.wants_verified() {
+    if verified {
         let ranges = match range {
             RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
             _ => verified::all_ranges(),
@@ -1583,11 +1638,20 @@ fn start_response(
     let mut refs: [quiche::h3::HeaderRef<'_>; MAX_HEADERS] =
         std::array::from_fn(|_| quiche::h3::HeaderRef::new(b"", b""));
     refs[0] = quiche::h3::HeaderRef::new(b":status", &code);
-    refs[1] = quiche::h3::HeaderRef::new(b"content-type", content_type.as_bytes());
-    refs[2] = quiche::h3::HeaderRef::new(b"content-length", content_length.as_bytes());
-    let n = 3 + extra.len().min(MAX_HEADERS - 3);
-    for (slot, (name, value)) in refs[3..n].iter_mut().zip(extra) {
-        *slot = quiche::h3::HeaderRef::new(name.as_bytes(), value);
+    let mut n = 1;
+    // A 304 states neither (RFC 9110 §15.4.5): both come empty.
+    for (name, value) in [
+        ("content-type", content_type),
+        ("content-length", content_length),
+    ] {
+        if !value.is_empty() {
+            refs[n] = quiche::h3::HeaderRef::new(name.as_bytes(), value.as_bytes());
+            n += 1;
+        }
+    }
+    for (name, value) in extra.iter().take(MAX_HEADERS - n) {
+        refs[n] = quiche::h3::HeaderRef::new(name.as_bytes(), value);
+        n += 1;
     }
     let mut state = match h3.send_response(&mut conn.quic, stream, &refs[..n], fin) {
         Ok(()) => match body {
@@ -1676,7 +1740,7 @@ pub fn exercise(data: &[u8]) {
     while let (Some(n), Some(v)) = (parts.next(), parts.next()) {
         headers.push(quiche::h3::Header::new(n, v));
     }
-    if let Some(req) = H3Request::from_headers(&headers) {
+    if let Ok(req) = H3Request::from_headers(&headers) {
         let (path, _) = req.target();
         let _ = http::route(path);
         let _ = req.wants_verified();
@@ -1685,6 +1749,14 @@ pub fn exercise(data: &[u8]) {
                 assert!(first <= last && last < size, "range outside the blob");
             }
         }
+        let tag = http::BlobTag::new(&BlobHash([7; 32]), req.wants_verified());
+        let v = http::Validators {
+            etag: Some(tag.as_bytes()),
+            ..http::Validators::default()
+        };
+        let _ = req
+            .preconditions
+            .evaluate(req.method, req.range().is_some(), &v);
     }
 }
 
@@ -1695,7 +1767,7 @@ mod tests {
     #[test]
     fn random_request_heads_never_panic() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let seed: &[u8] = b":method\0GET\0:path\0/blobs/0000000000000000000000000000000000000000000000000000000000000000?format=bao\0range\0bytes=5-9\0accept\0application/x-bao";
+        let seed: &[u8] = b":method\0GET\0:path\0/blobs/0000000000000000000000000000000000000000000000000000000000000000?format=bao\0range\0bytes=5-9\0accept\0application/x-bao\0if-none-match\0\"a\", W/\"b\"\0if-range\0\"c\"";
         for _ in 0..20_000 {
             let mut s = seed.to_vec();
             for _ in 0..rng.random_range(1..6) {
