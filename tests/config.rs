@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn healthy(addr: std::net::SocketAddr) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if matches!(
             try_request(addr, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"),

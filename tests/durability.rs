@@ -27,7 +27,8 @@ fn kill_9_during_upload_leaves_no_partial_blob() {
     s.write_all(&big[..20 << 20]).expect("first part");
     // Wait until the node has written some of it to tmp/, then kill it hard.
     let tmp = node.data_dir.join("tmp");
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         if std::fs::read_dir(&tmp).expect("tmp").count() > 0 {
             break;
         }

@@ -78,7 +78,7 @@ fn download_lingering(
     let mut migrated_at: Option<Instant> = None;
     let mut buf = vec![0u8; 65536];
     let mut out = vec![0u8; 1350];
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if Instant::now() > deadline {
             for p in conn.path_stats() {

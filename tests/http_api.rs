@@ -231,7 +231,7 @@ fn keep_alive_pipelining_and_zero_copy() {
     let hash = node.put_bytes(&data);
     let before = node.metric("tessera_zero_copy_bytes_total");
     let mut s = TcpStream::connect(node.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
+    s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     // Three requests in one write; three responses in order on one connection.
     let one = format!("GET /blobs/{hash} HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -299,7 +299,7 @@ fn curl_chunked_upload() {
 fn slowloris_is_cut_off() {
     let node = Node::start(&["--header-timeout-ms", "300", "--idle-timeout-ms", "300"]);
     let mut s = TcpStream::connect(node.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
+    s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
         .expect("write");
@@ -311,8 +311,16 @@ fn slowloris_is_cut_off() {
         }
     }
     let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "connection should be closed without a response");
+    match s.read(&mut buf) {
+        // Closed, or reset because our last bytes arrived after the close.
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!(
+            "answered instead of cut off: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => panic!("connection not cut off within 60 s: {e}"),
+    }
     assert!(node.metric("tessera_timeouts_total") >= 1);
 }
 

@@ -71,7 +71,7 @@ fn run_refuses(dir: &std::path::Path) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;

@@ -89,7 +89,7 @@ fn notify_ready_then_stopping_and_a_clean_exit() {
     let n = socket.recv(&mut buf).expect("STOPPING message");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg}");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
@@ -115,7 +115,7 @@ fn example_config_runs() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut ok = false;
     while Instant::now() < deadline && !ok {
         ok = matches!(
