@@ -440,6 +440,35 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
     // message, a forged-looking one.
     let junk = b"POST /ledger/tx HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello";
     assert_eq!(nodes[0].request(junk).0, 400);
+    // The same route over HTTP/3 (aioquic): junk refused as over HTTP/1.1, a
+    // signed deposit from a fresh client accepted and committed.
+    let h3_tx = format!("https://{}/ledger/tx", nodes[0].addr);
+    let r = aioquic_send(&h3_tx, "POST", &[], Some(b"hello"));
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let h3_client_dir = tempfile::tempdir().expect("tmp");
+    let (h3_key, _) = controlplane::NodeKey::load_or_create(h3_client_dir.path()).expect("key");
+    let wire = controlplane::ledger::SignedTx::new_with(
+        controlplane::ledger::Tx::Deposit { amount: 42 },
+        0,
+        &h3_key,
+    )
+    .encode();
+    let r = aioquic_send(&h3_tx, "POST", &[], Some(&wire));
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let h3_account = format!("/ledger/account/{}", h3_key.id());
+    within(
+        Duration::from_secs(60),
+        "the deposit sent over HTTP/3 committed",
+        || try_json(&nodes[1], &h3_account).and_then(|a| a["balance"].as_u64()) == Some(42),
+    );
+    let r = aioquic_request(
+        &format!("https://{}{h3_account}", nodes[0].addr),
+        "GET",
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(v["balance"].as_u64(), Some(42));
     let unsigned =
         b"POST /ledger/msg HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\n\0\0\0\0\0\0\0\0x";
     assert_eq!(nodes[0].request(unsigned).0, 401);

@@ -40,7 +40,9 @@ use crate::sys::{self, Pipe};
 use crate::verified::{self, Verifier};
 
 mod h3;
+mod routes;
 pub use h3::{ensure_tls, exercise as exercise_h3_request};
+use routes::{Plan, Reply};
 
 /// Batches of last-access times in flight to the maintenance thread; beyond this
 /// they are dropped (recency for eviction is approximate by design).
@@ -143,53 +145,11 @@ pub struct LedgerReply {
     pub body: Vec<u8>,
 }
 
-impl LedgerReply {
-    fn text(status: Status, text: &str) -> LedgerReply {
-        LedgerReply {
-            status,
-            content_type: "text/plain",
-            body: text.as_bytes().to_vec(),
-        }
-    }
-
-    /// The answer to a receipts batch, from what storing it gave.
-    pub(crate) fn receipts(stored: Result<Result<usize, String>, StoreError>) -> LedgerReply {
-        match stored {
-            Ok(Ok(k)) => LedgerReply {
-                status: Status::Accepted,
-                content_type: "application/json",
-                body: format!("{{\"accepted\":{k}}}\n").into_bytes(),
-            },
-            Ok(Err(why)) => {
-                LedgerReply::text(Status::BadRequest, &format!("receipts refused: {why}\n"))
-            }
-            Err(e) => {
-                tracing::error!("cannot store receipts: {e}");
-                LedgerReply::text(Status::InternalServerError, "cannot store receipts\n")
-            }
-        }
-    }
-
-    /// The answer to a ledger call run off the core.
-    pub(crate) fn from_call(answered: Result<LedgerReply, StoreError>) -> LedgerReply {
-        answered.unwrap_or_else(|e| {
-            tracing::error!("ledger request failed: {e}");
-            LedgerReply::text(Status::InternalServerError, "ledger request failed\n")
-        })
-    }
-}
-
 /// See [`Hooks::ledger`].
 pub type LedgerHandler = dyn Fn(LedgerCall) -> LedgerReply + Send + Sync;
 
-/// Largest body a `/ledger/` request may carry (a consensus message).
-const MAX_LEDGER_BODY: u64 = 4 << 20;
-
 /// See [`Hooks::store_receipts`].
 pub type StoreReceipts = dyn Fn(&[u8]) -> Result<usize, String> + Send + Sync;
-
-/// Largest receipts batch a client may send in one request.
-pub(super) const MAX_RECEIPTS_BODY: u64 = 8 << 10;
 
 /// See [`Hooks::locate`].
 pub type Locate = dyn Fn(&[u8; 32]) -> Option<std::net::SocketAddr> + Send + Sync;
@@ -704,22 +664,14 @@ struct ReqInfo {
     range: [u8; 128],
     range_len: Option<usize>,
     verified: bool,
-    auth: Auth,
+    auth: routes::Auth,
     expect_continue: bool,
+    /// `X-Tessera-Peer` present: another node asks; a miss is not fetched
+    /// onward (no fetch loops between nodes).
     from_peer: bool,
-    /// Signed by another node, and the signature does not check out.
-    peer_refused: bool,
-    /// The node that signed the request (signature checked).
-    peer: Option<[u8; 32]>,
+    /// The node that signed the request, checked.
+    peer: routes::Peer,
     preconditions: Preconditions,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Auth {
-    Disabled,
-    Missing,
-    Wrong,
-    Ok,
 }
 
 impl ReqInfo {
@@ -853,15 +805,14 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
             r.len()
         })
     });
-    let auth = match (&core.shared.config.admin_token, req.authorization) {
-        (None, _) => Auth::Disabled,
-        (Some(_), None) => Auth::Missing,
-        (Some(token), Some(given)) => match given.strip_prefix(b"Bearer ") {
-            Some(g) if constant_time_eq(g, token.as_bytes()) => Auth::Ok,
-            _ => Auth::Wrong,
-        },
-    };
-    let peer_refused = req.from_peer && !peer_signed(core, req);
+    let peer = routes::peer(
+        core,
+        req.method,
+        req.path,
+        req.peer_id,
+        req.peer_time,
+        req.peer_sig,
+    );
     ReqInfo {
         method: req.method,
         route: http::route(req.path),
@@ -871,31 +822,12 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
         range,
         range_len,
         verified: req.wants_verified(),
-        auth,
+        auth: routes::auth(core, req.authorization),
         expect_continue: req.expect_continue,
         from_peer: req.from_peer,
-        peer_refused,
-        peer: (req.from_peer && !peer_refused)
-            .then(|| req.peer_id.and_then(http::parse_hex32))
-            .flatten(),
+        peer,
         preconditions: req.preconditions.clone(),
     }
-}
-
-/// Whether a request that says it comes from a node was signed by that node
-/// (a live member, within a minute). Without a control plane there is no one
-/// to check against: refused.
-fn peer_signed(core: &Core, req: &http::Request<'_>) -> bool {
-    let (Some(verify), Some(id), Some(time), Some(sig)) = (
-        core.shared.hooks.verify_peer.as_ref(),
-        req.peer_id,
-        req.peer_time,
-        req.peer_sig,
-    ) else {
-        return false;
-    };
-    let message = http::peer_message(req.method.as_str().as_bytes(), req.path, time);
-    verify(id, time, sig, &message)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -907,129 +839,87 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next> {
     let route = info.route;
-    if info.peer_refused {
-        return respond_text(
-            core,
-            conn,
+    let plan = routes::plan(
+        core,
+        &routes::Head {
+            method: info.method,
             route,
-            Status::Unauthorized,
-            "request says it comes from a node, but its signature does not check out\n",
-            false,
-        )
-        .await;
-    }
-    // Only uploads read a body; any other request that carries one is answered and
-    // the connection closed, rather than guessing where the next request starts.
+            auth: info.auth,
+            peer: info.peer,
+        },
+    );
+    // Only uploads and small-body routes read a body; any other request that
+    // carries one is answered and the connection closed, rather than guessing
+    // where the next request starts.
     let has_body = info.body != Body::None;
-    let is_upload = (matches!(route, Route::Blobs | Route::Receipts)
-        || matches!(route, Route::Ledger(l) if l.is_post()))
-        && info.method == Method::Post;
-    if !is_upload {
+    if !matches!(plan, Plan::Upload | Plan::Body { .. }) {
         conn.rbuf.drain(..info.head_len);
     }
-    let keep_alive = info.keep_alive && !has_body && !core.stopping.get();
-    match (route, info.method) {
-        (Route::Healthz, Method::Get | Method::Head) => {
-            respond_text(core, conn, route, Status::Ok, "ok\n", keep_alive).await
+    let keep_alive =
+        info.keep_alive && !has_body && !core.stopping.get() && info.peer != routes::Peer::Refused;
+    let head_only = info.method == Method::Head;
+    match plan {
+        Plan::Reply(reply) => write_reply(core, conn, route, reply, keep_alive, head_only).await,
+        Plan::Blob(hash) if info.verified => {
+            get_verified(core, conn, &info, hash, keep_alive).await
         }
-        (Route::Metrics, Method::Get | Method::Head) => {
-            let mut text = core.shared.metrics.render(&core.shared.store);
-            if let Some(extra) = &core.shared.hooks.extra_metrics {
-                text.push_str(&extra());
-            }
-            respond(
-                core,
-                conn,
-                route,
-                Status::Ok,
-                "text/plain; version=0.0.4",
-                text.as_bytes(),
-                keep_alive,
-                info.method == Method::Head,
-            )
-            .await
+        Plan::Blob(hash) => get_plain(core, conn, &info, hash, keep_alive).await,
+        Plan::Upload => upload(core, conn, &info).await,
+        Plan::OffCore(job) => {
+            let reply = run_job(job).await;
+            write_reply(core, conn, route, reply, keep_alive, head_only).await
         }
-        (Route::Members, Method::Get | Method::Head) => {
-            let text = core.shared.hooks.members.as_ref().map(|render| render());
-            respond_control(core, conn, &info, text, keep_alive).await
-        }
-        (Route::RouteOf(hash), Method::Get | Method::Head) => {
-            let text = core.shared.hooks.route.as_ref().map(|render| {
-                let holds = matches!(core.open_blob(&hash), Ok(Some(_)));
-                render(&hash.0, holds)
-            });
-            respond_control(core, conn, &info, text, keep_alive).await
-        }
-        (Route::Blobs, Method::Post) => upload(core, conn, &info).await,
-        (Route::Receipts, Method::Post) => receipts(core, conn, &info).await,
-        (Route::Ledger(l), Method::Post) if l.is_post() => ledger(core, conn, &info, l).await,
-        (Route::Ledger(l), Method::Get) if !l.is_post() => ledger(core, conn, &info, l).await,
-        (Route::Blob(hash), Method::Get | Method::Head) => {
-            if info.verified {
-                get_verified(core, conn, &info, hash, keep_alive).await
-            } else {
-                get_plain(core, conn, &info, hash, keep_alive).await
-            }
-        }
-        (Route::Blob(hash), Method::Delete) => {
-            admin(core, conn, &info, keep_alive, move |store| {
-                store.delete(&hash)
-            })
-            .await
-        }
-        (Route::Pin(hash), Method::Put) => {
-            admin(core, conn, &info, keep_alive, move |store| {
-                store.set_pinned(&hash, true)
-            })
-            .await
-        }
-        (Route::Pin(hash), Method::Delete) => {
-            admin(core, conn, &info, keep_alive, move |store| {
-                store.set_pinned(&hash, false)
-            })
-            .await
-        }
-        (Route::BadHash(e), _) => {
-            conn.wbuf.clear();
-            let mut msg = [0u8; 512];
-            let len = {
-                let mut cur = io::Cursor::new(&mut msg[..]);
-                let _ = writeln!(cur, "malformed blob hash: {e}");
-                cur.position() as usize
+        Plan::Body { limit, what, job } => {
+            let body = match small_body(core, conn, &info, limit, what).await? {
+                Ok(b) => b,
+                Err(next) => return Ok(next),
             };
-            respond(
-                core,
-                conn,
-                route,
-                Status::BadRequest,
-                "text/plain",
-                &msg[..len],
-                keep_alive,
-                false,
-            )
-            .await
-        }
-        (Route::NotFound, _) => {
-            respond_text(
-                core,
-                conn,
-                route,
-                Status::NotFound,
-                "no such route; see the API table in the README\n",
-                keep_alive,
-            )
-            .await
-        }
-        _ => {
-            let body = b"method not allowed\n";
-            head(core, &mut conn.wbuf, Status::MethodNotAllowed)
-                .header("Allow", route.allow().as_bytes())
-                .header("Content-Type", b"text/plain")
-                .finish(body.len() as u64, keep_alive);
-            conn.wbuf.extend_from_slice(body);
-            send_wbuf(core, conn, route, Status::MethodNotAllowed, keep_alive).await
+            let keep_alive = info.keep_alive && !core.stopping.get();
+            let reply = run_job(move || job(body)).await;
+            write_reply(core, conn, route, reply, keep_alive, false).await
         }
     }
+}
+
+/// Runs a route's job on the store-I/O pool; a job that panics is a 500.
+async fn run_job(job: impl FnOnce() -> Reply + Send + 'static) -> Reply {
+    off_core(move || Ok(job())).await.unwrap_or_else(|e| {
+        tracing::error!("request handler failed: {e}");
+        Reply::text(
+            Status::InternalServerError,
+            "request failed; see the node's log\n",
+        )
+    })
+}
+
+/// Writes a [`Reply`]; after a server error the connection closes.
+async fn write_reply(
+    core: &Core,
+    conn: &mut Conn,
+    route: Route,
+    reply: Reply,
+    keep_alive: bool,
+    head_only: bool,
+) -> io::Result<Next> {
+    let keep_alive = keep_alive && reply.status != Status::InternalServerError;
+    let mut wbuf = std::mem::take(&mut conn.wbuf);
+    let mut h = head(core, &mut wbuf, reply.status);
+    if !reply.content_type.is_empty() {
+        h = h.header("Content-Type", reply.content_type.as_bytes());
+    }
+    if let Some((name, value)) = reply.extra {
+        h = h.header(name, value.as_bytes());
+    }
+    if reply.has_length() {
+        h.finish(reply.body.len() as u64, keep_alive);
+    } else {
+        h.finish_without_length(keep_alive);
+    }
+    if !head_only {
+        wbuf.extend_from_slice(&reply.body);
+    }
+    conn.wbuf = wbuf;
+    send_wbuf(core, conn, route, reply.status, keep_alive).await
 }
 
 async fn respond_text(
@@ -1194,23 +1084,6 @@ async fn open_or_answer(
     }
 }
 
-/// `POST /receipts`: a small body (at most `MAX_RECEIPTS_BODY`), checked and
-/// stored durably by the control plane before the node answers 202.
-async fn receipts(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next> {
-    let route = info.route;
-    let body = match small_body(core, conn, info, MAX_RECEIPTS_BODY, "receipts").await? {
-        Ok(b) => b,
-        Err(next) => return Ok(next),
-    };
-    let keep_alive = info.keep_alive && !core.stopping.get();
-    let Some(store) = core.shared.hooks.store_receipts.clone() else {
-        let msg = "no control plane on this node\n";
-        return respond_text(core, conn, route, Status::NotFound, msg, keep_alive).await;
-    };
-    let reply = LedgerReply::receipts(off_core(move || Ok(store(&body))).await);
-    send_reply(core, conn, route, reply, keep_alive).await
-}
-
 /// Reads a small request body (at most `max` bytes, with a Content-Length) into
 /// memory; `Err(next)` when the request was answered instead.
 async fn small_body(
@@ -1250,36 +1123,6 @@ async fn small_body(
     Ok(Ok(body))
 }
 
-/// `/ledger/...`: handed to the control plane off the core.
-async fn ledger(
-    core: &Core,
-    conn: &mut Conn,
-    info: &ReqInfo,
-    route_l: http::LedgerRoute,
-) -> io::Result<Next> {
-    let route = info.route;
-    let body = if route_l.is_post() {
-        match small_body(core, conn, info, MAX_LEDGER_BODY, "ledger requests").await? {
-            Ok(b) => b,
-            Err(next) => return Ok(next),
-        }
-    } else {
-        Vec::new()
-    };
-    let keep_alive = info.keep_alive && !core.stopping.get();
-    let Some(handler) = core.shared.hooks.ledger.clone() else {
-        let msg = "this node runs no ledger (set [ledger] genesis)\n";
-        return respond_text(core, conn, route, Status::NotFound, msg, keep_alive).await;
-    };
-    let call = LedgerCall {
-        route: route_l,
-        body,
-        peer: info.peer,
-    };
-    let reply = LedgerReply::from_call(off_core(move || Ok(handler(call))).await);
-    send_reply(core, conn, route, reply, keep_alive).await
-}
-
 /// Redirect mode: where to send a client for a blob this node lacks (the best
 /// other node, in `scheme`), or None when the miss is handled otherwise.
 fn redirect_for(core: &Core, hash: &BlobHash, scheme: &str) -> Option<String> {
@@ -1288,58 +1131,6 @@ fn redirect_for(core: &Core, hash: &BlobHash, scheme: &str) -> Option<String> {
     }
     let best = core.shared.hooks.locate.as_ref()?(&hash.0)?;
     Some(format!("{scheme}://{best}/blobs/{hash}"))
-}
-
-/// Sends a control-plane answer; after a server error the connection closes.
-async fn send_reply(
-    core: &Core,
-    conn: &mut Conn,
-    route: Route,
-    reply: LedgerReply,
-    keep_alive: bool,
-) -> io::Result<Next> {
-    let keep_alive = keep_alive && reply.status != Status::InternalServerError;
-    respond(
-        core,
-        conn,
-        route,
-        reply.status,
-        reply.content_type,
-        &reply.body,
-        keep_alive,
-        false,
-    )
-    .await
-}
-
-/// Answers a control-plane route: its JSON, or 404 when the node runs without
-/// a control plane.
-async fn respond_control(
-    core: &Core,
-    conn: &mut Conn,
-    info: &ReqInfo,
-    json: Option<String>,
-    keep_alive: bool,
-) -> io::Result<Next> {
-    match json {
-        Some(text) => {
-            respond(
-                core,
-                conn,
-                info.route,
-                Status::Ok,
-                "application/json",
-                text.as_bytes(),
-                keep_alive,
-                info.method == Method::Head,
-            )
-            .await
-        }
-        None => {
-            let msg = "no control plane on this node\n";
-            respond_text(core, conn, info.route, Status::NotFound, msg, keep_alive).await
-        }
-    }
 }
 
 /// Starts a response head with the headers every response carries (Alt-Svc).
@@ -1707,73 +1498,6 @@ async fn off_core<R: Send + 'static>(
         Err(_) => Err(StoreError::Io(io::Error::other(
             "store I/O thread pool is gone",
         ))),
-    }
-}
-
-async fn admin(
-    core: &Core,
-    conn: &mut Conn,
-    info: &ReqInfo,
-    keep_alive: bool,
-    op: impl FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
-) -> io::Result<Next> {
-    let route = info.route;
-    match info.auth {
-        Auth::Disabled => {
-            return respond_text(
-                core,
-                conn,
-                route,
-                Status::Forbidden,
-                "admin API disabled: set admin_token in the node's config\n",
-                keep_alive,
-            )
-            .await;
-        }
-        Auth::Missing | Auth::Wrong => {
-            let body = b"send Authorization: Bearer <admin token>\n";
-            let mut wbuf = std::mem::take(&mut conn.wbuf);
-            head(core, &mut wbuf, Status::Unauthorized)
-                .header("WWW-Authenticate", b"Bearer")
-                .header("Content-Type", b"text/plain")
-                .finish(body.len() as u64, keep_alive);
-            wbuf.extend_from_slice(body);
-            conn.wbuf = wbuf;
-            return send_wbuf(core, conn, route, Status::Unauthorized, keep_alive).await;
-        }
-        Auth::Ok => {}
-    }
-    let store = core.shared.store.clone();
-    match off_core(move || op(&store)).await {
-        Ok(()) => {
-            let mut wbuf = std::mem::take(&mut conn.wbuf);
-            head(core, &mut wbuf, Status::NoContent).finish(0, keep_alive);
-            conn.wbuf = wbuf;
-            send_wbuf(core, conn, route, Status::NoContent, keep_alive).await
-        }
-        Err(StoreError::NotFound(_)) => {
-            respond_text(
-                core,
-                conn,
-                route,
-                Status::NotFound,
-                "blob not found\n",
-                keep_alive,
-            )
-            .await
-        }
-        Err(e) => {
-            tracing::error!("admin operation failed: {e}");
-            respond_text(
-                core,
-                conn,
-                route,
-                Status::InternalServerError,
-                "store operation failed; see the node's log\n",
-                keep_alive,
-            )
-            .await
-        }
     }
 }
 

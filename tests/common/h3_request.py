@@ -3,7 +3,7 @@ headers, for the end-to-end tests. It reuses the HttpClient protocol of aioquic'
 example client (TESSERA_H3_CLIENT, installed by scripts/test), which cannot send
 request headers from its command line.
 
-    python3 h3_request.py URL [-X METHOD] [-H 'name: value' ...]
+    python3 h3_request.py URL [-X METHOD] [-H 'name: value' ...] [--data-file F]
 
 Prints one JSON object: {"status": 304, "headers": [[name, value], ...],
 "body": "<hex>"}. Certificates are not verified (nodes make self-signed ones).
@@ -26,7 +26,7 @@ from aioquic.quic.configuration import QuicConfiguration  # noqa: E402
 from http3_client import URL, HttpClient, HttpRequest  # noqa: E402
 
 
-async def request(url: str, method: str, headers: dict) -> dict:
+async def request(url: str, method: str, headers: dict, content: bytes) -> dict:
     parsed = urlparse(url)
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
     config.verify_mode = ssl.CERT_NONE
@@ -34,7 +34,9 @@ async def request(url: str, method: str, headers: dict) -> dict:
         parsed.hostname, parsed.port or 443, configuration=config, create_protocol=HttpClient
     ) as client:
         events = await asyncio.wait_for(
-            client._request(HttpRequest(method=method, url=URL(url), headers=headers)),
+            client._request(
+                HttpRequest(method=method, url=URL(url), headers=headers, content=content)
+            ),
             timeout=60,
         )
         status, head, body = None, [], b""
@@ -56,12 +58,21 @@ def main() -> None:
     parser.add_argument("url")
     parser.add_argument("-X", dest="method", default="GET")
     parser.add_argument("-H", dest="headers", action="append", default=[])
+    parser.add_argument("--data-file", help="send this file's bytes as the request body")
     args = parser.parse_args()
+    content = b""
+    if args.data_file:
+        with open(args.data_file, "rb") as f:
+            content = f.read()
+        headers_len = {"content-length": str(len(content))}
+    else:
+        headers_len = {}
     headers = {}
     for line in args.headers:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    print(json.dumps(asyncio.run(request(args.url, args.method, headers))))
+    headers.update(headers_len)
+    print(json.dumps(asyncio.run(request(args.url, args.method, headers, content))))
 
 
 if __name__ == "__main__":

@@ -399,12 +399,27 @@ impl H3Response {
 /// One HTTP/3 request with aioquic (`tests/common/h3_request.py`, built on the
 /// example client's protocol class), with any method and request headers.
 pub fn aioquic_request(url: &str, method: &str, headers: &[(&str, &str)]) -> H3Response {
+    aioquic_send(url, method, headers, None)
+}
+
+/// The same with a request body.
+pub fn aioquic_send(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> H3Response {
     h3_client();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/h3_request.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script).arg(url).args(["-X", method]);
     for (name, value) in headers {
         cmd.arg("-H").arg(format!("{name}: {value}"));
+    }
+    let body_file = tempfile::NamedTempFile::new().expect("tmp");
+    if let Some(body) = body {
+        std::fs::write(body_file.path(), body).expect("write body");
+        cmd.arg("--data-file").arg(body_file.path());
     }
     let out = cmd.output().expect("python3");
     assert!(

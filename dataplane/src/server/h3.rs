@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use quiche::h3::NameValue;
 
+use super::routes::Plan;
 use super::{bump, off_core, touch, upload_refusal, Core};
 use crate::config::NodeConfig;
 use crate::hash::BlobHash;
@@ -197,8 +198,16 @@ enum StreamState {
         offset: usize,
         end: usize,
     },
-    /// A small request body arriving (receipts), held in memory.
-    SmallBody { body: Vec<u8>, too_large: bool },
+    /// A small request body arriving (receipts, ledger), held in memory, to be
+    /// handed to `job` off the core once it is whole.
+    SmallBody {
+        body: Vec<u8>,
+        limit: u64,
+        too_large: bool,
+        route: Route,
+        what: &'static str,
+        job: super::routes::BodyJob,
+    },
     /// Waiting for an upload's commit on the store-I/O threads.
     Committing,
     /// The response head could not be sent yet (no stream capacity): retried with
@@ -259,10 +268,10 @@ enum Done {
         req: Box<H3Request>,
         hash: BlobHash,
     },
-    /// A control-plane answer computed off the core (receipts, ledger).
+    /// An answer computed off the core (receipts, ledger, admin).
     Reply {
         route: Route,
-        reply: super::LedgerReply,
+        reply: super::Reply,
     },
 }
 
@@ -725,17 +734,7 @@ impl Endpoint {
                 return;
             }
             Done::Reply { route, reply } => {
-                respond(
-                    core,
-                    conn,
-                    c.stream,
-                    route,
-                    reply.status,
-                    reply.content_type,
-                    Body::Owned(reply.body),
-                    false,
-                    &[],
-                );
+                send_reply(core, conn, c.stream, route, reply, false);
                 send_bodies(core, conn);
                 return;
             }
@@ -1036,189 +1035,147 @@ fn on_request(
     };
     let (path, _) = req.target();
     let route = http::route(path);
-    match (route, req.method) {
-        (Route::Healthz, http::Method::Get | http::Method::Head) => {
-            respond_text(core, conn, stream, route, Status::Ok, "ok\n");
+    let find = |name: &[u8]| list.iter().find(|h| h.name() == name).map(|h| h.value());
+    let head = super::routes::Head {
+        method: req.method,
+        route,
+        auth: super::routes::auth(core, find(b"authorization")),
+        peer: super::routes::peer(
+            core,
+            req.method,
+            path,
+            find(b"x-tessera-peer"),
+            find(b"x-tessera-peer-time"),
+            find(b"x-tessera-peer-sig"),
+        ),
+    };
+    let head_only = req.method == http::Method::Head;
+    match super::routes::plan(core, &head) {
+        Plan::Reply(reply) => send_reply(core, conn, stream, route, reply, head_only),
+        Plan::Blob(hash) => get_blob(core, conn, stream, &req, route, hash, Some(commits)),
+        Plan::Upload => begin_upload(core, conn, stream, more_frames),
+        Plan::OffCore(job) => run_job(conn, stream, route, commits, job),
+        Plan::Body { what, .. } if !more_frames => {
+            let msg = format!("{what} need a body\n");
+            respond_text(core, conn, stream, route, Status::BadRequest, &msg);
         }
-        (Route::Metrics, http::Method::Get | http::Method::Head) => {
-            let mut text = core.shared.metrics.render(&core.shared.store);
-            if let Some(extra) = &core.shared.hooks.extra_metrics {
-                text.push_str(&extra());
-            }
-            let text = text.into_bytes();
-            respond(
-                core,
-                conn,
-                stream,
-                route,
-                Status::Ok,
-                "text/plain; version=0.0.4",
-                Body::Owned(text),
-                req.method == http::Method::Head,
-                &[],
-            );
-        }
-        (Route::Members | Route::RouteOf(_), http::Method::Get | http::Method::Head) => {
-            let hooks = &core.shared.hooks;
-            let json = match route {
-                Route::Members => hooks.members.as_ref().map(|render| render()),
-                Route::RouteOf(hash) => hooks.route.as_ref().map(|render| {
-                    let holds = matches!(core.open_blob(&hash), Ok(Some(_)));
-                    render(&hash.0, holds)
-                }),
-                _ => None,
-            };
-            match json {
-                Some(text) => respond(
-                    core,
-                    conn,
-                    stream,
-                    route,
-                    Status::Ok,
-                    "application/json",
-                    Body::Owned(text.into_bytes()),
-                    req.method == http::Method::Head,
-                    &[],
-                ),
-                None => respond_text(
-                    core,
-                    conn,
-                    stream,
-                    route,
-                    Status::NotFound,
-                    "no control plane on this node\n",
-                ),
-            }
-        }
-        (Route::Blobs, http::Method::Post) => {
-            if !more_frames {
-                // An empty upload.
-                let store = core.shared.store.clone();
-                let result = store
-                    .begin_put(core.shared.config.max_body_bytes)
-                    .and_then(|w| w.finish());
-                match result {
-                    Ok(out) => {
-                        let body = format!("{{\"hash\":\"{}\",\"size\":{}}}\n", out.hash, out.size)
-                            .into_bytes();
-                        respond(
-                            core,
-                            conn,
-                            stream,
-                            route,
-                            Status::Created,
-                            "application/json",
-                            Body::Owned(body),
-                            false,
-                            &[],
-                        );
-                    }
-                    Err(e) => upload_error(core, conn, stream, e),
-                }
-                return;
-            }
-            match core
-                .shared
-                .store
-                .begin_put(core.shared.config.max_body_bytes)
-            {
-                Ok(w) => {
-                    conn.streams.insert(
-                        stream,
-                        StreamState::Upload {
-                            writer: Some(w),
-                            failed: None,
-                        },
-                    );
-                }
-                Err(e) => upload_error(core, conn, stream, e),
-            }
-        }
-        (Route::Blob(hash), http::Method::Get | http::Method::Head) => {
-            get_blob(core, conn, stream, &req, route, hash, Some(commits));
-        }
-        (Route::Receipts, http::Method::Post) => {
-            if !more_frames {
-                let msg = "receipts need a body\n";
-                respond_text(core, conn, stream, route, Status::BadRequest, msg);
-                return;
-            }
+        Plan::Body { limit, what, job } => {
             conn.streams.insert(
                 stream,
                 StreamState::SmallBody {
                     body: Vec::new(),
+                    limit,
                     too_large: false,
+                    route,
+                    what,
+                    job,
                 },
             );
         }
-        (Route::Ledger(l), http::Method::Get) if !l.is_post() => {
-            let Some(handler) = core.shared.hooks.ledger.clone() else {
-                let msg = "this node runs no ledger\n";
-                respond_text(core, conn, stream, route, Status::NotFound, msg);
-                return;
-            };
-            conn.streams.insert(stream, StreamState::Committing);
-            let id = conn.quic.source_id().into_owned();
-            let commits = commits.clone();
-            monoio::spawn(async move {
-                let call = super::LedgerCall {
-                    route: l,
-                    body: Vec::new(),
-                    peer: None,
-                };
-                let result = Done::Reply {
-                    route,
-                    reply: super::LedgerReply::from_call(off_core(move || Ok(handler(call))).await),
-                };
-                let _ = commits.send(Committed {
-                    conn: id,
-                    stream,
-                    result,
-                });
-            });
-        }
-        (Route::BadHash(e), _) => {
-            let msg = format!("malformed blob hash: {e}\n").into_bytes();
-            respond(
-                core,
-                conn,
-                stream,
-                route,
-                Status::BadRequest,
-                "text/plain",
-                Body::Owned(msg),
-                false,
-                &[],
-            );
-        }
-        (Route::NotFound, _) => respond_text(
-            core,
-            conn,
-            stream,
-            route,
-            Status::NotFound,
-            "no such route\n",
-        ),
-        (Route::Blob(_) | Route::Pin(_), http::Method::Delete | http::Method::Put) => {
-            // Admin calls stay on HTTP/1.1, where the token is checked.
-            respond_text(
-                core,
-                conn,
-                stream,
-                route,
-                Status::MethodNotAllowed,
-                "admin routes are served over HTTP/1.1\n",
-            );
-        }
-        _ => respond_text(
-            core,
-            conn,
-            stream,
-            route,
-            Status::MethodNotAllowed,
-            "method not allowed\n",
-        ),
     }
+}
+
+/// `POST /blobs`: the body streams into a store writer as it arrives.
+fn begin_upload(core: &Core, conn: &mut QuicConn, stream: u64, more_frames: bool) {
+    let route = Route::Blobs;
+    if !more_frames {
+        // An empty upload.
+        let store = core.shared.store.clone();
+        let result = store
+            .begin_put(core.shared.config.max_body_bytes)
+            .and_then(|w| w.finish());
+        match result {
+            Ok(out) => {
+                let body =
+                    format!("{{\"hash\":\"{}\",\"size\":{}}}\n", out.hash, out.size).into_bytes();
+                respond(
+                    core,
+                    conn,
+                    stream,
+                    route,
+                    Status::Created,
+                    "application/json",
+                    Body::Owned(body),
+                    false,
+                    &[],
+                );
+            }
+            Err(e) => upload_error(core, conn, stream, e),
+        }
+        return;
+    }
+    match core
+        .shared
+        .store
+        .begin_put(core.shared.config.max_body_bytes)
+    {
+        Ok(w) => {
+            conn.streams.insert(
+                stream,
+                StreamState::Upload {
+                    writer: Some(w),
+                    failed: None,
+                },
+            );
+        }
+        Err(e) => upload_error(core, conn, stream, e),
+    }
+}
+
+/// Runs a route's job on the store-I/O pool and answers the stream when it is
+/// done (through the core's commit queue).
+fn run_job(
+    conn: &mut QuicConn,
+    stream: u64,
+    route: Route,
+    commits: &flume::Sender<Committed>,
+    job: impl FnOnce() -> super::Reply + Send + 'static,
+) {
+    conn.streams.insert(stream, StreamState::Committing);
+    let id = conn.quic.source_id().into_owned();
+    let commits = commits.clone();
+    monoio::spawn(async move {
+        let reply = super::run_job(job).await;
+        let _ = commits.send(Committed {
+            conn: id,
+            stream,
+            result: Done::Reply { route, reply },
+        });
+    });
+}
+
+/// Writes a [`super::Reply`] as HTTP/3.
+fn send_reply(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    route: Route,
+    reply: super::Reply,
+    head_only: bool,
+) {
+    let len = reply.body.len();
+    let clen = if reply.has_length() {
+        len.to_string()
+    } else {
+        String::new()
+    };
+    let extra: Vec<(&str, &[u8])> = reply
+        .extra
+        .iter()
+        .map(|&(name, value)| (name, value.as_bytes()))
+        .collect();
+    let rest = (!head_only && len > 0).then_some((Body::Owned(reply.body), 0, len));
+    start_response(
+        core,
+        conn,
+        stream,
+        route,
+        reply.status,
+        reply.content_type,
+        &clen,
+        &extra,
+        rest,
+    );
 }
 
 /// `fetch`: where to report a fetch from peers on a miss (None: do not fetch,
@@ -1467,8 +1424,14 @@ fn on_data(core: &Core, conn: &mut QuicConn, stream: u64) {
             Err(_) => return,
         };
         bump(&core.stats().bytes_received, n as u64);
-        if let Some(StreamState::SmallBody { body, too_large }) = conn.streams.get_mut(&stream) {
-            if body.len() + n > super::MAX_RECEIPTS_BODY as usize {
+        if let Some(StreamState::SmallBody {
+            body,
+            limit,
+            too_large,
+            ..
+        }) = conn.streams.get_mut(&stream)
+        {
+            if (body.len() + n) as u64 > *limit {
                 *too_large = true;
             } else {
                 body.extend_from_slice(&buf[..n]);
@@ -1491,10 +1454,22 @@ fn on_data(core: &Core, conn: &mut QuicConn, stream: u64) {
 
 fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::Sender<Committed>) {
     if let Some(StreamState::SmallBody { .. }) = conn.streams.get(&stream) {
-        let Some(StreamState::SmallBody { body, too_large }) = conn.streams.remove(&stream) else {
+        let Some(StreamState::SmallBody {
+            body,
+            limit,
+            too_large,
+            route,
+            what,
+            job,
+        }) = conn.streams.remove(&stream)
+        else {
             return;
         };
-        return receipts(core, conn, stream, body, too_large, commits);
+        if too_large {
+            let msg = format!("{what} body too large (at most {limit} bytes)\n");
+            return respond_text(core, conn, stream, route, Status::PayloadTooLarge, &msg);
+        }
+        return run_job(conn, stream, route, commits, move || job(body));
     }
     let Some(StreamState::Upload { writer, failed }) = conn.streams.get_mut(&stream) else {
         return;
@@ -1514,38 +1489,6 @@ fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::S
             conn: id,
             stream,
             result: Done::Upload(result),
-        });
-    });
-}
-
-/// `POST /receipts` over HTTP/3: checked and fsynced off the core, as over
-/// HTTP/1.1, then answered.
-fn receipts(
-    core: &Core,
-    conn: &mut QuicConn,
-    stream: u64,
-    body: Vec<u8>,
-    too_large: bool,
-    commits: &flume::Sender<Committed>,
-) {
-    let route = Route::Receipts;
-    if too_large {
-        let msg = "receipts body too large\n";
-        return respond_text(core, conn, stream, route, Status::PayloadTooLarge, msg);
-    }
-    let Some(store) = core.shared.hooks.store_receipts.clone() else {
-        let msg = "no control plane on this node\n";
-        return respond_text(core, conn, stream, route, Status::NotFound, msg);
-    };
-    conn.streams.insert(stream, StreamState::Committing);
-    let id = conn.quic.source_id().into_owned();
-    let commits = commits.clone();
-    monoio::spawn(async move {
-        let reply = super::LedgerReply::receipts(off_core(move || Ok(store(&body))).await);
-        let _ = commits.send(Committed {
-            conn: id,
-            stream,
-            result: Done::Reply { route, reply },
         });
     });
 }

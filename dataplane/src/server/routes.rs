@@ -1,0 +1,314 @@
+//! One router for both transports.
+//!
+//! Each transport turns a request head into a [`Head`] (method, route, the admin
+//! token's verdict, the signing node) and asks [`plan`] what to do with it. The
+//! answer is a [`Plan`]: a reply ready now, work to run off the core (with or
+//! without the request body first), or one of the two paths a transport still
+//! serves itself because they are its zero-copy hot paths (a blob GET, an upload
+//! streamed into the store). Neither transport names any other route: a route
+//! added here exists on HTTP/1.1 and HTTP/3 alike, with the same statuses,
+//! headers and checks (admin token, node signatures).
+//!
+//! What runs where: [`plan`] runs on the core and does not block (metrics and the
+//! cluster view are rendered from memory). [`Job`]s and [`BodyJob`]s run on the
+//! store-I/O pool: store operations, receipts (fsynced), ledger calls.
+
+use super::{constant_time_eq, Core, LedgerCall, LedgerReply};
+use crate::hash::BlobHash;
+use crate::http::{self, LedgerRoute, Method, Route, Status};
+use crate::store::{Store, StoreError};
+
+/// Largest body a `/ledger/` request may carry (a consensus message).
+pub(super) const MAX_LEDGER_BODY: u64 = 4 << 20;
+/// Largest receipts batch a client may send in one request.
+pub(super) const MAX_RECEIPTS_BODY: u64 = 8 << 10;
+
+/// A response both transports write the same way.
+pub(super) struct Reply {
+    pub status: Status,
+    /// Empty: no `Content-Type` (204).
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// One more header: `Allow` on a 405, `WWW-Authenticate` on a 401.
+    pub extra: Option<(&'static str, &'static str)>,
+}
+
+impl Reply {
+    pub fn text(status: Status, text: &str) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain",
+            body: text.as_bytes().to_vec(),
+            extra: None,
+        }
+    }
+
+    fn json(text: String) -> Reply {
+        Reply {
+            status: Status::Ok,
+            content_type: "application/json",
+            body: text.into_bytes(),
+            extra: None,
+        }
+    }
+
+    fn no_content() -> Reply {
+        Reply {
+            status: Status::NoContent,
+            content_type: "",
+            body: Vec::new(),
+            extra: None,
+        }
+    }
+
+    /// Whether the response states a `Content-Length`: not a 204 or a 304
+    /// (RFC 9110 §8.6).
+    pub fn has_length(&self) -> bool {
+        !matches!(self.status, Status::NoContent | Status::NotModified)
+    }
+}
+
+impl From<LedgerReply> for Reply {
+    fn from(r: LedgerReply) -> Reply {
+        Reply {
+            status: r.status,
+            content_type: r.content_type,
+            body: r.body,
+            extra: None,
+        }
+    }
+}
+
+/// Work for the store-I/O pool that produces the reply.
+pub(super) type Job = Box<dyn FnOnce() -> Reply + Send>;
+/// The same, given the request body.
+pub(super) type BodyJob = Box<dyn FnOnce(Vec<u8>) -> Reply + Send>;
+
+/// What to do with a request.
+pub(super) enum Plan {
+    /// Answer now.
+    Reply(Reply),
+    /// `GET`/`HEAD /blobs/{hash}`: the transport serves the blob (zero-copy over
+    /// HTTP/1.1, mapped over HTTP/3), preconditions and ranges included.
+    Blob(BlobHash),
+    /// `POST /blobs`: the transport streams the body into the store.
+    Upload,
+    /// Run off the core, then answer.
+    OffCore(Job),
+    /// Read the whole body (at most `limit` bytes; `what` names it in errors),
+    /// then run `job` off the core and answer.
+    Body {
+        limit: u64,
+        what: &'static str,
+        job: BodyJob,
+    },
+}
+
+/// The admin token's verdict on a request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Auth {
+    /// No `admin_token` configured: admin routes are closed.
+    Disabled,
+    Missing,
+    Wrong,
+    Ok,
+}
+
+/// Checks an `Authorization` value against the configured admin token
+/// (constant-time).
+pub(super) fn auth(core: &Core, authorization: Option<&[u8]>) -> Auth {
+    match (&core.shared.config.admin_token, authorization) {
+        (None, _) => Auth::Disabled,
+        (Some(_), None) => Auth::Missing,
+        (Some(token), Some(given)) => match given.strip_prefix(b"Bearer ") {
+            Some(g) if constant_time_eq(g, token.as_bytes()) => Auth::Ok,
+            _ => Auth::Wrong,
+        },
+    }
+}
+
+/// The signing node of a request that says it comes from one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Peer {
+    /// Not from a node (no `X-Tessera-Peer`).
+    None,
+    /// Signed by this node, a live member, just now.
+    Signed([u8; 32]),
+    /// Claims to be from a node and does not check out: 401.
+    Refused,
+}
+
+/// Checks the `X-Tessera-Peer`, `-Time` and `-Sig` values of a request (see
+/// [`http::peer_message`]). Without a control plane there is no one to check
+/// against: refused.
+pub(super) fn peer(
+    core: &Core,
+    method: Method,
+    path: &[u8],
+    id: Option<&[u8]>,
+    time: Option<&[u8]>,
+    sig: Option<&[u8]>,
+) -> Peer {
+    let Some(id) = id else {
+        return Peer::None;
+    };
+    let (Some(verify), Some(time), Some(sig)) = (core.shared.hooks.verify_peer.as_ref(), time, sig)
+    else {
+        return Peer::Refused;
+    };
+    let message = http::peer_message(method.as_str().as_bytes(), path, time);
+    match (verify(id, time, sig, &message), http::parse_hex32(id)) {
+        (true, Some(node)) => Peer::Signed(node),
+        _ => Peer::Refused,
+    }
+}
+
+/// What a transport knows of a request head, for [`plan`].
+pub(super) struct Head {
+    pub method: Method,
+    pub route: Route,
+    pub auth: Auth,
+    pub peer: Peer,
+}
+
+/// Decides what to do with a request. Runs on the core; never blocks.
+pub(super) fn plan(core: &Core, head: &Head) -> Plan {
+    let hooks = &core.shared.hooks;
+    let get = matches!(head.method, Method::Get | Method::Head);
+    if head.peer == Peer::Refused {
+        return Plan::Reply(Reply::text(
+            Status::Unauthorized,
+            "request says it comes from a node, but its signature does not check out\n",
+        ));
+    }
+    let no_control_plane = || Reply::text(Status::NotFound, "no control plane on this node\n");
+    match (head.route, head.method) {
+        (Route::Healthz, _) if get => Plan::Reply(Reply::text(Status::Ok, "ok\n")),
+        (Route::Metrics, _) if get => {
+            let mut text = core.shared.metrics.render(&core.shared.store);
+            if let Some(extra) = &hooks.extra_metrics {
+                text.push_str(&extra());
+            }
+            Plan::Reply(Reply {
+                status: Status::Ok,
+                content_type: "text/plain; version=0.0.4",
+                body: text.into_bytes(),
+                extra: None,
+            })
+        }
+        (Route::Members, _) if get => Plan::Reply(match &hooks.members {
+            Some(render) => Reply::json(render()),
+            None => no_control_plane(),
+        }),
+        (Route::RouteOf(hash), _) if get => Plan::Reply(match &hooks.route {
+            Some(render) => {
+                let holds = matches!(core.open_blob(&hash), Ok(Some(_)));
+                Reply::json(render(&hash.0, holds))
+            }
+            None => no_control_plane(),
+        }),
+        (Route::Blob(hash), _) if get => Plan::Blob(hash),
+        (Route::Blobs, Method::Post) => Plan::Upload,
+        (Route::Receipts, Method::Post) => match hooks.store_receipts.clone() {
+            Some(store) => Plan::Body {
+                limit: MAX_RECEIPTS_BODY,
+                what: "receipts",
+                job: Box::new(move |body| match store(&body) {
+                    Ok(k) => Reply {
+                        status: Status::Accepted,
+                        content_type: "application/json",
+                        body: format!("{{\"accepted\":{k}}}\n").into_bytes(),
+                        extra: None,
+                    },
+                    Err(why) => {
+                        Reply::text(Status::BadRequest, &format!("receipts refused: {why}\n"))
+                    }
+                }),
+            },
+            None => Plan::Reply(no_control_plane()),
+        },
+        (Route::Ledger(l), Method::Post) if l.is_post() => ledger(core, head, l),
+        (Route::Ledger(l), Method::Get) if !l.is_post() => ledger(core, head, l),
+        (Route::Blob(hash), Method::Delete) => {
+            admin(core, head.auth, move |store| store.delete(&hash))
+        }
+        (Route::Pin(hash), Method::Put) => {
+            admin(core, head.auth, move |store| store.set_pinned(&hash, true))
+        }
+        (Route::Pin(hash), Method::Delete) => {
+            admin(core, head.auth, move |store| store.set_pinned(&hash, false))
+        }
+        (Route::BadHash(e), _) => Plan::Reply(Reply::text(
+            Status::BadRequest,
+            &format!("malformed blob hash: {e}\n"),
+        )),
+        (Route::NotFound, _) => Plan::Reply(Reply::text(
+            Status::NotFound,
+            "no such route; see the API table in the README\n",
+        )),
+        (route, _) => Plan::Reply(Reply {
+            extra: Some(("Allow", route.allow())),
+            ..Reply::text(Status::MethodNotAllowed, "method not allowed\n")
+        }),
+    }
+}
+
+/// `/ledger/...`: handed to the control plane off the core, with the body of a
+/// POST and the node that signed the request.
+fn ledger(core: &Core, head: &Head, route: LedgerRoute) -> Plan {
+    let Some(handler) = core.shared.hooks.ledger.clone() else {
+        return Plan::Reply(Reply::text(
+            Status::NotFound,
+            "this node runs no ledger (set [ledger] genesis)\n",
+        ));
+    };
+    let peer = match head.peer {
+        Peer::Signed(node) => Some(node),
+        _ => None,
+    };
+    let call = move |body| -> Reply { handler(LedgerCall { route, body, peer }).into() };
+    if route.is_post() {
+        Plan::Body {
+            limit: MAX_LEDGER_BODY,
+            what: "ledger requests",
+            job: Box::new(call),
+        }
+    } else {
+        Plan::OffCore(Box::new(move || call(Vec::new())))
+    }
+}
+
+/// An admin route: the token checked on the core, the store operation off it.
+fn admin(
+    core: &Core,
+    auth: Auth,
+    op: impl FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
+) -> Plan {
+    match auth {
+        Auth::Disabled => Plan::Reply(Reply::text(
+            Status::Forbidden,
+            "admin API disabled: set admin_token in the node's config\n",
+        )),
+        Auth::Missing | Auth::Wrong => Plan::Reply(Reply {
+            extra: Some(("WWW-Authenticate", "Bearer")),
+            ..Reply::text(
+                Status::Unauthorized,
+                "send Authorization: Bearer <admin token>\n",
+            )
+        }),
+        Auth::Ok => {
+            let store = core.shared.store.clone();
+            Plan::OffCore(Box::new(move || match op(&store) {
+                Ok(()) => Reply::no_content(),
+                Err(StoreError::NotFound(_)) => Reply::text(Status::NotFound, "blob not found\n"),
+                Err(e) => {
+                    tracing::error!("admin operation failed: {e}");
+                    Reply::text(
+                        Status::InternalServerError,
+                        "store operation failed; see the node's log\n",
+                    )
+                }
+            }))
+        }
+    }
+}
