@@ -10,6 +10,8 @@ mod h3client;
 mod ledger;
 mod node;
 mod peering;
+#[cfg(feature = "test-services")]
+mod test_services;
 
 use std::path::PathBuf;
 

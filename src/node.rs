@@ -126,6 +126,14 @@ pub fn load_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
 /// (sysexits' EX_CONFIG); the systemd unit does not restart on it.
 pub const EXIT_CONFIG: u8 = 78;
 
+/// The services this node runs. None are built yet but the test ones.
+fn services() -> Vec<Arc<dyn service_api::Service>> {
+    #[cfg(feature = "test-services")]
+    return crate::test_services::from_env();
+    #[cfg(not(feature = "test-services"))]
+    Vec::new()
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&args)?;
     // The node's identity: made on first start, then always the same. A key file
@@ -215,6 +223,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let hooks = Hooks {
+        services: services(),
         control_inbox: cluster.as_ref().map(|c| c.inbox()),
         members: cluster.as_ref().map(|c| c.members_renderer()),
         route: cluster.as_ref().map(|c| c.route_renderer(replication)),
@@ -250,7 +259,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             None => None,
         },
     };
-    let server = Server::start_with(cfg, store, shutdown.clone(), hooks)?;
+    let server = match Server::start_with(cfg, store, shutdown.clone(), hooks) {
+        Ok(server) => server,
+        // Two services on one mount: the operator's configuration to mend.
+        Err(dataplane::server::ServerError::Services(why)) => {
+            eprintln!("error: {why}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(%listen, cores, "listening on http://{listen}");
     // Tell a notify-aware supervisor (systemd Type=notify) we serve; a no-op without
     // NOTIFY_SOCKET.

@@ -8,6 +8,8 @@ use crate::hash::{BlobHash, HashParseError};
 
 pub mod conditional;
 
+pub use service_api::{Method, Status, STATUSES};
+
 pub use conditional::{Outcome as ConditionalOutcome, Preconditions, Validators};
 
 /// The most headers a request may carry; also the size of the parse array on the stack.
@@ -20,29 +22,6 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// At most [`MAX_HEADERS`].
     pub max_headers: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Head,
-    Post,
-    Put,
-    Delete,
-    Other,
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Get => "GET",
-            Method::Head => "HEAD",
-            Method::Post => "POST",
-            Method::Put => "PUT",
-            Method::Delete => "DELETE",
-            Method::Other => "OTHER",
-        }
-    }
 }
 
 /// How the request body is framed.
@@ -574,111 +553,6 @@ pub fn parse_range(header: Option<&[u8]>, size: u64) -> RangeRequest {
                     last: last.min(size - 1),
                 }
             }
-        }
-    }
-}
-
-/// Response statuses the server sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    Created,
-    Accepted,
-    NoContent,
-    PartialContent,
-    NotModified,
-    TemporaryRedirect,
-    BadRequest,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    MethodNotAllowed,
-    PreconditionFailed,
-    PayloadTooLarge,
-    RangeNotSatisfiable,
-    HeaderFieldsTooLarge,
-    InternalServerError,
-    NotImplemented,
-    ServiceUnavailable,
-    InsufficientStorage,
-}
-
-/// All statuses, in the order of [`Status::index`], for metrics.
-pub const STATUSES: [Status; 20] = [
-    Status::Ok,
-    Status::Created,
-    Status::Accepted,
-    Status::NoContent,
-    Status::PartialContent,
-    Status::NotModified,
-    Status::TemporaryRedirect,
-    Status::BadRequest,
-    Status::Unauthorized,
-    Status::Forbidden,
-    Status::NotFound,
-    Status::MethodNotAllowed,
-    Status::PreconditionFailed,
-    Status::PayloadTooLarge,
-    Status::RangeNotSatisfiable,
-    Status::HeaderFieldsTooLarge,
-    Status::InternalServerError,
-    Status::NotImplemented,
-    Status::ServiceUnavailable,
-    Status::InsufficientStorage,
-];
-
-impl Status {
-    pub fn code(self) -> u16 {
-        match self {
-            Status::Ok => 200,
-            Status::Created => 201,
-            Status::Accepted => 202,
-            Status::NoContent => 204,
-            Status::PartialContent => 206,
-            Status::NotModified => 304,
-            Status::TemporaryRedirect => 307,
-            Status::BadRequest => 400,
-            Status::Unauthorized => 401,
-            Status::Forbidden => 403,
-            Status::NotFound => 404,
-            Status::MethodNotAllowed => 405,
-            Status::PreconditionFailed => 412,
-            Status::PayloadTooLarge => 413,
-            Status::RangeNotSatisfiable => 416,
-            Status::HeaderFieldsTooLarge => 431,
-            Status::InternalServerError => 500,
-            Status::NotImplemented => 501,
-            Status::ServiceUnavailable => 503,
-            Status::InsufficientStorage => 507,
-        }
-    }
-
-    pub fn index(self) -> usize {
-        STATUSES.iter().position(|s| *s == self).unwrap_or(0)
-    }
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            Status::Ok => "OK",
-            Status::Created => "Created",
-            Status::Accepted => "Accepted",
-            Status::NoContent => "No Content",
-            Status::PartialContent => "Partial Content",
-            Status::NotModified => "Not Modified",
-            Status::TemporaryRedirect => "Temporary Redirect",
-            Status::BadRequest => "Bad Request",
-            Status::Unauthorized => "Unauthorized",
-            Status::Forbidden => "Forbidden",
-            Status::NotFound => "Not Found",
-            Status::MethodNotAllowed => "Method Not Allowed",
-            Status::PreconditionFailed => "Precondition Failed",
-            Status::PayloadTooLarge => "Content Too Large",
-            Status::RangeNotSatisfiable => "Range Not Satisfiable",
-            Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
-            Status::InternalServerError => "Internal Server Error",
-            Status::NotImplemented => "Not Implemented",
-            Status::ServiceUnavailable => "Service Unavailable",
-            Status::InsufficientStorage => "Insufficient Storage",
         }
     }
 }

@@ -41,6 +41,7 @@ use crate::verified::{self, Verifier};
 
 mod h3;
 mod routes;
+pub mod services;
 pub use h3::{ensure_tls, exercise as exercise_h3_request};
 use routes::{Plan, Reply};
 
@@ -77,6 +78,8 @@ pub enum ServerError {
     Thread(String),
     #[error("HTTP/3: {0}")]
     Tls(String),
+    #[error("services: {0}")]
+    Services(String),
 }
 
 /// What every core shares (read-only after start, apart from the store's own locks).
@@ -95,12 +98,17 @@ pub struct Shared {
     /// Certificate and key for HTTP/3, checked at start.
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub hooks: Hooks,
+    /// The services, their mounts and worker pools.
+    pub services: services::Services,
 }
 
 /// What the control plane plugs into the data plane (DESIGN: the planes meet only
 /// at bounded channels and snapshots).
 #[derive(Clone, Default)]
 pub struct Hooks {
+    /// The services the node runs (see the `service-api` crate); their mounts
+    /// are claimed at start, and two claims on one mount stop the node.
+    pub services: Vec<Arc<dyn service_api::Service>>,
     /// Datagrams on the node's UDP port that are not QUIC go here (gossip). QUIC v1
     /// always sets the fixed bit (0x40) of the first byte; a first byte below 0x40
     /// is never QUIC, so one port carries both. Bounded: when full, dropped.
@@ -208,6 +216,7 @@ impl Server {
         } else {
             Vec::new()
         };
+        let services = services::Services::start(&hooks.services).map_err(ServerError::Services)?;
         let (forward_txs, mut forward_rxs): (Vec<_>, Vec<_>) =
             (0..n).map(|_| flume::bounded(h3::FORWARD_QUEUE)).unzip();
         let (touch_tx, touch_rx) = crossbeam_channel::bounded(TOUCH_BATCHES_QUEUED);
@@ -225,6 +234,7 @@ impl Server {
             alt_svc,
             tls,
             hooks,
+            services,
         });
         let maintenance = {
             let store = store.clone();
@@ -672,6 +682,8 @@ struct ReqInfo {
     /// The node that signed the request, checked.
     peer: routes::Peer,
     preconditions: Preconditions,
+    /// The service whose mount the request is under.
+    service: Option<usize>,
 }
 
 impl ReqInfo {
@@ -827,6 +839,7 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
         from_peer: req.from_peer,
         peer,
         preconditions: req.preconditions.clone(),
+        service: core.shared.services.table.find(req.host, req.path),
     }
 }
 
@@ -839,15 +852,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next> {
     let route = info.route;
-    let plan = routes::plan(
+    let mut plan = routes::plan(
         core,
         &routes::Head {
             method: info.method,
             route,
             auth: info.auth,
             peer: info.peer,
+            service: info.service,
         },
     );
+    if let Plan::Service(index) = plan {
+        plan = service_plan(core, conn, index);
+    }
     // Only uploads and small-body routes read a body; any other request that
     // carries one is answered and the connection closed, rather than guessing
     // where the next request starts.
@@ -869,16 +886,59 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
             let reply = run_job(job).await;
             write_reply(core, conn, route, reply, keep_alive, head_only).await
         }
-        Plan::Body { limit, what, job } => {
-            let body = match small_body(core, conn, &info, limit, what).await? {
-                Ok(b) => b,
-                Err(next) => return Ok(next),
+        Plan::Body {
+            limit,
+            what,
+            required,
+            then,
+        } => {
+            let body = if !required && info.body == Body::None {
+                conn.rbuf.drain(..info.head_len);
+                Vec::new()
+            } else {
+                match small_body(core, conn, &info, limit, what).await? {
+                    Ok(b) => b,
+                    Err(next) => return Ok(next),
+                }
             };
             let keep_alive = info.keep_alive && !core.stopping.get();
-            let reply = run_job(move || job(body)).await;
-            write_reply(core, conn, route, reply, keep_alive, false).await
+            let reply = then.run(body).await;
+            write_reply(core, conn, route, reply, keep_alive, head_only).await
+        }
+        // Resolved above.
+        Plan::Service(_) => {
+            write_reply(
+                core,
+                conn,
+                route,
+                Reply::text(Status::InternalServerError, "unresolved service\n"),
+                false,
+                false,
+            )
+            .await
         }
     }
+}
+
+/// A service's decision on the request head still in the read buffer.
+fn service_plan(core: &Core, conn: &Conn, index: usize) -> Plan {
+    let Some(running) = core.shared.services.running.get(index) else {
+        return Plan::Reply(Reply::text(Status::NotFound, "no such service\n"));
+    };
+    // The head parsed before; parsed again here for the borrowed view.
+    let Ok(Some(req)) = http::parse_request(&conn.rbuf, core.shared.limits) else {
+        return Plan::Reply(Reply::text(Status::BadRequest, "malformed request head\n"));
+    };
+    let headers = services::RawHead(&conn.rbuf[..req.head_len]);
+    let view = service_api::Request {
+        method: req.method,
+        path: req.path,
+        query: req.query,
+        host: req.host,
+        headers: &headers,
+        peer: conn.stream.peer_addr().ok(),
+    };
+    services::plan(running, &view)
 }
 
 /// Runs a route's job on the store-I/O pool; a job that panics is a 500.
@@ -904,13 +964,14 @@ async fn write_reply(
     let keep_alive = keep_alive && reply.status != Status::InternalServerError;
     let mut wbuf = std::mem::take(&mut conn.wbuf);
     let mut h = head(core, &mut wbuf, reply.status);
-    if !reply.content_type.is_empty() {
-        h = h.header("Content-Type", reply.content_type.as_bytes());
+    for (name, value) in &reply.headers {
+        // The length and the connection are the transport's to state.
+        if !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case("connection")
+        {
+            h = h.header(name, value);
+        }
     }
-    if let Some((name, value)) = reply.extra {
-        h = h.header(name, value.as_bytes());
-    }
-    if reply.has_length() {
+    if routes::has_length(reply.status) {
         h.finish(reply.body.len() as u64, keep_alive);
     } else {
         h.finish_without_length(keep_alive);

@@ -198,15 +198,15 @@ enum StreamState {
         offset: usize,
         end: usize,
     },
-    /// A small request body arriving (receipts, ledger), held in memory, to be
-    /// handed to `job` off the core once it is whole.
+    /// A small request body arriving (receipts, ledger, a service's request),
+    /// held in memory, handed on off the core once it is whole.
     SmallBody {
         body: Vec<u8>,
         limit: u64,
         too_large: bool,
         route: Route,
         what: &'static str,
-        job: super::routes::BodyJob,
+        then: super::routes::AfterBody,
     },
     /// Waiting for an upload's commit on the store-I/O threads.
     Committing,
@@ -272,6 +272,7 @@ enum Done {
     Reply {
         route: Route,
         reply: super::Reply,
+        head_only: bool,
     },
 }
 
@@ -733,8 +734,12 @@ impl Endpoint {
                 send_bodies(core, conn);
                 return;
             }
-            Done::Reply { route, reply } => {
-                send_reply(core, conn, c.stream, route, reply, false);
+            Done::Reply {
+                route,
+                reply,
+                head_only,
+            } => {
+                send_reply(core, conn, c.stream, route, reply, head_only);
                 send_bodies(core, conn);
                 return;
             }
@@ -1036,6 +1041,7 @@ fn on_request(
     let (path, _) = req.target();
     let route = http::route(path);
     let find = |name: &[u8]| list.iter().find(|h| h.name() == name).map(|h| h.value());
+    let authority = find(b":authority");
     let head = super::routes::Head {
         method: req.method,
         route,
@@ -1048,18 +1054,46 @@ fn on_request(
             find(b"x-tessera-peer-time"),
             find(b"x-tessera-peer-sig"),
         ),
+        service: core.shared.services.table.find(authority, path),
     };
     let head_only = req.method == http::Method::Head;
-    match super::routes::plan(core, &head) {
+    let mut plan = super::routes::plan(core, &head);
+    if let Plan::Service(index) = plan {
+        plan = match core.shared.services.running.get(index) {
+            Some(running) => {
+                let headers = super::services::H3Headers(list);
+                let (path, query) = req.target();
+                let view = service_api::Request {
+                    method: req.method,
+                    path,
+                    query,
+                    host: authority,
+                    headers: &headers,
+                    peer: Some(conn.peer),
+                };
+                super::services::plan(running, &view)
+            }
+            None => Plan::Reply(super::Reply::text(Status::NotFound, "no such service\n")),
+        };
+    }
+    match plan {
         Plan::Reply(reply) => send_reply(core, conn, stream, route, reply, head_only),
         Plan::Blob(hash) => get_blob(core, conn, stream, &req, route, hash, Some(commits)),
         Plan::Upload => begin_upload(core, conn, stream, more_frames),
-        Plan::OffCore(job) => run_job(conn, stream, route, commits, job),
-        Plan::Body { what, .. } if !more_frames => {
+        Plan::OffCore(job) => {
+            let after = super::routes::AfterBody::Job(Box::new(move |_| job()));
+            run_after(conn, stream, route, commits, after, Vec::new(), head_only);
+        }
+        Plan::Body { what, required, .. } if required && !more_frames => {
             let msg = format!("{what} need a body\n");
             respond_text(core, conn, stream, route, Status::BadRequest, &msg);
         }
-        Plan::Body { limit, what, job } => {
+        Plan::Body { then, .. } if !more_frames => {
+            run_after(conn, stream, route, commits, then, Vec::new(), head_only);
+        }
+        Plan::Body {
+            limit, what, then, ..
+        } => {
             conn.streams.insert(
                 stream,
                 StreamState::SmallBody {
@@ -1068,9 +1102,13 @@ fn on_request(
                     too_large: false,
                     route,
                     what,
-                    job,
+                    then,
                 },
             );
+        }
+        Plan::Service(_) => {
+            let msg = "unresolved service\n";
+            respond_text(core, conn, stream, route, Status::InternalServerError, msg);
         }
     }
 }
@@ -1122,24 +1160,31 @@ fn begin_upload(core: &Core, conn: &mut QuicConn, stream: u64, more_frames: bool
     }
 }
 
-/// Runs a route's job on the store-I/O pool and answers the stream when it is
-/// done (through the core's commit queue).
-fn run_job(
+/// Hands a request body on off the core (a store-I/O job or a service's
+/// pool) and answers the stream when it is done, through the core's commit
+/// queue.
+fn run_after(
     conn: &mut QuicConn,
     stream: u64,
     route: Route,
     commits: &flume::Sender<Committed>,
-    job: impl FnOnce() -> super::Reply + Send + 'static,
+    then: super::routes::AfterBody,
+    body: Vec<u8>,
+    head_only: bool,
 ) {
     conn.streams.insert(stream, StreamState::Committing);
     let id = conn.quic.source_id().into_owned();
     let commits = commits.clone();
     monoio::spawn(async move {
-        let reply = super::run_job(job).await;
+        let reply = then.run(body).await;
         let _ = commits.send(Committed {
             conn: id,
             stream,
-            result: Done::Reply { route, reply },
+            result: Done::Reply {
+                route,
+                reply,
+                head_only,
+            },
         });
     });
 }
@@ -1153,25 +1198,42 @@ fn send_reply(
     reply: super::Reply,
     head_only: bool,
 ) {
-    let len = reply.body.len();
-    let clen = if reply.has_length() {
+    let super::Reply {
+        status,
+        headers,
+        body,
+    } = reply;
+    let len = body.len();
+    let clen = if super::routes::has_length(status) {
         len.to_string()
     } else {
         String::new()
     };
-    let extra: Vec<(&str, &[u8])> = reply
-        .extra
+    // HTTP/3 field names are lower case (RFC 9114 §4.2); length and
+    // connection are the transport's.
+    let names: Vec<String> = headers
         .iter()
-        .map(|&(name, value)| (name, value.as_bytes()))
+        .map(|(n, _)| n.to_ascii_lowercase())
         .collect();
-    let rest = (!head_only && len > 0).then_some((Body::Owned(reply.body), 0, len));
+    let extra: Vec<(&str, &[u8])> = names
+        .iter()
+        .zip(&headers)
+        .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "connection" | "content-type"))
+        .map(|(n, (_, v))| (n.as_str(), v.as_slice()))
+        .collect();
+    let content_type = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .unwrap_or("");
+    let rest = (!head_only && len > 0).then_some((Body::Owned(body), 0, len));
     start_response(
         core,
         conn,
         stream,
         route,
-        reply.status,
-        reply.content_type,
+        status,
+        content_type,
         &clen,
         &extra,
         rest,
@@ -1460,7 +1522,7 @@ fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::S
             too_large,
             route,
             what,
-            job,
+            then,
         }) = conn.streams.remove(&stream)
         else {
             return;
@@ -1469,7 +1531,7 @@ fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::S
             let msg = format!("{what} body too large (at most {limit} bytes)\n");
             return respond_text(core, conn, stream, route, Status::PayloadTooLarge, &msg);
         }
-        return run_job(conn, stream, route, commits, move || job(body));
+        return run_after(conn, stream, route, commits, then, body, false);
     }
     let Some(StreamState::Upload { writer, failed }) = conn.streams.get_mut(&stream) else {
         return;

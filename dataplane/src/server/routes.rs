@@ -13,6 +13,10 @@
 //! cluster view are rendered from memory). [`Job`]s and [`BodyJob`]s run on the
 //! store-I/O pool: store operations, receipts (fsynced), ledger calls.
 
+use std::sync::Arc;
+
+use service_api::{OwnedRequest, Running};
+
 use super::{constant_time_eq, Core, LedgerCall, LedgerReply};
 use crate::hash::BlobHash;
 use crate::http::{self, LedgerRoute, Method, Route, Status};
@@ -23,59 +27,31 @@ pub(super) const MAX_LEDGER_BODY: u64 = 4 << 20;
 /// Largest receipts batch a client may send in one request.
 pub(super) const MAX_RECEIPTS_BODY: u64 = 8 << 10;
 
-/// A response both transports write the same way.
-pub(super) struct Reply {
-    pub status: Status,
-    /// Empty: no `Content-Type` (204).
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-    /// One more header: `Allow` on a 405, `WWW-Authenticate` on a 401.
-    pub extra: Option<(&'static str, &'static str)>,
+/// Built-in replies are the services' reply type: one shape for both
+/// transports to write.
+pub(super) use service_api::Reply;
+
+fn json(text: String) -> Reply {
+    Reply::new(Status::Ok, "application/json", text)
 }
 
-impl Reply {
-    pub fn text(status: Status, text: &str) -> Reply {
-        Reply {
-            status,
-            content_type: "text/plain",
-            body: text.as_bytes().to_vec(),
-            extra: None,
-        }
+fn no_content() -> Reply {
+    Reply {
+        status: Status::NoContent,
+        headers: Vec::new(),
+        body: Vec::new(),
     }
+}
 
-    fn json(text: String) -> Reply {
-        Reply {
-            status: Status::Ok,
-            content_type: "application/json",
-            body: text.into_bytes(),
-            extra: None,
-        }
-    }
-
-    fn no_content() -> Reply {
-        Reply {
-            status: Status::NoContent,
-            content_type: "",
-            body: Vec::new(),
-            extra: None,
-        }
-    }
-
-    /// Whether the response states a `Content-Length`: not a 204 or a 304
-    /// (RFC 9110 §8.6).
-    pub fn has_length(&self) -> bool {
-        !matches!(self.status, Status::NoContent | Status::NotModified)
-    }
+/// Whether a response states a `Content-Length`: not a 204 or a 304 (RFC 9110
+/// §8.6).
+pub(super) fn has_length(status: Status) -> bool {
+    !matches!(status, Status::NoContent | Status::NotModified)
 }
 
 impl From<LedgerReply> for Reply {
     fn from(r: LedgerReply) -> Reply {
-        Reply {
-            status: r.status,
-            content_type: r.content_type,
-            body: r.body,
-            extra: None,
-        }
+        Reply::new(r.status, r.content_type, r.body)
     }
 }
 
@@ -95,13 +71,36 @@ pub(super) enum Plan {
     Upload,
     /// Run off the core, then answer.
     OffCore(Job),
-    /// Read the whole body (at most `limit` bytes; `what` names it in errors),
-    /// then run `job` off the core and answer.
+    /// Read the whole body (at most `limit` bytes; `what` names it in errors;
+    /// `required`: a request without one is 400), then hand it on off the core
+    /// and answer.
     Body {
         limit: u64,
         what: &'static str,
-        job: BodyJob,
+        required: bool,
+        then: AfterBody,
     },
+    /// A service's mount (index into the node's services): the transport builds
+    /// the request view and asks [`super::services::plan`].
+    Service(usize),
+}
+
+/// Where a request body goes once read.
+pub(super) enum AfterBody {
+    /// A job on the store-I/O pool.
+    Job(BodyJob),
+    /// The service's own pool ([`super::services::call`]).
+    Service(Arc<Running>, Box<OwnedRequest>),
+}
+
+impl AfterBody {
+    /// Runs what follows the body and gives its reply; never on the core.
+    pub(super) async fn run(self, body: Vec<u8>) -> Reply {
+        match self {
+            AfterBody::Job(job) => super::run_job(move || job(body)).await,
+            AfterBody::Service(running, req) => super::services::call(running, *req, body).await,
+        }
+    }
 }
 
 /// The admin token's verdict on a request.
@@ -169,6 +168,8 @@ pub(super) struct Head {
     pub route: Route,
     pub auth: Auth,
     pub peer: Peer,
+    /// The service whose mount the request falls under, if any.
+    pub service: Option<usize>,
 }
 
 /// Decides what to do with a request. Runs on the core; never blocks.
@@ -181,6 +182,9 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
             "request says it comes from a node, but its signature does not check out\n",
         ));
     }
+    if let Some(index) = head.service {
+        return Plan::Service(index);
+    }
     let no_control_plane = || Reply::text(Status::NotFound, "no control plane on this node\n");
     match (head.route, head.method) {
         (Route::Healthz, _) if get => Plan::Reply(Reply::text(Status::Ok, "ok\n")),
@@ -189,21 +193,17 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
             if let Some(extra) = &hooks.extra_metrics {
                 text.push_str(&extra());
             }
-            Plan::Reply(Reply {
-                status: Status::Ok,
-                content_type: "text/plain; version=0.0.4",
-                body: text.into_bytes(),
-                extra: None,
-            })
+            core.shared.services.render_metrics(&mut text);
+            Plan::Reply(Reply::new(Status::Ok, "text/plain; version=0.0.4", text))
         }
         (Route::Members, _) if get => Plan::Reply(match &hooks.members {
-            Some(render) => Reply::json(render()),
+            Some(render) => json(render()),
             None => no_control_plane(),
         }),
         (Route::RouteOf(hash), _) if get => Plan::Reply(match &hooks.route {
             Some(render) => {
                 let holds = matches!(core.open_blob(&hash), Ok(Some(_)));
-                Reply::json(render(&hash.0, holds))
+                json(render(&hash.0, holds))
             }
             None => no_control_plane(),
         }),
@@ -213,17 +213,17 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
             Some(store) => Plan::Body {
                 limit: MAX_RECEIPTS_BODY,
                 what: "receipts",
-                job: Box::new(move |body| match store(&body) {
-                    Ok(k) => Reply {
-                        status: Status::Accepted,
-                        content_type: "application/json",
-                        body: format!("{{\"accepted\":{k}}}\n").into_bytes(),
-                        extra: None,
-                    },
+                required: true,
+                then: AfterBody::Job(Box::new(move |body| match store(&body) {
+                    Ok(k) => Reply::new(
+                        Status::Accepted,
+                        "application/json",
+                        format!("{{\"accepted\":{k}}}\n"),
+                    ),
                     Err(why) => {
                         Reply::text(Status::BadRequest, &format!("receipts refused: {why}\n"))
                     }
-                }),
+                })),
             },
             None => Plan::Reply(no_control_plane()),
         },
@@ -246,10 +246,10 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
             Status::NotFound,
             "no such route; see the API table in the README\n",
         )),
-        (route, _) => Plan::Reply(Reply {
-            extra: Some(("Allow", route.allow())),
-            ..Reply::text(Status::MethodNotAllowed, "method not allowed\n")
-        }),
+        (route, _) => Plan::Reply(
+            Reply::text(Status::MethodNotAllowed, "method not allowed\n")
+                .header("Allow", route.allow()),
+        ),
     }
 }
 
@@ -271,7 +271,8 @@ fn ledger(core: &Core, head: &Head, route: LedgerRoute) -> Plan {
         Plan::Body {
             limit: MAX_LEDGER_BODY,
             what: "ledger requests",
-            job: Box::new(call),
+            required: true,
+            then: AfterBody::Job(Box::new(call)),
         }
     } else {
         Plan::OffCore(Box::new(move || call(Vec::new())))
@@ -289,17 +290,17 @@ fn admin(
             Status::Forbidden,
             "admin API disabled: set admin_token in the node's config\n",
         )),
-        Auth::Missing | Auth::Wrong => Plan::Reply(Reply {
-            extra: Some(("WWW-Authenticate", "Bearer")),
-            ..Reply::text(
+        Auth::Missing | Auth::Wrong => Plan::Reply(
+            Reply::text(
                 Status::Unauthorized,
                 "send Authorization: Bearer <admin token>\n",
             )
-        }),
+            .header("WWW-Authenticate", "Bearer"),
+        ),
         Auth::Ok => {
             let store = core.shared.store.clone();
             Plan::OffCore(Box::new(move || match op(&store) {
-                Ok(()) => Reply::no_content(),
+                Ok(()) => no_content(),
                 Err(StoreError::NotFound(_)) => Reply::text(Status::NotFound, "blob not found\n"),
                 Err(e) => {
                     tracing::error!("admin operation failed: {e}");

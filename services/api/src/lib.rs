@@ -1,0 +1,239 @@
+//! The interface every Tessera service plugs into, and the only part of the node
+//! a service sees.
+//!
+//! A service (CDN, hosting, edge functions, IPFS, ...) claims [`Mount`]s: path
+//! prefixes such as `/ipfs/`, or host patterns such as `*.sites.localhost`. For a
+//! request under one of them the data plane asks the service, on the core that
+//! read the request, to [`Service::decide`] from the request head alone, without
+//! blocking or locking (typically a lookup in an immutable snapshot the service
+//! published). The decision is a [`Reply`] to send now, or [`Decision::Work`]: the
+//! request (head and body) goes to the service's own bounded [`WorkerPool`] off
+//! every core, where [`Service::handle`] may block or compute, within a deadline.
+//! A full queue is answered `503` with `Retry-After`, a deadline passed `504`, a
+//! handler that panics `500`; the service keeps serving.
+//!
+//! Goals: one small shape that any protocol can serve (the data plane answers
+//! HTTP/1.1 and HTTP/3 from the same decision) and that a service can be written
+//! against without knowing sockets, io_uring or the other services. Non-goals
+//! here: the transports themselves, and how the node wires services in (the
+//! binary does that).
+//!
+//! Architecture invariant: this crate depends on no other Tessera crate; the data
+//! plane depends on it, and so does every service.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod http;
+mod mounts;
+mod pool;
+
+pub use http::{Method, Status, STATUSES};
+pub use mounts::{Mount, MountConflict, MountTable};
+pub use pool::{PoolConfig, PoolError, WorkerPool};
+
+/// Header lookup on a request head, case-insensitive by name. The transports
+/// implement it over what they parsed (no copy).
+pub trait Headers {
+    /// The first value of header `name` (lower case), if any.
+    fn get(&self, name: &str) -> Option<&[u8]>;
+    /// Every header, in order, as (name, value); names as received.
+    fn each(&self, f: &mut dyn FnMut(&[u8], &[u8]));
+}
+
+/// A request head as a service sees it, on the core.
+pub struct Request<'a> {
+    pub method: Method,
+    /// The path, without the query; origin-form.
+    pub path: &'a [u8],
+    pub query: &'a [u8],
+    /// `Host` (HTTP/1.1) or `:authority` (HTTP/3).
+    pub host: Option<&'a [u8]>,
+    pub headers: &'a dyn Headers,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+}
+
+impl Request<'_> {
+    /// Copies the head for work off the core.
+    pub fn to_owned(&self) -> OwnedRequest {
+        let mut headers = Vec::new();
+        self.headers
+            .each(&mut |n, v| headers.push((n.to_vec(), v.to_vec())));
+        OwnedRequest {
+            method: self.method,
+            path: self.path.to_vec(),
+            query: self.query.to_vec(),
+            host: self.host.map(<[u8]>::to_vec),
+            headers,
+            peer: self.peer,
+        }
+    }
+}
+
+/// A request head copied for a worker, with the body beside it.
+#[derive(Debug, Clone)]
+pub struct OwnedRequest {
+    pub method: Method,
+    pub path: Vec<u8>,
+    pub query: Vec<u8>,
+    pub host: Option<Vec<u8>>,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub peer: Option<SocketAddr>,
+}
+
+impl OwnedRequest {
+    /// The first value of header `name`, compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A response from a service: status, headers, body bytes.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: Status,
+    /// Header names in any case; `Content-Length` is the data plane's.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn new(status: Status, content_type: &str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Type".into(), content_type.as_bytes().to_vec())],
+            body: body.into(),
+        }
+    }
+
+    pub fn text(status: Status, text: &str) -> Reply {
+        Reply::new(status, "text/plain", text)
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Reply {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+/// What a service decides on the core.
+pub enum Decision {
+    /// Answer with this now.
+    Reply(Reply),
+    /// Hand the request to [`Service::handle`] on the service's pool.
+    Work,
+}
+
+/// A service on the node. Implementations are shared by every core (hence
+/// `Send + Sync`); [`Service::decide`] must not block.
+pub trait Service: Send + Sync + 'static {
+    /// The service's name, in logs and metrics (`[a-z0-9_-]`).
+    fn name(&self) -> &str;
+    /// What the service answers for. Claimed once, at start.
+    fn mounts(&self) -> Vec<Mount>;
+    /// Its worker pool's size, queue bound and deadline.
+    fn pool(&self) -> PoolConfig {
+        PoolConfig::default()
+    }
+    /// The largest request body [`Service::handle`] takes; a longer one is
+    /// answered 413 and never read.
+    fn max_body_bytes(&self) -> u64 {
+        1 << 20
+    }
+    /// On the core: answer now or ask for [`Service::handle`].
+    fn decide(&self, req: &Request<'_>) -> Decision;
+    /// Off the core, on the service's pool: may block, within the deadline.
+    fn handle(&self, req: OwnedRequest, body: Vec<u8>) -> Reply;
+}
+
+/// Per-service counters, rendered in `/metrics` with the service's name.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    pub requests: AtomicU64,
+    /// Requests handed to the pool.
+    pub jobs: AtomicU64,
+    /// Refused with 503: the queue was full.
+    pub rejected: AtomicU64,
+    /// Answered 504: the deadline passed.
+    pub timed_out: AtomicU64,
+    /// Handlers that panicked (answered 500).
+    pub panics: AtomicU64,
+    /// Workers running a request now (a gauge).
+    pub busy: AtomicU64,
+}
+
+impl ServiceStats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text for the service named `name`.
+    pub fn render(&self, name: &str, out: &mut String) {
+        use std::fmt::Write;
+        for (metric, help, counter) in [
+            ("requests", "requests routed to the service", &self.requests),
+            ("jobs", "requests handed to its worker pool", &self.jobs),
+            (
+                "rejected",
+                "requests refused with 503, the queue full",
+                &self.rejected,
+            ),
+            (
+                "timed_out",
+                "requests answered 504, the deadline passed",
+                &self.timed_out,
+            ),
+            (
+                "panics",
+                "handlers that panicked (answered 500)",
+                &self.panics,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP tessera_service_{metric}_total Service {help}.");
+            let _ = writeln!(out, "# TYPE tessera_service_{metric}_total counter");
+            let _ = writeln!(
+                out,
+                "tessera_service_{metric}_total{{service=\"{name}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tessera_service_busy Service workers running a request now."
+        );
+        let _ = writeln!(out, "# TYPE tessera_service_busy gauge");
+        let _ = writeln!(
+            out,
+            "tessera_service_busy{{service=\"{name}\"}} {}",
+            self.busy.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// A service as the node runs it: the service, its pool and its counters.
+pub struct Running {
+    pub service: Arc<dyn Service>,
+    pub pool: WorkerPool,
+    pub stats: Arc<ServiceStats>,
+    pub deadline: Duration,
+}
+
+impl Running {
+    pub fn start(service: Arc<dyn Service>) -> std::io::Result<Running> {
+        let config = service.pool();
+        let stats = Arc::new(ServiceStats::default());
+        let pool = WorkerPool::new(service.name(), config, stats.clone())?;
+        Ok(Running {
+            service,
+            pool,
+            stats,
+            deadline: config.deadline,
+        })
+    }
+}

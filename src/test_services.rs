@@ -1,0 +1,98 @@
+//! Test-only services (feature `test-services`; the node built by
+//! `scripts/run` never has them). They exercise the service interface end to
+//! end: on-core answers, work on the service's pool, request bodies, a handler
+//! that panics, a queue that fills, a deadline that passes.
+//!
+//! `TESSERA_TEST_SERVICES=echo[,echo...]` starts one `echo` service per name
+//! (all claiming `/test/echo/`, so two of them must stop the node). Its pool
+//! has one worker, a queue of two and a deadline of
+//! `TESSERA_TEST_SERVICE_DEADLINE_MS` (default 2000).
+//!
+//! `echo` answers:
+//! - `/test/echo/now`: on the core, `now\n`;
+//! - `/test/echo/panic`: panics in its handler;
+//! - `/test/echo/sleep?ms=N`: sleeps N ms in its handler, then `slept\n`;
+//! - anything else: `METHOD PATH\n` then the request body, with `X-Echo-Host`
+//!   and `X-Echo-Header` echoing the request's host and `X-Echo` header.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use service_api::{Decision, Mount, OwnedRequest, PoolConfig, Reply, Request, Service, Status};
+
+struct Echo {
+    deadline: Duration,
+}
+
+impl Service for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+
+    fn mounts(&self) -> Vec<Mount> {
+        vec![Mount::Prefix("/test/echo/".into())]
+    }
+
+    fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            threads: 1,
+            queue: 2,
+            deadline: self.deadline,
+        }
+    }
+
+    fn max_body_bytes(&self) -> u64 {
+        64 << 10
+    }
+
+    fn decide(&self, req: &Request<'_>) -> Decision {
+        if req.path == b"/test/echo/now" {
+            return Decision::Reply(Reply::text(Status::Ok, "now\n"));
+        }
+        Decision::Work
+    }
+
+    fn handle(&self, req: OwnedRequest, body: Vec<u8>) -> Reply {
+        match req.path.as_slice() {
+            b"/test/echo/panic" => panic!("the echo service was asked to panic"),
+            b"/test/echo/sleep" => {
+                let ms = std::str::from_utf8(&req.query)
+                    .ok()
+                    .and_then(|q| q.strip_prefix("ms="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(ms));
+                Reply::text(Status::Ok, "slept\n")
+            }
+            path => {
+                let mut out = format!(
+                    "{} {}\n",
+                    req.method.as_str(),
+                    String::from_utf8_lossy(path)
+                )
+                .into_bytes();
+                out.extend_from_slice(&body);
+                Reply::new(Status::Ok, "text/plain", out)
+                    .header("X-Echo-Host", req.host.clone().unwrap_or_default())
+                    .header(
+                        "X-Echo-Header",
+                        req.header("x-echo").unwrap_or_default().to_vec(),
+                    )
+            }
+        }
+    }
+}
+
+/// The services `TESSERA_TEST_SERVICES` names.
+pub fn from_env() -> Vec<Arc<dyn Service>> {
+    let deadline = std::env::var("TESSERA_TEST_SERVICE_DEADLINE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(2), Duration::from_millis);
+    std::env::var("TESSERA_TEST_SERVICES")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|name| *name == "echo")
+        .map(|_| Arc::new(Echo { deadline }) as Arc<dyn Service>)
+        .collect()
+}

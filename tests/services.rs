@@ -1,0 +1,166 @@
+//! The service interface end to end, with the test-only `echo` service (feature
+//! `test-services`): answers decided on the core and work done on the service's
+//! own pool, over HTTP/1.1 (curl) and HTTP/3 (aioquic) alike; two services on
+//! one mount refused at start; a handler that panics costs one 500, not the
+//! service; a full queue answers 503 with Retry-After; a deadline 504.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn echo_node(extra_env: &[(&str, &str)]) -> Node {
+    let mut env = vec![("TESSERA_TEST_SERVICES", "echo")];
+    env.extend_from_slice(extra_env);
+    Node::start_at_with_env(free_addr(), &[], &env)
+}
+
+#[test]
+fn two_services_claiming_one_mount_stop_the_node_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(BIN)
+        .args(["run", "--cores", "1", "--listen"])
+        .arg(free_addr().to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("TESSERA_TEST_SERVICES", "echo,echo")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("service echo cannot claim path prefix /test/echo/")
+            && err.contains("another service claims an overlapping prefix"),
+        "{err}"
+    );
+}
+
+#[test]
+fn decisions_on_the_core_and_work_on_the_pool_over_both_protocols() {
+    let node = echo_node(&[]);
+    // On the core.
+    let out = curl(&[&format!("{}/test/echo/now", node.url())]);
+    assert_eq!(out.stdout, b"now\n");
+    // On the pool, with a body and the request's headers.
+    let out = curl(&[
+        "-D",
+        "-",
+        "-H",
+        "X-Echo: from curl",
+        "--data-binary",
+        "hello service",
+        &format!("{}/test/echo/post", node.url()),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(header(&text, "x-echo-header"), Some("from curl"));
+    assert!(
+        text.ends_with("POST /test/echo/post\nhello service"),
+        "{text}"
+    );
+    // The same over HTTP/3.
+    let url = format!("https://{}/test/echo/post", node.addr);
+    let r = aioquic_send(
+        &url,
+        "POST",
+        &[("x-echo", "from aioquic")],
+        Some(b"over h3"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"POST /test/echo/post\nover h3");
+    assert_eq!(r.header("x-echo-header"), Some("from aioquic"));
+    assert_eq!(
+        r.header("x-echo-host"),
+        Some(node.addr.to_string().as_str())
+    );
+    let r = aioquic_request(&format!("https://{}/test/echo/now", node.addr), "GET", &[]);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"now\n"[..]));
+    // A body over the service's limit is refused before it reaches the handler.
+    let big = vec![b'x'; 100 << 10];
+    let r = aioquic_send(&url, "POST", &[], Some(&big));
+    assert_eq!(r.status, 413);
+    let (status, _, _) = node.request(
+        &[
+            format!(
+                "POST /test/echo/post HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                big.len()
+            )
+            .into_bytes(),
+            big.clone(),
+        ]
+        .concat(),
+    );
+    assert_eq!(status, 413);
+    // The node's own routes are untouched.
+    assert_eq!(node.get("/healthz").0, 200);
+    assert!(node.metric("tessera_service_requests_total{service=\"echo\"}") >= 4);
+}
+
+#[test]
+fn a_panicking_handler_costs_one_500_and_the_service_goes_on() {
+    let node = echo_node(&[]);
+    for round in 0..2 {
+        let (status, _, body) = node.get("/test/echo/panic");
+        assert_eq!(
+            status,
+            500,
+            "round {round}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let r = aioquic_request(
+            &format!("https://{}/test/echo/panic", node.addr),
+            "GET",
+            &[],
+        );
+        assert_eq!(r.status, 500);
+        // The next request is served, by the same single worker.
+        let (status, _, body) = node.get("/test/echo/after");
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"GET /test/echo/after\n"[..])
+        );
+    }
+    assert_eq!(
+        node.metric("tessera_service_panics_total{service=\"echo\"}"),
+        4
+    );
+}
+
+#[test]
+fn a_full_queue_is_503_with_retry_after_and_a_late_answer_504() {
+    // One worker, a queue of two, a deadline of 3 s: a request that sleeps 30 s
+    // holds the worker, two more fill the queue, the next is refused at once.
+    let node = echo_node(&[("TESSERA_TEST_SERVICE_DEADLINE_MS", "3000")]);
+    let addr = node.addr;
+    let sleeper = move || {
+        std::thread::spawn(move || {
+            let raw =
+                "GET /test/echo/sleep?ms=30000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+            try_request(addr, raw.as_bytes()).map(|r| r.0)
+        })
+    };
+    let metric = |name: &str| node.metric(&format!("tessera_service_{name}{{service=\"echo\"}}"));
+    let mut waiting = vec![sleeper()];
+    within(Duration::from_secs(60), "the worker busy", || {
+        metric("busy") == 1
+    });
+    waiting.push(sleeper());
+    waiting.push(sleeper());
+    within(Duration::from_secs(60), "the queue full", || {
+        metric("jobs_total") == 3
+    });
+    let (status, head, body) = node.get("/test/echo/one-more");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&head, "retry-after"), Some("1"));
+    let r = aioquic_request(&format!("https://{addr}/test/echo/one-more"), "GET", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // The three waiting got 504 at their deadline (the sleep goes on).
+    for w in waiting {
+        assert_eq!(w.join().expect("thread").expect("answer"), 504);
+    }
+    assert_eq!(metric("rejected_total"), 2);
+    assert_eq!(metric("timed_out_total"), 3);
+}
