@@ -12,6 +12,9 @@
 //! - `/test/echo/now`: on the core, `now\n`;
 //! - `/test/echo/panic`: panics in its handler;
 //! - `/test/echo/sleep?ms=N`: sleeps N ms in its handler, then `slept\n`;
+//! - `/test/echo/stream?bytes=N`: a body of N bytes produced on the worker in
+//!   64 KiB chunks, chunk `k` all bytes `k % 251` ([`stream_pattern`]);
+//! - `/test/echo/stream-fail?bytes=N`: the same, failing half-way;
 //! - anything else: `METHOD PATH\n` then the request body, with `X-Echo-Host`
 //!   and `X-Echo-Header` echoing the request's host and `X-Echo` header.
 
@@ -56,13 +59,27 @@ impl Service for Echo {
         match req.path.as_slice() {
             b"/test/echo/panic" => panic!("the echo service was asked to panic"),
             b"/test/echo/sleep" => {
-                let ms = std::str::from_utf8(&req.query)
-                    .ok()
-                    .and_then(|q| q.strip_prefix("ms="))
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                std::thread::sleep(Duration::from_millis(ms));
+                std::thread::sleep(Duration::from_millis(query_number(&req, "ms=")));
                 Reply::text(Status::Ok, "slept\n")
+            }
+            path @ (b"/test/echo/stream" | b"/test/echo/stream-fail") => {
+                let total = query_number(&req, "bytes=");
+                let fail_at = (path == b"/test/echo/stream-fail").then_some(total / 2);
+                Reply::streamed(Status::Ok, "application/octet-stream", move |out| {
+                    let mut sent = 0u64;
+                    let mut k = 0u64;
+                    while sent < total {
+                        if fail_at.is_some_and(|at| sent >= at) {
+                            return Err("asked to fail half-way".into());
+                        }
+                        let n = (total - sent).min(STREAM_CHUNK_BYTES as u64) as usize;
+                        out.send(vec![stream_pattern(k); n])
+                            .map_err(|_| "client gone".to_string())?;
+                        sent += n as u64;
+                        k += 1;
+                    }
+                    Ok(())
+                })
             }
             path => {
                 let mut out = format!(
@@ -81,6 +98,22 @@ impl Service for Echo {
             }
         }
     }
+}
+
+/// Chunk size of the streamed test bodies.
+pub const STREAM_CHUNK_BYTES: usize = 64 << 10;
+
+/// The byte value of chunk `k` of a streamed test body.
+pub fn stream_pattern(k: u64) -> u8 {
+    (k % 251) as u8
+}
+
+fn query_number(req: &OwnedRequest, key: &str) -> u64 {
+    std::str::from_utf8(&req.query)
+        .ok()
+        .and_then(|q| q.strip_prefix(key))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The services `TESSERA_TEST_SERVICES` names.

@@ -49,6 +49,8 @@ pub struct Request<'a> {
     pub head_len: usize,
     pub body: Body,
     pub keep_alive: bool,
+    /// An HTTP/1.0 request: no chunked responses.
+    pub http10: bool,
     pub range: Option<&'a [u8]>,
     pub accept_bao: bool,
     pub authorization: Option<&'a [u8]>,
@@ -225,6 +227,7 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
         head_len,
         body,
         keep_alive,
+        http10,
         range,
         accept_bao,
         authorization,
@@ -634,6 +637,19 @@ impl<'a> Head<'a> {
     pub fn finish(self, content_length: u64, keep_alive: bool) {
         let _ = write!(self.out, "Content-Length: {content_length}\r\n");
         self.finish_without_length(keep_alive);
+    }
+
+    /// Ends the head of a body sent in chunks (`Transfer-Encoding: chunked`,
+    /// RFC 9112 §7.1); `close_delimited` for an HTTP/1.0 client instead: no
+    /// length, the body ends when the connection closes.
+    pub fn finish_streamed(self, keep_alive: bool, close_delimited: bool) {
+        if close_delimited {
+            self.out.extend_from_slice(b"Connection: close\r\n\r\n");
+        } else {
+            self.out
+                .extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+            self.finish_without_length(keep_alive);
+        }
     }
 
     /// Ends a head that has no body and states no length: `304 Not Modified`

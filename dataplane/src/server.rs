@@ -671,6 +671,7 @@ struct ReqInfo {
     head_len: usize,
     body: Body,
     keep_alive: bool,
+    http10: bool,
     range: [u8; 128],
     range_len: Option<usize>,
     verified: bool,
@@ -831,6 +832,7 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
         head_len: req.head_len,
         body: req.body,
         keep_alive: req.keep_alive,
+        http10: req.http10,
         range,
         range_len,
         verified: req.wants_verified(),
@@ -876,7 +878,9 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
         info.keep_alive && !has_body && !core.stopping.get() && info.peer != routes::Peer::Refused;
     let head_only = info.method == Method::Head;
     match plan {
-        Plan::Reply(reply) => write_reply(core, conn, route, reply, keep_alive, head_only).await,
+        Plan::Reply(reply) => {
+            write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await
+        }
         Plan::Blob(hash) if info.verified => {
             get_verified(core, conn, &info, hash, keep_alive).await
         }
@@ -884,7 +888,7 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
         Plan::Upload => upload(core, conn, &info).await,
         Plan::OffCore(job) => {
             let reply = run_job(job).await;
-            write_reply(core, conn, route, reply, keep_alive, head_only).await
+            write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await
         }
         Plan::Body {
             limit,
@@ -903,7 +907,7 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
             };
             let keep_alive = info.keep_alive && !core.stopping.get();
             let reply = then.run(body).await;
-            write_reply(core, conn, route, reply, keep_alive, head_only).await
+            write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await
         }
         // Resolved above.
         Plan::Service(_) => {
@@ -914,6 +918,7 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
                 Reply::text(Status::InternalServerError, "unresolved service\n"),
                 false,
                 false,
+                info.http10,
             )
             .await
         }
@@ -960,27 +965,84 @@ async fn write_reply(
     reply: Reply,
     keep_alive: bool,
     head_only: bool,
+    http10: bool,
 ) -> io::Result<Next> {
     let keep_alive = keep_alive && reply.status != Status::InternalServerError;
     let mut wbuf = std::mem::take(&mut conn.wbuf);
     let mut h = head(core, &mut wbuf, reply.status);
     for (name, value) in &reply.headers {
-        // The length and the connection are the transport's to state.
-        if !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case("connection")
-        {
+        // Framing and the connection are the transport's to state.
+        let ours = ["content-length", "connection", "transfer-encoding"];
+        if !ours.iter().any(|o| name.eq_ignore_ascii_case(o)) {
             h = h.header(name, value);
         }
     }
-    if routes::has_length(reply.status) {
-        h.finish(reply.body.len() as u64, keep_alive);
-    } else {
-        h.finish_without_length(keep_alive);
-    }
-    if !head_only {
-        wbuf.extend_from_slice(&reply.body);
-    }
+    let rx = match reply.body {
+        service_api::Body::Bytes(body) => {
+            if routes::has_length(reply.status) {
+                h.finish(body.len() as u64, keep_alive);
+            } else {
+                h.finish_without_length(keep_alive);
+            }
+            if !head_only {
+                wbuf.extend_from_slice(&body);
+            }
+            conn.wbuf = wbuf;
+            return send_wbuf(core, conn, route, reply.status, keep_alive).await;
+        }
+        service_api::Body::Stream(stream) => stream,
+    };
+    // A body produced off the core: each chunk as it comes, the producer held
+    // back by the bounded channel while the client reads slowly. A producer
+    // silent for longer than the idle timeout is cut off (no last chunk, so
+    // the client sees the body end early).
+    let keep_alive = keep_alive && !http10;
+    h.finish_streamed(keep_alive, http10);
     conn.wbuf = wbuf;
-    send_wbuf(core, conn, route, reply.status, keep_alive).await
+    core.stats()
+        .count_request(route.label_index(), reply.status.index());
+    write_wbuf(core, conn).await?;
+    if head_only {
+        return Ok(if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        });
+    }
+    let stall = Duration::from_millis(core.shared.config.idle_timeout_ms);
+    loop {
+        match monoio::time::timeout(stall, rx.chunks().recv_async()).await {
+            Ok(Ok(chunk)) if chunk.is_empty() => continue,
+            Ok(Ok(chunk)) => {
+                if !http10 {
+                    let _ = write!(conn.wbuf, "{:x}\r\n", chunk.len());
+                }
+                conn.wbuf.extend_from_slice(&chunk);
+                if !http10 {
+                    conn.wbuf.extend_from_slice(b"\r\n");
+                }
+                write_wbuf(core, conn).await?;
+            }
+            // The producer is done: whole, or failed (then no last chunk, so
+            // the client cannot take the body for a complete one).
+            Ok(Err(_)) if rx.is_complete() => break,
+            Ok(Err(_)) => return Ok(Next::Close),
+            Err(_) => {
+                bump(&core.stats().timeouts, 1);
+                return Ok(Next::Close);
+            }
+        }
+    }
+    if http10 {
+        return Ok(Next::Close);
+    }
+    conn.wbuf.extend_from_slice(b"0\r\n\r\n");
+    write_wbuf(core, conn).await?;
+    Ok(if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
 }
 
 async fn respond_text(

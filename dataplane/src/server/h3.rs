@@ -210,12 +210,21 @@ enum StreamState {
     },
     /// Waiting for an upload's commit on the store-I/O threads.
     Committing,
-    /// The response head could not be sent yet (no stream capacity): retried with
-    /// the body to follow.
+    /// A body produced off the core, arriving chunk by chunk from its bridge
+    /// task (see [`start_stream`]): the chunk being sent and how far; `credit`
+    /// lets the bridge fetch the next one once this one is in quiche's buffers.
+    Streaming {
+        chunk: Vec<u8>,
+        offset: usize,
+        ended: bool,
+        credit: flume::Sender<()>,
+    },
+    /// The response head could not be sent yet (no stream capacity): retried,
+    /// then `next` (a body to send) follows.
     HeadBlocked {
         headers: Vec<quiche::h3::Header>,
         fin: bool,
-        body: Option<(Body, usize, usize)>,
+        next: Option<Box<StreamState>>,
     },
 }
 
@@ -268,6 +277,13 @@ enum Done {
         req: Box<H3Request>,
         hash: BlobHash,
     },
+    /// The next chunk of a streamed body.
+    Chunk(Vec<u8>),
+    /// A streamed body is complete.
+    StreamEnd,
+    /// A streamed body's producer stalled or failed: the stream is reset, so
+    /// the client cannot take a short body for a whole one.
+    StreamAbort,
     /// An answer computed off the core (receipts, ledger, admin).
     Reply {
         route: Route,
@@ -725,8 +741,37 @@ impl Endpoint {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
+        match c.result {
+            Done::Chunk(data) => {
+                if let Some(StreamState::Streaming { chunk, offset, .. }) =
+                    conn.streams.get_mut(&c.stream)
+                {
+                    *chunk = data;
+                    *offset = 0;
+                }
+                send_bodies(core, conn);
+                return;
+            }
+            Done::StreamEnd => {
+                if let Some(StreamState::Streaming { ended, .. }) = conn.streams.get_mut(&c.stream)
+                {
+                    *ended = true;
+                }
+                send_bodies(core, conn);
+                return;
+            }
+            Done::StreamAbort => {
+                conn.streams.remove(&c.stream);
+                let _ = conn
+                    .quic
+                    .stream_shutdown(c.stream, quiche::Shutdown::Write, 0x102); // H3_INTERNAL_ERROR
+                return;
+            }
+            _ => {}
+        }
         conn.streams.remove(&c.stream);
         let result = match c.result {
+            Done::Chunk(_) | Done::StreamEnd | Done::StreamAbort => return,
             Done::Upload(r) => r,
             Done::Fetched { req, hash } => {
                 // Stored now, or not: answer from the store (404 if not).
@@ -739,7 +784,15 @@ impl Endpoint {
                 reply,
                 head_only,
             } => {
-                send_reply(core, conn, c.stream, route, reply, head_only);
+                send_reply(
+                    core,
+                    conn,
+                    c.stream,
+                    route,
+                    reply,
+                    head_only,
+                    &self.commits_tx,
+                );
                 send_bodies(core, conn);
                 return;
             }
@@ -1077,7 +1130,7 @@ fn on_request(
         };
     }
     match plan {
-        Plan::Reply(reply) => send_reply(core, conn, stream, route, reply, head_only),
+        Plan::Reply(reply) => send_reply(core, conn, stream, route, reply, head_only, commits),
         Plan::Blob(hash) => get_blob(core, conn, stream, &req, route, hash, Some(commits)),
         Plan::Upload => begin_upload(core, conn, stream, more_frames),
         Plan::OffCore(job) => {
@@ -1197,12 +1250,17 @@ fn send_reply(
     route: Route,
     reply: super::Reply,
     head_only: bool,
+    commits: &flume::Sender<Committed>,
 ) {
     let super::Reply {
         status,
         headers,
         body,
     } = reply;
+    let (body, stream_rx) = match body {
+        service_api::Body::Bytes(b) => (b, None),
+        service_api::Body::Stream(stream) => (Vec::new(), Some(stream)),
+    };
     let len = body.len();
     let clen = if super::routes::has_length(status) {
         len.to_string()
@@ -1226,6 +1284,19 @@ fn send_reply(
         .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
         .and_then(|(_, v)| std::str::from_utf8(v).ok())
         .unwrap_or("");
+    if let (Some(rx), false) = (stream_rx, head_only) {
+        return start_stream(
+            core,
+            conn,
+            stream,
+            route,
+            status,
+            content_type,
+            &extra,
+            rx,
+            commits,
+        );
+    }
     let rest = (!head_only && len > 0).then_some((Body::Owned(body), 0, len));
     start_response(
         core,
@@ -1635,7 +1706,6 @@ fn start_response(
         b'0' + (code % 10) as u8,
     ];
     let fin = body.is_none();
-    let Some(h3) = conn.h3.as_mut() else { return };
     // Usually the head goes out at once: borrowed headers, nothing allocated.
     // Only a head that must wait for stream credit is copied into the stream's
     // state.
@@ -1658,17 +1728,36 @@ fn start_response(
         refs[n] = quiche::h3::HeaderRef::new(name.as_bytes(), value);
         n += 1;
     }
-    let mut state = match h3.send_response(&mut conn.quic, stream, &refs[..n], fin) {
-        Ok(()) => match body {
-            Some((body, offset, end)) => StreamState::Sending { body, offset, end },
+    let next = body.map(|(body, offset, end)| StreamState::Sending { body, offset, end });
+    send_head(core, conn, stream, &refs[..n], fin, next);
+}
+
+/// Sends a response head, then goes on with `next` (a body); a head that finds
+/// no stream capacity waits in the stream's state.
+fn send_head(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    refs: &[quiche::h3::HeaderRef<'_>],
+    fin: bool,
+    next: Option<StreamState>,
+) {
+    let Some(h3) = conn.h3.as_mut() else { return };
+    let mut state = match h3.send_response(&mut conn.quic, stream, refs, fin) {
+        Ok(()) => match next {
+            Some(next) => next,
             None => return,
         },
         Err(quiche::h3::Error::StreamBlocked) | Err(quiche::h3::Error::Done) => {
-            let headers = refs[..n]
+            let headers = refs
                 .iter()
                 .map(|h| quiche::h3::Header::new(h.name(), h.value()))
                 .collect();
-            StreamState::HeadBlocked { headers, fin, body }
+            StreamState::HeadBlocked {
+                headers,
+                fin,
+                next: next.map(Box::new),
+            }
         }
         Err(e) => {
             tracing::debug!("cannot send response head: {e}");
@@ -1678,6 +1767,84 @@ fn start_response(
     if advance_stream(core, &mut conn.quic, h3, stream, &mut state) {
         conn.streams.insert(stream, state);
     }
+}
+
+/// Starts a response whose body is produced off the core. A bridge task on
+/// this core takes one chunk at a time from the producer and hands it to the
+/// endpoint (through the commit queue, which wakes its loop); it takes the next
+/// only when the stream has accepted the last, so a slow client slows the
+/// producer. A producer silent for longer than the idle timeout is aborted.
+#[allow(clippy::too_many_arguments)] // a response head, its stream and its source
+fn start_stream(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    route: Route,
+    status: Status,
+    content_type: &str,
+    extra: &[(&str, &[u8])],
+    rx: service_api::BodyStream,
+    commits: &flume::Sender<Committed>,
+) {
+    core.stats()
+        .count_request(route.label_index(), status.index());
+    bump(&core.stats().h3_requests, 1);
+    let code = status.code().to_string();
+    let mut refs = vec![quiche::h3::HeaderRef::new(b":status", code.as_bytes())];
+    if !content_type.is_empty() {
+        refs.push(quiche::h3::HeaderRef::new(
+            b"content-type",
+            content_type.as_bytes(),
+        ));
+    }
+    for (name, value) in extra {
+        refs.push(quiche::h3::HeaderRef::new(name.as_bytes(), value));
+    }
+    let (credit, credit_rx) = flume::bounded::<()>(1);
+    let state = StreamState::Streaming {
+        chunk: Vec::new(),
+        offset: 0,
+        ended: false,
+        credit,
+    };
+    send_head(core, conn, stream, &refs, false, Some(state));
+    let id = conn.quic.source_id().into_owned();
+    let commits = commits.clone();
+    let stall = Duration::from_millis(core.shared.config.idle_timeout_ms);
+    monoio::spawn(async move {
+        let send = |result| {
+            commits
+                .send(Committed {
+                    conn: id.clone(),
+                    stream,
+                    result,
+                })
+                .is_ok()
+        };
+        loop {
+            match monoio::time::timeout(stall, rx.chunks().recv_async()).await {
+                Ok(Ok(chunk)) if chunk.is_empty() => continue,
+                Ok(Ok(chunk)) => {
+                    // The stream gone (reset, closed): drop the producer's end.
+                    if !send(Done::Chunk(chunk)) || credit_rx.recv_async().await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(_)) => {
+                    send(if rx.is_complete() {
+                        Done::StreamEnd
+                    } else {
+                        Done::StreamAbort
+                    });
+                    return;
+                }
+                Err(_) => {
+                    send(Done::StreamAbort);
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Pushes what every stream has pending (heads that were blocked, body bytes) as far
@@ -1699,10 +1866,10 @@ fn advance_stream(
     id: u64,
     state: &mut StreamState,
 ) -> bool {
-    if let StreamState::HeadBlocked { headers, fin, body } = state {
+    if let StreamState::HeadBlocked { headers, fin, next } = state {
         match h3.send_response(quic, id, headers, *fin) {
-            Ok(()) => match body.take() {
-                Some((body, offset, end)) => *state = StreamState::Sending { body, offset, end },
+            Ok(()) => match next.take() {
+                Some(next) => *state = *next,
                 None => return false,
             },
             // No room on the stream yet: try again when the peer grants some.
@@ -1712,6 +1879,38 @@ fn advance_stream(
                 return false;
             }
         }
+    }
+    if let StreamState::Streaming {
+        chunk,
+        offset,
+        ended,
+        credit,
+    } = state
+    {
+        while *offset < chunk.len() {
+            match h3.send_body(quic, id, &chunk[*offset..], false) {
+                Ok(0) | Err(quiche::h3::Error::Done) => return true,
+                Ok(n) => *offset += n,
+                Err(e) => {
+                    tracing::debug!("stream {id} body send failed: {e}");
+                    return false;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            // All of it is in quiche's buffers: the bridge may fetch the next.
+            chunk.clear();
+            *offset = 0;
+            let _ = credit.try_send(());
+        }
+        if !*ended {
+            return true;
+        }
+        // The last, empty DATA frame with FIN; Done: no room yet, try again.
+        return matches!(
+            h3.send_body(quic, id, &[], true),
+            Err(quiche::h3::Error::Done)
+        );
     }
     let StreamState::Sending { body, offset, end } = state else {
         return true;

@@ -39,7 +39,7 @@ fn no_content() -> Reply {
     Reply {
         status: Status::NoContent,
         headers: Vec::new(),
-        body: Vec::new(),
+        body: service_api::Body::Bytes(Vec::new()),
     }
 }
 

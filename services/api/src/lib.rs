@@ -22,7 +22,7 @@
 //! plane depends on it, and so does every service.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ mod pool;
 pub use http::{Method, Status, STATUSES};
 pub use mounts::{Mount, MountConflict, MountTable};
 pub use pool::{PoolConfig, PoolError, WorkerPool};
+
+// Re-exported so services and the data plane name one channel crate.
+pub use flume;
 
 /// Header lookup on a request head, case-insensitive by name. The transports
 /// implement it over what they parsed (no copy).
@@ -94,13 +97,101 @@ impl OwnedRequest {
     }
 }
 
-/// A response from a service: status, headers, body bytes.
-#[derive(Debug, Clone)]
+/// Chunks a streamed body may have in flight between the worker that makes them
+/// and the connection that sends them: the worker's `send` blocks beyond this,
+/// so a slow client slows the producer instead of filling memory.
+pub const STREAM_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// A response from a service: status, headers, body.
+#[derive(Debug)]
 pub struct Reply {
     pub status: Status,
-    /// Header names in any case; `Content-Length` is the data plane's.
+    /// Header names in any case; `Content-Length`, `Transfer-Encoding` and
+    /// `Connection` are the data plane's.
     pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
+    pub body: Body,
+}
+
+/// A reply's body.
+#[derive(Debug)]
+pub enum Body {
+    /// All of it, now.
+    Bytes(Vec<u8>),
+    /// Produced off the core, chunk by chunk, and sent as it comes (chunked
+    /// over HTTP/1.1, DATA frames over HTTP/3) with back-pressure. Made by
+    /// [`Reply::streamed`].
+    Stream(BodyStream),
+}
+
+impl Body {
+    /// The bytes of a whole body; empty for a stream.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Bytes(b) => b,
+            Body::Stream(_) => &[],
+        }
+    }
+}
+
+/// The producing function of a streamed body: it sends chunks and returns
+/// Ok once the body is whole (an Err or a panic aborts the response, so the
+/// client never takes a cut-off body for a complete one).
+pub type Producer = Box<dyn FnOnce(&ChunkSender) -> Result<(), String> + Send>;
+
+/// The consuming end of a streamed body, for the data plane.
+pub struct BodyStream {
+    rx: flume::Receiver<Vec<u8>>,
+    complete: Arc<AtomicBool>,
+    producer: Option<(Producer, ChunkSender)>,
+}
+
+impl std::fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodyStream")
+    }
+}
+
+impl BodyStream {
+    /// The chunks, in order; disconnected at the end.
+    pub fn chunks(&self) -> &flume::Receiver<Vec<u8>> {
+        &self.rx
+    }
+
+    /// After the chunks ended: whether the producer finished the body (else it
+    /// failed and the response must be aborted).
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    /// The producer, for the worker that runs it after the head is sent.
+    pub fn take_producer(&mut self) -> Option<(Producer, ChunkSender)> {
+        self.producer.take()
+    }
+}
+
+/// Where a producer sends its chunks; `send` blocks while
+/// [`STREAM_CHUNKS_IN_FLIGHT`] wait for the client.
+pub struct ChunkSender {
+    tx: flume::Sender<Vec<u8>>,
+    complete: Arc<AtomicBool>,
+}
+
+/// The client went away: stop producing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
+
+impl ChunkSender {
+    pub fn send(&self, chunk: Vec<u8>) -> Result<(), Gone> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(chunk).map_err(|_| Gone)
+    }
+
+    /// Marks the body whole; called by the pool when the producer returns Ok.
+    pub fn finish(self) {
+        self.complete.store(true, Ordering::Release);
+    }
 }
 
 impl Reply {
@@ -108,7 +199,32 @@ impl Reply {
         Reply {
             status,
             headers: vec![("Content-Type".into(), content_type.as_bytes().to_vec())],
-            body: body.into(),
+            body: Body::Bytes(body.into()),
+        }
+    }
+
+    /// A reply whose body `produce` makes, chunk by chunk, on the service's
+    /// worker once the head is on its way (the worker is busy until it
+    /// returns, so the pool bounds streams too).
+    pub fn streamed(
+        status: Status,
+        content_type: &str,
+        produce: impl FnOnce(&ChunkSender) -> Result<(), String> + Send + 'static,
+    ) -> Reply {
+        let (tx, rx) = flume::bounded(STREAM_CHUNKS_IN_FLIGHT);
+        let complete = Arc::new(AtomicBool::new(false));
+        let sender = ChunkSender {
+            tx,
+            complete: complete.clone(),
+        };
+        Reply {
+            status,
+            headers: vec![("Content-Type".into(), content_type.as_bytes().to_vec())],
+            body: Body::Stream(BodyStream {
+                rx,
+                complete,
+                producer: Some((Box::new(produce), sender)),
+            }),
         }
     }
 

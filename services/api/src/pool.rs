@@ -82,24 +82,42 @@ impl WorkerPool {
         let (name, stats) = (self.name.clone(), self.stats.clone());
         let job: Job = Box::new(move || {
             stats.busy.fetch_add(1, Ordering::Relaxed);
-            let reply = match std::panic::catch_unwind(AssertUnwindSafe(work)) {
+            let panicked = |panic: Box<dyn std::any::Any + Send>, what: &str| {
+                ServiceStats::bump(&stats.panics);
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(service = %name, "{what} panicked: {message}");
+            };
+            let mut reply = match std::panic::catch_unwind(AssertUnwindSafe(work)) {
                 Ok(reply) => reply,
                 Err(panic) => {
-                    ServiceStats::bump(&stats.panics);
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    tracing::error!(service = %name, "request handler panicked: {what}");
+                    panicked(panic, "request handler");
                     Reply::text(
                         Status::InternalServerError,
                         "the service failed on this request; see the node's log\n",
                     )
                 }
             };
-            stats.busy.fetch_sub(1, Ordering::Relaxed);
+            // A streamed body: the head goes back first, then this worker
+            // produces the body (bounded by the pool like any work).
+            let producer = match &mut reply.body {
+                crate::Body::Stream(s) => s.take_producer(),
+                crate::Body::Bytes(_) => None,
+            };
             let _ = done_tx.send(reply);
+            if let Some((produce, sender)) = producer {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| produce(&sender))) {
+                    Ok(Ok(())) => sender.finish(),
+                    Ok(Err(why)) => {
+                        tracing::warn!(service = %name, "streamed body aborted: {why}")
+                    }
+                    Err(panic) => panicked(panic, "body producer"),
+                }
+            }
+            stats.busy.fetch_sub(1, Ordering::Relaxed);
         });
         self.tx.try_send(job).map_err(|_| {
             ServiceStats::bump(&self.stats.rejected);
@@ -141,14 +159,14 @@ mod tests {
             Some(PoolError::Full)
         );
         go_tx.send(()).expect("release");
-        assert_eq!(busy.recv().expect("reply").body, b"first");
+        assert_eq!(busy.recv().expect("reply").body.bytes(), b"first");
         let failed = queued.recv().expect("reply");
         assert_eq!(failed.status, Status::InternalServerError);
         // The worker is still there.
         let after = pool
             .submit(|| Reply::text(Status::Ok, "after"))
             .expect("taken");
-        assert_eq!(after.recv().expect("reply").body, b"after");
+        assert_eq!(after.recv().expect("reply").body.bytes(), b"after");
         assert_eq!(stats.panics.load(Ordering::Relaxed), 1);
         assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
         assert_eq!(stats.jobs.load(Ordering::Relaxed), 3);
