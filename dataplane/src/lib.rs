@@ -24,6 +24,8 @@ pub mod config;
 pub mod hash;
 pub mod http;
 pub mod metrics;
+#[cfg(test)]
+mod mutate;
 pub mod server;
 pub mod store;
 pub mod sys;
