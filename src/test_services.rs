@@ -15,13 +15,17 @@
 //! - `/test/echo/stream?bytes=N`: a body of N bytes produced on the worker in
 //!   64 KiB chunks, chunk `k` all bytes `k % 251` ([`stream_pattern`]);
 //! - `/test/echo/stream-fail?bytes=N`: the same, failing half-way;
+//! - `/test/echo/ws`: a WebSocket that sends every message back, and closes
+//!   when it receives the text `close-me`;
 //! - anything else: `METHOD PATH\n` then the request body, with `X-Echo-Host`
 //!   and `X-Echo-Header` echoing the request's host and `X-Echo` header.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use service_api::{Decision, Mount, OwnedRequest, PoolConfig, Reply, Request, Service, Status};
+use service_api::{
+    Decision, Message, Mount, OwnedRequest, PoolConfig, Reply, Request, Service, Socket, Status,
+};
 
 struct Echo {
     deadline: Duration,
@@ -49,10 +53,15 @@ impl Service for Echo {
     }
 
     fn decide(&self, req: &Request<'_>) -> Decision {
-        if req.path == b"/test/echo/now" {
-            return Decision::Reply(Reply::text(Status::Ok, "now\n"));
+        match req.path {
+            b"/test/echo/now" => Decision::Reply(Reply::text(Status::Ok, "now\n")),
+            b"/test/echo/ws" => Decision::Upgrade,
+            _ => Decision::Work,
         }
-        Decision::Work
+    }
+
+    fn socket(&self, _req: OwnedRequest, socket: Socket) {
+        Echo::echo_socket(&socket);
     }
 
     fn handle(&self, req: OwnedRequest, body: Vec<u8>) -> Reply {
@@ -95,6 +104,16 @@ impl Service for Echo {
                         "X-Echo-Header",
                         req.header("x-echo").unwrap_or_default().to_vec(),
                     )
+            }
+        }
+    }
+}
+
+impl Echo {
+    fn echo_socket(socket: &Socket) {
+        while let Some(message) = socket.recv() {
+            if message == Message::Text("close-me".into()) || socket.send(message).is_err() {
+                return;
             }
         }
     }

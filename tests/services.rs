@@ -255,3 +255,43 @@ fn a_producer_that_fails_cuts_the_body_short_visibly() {
     // And the service goes on.
     assert_eq!(node.get("/test/echo/now").2, b"now\n");
 }
+
+/// A session with the `websockets` client (`tests/common/ws_client.py`).
+fn ws_client(url: &str, mode: &str) -> serde_json::Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/ws_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args([url, mode])
+        .output()
+        .expect("python3 (scripts/test installs websockets from PyPI)");
+    assert!(
+        out.status.success(),
+        "websockets client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn a_websocket_echo_with_a_real_client() {
+    let node = echo_node(&[]);
+    let url = format!("ws://{}/test/echo/ws", node.addr);
+    let v = ws_client(&url, "echo");
+    assert_eq!(v["text"], "hello, node", "{v}");
+    assert_eq!(v["binary_ok"], true, "{v}");
+    assert_eq!(v["pong"], true, "{v}");
+    assert_eq!(v["closed_by_server"], true, "{v}");
+    assert_eq!(v["close_code"], 1000, "{v}");
+    // A message over the service's limit (1 MiB) closes with 1009.
+    let v = ws_client(&url, "oversize");
+    assert_eq!(v["close_code"], 1009, "{v}");
+    // A plain GET on the route is refused with what to send.
+    let (status, head, _) = node.get("/test/echo/ws");
+    assert_eq!(status, 400);
+    assert_eq!(header(&head, "sec-websocket-version"), Some("13"));
+    // Over HTTP/3 it says it is not served there yet.
+    let r = aioquic_request(&format!("https://{}/test/echo/ws", node.addr), "GET", &[]);
+    assert_eq!(r.status, 501);
+    // The service still serves plain requests.
+    assert_eq!(node.get("/test/echo/now").2, b"now\n");
+}

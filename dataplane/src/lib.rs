@@ -30,5 +30,6 @@ pub mod server;
 pub mod store;
 pub mod sys;
 pub mod verified;
+pub mod websocket;
 
 pub use hash::BlobHash;

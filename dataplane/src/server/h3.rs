@@ -1163,6 +1163,10 @@ fn on_request(
             let msg = "unresolved service\n";
             respond_text(core, conn, stream, route, Status::InternalServerError, msg);
         }
+        Plan::Upgrade(..) => {
+            let msg = "WebSockets are served over HTTP/1.1; extended CONNECT (RFC 9220) over HTTP/3 is not built yet\n";
+            respond_text(core, conn, stream, route, Status::NotImplemented, msg);
+        }
     }
 }
 

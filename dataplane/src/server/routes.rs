@@ -83,6 +83,10 @@ pub(super) enum Plan {
     /// A service's mount (index into the node's services): the transport builds
     /// the request view and asks [`super::services::plan`].
     Service(usize),
+    /// A WebSocket a service accepted: the transport checks the handshake and
+    /// runs the session, the service's [`service_api::Service::socket`] on its
+    /// pool.
+    Upgrade(Arc<Running>, Box<OwnedRequest>),
 }
 
 /// Where a request body goes once read.

@@ -71,6 +71,7 @@ pub(super) fn plan(running: &Arc<Running>, view: &Request<'_>) -> Plan {
             required: false,
             then: AfterBody::Service(running.clone(), Box::new(view.to_owned())),
         },
+        Decision::Upgrade => Plan::Upgrade(running.clone(), Box::new(view.to_owned())),
     }
 }
 

@@ -27,6 +27,7 @@ impl Method {
 /// Response statuses the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    SwitchingProtocols,
     Ok,
     Created,
     Accepted,
@@ -52,7 +53,8 @@ pub enum Status {
 }
 
 /// All statuses, in the order of [`Status::index`], for metrics.
-pub const STATUSES: [Status; 22] = [
+pub const STATUSES: [Status; 23] = [
+    Status::SwitchingProtocols,
     Status::Ok,
     Status::Created,
     Status::Accepted,
@@ -80,6 +82,7 @@ pub const STATUSES: [Status; 22] = [
 impl Status {
     pub fn code(self) -> u16 {
         match self {
+            Status::SwitchingProtocols => 101,
             Status::Ok => 200,
             Status::Created => 201,
             Status::Accepted => 202,
@@ -111,6 +114,7 @@ impl Status {
 
     pub fn reason(self) -> &'static str {
         match self {
+            Status::SwitchingProtocols => "Switching Protocols",
             Status::Ok => "OK",
             Status::Created => "Created",
             Status::Accepted => "Accepted",

@@ -244,6 +244,39 @@ pub enum Decision {
     Reply(Reply),
     /// Hand the request to [`Service::handle`] on the service's pool.
     Work,
+    /// Accept a WebSocket (RFC 6455) on this request: the data plane checks
+    /// the handshake, answers 101, and runs [`Service::socket`] on the pool.
+    Upgrade,
+}
+
+/// Messages each way a WebSocket may have queued; beyond this the reader
+/// waits (the client is read no faster than the service takes messages).
+pub const SOCKET_MESSAGES_QUEUED: usize = 16;
+
+/// A WebSocket message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// A WebSocket as [`Service::socket`] sees it, on its worker: blocking
+/// receive and send of whole messages. Pings, pongs and the closing
+/// handshake are the data plane's. Returning from `socket` closes it (1000).
+pub struct Socket {
+    pub incoming: flume::Receiver<Message>,
+    pub outgoing: flume::Sender<Message>,
+}
+
+impl Socket {
+    /// The next message; None once the client closed or went away.
+    pub fn recv(&self) -> Option<Message> {
+        self.incoming.recv().ok()
+    }
+
+    pub fn send(&self, message: Message) -> Result<(), Gone> {
+        self.outgoing.send(message).map_err(|_| Gone)
+    }
 }
 
 /// A service on the node. Implementations are shared by every core (hence
@@ -266,6 +299,16 @@ pub trait Service: Send + Sync + 'static {
     fn decide(&self, req: &Request<'_>) -> Decision;
     /// Off the core, on the service's pool: may block, within the deadline.
     fn handle(&self, req: OwnedRequest, body: Vec<u8>) -> Reply;
+    /// A WebSocket this service accepted ([`Decision::Upgrade`]), on its
+    /// pool for as long as it lasts (so the pool's size bounds the sockets
+    /// it serves at once). The default closes it at once.
+    fn socket(&self, req: OwnedRequest, socket: Socket) {
+        let _ = (req, socket);
+    }
+    /// The largest WebSocket message it takes (1009 beyond).
+    fn max_message_bytes(&self) -> usize {
+        1 << 20
+    }
 }
 
 /// Per-service counters, rendered in `/metrics` with the service's name.
