@@ -15,6 +15,8 @@
 //! - `/test/echo/stream?bytes=N`: a body of N bytes produced on the worker in
 //!   64 KiB chunks, chunk `k` all bytes `k % 251` ([`stream_pattern`]);
 //! - `/test/echo/stream-fail?bytes=N`: the same, failing half-way;
+//! - `/test/echo/blob/{hash}`: on the core, the stored blob as the body, as
+//!   `text/x-echo`, `Cache-Control: no-cache`, `x-served-by: echo`;
 //! - `/test/echo/ws`: a WebSocket that sends every message back, and closes
 //!   when it receives the text `close-me`;
 //! - anything else: `METHOD PATH\n` then the request body, with `X-Echo-Host`
@@ -24,11 +26,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use service_api::{
-    Decision, Message, Mount, OwnedRequest, PoolConfig, Reply, Request, Service, Socket, Status,
+    BlobReply, Decision, Message, Mount, OwnedRequest, PoolConfig, Reply, Request, Service, Socket,
+    Status,
 };
 
 struct Echo {
     deadline: Duration,
+    // What the service "published" for its blob answers: shared, not copied.
+    blob_type: Arc<str>,
+    blob_cache: Arc<str>,
+    blob_headers: Arc<[(String, String)]>,
+}
+
+fn parse_hash(hex: &[u8]) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl Service for Echo {
@@ -53,6 +71,17 @@ impl Service for Echo {
     }
 
     fn decide(&self, req: &Request<'_>) -> Decision {
+        if let Some(hex) = req.path.strip_prefix(b"/test/echo/blob/") {
+            return match parse_hash(hex) {
+                Some(hash) => Decision::Blob(BlobReply {
+                    hash,
+                    content_type: self.blob_type.clone(),
+                    cache_control: Some(self.blob_cache.clone()),
+                    headers: Some(self.blob_headers.clone()),
+                }),
+                None => Decision::Reply(Reply::text(Status::BadRequest, "not a hash\n")),
+            };
+        }
         match req.path {
             b"/test/echo/now" => Decision::Reply(Reply::text(Status::Ok, "now\n")),
             b"/test/echo/ws" => Decision::Upgrade,
@@ -145,6 +174,13 @@ pub fn from_env() -> Vec<Arc<dyn Service>> {
         .unwrap_or_default()
         .split(',')
         .filter(|name| *name == "echo")
-        .map(|_| Arc::new(Echo { deadline }) as Arc<dyn Service>)
+        .map(|_| {
+            Arc::new(Echo {
+                deadline,
+                blob_type: "text/x-echo".into(),
+                blob_cache: "no-cache".into(),
+                blob_headers: vec![("x-served-by".to_string(), "echo".to_string())].into(),
+            }) as Arc<dyn Service>
+        })
         .collect()
 }

@@ -295,3 +295,46 @@ fn a_websocket_echo_with_a_real_client() {
     // The service still serves plain requests.
     assert_eq!(node.get("/test/echo/now").2, b"now\n");
 }
+
+#[test]
+fn a_service_answers_with_a_stored_blob_served_as_blobs_are() {
+    let node = echo_node(&[]);
+    let data = random_bytes(300_000, 21);
+    let hash = node.put_bytes(&data);
+    let url = format!("{}/test/echo/blob/{hash}", node.url());
+    let zero_copy = node.metric("tessera_zero_copy_bytes_total");
+    let out = curl(&["-D", "-", "-o", "/dev/null", &url]);
+    let head = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(header(&head, "content-type"), Some("text/x-echo"));
+    assert_eq!(header(&head, "cache-control"), Some("no-cache"));
+    assert_eq!(header(&head, "x-served-by"), Some("echo"));
+    assert_eq!(header(&head, "etag"), Some(format!("\"{hash}\"").as_str()));
+    assert_eq!(header(&head, "content-length"), Some("300000"));
+    // Served the blob way: spliced, not copied through the service.
+    assert!(node.metric("tessera_zero_copy_bytes_total") >= zero_copy + 300_000);
+    let out = curl(&["-r", "100-199", &url]);
+    assert_eq!(out.stdout, &data[100..200]);
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &format!("If-None-Match: \"{hash}\""),
+        &url,
+    ]);
+    assert_eq!(out.stdout, b"304");
+    // Over HTTP/3.
+    let h3 = format!("https://{}/test/echo/blob/{hash}", node.addr);
+    let r = aioquic_request(&h3, "GET", &[("range", "bytes=10-19")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &data[10..20]);
+    assert_eq!(r.header("content-type"), Some("text/x-echo"));
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    assert_eq!(r.header("x-served-by"), Some("echo"));
+    // A blob the node lacks: 404, as for /blobs.
+    let missing = format!("{}/test/echo/blob/{}", node.url(), "0".repeat(64));
+    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", &missing]);
+    assert_eq!(out.stdout, b"404");
+}

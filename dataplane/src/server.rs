@@ -881,10 +881,12 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
         Plan::Reply(reply) => {
             write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await
         }
-        Plan::Blob(hash) if info.verified => {
-            get_verified(core, conn, &info, hash, keep_alive).await
+        Plan::Blob(hash, meta) if info.verified => {
+            get_verified(core, conn, &info, hash, meta.as_ref(), keep_alive).await
         }
-        Plan::Blob(hash) => get_plain(core, conn, &info, hash, keep_alive).await,
+        Plan::Blob(hash, meta) => {
+            get_plain(core, conn, &info, hash, meta.as_ref(), keep_alive).await
+        }
         Plan::Upload => upload(core, conn, &info).await,
         Plan::OffCore(job) => {
             let reply = run_job(job).await;
@@ -1444,21 +1446,29 @@ fn head<'a>(core: &Core, out: &'a mut Vec<u8>, status: Status) -> Head<'a> {
 
 /// The head of a blob representation: a 200 or 206, or the 304 that stands for
 /// it (which carries the same validators and caching fields, RFC 9110 §15.4.5).
+/// `meta`: what a service said of the blob (its caching and extra headers).
 fn blob_head<'a>(
     core: &Core,
     wbuf: &'a mut Vec<u8>,
     status: Status,
     tag: &BlobTag,
     content_type: &[u8],
+    meta: Option<&service_api::BlobReply>,
 ) -> Head<'a> {
     let head = head(core, wbuf, status);
-    let head = if status == Status::NotModified {
+    let mut head = if status == Status::NotModified {
         head
     } else {
         head.header("Content-Type", content_type)
     };
+    let cache_control = meta
+        .and_then(|m| m.cache_control.as_deref())
+        .unwrap_or(http::BLOB_CACHE_CONTROL);
+    for (name, value) in meta.and_then(|m| m.headers.as_deref()).unwrap_or(&[]) {
+        head = head.header(name, value.as_bytes());
+    }
     head.etag(tag)
-        .header("Cache-Control", http::BLOB_CACHE_CONTROL.as_bytes())
+        .header("Cache-Control", cache_control.as_bytes())
         .header("Vary", b"Accept")
         .header("Accept-Ranges", b"bytes")
 }
@@ -1473,6 +1483,7 @@ async fn blob_preconditions(
     info: &ReqInfo,
     hash: BlobHash,
     tag: &BlobTag,
+    meta: Option<&service_api::BlobReply>,
     keep_alive: bool,
 ) -> io::Result<Result<bool, Next>> {
     let has_range = info.range_len.is_some();
@@ -1489,7 +1500,7 @@ async fn blob_preconditions(
             // A revalidation is a use: the blob stays recent for eviction.
             touch(core, hash);
             let mut wbuf = std::mem::take(&mut conn.wbuf);
-            blob_head(core, &mut wbuf, Status::NotModified, tag, b"")
+            blob_head(core, &mut wbuf, Status::NotModified, tag, b"", meta)
                 .finish_without_length(keep_alive);
             conn.wbuf = wbuf;
             let next = send_wbuf(core, conn, info.route, Status::NotModified, keep_alive).await?;
@@ -1533,6 +1544,7 @@ async fn get_plain(
     conn: &mut Conn,
     info: &ReqInfo,
     hash: BlobHash,
+    meta: Option<&service_api::BlobReply>,
     keep_alive: bool,
 ) -> io::Result<Next> {
     let route = info.route;
@@ -1545,7 +1557,7 @@ async fn get_plain(
         Err(next) => return Ok(next),
     };
     let tag = BlobTag::new(&hash, false);
-    let range = match blob_preconditions(core, conn, info, hash, &tag, keep_alive).await? {
+    let range = match blob_preconditions(core, conn, info, hash, &tag, meta, keep_alive).await? {
         Ok(honor_range) => info.range().filter(|_| honor_range),
         Err(next) => return Ok(next),
     };
@@ -1557,7 +1569,10 @@ async fn get_plain(
         }
     };
     let mut wbuf = std::mem::take(&mut conn.wbuf);
-    let mut head = blob_head(core, &mut wbuf, status, &tag, b"application/octet-stream");
+    let content_type = meta.map_or(&b"application/octet-stream"[..], |m| {
+        m.content_type.as_bytes()
+    });
+    let mut head = blob_head(core, &mut wbuf, status, &tag, content_type, meta);
     if status == Status::PartialContent {
         head = head.content_range(first, first + len - 1, size);
     }
@@ -1663,6 +1678,7 @@ async fn get_verified(
     conn: &mut Conn,
     info: &ReqInfo,
     hash: BlobHash,
+    meta: Option<&service_api::BlobReply>,
     keep_alive: bool,
 ) -> io::Result<Next> {
     let route = info.route;
@@ -1677,7 +1693,7 @@ async fn get_verified(
             Err(next) => return Ok(next),
         };
     let tag = BlobTag::new(&hash, true);
-    let range = match blob_preconditions(core, conn, info, hash, &tag, keep_alive).await? {
+    let range = match blob_preconditions(core, conn, info, hash, &tag, meta, keep_alive).await? {
         Ok(honor_range) => info.range().filter(|_| honor_range),
         Err(next) => return Ok(next),
     };
@@ -1696,6 +1712,7 @@ async fn get_verified(
         Status::Ok,
         &tag,
         http::BAO_MEDIA_TYPE.as_bytes(),
+        meta,
     )
     .finish(total, keep_alive);
     conn.wbuf = wbuf;

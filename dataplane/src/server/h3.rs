@@ -276,6 +276,7 @@ enum Done {
     Fetched {
         req: Box<H3Request>,
         hash: BlobHash,
+        meta: Option<service_api::BlobReply>,
     },
     /// The next chunk of a streamed body.
     Chunk(Vec<u8>),
@@ -773,9 +774,18 @@ impl Endpoint {
         let result = match c.result {
             Done::Chunk(_) | Done::StreamEnd | Done::StreamAbort => return,
             Done::Upload(r) => r,
-            Done::Fetched { req, hash } => {
+            Done::Fetched { req, hash, meta } => {
                 // Stored now, or not: answer from the store (404 if not).
-                get_blob(core, conn, c.stream, &req, Route::Blob(hash), hash, None);
+                get_blob(
+                    core,
+                    conn,
+                    c.stream,
+                    &req,
+                    Route::Blob(hash),
+                    hash,
+                    meta,
+                    None,
+                );
                 send_bodies(core, conn);
                 return;
             }
@@ -1131,7 +1141,9 @@ fn on_request(
     }
     match plan {
         Plan::Reply(reply) => send_reply(core, conn, stream, route, reply, head_only, commits),
-        Plan::Blob(hash) => get_blob(core, conn, stream, &req, route, hash, Some(commits)),
+        Plan::Blob(hash, meta) => {
+            get_blob(core, conn, stream, &req, route, hash, meta, Some(commits))
+        }
         Plan::Upload => begin_upload(core, conn, stream, more_frames),
         Plan::OffCore(job) => {
             let after = super::routes::AfterBody::Job(Box::new(move |_| job()));
@@ -1317,6 +1329,7 @@ fn send_reply(
 
 /// `fetch`: where to report a fetch from peers on a miss (None: do not fetch,
 /// e.g. when this is the answer after a fetch).
+#[allow(clippy::too_many_arguments)] // the request, its stream and what the blob is
 fn get_blob(
     core: &Core,
     conn: &mut QuicConn,
@@ -1324,6 +1337,7 @@ fn get_blob(
     req: &H3Request,
     route: Route,
     hash: BlobHash,
+    meta: Option<service_api::BlobReply>,
     fetch: Option<&flume::Sender<Committed>>,
 ) {
     let (fd, size, cached) = match core.open_blob_cached(&hash) {
@@ -1358,7 +1372,7 @@ fn get_blob(
                     let _ = commits.send(Committed {
                         conn: id,
                         stream,
-                        result: Done::Fetched { req, hash },
+                        result: Done::Fetched { req, hash, meta },
                     });
                 });
                 return;
@@ -1386,9 +1400,13 @@ fn get_blob(
     };
     let verified = req.wants_verified();
     let tag = http::BlobTag::new(&hash, verified);
+    let cache_control = meta
+        .as_ref()
+        .and_then(|m| m.cache_control.as_deref())
+        .unwrap_or(http::BLOB_CACHE_CONTROL);
     let common: [(&str, &[u8]); 4] = [
         ("etag", tag.as_bytes()),
-        ("cache-control", http::BLOB_CACHE_CONTROL.as_bytes()),
+        ("cache-control", cache_control.as_bytes()),
         ("vary", b"accept"),
         ("accept-ranges", b"bytes"),
     ];
@@ -1515,15 +1533,23 @@ fn get_blob(
     if status == Status::PartialContent {
         headers.push(("content-range", cr.as_bytes()));
     }
+    let extra = meta
+        .as_ref()
+        .and_then(|m| m.headers.as_deref())
+        .unwrap_or(&[]);
+    headers.extend(extra.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
     let clen = len.to_string();
     let rest = (!head_only && len > 0).then_some((body, first as usize, (first + len) as usize));
+    let content_type = meta
+        .as_ref()
+        .map_or("application/octet-stream", |m| &*m.content_type);
     start_response(
         core,
         conn,
         stream,
         route,
         status,
-        "application/octet-stream",
+        content_type,
         &clen,
         &headers,
         rest,

@@ -64,9 +64,11 @@ pub(super) type BodyJob = Box<dyn FnOnce(Vec<u8>) -> Reply + Send>;
 pub(super) enum Plan {
     /// Answer now.
     Reply(Reply),
-    /// `GET`/`HEAD /blobs/{hash}`: the transport serves the blob (zero-copy over
-    /// HTTP/1.1, mapped over HTTP/3), preconditions and ranges included.
-    Blob(BlobHash),
+    /// `GET`/`HEAD /blobs/{hash}`, or a service's [`service_api::BlobReply`]
+    /// (its content type and caching headers): the transport serves the blob
+    /// (zero-copy over HTTP/1.1, mapped over HTTP/3), preconditions and ranges
+    /// included.
+    Blob(BlobHash, Option<service_api::BlobReply>),
     /// `POST /blobs`: the transport streams the body into the store.
     Upload,
     /// Run off the core, then answer.
@@ -211,7 +213,7 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
             }
             None => no_control_plane(),
         }),
-        (Route::Blob(hash), _) if get => Plan::Blob(hash),
+        (Route::Blob(hash), _) if get => Plan::Blob(hash, None),
         (Route::Blobs, Method::Post) => Plan::Upload,
         (Route::Receipts, Method::Post) => match hooks.store_receipts.clone() {
             Some(store) => Plan::Body {

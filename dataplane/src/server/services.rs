@@ -72,6 +72,7 @@ pub(super) fn plan(running: &Arc<Running>, view: &Request<'_>) -> Plan {
             then: AfterBody::Service(running.clone(), Box::new(view.to_owned())),
         },
         Decision::Upgrade => Plan::Upgrade(running.clone(), Box::new(view.to_owned())),
+        Decision::Blob(blob) => Plan::Blob(crate::BlobHash(blob.hash), Some(blob)),
     }
 }
 

@@ -244,9 +244,28 @@ pub enum Decision {
     Reply(Reply),
     /// Hand the request to [`Service::handle`] on the service's pool.
     Work,
+    /// Serve a stored blob as the response, as the data plane serves blobs:
+    /// zero-copy over HTTP/1.1, mapped over HTTP/3, with ranges, conditional
+    /// requests and `ETag` (the blob's hash). A static file, a CDN hit, an
+    /// IPFS block: served exactly as fast as a blob.
+    Blob(BlobReply),
     /// Accept a WebSocket (RFC 6455) on this request: the data plane checks
     /// the handshake, answers 101, and runs [`Service::socket`] on the pool.
     Upgrade,
+}
+
+/// A stored blob as a reply, with what the service says of it. The strings
+/// are shared with the service's published snapshot, so answering costs
+/// reference counts, not allocations.
+#[derive(Debug, Clone)]
+pub struct BlobReply {
+    /// The blob's BLAKE3 hash.
+    pub hash: [u8; 32],
+    pub content_type: Arc<str>,
+    /// `Cache-Control` instead of a blob's default (immutable for a year).
+    pub cache_control: Option<Arc<str>>,
+    /// More response headers, names in lower case.
+    pub headers: Option<Arc<[(String, String)]>>,
 }
 
 /// Messages each way a WebSocket may have queued; beyond this the reader
