@@ -25,7 +25,7 @@ use controlplane::chain::{Chain, Transport};
 use controlplane::cluster::Cluster;
 use controlplane::ledger::{Key, ReceiptLog, SignedTx, State, Tx};
 use dataplane::http::{LedgerRoute, Status};
-use dataplane::server::{LedgerCall, LedgerHandler, LedgerReply};
+use dataplane::server::{LedgerCall, LedgerReply};
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
@@ -212,11 +212,7 @@ fn text(status: Status, t: &str) -> LedgerReply {
 }
 
 /// The `/ledger/...` routes.
-pub fn handler(chain: Arc<Chain>) -> Arc<LedgerHandler> {
-    Arc::new(move |call: LedgerCall| answer(&chain, call))
-}
-
-fn answer(chain: &Chain, call: LedgerCall) -> LedgerReply {
+pub fn answer(chain: &Chain, call: LedgerCall) -> LedgerReply {
     match call.route {
         // Whole-state snapshots are for other nodes catching up, not for anyone
         // who asks (each is the size of the ledger).

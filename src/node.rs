@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use controlplane::cluster::{Cluster, ClusterConfig};
 use dataplane::config::NodeConfig;
-use dataplane::server::{Hooks, Server};
+use dataplane::server::{ControlPlane, Hooks, LedgerCall, LedgerReply, Server};
 use dataplane::store::{Store, StoreConfig};
 use sd_notify::NotifyState;
 
@@ -126,6 +126,71 @@ pub fn load_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
 /// (sysexits' EX_CONFIG); the systemd unit does not restart on it.
 pub const EXIT_CONFIG: u8 = 78;
 
+/// The control plane as the data plane sees it: the cluster's views, peering
+/// (fetch on miss, replication) and the ledger.
+struct NodeControl {
+    members: Arc<dyn Fn() -> String + Send + Sync>,
+    route: Arc<controlplane::cluster::RouteFn>,
+    locate: Arc<controlplane::cluster::LocateFn>,
+    verify_peer: Arc<controlplane::cluster::VerifyPeerFn>,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    peering: Option<Arc<crate::peering::Peering>>,
+    on_stored: Option<Arc<crate::peering::OnStored>>,
+    chain: Option<Arc<controlplane::chain::Chain>>,
+    receipts: Option<controlplane::ledger::ReceiptLog>,
+}
+
+impl ControlPlane for NodeControl {
+    fn members(&self) -> Option<String> {
+        Some((self.members)())
+    }
+
+    fn route(&self, hash: &[u8; 32], holds: bool) -> Option<String> {
+        Some((self.route)(hash, holds))
+    }
+
+    fn metrics(&self, out: &mut String) {
+        out.push_str(&(self.metrics)());
+        if let Some(chain) = &self.chain {
+            out.push_str(&crate::ledger::metrics(chain));
+        }
+    }
+
+    fn verify_peer(&self, id: &[u8], time: &[u8], sig: &[u8], message: &[u8]) -> bool {
+        (self.verify_peer)(id, time, sig, message)
+    }
+
+    fn locate(&self, hash: &[u8; 32]) -> Option<std::net::SocketAddr> {
+        (self.locate)(hash)
+    }
+
+    fn fetches(&self) -> bool {
+        self.peering.is_some()
+    }
+
+    fn fetch_missing(&self, store: &Store, hash: &[u8; 32]) -> bool {
+        self.peering
+            .as_ref()
+            .is_some_and(|p| p.fetch_missing(store, hash))
+    }
+
+    fn stored(&self, hash: &[u8; 32]) {
+        if let Some(queue) = &self.on_stored {
+            queue(hash);
+        }
+    }
+
+    fn store_receipts(&self, body: &[u8]) -> Option<Result<usize, String>> {
+        self.receipts.as_ref().map(|log| log.accept(body))
+    }
+
+    fn ledger(&self, call: LedgerCall) -> Option<LedgerReply> {
+        self.chain
+            .as_ref()
+            .map(|chain| crate::ledger::answer(chain, call))
+    }
+}
+
 /// The services this node runs. None are built yet but the test ones.
 fn services() -> Vec<Arc<dyn service_api::Service>> {
     #[cfg(feature = "test-services")]
@@ -222,42 +287,31 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    let receipts = match &cluster {
+        Some(c) => Some(
+            controlplane::ledger::ReceiptLog::open(&data_dir.join("receipts.log"), c.id().0)
+                .context("cannot open the receipt log")?,
+        ),
+        None => None,
+    };
+    let control: Arc<dyn ControlPlane> = match &cluster {
+        Some(c) => Arc::new(NodeControl {
+            members: c.members_renderer(),
+            route: c.route_renderer(replication),
+            locate: c.locator(replication),
+            verify_peer: c.peer_verifier(),
+            metrics: c.metrics_renderer(),
+            peering,
+            on_stored,
+            chain: chain.clone(),
+            receipts,
+        }),
+        None => Arc::new(dataplane::server::NoControlPlane),
+    };
     let hooks = Hooks {
         services: services(),
+        control,
         control_inbox: cluster.as_ref().map(|c| c.inbox()),
-        members: cluster.as_ref().map(|c| c.members_renderer()),
-        route: cluster.as_ref().map(|c| c.route_renderer(replication)),
-        fetch_missing: peering.map(|p| {
-            Arc::new(move |store: &Store, hash: &[u8; 32]| p.fetch_missing(store, hash))
-                as Arc<dataplane::server::FetchMissing>
-        }),
-        on_stored,
-        verify_peer: cluster.as_ref().map(|c| c.peer_verifier()),
-        locate: cluster.as_ref().map(|c| c.locator(replication)),
-        extra_metrics: cluster.as_ref().map(|c| {
-            let render = c.metrics_renderer();
-            let chain = chain.clone();
-            Arc::new(move || {
-                let mut text = render();
-                if let Some(chain) = &chain {
-                    text.push_str(&crate::ledger::metrics(chain));
-                }
-                text
-            }) as Arc<dyn Fn() -> String + Send + Sync>
-        }),
-        ledger: chain.as_ref().map(|c| crate::ledger::handler(c.clone())),
-        store_receipts: match &cluster {
-            Some(c) => {
-                let log = controlplane::ledger::ReceiptLog::open(
-                    &data_dir.join("receipts.log"),
-                    c.id().0,
-                )
-                .context("cannot open the receipt log")?;
-                Some(Arc::new(move |body: &[u8]| log.accept(body))
-                    as Arc<dataplane::server::StoreReceipts>)
-            }
-            None => None,
-        },
     };
     let server = match Server::start_with(cfg, store, shutdown.clone(), hooks) {
         Ok(server) => server,

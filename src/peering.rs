@@ -63,6 +63,9 @@ pub fn sign_request<B>(
         .header(PEER_SIG_HEADER, &sig)
 }
 
+/// Queues a fresh upload for replication.
+pub type OnStored = dyn Fn(&[u8; 32]) + Send + Sync;
+
 pub struct Peering {
     cluster: Arc<Cluster>,
     replication: usize,
@@ -272,10 +275,10 @@ impl Peering {
     }
 
     /// Starts the replicator; the returned closure queues a fresh upload.
-    pub fn start_replicator(
-        self: &Arc<Self>,
-        store: Arc<Store>,
-    ) -> std::io::Result<Arc<dataplane::server::OnStored>> {
+    ///
+    /// The closure never blocks: a full queue drops the hash (rebalancing
+    /// finds the blob later).
+    pub fn start_replicator(self: &Arc<Self>, store: Arc<Store>) -> std::io::Result<Arc<OnStored>> {
         let (tx, rx) = flume::bounded::<[u8; 32]>(4096);
         let this = self.clone();
         std::thread::Builder::new()

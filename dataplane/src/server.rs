@@ -39,10 +39,12 @@ use crate::store::{now_secs, Store, StoreError};
 use crate::sys::{self, Pipe};
 use crate::verified::{self, Verifier};
 
+pub mod control;
 mod h3;
 mod routes;
 pub mod services;
 mod ws;
+pub use control::{ControlPlane, NoControlPlane};
 pub use h3::{ensure_tls, exercise as exercise_h3_request};
 use routes::{Plan, Reply};
 
@@ -103,39 +105,31 @@ pub struct Shared {
     pub services: services::Services,
 }
 
-/// What the control plane plugs into the data plane (DESIGN: the planes meet only
-/// at bounded channels and snapshots).
-#[derive(Clone, Default)]
+/// What the binary plugs into the data plane: the services, the control
+/// plane's typed answers, and the channel for the gossip datagrams that share
+/// the node's UDP port.
+#[derive(Clone)]
 pub struct Hooks {
     /// The services the node runs (see the `service-api` crate); their mounts
     /// are claimed at start, and two claims on one mount stop the node.
     pub services: Vec<Arc<dyn service_api::Service>>,
+    /// The control plane's answers (members, routing, fetch on miss,
+    /// replication, node signatures, receipts, the ledger).
+    pub control: Arc<dyn ControlPlane>,
     /// Datagrams on the node's UDP port that are not QUIC go here (gossip). QUIC v1
     /// always sets the fixed bit (0x40) of the first byte; a first byte below 0x40
     /// is never QUIC, so one port carries both. Bounded: when full, dropped.
     pub control_inbox: Option<flume::Sender<(Vec<u8>, std::net::SocketAddr)>>,
-    /// Renders `GET /cluster/members` (JSON); without it the route answers 404.
-    pub members: Option<Arc<dyn Fn() -> String + Send + Sync>>,
-    /// Renders `GET /route/{hash}` (JSON) given whether this node holds the blob.
-    pub route: Option<Arc<RouteRenderer>>,
-    /// Fetches a blob this node lacks from its peers into the store (verified
-    /// group by group on arrival); true when it is now stored. Runs on the
-    /// store-I/O pool, never on a core.
-    pub fetch_missing: Option<Arc<FetchMissing>>,
-    /// Told about every blob a client uploaded here (to replicate it).
-    pub on_stored: Option<Arc<OnStored>>,
-    /// Checks a request signed by another node: (node id, time, signature,
-    /// signed message) -> whether that live member signed it just now.
-    pub verify_peer: Option<Arc<VerifyPeer>>,
-    /// The best other node's client-facing address for a blob (redirect mode).
-    pub locate: Option<Arc<Locate>>,
-    /// More Prometheus text for `/metrics` (the control plane's counters).
-    pub extra_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
-    /// Checks and durably stores a batch of delivery receipts (runs on the
-    /// store-I/O pool; must have fsynced before it returns Ok(count)).
-    pub store_receipts: Option<Arc<StoreReceipts>>,
-    /// Answers `/ledger/...` (runs on the store-I/O pool, never on a core).
-    pub ledger: Option<Arc<LedgerHandler>>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            services: Vec::new(),
+            control: Arc::new(NoControlPlane),
+            control_inbox: None,
+        }
+    }
 }
 
 /// A `/ledger/...` request for the control plane.
@@ -153,27 +147,6 @@ pub struct LedgerReply {
     pub content_type: &'static str,
     pub body: Vec<u8>,
 }
-
-/// See [`Hooks::ledger`].
-pub type LedgerHandler = dyn Fn(LedgerCall) -> LedgerReply + Send + Sync;
-
-/// See [`Hooks::store_receipts`].
-pub type StoreReceipts = dyn Fn(&[u8]) -> Result<usize, String> + Send + Sync;
-
-/// See [`Hooks::locate`].
-pub type Locate = dyn Fn(&[u8; 32]) -> Option<std::net::SocketAddr> + Send + Sync;
-
-/// See [`Hooks::verify_peer`].
-pub type VerifyPeer = dyn Fn(&[u8], &[u8], &[u8], &[u8]) -> bool + Send + Sync;
-
-/// See [`Hooks::on_stored`].
-pub type OnStored = dyn Fn(&[u8; 32]) + Send + Sync;
-
-/// See [`Hooks::fetch_missing`].
-pub type FetchMissing = dyn Fn(&Store, &[u8; 32]) -> bool + Send + Sync;
-
-/// See [`Hooks::route`].
-pub type RouteRenderer = dyn Fn(&[u8; 32], bool) -> String + Send + Sync;
 
 /// A running server; [`Server::wait`] blocks until every core has stopped.
 pub struct Server {
@@ -1174,16 +1147,19 @@ async fn open_or_answer(
             return Ok(Err(next));
         }
     }
-    let opened = match (opened, &core.shared.hooks.fetch_missing) {
+    let control = &core.shared.hooks.control;
+    let opened = match opened {
         // Not here: fetch it from peers (unless a peer is asking), then serve.
-        (Ok(None), Some(fetch)) if suffix.is_empty() && !from_peer && on_miss == OnMiss::Fetch => {
-            let (fetch, store, h) = (fetch.clone(), core.shared.store.clone(), *hash);
-            match off_core(move || Ok(fetch(&store, &h.0))).await {
+        Ok(None)
+            if control.fetches() && suffix.is_empty() && !from_peer && on_miss == OnMiss::Fetch =>
+        {
+            let (control, store, h) = (control.clone(), core.shared.store.clone(), *hash);
+            match off_core(move || Ok(control.fetch_missing(&store, &h.0))).await {
                 Ok(true) => core.open_blob_cached(hash),
                 _ => Ok(None),
             }
         }
-        (opened, _) => opened,
+        opened => opened,
     };
     match opened {
         Ok(Some(found)) => Ok(Ok(found)),
@@ -1256,7 +1232,7 @@ fn redirect_for(core: &Core, hash: &BlobHash, scheme: &str) -> Option<String> {
     if core.shared.config.on_miss != OnMiss::Redirect {
         return None;
     }
-    let best = core.shared.hooks.locate.as_ref()?(&hash.0)?;
+    let best = core.shared.hooks.control.locate(&hash.0)?;
     Some(format!("{scheme}://{best}/blobs/{hash}"))
 }
 
@@ -1762,9 +1738,7 @@ async fn upload_body(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result
     match off_core(move || writer.finish()).await {
         Ok(out) => {
             if !info.from_peer {
-                if let Some(stored) = &core.shared.hooks.on_stored {
-                    stored(&out.hash.0);
-                }
+                core.shared.hooks.control.stored(&out.hash.0);
             }
             let mut body = [0u8; 128];
             let len = {

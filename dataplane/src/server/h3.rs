@@ -1359,16 +1359,15 @@ fn get_blob(
                 );
             }
             // Not here: fetch it from peers off the core, then answer.
-            if let (Some(commits), Some(fetcher), crate::config::OnMiss::Fetch) = (
-                fetch,
-                core.shared.hooks.fetch_missing.clone(),
-                core.shared.config.on_miss,
-            ) {
+            let control = core.shared.hooks.control.clone();
+            if let (Some(commits), true, crate::config::OnMiss::Fetch) =
+                (fetch, control.fetches(), core.shared.config.on_miss)
+            {
                 conn.streams.insert(stream, StreamState::Committing);
                 let (store, commits) = (core.shared.store.clone(), commits.clone());
                 let (id, req) = (conn.quic.source_id().into_owned(), Box::new(req.clone()));
                 monoio::spawn(async move {
-                    let _ = off_core(move || Ok(fetcher(&store, &hash.0))).await;
+                    let _ = off_core(move || Ok(control.fetch_missing(&store, &hash.0))).await;
                     let _ = commits.send(Committed {
                         conn: id,
                         stream,

@@ -157,12 +157,16 @@ pub(super) fn peer(
     let Some(id) = id else {
         return Peer::None;
     };
-    let (Some(verify), Some(time), Some(sig)) = (core.shared.hooks.verify_peer.as_ref(), time, sig)
-    else {
+    let (Some(time), Some(sig)) = (time, sig) else {
         return Peer::Refused;
     };
     let message = http::peer_message(method.as_str().as_bytes(), path, time);
-    match (verify(id, time, sig, &message), http::parse_hex32(id)) {
+    let signed = core
+        .shared
+        .hooks
+        .control
+        .verify_peer(id, time, sig, &message);
+    match (signed, http::parse_hex32(id)) {
         (true, Some(node)) => Peer::Signed(node),
         _ => Peer::Refused,
     }
@@ -196,43 +200,39 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
         (Route::Healthz, _) if get => Plan::Reply(Reply::text(Status::Ok, "ok\n")),
         (Route::Metrics, _) if get => {
             let mut text = core.shared.metrics.render(&core.shared.store);
-            if let Some(extra) = &hooks.extra_metrics {
-                text.push_str(&extra());
-            }
+            hooks.control.metrics(&mut text);
             core.shared.services.render_metrics(&mut text);
             Plan::Reply(Reply::new(Status::Ok, "text/plain; version=0.0.4", text))
         }
-        (Route::Members, _) if get => Plan::Reply(match &hooks.members {
-            Some(render) => json(render()),
-            None => no_control_plane(),
-        }),
-        (Route::RouteOf(hash), _) if get => Plan::Reply(match &hooks.route {
-            Some(render) => {
-                let holds = matches!(core.open_blob(&hash), Ok(Some(_)));
-                json(render(&hash.0, holds))
-            }
-            None => no_control_plane(),
-        }),
+        (Route::Members, _) if get => {
+            Plan::Reply(hooks.control.members().map_or_else(no_control_plane, json))
+        }
+        (Route::RouteOf(hash), _) if get => {
+            let holds = matches!(core.open_blob(&hash), Ok(Some(_)));
+            let answer = hooks.control.route(&hash.0, holds);
+            Plan::Reply(answer.map_or_else(no_control_plane, json))
+        }
         (Route::Blob(hash), _) if get => Plan::Blob(hash, None),
         (Route::Blobs, Method::Post) => Plan::Upload,
-        (Route::Receipts, Method::Post) => match hooks.store_receipts.clone() {
-            Some(store) => Plan::Body {
+        (Route::Receipts, Method::Post) => {
+            let control = hooks.control.clone();
+            Plan::Body {
                 limit: MAX_RECEIPTS_BODY,
                 what: "receipts",
                 required: true,
-                then: AfterBody::Job(Box::new(move |body| match store(&body) {
-                    Ok(k) => Reply::new(
+                then: AfterBody::Job(Box::new(move |body| match control.store_receipts(&body) {
+                    Some(Ok(k)) => Reply::new(
                         Status::Accepted,
                         "application/json",
                         format!("{{\"accepted\":{k}}}\n"),
                     ),
-                    Err(why) => {
+                    Some(Err(why)) => {
                         Reply::text(Status::BadRequest, &format!("receipts refused: {why}\n"))
                     }
+                    None => no_control_plane(),
                 })),
-            },
-            None => Plan::Reply(no_control_plane()),
-        },
+            }
+        }
         (Route::Ledger(l), Method::Post) if l.is_post() => ledger(core, head, l),
         (Route::Ledger(l), Method::Get) if !l.is_post() => ledger(core, head, l),
         (Route::Blob(hash), Method::Delete) => {
@@ -262,17 +262,20 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
 /// `/ledger/...`: handed to the control plane off the core, with the body of a
 /// POST and the node that signed the request.
 fn ledger(core: &Core, head: &Head, route: LedgerRoute) -> Plan {
-    let Some(handler) = core.shared.hooks.ledger.clone() else {
-        return Plan::Reply(Reply::text(
-            Status::NotFound,
-            "this node runs no ledger (set [ledger] genesis)\n",
-        ));
-    };
+    let control = core.shared.hooks.control.clone();
     let peer = match head.peer {
         Peer::Signed(node) => Some(node),
         _ => None,
     };
-    let call = move |body| -> Reply { handler(LedgerCall { route, body, peer }).into() };
+    let call = move |body| -> Reply {
+        match control.ledger(LedgerCall { route, body, peer }) {
+            Some(reply) => reply.into(),
+            None => Reply::text(
+                Status::NotFound,
+                "this node runs no ledger (set [ledger] genesis)\n",
+            ),
+        }
+    };
     if route.is_post() {
         Plan::Body {
             limit: MAX_LEDGER_BODY,
