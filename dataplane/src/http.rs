@@ -42,9 +42,6 @@ pub struct Request<'a> {
     pub query: &'a [u8],
     /// The target's authority if absolute-form, else the `Host` header.
     pub host: Option<&'a [u8]>,
-    /// `If-Match`, `If-None-Match`, `If-Modified-Since`, `If-Unmodified-Since`,
-    /// `If-Range`, copied for [`Preconditions::evaluate`].
-    pub preconditions: Preconditions,
     /// Bytes of the head, including the blank line; the body starts here.
     pub head_len: usize,
     pub body: Body,
@@ -115,6 +112,26 @@ impl ParseError {
 
 /// Parses a request head from the start of `buf`. `Ok(None)`: need more bytes.
 pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, ParseError> {
+    parse(buf, limits, None)
+}
+
+/// [`parse_request`], and the precondition fields (`If-Match`, `If-None-Match`,
+/// `If-Modified-Since`, `If-Unmodified-Since`, `If-Range`) copied into
+/// `preconditions` (cleared first; the connection keeps one and reuses it).
+pub fn parse_request_into<'a>(
+    buf: &'a [u8],
+    limits: Limits,
+    preconditions: &mut Preconditions,
+) -> Result<Option<Request<'a>>, ParseError> {
+    preconditions.clear();
+    parse(buf, limits, Some(preconditions))
+}
+
+fn parse<'a>(
+    buf: &'a [u8],
+    limits: Limits,
+    mut preconditions: Option<&mut Preconditions>,
+) -> Result<Option<Request<'a>>, ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let max_headers = limits.max_headers.min(MAX_HEADERS);
     let mut req = httparse::Request::new(&mut headers[..max_headers]);
@@ -146,7 +163,6 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
         None => (target, &target[target.len()..]),
     };
     let mut host = authority;
-    let mut preconditions = Preconditions::default();
     let http10 = req.version == Some(0);
     let mut keep_alive = !http10;
     let mut content_length: Option<u64> = None;
@@ -201,9 +217,11 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
             if authority.is_none() {
                 host = Some(value);
             }
-        } else if let Some(field) = conditional::Field::from_name(name) {
-            preconditions
-                .push_field(field, value)
+        } else if let (Some(field), Some(pre)) = (
+            conditional::Field::from_name(name),
+            preconditions.as_deref_mut(),
+        ) {
+            pre.push_field(field, value)
                 .map_err(|_| ParseError::Malformed(conditional::TooLarge::MESSAGE))?;
         }
     }
@@ -223,7 +241,6 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request<'_>>, 
         path,
         query,
         host,
-        preconditions,
         head_len,
         body,
         keep_alive,
@@ -1128,25 +1145,29 @@ mod tests {
     #[test]
     fn preconditions_are_collected() {
         let raw = b"GET / HTTP/1.1\r\nIf-None-Match: \"a\"\r\nif-none-match: \"b\"\r\nIf-Range: \"c\"\r\nRange: bytes=0-1\r\n\r\n";
-        let r = parse_request(raw, LIMITS).expect("ok").expect("complete");
+        let mut pre = Preconditions::default();
+        parse_request_into(raw, LIMITS, &mut pre)
+            .expect("ok")
+            .expect("complete");
         let tag = BlobTag::new(&BlobHash([0; 32]), false);
         let v = Validators {
             etag: Some(tag.as_bytes()),
             ..Validators::default()
         };
         assert_eq!(
-            r.preconditions.evaluate(Method::Get, true, &v),
+            pre.evaluate(Method::Get, true, &v),
             ConditionalOutcome::Proceed { honor_range: false }
         );
         let tagged = format!(
             "GET / HTTP/1.1\r\nIf-None-Match: \"x\", {}\r\n\r\n",
             String::from_utf8_lossy(tag.as_bytes())
         );
-        let r = parse_request(tagged.as_bytes(), LIMITS)
+        // The same buffer again: cleared, then filled.
+        parse_request_into(tagged.as_bytes(), LIMITS, &mut pre)
             .expect("ok")
             .expect("complete");
         assert_eq!(
-            r.preconditions.evaluate(Method::Get, false, &v),
+            pre.evaluate(Method::Get, false, &v),
             ConditionalOutcome::NotModified
         );
         let huge = format!(
@@ -1154,7 +1175,7 @@ mod tests {
             "\"a\",".repeat(300)
         );
         assert!(matches!(
-            parse_request(huge.as_bytes(), LIMITS),
+            parse_request_into(huge.as_bytes(), LIMITS, &mut pre),
             Err(ParseError::Malformed(_))
         ));
     }
@@ -1168,7 +1189,8 @@ pub fn exercise(data: &[u8]) {
         max_header_bytes: 8192,
         max_headers: 32,
     };
-    if let Ok(Some(req)) = parse_request(data, limits) {
+    let mut pre = Preconditions::default();
+    if let Ok(Some(req)) = parse_request_into(data, limits, &mut pre) {
         let _ = route(req.path);
         let _ = req.wants_verified();
         let tag = BlobTag::new(&BlobHash([7; 32]), req.wants_verified());
@@ -1176,9 +1198,7 @@ pub fn exercise(data: &[u8]) {
             etag: Some(tag.as_bytes()),
             ..Validators::default()
         };
-        let _ = req
-            .preconditions
-            .evaluate(req.method, req.range.is_some(), &v);
+        let _ = pre.evaluate(req.method, req.range.is_some(), &v);
         for size in [0, 1, 16384, u64::MAX] {
             if let RangeRequest::Partial { first, last } = parse_range(req.range, size) {
                 assert!(first <= last && last < size, "range outside the blob");

@@ -635,6 +635,9 @@ struct Conn {
     /// Response heads and small bodies; verified streams are built here too.
     wbuf: Vec<u8>,
     pipe: Option<Pipe>,
+    /// The current request's precondition fields (If-None-Match, ...): kept
+    /// here, reused for every request, rather than copied with each request.
+    preconditions: Preconditions,
 }
 
 /// What the handler needs from a parsed head, copied out of the read buffer so the
@@ -656,7 +659,6 @@ struct ReqInfo {
     from_peer: bool,
     /// The node that signed the request, checked.
     peer: routes::Peer,
-    preconditions: Preconditions,
     /// The service whose mount the request is under.
     service: Option<usize>,
 }
@@ -682,6 +684,7 @@ async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         rbuf: Vec::with_capacity(cfg.max_header_bytes),
         wbuf: Vec::with_capacity(1024),
         pipe: None,
+        preconditions: Preconditions::default(),
     };
     loop {
         if core.stopping.get() && conn.rbuf.is_empty() {
@@ -698,7 +701,7 @@ async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         };
         let _flight = InFlight::new(&core);
         let started = Instant::now();
-        let next = handle(&core, &mut conn, info).await;
+        let next = handle(&core, &mut conn, &info).await;
         let micros = started.elapsed().as_micros() as u64;
         let _ = core.histogram.borrow_mut().record(micros.max(1));
         match next {
@@ -724,7 +727,8 @@ async fn read_head(
     };
     loop {
         if !conn.rbuf.is_empty() {
-            match http::parse_request(&conn.rbuf, core.shared.limits) {
+            match http::parse_request_into(&conn.rbuf, core.shared.limits, &mut conn.preconditions)
+            {
                 Ok(Some(req)) => return Ok(Some(req_info(core, &req))),
                 Ok(None) => {}
                 Err(e) => return Err(parse_error(e)),
@@ -814,7 +818,6 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
         expect_continue: req.expect_continue,
         from_peer: req.from_peer,
         peer,
-        preconditions: req.preconditions.clone(),
         service: core.shared.services.table.find(req.host, req.path),
     }
 }
@@ -826,7 +829,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next> {
+async fn handle(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next> {
     let route = info.route;
     let mut plan = routes::plan(
         core,
@@ -856,12 +859,12 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
             write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await
         }
         Plan::Blob(hash, meta) if info.verified => {
-            get_verified(core, conn, &info, hash, meta.as_ref(), keep_alive).await
+            get_verified(core, conn, info, hash, meta.as_ref(), keep_alive).await
         }
         Plan::Blob(hash, meta) => {
-            get_plain(core, conn, &info, hash, meta.as_ref(), keep_alive).await
+            get_plain(core, conn, info, hash, meta.as_ref(), keep_alive).await
         }
-        Plan::Upload => upload(core, conn, &info).await,
+        Plan::Upload => upload(core, conn, info).await,
         Plan::OffCore(job) => {
             let reply = run_job(job).await;
             write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await
@@ -876,7 +879,7 @@ async fn handle(core: &Core, conn: &mut Conn, info: ReqInfo) -> io::Result<Next>
                 conn.rbuf.drain(..info.head_len);
                 Vec::new()
             } else {
-                match small_body(core, conn, &info, limit, what).await? {
+                match small_body(core, conn, info, limit, what).await? {
                     Ok(b) => b,
                     Err(next) => return Ok(next),
                 }
@@ -1288,7 +1291,7 @@ async fn blob_preconditions(
         etag: Some(tag.as_bytes()),
         ..Validators::default()
     };
-    match info
+    match conn
         .preconditions
         .evaluate(info.method, has_range, &validators)
     {

@@ -128,6 +128,12 @@ pub enum Outcome {
 }
 
 impl Preconditions {
+    /// Forgets every field (the buffer is kept: nothing is zeroed).
+    pub fn clear(&mut self) {
+        self.used = 0;
+        self.count = 0;
+    }
+
     /// Keeps a header if it is a precondition; `Ok(false)` if it is not one.
     pub fn push(&mut self, name: &[u8], value: &[u8]) -> Result<bool, TooLarge> {
         let Some(field) = Field::from_name(name) else {
