@@ -10,32 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// curl's response: status, head text, body.
-fn curl_get(url: &str, extra: &[&str]) -> (u16, String, Vec<u8>) {
-    let mut args = vec!["-D", "-", "-o", "-"];
-    args.extend_from_slice(extra);
-    args.push(url);
-    let out = curl(&args);
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = out.stdout;
-    let split = text
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    let head = String::from_utf8_lossy(&text[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (status, head, text[split..].to_vec())
-}
-
 struct Fixture {
     node: Node,
     hash: String,

@@ -277,6 +277,33 @@ pub fn curl(args: &[&str]) -> Output {
         .expect("curl is installed (apt-get install curl)")
 }
 
+/// A GET with curl (`extra` flags before the URL): the status, the response
+/// head as text, and the body.
+pub fn curl_get(url: &str, extra: &[&str]) -> (u16, String, Vec<u8>) {
+    let mut args = vec!["-D", "-", "-o", "-"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = curl(&args);
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = out.stdout;
+    let split = text
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let head = String::from_utf8_lossy(&text[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, head, text[split..].to_vec())
+}
+
 /// `tessera get` of `hash` from `node` into `out` as the client whose key is in
 /// `client_dir` (it signs a delivery receipt afterwards).
 pub fn get_as(node: &Node, client_dir: &Path, hash: &str, out: &Path) {
