@@ -338,3 +338,40 @@ fn a_service_answers_with_a_stored_blob_served_as_blobs_are() {
     let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", &missing]);
     assert_eq!(out.stdout, b"404");
 }
+
+#[test]
+fn chunked_and_expect_continue_bodies_reach_the_service() {
+    let node = echo_node(&[]);
+    let url = format!("{}/test/echo/chunked", node.url());
+    // curl sends a chunked body and waits for 100 Continue.
+    let out = curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        "in pieces",
+        &url,
+    ]);
+    assert_eq!(out.stdout, b"POST /test/echo/chunked\nin pieces");
+    // Over the service's 64 KiB limit, chunk by chunk: 413.
+    let mut raw = b"POST /test/echo/chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..20 {
+        raw.extend_from_slice(b"1000\r\n");
+        raw.extend_from_slice(&[b'x'; 0x1000]);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let (status, _, body) = node.request(&raw);
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    // Malformed framing: 400, and the handler never ran.
+    let jobs = node.metric("tessera_service_jobs_total{service=\"echo\"}");
+    let (status, _, _) = node.request(
+        b"POST /test/echo/chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n",
+    );
+    assert_eq!(status, 400);
+    assert_eq!(
+        node.metric("tessera_service_jobs_total{service=\"echo\"}"),
+        jobs
+    );
+}

@@ -1200,33 +1200,81 @@ async fn small_body(
     what: &str,
 ) -> io::Result<Result<Vec<u8>, Next>> {
     let route = info.route;
-    let n = match info.body {
-        Body::Length(n) if n <= max => n as usize,
-        Body::Length(_) => {
-            let msg = format!("{what} body too large (at most {max} bytes)\n");
-            let next =
-                respond_text(core, conn, route, Status::PayloadTooLarge, &msg, false).await?;
-            return Ok(Err(next));
-        }
-        _ => {
-            let msg = format!("{what} need a Content-Length body\n");
-            let next = respond_text(core, conn, route, Status::BadRequest, &msg, false).await?;
+    let refuse = |status, msg: String| (status, msg);
+    let framing = match info.body {
+        Body::Length(n) if n <= max => Ok(Some(n as usize)),
+        Body::Length(_) => Err(refuse(
+            Status::PayloadTooLarge,
+            format!("{what} body too large (at most {max} bytes)\n"),
+        )),
+        Body::Chunked => Ok(None),
+        Body::None => Err(refuse(
+            Status::BadRequest,
+            format!("{what} need a body (Content-Length or chunked)\n"),
+        )),
+    };
+    let framing = match framing {
+        Ok(f) => f,
+        Err((status, msg)) => {
+            let next = respond_text(core, conn, route, status, &msg, false).await?;
             return Ok(Err(next));
         }
     };
-    let end = info.head_len + n;
-    let wait = Duration::from_millis(core.shared.config.header_timeout_ms);
-    while conn.rbuf.len() < end {
-        if conn.rbuf.capacity() < end {
-            conn.rbuf.reserve(end - conn.rbuf.len());
-        }
-        if !matches!(read_more(conn, wait).await, ReadOutcome::Data) {
-            return Ok(Err(Next::Close));
-        }
+    if info.expect_continue {
+        conn.wbuf.clear();
+        conn.wbuf
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        write_wbuf(core, conn).await?;
     }
-    let body = conn.rbuf[info.head_len..end].to_vec();
-    conn.rbuf.drain(..end);
-    Ok(Ok(body))
+    let wait = Duration::from_millis(core.shared.config.header_timeout_ms);
+    if let Some(n) = framing {
+        let end = info.head_len + n;
+        while conn.rbuf.len() < end {
+            if conn.rbuf.capacity() < end {
+                conn.rbuf.reserve(end - conn.rbuf.len());
+            }
+            if !matches!(read_more(conn, wait).await, ReadOutcome::Data) {
+                return Ok(Err(Next::Close));
+            }
+        }
+        let body = conn.rbuf[info.head_len..end].to_vec();
+        conn.rbuf.drain(..end);
+        return Ok(Ok(body));
+    }
+    // Chunked: decoded as it arrives (the read buffer holds at most a piece),
+    // refused as soon as it passes `max`.
+    conn.rbuf.drain(..info.head_len);
+    let mut decoder = ChunkedDecoder::default();
+    let mut body = Vec::new();
+    loop {
+        let mut too_large = false;
+        let used = decoder.decode(&conn.rbuf, |piece| {
+            if (body.len() + piece.len()) as u64 > max {
+                too_large = true;
+            } else if !too_large {
+                body.extend_from_slice(piece);
+            }
+        });
+        let (status, msg) = match used {
+            Ok(_) if too_large => (
+                Status::PayloadTooLarge,
+                format!("{what} body too large (at most {max} bytes)\n"),
+            ),
+            Ok(used) => {
+                conn.rbuf.drain(..used);
+                if decoder.is_done() {
+                    return Ok(Ok(body));
+                }
+                if !matches!(read_more(conn, wait).await, ReadOutcome::Data) {
+                    return Ok(Err(Next::Close));
+                }
+                continue;
+            }
+            Err(why) => (Status::BadRequest, why.to_string()),
+        };
+        let next = respond_text(core, conn, route, status, &msg, false).await?;
+        return Ok(Err(next));
+    }
 }
 
 /// Redirect mode: where to send a client for a blob this node lacks (the best
