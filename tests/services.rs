@@ -289,9 +289,10 @@ fn a_websocket_echo_with_a_real_client() {
     let (status, head, _) = node.get("/test/echo/ws");
     assert_eq!(status, 400);
     assert_eq!(header(&head, "sec-websocket-version"), Some("13"));
-    // Over HTTP/3 it says it is not served there yet.
+    // Over HTTP/3 a plain GET is refused with what to send instead.
     let r = aioquic_request(&format!("https://{}/test/echo/ws", node.addr), "GET", &[]);
-    assert_eq!(r.status, 501);
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("extended CONNECT"));
     // The service still serves plain requests.
     assert_eq!(node.get("/test/echo/now").2, b"now\n");
 }
@@ -373,5 +374,35 @@ fn chunked_and_expect_continue_bodies_reach_the_service() {
     assert_eq!(
         node.metric("tessera_service_jobs_total{service=\"echo\"}"),
         jobs
+    );
+}
+
+#[test]
+fn a_websocket_over_http3_extended_connect_with_aioquic() {
+    let node = echo_node(&[]);
+    // aioquic's example client with a wss:// URL: an extended CONNECT
+    // (RFC 9220), two text messages echoed, then its close.
+    let out = Command::new("python3")
+        .arg(h3_client())
+        .args(["--insecure", &format!("wss://{}/test/echo/ws", node.addr)])
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..2 {
+        assert!(
+            text.contains(&format!("< Hello {i}, WebSocket!")),
+            "no echo of message {i}: {text}"
+        );
+    }
+    // The socket's handler returned: the one worker serves the next request.
+    let (status, _, body) = node.get("/test/echo/after-ws");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"GET /test/echo/after-ws\n"[..])
     );
 }

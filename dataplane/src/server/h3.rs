@@ -219,6 +219,11 @@ enum StreamState {
         ended: bool,
         credit: flume::Sender<()>,
     },
+    /// A WebSocket on an extended CONNECT stream (RFC 9220): client frames
+    /// arriving in `inbuf`, decoded into messages for the service; server
+    /// frames waiting in `out`; `credit` lets the bridge task hand over the
+    /// next outgoing message once `out` is in quiche's buffers.
+    WebSocket(Box<WebSocketStream>),
     /// The response head could not be sent yet (no stream capacity): retried,
     /// then `next` (a body to send) follows.
     HeadBlocked {
@@ -226,6 +231,70 @@ enum StreamState {
         fin: bool,
         next: Option<Box<StreamState>>,
     },
+}
+
+struct WebSocketStream {
+    decoder: crate::websocket::Decoder,
+    inbuf: Vec<u8>,
+    /// Messages to the service; None once the client closed.
+    to_service: Option<flume::Sender<service_api::Message>>,
+    /// A decoded message the service's queue had no room for yet.
+    held: Option<service_api::Message>,
+    out: Vec<u8>,
+    out_offset: usize,
+    credit: flume::Sender<()>,
+    /// Send FIN once `out` is flushed.
+    closing: bool,
+}
+
+impl WebSocketStream {
+    /// Decodes what has arrived: messages go to the service (as far as its
+    /// queue takes them), pings are answered, a close is echoed.
+    fn pump(&mut self) {
+        use crate::websocket::{encode, Frame};
+        use service_api::Message;
+        loop {
+            if let Some(message) = self.held.take() {
+                let Some(tx) = &self.to_service else { return };
+                match tx.try_send(message) {
+                    Ok(()) => {}
+                    Err(flume::TrySendError::Full(m)) => {
+                        self.held = Some(m);
+                        return;
+                    }
+                    Err(flume::TrySendError::Disconnected(_)) => self.to_service = None,
+                }
+            }
+            if self.closing {
+                return;
+            }
+            match self.decoder.decode(&self.inbuf) {
+                Ok(None) => return,
+                Ok(Some((used, frame))) => {
+                    self.inbuf.drain(..used);
+                    match frame {
+                        None | Some(Frame::Pong(_)) => {}
+                        Some(Frame::Ping(data)) => encode(&mut self.out, &Frame::Pong(data)),
+                        Some(Frame::Close(..)) => {
+                            encode(&mut self.out, &Frame::Close(Some(1000), String::new()));
+                            self.to_service = None;
+                            self.closing = true;
+                        }
+                        Some(Frame::Text(t)) => self.held = Some(Message::Text(t)),
+                        Some(Frame::Binary(b)) => self.held = Some(Message::Binary(b)),
+                    }
+                }
+                Err(v) => {
+                    encode(
+                        &mut self.out,
+                        &Frame::Close(Some(v.status), v.reason.into()),
+                    );
+                    self.to_service = None;
+                    self.closing = true;
+                }
+            }
+        }
+    }
 }
 
 /// Bytes of a response body: a mapped blob (read straight from the page cache into
@@ -280,6 +349,9 @@ enum Done {
     },
     /// The next chunk of a streamed body.
     Chunk(Vec<u8>),
+    /// A message from a service to its WebSocket client; None: the service's
+    /// handler returned (close).
+    SocketOut(Option<service_api::Message>),
     /// A streamed body is complete.
     StreamEnd,
     /// A streamed body's producer stalled or failed: the stream is reset, so
@@ -323,7 +395,10 @@ impl Endpoint {
         peers: Vec<ForwardTx>,
         inbox: ForwardRx,
     ) -> io::Result<Endpoint> {
-        let h3_config = quiche::h3::Config::new().map_err(|e| io::Error::other(e.to_string()))?;
+        let mut h3_config =
+            quiche::h3::Config::new().map_err(|e| io::Error::other(e.to_string()))?;
+        // RFC 9220: WebSockets over HTTP/3 with extended CONNECT.
+        h3_config.enable_extended_connect(true);
         let (commits_tx, commits_rx) = flume::unbounded();
         let mut cid_key = [0u8; 32];
         getrandom(&mut cid_key);
@@ -753,6 +828,24 @@ impl Endpoint {
                 send_bodies(core, conn);
                 return;
             }
+            Done::SocketOut(message) => {
+                if let Some(StreamState::WebSocket(ws)) = conn.streams.get_mut(&c.stream) {
+                    use crate::websocket::{encode, Frame};
+                    match message {
+                        Some(service_api::Message::Text(t)) => encode(&mut ws.out, &Frame::Text(t)),
+                        Some(service_api::Message::Binary(b)) => {
+                            encode(&mut ws.out, &Frame::Binary(b))
+                        }
+                        None if !ws.closing => {
+                            encode(&mut ws.out, &Frame::Close(Some(1000), String::new()));
+                            ws.closing = true;
+                        }
+                        None => {}
+                    }
+                }
+                send_bodies(core, conn);
+                return;
+            }
             Done::StreamEnd => {
                 if let Some(StreamState::Streaming { ended, .. }) = conn.streams.get_mut(&c.stream)
                 {
@@ -772,7 +865,7 @@ impl Endpoint {
         }
         conn.streams.remove(&c.stream);
         let result = match c.result {
-            Done::Chunk(_) | Done::StreamEnd | Done::StreamAbort => return,
+            Done::Chunk(_) | Done::SocketOut(_) | Done::StreamEnd | Done::StreamAbort => return,
             Done::Upload(r) => r,
             Done::Fetched { req, hash, meta } => {
                 // Stored now, or not: answer from the store (404 if not).
@@ -1175,9 +1268,19 @@ fn on_request(
             let msg = "unresolved service\n";
             respond_text(core, conn, stream, route, Status::InternalServerError, msg);
         }
-        Plan::Upgrade(..) => {
-            let msg = "WebSockets are served over HTTP/1.1; extended CONNECT (RFC 9220) over HTTP/3 is not built yet\n";
-            respond_text(core, conn, stream, route, Status::NotImplemented, msg);
+        Plan::Upgrade(running, owned) => {
+            let websocket_connect = req.method == http::Method::Other
+                && find(b":method") == Some(b"CONNECT")
+                && find(b":protocol") == Some(b"websocket");
+            if !websocket_connect {
+                let msg = "this route takes a WebSocket: over HTTP/3, an extended CONNECT with :protocol websocket (RFC 9220)\n";
+                return respond_text(core, conn, stream, route, Status::BadRequest, msg);
+            }
+            if find(b"sec-websocket-version") != Some(b"13") {
+                let msg = "only WebSocket version 13 is served (sec-websocket-version: 13)\n";
+                return respond_text(core, conn, stream, route, Status::BadRequest, msg);
+            }
+            start_websocket(core, conn, stream, route, running, owned, commits);
         }
     }
 }
@@ -1586,6 +1689,11 @@ fn on_data(core: &Core, conn: &mut QuicConn, stream: u64) {
             Err(_) => return,
         };
         bump(&core.stats().bytes_received, n as u64);
+        if let Some(StreamState::WebSocket(ws)) = conn.streams.get_mut(&stream) {
+            ws.inbuf.extend_from_slice(&buf[..n]);
+            ws.pump();
+            continue;
+        }
         if let Some(StreamState::SmallBody {
             body,
             limit,
@@ -1615,6 +1723,13 @@ fn on_data(core: &Core, conn: &mut QuicConn, stream: u64) {
 }
 
 fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::Sender<Committed>) {
+    if let Some(StreamState::WebSocket(ws)) = conn.streams.get_mut(&stream) {
+        // The client's side of the stream ended: nothing more for the service,
+        // whose handler then returns, which closes ours.
+        ws.pump();
+        ws.to_service = None;
+        return;
+    }
     if let Some(StreamState::SmallBody { .. }) = conn.streams.get(&stream) {
         let Some(StreamState::SmallBody {
             body,
@@ -1876,6 +1991,79 @@ fn start_stream(
     });
 }
 
+/// A WebSocket over an extended CONNECT stream: the service's `socket()` on its
+/// pool, a 200 head, then frames both ways. A bridge task takes the service's
+/// messages one at a time and hands them to the endpoint through the commit
+/// queue, the next once the last is in quiche's buffers.
+fn start_websocket(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    route: Route,
+    running: std::sync::Arc<service_api::Running>,
+    req: Box<service_api::OwnedRequest>,
+    commits: &flume::Sender<Committed>,
+) {
+    let (in_tx, in_rx) = flume::bounded(service_api::SOCKET_MESSAGES_QUEUED);
+    let (out_tx, out_rx) = flume::bounded(service_api::SOCKET_MESSAGES_QUEUED);
+    let service = running.service.clone();
+    let max_message = service.max_message_bytes();
+    let socket = service_api::Socket {
+        incoming: in_rx,
+        outgoing: out_tx,
+    };
+    let started = running.pool.submit(move || {
+        service.socket(*req, socket);
+        super::Reply::text(Status::Ok, "")
+    });
+    if started.is_err() {
+        let msg = "the service is at its queue limit; retry shortly\n";
+        return respond(
+            core,
+            conn,
+            stream,
+            route,
+            Status::ServiceUnavailable,
+            "text/plain",
+            Body::Owned(msg.as_bytes().to_vec()),
+            false,
+            &[("retry-after", b"1")],
+        );
+    }
+    core.stats()
+        .count_request(route.label_index(), Status::Ok.index());
+    bump(&core.stats().h3_requests, 1);
+    let (credit, credit_rx) = flume::bounded::<()>(1);
+    let state = StreamState::WebSocket(Box::new(WebSocketStream {
+        decoder: crate::websocket::Decoder::new(max_message),
+        inbuf: Vec::new(),
+        to_service: Some(in_tx),
+        held: None,
+        out: Vec::new(),
+        out_offset: 0,
+        credit,
+        closing: false,
+    }));
+    let head = [quiche::h3::HeaderRef::new(b":status", b"200")];
+    send_head(core, conn, stream, &head, false, Some(state));
+    let id = conn.quic.source_id().into_owned();
+    let commits = commits.clone();
+    monoio::spawn(async move {
+        loop {
+            let message = out_rx.recv_async().await.ok();
+            let end = message.is_none();
+            let sent = commits.send(Committed {
+                conn: id.clone(),
+                stream,
+                result: Done::SocketOut(message),
+            });
+            if end || sent.is_err() || credit_rx.recv_async().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// Pushes what every stream has pending (heads that were blocked, body bytes) as far
 /// as flow control allows, and forgets streams that are done.
 fn send_bodies(core: &Core, conn: &mut QuicConn) {
@@ -1908,6 +2096,32 @@ fn advance_stream(
                 return false;
             }
         }
+    }
+    if let StreamState::WebSocket(ws) = state {
+        // Messages the service's queue could not take before.
+        ws.pump();
+        while ws.out_offset < ws.out.len() {
+            match h3.send_body(quic, id, &ws.out[ws.out_offset..], false) {
+                Ok(0) | Err(quiche::h3::Error::Done) => return true,
+                Ok(n) => ws.out_offset += n,
+                Err(e) => {
+                    tracing::debug!("stream {id} WebSocket send failed: {e}");
+                    return false;
+                }
+            }
+        }
+        if !ws.out.is_empty() {
+            ws.out.clear();
+            ws.out_offset = 0;
+            let _ = ws.credit.try_send(());
+        }
+        if !ws.closing {
+            return true;
+        }
+        return matches!(
+            h3.send_body(quic, id, &[], true),
+            Err(quiche::h3::Error::Done)
+        );
     }
     if let StreamState::Streaming {
         chunk,
