@@ -4,10 +4,14 @@
 //! `socket()` runs on its pool and sees whole messages.
 
 use std::io;
+
+use monoio::io::AsyncWriteRent;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{bump, head, read_more, write_reply, write_wbuf, Conn, Core, Next, ReadOutcome, Reply};
+use super::{
+    bump, head, linger, read_more, write_reply, write_wbuf, Conn, Core, Next, ReadOutcome, Reply,
+};
 use crate::http::{Method, Route, Status};
 
 /// Messages the session waits on.
@@ -143,6 +147,12 @@ pub(super) async fn session(
                 Err(v) => {
                     close(conn, v.status, v.reason);
                     let _ = write_wbuf(core, conn).await;
+                    // Our side is done (FIN after the close frame); read what
+                    // the client still sends (the rest of an oversized frame,
+                    // its close) until it closes too, so that closing does not
+                    // reset the connection before it has read ours.
+                    let _ = conn.stream.shutdown().await;
+                    linger(conn).await;
                     return Ok(Next::Close);
                 }
             }
