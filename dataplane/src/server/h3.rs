@@ -1280,7 +1280,7 @@ fn on_request(
                 let msg = "only WebSocket version 13 is served (sec-websocket-version: 13)\n";
                 return respond_text(core, conn, stream, route, Status::BadRequest, msg);
             }
-            start_websocket(core, conn, stream, route, running, owned, commits);
+            start_websocket(core, conn, stream, route, running, *owned, commits);
         }
     }
 }
@@ -2001,35 +2001,25 @@ fn start_websocket(
     stream: u64,
     route: Route,
     running: std::sync::Arc<service_api::Running>,
-    req: Box<service_api::OwnedRequest>,
+    req: service_api::OwnedRequest,
     commits: &flume::Sender<Committed>,
 ) {
-    let (in_tx, in_rx) = flume::bounded(service_api::SOCKET_MESSAGES_QUEUED);
-    let (out_tx, out_rx) = flume::bounded(service_api::SOCKET_MESSAGES_QUEUED);
-    let service = running.service.clone();
-    let max_message = service.max_message_bytes();
-    let socket = service_api::Socket {
-        incoming: in_rx,
-        outgoing: out_tx,
-    };
-    let started = running.pool.submit(move || {
-        service.socket(*req, socket);
-        super::Reply::text(Status::Ok, "")
-    });
-    if started.is_err() {
-        let msg = "the service is at its queue limit; retry shortly\n";
-        return respond(
+    let Ok(ends) = super::services::start_socket(&running, req) else {
+        return send_reply(
             core,
             conn,
             stream,
             route,
-            Status::ServiceUnavailable,
-            "text/plain",
-            Body::Owned(msg.as_bytes().to_vec()),
+            super::services::busy(),
             false,
-            &[("retry-after", b"1")],
+            commits,
         );
-    }
+    };
+    let super::services::SocketEnds {
+        to_service: in_tx,
+        from_service: out_rx,
+        max_message,
+    } = ends;
     core.stats()
         .count_request(route.label_index(), Status::Ok.index());
     bump(&core.stats().h3_requests, 1);

@@ -76,6 +76,46 @@ pub(super) fn plan(running: &Arc<Running>, view: &Request<'_>) -> Plan {
     }
 }
 
+/// The answer when a service's queue is full.
+pub(super) fn busy() -> Reply {
+    Reply::text(
+        Status::ServiceUnavailable,
+        "the service is at its queue limit; retry shortly\n",
+    )
+    .header("Retry-After", "1")
+}
+
+/// A WebSocket's two ends on the data plane's side, once the service's
+/// `socket()` is queued on its pool.
+pub(super) struct SocketEnds {
+    /// Messages from the client, for the service.
+    pub to_service: flume::Sender<service_api::Message>,
+    /// Messages from the service, for the client; disconnected once `socket()`
+    /// returned.
+    pub from_service: flume::Receiver<service_api::Message>,
+    /// The largest message the service takes.
+    pub max_message: usize,
+}
+
+/// Queues the service's `socket()` for an accepted WebSocket; Err: its queue
+/// is full (answer [`busy`]).
+pub(super) fn start_socket(running: &Running, req: OwnedRequest) -> Result<SocketEnds, PoolError> {
+    let (to_service, incoming) = flume::bounded(service_api::SOCKET_MESSAGES_QUEUED);
+    let (outgoing, from_service) = flume::bounded(service_api::SOCKET_MESSAGES_QUEUED);
+    let service = running.service.clone();
+    let max_message = service.max_message_bytes();
+    let socket = service_api::Socket { incoming, outgoing };
+    running.pool.submit(move || {
+        service.socket(req, socket);
+        Reply::text(Status::Ok, "")
+    })?;
+    Ok(SocketEnds {
+        to_service,
+        from_service,
+        max_message,
+    })
+}
+
 /// Runs a request on the service's pool and waits for the reply (not blocking
 /// the core): `503` with `Retry-After` when its queue is full, `504` after its
 /// deadline, `500` if the handler panicked.
@@ -83,13 +123,7 @@ pub(super) async fn call(running: Arc<Running>, req: OwnedRequest, body: Vec<u8>
     let service = running.service.clone();
     let answer = match running.pool.submit(move || service.handle(req, body)) {
         Ok(answer) => answer,
-        Err(PoolError::Full) => {
-            return Reply::text(
-                Status::ServiceUnavailable,
-                "the service is at its queue limit; retry shortly\n",
-            )
-            .header("Retry-After", "1");
-        }
+        Err(PoolError::Full) => return busy(),
     };
     match monoio::time::timeout(running.deadline, answer.recv_async()).await {
         Ok(Ok(reply)) => reply,

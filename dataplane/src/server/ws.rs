@@ -67,29 +67,15 @@ pub(super) async fn session(
         return write_reply(core, conn, route, reply, false, false, false).await;
     }
     let accept = websocket::accept_key(key.unwrap_or_default());
-    let (in_tx, in_rx) = flume::bounded(service_api::SOCKET_MESSAGES_QUEUED);
-    let (out_tx, out_rx) = flume::bounded(service_api::SOCKET_MESSAGES_QUEUED);
-    let service = running.service.clone();
-    let max_message = service.max_message_bytes();
-    let socket = service_api::Socket {
-        incoming: in_rx,
-        outgoing: out_tx,
-    };
-    if running
-        .pool
-        .submit(move || {
-            service.socket(*req, socket);
-            Reply::text(Status::Ok, "")
-        })
-        .is_err()
-    {
-        let reply = Reply::text(
-            Status::ServiceUnavailable,
-            "the service is at its queue limit; retry shortly\n",
-        )
-        .header("Retry-After", "1");
+    let Ok(ends) = super::services::start_socket(&running, *req) else {
+        let reply = super::services::busy();
         return write_reply(core, conn, route, reply, false, false, false).await;
-    }
+    };
+    let super::services::SocketEnds {
+        to_service: in_tx,
+        from_service: out_rx,
+        max_message,
+    } = ends;
     let mut wbuf = std::mem::take(&mut conn.wbuf);
     head(core, &mut wbuf, Status::SwitchingProtocols)
         .header("Upgrade", b"websocket")
