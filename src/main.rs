@@ -10,6 +10,7 @@ mod h3client;
 mod ledger;
 mod node;
 mod peering;
+mod services;
 #[cfg(feature = "test-services")]
 mod test_services;
 

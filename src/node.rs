@@ -191,14 +191,6 @@ impl ControlPlane for NodeControl {
     }
 }
 
-/// The services this node runs. None are built yet but the test ones.
-fn services() -> Vec<Arc<dyn service_api::Service>> {
-    #[cfg(feature = "test-services")]
-    return crate::test_services::from_env();
-    #[cfg(not(feature = "test-services"))]
-    Vec::new()
-}
-
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&args)?;
     // The node's identity: made on first start, then always the same. A key file
@@ -294,6 +286,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    let lent_cluster = cluster.clone().zip(peering.clone());
     let control: Arc<dyn ControlPlane> = match &cluster {
         Some(c) => Arc::new(NodeControl {
             members: c.members_renderer(),
@@ -308,8 +301,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }),
         None => Arc::new(dataplane::server::NoControlPlane),
     };
+    let lend = crate::services::Lend {
+        store: store.clone(),
+        control: control.clone(),
+        cluster: lent_cluster,
+        chain: chain.clone(),
+        replication,
+        data_dir: &data_dir,
+        sections: &cfg.services,
+    };
+    let services = match crate::services::build(&lend) {
+        Ok(services) => services,
+        // A service's config the operator must mend.
+        Err(why) => {
+            eprintln!("error: {why:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let hooks = Hooks {
-        services: services(),
+        services,
         control,
         control_inbox: cluster.as_ref().map(|c| c.inbox()),
     };

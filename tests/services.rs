@@ -406,3 +406,256 @@ fn a_websocket_over_http3_extended_connect_with_aioquic() {
         (200, &b"GET /test/echo/after-ws\n"[..])
     );
 }
+
+/// Writes `len` bytes of a seeded pattern to `path`, 1 MiB at a time; their
+/// BLAKE3 hash.
+fn write_pattern_file(path: &std::path::Path, len: u64) -> String {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut hasher = blake3::Hasher::new();
+    let mut left = len;
+    let mut seed = 0;
+    while left > 0 {
+        let n = left.min(1 << 20);
+        let block = random_bytes(n as usize, seed);
+        hasher.update(&block);
+        f.write_all(&block).expect("write");
+        left -= n;
+        seed += 1;
+    }
+    f.flush().expect("flush");
+    hasher.finalize().to_hex().to_string()
+}
+
+fn sink_node() -> Node {
+    echo_node(&[("TESSERA_TEST_SERVICES", "echo,sink")])
+}
+
+#[test]
+fn a_request_body_streams_into_the_handler_in_bounded_memory_over_both_protocols() {
+    let node = sink_node();
+    let pid = node.pid();
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("body");
+    let total: u64 = 256 << 20;
+    let hash = write_pattern_file(&file, total);
+    let before = rss_kib(pid);
+    // The handler waits 3 s before it reads a byte: the node must hold the
+    // client back (stop reading), not take the body into memory.
+    let child = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "600", "-T"])
+        .arg(&file)
+        .arg(format!("{}/test/sink/upload?wait_ms=3000", node.url()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut peak = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("curl");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["bytes"], total, "{v}");
+    assert_eq!(v["blake3"], hash.as_str(), "{v}");
+    assert!(
+        peak.saturating_sub(before) < 64 << 10,
+        "node RSS grew from {before} KiB to {peak} KiB while a handler held back a 256 MiB body"
+    );
+
+    // Over HTTP/3: DATA frames into the same handler, flow control holding
+    // aioquic back while the handler waits.
+    let body = random_bytes(16 << 20, 7);
+    let r = aioquic_send(
+        &format!("https://{}/test/sink/upload?wait_ms=1000", node.addr),
+        "POST",
+        &[],
+        Some(&body),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(v["bytes"], body.len(), "{v}");
+    assert_eq!(v["blake3"], blake3::hash(&body).to_hex().as_str());
+}
+
+#[test]
+fn a_handler_may_answer_before_the_body_is_in() {
+    use std::io::{Read, Write};
+    let node = sink_node();
+    // HTTP/1.1: a 10 MiB body declared, 1 MiB sent, then the client waits;
+    // the handler reads 1000 bytes and answers, and the connection closes
+    // after the reply (the rest of the body is never read).
+    let mut s = std::net::TcpStream::connect(node.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let head = format!(
+        "POST /test/sink/x?stop_after=1000 HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        10 << 20
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(&vec![b'a'; 1 << 20]).expect("part of the body");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("read until close");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.contains("\"bytes\":1000"), "{text}");
+
+    // HTTP/3: the same early answer while aioquic still sends.
+    let body = vec![b'b'; 4 << 20];
+    let r = aioquic_send(
+        &format!("https://{}/test/sink/x?stop_after=1000", node.addr),
+        "POST",
+        &[],
+        Some(&body),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("\"bytes\":1000"));
+    // The services go on.
+    assert_eq!(node.get("/test/echo/now").2, b"now\n");
+}
+
+#[test]
+fn bodies_over_a_services_limit_are_refused_on_both_protocols() {
+    let node = echo_node(&[]);
+    // Declared too large: 413 before a byte is read, and no job queued.
+    let jobs = node.metric("tessera_service_jobs_total{service=\"echo\"}");
+    let (status, _, _) = node.request(
+        b"POST /test/echo/big HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 413);
+    assert_eq!(
+        node.metric("tessera_service_jobs_total{service=\"echo\"}"),
+        jobs
+    );
+    // Over HTTP/3 (aioquic states no length: counted as it arrives): 413.
+    let r = aioquic_send(
+        &format!("https://{}/test/echo/big", node.addr),
+        "POST",
+        &[],
+        Some(&vec![b'x'; 200 << 10]),
+    );
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    // A body within the limit still reaches the handler over HTTP/3.
+    let r = aioquic_send(
+        &format!("https://{}/test/echo/small", node.addr),
+        "POST",
+        &[],
+        Some(b"fits"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"POST /test/echo/small\nfits");
+}
+
+fn node_with_config(config: &str, services: &str) -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("tessera.toml");
+    std::fs::write(&path, config).expect("config");
+    let node = Node::start_at_with_env(
+        free_addr(),
+        &["--config", path.to_str().expect("utf-8")],
+        &[("TESSERA_TEST_SERVICES", services)],
+    );
+    (node, dir)
+}
+
+#[test]
+fn a_service_uses_what_the_node_lends_it() {
+    let (node, _config) =
+        node_with_config("[services.echo]\ngreeting = \"hi from config\"\n", "echo");
+    // Its config section.
+    assert_eq!(node.get("/test/echo/config").2, b"hi from config\n");
+    // The store: what it puts is a blob like any other, served at /blobs/.
+    let data = random_bytes(60 << 10, 3);
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("data");
+    std::fs::write(&file, &data).expect("write");
+    let small = data.as_slice();
+    let (status, _, body) = curl_get(
+        &format!("{}/test/echo/store", node.url()),
+        &["--data-binary", &format!("@{}", file.display())],
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let hash = blake3::hash(small).to_hex().to_string();
+    assert_eq!(v["hash"], hash.as_str());
+    assert_eq!(v["size"], small.len());
+    let (status, _, served) = node.get(&format!("/blobs/{hash}"));
+    assert_eq!((status, served.as_slice()), (200, small));
+    // Read back through the service, over HTTP/3.
+    let r = aioquic_request(
+        &format!("https://{}/test/echo/store/{hash}", node.addr),
+        "GET",
+        &[],
+    );
+    assert_eq!((r.status, r.body.as_slice()), (200, small));
+    // A put under the wrong hash stores nothing.
+    let wrong = blake3::hash(b"something else").to_hex().to_string();
+    let (status, _, body) = curl_get(
+        &format!("{}/test/echo/store/{wrong}", node.url()),
+        &["-X", "PUT", "--data-binary", "not those bytes"],
+    );
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(node.get(&format!("/blobs/{wrong}")).0, 404);
+    let actual = blake3::hash(b"not those bytes").to_hex().to_string();
+    assert_eq!(node.get(&format!("/blobs/{actual}")).0, 404);
+    // Its own metric, under its name.
+    assert_eq!(node.metric("tessera_echo_puts_total{service=\"echo\"}"), 1);
+    // Its data directory.
+    let (status, _, _) = curl_get(
+        &format!("{}/test/echo/note", node.url()),
+        &["--data-binary", "kept across requests"],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        std::fs::read(node.data_dir.join("services/echo/note")).expect("note file"),
+        b"kept across requests"
+    );
+    assert_eq!(node.get("/test/echo/note").2, b"kept across requests");
+    // The cluster view: this node's id, nobody else yet.
+    let (status, _, body) = node.get("/test/echo/cluster");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["node_id"].as_str().map(str::len), Some(64), "{v}");
+    assert_eq!(v["members"], 0);
+    // No ledger on this node: the service is told so.
+    let (status, _, body) = node.get("/test/echo/ledger");
+    assert_eq!(status, 503);
+    assert_eq!(body, b"this node runs no ledger\n");
+}
+
+#[test]
+fn a_bad_service_config_stops_the_node_with_the_reason() {
+    for (config, expect) in [
+        (
+            "[services.echo]\ngreeting = 3\n",
+            "service echo: invalid type",
+        ),
+        (
+            "[services.nosuch]\nx = 1\n",
+            "this node has no service named nosuch",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tessera.toml");
+        std::fs::write(&path, config).expect("config");
+        let out = Command::new(BIN)
+            .args(["run", "--cores", "1", "--listen"])
+            .arg(free_addr().to_string())
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&path)
+            .env("TESSERA_TEST_SERVICES", "echo")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{config}: {err}");
+    }
+}

@@ -110,6 +110,9 @@ pub struct NodeConfig {
     pub rebalance: bool,
     /// The replicated ledger (`[ledger]`); off unless a genesis committee is set.
     pub ledger: LedgerConfig,
+    /// Each service's own section (`[services.NAME]`), handed to that service
+    /// as it is; the service checks it at start.
+    pub services: std::collections::BTreeMap<String, service_api::toml::Table>,
 }
 
 /// `[ledger]`: receipts, rewards and reputation replicated by a BFT committee.
@@ -193,6 +196,7 @@ impl Default for NodeConfig {
             peer_transfer_bytes_per_sec: 0,
             rebalance: true,
             ledger: LedgerConfig::default(),
+            services: Default::default(),
         }
     }
 }

@@ -43,6 +43,7 @@ pub mod control;
 mod h3;
 mod routes;
 pub mod services;
+mod work;
 mod ws;
 pub use control::{ControlPlane, NoControlPlane};
 pub use h3::{ensure_tls, exercise as exercise_h3_request};
@@ -112,7 +113,7 @@ pub struct Shared {
 pub struct Hooks {
     /// The services the node runs (see the `service-api` crate); their mounts
     /// are claimed at start, and two claims on one mount stop the node.
-    pub services: Vec<Arc<dyn service_api::Service>>,
+    pub services: Vec<service_api::Built>,
     /// The control plane's answers (members, routing, fetch on miss,
     /// replication, node signatures, receipts, the ledger).
     pub control: Arc<dyn ControlPlane>,
@@ -848,7 +849,7 @@ async fn handle(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next
     // carries one is answered and the connection closed, rather than guessing
     // where the next request starts.
     let has_body = info.body != Body::None;
-    if !matches!(plan, Plan::Upload | Plan::Body { .. }) {
+    if !matches!(plan, Plan::Upload | Plan::Body { .. } | Plan::Work(..)) {
         conn.rbuf.drain(..info.head_len);
     }
     let keep_alive =
@@ -885,9 +886,10 @@ async fn handle(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next
                 }
             };
             let keep_alive = info.keep_alive && !core.stopping.get();
-            let reply = then.run(body).await;
+            let reply = run_job(move || then(body)).await;
             write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await
         }
+        Plan::Work(running, req) => work::work(core, conn, info, running, *req).await,
         Plan::Upgrade(running, req) => ws::session(core, conn, route, running, req).await,
         // Resolved above.
         Plan::Service(_) => {

@@ -55,6 +55,8 @@ pub enum StoreError {
     TooLarge { limit: u64 },
     #[error("verified stream refused: {0}; nothing was stored")]
     Verify(VerifyError),
+    #[error("the bytes hash to {got}, not the expected {expected}; nothing was stored")]
+    Mismatch { expected: BlobHash, got: BlobHash },
     #[error("metadata database: {0}")]
     Db(String),
     #[error("I/O error: {0}")]
@@ -700,7 +702,17 @@ impl PutWriter {
     }
 
     /// Makes the blob durable and visible.
-    pub fn finish(mut self) -> Result<PutOutcome, StoreError> {
+    pub fn finish(self) -> Result<PutOutcome, StoreError> {
+        self.finish_checked(None)
+    }
+
+    /// Makes the blob durable and visible only if its bytes hash to
+    /// `expected`; otherwise nothing is stored ([`StoreError::Mismatch`]).
+    pub fn finish_expecting(self, expected: BlobHash) -> Result<PutOutcome, StoreError> {
+        self.finish_checked(Some(expected))
+    }
+
+    fn finish_checked(mut self, expected: Option<BlobHash>) -> Result<PutOutcome, StoreError> {
         let file = self
             .file
             .take()
@@ -713,6 +725,10 @@ impl PutWriter {
         data.file.sync_all()?;
         let builder = std::mem::take(&mut self.builder);
         let ob = builder.finish();
+        let got = BlobHash::from(ob.root);
+        if let Some(expected) = expected.filter(|e| *e != got) {
+            return Err(StoreError::Mismatch { expected, got });
+        }
         let outboard = TempFile::new(self.store.tmp_path("obao"))?;
         (&outboard.file).write_all(&ob.pre_order)?;
         outboard.file.sync_all()?;

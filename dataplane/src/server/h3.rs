@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiche::h3::NameValue;
@@ -206,8 +207,11 @@ enum StreamState {
         too_large: bool,
         route: Route,
         what: &'static str,
-        then: super::routes::AfterBody,
+        then: super::routes::BodyJob,
     },
+    /// A request body streaming into a service's handler through its bridge
+    /// task (see [`start_work`]).
+    Work(Box<WorkStream>),
     /// Waiting for an upload's commit on the store-I/O threads.
     Committing,
     /// A body produced off the core, arriving chunk by chunk from its bridge
@@ -231,6 +235,83 @@ enum StreamState {
         fin: bool,
         next: Option<Box<StreamState>>,
     },
+}
+
+/// What the core hands a service's body bridge.
+enum BodyPiece {
+    Chunk(Vec<u8>),
+    /// The client's FIN: the body is whole.
+    End,
+    /// The body passed the service's limit.
+    TooLarge,
+}
+
+/// A request body on its way to a service's handler. The core reads the
+/// stream only while the bridge has room (`held` is what it had none for),
+/// so a slow handler leaves the bytes in quiche, whose flow control then
+/// holds the client back.
+struct WorkStream {
+    /// None once the end (or a refusal) is handed over, or the bridge is gone.
+    to_bridge: Option<flume::Sender<BodyPiece>>,
+    held: Option<BodyPiece>,
+    received: u64,
+    limit: u64,
+}
+
+impl WorkStream {
+    /// Moves what has arrived on to the bridge, as far as it has room; the
+    /// bytes it read from the stream.
+    fn pump(
+        &mut self,
+        quic: &mut quiche::Connection,
+        h3: &mut quiche::h3::Connection,
+        id: u64,
+    ) -> u64 {
+        let mut buf = [0u8; 16384];
+        let mut read = 0;
+        loop {
+            let Some(tx) = &self.to_bridge else {
+                return read;
+            };
+            if let Some(piece) = self.held.take() {
+                let last = !matches!(piece, BodyPiece::Chunk(_));
+                match tx.try_send(piece) {
+                    Ok(()) if last => {
+                        self.to_bridge = None;
+                        return read;
+                    }
+                    Ok(()) => {}
+                    Err(flume::TrySendError::Full(piece)) => {
+                        self.held = Some(piece);
+                        return read;
+                    }
+                    Err(flume::TrySendError::Disconnected(_)) => {
+                        // The handler answered without the rest: stop the
+                        // client sending it (RFC 9114 §4.1, H3_NO_ERROR).
+                        self.to_bridge = None;
+                        let _ = quic.stream_shutdown(id, quiche::Shutdown::Read, 0x100);
+                        return read;
+                    }
+                }
+            }
+            match h3.recv_body(quic, id, &mut buf) {
+                Ok(n) => {
+                    read += n as u64;
+                    self.received += n as u64;
+                    self.held = Some(if self.received > self.limit {
+                        let _ = quic.stream_shutdown(id, quiche::Shutdown::Read, 0x10c);
+                        BodyPiece::TooLarge
+                    } else {
+                        BodyPiece::Chunk(buf[..n].to_vec())
+                    });
+                }
+                Err(quiche::h3::Error::Done) if quic.stream_finished(id) => {
+                    self.held = Some(BodyPiece::End);
+                }
+                Err(_) => return read,
+            }
+        }
+    }
 }
 
 struct WebSocketStream {
@@ -354,6 +435,9 @@ enum Done {
     SocketOut(Option<service_api::Message>),
     /// A streamed body is complete.
     StreamEnd,
+    /// A service's body bridge handed a chunk on: the stream may be read
+    /// further.
+    BodyCredit,
     /// A streamed body's producer stalled or failed: the stream is reset, so
     /// the client cannot take a short body for a whole one.
     StreamAbort,
@@ -854,6 +938,16 @@ impl Endpoint {
                 send_bodies(core, conn);
                 return;
             }
+            Done::BodyCredit => {
+                if let (Some(StreamState::Work(w)), Some(h3)) =
+                    (conn.streams.get_mut(&c.stream), conn.h3.as_mut())
+                {
+                    let n = w.pump(&mut conn.quic, h3, c.stream);
+                    bump(&core.stats().bytes_received, n);
+                }
+                send_bodies(core, conn);
+                return;
+            }
             Done::StreamAbort => {
                 conn.streams.remove(&c.stream);
                 let _ = conn
@@ -863,9 +957,20 @@ impl Endpoint {
             }
             _ => {}
         }
-        conn.streams.remove(&c.stream);
+        if let Some(StreamState::Work(w)) = conn.streams.remove(&c.stream) {
+            if w.to_bridge.is_some() {
+                // Answered before the whole body came: the rest is not wanted.
+                let _ = conn
+                    .quic
+                    .stream_shutdown(c.stream, quiche::Shutdown::Read, 0x100);
+            }
+        }
         let result = match c.result {
-            Done::Chunk(_) | Done::SocketOut(_) | Done::StreamEnd | Done::StreamAbort => return,
+            Done::Chunk(_)
+            | Done::SocketOut(_)
+            | Done::StreamEnd
+            | Done::StreamAbort
+            | Done::BodyCredit => return,
             Done::Upload(r) => r,
             Done::Fetched { req, hash, meta } => {
                 // Stored now, or not: answer from the store (404 if not).
@@ -1239,15 +1344,29 @@ fn on_request(
         }
         Plan::Upload => begin_upload(core, conn, stream, more_frames),
         Plan::OffCore(job) => {
-            let after = super::routes::AfterBody::Job(Box::new(move |_| job()));
-            run_after(conn, stream, route, commits, after, Vec::new(), head_only);
+            let reply = super::run_job(job);
+            run_after(conn, stream, route, commits, head_only, reply);
         }
         Plan::Body { what, required, .. } if required && !more_frames => {
             let msg = format!("{what} need a body\n");
             respond_text(core, conn, stream, route, Status::BadRequest, &msg);
         }
         Plan::Body { then, .. } if !more_frames => {
-            run_after(conn, stream, route, commits, then, Vec::new(), head_only);
+            let reply = super::run_job(move || then(Vec::new()));
+            run_after(conn, stream, route, commits, head_only, reply);
+        }
+        Plan::Work(running, owned) => {
+            let declared = find(b"content-length")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse().ok());
+            let work = Work {
+                running,
+                req: *owned,
+                declared,
+                more_frames,
+                head_only,
+            };
+            start_work(core, conn, stream, route, work, commits);
         }
         Plan::Body {
             limit, what, then, ..
@@ -1332,23 +1451,21 @@ fn begin_upload(core: &Core, conn: &mut QuicConn, stream: u64, more_frames: bool
     }
 }
 
-/// Hands a request body on off the core (a store-I/O job or a service's
-/// pool) and answers the stream when it is done, through the core's commit
-/// queue.
+/// Answers the stream with `reply` (work done off the core: a store-I/O job,
+/// a service's pool) once it is ready, through the core's commit queue.
 fn run_after(
     conn: &mut QuicConn,
     stream: u64,
     route: Route,
     commits: &flume::Sender<Committed>,
-    then: super::routes::AfterBody,
-    body: Vec<u8>,
     head_only: bool,
+    reply: impl std::future::Future<Output = super::Reply> + 'static,
 ) {
     conn.streams.insert(stream, StreamState::Committing);
     let id = conn.quic.source_id().into_owned();
     let commits = commits.clone();
     monoio::spawn(async move {
-        let reply = then.run(body).await;
+        let reply = reply.await;
         let _ = commits.send(Committed {
             conn: id,
             stream,
@@ -1357,6 +1474,139 @@ fn run_after(
                 reply,
                 head_only,
             },
+        });
+    });
+}
+
+/// A request for a service's pool, as the stream's head gave it.
+struct Work {
+    running: Arc<service_api::Running>,
+    req: service_api::OwnedRequest,
+    /// Its `content-length`, if stated.
+    declared: Option<u64>,
+    more_frames: bool,
+    head_only: bool,
+}
+
+/// Queues a request on its service's pool and streams the body to it: the
+/// core hands the stream's bytes to a bridge task, which feeds the handler's
+/// [`service_api::RequestBody`] (waiting while it reads slowly) and asks for
+/// more with [`Done::BodyCredit`]; once the body is in, the bridge waits for
+/// the reply and hands it back as [`Done::Reply`].
+fn start_work(
+    core: &Core,
+    conn: &mut QuicConn,
+    stream: u64,
+    route: Route,
+    work: Work,
+    commits: &flume::Sender<Committed>,
+) {
+    let Work {
+        running,
+        req,
+        declared,
+        more_frames,
+        head_only,
+    } = work;
+    let limit = running.service.max_body_bytes();
+    let refuse = |conn: &mut QuicConn, reply| {
+        send_reply(core, conn, stream, route, reply, false, commits);
+        if more_frames {
+            let _ = conn
+                .quic
+                .stream_shutdown(stream, quiche::Shutdown::Read, 0x10c); // H3_REQUEST_CANCELLED
+        }
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return refuse(conn, super::services::too_large(limit));
+    }
+    let (feed, body) = service_api::request_body(if more_frames { declared } else { Some(0) });
+    let watch = feed.watch();
+    let queued = match super::services::submit(&running, req, body) {
+        Ok(queued) => queued,
+        Err(busy) => return refuse(conn, busy),
+    };
+    if !more_frames {
+        feed.finish();
+        let reply = async move { super::services::answer(&running, queued, &watch).await };
+        return run_after(conn, stream, route, commits, head_only, reply);
+    }
+    let (to_bridge, from_core) = flume::bounded::<BodyPiece>(1);
+    conn.streams.insert(
+        stream,
+        StreamState::Work(Box::new(WorkStream {
+            to_bridge: Some(to_bridge),
+            held: None,
+            received: 0,
+            limit,
+        })),
+    );
+    let id = conn.quic.source_id().into_owned();
+    let commits = commits.clone();
+    monoio::spawn(async move {
+        let send = |result| {
+            commits
+                .send(Committed {
+                    conn: id.clone(),
+                    stream,
+                    result,
+                })
+                .is_ok()
+        };
+        enum Next {
+            Piece(BodyPiece),
+            Gone,
+            Answered(super::Reply),
+        }
+        let mut timed_out = false;
+        let mut early = None;
+        loop {
+            let next = monoio::select! {
+                piece = from_core.recv_async() => piece.map_or(Next::Gone, Next::Piece),
+                // A handler may answer before it has read all of the body.
+                reply = queued.early() => Next::Answered(reply),
+            };
+            let piece = match next {
+                Next::Piece(piece) => piece,
+                Next::Gone => break,
+                Next::Answered(reply) => {
+                    early = Some(reply);
+                    break;
+                }
+            };
+            match piece {
+                BodyPiece::Chunk(chunk) => {
+                    match monoio::time::timeout(running.deadline, feed.send(chunk)).await {
+                        Ok(Ok(())) => {
+                            let _ = send(Done::BodyCredit);
+                        }
+                        // The handler is done with the body.
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            timed_out = true;
+                            break;
+                        }
+                    }
+                }
+                BodyPiece::End => {
+                    feed.finish();
+                    break;
+                }
+                BodyPiece::TooLarge => {
+                    feed.too_large();
+                    break;
+                }
+            }
+        }
+        let reply = match early {
+            Some(reply) => reply,
+            None if timed_out => super::services::timed_out(&running),
+            None => super::services::answer(&running, queued, &watch).await,
+        };
+        let _ = send(Done::Reply {
+            route,
+            reply,
+            head_only,
         });
     });
 }
@@ -1681,6 +1931,13 @@ fn encode_verified(
 }
 
 fn on_data(core: &Core, conn: &mut QuicConn, stream: u64) {
+    if let (Some(StreamState::Work(w)), Some(h3)) =
+        (conn.streams.get_mut(&stream), conn.h3.as_mut())
+    {
+        let n = w.pump(&mut conn.quic, h3, stream);
+        bump(&core.stats().bytes_received, n);
+        return;
+    }
     let mut buf = [0u8; 16384];
     loop {
         let Some(h3) = conn.h3.as_mut() else { return };
@@ -1723,6 +1980,14 @@ fn on_data(core: &Core, conn: &mut QuicConn, stream: u64) {
 }
 
 fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::Sender<Committed>) {
+    if let (Some(StreamState::Work(w)), Some(h3)) =
+        (conn.streams.get_mut(&stream), conn.h3.as_mut())
+    {
+        // Hands the end on (or keeps it until the bridge has room).
+        let n = w.pump(&mut conn.quic, h3, stream);
+        bump(&core.stats().bytes_received, n);
+        return;
+    }
     if let Some(StreamState::WebSocket(ws)) = conn.streams.get_mut(&stream) {
         // The client's side of the stream ended: nothing more for the service,
         // whose handler then returns, which closes ours.
@@ -1746,7 +2011,8 @@ fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::S
             let msg = format!("{what} body too large (at most {limit} bytes)\n");
             return respond_text(core, conn, stream, route, Status::PayloadTooLarge, &msg);
         }
-        return run_after(conn, stream, route, commits, then, body, false);
+        let reply = super::run_job(move || then(body));
+        return run_after(conn, stream, route, commits, false, reply);
     }
     let Some(StreamState::Upload { writer, failed }) = conn.streams.get_mut(&stream) else {
         return;

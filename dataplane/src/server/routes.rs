@@ -80,33 +80,18 @@ pub(super) enum Plan {
         limit: u64,
         what: &'static str,
         required: bool,
-        then: AfterBody,
+        then: BodyJob,
     },
     /// A service's mount (index into the node's services): the transport builds
     /// the request view and asks [`super::services::plan`].
     Service(usize),
+    /// A request for a service's pool: the transport queues it and streams
+    /// its body in (at most the service's `max_body_bytes`), then answers.
+    Work(Arc<Running>, Box<OwnedRequest>),
     /// A WebSocket a service accepted: the transport checks the handshake and
     /// runs the session, the service's [`service_api::Service::socket`] on its
     /// pool.
     Upgrade(Arc<Running>, Box<OwnedRequest>),
-}
-
-/// Where a request body goes once read.
-pub(super) enum AfterBody {
-    /// A job on the store-I/O pool.
-    Job(BodyJob),
-    /// The service's own pool ([`super::services::call`]).
-    Service(Arc<Running>, Box<OwnedRequest>),
-}
-
-impl AfterBody {
-    /// Runs what follows the body and gives its reply; never on the core.
-    pub(super) async fn run(self, body: Vec<u8>) -> Reply {
-        match self {
-            AfterBody::Job(job) => super::run_job(move || job(body)).await,
-            AfterBody::Service(running, req) => super::services::call(running, *req, body).await,
-        }
-    }
 }
 
 /// The admin token's verdict on a request.
@@ -220,7 +205,7 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
                 limit: MAX_RECEIPTS_BODY,
                 what: "receipts",
                 required: true,
-                then: AfterBody::Job(Box::new(move |body| match control.store_receipts(&body) {
+                then: Box::new(move |body| match control.store_receipts(&body) {
                     Some(Ok(k)) => Reply::new(
                         Status::Accepted,
                         "application/json",
@@ -230,7 +215,7 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
                         Reply::text(Status::BadRequest, &format!("receipts refused: {why}\n"))
                     }
                     None => no_control_plane(),
-                })),
+                }),
             }
         }
         (Route::Ledger(l), Method::Post) if l.is_post() => ledger(core, head, l),
@@ -281,7 +266,7 @@ fn ledger(core: &Core, head: &Head, route: LedgerRoute) -> Plan {
             limit: MAX_LEDGER_BODY,
             what: "ledger requests",
             required: true,
-            then: AfterBody::Job(Box::new(call)),
+            then: Box::new(call),
         }
     } else {
         Plan::OffCore(Box::new(move || call(Vec::new())))

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 
 use service_api::{
-    Decision, Headers, MountTable, OwnedRequest, PoolError, Reply, Request, Running, Service,
-    ServiceStats, Status,
+    BodyWatch, Built, Decision, Headers, MountTable, OwnedRequest, PoolError, Reply, Request,
+    RequestBody, Running, ServiceStats, Status,
 };
 
-use super::routes::{AfterBody, Plan};
+use super::routes::Plan;
 
 /// The node's own path prefixes: no service may claim one, or a prefix of one.
 pub const RESERVED_PREFIXES: &[&str] = &[
@@ -37,16 +37,21 @@ impl Services {
     /// Claims every service's mounts and starts its pool. Err: the message
     /// that stops the node (two services on one mount, a pool that cannot
     /// start).
-    pub fn start(list: &[Arc<dyn Service>]) -> Result<Services, String> {
-        let claims: Vec<(&str, Vec<service_api::Mount>)> =
-            list.iter().map(|s| (s.name(), s.mounts())).collect();
+    pub fn start(list: &[Built]) -> Result<Services, String> {
+        let claims: Vec<(&str, Vec<service_api::Mount>)> = list
+            .iter()
+            .map(|b| (b.service.name(), b.service.mounts()))
+            .collect();
         let table = MountTable::new(&claims, RESERVED_PREFIXES).map_err(|e| e.to_string())?;
         let running = list
             .iter()
-            .map(|s| {
-                Running::start(s.clone())
-                    .map(Arc::new)
-                    .map_err(|e| format!("service {}: cannot start its workers: {e}", s.name()))
+            .map(|b| {
+                Running::start(b).map(Arc::new).map_err(|e| {
+                    format!(
+                        "service {}: cannot start its workers: {e}",
+                        b.service.name()
+                    )
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Services { table, running })
@@ -55,8 +60,96 @@ impl Services {
     /// Prometheus text for every service.
     pub fn render_metrics(&self, out: &mut String) {
         for r in &self.running {
-            r.stats.render(r.service.name(), out);
+            r.render_metrics(out);
         }
+    }
+}
+
+/// The store as a service sees it ([`service_api::BlobStore`]): what a
+/// service puts is handed to replication like a client's upload.
+pub struct ServiceStore {
+    pub store: Arc<crate::store::Store>,
+    pub control: Arc<dyn super::ControlPlane>,
+}
+
+fn io_error(e: crate::store::StoreError) -> std::io::Error {
+    use crate::store::StoreError;
+    use std::io::{Error, ErrorKind};
+    match e {
+        StoreError::Io(e) => e,
+        StoreError::NotFound(_) => Error::new(ErrorKind::NotFound, e.to_string()),
+        StoreError::Mismatch { .. } | StoreError::Verify(_) => {
+            Error::new(ErrorKind::InvalidData, e.to_string())
+        }
+        StoreError::Full { .. } | StoreError::NoSpace => {
+            Error::new(ErrorKind::StorageFull, e.to_string())
+        }
+        StoreError::TooLarge { .. } => Error::new(ErrorKind::FileTooLarge, e.to_string()),
+        StoreError::Db(_) => Error::other(e.to_string()),
+    }
+}
+
+impl ServiceStore {
+    fn put_with(
+        &self,
+        from: &mut dyn std::io::Read,
+        expected: Option<crate::BlobHash>,
+    ) -> std::io::Result<crate::store::PutOutcome> {
+        let mut writer = self.store.begin_put(u64::MAX).map_err(io_error)?;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            writer.write(&buf[..n]).map_err(io_error)?;
+        }
+        let out = match expected {
+            Some(hash) => writer.finish_expecting(hash),
+            None => writer.finish(),
+        }
+        .map_err(io_error)?;
+        if !out.existed {
+            self.control.stored(&out.hash.0);
+        }
+        Ok(out)
+    }
+}
+
+impl service_api::BlobStore for ServiceStore {
+    fn size(&self, hash: &service_api::Hash) -> Option<u64> {
+        self.store
+            .info(&crate::BlobHash(*hash))
+            .ok()
+            .flatten()
+            .map(|i| i.size)
+    }
+
+    fn read(&self, hash: &service_api::Hash, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let (file, size) = self
+            .store
+            .open_blob(&crate::BlobHash(*hash))
+            .map_err(io_error)?;
+        let len = (size.saturating_sub(offset)).min(len as u64) as usize;
+        let mut out = vec![0u8; len];
+        file.read_exact_at(&mut out, offset)?;
+        Ok(out)
+    }
+
+    fn put(&self, from: &mut dyn std::io::Read) -> std::io::Result<(service_api::Hash, u64)> {
+        let out = self.put_with(from, None)?;
+        Ok((out.hash.0, out.size))
+    }
+
+    fn put_expecting(
+        &self,
+        expected: &service_api::Hash,
+        from: &mut dyn std::io::Read,
+    ) -> std::io::Result<u64> {
+        Ok(self.put_with(from, Some(crate::BlobHash(*expected)))?.size)
     }
 }
 
@@ -65,12 +158,7 @@ pub(super) fn plan(running: &Arc<Running>, view: &Request<'_>) -> Plan {
     ServiceStats::bump(&running.stats.requests);
     match running.service.decide(view) {
         Decision::Reply(reply) => Plan::Reply(reply),
-        Decision::Work => Plan::Body {
-            limit: running.service.max_body_bytes(),
-            what: "requests",
-            required: false,
-            then: AfterBody::Service(running.clone(), Box::new(view.to_owned())),
-        },
+        Decision::Work => Plan::Work(running.clone(), Box::new(view.to_owned())),
         Decision::Upgrade => Plan::Upgrade(running.clone(), Box::new(view.to_owned())),
         Decision::Blob(blob) => Plan::Blob(crate::BlobHash(blob.hash), Some(blob)),
     }
@@ -116,29 +204,71 @@ pub(super) fn start_socket(running: &Running, req: OwnedRequest) -> Result<Socke
     })
 }
 
-/// Runs a request on the service's pool and waits for the reply (not blocking
-/// the core): `503` with `Retry-After` when its queue is full, `504` after its
-/// deadline, `500` if the handler panicked.
-pub(super) async fn call(running: Arc<Running>, req: OwnedRequest, body: Vec<u8>) -> Reply {
-    let service = running.service.clone();
-    let answer = match running.pool.submit(move || service.handle(req, body)) {
-        Ok(answer) => answer,
-        Err(PoolError::Full) => return busy(),
-    };
-    match monoio::time::timeout(running.deadline, answer.recv_async()).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(_)) => Reply::text(
+/// A request queued on a service's pool: its reply comes on `answer`.
+pub(super) struct Queued {
+    answer: flume::Receiver<Reply>,
+}
+
+impl Queued {
+    /// The handler's reply, however long it takes: to race against the
+    /// body's arrival (a handler may answer before reading all of it).
+    pub(super) async fn early(&self) -> Reply {
+        reply_of(self.answer.recv_async().await)
+    }
+}
+
+fn reply_of(r: Result<Reply, flume::RecvError>) -> Reply {
+    r.unwrap_or_else(|_| {
+        Reply::text(
             Status::InternalServerError,
             "the service dropped the request\n",
-        ),
-        Err(_) => {
-            ServiceStats::bump(&running.stats.timed_out);
-            Reply::text(
-                Status::GatewayTimeout,
-                "the service did not answer within its deadline\n",
-            )
-        }
+        )
+    })
+}
+
+/// Queues a request on the service's pool, its body to stream in; Err: the
+/// queue is full ([`busy`]).
+pub(super) fn submit(
+    running: &Running,
+    req: OwnedRequest,
+    body: RequestBody,
+) -> Result<Queued, Reply> {
+    let service = running.service.clone();
+    match running.pool.submit(move || service.handle(req, body)) {
+        Ok(answer) => Ok(Queued { answer }),
+        Err(PoolError::Full) => Err(busy()),
     }
+}
+
+/// The reply to a queued request, waited for without blocking the core: `413`
+/// if its body passed the limit, `504` after the service's deadline (from
+/// now: the body has arrived), `500` if the handler panicked.
+pub(super) async fn answer(running: &Running, queued: Queued, body: &BodyWatch) -> Reply {
+    let reply = monoio::time::timeout(running.deadline, queued.answer.recv_async()).await;
+    if body.too_large() {
+        return too_large(running.service.max_body_bytes());
+    }
+    match reply {
+        Ok(r) => reply_of(r),
+        Err(_) => timed_out(running),
+    }
+}
+
+/// The answer when a service's deadline passed.
+pub(super) fn timed_out(running: &Running) -> Reply {
+    ServiceStats::bump(&running.stats.timed_out);
+    Reply::text(
+        Status::GatewayTimeout,
+        "the service did not answer within its deadline\n",
+    )
+}
+
+/// The answer to a request body over a service's limit.
+pub(super) fn too_large(limit: u64) -> Reply {
+    Reply::text(
+        Status::PayloadTooLarge,
+        &format!("request body too large (at most {limit} bytes)\n"),
+    )
 }
 
 /// The headers of an HTTP/1.1 request head, read from its raw bytes.

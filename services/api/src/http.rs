@@ -43,6 +43,7 @@ pub enum Status {
     PreconditionFailed,
     PayloadTooLarge,
     RangeNotSatisfiable,
+    UnprocessableContent,
     HeaderFieldsTooLarge,
     InternalServerError,
     NotImplemented,
@@ -53,7 +54,7 @@ pub enum Status {
 }
 
 /// All statuses, in the order of [`Status::index`], for metrics.
-pub const STATUSES: [Status; 23] = [
+pub const STATUSES: [Status; 24] = [
     Status::SwitchingProtocols,
     Status::Ok,
     Status::Created,
@@ -70,6 +71,7 @@ pub const STATUSES: [Status; 23] = [
     Status::PreconditionFailed,
     Status::PayloadTooLarge,
     Status::RangeNotSatisfiable,
+    Status::UnprocessableContent,
     Status::HeaderFieldsTooLarge,
     Status::InternalServerError,
     Status::NotImplemented,
@@ -98,6 +100,7 @@ impl Status {
             Status::PreconditionFailed => 412,
             Status::PayloadTooLarge => 413,
             Status::RangeNotSatisfiable => 416,
+            Status::UnprocessableContent => 422,
             Status::HeaderFieldsTooLarge => 431,
             Status::InternalServerError => 500,
             Status::NotImplemented => 501,
@@ -130,6 +133,7 @@ impl Status {
             Status::PreconditionFailed => "Precondition Failed",
             Status::PayloadTooLarge => "Content Too Large",
             Status::RangeNotSatisfiable => "Range Not Satisfiable",
+            Status::UnprocessableContent => "Unprocessable Content",
             Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
             Status::InternalServerError => "Internal Server Error",
             Status::NotImplemented => "Not Implemented",

@@ -26,13 +26,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod body;
 pub mod http;
 mod mounts;
+mod node;
 mod pool;
 
+pub use body::{request_body, BodyFeed, BodyWatch, RequestBody, Unread, REQUEST_CHUNKS_IN_FLIGHT};
 pub use http::{Method, Status, STATUSES};
 pub use mounts::{Mount, MountConflict, MountTable};
+pub use node::{Alone, BlobStore, ClusterView, Hash, Ledger, Member, Metrics, Node};
 pub use pool::{PoolConfig, PoolError, WorkerPool};
+// Re-exported for services' config types and sections.
+pub use serde;
+pub use toml;
 
 // Re-exported so services and the data plane name one channel crate.
 pub use flume;
@@ -309,15 +316,18 @@ pub trait Service: Send + Sync + 'static {
     fn pool(&self) -> PoolConfig {
         PoolConfig::default()
     }
-    /// The largest request body [`Service::handle`] takes; a longer one is
-    /// answered 413 and never read.
+    /// The largest request body [`Service::handle`] takes: a longer declared
+    /// one is answered 413 and never read; a chunked one that grows past it is
+    /// cut off (the handler's read fails) and answered 413.
     fn max_body_bytes(&self) -> u64 {
         1 << 20
     }
     /// On the core: answer now or ask for [`Service::handle`].
     fn decide(&self, req: &Request<'_>) -> Decision;
     /// Off the core, on the service's pool: may block, within the deadline.
-    fn handle(&self, req: OwnedRequest, body: Vec<u8>) -> Reply;
+    /// The body streams in as the client sends it (see [`RequestBody`]); the
+    /// deadline runs from when all of it has arrived.
+    fn handle(&self, req: OwnedRequest, body: RequestBody) -> Reply;
     /// A WebSocket this service accepted ([`Decision::Upgrade`]), on its
     /// pool for as long as it lasts (so the pool's size bounds the sockets
     /// it serves at once). The default closes it at once.
@@ -394,16 +404,26 @@ impl ServiceStats {
     }
 }
 
+/// A service as the binary hands it to the data plane: the service and the
+/// metrics it registered on its [`Node`].
+#[derive(Clone)]
+pub struct Built {
+    pub service: Arc<dyn Service>,
+    pub metrics: Metrics,
+}
+
 /// A service as the node runs it: the service, its pool and its counters.
 pub struct Running {
     pub service: Arc<dyn Service>,
     pub pool: WorkerPool,
     pub stats: Arc<ServiceStats>,
+    pub metrics: Metrics,
     pub deadline: Duration,
 }
 
 impl Running {
-    pub fn start(service: Arc<dyn Service>) -> std::io::Result<Running> {
+    pub fn start(built: &Built) -> std::io::Result<Running> {
+        let service = built.service.clone();
         let config = service.pool();
         let stats = Arc::new(ServiceStats::default());
         let pool = WorkerPool::new(service.name(), config, stats.clone())?;
@@ -411,7 +431,15 @@ impl Running {
             service,
             pool,
             stats,
+            metrics: built.metrics.clone(),
             deadline: config.deadline,
         })
+    }
+
+    /// Prometheus text: the node's counters for the service, then its own.
+    pub fn render_metrics(&self, out: &mut String) {
+        let name = self.service.name();
+        self.stats.render(name, out);
+        self.metrics.render(name, out);
     }
 }

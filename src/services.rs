@@ -1,0 +1,194 @@
+//! The services this node runs, and what it lends each of them (the
+//! `service-api` crate's [`Node`]): the store, the cluster view, the ledger,
+//! its config section, a data directory and its metrics.
+//!
+//! Which services exist is decided here, in the binary: the data plane knows
+//! services only through the `service-api` interface, and no service knows
+//! another. The node built by `scripts/run` has none yet; the test build
+//! (feature `test-services`) adds the ones `TESSERA_TEST_SERVICES` names.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use controlplane::cluster::{Cluster, MemberInfo};
+use dataplane::http::{self, Route};
+use dataplane::server::{ControlPlane, LedgerCall};
+use dataplane::store::Store;
+use service_api::{Alone, Built, ClusterView, Hash, Ledger, Member, Metrics, Node};
+
+use controlplane::chain::Chain;
+
+use crate::peering::Peering;
+
+/// The cluster as services see it.
+struct NodeCluster {
+    cluster: Arc<Cluster>,
+    peering: Arc<Peering>,
+    store: Arc<Store>,
+    replication: usize,
+}
+
+fn member(m: &MemberInfo) -> Member {
+    Member {
+        id: m.id.clone(),
+        addr: m.addr,
+        region: m.region.clone(),
+        alive: m.state == "alive" && m.verified,
+        rtt_ms: m.rtt_ms,
+    }
+}
+
+impl ClusterView for NodeCluster {
+    fn node_id(&self) -> String {
+        self.cluster.id().to_string()
+    }
+
+    fn members(&self) -> Vec<Member> {
+        let me = self.node_id();
+        self.cluster
+            .members()
+            .iter()
+            .filter(|m| m.id != me)
+            .map(member)
+            .collect()
+    }
+
+    fn homes(&self, hash: &Hash) -> Vec<Member> {
+        let members = self.cluster.members();
+        controlplane::routing::rank(hash, &members, self.replication, false)
+            .into_iter()
+            .filter_map(|r| members.iter().find(|m| m.id == r.id).map(member))
+            .collect()
+    }
+
+    fn fetch(&self, hash: &Hash) -> bool {
+        self.peering.fetch_missing(&self.store, hash)
+    }
+}
+
+/// The ledger as services see it.
+struct NodeLedger(Arc<Chain>);
+
+impl Ledger for NodeLedger {
+    fn running(&self) -> bool {
+        true
+    }
+
+    fn submit(&self, tx: &[u8]) -> Result<(), String> {
+        let call = LedgerCall {
+            route: http::LedgerRoute::Tx,
+            body: tx.to_vec(),
+            peer: None,
+        };
+        let reply = crate::ledger::answer(&self.0, call);
+        if reply.status.code() < 300 {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&reply.body).trim().to_string())
+        }
+    }
+
+    fn read(&self, what: &str) -> Result<String, String> {
+        let Route::Ledger(route) = http::route(format!("/ledger/{what}").as_bytes()) else {
+            return Err(format!("not a ledger path: {what}"));
+        };
+        if route.is_post() || matches!(route, http::LedgerRoute::Unknown) {
+            return Err(format!("not a ledger path: {what}"));
+        }
+        let reply = crate::ledger::answer(
+            &self.0,
+            LedgerCall {
+                route,
+                body: Vec::new(),
+                peer: None,
+            },
+        );
+        let text = String::from_utf8_lossy(&reply.body).into_owned();
+        if reply.status.code() < 300 {
+            Ok(text)
+        } else {
+            Err(text.trim().to_string())
+        }
+    }
+}
+
+/// What the node has for its services.
+pub struct Lend<'a> {
+    pub store: Arc<Store>,
+    pub control: Arc<dyn ControlPlane>,
+    pub cluster: Option<(Arc<Cluster>, Arc<Peering>)>,
+    pub chain: Option<Arc<Chain>>,
+    pub replication: usize,
+    pub data_dir: &'a Path,
+    pub sections: &'a std::collections::BTreeMap<String, service_api::toml::Table>,
+}
+
+impl Lend<'_> {
+    /// The [`Node`] for the service named `name`: its data directory made.
+    fn node(&self, name: &str) -> anyhow::Result<Node> {
+        let data_dir = self.data_dir.join("services").join(name);
+        std::fs::create_dir_all(&data_dir).with_context(|| {
+            format!(
+                "service {name}: cannot create its data directory {}",
+                data_dir.display()
+            )
+        })?;
+        let cluster: Arc<dyn ClusterView> = match &self.cluster {
+            Some((cluster, peering)) => Arc::new(NodeCluster {
+                cluster: cluster.clone(),
+                peering: peering.clone(),
+                store: self.store.clone(),
+                replication: self.replication,
+            }),
+            None => Arc::new(Alone),
+        };
+        let ledger: Arc<dyn Ledger> = match &self.chain {
+            Some(chain) => Arc::new(NodeLedger(chain.clone())),
+            None => Arc::new(Alone),
+        };
+        Ok(Node {
+            store: Arc::new(dataplane::server::services::ServiceStore {
+                store: self.store.clone(),
+                control: self.control.clone(),
+            }),
+            cluster,
+            ledger,
+            config: self.sections.get(name).cloned().unwrap_or_default(),
+            data_dir,
+            metrics: Metrics::default(),
+        })
+    }
+}
+
+/// A service's constructor: given what the node lends it, the service, or
+/// why it cannot start (a bad config section, say), in words for the operator.
+pub type Factory = fn(&Node) -> Result<Arc<dyn service_api::Service>, String>;
+
+/// The services to build: (name, constructor).
+fn factories() -> Vec<(String, Factory)> {
+    #[cfg(feature = "test-services")]
+    return crate::test_services::from_env();
+    #[cfg(not(feature = "test-services"))]
+    Vec::new()
+}
+
+/// Builds every service. Err: the message that stops the node.
+pub fn build(lend: &Lend<'_>) -> anyhow::Result<Vec<Built>> {
+    for name in lend.sections.keys() {
+        if !factories().iter().any(|(n, _)| n == name) {
+            anyhow::bail!("[services.{name}] in the config: this node has no service named {name}");
+        }
+    }
+    factories()
+        .into_iter()
+        .map(|(name, make)| {
+            let node = lend.node(&name)?;
+            let service = make(&node).map_err(|why| anyhow::anyhow!("service {name}: {why}"))?;
+            Ok(Built {
+                service,
+                metrics: node.metrics,
+            })
+        })
+        .collect()
+}
