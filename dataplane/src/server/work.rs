@@ -46,7 +46,7 @@ enum Fed {
 /// it is well framed (its first chunk decoded), so a malformed body never
 /// costs the service a job.
 enum Job {
-    Pending(Arc<Running>, OwnedRequest, RequestBody),
+    Pending(Box<(Arc<Running>, OwnedRequest, RequestBody)>),
     Queued(Queued),
     Taken,
 }
@@ -55,9 +55,10 @@ impl Job {
     /// Queues the job if it is not yet; Err: the service's queue is full.
     fn start(&mut self) -> Result<(), Fed> {
         if let Job::Pending(..) = self {
-            let Job::Pending(running, req, body) = std::mem::replace(self, Job::Taken) else {
+            let Job::Pending(pending) = std::mem::replace(self, Job::Taken) else {
                 return Ok(());
             };
+            let (running, req, body) = *pending;
             match services::submit(&running, req, body) {
                 Ok(queued) => *self = Job::Queued(queued),
                 Err(busy) => return Err(Fed::Busy(busy)),
@@ -96,7 +97,7 @@ pub(super) async fn work(
     };
     let (feed, body) = service_api::request_body(declared);
     let watch = feed.watch();
-    let mut job = Job::Pending(running.clone(), req, body);
+    let mut job = Job::Pending(Box::new((running.clone(), req, body)));
     if declared.is_some() {
         if let Err(Fed::Busy(busy)) = job.start() {
             let keep_alive = info.keep_alive && declared == Some(0);
