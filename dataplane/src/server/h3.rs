@@ -1478,6 +1478,26 @@ fn run_after(
     });
 }
 
+/// How a task hands what it did for one stream back to the stream's core;
+/// false once the core is gone.
+fn reply_to(
+    conn: &QuicConn,
+    stream: u64,
+    commits: &flume::Sender<Committed>,
+) -> impl Fn(Done) -> bool + 'static {
+    let id = conn.quic.source_id().into_owned();
+    let commits = commits.clone();
+    move |result| {
+        commits
+            .send(Committed {
+                conn: id.clone(),
+                stream,
+                result,
+            })
+            .is_ok()
+    }
+}
+
 /// A request for a service's pool, as the stream's head gave it.
 struct Work {
     running: Arc<service_api::Running>,
@@ -1541,18 +1561,8 @@ fn start_work(
             limit,
         })),
     );
-    let id = conn.quic.source_id().into_owned();
-    let commits = commits.clone();
+    let send = reply_to(conn, stream, commits);
     monoio::spawn(async move {
-        let send = |result| {
-            commits
-                .send(Committed {
-                    conn: id.clone(),
-                    stream,
-                    result,
-                })
-                .is_ok()
-        };
         enum Next {
             Piece(BodyPiece),
             Gone,
@@ -2218,19 +2228,9 @@ fn start_stream(
         credit,
     };
     send_head(core, conn, stream, &refs, false, Some(state));
-    let id = conn.quic.source_id().into_owned();
-    let commits = commits.clone();
+    let send = reply_to(conn, stream, commits);
     let stall = Duration::from_millis(core.shared.config.idle_timeout_ms);
     monoio::spawn(async move {
-        let send = |result| {
-            commits
-                .send(Committed {
-                    conn: id.clone(),
-                    stream,
-                    result,
-                })
-                .is_ok()
-        };
         loop {
             match monoio::time::timeout(stall, rx.chunks().recv_async()).await {
                 Ok(Ok(chunk)) if chunk.is_empty() => continue,
