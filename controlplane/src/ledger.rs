@@ -238,6 +238,82 @@ pub enum Tx {
         name: String,
         price_per_byte: u64,
     },
+    /// Creates the deployment `name` (the sender becomes its owner) or, as
+    /// its owner, changes it (a new version when anything differs).
+    Deploy(DeploySpec),
+    /// As its owner, removes a deployment.
+    Undeploy { name: String },
+}
+
+/// What a customer asks the network to run: a named instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploySpec {
+    /// A DNS label: 1 to 63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+    pub name: String,
+    /// The service it is an instance of (`cdn`, ...).
+    pub service: String,
+    /// The service's own config for it, TOML or JSON, as the owner wrote it.
+    pub spec: Vec<u8>,
+    pub replicas: u16,
+    /// Regions to run in; empty: anywhere.
+    pub regions: Vec<String>,
+}
+
+/// Longest deployment spec.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// Most replicas of one deployment.
+pub const MAX_REPLICAS: u16 = 64;
+/// Most regions one deployment may name.
+pub const MAX_REGIONS: usize = 16;
+
+/// A deployment as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub spec: DeploySpec,
+    pub owner: Key,
+    /// BLAKE3 of `spec.spec`: the spec's content address.
+    pub spec_hash: [u8; 32],
+    /// 1 when created, one more at each change.
+    pub version: u64,
+}
+
+/// Whether `name` may name a deployment (a DNS label, so that it can be a host
+/// name's first label).
+pub fn valid_deployment_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=63).contains(&b.len())
+        && b
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Checks a deployment's form (the service's own check of its spec is the
+/// node's, before it submits).
+pub fn check_deploy_spec(d: &DeploySpec) -> Result<(), Reject> {
+    if !valid_deployment_name(&d.name) {
+        return Err(Reject::BadDeployment(
+            "a deployment name is 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'",
+        ));
+    }
+    if d.service.is_empty() || d.service.len() > MAX_SERVICE_NAME {
+        return Err(Reject::BadDeployment("service names are 1 to 64 bytes"));
+    }
+    if d.spec.len() > MAX_SPEC_BYTES {
+        return Err(Reject::BadDeployment("the spec is over 64 KiB"));
+    }
+    if d.replicas == 0 || d.replicas > MAX_REPLICAS {
+        return Err(Reject::BadDeployment("replicas are 1 to 64"));
+    }
+    if d.regions.len() > MAX_REGIONS
+        || d.regions.iter().any(|r| r.is_empty() || r.len() > 64)
+    {
+        return Err(Reject::BadDeployment(
+            "at most 16 regions, each 1 to 64 bytes",
+        ));
+    }
+    Ok(())
 }
 
 /// Receipts name the service that delivered; service 1 (blob delivery) is
@@ -361,6 +437,12 @@ pub enum Reject {
     NotOwner(u16),
     #[error("service names are 1 to 64 bytes")]
     BadName,
+    #[error("malformed deployment: {0}")]
+    BadDeployment(&'static str),
+    #[error("deployment {0} belongs to another owner")]
+    NotDeploymentOwner(String),
+    #[error("no deployment named {0}")]
+    NoSuchDeployment(String),
 }
 
 /// Why one receipt in a submission was not paid.
@@ -457,6 +539,8 @@ pub struct State {
     pub treasury: u64,
     /// The service registry.
     pub services: BTreeMap<u16, Service>,
+    /// Deployments, by name.
+    pub deployments: BTreeMap<String, Deployment>,
     /// Receipts refused so far, per submitting node and reason.
     pub refusals: BTreeMap<Key, BTreeMap<ReceiptReject, u64>>,
 }
@@ -674,9 +758,41 @@ impl State {
                     },
                 );
             }
+            Tx::Deploy(d) => self.deploy(sender, d)?,
+            Tx::Undeploy { name } => match self.deployments.get(name) {
+                None => return Err(Reject::NoSuchDeployment(name.clone())),
+                Some(old) if old.owner != sender => {
+                    return Err(Reject::NotDeploymentOwner(name.clone()))
+                }
+                Some(_) => {
+                    self.deployments.remove(name);
+                }
+            },
         }
         self.nonces.insert(sender, want + 1);
         Ok(outcome)
+    }
+
+    fn deploy(&mut self, sender: Key, d: &DeploySpec) -> Result<(), Reject> {
+        check_deploy_spec(d)?;
+        let version = match self.deployments.get(&d.name) {
+            Some(old) if old.owner != sender => {
+                return Err(Reject::NotDeploymentOwner(d.name.clone()))
+            }
+            Some(old) if old.spec == *d => old.version,
+            Some(old) => old.version + 1,
+            None => 1,
+        };
+        self.deployments.insert(
+            d.name.clone(),
+            Deployment {
+                spec: d.clone(),
+                owner: sender,
+                spec_hash: *blake3::hash(&d.spec).as_bytes(),
+                version,
+            },
+        );
+        Ok(())
     }
 
     fn check_receipt(
@@ -1015,6 +1131,83 @@ mod tests {
         assert_eq!(all.len(), 5);
         let (none, at) = ReceiptLog::read_from(&dir.path().join("none"), 0, 9).expect("none");
         assert!(none.is_empty() && at == 0);
+    }
+
+    fn deploy_tx(name: &str, spec: &str, replicas: u16) -> Tx {
+        Tx::Deploy(DeploySpec {
+            name: name.into(),
+            service: "cdn".into(),
+            spec: spec.as_bytes().to_vec(),
+            replicas,
+            regions: vec!["eu-west".into()],
+        })
+    }
+
+    #[test]
+    fn deployments_belong_to_their_owner_and_version_on_change() {
+        let (alice, bob) = (key(20), key(21));
+        let mut net = Net::new();
+        net.send(&alice, deploy_tx("shop", "origin = 'a'", 2))
+            .expect("create");
+        let d = &net.state.deployments["shop"];
+        assert_eq!((d.version, d.owner), (1, id(&alice)));
+        assert_eq!(d.spec_hash, *blake3::hash(b"origin = 'a'").as_bytes());
+        // The same again: no new version (but the nonce moves on).
+        net.send(&alice, deploy_tx("shop", "origin = 'a'", 2))
+            .expect("same");
+        assert_eq!(net.state.deployments["shop"].version, 1);
+        net.send(&alice, deploy_tx("shop", "origin = 'b'", 2))
+            .expect("change");
+        assert_eq!(net.state.deployments["shop"].version, 2);
+        // Somebody else may neither change nor remove it.
+        assert_eq!(
+            net.send(&bob, deploy_tx("shop", "origin = 'evil'", 1)),
+            Err(Reject::NotDeploymentOwner("shop".into()))
+        );
+        assert_eq!(
+            net.send(&bob, Tx::Undeploy { name: "shop".into() }),
+            Err(Reject::NotDeploymentOwner("shop".into()))
+        );
+        assert_eq!(net.state.deployments["shop"].version, 2);
+        // A replayed transaction: the nonce is used.
+        let replay = SignedTx::new(deploy_tx("shop", "origin = 'a'", 2), 0, &alice);
+        assert_eq!(
+            net.state.apply(&net.params, &replay),
+            Err(Reject::BadNonce { got: 0, want: 3 })
+        );
+        // A forged signature.
+        let mut forged = SignedTx::new(Tx::Undeploy { name: "shop".into() }, 3, &alice);
+        forged.sig[0] ^= 1;
+        assert_eq!(
+            net.state.apply(&net.params, &forged),
+            Err(Reject::BadSignature)
+        );
+        net.send(&alice, Tx::Undeploy { name: "shop".into() })
+            .expect("undeploy");
+        assert!(net.state.deployments.is_empty());
+        assert_eq!(
+            net.send(&alice, Tx::Undeploy { name: "shop".into() }),
+            Err(Reject::NoSuchDeployment("shop".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_deployments_say_what_is_wrong() {
+        let alice = key(22);
+        let mut net = Net::new();
+        for (tx, what) in [
+            (deploy_tx("Shop", "", 1), "deployment name"),
+            (deploy_tx("-shop", "", 1), "deployment name"),
+            (deploy_tx(&"a".repeat(64), "", 1), "deployment name"),
+            (deploy_tx("shop", "", 0), "replicas"),
+            (deploy_tx("shop", "", 65), "replicas"),
+            (deploy_tx("shop", &"x".repeat(MAX_SPEC_BYTES + 1), 1), "64 KiB"),
+        ] {
+            let err = net.send(&alice, tx).expect_err("refused");
+            assert!(err.to_string().contains(what), "{err}");
+        }
+        assert!(valid_deployment_name("shop-2") && valid_deployment_name("a"));
+        assert!(net.state.deployments.is_empty());
     }
 
     #[test]

@@ -40,9 +40,11 @@
 //! (both show as `down`).
 
 pub mod chain;
+pub mod deploy;
 pub mod cluster;
 pub mod identity;
 pub mod ledger;
+pub mod placement;
 pub mod record;
 pub mod routing;
 pub mod vivaldi;

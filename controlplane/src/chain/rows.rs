@@ -24,6 +24,7 @@ const REPORTS: u8 = 7;
 const CLOSED: u8 = 8;
 const SERVICES: u8 = 9;
 const REFUSALS: u8 = 10;
+const DEPLOYMENTS: u8 = 11;
 
 #[derive(Serialize, Deserialize)]
 struct Scalars {
@@ -105,6 +106,7 @@ pub(super) fn write(
     diff(t, REPORTS, &old.reports, &new.reports)?;
     diff(t, CLOSED, &old.closed, &new.closed)?;
     diff(t, SERVICES, &old.services, &new.services)?;
+    diff(t, DEPLOYMENTS, &old.deployments, &new.deployments)?;
     diff(t, REFUSALS, &old.refusals, &new.refusals)?;
     Ok(())
 }
@@ -157,6 +159,7 @@ pub(super) fn load(
             REPORTS => put(&mut st.reports, key, v)?,
             CLOSED => put(&mut st.closed, key, v)?,
             SERVICES => put(&mut st.services, key, v)?,
+            DEPLOYMENTS => put(&mut st.deployments, key, v)?,
             REFUSALS => put(&mut st.refusals, key, v)?,
             _ => return Err(format!("unknown row kind {tag}")),
         }
