@@ -681,7 +681,7 @@ pub struct RewardsArgs {
     pub epoch: u64,
 }
 
-fn agent() -> ureq::Agent {
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -689,7 +689,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn get_json(agent: &ureq::Agent, url: &str) -> anyhow::Result<serde_json::Value> {
+pub fn get_json(agent: &ureq::Agent, url: &str) -> anyhow::Result<serde_json::Value> {
     let mut resp = agent
         .get(url)
         .call()
@@ -702,7 +702,7 @@ fn get_json(agent: &ureq::Agent, url: &str) -> anyhow::Result<serde_json::Value>
     Ok(serde_json::from_str(&body)?)
 }
 
-fn client_key() -> anyhow::Result<controlplane::NodeKey> {
+pub fn client_key() -> anyhow::Result<controlplane::NodeKey> {
     Ok(controlplane::NodeKey::load_or_create(&crate::client::client_dir())?.0)
 }
 

@@ -6,6 +6,8 @@
 //! `dataplane` crate.
 
 mod client;
+mod deploy_cli;
+mod deployments;
 mod h3client;
 mod ledger;
 mod node;
@@ -63,6 +65,13 @@ enum Command {
     Rewards(ledger::RewardsArgs),
     /// Every staked node's reputation.
     Reputation(ledger::NodeArg),
+    /// Create a deployment of a service (or change it: run it again), owned
+    /// by this client's key.
+    Deploy(deploy_cli::DeployArgs),
+    /// List deployments with their placement and health.
+    Deployments(ledger::NodeArg),
+    /// Remove a deployment (its owner only).
+    Undeploy(deploy_cli::UndeployArgs),
 }
 
 #[derive(Subcommand)]
@@ -163,6 +172,9 @@ fn main() -> std::process::ExitCode {
         } => ledger::service(args),
         Command::Rewards(args) => ledger::rewards(args),
         Command::Reputation(args) => ledger::reputation(args),
+        Command::Deploy(args) => deploy_cli::deploy(args),
+        Command::Deployments(args) => deploy_cli::list(args),
+        Command::Undeploy(args) => deploy_cli::undeploy(args),
     };
     match result {
         Ok(code) => code,

@@ -138,6 +138,7 @@ struct NodeControl {
     on_stored: Option<Arc<crate::peering::OnStored>>,
     chain: Option<Arc<controlplane::chain::Chain>>,
     receipts: Option<controlplane::ledger::ReceiptLog>,
+    deployments: Arc<crate::deployments::Deployments>,
 }
 
 impl ControlPlane for NodeControl {
@@ -182,6 +183,14 @@ impl ControlPlane for NodeControl {
 
     fn store_receipts(&self, body: &[u8]) -> Option<Result<usize, String>> {
         self.receipts.as_ref().map(|log| log.accept(body))
+    }
+
+    fn deployments(
+        &self,
+        route: dataplane::http::DeployRoute,
+        body: Option<Vec<u8>>,
+    ) -> Option<service_api::Reply> {
+        Some(self.deployments.answer(route, body))
     }
 
     fn ledger(&self, call: LedgerCall) -> Option<LedgerReply> {
@@ -298,6 +307,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             on_stored,
             chain: chain.clone(),
             receipts,
+            deployments: Arc::new(crate::deployments::Deployments::open(
+                &data_dir,
+                store.clone(),
+                c.clone(),
+                chain.clone(),
+            )?),
         }),
         None => Arc::new(dataplane::server::NoControlPlane),
     };

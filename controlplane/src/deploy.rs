@@ -40,7 +40,12 @@ impl LocalRegistry {
             w.commit().map_err(err)?;
         }
         let r = db.begin_read().map_err(err)?;
-        for row in r.open_table(DEPLOYMENTS).map_err(err)?.iter().map_err(err)? {
+        for row in r
+            .open_table(DEPLOYMENTS)
+            .map_err(err)?
+            .iter()
+            .map_err(err)?
+        {
             let (name, value) = row.map_err(err)?;
             let d: Deployment = postcard::from_bytes(value.value())
                 .map_err(|e| format!("deployment {}: {e}", name.value()))?;
@@ -187,8 +192,14 @@ mod tests {
             reg.apply(&SignedTx::new(spec("shop", "a"), 1, &alice)),
             Err(Reject::BadNonce { got: 1, want: 2 })
         );
-        reg.apply(&SignedTx::new(Tx::Undeploy { name: "shop".into() }, 2, &alice))
-            .expect("undeploy");
+        reg.apply(&SignedTx::new(
+            Tx::Undeploy {
+                name: "shop".into(),
+            },
+            2,
+            &alice,
+        ))
+        .expect("undeploy");
         drop(reg);
         assert!(LocalRegistry::open(&path)
             .expect("reopen")

@@ -282,8 +282,7 @@ pub struct Deployment {
 pub fn valid_deployment_name(name: &str) -> bool {
     let b = name.as_bytes();
     (1..=63).contains(&b.len())
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
@@ -306,9 +305,7 @@ pub fn check_deploy_spec(d: &DeploySpec) -> Result<(), Reject> {
     if d.replicas == 0 || d.replicas > MAX_REPLICAS {
         return Err(Reject::BadDeployment("replicas are 1 to 64"));
     }
-    if d.regions.len() > MAX_REGIONS
-        || d.regions.iter().any(|r| r.is_empty() || r.len() > 64)
-    {
+    if d.regions.len() > MAX_REGIONS || d.regions.iter().any(|r| r.is_empty() || r.len() > 64) {
         return Err(Reject::BadDeployment(
             "at most 16 regions, each 1 to 64 bytes",
         ));
@@ -1165,7 +1162,12 @@ mod tests {
             Err(Reject::NotDeploymentOwner("shop".into()))
         );
         assert_eq!(
-            net.send(&bob, Tx::Undeploy { name: "shop".into() }),
+            net.send(
+                &bob,
+                Tx::Undeploy {
+                    name: "shop".into()
+                }
+            ),
             Err(Reject::NotDeploymentOwner("shop".into()))
         );
         assert_eq!(net.state.deployments["shop"].version, 2);
@@ -1176,17 +1178,33 @@ mod tests {
             Err(Reject::BadNonce { got: 0, want: 3 })
         );
         // A forged signature.
-        let mut forged = SignedTx::new(Tx::Undeploy { name: "shop".into() }, 3, &alice);
+        let mut forged = SignedTx::new(
+            Tx::Undeploy {
+                name: "shop".into(),
+            },
+            3,
+            &alice,
+        );
         forged.sig[0] ^= 1;
         assert_eq!(
             net.state.apply(&net.params, &forged),
             Err(Reject::BadSignature)
         );
-        net.send(&alice, Tx::Undeploy { name: "shop".into() })
-            .expect("undeploy");
+        net.send(
+            &alice,
+            Tx::Undeploy {
+                name: "shop".into(),
+            },
+        )
+        .expect("undeploy");
         assert!(net.state.deployments.is_empty());
         assert_eq!(
-            net.send(&alice, Tx::Undeploy { name: "shop".into() }),
+            net.send(
+                &alice,
+                Tx::Undeploy {
+                    name: "shop".into()
+                }
+            ),
             Err(Reject::NoSuchDeployment("shop".into()))
         );
     }
@@ -1201,7 +1219,10 @@ mod tests {
             (deploy_tx(&"a".repeat(64), "", 1), "deployment name"),
             (deploy_tx("shop", "", 0), "replicas"),
             (deploy_tx("shop", "", 65), "replicas"),
-            (deploy_tx("shop", &"x".repeat(MAX_SPEC_BYTES + 1), 1), "64 KiB"),
+            (
+                deploy_tx("shop", &"x".repeat(MAX_SPEC_BYTES + 1), 1),
+                "64 KiB",
+            ),
         ] {
             let err = net.send(&alice, tx).expect_err("refused");
             assert!(err.to_string().contains(what), "{err}");

@@ -40,8 +40,8 @@
 //! (both show as `down`).
 
 pub mod chain;
-pub mod deploy;
 pub mod cluster;
+pub mod deploy;
 pub mod identity;
 pub mod ledger;
 pub mod placement;

@@ -100,7 +100,7 @@ pub fn place(ask: Ask<'_>, candidates: &[Candidate]) -> Placement {
         .filter(|c| ask.regions.is_empty() || ask.regions.contains(&c.region))
         .collect();
     let mut nodes: Vec<String> = Vec::with_capacity(ask.replicas);
-    let taken = |nodes: &Vec<String>, c: &Candidate| nodes.iter().any(|n| *n == c.id);
+    let taken = |nodes: &Vec<String>, c: &Candidate| nodes.contains(&c.id);
     if ask.regions.is_empty() {
         for c in ranked(ask.name, eligible.iter().copied()).into_iter() {
             if nodes.len() == ask.replicas {
@@ -113,7 +113,12 @@ pub fn place(ask: Ask<'_>, candidates: &[Candidate]) -> Placement {
         let per_region: Vec<Vec<&Candidate>> = ask
             .regions
             .iter()
-            .map(|r| ranked(ask.name, eligible.iter().copied().filter(|c| c.region == *r)))
+            .map(|r| {
+                ranked(
+                    ask.name,
+                    eligible.iter().copied().filter(|c| c.region == *r),
+                )
+            })
             .collect();
         let mut next = vec![0usize; per_region.len()];
         let mut short = 0;
@@ -188,7 +193,14 @@ mod tests {
             let rs: Vec<&str> = p
                 .nodes
                 .iter()
-                .map(|id| nodes.iter().find(|n| n.id == *id).expect("a node").region.as_str())
+                .map(|id| {
+                    nodes
+                        .iter()
+                        .find(|n| n.id == *id)
+                        .expect("a node")
+                        .region
+                        .as_str()
+                })
                 .collect();
             assert_eq!(rs, ["eu-west", "us-east"], "{name}");
         }
@@ -210,7 +222,10 @@ mod tests {
     fn churn_moves_few_deployments() {
         let nodes = cluster(&[("eu-west", 10)]);
         let names: Vec<String> = (0..300).map(|i| format!("zone-{i}")).collect();
-        let before: Vec<Placement> = names.iter().map(|n| place(ask(n, 2, &[]), &nodes)).collect();
+        let before: Vec<Placement> = names
+            .iter()
+            .map(|n| place(ask(n, 2, &[]), &nodes))
+            .collect();
         // One node leaves: only deployments that had it move, and each keeps
         // the replica it still has.
         let gone = nodes[3].id.clone();
@@ -234,7 +249,10 @@ mod tests {
             if a.nodes.iter().all(|id| b.nodes.contains(id)) {
                 continue;
             }
-            assert!(a.nodes.contains(&more[10].id), "{n} moved off a staying node");
+            assert!(
+                a.nodes.contains(&more[10].id),
+                "{n} moved off a staying node"
+            );
             moved += 1;
         }
         assert!((20..=90).contains(&moved), "{moved} of 300 moved");
@@ -276,7 +294,10 @@ mod tests {
             n.load = 990;
         }
         for name in ["a", "b", "c", "d", "e"] {
-            assert_eq!(place(ask(name, 1, &[]), &nodes).nodes, [nodes[3].id.clone()]);
+            assert_eq!(
+                place(ask(name, 1, &[]), &nodes).nodes,
+                [nodes[3].id.clone()]
+            );
         }
         // Every node full: still placed (on full nodes), nothing missing.
         for n in &mut nodes {
@@ -289,6 +310,9 @@ mod tests {
         let firsts = (0..400)
             .filter(|i| place(ask(&format!("z{i}"), 1, &[]), &nodes).nodes[0] == nodes[0].id)
             .count();
-        assert!(firsts < 80, "the poorly reputed node was first for {firsts} of 400");
+        assert!(
+            firsts < 80,
+            "the poorly reputed node was first for {firsts} of 400"
+        );
     }
 }

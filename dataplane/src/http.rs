@@ -367,6 +367,8 @@ pub enum Route {
     Receipts,
     /// `/ledger/...`: the replicated ledger (control plane).
     Ledger(LedgerRoute),
+    /// `/deployments...`: what customers run on the network (control plane).
+    Deployments(DeployRoute),
     /// `/blobs`: uploads.
     Blobs,
     /// `/blobs/{hash}`.
@@ -376,6 +378,66 @@ pub enum Route {
     /// `/blobs/{x}` where `x` is not a hash.
     BadHash(HashParseError),
     NotFound,
+}
+
+/// The deployments API (answered by the control plane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployRoute {
+    /// `/deployments`: `GET` lists them, `POST` takes a signed transaction.
+    All,
+    /// `GET /deployments/{name}`.
+    One(DeployName),
+    /// `GET /deployments/_account/{id}`: the next nonce of an owner.
+    Account([u8; 32]),
+    /// Anything else under `/deployments/`.
+    Unknown,
+}
+
+/// A deployment name as a route carries it (at most 63 bytes, the longest
+/// a name may be), without allocating.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DeployName {
+    bytes: [u8; 63],
+    len: u8,
+}
+
+impl DeployName {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for DeployName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl DeployRoute {
+    fn parse(rest: Option<&[u8]>) -> DeployRoute {
+        let Some(rest) = rest else {
+            return DeployRoute::All;
+        };
+        if rest.is_empty() {
+            return DeployRoute::All;
+        }
+        if let Some(id) = rest.strip_prefix(b"_account/") {
+            return parse_hex32(id).map_or(DeployRoute::Unknown, DeployRoute::Account);
+        }
+        let ok = rest.len() <= 63
+            && rest
+                .iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+        if !ok {
+            return DeployRoute::Unknown;
+        }
+        let mut bytes = [0u8; 63];
+        bytes[..rest.len()].copy_from_slice(rest);
+        DeployRoute::One(DeployName {
+            bytes,
+            len: rest.len() as u8,
+        })
+    }
 }
 
 /// The ledger's routes (answered by the control plane's hook).
@@ -464,7 +526,11 @@ impl Route {
             Route::Blob(_) | Route::BadHash(_) => 3,
             Route::Pin(_) => 4,
             Route::NotFound => 5,
-            Route::Members | Route::RouteOf(_) | Route::Receipts | Route::Ledger(_) => 6,
+            Route::Members
+            | Route::RouteOf(_)
+            | Route::Receipts
+            | Route::Ledger(_)
+            | Route::Deployments(_) => 6,
         }
     }
 
@@ -475,6 +541,8 @@ impl Route {
             Route::Blobs | Route::Receipts => "POST",
             Route::Ledger(l) if l.is_post() => "POST",
             Route::Ledger(_) => "GET",
+            Route::Deployments(DeployRoute::All) => "GET, POST",
+            Route::Deployments(_) => "GET",
             Route::Blob(_) | Route::BadHash(_) => "GET, HEAD, DELETE",
             Route::Pin(_) => "PUT, DELETE",
             Route::NotFound => "",
@@ -492,6 +560,12 @@ pub fn route(path: &[u8]) -> Route {
         _ => {
             if let Some(rest) = path.strip_prefix(b"/ledger/") {
                 return Route::Ledger(LedgerRoute::parse(rest));
+            }
+            if path == b"/deployments" {
+                return Route::Deployments(DeployRoute::parse(None));
+            }
+            if let Some(rest) = path.strip_prefix(b"/deployments/") {
+                return Route::Deployments(DeployRoute::parse(Some(rest)));
             }
             if let Some(h) = path.strip_prefix(b"/route/") {
                 return match BlobHash::parse(h) {

@@ -8,7 +8,8 @@
 
 use std::net::SocketAddr;
 
-use super::{LedgerCall, LedgerReply};
+use super::{LedgerCall, LedgerReply, Reply};
+use crate::http::DeployRoute;
 use crate::store::Store;
 
 pub trait ControlPlane: Send + Sync + 'static {
@@ -74,6 +75,13 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// ledger (404).
     fn ledger(&self, call: LedgerCall) -> Option<LedgerReply> {
         let _ = call;
+        None
+    }
+
+    /// On the store-I/O pool: a `/deployments...` request; `body` is a POST's
+    /// (a signed transaction). None: no control plane (404).
+    fn deployments(&self, route: DeployRoute, body: Option<Vec<u8>>) -> Option<Reply> {
+        let _ = (route, body);
         None
     }
 }

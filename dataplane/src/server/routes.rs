@@ -19,11 +19,13 @@ use service_api::{OwnedRequest, Running};
 
 use super::{constant_time_eq, Core, LedgerCall, LedgerReply};
 use crate::hash::BlobHash;
-use crate::http::{self, LedgerRoute, Method, Route, Status};
+use crate::http::{self, DeployRoute, LedgerRoute, Method, Route, Status};
 use crate::store::{Store, StoreError};
 
 /// Largest body a `/ledger/` request may carry (a consensus message).
 pub(super) const MAX_LEDGER_BODY: u64 = 4 << 20;
+/// Largest deployment transaction (a spec is at most 64 KiB).
+pub(super) const MAX_DEPLOY_BODY: u64 = 256 << 10;
 /// Largest receipts batch a client may send in one request.
 pub(super) const MAX_RECEIPTS_BODY: u64 = 8 << 10;
 
@@ -217,6 +219,27 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
                     None => no_control_plane(),
                 }),
             }
+        }
+        (Route::Deployments(DeployRoute::All), Method::Post) => {
+            let control = hooks.control.clone();
+            Plan::Body {
+                limit: MAX_DEPLOY_BODY,
+                what: "deployment transactions",
+                required: true,
+                then: Box::new(move |body| {
+                    control
+                        .deployments(DeployRoute::All, Some(body))
+                        .unwrap_or_else(no_control_plane)
+                }),
+            }
+        }
+        (Route::Deployments(r), _) if get => {
+            let control = hooks.control.clone();
+            Plan::OffCore(Box::new(move || {
+                control
+                    .deployments(r, None)
+                    .unwrap_or_else(no_control_plane)
+            }))
         }
         (Route::Ledger(l), Method::Post) if l.is_post() => ledger(core, head, l),
         (Route::Ledger(l), Method::Get) if !l.is_post() => ledger(core, head, l),

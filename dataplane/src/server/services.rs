@@ -24,6 +24,7 @@ pub const RESERVED_PREFIXES: &[&str] = &[
     "/blobs",
     "/receipts",
     "/ledger/",
+    "/deployments",
 ];
 
 /// Every service the node runs.
