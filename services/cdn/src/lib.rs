@@ -127,6 +127,34 @@ mod tests {
         assert_eq!(j.hosts, ["shop.example"]);
     }
 
+    /// The random-input stand-in for the `zone_spec` fuzz target: mutated
+    /// specs are accepted or refused with a message, never a panic.
+    #[test]
+    fn random_specs_never_panic() {
+        let seeds: [&[u8]; 2] = [
+            b"origin = \"https://o.example/base\"\nhosts = [\"a.example\"]\ngrace_secs = 5\n",
+            br#"{"origin":"http://127.0.0.1:9/","budget_bytes":10,"origin_ca":"-----BEGIN CERTIFICATE-----"}"#,
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut s = seeds[(next() % 2) as usize].to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() % s.len() as u64) as usize;
+                s[i] = next() as u8;
+            }
+            s.truncate((next() % (s.len() as u64 + 1)) as usize);
+            if let Err(why) = ZoneSpec::parse(&s) {
+                assert!(!why.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn malformed_specs_say_what_is_wrong() {
         for (spec, expect) in [
