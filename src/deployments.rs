@@ -229,6 +229,55 @@ impl Deployments {
     }
 }
 
+impl service_api::Deployments for Deployments {
+    fn of(&self, service: &str) -> Vec<service_api::Instance> {
+        let view = self.view();
+        let me = self.cluster.id().to_string();
+        let rtt = |addr: &std::net::SocketAddr| {
+            view.members
+                .iter()
+                .find(|m| m.addr == *addr)
+                .and_then(|m| m.rtt_ms.or(m.est_rtt_ms))
+                .unwrap_or(f64::MAX)
+        };
+        self.all()
+            .into_iter()
+            .filter(|(_, d)| d.spec.service == service)
+            .map(|(name, d)| {
+                let p = place(&name, &d, &view);
+                let mut elsewhere: Vec<std::net::SocketAddr> = p
+                    .nodes
+                    .iter()
+                    .filter(|id| **id != me)
+                    .filter_map(|id| view.members.iter().find(|m| m.id == *id))
+                    .map(|m| m.addr)
+                    .collect();
+                elsewhere.sort_by(|a, b| rtt(a).total_cmp(&rtt(b)));
+                service_api::Instance {
+                    version: d.version,
+                    spec: d.spec.spec.clone(),
+                    spec_hash: d.spec_hash,
+                    owner: hex(&d.owner),
+                    here: p.nodes.contains(&me),
+                    elsewhere,
+                    name,
+                }
+            })
+            .collect()
+    }
+}
+
+fn place(name: &str, d: &Deployment, view: &View) -> placement::Placement {
+    placement::place(
+        placement::Ask {
+            name,
+            replicas: d.spec.replicas as usize,
+            regions: &d.spec.regions,
+        },
+        &view.candidates,
+    )
+}
+
 fn refusal_status(e: &Reject) -> Status {
     match e {
         Reject::NotDeploymentOwner(_) => Status::Forbidden,
@@ -245,14 +294,7 @@ struct View {
 /// A deployment as the API shows it: its record, where it is placed, and the
 /// health of that placement.
 fn describe(name: &str, d: &Deployment, view: &View) -> serde_json::Value {
-    let p = placement::place(
-        placement::Ask {
-            name,
-            replicas: d.spec.replicas as usize,
-            regions: &d.spec.regions,
-        },
-        &view.candidates,
-    );
+    let p = place(name, d, view);
     let nodes: Vec<serde_json::Value> = p
         .nodes
         .iter()

@@ -138,7 +138,7 @@ struct NodeControl {
     on_stored: Option<Arc<crate::peering::OnStored>>,
     chain: Option<Arc<controlplane::chain::Chain>>,
     receipts: Option<controlplane::ledger::ReceiptLog>,
-    deployments: Arc<crate::deployments::Deployments>,
+    deployments: Option<Arc<crate::deployments::Deployments>>,
 }
 
 impl ControlPlane for NodeControl {
@@ -190,7 +190,7 @@ impl ControlPlane for NodeControl {
         route: dataplane::http::DeployRoute,
         body: Option<Vec<u8>>,
     ) -> Option<service_api::Reply> {
-        Some(self.deployments.answer(route, body))
+        self.deployments.as_ref().map(|d| d.answer(route, body))
     }
 
     fn ledger(&self, call: LedgerCall) -> Option<LedgerReply> {
@@ -296,6 +296,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let lent_cluster = cluster.clone().zip(peering.clone());
+    let deployments = match &cluster {
+        Some(c) => Some(Arc::new(crate::deployments::Deployments::open(
+            &data_dir,
+            store.clone(),
+            c.clone(),
+            chain.clone(),
+        )?)),
+        None => None,
+    };
     let control: Arc<dyn ControlPlane> = match &cluster {
         Some(c) => Arc::new(NodeControl {
             members: c.members_renderer(),
@@ -307,12 +316,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             on_stored,
             chain: chain.clone(),
             receipts,
-            deployments: Arc::new(crate::deployments::Deployments::open(
-                &data_dir,
-                store.clone(),
-                c.clone(),
-                chain.clone(),
-            )?),
+            deployments: deployments.clone(),
         }),
         None => Arc::new(dataplane::server::NoControlPlane),
     };
@@ -321,6 +325,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         control: control.clone(),
         cluster: lent_cluster,
         chain: chain.clone(),
+        deployments: deployments.clone(),
         replication,
         data_dir: &data_dir,
         sections: &cfg.services,

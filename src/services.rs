@@ -119,6 +119,7 @@ pub struct Lend<'a> {
     pub control: Arc<dyn ControlPlane>,
     pub cluster: Option<(Arc<Cluster>, Arc<Peering>)>,
     pub chain: Option<Arc<Chain>>,
+    pub deployments: Option<Arc<crate::deployments::Deployments>>,
     pub replication: usize,
     pub data_dir: &'a Path,
     pub sections: &'a std::collections::BTreeMap<String, service_api::toml::Table>,
@@ -147,7 +148,12 @@ impl Lend<'_> {
             Some(chain) => Arc::new(NodeLedger(chain.clone())),
             None => Arc::new(Alone),
         };
+        let deployments: Arc<dyn service_api::Deployments> = match &self.deployments {
+            Some(d) => d.clone(),
+            None => Arc::new(Alone),
+        };
         Ok(Node {
+            deployments,
             store: Arc::new(dataplane::server::services::ServiceStore {
                 store: self.store.clone(),
                 control: self.control.clone(),

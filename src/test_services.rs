@@ -119,6 +119,7 @@ impl Service for Echo {
                     content_type: self.blob_type.clone(),
                     cache_control: Some(self.blob_cache.clone()),
                     headers: Some(self.blob_headers.clone()),
+                    stored_at: None,
                 }),
                 None => Decision::Reply(Reply::text(Status::BadRequest, "not a hash\n")),
             };

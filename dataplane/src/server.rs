@@ -973,6 +973,18 @@ async fn write_reply(
             return send_wbuf(core, conn, route, reply.status, keep_alive).await;
         }
         service_api::Body::Stream(stream) => stream,
+        // Only a service's handler may answer with a stored blob, and
+        // `work::work` serves it; anywhere else it is a bug.
+        service_api::Body::Blob(_) => {
+            tracing::error!("a blob reply outside a service's handler");
+            conn.wbuf = wbuf;
+            conn.wbuf.clear();
+            let reply = Reply::text(Status::InternalServerError, "unexpected reply\n");
+            return Box::pin(write_reply(
+                core, conn, route, reply, false, head_only, http10,
+            ))
+            .await;
+        }
     };
     // A body produced off the core: each chunk as it comes, the producer held
     // back by the bounded channel while the client reads slowly. A producer
@@ -1316,6 +1328,9 @@ fn blob_head<'a>(
         .unwrap_or(http::BLOB_CACHE_CONTROL);
     for (name, value) in meta.and_then(|m| m.headers.as_deref()).unwrap_or(&[]) {
         head = head.header(name, value.as_bytes());
+    }
+    if let Some(at) = meta.and_then(|m| m.stored_at) {
+        head = head.header_u64("Age", crate::store::now_secs().saturating_sub(at));
     }
     head.etag(tag)
         .header("Cache-Control", cache_control.as_bytes())

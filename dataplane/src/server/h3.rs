@@ -446,6 +446,9 @@ enum Done {
         route: Route,
         reply: super::Reply,
         head_only: bool,
+        /// The request, for a reply that is a stored blob (a service's
+        /// [`service_api::Body::Blob`]), served as blobs are.
+        request: Option<Box<H3Request>>,
     },
 }
 
@@ -990,7 +993,22 @@ impl Endpoint {
             Done::Reply {
                 route,
                 reply,
+                request: Some(req),
+                ..
+            } if matches!(reply.body, service_api::Body::Blob(_)) => {
+                let service_api::Body::Blob(blob) = reply.body else {
+                    return;
+                };
+                let hash = BlobHash(blob.hash);
+                get_blob(core, conn, c.stream, &req, route, hash, Some(blob), None);
+                send_bodies(core, conn);
+                return;
+            }
+            Done::Reply {
+                route,
+                reply,
                 head_only,
+                ..
             } => {
                 send_reply(
                     core,
@@ -1345,7 +1363,7 @@ fn on_request(
         Plan::Upload => begin_upload(core, conn, stream, more_frames),
         Plan::OffCore(job) => {
             let reply = super::run_job(job);
-            run_after(conn, stream, route, commits, head_only, reply);
+            run_after(conn, stream, route, commits, head_only, reply, None);
         }
         Plan::Body { what, required, .. } if required && !more_frames => {
             let msg = format!("{what} need a body\n");
@@ -1353,7 +1371,7 @@ fn on_request(
         }
         Plan::Body { then, .. } if !more_frames => {
             let reply = super::run_job(move || then(Vec::new()));
-            run_after(conn, stream, route, commits, head_only, reply);
+            run_after(conn, stream, route, commits, head_only, reply, None);
         }
         Plan::Work(running, owned) => {
             let declared = find(b"content-length")
@@ -1362,6 +1380,7 @@ fn on_request(
             let work = Work {
                 running,
                 req: *owned,
+                request: Box::new(req),
                 declared,
                 more_frames,
                 head_only,
@@ -1460,6 +1479,7 @@ fn run_after(
     commits: &flume::Sender<Committed>,
     head_only: bool,
     reply: impl std::future::Future<Output = super::Reply> + 'static,
+    request: Option<Box<H3Request>>,
 ) {
     conn.streams.insert(stream, StreamState::Committing);
     let id = conn.quic.source_id().into_owned();
@@ -1473,6 +1493,7 @@ fn run_after(
                 route,
                 reply,
                 head_only,
+                request,
             },
         });
     });
@@ -1502,6 +1523,8 @@ fn reply_to(
 struct Work {
     running: Arc<service_api::Running>,
     req: service_api::OwnedRequest,
+    /// The request as the endpoint parsed it (for a blob reply).
+    request: Box<H3Request>,
     /// Its `content-length`, if stated.
     declared: Option<u64>,
     more_frames: bool,
@@ -1524,6 +1547,7 @@ fn start_work(
     let Work {
         running,
         req,
+        request,
         declared,
         more_frames,
         head_only,
@@ -1549,7 +1573,7 @@ fn start_work(
     if !more_frames {
         feed.finish();
         let reply = async move { super::services::answer(&running, queued, &watch).await };
-        return run_after(conn, stream, route, commits, head_only, reply);
+        return run_after(conn, stream, route, commits, head_only, reply, None);
     }
     let (to_bridge, from_core) = flume::bounded::<BodyPiece>(1);
     conn.streams.insert(
@@ -1617,6 +1641,7 @@ fn start_work(
             route,
             reply,
             head_only,
+            request: Some(request),
         });
     });
 }
@@ -1639,6 +1664,12 @@ fn send_reply(
     let (body, stream_rx) = match body {
         service_api::Body::Bytes(b) => (b, None),
         service_api::Body::Stream(stream) => (Vec::new(), Some(stream)),
+        // Served from `Done::Reply` with its request; anywhere else a bug.
+        service_api::Body::Blob(_) => {
+            tracing::error!("a blob reply outside a service's handler");
+            let msg = "unexpected reply\n";
+            return respond_text(core, conn, stream, route, Status::InternalServerError, msg);
+        }
     };
     let len = body.len();
     let clen = if super::routes::has_length(status) {
@@ -1900,6 +1931,13 @@ fn get_blob(
         .and_then(|m| m.headers.as_deref())
         .unwrap_or(&[]);
     headers.extend(extra.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+    let age = meta
+        .as_ref()
+        .and_then(|m| m.stored_at)
+        .map(|at| crate::store::now_secs().saturating_sub(at).to_string());
+    if let Some(age) = &age {
+        headers.push(("age", age.as_bytes()));
+    }
     let clen = len.to_string();
     let rest = (!head_only && len > 0).then_some((body, first as usize, (first + len) as usize));
     let content_type = meta
@@ -2022,7 +2060,7 @@ fn on_finished(core: &Core, conn: &mut QuicConn, stream: u64, commits: &flume::S
             return respond_text(core, conn, stream, route, Status::PayloadTooLarge, &msg);
         }
         let reply = super::run_job(move || then(body));
-        return run_after(conn, stream, route, commits, false, reply);
+        return run_after(conn, stream, route, commits, false, reply, None);
     }
     let Some(StreamState::Upload { writer, failed }) = conn.streams.get_mut(&stream) else {
         return;

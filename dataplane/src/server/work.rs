@@ -143,7 +143,19 @@ pub(super) async fn work(
         }
         Fed::Closed => return Ok(Next::Close),
     };
-    let next = write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await?;
+    let next = match reply.body {
+        // A blob the handler stored: served as blobs are (ranges,
+        // conditional requests, zero-copy).
+        service_api::Body::Blob(blob) => {
+            let hash = crate::BlobHash(blob.hash);
+            if info.verified {
+                super::get_verified(core, conn, info, hash, Some(&blob), keep_alive).await?
+            } else {
+                super::get_plain(core, conn, info, hash, Some(&blob), keep_alive).await?
+            }
+        }
+        _ => write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await?,
+    };
     if !keep_alive {
         // Part of the body may be unread: our side ends (FIN after the
         // reply), and what the client still sends is read and dropped, so

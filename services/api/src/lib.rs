@@ -35,7 +35,9 @@ mod pool;
 pub use body::{request_body, BodyFeed, BodyWatch, RequestBody, Unread, REQUEST_CHUNKS_IN_FLIGHT};
 pub use http::{Method, Status, STATUSES};
 pub use mounts::{Mount, MountConflict, MountTable};
-pub use node::{Alone, BlobStore, ClusterView, Hash, Ledger, Member, Metrics, Node};
+pub use node::{
+    Alone, BlobStore, ClusterView, Deployments, Hash, Instance, Ledger, Member, Metrics, Node,
+};
 pub use pool::{PoolConfig, PoolError, WorkerPool};
 // Re-exported for services' config types and sections.
 pub use serde;
@@ -128,6 +130,12 @@ pub enum Body {
     /// over HTTP/1.1, DATA frames over HTTP/3) with back-pressure. Made by
     /// [`Reply::streamed`].
     Stream(BodyStream),
+    /// A stored blob, served as [`Decision::Blob`] serves one (zero-copy,
+    /// ranges, conditional requests): for a handler that stored what it
+    /// answers with, such as a cache miss it just fetched. Only a handler's
+    /// reply (off the core) may carry it; the reply's status and headers are
+    /// then the blob's.
+    Blob(BlobReply),
 }
 
 impl Body {
@@ -135,7 +143,7 @@ impl Body {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Body::Bytes(b) => b,
-            Body::Stream(_) => &[],
+            Body::Stream(_) | Body::Blob(_) => &[],
         }
     }
 }
@@ -235,6 +243,15 @@ impl Reply {
         }
     }
 
+    /// A stored blob as the reply (see [`Body::Blob`]).
+    pub fn blob(blob: BlobReply) -> Reply {
+        Reply {
+            status: Status::Ok,
+            headers: Vec::new(),
+            body: Body::Blob(blob),
+        }
+    }
+
     pub fn text(status: Status, text: &str) -> Reply {
         Reply::new(status, "text/plain", text)
     }
@@ -273,6 +290,9 @@ pub struct BlobReply {
     pub cache_control: Option<Arc<str>>,
     /// More response headers, names in lower case.
     pub headers: Option<Arc<[(String, String)]>>,
+    /// When the representation was stored (Unix seconds): the data plane
+    /// sends `Age` (RFC 9111 §5.1) counted from it. None: no `Age`.
+    pub stored_at: Option<u64>,
 }
 
 /// Messages each way a WebSocket may have queued; beyond this the reader

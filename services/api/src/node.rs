@@ -72,8 +72,38 @@ pub trait Ledger: Send + Sync {
     fn read(&self, what: &str) -> Result<String, String>;
 }
 
+/// A deployment of a service (a CDN zone, a site, ...), as its service sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    pub version: u64,
+    /// The spec as its owner wrote it (the service's own format).
+    pub spec: Vec<u8>,
+    /// BLAKE3 of `spec`.
+    pub spec_hash: Hash,
+    /// The owner's key, hex.
+    pub owner: String,
+    /// Placement chose this node to run it.
+    pub here: bool,
+    /// The other nodes placement chose (client-facing addresses), nearest
+    /// first by measured round trip.
+    pub elsewhere: Vec<SocketAddr>,
+}
+
+/// The network's deployments and their placement.
+pub trait Deployments: Send + Sync {
+    /// Every deployment of `service` (placed here or not).
+    fn of(&self, service: &str) -> Vec<Instance>;
+}
+
 /// What a node without a cluster or ledger lends (tests, a node on port 0).
 pub struct Alone;
+
+impl Deployments for Alone {
+    fn of(&self, _service: &str) -> Vec<Instance> {
+        Vec::new()
+    }
+}
 
 impl ClusterView for Alone {
     fn node_id(&self) -> String {
@@ -163,6 +193,8 @@ pub struct Node {
     pub store: Arc<dyn BlobStore>,
     pub cluster: Arc<dyn ClusterView>,
     pub ledger: Arc<dyn Ledger>,
+    /// The deployments of every service and where they are placed.
+    pub deployments: Arc<dyn Deployments>,
     /// The service's section of the node's config file (`[services.NAME]`),
     /// empty when there is none.
     pub config: toml::Table,
@@ -211,6 +243,7 @@ mod tests {
             store: Arc::new(NoStore),
             cluster: Arc::new(Alone),
             ledger: Arc::new(Alone),
+            deployments: Arc::new(Alone),
             config: toml::from_str("greeting = \"hi\"").expect("toml"),
             data_dir: PathBuf::new(),
             metrics: Metrics::default(),

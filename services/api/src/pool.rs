@@ -105,7 +105,7 @@ impl WorkerPool {
             // produces the body (bounded by the pool like any work).
             let producer = match &mut reply.body {
                 crate::Body::Stream(s) => s.take_producer(),
-                crate::Body::Bytes(_) => None,
+                crate::Body::Bytes(_) | crate::Body::Blob(_) => None,
             };
             let _ = done_tx.send(reply);
             if let Some((produce, sender)) = producer {
