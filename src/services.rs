@@ -4,8 +4,8 @@
 //!
 //! Which services exist is decided here, in the binary: the data plane knows
 //! services only through the `service-api` interface, and no service knows
-//! another. The node built by `scripts/run` has none yet; the test build
-//! (feature `test-services`) adds the ones `TESSERA_TEST_SERVICES` names.
+//! another. Every node runs the CDN (`tessera-cdn`); the test build (feature
+//! `test-services`) adds the ones `TESSERA_TEST_SERVICES` names.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -171,12 +171,17 @@ impl Lend<'_> {
 /// why it cannot start (a bad config section, say), in words for the operator.
 pub type Factory = fn(&Node) -> Result<Arc<dyn service_api::Service>, String>;
 
-/// The services to build: (name, constructor).
+fn make_cdn(node: &Node) -> Result<Arc<dyn service_api::Service>, String> {
+    Ok(tessera_cdn::Cdn::new(node)?)
+}
+
+/// The services to build: (name, constructor). The test build adds the ones
+/// `TESSERA_TEST_SERVICES` names.
 fn factories() -> Vec<(String, Factory)> {
+    let mut list: Vec<(String, Factory)> = vec![("cdn".into(), make_cdn)];
     #[cfg(feature = "test-services")]
-    return crate::test_services::from_env();
-    #[cfg(not(feature = "test-services"))]
-    Vec::new()
+    list.extend(crate::test_services::from_env());
+    list
 }
 
 /// Builds every service. Err: the message that stops the node.

@@ -1000,7 +1000,7 @@ impl Endpoint {
                     return;
                 };
                 let hash = BlobHash(blob.hash);
-                get_blob(core, conn, c.stream, &req, route, hash, Some(blob), None);
+                get_blob(core, conn, c.stream, &req, route, hash, Some(*blob), None);
                 send_bodies(core, conn);
                 return;
             }

@@ -149,9 +149,9 @@ pub(super) async fn work(
         service_api::Body::Blob(blob) => {
             let hash = crate::BlobHash(blob.hash);
             if info.verified {
-                super::get_verified(core, conn, info, hash, Some(&blob), keep_alive).await?
+                super::get_verified(core, conn, info, hash, Some(&*blob), keep_alive).await?
             } else {
-                super::get_plain(core, conn, info, hash, Some(&blob), keep_alive).await?
+                super::get_plain(core, conn, info, hash, Some(&*blob), keep_alive).await?
             }
         }
         _ => write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await?,

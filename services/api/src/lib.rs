@@ -135,7 +135,7 @@ pub enum Body {
     /// answers with, such as a cache miss it just fetched. Only a handler's
     /// reply (off the core) may carry it; the reply's status and headers are
     /// then the blob's.
-    Blob(BlobReply),
+    Blob(Box<BlobReply>),
 }
 
 impl Body {
@@ -248,7 +248,7 @@ impl Reply {
         Reply {
             status: Status::Ok,
             headers: Vec::new(),
-            body: Body::Blob(blob),
+            body: Body::Blob(Box::new(blob)),
         }
     }
 

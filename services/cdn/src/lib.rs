@@ -1,14 +1,16 @@
 //! Tessera's CDN service: a zone caches one origin at the edge, served at its
 //! own host name and at `/cdn/{zone}/`.
 //!
-//! What exists so far is the zone's spec: what a customer writes when they
-//! deploy a zone (`tessera deploy cdn --name shop --origin https://...`), and
-//! its checks, which every node runs before it records a deployment, so that
-//! a malformed spec is refused with a message that says what is wrong. The
-//! caching service itself (RFC 9111 rules, collapsed forwarding, purge) builds
-//! on this.
+//! Two parts: the zone's spec ([`ZoneSpec`]: what a customer writes when they
+//! deploy a zone, `tessera deploy cdn --name shop --origin http://...`, and
+//! its checks, which every node runs before it records a deployment), and the
+//! service ([`Cdn`], see its module for the way of a request).
 
 use serde::{Deserialize, Serialize};
+
+mod service;
+
+pub use service::{Cdn, CdnConfig};
 
 /// Longest time past freshness a zone may serve from an origin that sends no
 /// caching headers.

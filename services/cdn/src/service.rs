@@ -1,0 +1,887 @@
+//! The CDN as a [`Service`]: zones from the network's deployments, a cache
+//! index published as an immutable snapshot, hits answered on the core as
+//! stored blobs, misses fetched from the origin on the service's pool.
+//!
+//! The way of a request:
+//! - **On the core** ([`Service::decide`]): the zone is the host's first
+//!   label under the node's suffix (`shop.cdn.localhost`) or the path's first
+//!   segment (`/cdn/shop/...`). The cache key is BLAKE3 of zone, path and
+//!   query (no allocation); the index maps it to the names the origin varied
+//!   on, and the variant key adds those request headers' values. A fresh
+//!   variant is a [`Decision::Blob`]: the data plane serves it exactly as it
+//!   serves `/blobs/{hash}` (zero-copy, ranges, conditional requests), with
+//!   `Age` and `Cache-Status: Tessera; hit`. Anything else is work.
+//! - **On the pool** ([`Service::handle`]): concurrent misses for one object
+//!   collapse into one origin request (the others wait, bounded, then look
+//!   again; a waiter whose variant did not come fetches for itself). The
+//!   answer's cacheability is RFC 9111's, by `http-cache-semantics` (shared
+//!   cache), with `CDN-Cache-Control` (RFC 9213) taking precedence over
+//!   `Cache-Control`, and the zone's `grace_secs` for an origin that sends
+//!   neither freshness nor validators. A storable answer goes into the blob
+//!   store and is served from there as a blob ([`Reply::blob`]: a range
+//!   request for an uncached object fetches it once, whole, and serves the
+//!   range); a stale one is revalidated with the origin's validators, a 304
+//!   keeping the stored body.
+//! - A zone placed on other nodes and not here is proxied to the nearest of
+//!   them (by measured round trip); a zone placed nowhere is served here.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
+use serde::Deserialize;
+use service_api::{
+    BlobReply, Decision, Method, Mount, Node, OwnedRequest, PoolConfig, Reply, Request,
+    RequestBody, Service, Status,
+};
+
+use crate::ZoneSpec;
+
+/// `[services.cdn]` in the node's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdnConfig {
+    /// Zones are served at `{zone}.{host_suffix}`. The default ends in
+    /// `.localhost`, which browsers resolve to loopback: no DNS needed.
+    pub host_suffix: String,
+    /// Largest object cached; a larger one is passed through.
+    pub max_object_bytes: u64,
+    /// An origin request that takes longer is answered 504.
+    pub origin_timeout_ms: u64,
+    /// How long a request waits for another's fetch of the same object
+    /// before it fetches for itself.
+    pub collapse_wait_ms: u64,
+    pub workers: usize,
+    pub queue: usize,
+}
+
+impl Default for CdnConfig {
+    fn default() -> Self {
+        CdnConfig {
+            host_suffix: "cdn.localhost".into(),
+            max_object_bytes: 1 << 30,
+            origin_timeout_ms: 30_000,
+            collapse_wait_ms: 10_000,
+            workers: 64,
+            queue: 4096,
+        }
+    }
+}
+
+/// A zone as this node serves it.
+struct Zone {
+    spec: ZoneSpec,
+    version: u64,
+    here: bool,
+    elsewhere: Vec<SocketAddr>,
+}
+
+/// What the index holds for a cache key: the request headers the origin
+/// varied on (lower case), in order.
+struct Resource {
+    vary: Box<[Box<str>]>,
+}
+
+/// A stored answer for one variant.
+struct Variant {
+    blob: BlobReply,
+    /// Unix seconds until which it is fresh.
+    fresh_until: u64,
+    policy: CachePolicy,
+}
+
+type Index = imbl::HashMap<u128, Arc<Resource>>;
+type Variants = imbl::HashMap<u128, Arc<Variant>>;
+
+/// One origin fetch others may wait for.
+#[derive(Default)]
+struct Flight {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+struct Counters {
+    hits: Arc<AtomicU64>,
+    misses: Arc<AtomicU64>,
+    origin_requests: Arc<AtomicU64>,
+    revalidated: Arc<AtomicU64>,
+    stored: Arc<AtomicU64>,
+    collapsed: Arc<AtomicU64>,
+    proxied: Arc<AtomicU64>,
+    origin_errors: Arc<AtomicU64>,
+    zones: Arc<AtomicU64>,
+}
+
+pub struct Cdn {
+    node: Node,
+    config: CdnConfig,
+    /// `.{host_suffix}`.
+    dot_suffix: String,
+    zones: ArcSwap<HashMap<String, Arc<Zone>>>,
+    index: ArcSwap<Index>,
+    variants: ArcSwap<Variants>,
+    /// Writers of the two snapshots take this (readers never do).
+    publish: Mutex<()>,
+    flights: Mutex<HashMap<u128, Arc<Flight>>>,
+    counters: Counters,
+    agent: ureq::Agent,
+    cache_status_hit: Arc<[(String, String)]>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn key128(parts: &[&[u8]]) -> u128 {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    u128::from_le_bytes(out)
+}
+
+/// Response headers a cache never stores or forwards as they are.
+const NOT_KEPT: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "content-type",
+    "cache-control",
+    "etag",
+    "age",
+    "date",
+    "set-cookie",
+    "cdn-cache-control",
+    "surrogate-control",
+    "surrogate-key",
+    "cache-tag",
+    "cache-status",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// Request headers passed on to the origin.
+const FORWARDED: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "user-agent",
+    "range",
+];
+
+impl Cdn {
+    pub fn new(node: &Node) -> Result<Arc<Cdn>, String> {
+        let config: CdnConfig = node.config()?;
+        if config.host_suffix.is_empty() || config.host_suffix.starts_with('.') {
+            return Err("host_suffix: a host name such as cdn.localhost".into());
+        }
+        let m = &node.metrics;
+        let counters = Counters {
+            hits: m.counter("hits", "Requests answered from the cache on the core."),
+            misses: m.counter(
+                "misses",
+                "Requests that went to the pool (not a fresh hit).",
+            ),
+            origin_requests: m.counter("origin_requests", "Requests sent to origins."),
+            revalidated: m.counter("revalidated", "Stale objects an origin confirmed (304)."),
+            stored: m.counter("stored", "Origin answers stored."),
+            collapsed: m.counter(
+                "collapsed",
+                "Misses that waited for another request's origin fetch.",
+            ),
+            proxied: m.counter("proxied", "Requests passed to a node that runs the zone."),
+            origin_errors: m.counter("origin_errors", "Origin requests that failed."),
+            zones: m.gauge("zones", "Zones this node knows."),
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(Duration::from_millis(config.origin_timeout_ms)))
+            .build()
+            .into();
+        let cdn = Arc::new(Cdn {
+            node: node.clone(),
+            dot_suffix: format!(".{}", config.host_suffix),
+            config,
+            zones: ArcSwap::from_pointee(HashMap::new()),
+            index: ArcSwap::from_pointee(Index::new()),
+            variants: ArcSwap::from_pointee(Variants::new()),
+            publish: Mutex::new(()),
+            flights: Mutex::new(HashMap::new()),
+            counters,
+            agent,
+            cache_status_hit: vec![("cache-status".to_string(), "Tessera; hit".to_string())].into(),
+        });
+        cdn.refresh_zones();
+        let weak = Arc::downgrade(&cdn);
+        std::thread::Builder::new()
+            .name("cdn-zones".into())
+            .spawn(move || {
+                while let Some(cdn) = weak.upgrade() {
+                    cdn.refresh_zones();
+                    drop(cdn);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+            .map_err(|e| format!("cannot start the zone watcher: {e}"))?;
+        Ok(cdn)
+    }
+
+    /// Takes the zones from the network's deployments (a changed spec,
+    /// placement or version replaces the snapshot).
+    fn refresh_zones(&self) {
+        let mut next = HashMap::new();
+        for inst in self.node.deployments.of("cdn") {
+            let spec = match ZoneSpec::parse(&inst.spec) {
+                Ok(spec) => spec,
+                Err(why) => {
+                    tracing::warn!(zone = %inst.name, "zone spec refused: {why}");
+                    continue;
+                }
+            };
+            next.insert(
+                inst.name,
+                Arc::new(Zone {
+                    spec,
+                    version: inst.version,
+                    here: inst.here,
+                    elsewhere: inst.elsewhere,
+                }),
+            );
+        }
+        let current = self.zones.load();
+        let same = current.len() == next.len()
+            && next.iter().all(|(name, z)| {
+                current.get(name).is_some_and(|c| {
+                    c.version == z.version && c.here == z.here && c.elsewhere == z.elsewhere
+                })
+            });
+        if !same {
+            self.counters
+                .zones
+                .store(next.len() as u64, Ordering::Relaxed);
+            self.zones.store(Arc::new(next));
+        }
+    }
+
+    /// The zone and the path within it.
+    fn locate<'a>(&self, host: Option<&'a [u8]>, path: &'a [u8]) -> Option<(&'a str, &'a [u8])> {
+        if let Some(rest) = path.strip_prefix(b"/cdn/") {
+            let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+            let zone = std::str::from_utf8(&rest[..end]).ok()?;
+            let inner = if end == rest.len() {
+                &b"/"[..]
+            } else {
+                &rest[end..]
+            };
+            return Some((zone, inner));
+        }
+        let host = host?;
+        let host = match host.iter().rposition(|&b| b == b':') {
+            Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
+            _ => host,
+        };
+        let host = std::str::from_utf8(host).ok()?;
+        let zone = host
+            .len()
+            .checked_sub(self.dot_suffix.len())
+            .filter(|&at| host[at..].eq_ignore_ascii_case(&self.dot_suffix))
+            .map(|at| &host[..at])?;
+        Some((zone, path))
+    }
+
+    fn variant_key(
+        primary: u128,
+        vary: &[Box<str>],
+        header: &dyn Fn(&str) -> Option<Vec<u8>>,
+    ) -> u128 {
+        if vary.is_empty() {
+            return primary;
+        }
+        let p = primary.to_le_bytes();
+        let values: Vec<Vec<u8>> = vary.iter().map(|n| header(n).unwrap_or_default()).collect();
+        let mut parts: Vec<&[u8]> = vec![&p];
+        for (n, v) in vary.iter().zip(&values) {
+            parts.push(n.as_bytes());
+            parts.push(v);
+        }
+        key128(&parts)
+    }
+
+    /// The fresh (or merely stored) variant for a request, from the
+    /// snapshots.
+    fn lookup(
+        &self,
+        primary: u128,
+        header: &dyn Fn(&str) -> Option<Vec<u8>>,
+    ) -> Option<Arc<Variant>> {
+        let index = self.index.load();
+        let resource = index.get(&primary)?;
+        let key = Cdn::variant_key(primary, &resource.vary, header);
+        self.variants.load().get(&key).cloned()
+    }
+
+    fn publish(&self, primary: u128, vary: Box<[Box<str>]>, key: u128, variant: Variant) {
+        let _w = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = (**self.index.load()).clone();
+        index.insert(primary, Arc::new(Resource { vary }));
+        self.index.store(Arc::new(index));
+        let mut variants = (**self.variants.load()).clone();
+        variants.insert(key, Arc::new(variant));
+        self.variants.store(Arc::new(variants));
+    }
+}
+
+fn text(status: Status, msg: &str, cache_status: &str) -> Reply {
+    Reply::text(status, msg).header("Cache-Status", cache_status)
+}
+
+/// An origin's answer, whole or as a reader for its body.
+struct Fetched {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Box<dyn Read + Send>,
+}
+
+impl Service for Cdn {
+    fn name(&self) -> &str {
+        "cdn"
+    }
+
+    fn mounts(&self) -> Vec<Mount> {
+        vec![
+            Mount::Prefix("/cdn/".into()),
+            Mount::Host(format!("*.{}", self.config.host_suffix)),
+        ]
+    }
+
+    fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            threads: self.config.workers,
+            queue: self.config.queue,
+            deadline: Duration::from_millis(self.config.origin_timeout_ms + 5_000),
+        }
+    }
+
+    fn max_body_bytes(&self) -> u64 {
+        64 << 20
+    }
+
+    fn decide(&self, req: &Request<'_>) -> Decision {
+        let Some((zone_name, path)) = self.locate(req.host, req.path) else {
+            return Decision::Reply(text(
+                Status::NotFound,
+                "no such zone\n",
+                "Tessera; fwd=miss",
+            ));
+        };
+        let zones = self.zones.load();
+        let Some(zone) = zones.get(zone_name) else {
+            return Decision::Reply(text(
+                Status::NotFound,
+                "no CDN zone by that name on this network\n",
+                "Tessera; fwd=miss",
+            ));
+        };
+        if (!zone.here && !zone.elsewhere.is_empty())
+            || !matches!(req.method, Method::Get | Method::Head)
+            || req.headers.get("authorization").is_some()
+        {
+            return Decision::Work;
+        }
+        let primary = key128(&[zone_name.as_bytes(), path, req.query]);
+        // No allocation on a hit without Vary; with Vary the header values
+        // are copied into the key's hasher input.
+        let header = |name: &str| req.headers.get(name).map(<[u8]>::to_vec);
+        match self.lookup(primary, &header) {
+            Some(v) if now_secs() < v.fresh_until => {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                Decision::Blob(v.blob.clone())
+            }
+            _ => Decision::Work,
+        }
+    }
+
+    fn handle(&self, req: OwnedRequest, body: RequestBody) -> Reply {
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let Some((zone_name, path)) = self.locate(req.host.as_deref(), &req.path) else {
+            return text(Status::NotFound, "no such zone\n", "Tessera; fwd=miss");
+        };
+        let (zone_name, path) = (zone_name.to_string(), path.to_vec());
+        let zones = self.zones.load();
+        let Some(zone) = zones.get(&zone_name).cloned() else {
+            return text(
+                Status::NotFound,
+                "no CDN zone by that name on this network\n",
+                "Tessera; fwd=miss",
+            );
+        };
+        drop(zones);
+        let proxied = req.header("x-tessera-cdn-hop").is_some();
+        if !zone.here && !proxied {
+            if let Some(to) = zone.elsewhere.first() {
+                return self.proxy(*to, &zone_name, &path, &req, body);
+            }
+        }
+        let cacheable = matches!(req.method, Method::Get | Method::Head)
+            && req.header("authorization").is_none();
+        if !cacheable {
+            return self.pass(&zone, &path, &req, body, "Tessera; fwd=method");
+        }
+        let primary = key128(&[zone_name.as_bytes(), &path, &req.query]);
+        let header = |name: &str| req.header(name).map(<[u8]>::to_vec);
+        // Collapsed forwarding: one fetch per object at a time.
+        let (flight, leader) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(&primary) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    // A fetch that ended before this request got a worker
+                    // published first, then left: the object is here now.
+                    if let Some(v) = self.lookup(primary, &header) {
+                        if now_secs() < v.fresh_until {
+                            return Reply::blob(v.blob.clone());
+                        }
+                    }
+                    let f = Arc::new(Flight::default());
+                    flights.insert(primary, f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if !leader {
+            self.counters.collapsed.fetch_add(1, Ordering::Relaxed);
+            let wait = Duration::from_millis(self.config.collapse_wait_ms);
+            let done = flight.done.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = flight
+                .cv
+                .wait_timeout_while(done, wait, |d| !*d)
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = self.lookup(primary, &header) {
+                if now_secs() < v.fresh_until {
+                    return Reply::blob(v.blob.clone());
+                }
+            }
+            // Not what this request needs (another variant, not storable):
+            // its own fetch.
+            return self.fetch(&zone, &path, &req, primary);
+        }
+        let reply = self.fetch(&zone, &path, &req, primary);
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&primary);
+        *flight.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        flight.cv.notify_all();
+        reply
+    }
+}
+
+impl Cdn {
+    fn origin_url(zone: &Zone, path: &[u8], query: &[u8]) -> String {
+        let base = zone.spec.origin.trim_end_matches('/');
+        let mut url = format!("{base}{}", String::from_utf8_lossy(path));
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&String::from_utf8_lossy(query));
+        }
+        url
+    }
+
+    /// One request to the origin.
+    fn origin(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, Vec<u8>)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Fetched, String> {
+        self.counters
+            .origin_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let mut builder = http::Request::builder().method(method).uri(url);
+        for (n, v) in headers {
+            builder = builder.header(n.as_str(), v.as_slice());
+        }
+        let result = match body {
+            Some(b) => builder
+                .body(b)
+                .map_err(|e| e.to_string())
+                .and_then(|r| self.agent.run(r).map_err(|e| e.to_string())),
+            None => builder
+                .body(())
+                .map_err(|e| e.to_string())
+                .and_then(|r| self.agent.run(r).map_err(|e| e.to_string())),
+        };
+        let resp = result.inspect_err(|_| {
+            self.counters.origin_errors.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let (parts, body) = resp.into_parts();
+        Ok(Fetched {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: Box::new(body.into_reader()),
+        })
+    }
+
+    fn forwarded(req: &OwnedRequest) -> Vec<(String, Vec<u8>)> {
+        req.headers
+            .iter()
+            .filter_map(|(n, v)| {
+                let n = String::from_utf8_lossy(n).to_ascii_lowercase();
+                (FORWARDED.contains(&n.as_str()) && n != "range").then(|| (n, v.clone()))
+            })
+            .collect()
+    }
+
+    /// The headers of an origin answer that a client gets.
+    fn kept(headers: &http::HeaderMap) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .filter(|(n, _)| !NOT_KEPT.contains(&n.as_str()))
+            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect()
+    }
+
+    /// An answer passed through, not stored.
+    fn passed(&self, f: Fetched, cache_status: &str) -> Reply {
+        let mut body = Vec::new();
+        let limit = self.config.max_object_bytes;
+        if let Err(e) = f.body.take(limit).read_to_end(&mut body) {
+            return text(
+                Status::BadGateway,
+                &format!("the origin's answer broke off: {e}\n"),
+                &format!("{cache_status}; detail=\"origin body\""),
+            );
+        }
+        let content_type = f
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let mut reply = Reply::new(status_of(f.status), &content_type, body);
+        for (n, v) in Cdn::kept(&f.headers) {
+            reply = reply.header(&n, v);
+        }
+        if let Some(cc) = f.headers.get("cache-control").and_then(|v| v.to_str().ok()) {
+            reply = reply.header("Cache-Control", cc);
+        }
+        reply.header("Cache-Status", cache_status)
+    }
+
+    fn pass(
+        &self,
+        zone: &Zone,
+        path: &[u8],
+        req: &OwnedRequest,
+        body: RequestBody,
+        cache_status: &str,
+    ) -> Reply {
+        let body = match body.read_all() {
+            Ok(b) => b,
+            Err(e) => return text(Status::BadRequest, &format!("{e}\n"), cache_status),
+        };
+        let url = Cdn::origin_url(zone, path, &req.query);
+        let mut headers = Cdn::forwarded(req);
+        if let Some(ct) = req.header("content-type") {
+            headers.push(("content-type".into(), ct.to_vec()));
+        }
+        match self.origin(req.method.as_str(), &url, &headers, Some(body)) {
+            Ok(f) => self.passed(f, cache_status),
+            Err(e) => origin_down(&e),
+        }
+    }
+
+    fn proxy(
+        &self,
+        to: SocketAddr,
+        zone: &str,
+        path: &[u8],
+        req: &OwnedRequest,
+        body: RequestBody,
+    ) -> Reply {
+        self.counters.proxied.fetch_add(1, Ordering::Relaxed);
+        let body = match body.read_all() {
+            Ok(b) => b,
+            Err(e) => return text(Status::BadRequest, &format!("{e}\n"), "Tessera; fwd=miss"),
+        };
+        let mut url = format!("http://{to}/cdn/{zone}{}", String::from_utf8_lossy(path));
+        if !req.query.is_empty() {
+            url.push('?');
+            url.push_str(&String::from_utf8_lossy(&req.query));
+        }
+        let mut headers = Cdn::forwarded(req);
+        if let Some(r) = req.header("range") {
+            headers.push(("range".into(), r.to_vec()));
+        }
+        headers.push(("x-tessera-cdn-hop".into(), b"1".to_vec()));
+        let body = (!matches!(req.method, Method::Get | Method::Head)).then_some(body);
+        match self.origin(req.method.as_str(), &url, &headers, body) {
+            Ok(f) => {
+                let status = f
+                    .headers
+                    .get("cache-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("Tessera")
+                    .to_string();
+                self.passed(f, &format!("Tessera; fwd=uri-miss, {status}"))
+            }
+            Err(e) => Reply::text(
+                Status::BadGateway,
+                &format!("the node that runs this zone ({to}) did not answer: {e}\n"),
+            ),
+        }
+    }
+
+    /// A miss (or a stale object): from the origin, stored when RFC 9111
+    /// allows, then served from the store.
+    fn fetch(&self, zone: &Zone, path: &[u8], req: &OwnedRequest, primary: u128) -> Reply {
+        let url = Cdn::origin_url(zone, path, &req.query);
+        let header = |name: &str| req.header(name).map(<[u8]>::to_vec);
+        let stale = self.lookup(primary, &header);
+        let mut headers = Cdn::forwarded(req);
+        // The policy's request: what the origin is asked, for RFC 9111.
+        let mut policy_req = http::Request::builder().method("GET").uri(url.as_str());
+        for (n, v) in &headers {
+            policy_req = policy_req.header(n.as_str(), v.as_slice());
+        }
+        let Ok(policy_req) = policy_req.body(()) else {
+            return text(
+                Status::BadRequest,
+                "cannot form the origin request\n",
+                "Tessera; fwd=uri-miss",
+            );
+        };
+        let now = SystemTime::now();
+        if let Some(v) = &stale {
+            if let BeforeRequest::Stale { request, .. } = v.policy.before_request(&policy_req, now)
+            {
+                for name in ["if-none-match", "if-modified-since"] {
+                    if let Some(val) = request.headers.get(name) {
+                        headers.push((name.to_string(), val.as_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+        let f = match self.origin("GET", &url, &headers, None) {
+            Ok(f) => f,
+            Err(e) => return origin_down(&e),
+        };
+        let mut resp = http::Response::builder().status(f.status);
+        for (n, v) in f.headers.iter() {
+            // RFC 9213: CDN-Cache-Control, when present, is what a CDN obeys.
+            if n == "cache-control" && f.headers.contains_key("cdn-cache-control") {
+                continue;
+            }
+            let n = if n == "cdn-cache-control" {
+                http::header::CACHE_CONTROL
+            } else {
+                n.clone()
+            };
+            resp = resp.header(n, v);
+        }
+        let Ok(policy_resp) = resp.body(()) else {
+            return self.passed(f, "Tessera; fwd=uri-miss");
+        };
+        let opts = CacheOptions {
+            shared: true,
+            ..CacheOptions::default()
+        };
+        if f.status == 304 {
+            if let Some(v) = stale {
+                return self.revalidated(primary, &policy_req, &policy_resp, v, now);
+            }
+        }
+        let policy = CachePolicy::new_options(&policy_req, &policy_resp, now, opts);
+        let storable = f.status == 200
+            && policy.is_storable()
+            && !f.headers.contains_key("set-cookie")
+            && f.headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_none_or(|n| n <= self.config.max_object_bytes);
+        let cache_status = if stale.is_some() {
+            "Tessera; fwd=stale"
+        } else {
+            "Tessera; fwd=uri-miss"
+        };
+        if !storable {
+            return self.passed(f, cache_status);
+        }
+        let ttl = policy.time_to_live(now).as_secs();
+        let has_freshness = ["cache-control", "expires", "cdn-cache-control"]
+            .iter()
+            .any(|h| f.headers.contains_key(*h));
+        let has_validators =
+            f.headers.contains_key("etag") || f.headers.contains_key("last-modified");
+        let ttl = if ttl == 0 && !has_freshness && !has_validators {
+            zone.spec.grace_secs
+        } else {
+            ttl
+        };
+        let vary: Box<[Box<str>]> = f
+            .headers
+            .get_all("vary")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|n| n.trim().to_ascii_lowercase().into_boxed_str())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if vary.iter().any(|n| &**n == "*") {
+            return self.passed(f, cache_status);
+        }
+        let content_type: Arc<str> = f
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .into();
+        let client_cc: Arc<str> = f
+            .headers
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no-cache")
+            .into();
+        let mut kept = Cdn::kept(&f.headers);
+        let limit = self.config.max_object_bytes;
+        let mut reader = f.body.take(limit + 1);
+        let (hash, size) = match self.node.store.put(&mut reader) {
+            Ok(stored) => stored,
+            Err(e) => {
+                return text(
+                    Status::BadGateway,
+                    &format!("cannot take the origin's answer: {e}\n"),
+                    &format!("{cache_status}; detail=\"store\""),
+                )
+            }
+        };
+        if size > limit {
+            // Too large to cache after all (no Content-Length said so):
+            // served this once from the store, not indexed.
+            kept.push((
+                "cache-status".into(),
+                format!("{cache_status}; detail=\"too large\""),
+            ));
+            return Reply::blob(BlobReply {
+                hash,
+                content_type,
+                cache_control: Some(client_cc),
+                headers: Some(kept.into()),
+                stored_at: None,
+            });
+        }
+        self.counters.stored.fetch_add(1, Ordering::Relaxed);
+        let stored_at = now_secs();
+        let mut hit_headers = kept.clone();
+        hit_headers.extend(self.cache_status_hit.iter().cloned());
+        let key = Cdn::variant_key(primary, &vary, &header);
+        let variant = Variant {
+            blob: BlobReply {
+                hash,
+                content_type: content_type.clone(),
+                cache_control: Some(client_cc.clone()),
+                headers: Some(hit_headers.into()),
+                stored_at: Some(stored_at),
+            },
+            fresh_until: stored_at + ttl,
+            policy,
+        };
+        self.publish(primary, vary, key, variant);
+        kept.push(("cache-status".into(), format!("{cache_status}; stored")));
+        Reply::blob(BlobReply {
+            hash,
+            content_type,
+            cache_control: Some(client_cc),
+            headers: Some(kept.into()),
+            stored_at: Some(stored_at),
+        })
+    }
+
+    /// The origin confirmed a stale object (304): fresh again, same body.
+    fn revalidated(
+        &self,
+        primary: u128,
+        req: &http::Request<()>,
+        resp: &http::Response<()>,
+        old: Arc<Variant>,
+        now: SystemTime,
+    ) -> Reply {
+        self.counters.revalidated.fetch_add(1, Ordering::Relaxed);
+        let policy = match old.policy.after_response(req, resp, now) {
+            AfterResponse::NotModified(p, _) | AfterResponse::Modified(p, _) => p,
+        };
+        let ttl = policy.time_to_live(now).as_secs();
+        let stored_at = now_secs();
+        let mut blob = old.blob.clone();
+        blob.stored_at = Some(stored_at);
+        let index = self.index.load();
+        let vary = index
+            .get(&primary)
+            .map(|r| r.vary.clone())
+            .unwrap_or_default();
+        drop(index);
+        let header = |name: &str| req.headers().get(name).map(|v| v.as_bytes().to_vec());
+        let key = Cdn::variant_key(primary, &vary, &header);
+        self.publish(
+            primary,
+            vary,
+            key,
+            Variant {
+                blob: blob.clone(),
+                fresh_until: stored_at + ttl,
+                policy,
+            },
+        );
+        let headers: Vec<(String, String)> = blob
+            .headers
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .filter(|(n, _)| n != "cache-status")
+            .cloned()
+            .chain([(
+                "cache-status".to_string(),
+                "Tessera; fwd=stale; fwd-status=304".to_string(),
+            )])
+            .collect();
+        blob.headers = Some(headers.into());
+        Reply::blob(blob)
+    }
+}
+
+fn origin_down(e: &str) -> Reply {
+    text(
+        Status::BadGateway,
+        &format!("the origin did not answer: {e}\n"),
+        "Tessera; fwd=uri-miss; detail=\"origin unreachable\"",
+    )
+}
+
+fn status_of(code: u16) -> Status {
+    service_api::STATUSES
+        .iter()
+        .copied()
+        .find(|s| s.code() == code)
+        .unwrap_or(if code >= 500 {
+            Status::BadGateway
+        } else if code >= 400 {
+            Status::BadRequest
+        } else {
+            Status::Ok
+        })
+}

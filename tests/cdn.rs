@@ -1,0 +1,229 @@
+//! The CDN service end to end: a zone deployed with `tessera deploy cdn` in
+//! front of a real origin (`tests/common/origin.py`, which counts what it
+//! serves), asked with curl and aioquic. RFC 9111 caching and `Cache-Status`,
+//! `CDN-Cache-Control`, `Vary`, revalidation with 304, ranges on cached and
+//! uncached objects, and a stampede of concurrent misses making one origin
+//! request.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Origin {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Origin {
+    fn start() -> Origin {
+        let port = free_addr().port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/origin.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 origin");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("origin ready");
+        assert_eq!(line.trim(), "ready");
+        Origin { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Requests it served for `path`.
+    fn count(&self, path: &str) -> u64 {
+        let out = curl(&["-sS", &format!("{}/count", self.url())]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("counts");
+        v[path].as_u64().unwrap_or(0)
+    }
+}
+
+/// A node with the zone `shop` in front of `origin`, ready to serve.
+fn zone(origin: &Origin) -> (Node, tempfile::TempDir) {
+    let node = Node::start(&[]);
+    let client = tempfile::tempdir().expect("tmp");
+    let out = Command::new(BIN)
+        .args(["deploy", "cdn", "--name", "shop", "--origin", &origin.url()])
+        .args(["--node", &node.url()])
+        .env("TESSERA_CLIENT_DIR", client.path())
+        .output()
+        .expect("tessera deploy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The service takes new zones within a fraction of a second.
+    within(Duration::from_secs(20), "the zone served", || {
+        node.get("/cdn/shop/status/204").0 != 404
+    });
+    (node, client)
+}
+
+fn get(node: &Node, path: &str, extra: &[&str]) -> (u16, String, Vec<u8>) {
+    curl_get(&format!("{}{path}", node.url()), extra)
+}
+
+fn cache_status(head: &str) -> String {
+    header(head, "cache-status").unwrap_or("").to_string()
+}
+
+#[test]
+fn a_zone_caches_by_rfc_9111_and_says_so() {
+    let origin = Origin::start();
+    let (node, _client) = zone(&origin);
+
+    // A miss, stored; then hits, by path and by host, over both protocols.
+    let (status, head, body) = get(&node, "/cdn/shop/static/a", &[]);
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body.len(), 1000);
+    assert!(
+        cache_status(&head).contains("fwd=uri-miss; stored"),
+        "{head}"
+    );
+    assert_eq!(header(&head, "x-origin"), Some("yes"));
+    let (status, head, again) = get(&node, "/cdn/shop/static/a", &[]);
+    assert_eq!((status, &again), (200, &body));
+    assert_eq!(cache_status(&head), "Tessera; hit", "{head}");
+    assert!(header(&head, "age").is_some(), "{head}");
+    assert_eq!(header(&head, "cache-control"), Some("max-age=300"));
+    let (status, head, by_host) = get(&node, "/static/a", &["-H", "Host: shop.cdn.localhost"]);
+    assert_eq!(
+        (status, cache_status(&head).as_str()),
+        (200, "Tessera; hit")
+    );
+    assert_eq!(by_host, body);
+    let r = aioquic_request(
+        &format!("https://{}/cdn/shop/static/a", node.addr),
+        "GET",
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.header("cache-status")),
+        (200, Some("Tessera; hit"))
+    );
+    assert_eq!(r.body, body);
+    assert_eq!(origin.count("/static/a"), 1);
+
+    // A range of a cached object, and of an uncached one: fetched once,
+    // whole, and the range served from the store.
+    let (status, _, part) = get(&node, "/cdn/shop/static/a", &["-r", "0-9"]);
+    assert_eq!((status, part.as_slice()), (206, &body[..10]));
+    let (status, head, part) = get(&node, "/cdn/shop/static/b?size=100000", &["-r", "10-19"]);
+    assert_eq!(status, 206, "{head}");
+    assert_eq!(part, b"bbbbbbbbbb");
+    let (status, head, whole) = get(&node, "/cdn/shop/static/b?size=100000", &[]);
+    assert_eq!((status, whole.len()), (200, 100_000));
+    assert_eq!(cache_status(&head), "Tessera; hit");
+    assert_eq!(origin.count("/static/b"), 1);
+
+    // What a shared cache must not keep.
+    for path in ["/nostore", "/private"] {
+        for _ in 0..2 {
+            let (status, head, _) = get(&node, &format!("/cdn/shop{path}"), &[]);
+            assert_eq!(status, 200);
+            assert!(!cache_status(&head).contains("stored"), "{path}: {head}");
+        }
+        assert_eq!(origin.count(path), 2, "{path}");
+    }
+    // CDN-Cache-Control (RFC 9213) over Cache-Control: kept by the CDN, and
+    // the client still gets the origin's Cache-Control.
+    for _ in 0..2 {
+        let (status, head, _) = get(&node, "/cdn/shop/cdncc", &[]);
+        assert_eq!(status, 200);
+        assert_eq!(header(&head, "cache-control"), Some("no-store"));
+        assert!(header(&head, "cdn-cache-control").is_none(), "{head}");
+    }
+    assert_eq!(origin.count("/cdncc"), 1);
+
+    // Vary: one stored variant per language.
+    for lang in ["en", "fr", "en", "fr"] {
+        let (status, _, body) = get(
+            &node,
+            "/cdn/shop/vary",
+            &["-H", &format!("Accept-Language: {lang}")],
+        );
+        assert_eq!((status, body), (200, format!("lang={lang}").into_bytes()));
+    }
+    assert_eq!(origin.count("/vary"), 2);
+
+    // Revalidation: stale after a second, the origin's 304 keeps the body.
+    let (_, head, first) = get(&node, "/cdn/shop/short", &[]);
+    assert!(cache_status(&head).contains("stored"), "{head}");
+    std::thread::sleep(Duration::from_millis(2100));
+    let (status, head, again) = get(&node, "/cdn/shop/short", &[]);
+    assert_eq!((status, &again), (200, &first));
+    assert_eq!(
+        cache_status(&head),
+        "Tessera; fwd=stale; fwd-status=304",
+        "{head}"
+    );
+    assert_eq!(origin.count("/short"), 2);
+
+    // No caching headers and no validators: the zone's grace (60 s).
+    get(&node, "/cdn/shop/plain", &[]);
+    let (_, head, _) = get(&node, "/cdn/shop/plain", &[]);
+    assert_eq!(cache_status(&head), "Tessera; hit");
+    assert_eq!(origin.count("/plain"), 1);
+
+    // Other methods pass through; errors from the origin are not stored.
+    let (status, _, body) = get(&node, "/cdn/shop/form", &["--data-binary", "x=1"]);
+    assert_eq!((status, body.as_slice()), (200, &b"posted x=1"[..]));
+    for _ in 0..2 {
+        assert_eq!(get(&node, "/cdn/shop/status/404", &[]).0, 404);
+    }
+    assert_eq!(origin.count("/status/404"), 2);
+
+    // An unknown zone.
+    assert_eq!(get(&node, "/cdn/nosuch/x", &[]).0, 404);
+    assert!(node.metric("tessera_cdn_hits_total{service=\"cdn\"}") >= 6);
+    assert_eq!(node.metric("tessera_cdn_zones{service=\"cdn\"}"), 1);
+}
+
+#[test]
+fn a_thousand_concurrent_misses_make_one_origin_request() {
+    let origin = Origin::start();
+    let (node, _client) = zone(&origin);
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("urls");
+    let url = format!("{}/cdn/shop/slow?ms=1000", node.url());
+    let lines: String = (0..1000)
+        .map(|_| format!("url = \"{url}\"\noutput = \"/dev/null\"\n"))
+        .collect();
+    std::fs::write(&config, lines).expect("curl config");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--parallel",
+            "--parallel-immediate",
+            "--parallel-max",
+            "1000",
+        ])
+        .args(["--max-time", "120", "-w", "%{http_code}\\n", "-K"])
+        .arg(&config)
+        .output()
+        .expect("curl");
+    let codes = String::from_utf8_lossy(&out.stdout);
+    let ok = codes.lines().filter(|c| *c == "200").count();
+    assert_eq!(ok, 1000, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(origin.count("/slow"), 1, "a stampede reached the origin");
+    assert!(node.metric("tessera_cdn_collapsed_total{service=\"cdn\"}") >= 1);
+}
