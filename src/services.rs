@@ -178,9 +178,9 @@ fn make_cdn(node: &Node) -> Result<Arc<dyn service_api::Service>, String> {
 /// The services to build: (name, constructor). The test build adds the ones
 /// `TESSERA_TEST_SERVICES` names.
 fn factories() -> Vec<(String, Factory)> {
-    let mut list: Vec<(String, Factory)> = vec![("cdn".into(), make_cdn)];
+    let list: Vec<(String, Factory)> = vec![("cdn".into(), make_cdn)];
     #[cfg(feature = "test-services")]
-    list.extend(crate::test_services::from_env());
+    let list = [list, crate::test_services::from_env()].concat();
     list
 }
 
