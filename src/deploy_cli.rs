@@ -171,3 +171,90 @@ pub fn list(node: NodeArg) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true)))]
+pub struct PurgeArgs {
+    /// The zone (a CDN deployment's name).
+    pub zone: String,
+    /// One path, with its query if it has one (`/img/a.png`).
+    #[arg(long, group = "what")]
+    pub url: Option<String>,
+    /// Every path that starts with this.
+    #[arg(long, group = "what")]
+    pub prefix: Option<String>,
+    /// Every object the origin tagged so (`Surrogate-Key`, `Cache-Tag`).
+    #[arg(long, group = "what")]
+    pub tag: Option<String>,
+    /// Everything in the zone.
+    #[arg(long, group = "what")]
+    pub all: bool,
+    /// Mark stale (revalidated on the next request) instead of dropping.
+    #[arg(long)]
+    pub soft: bool,
+    #[command(flatten)]
+    pub node: NodeArg,
+}
+
+/// `tessera purge`: a purge signed with this client's key (the zone's owner),
+/// sent to one node, which passes it on to the zone's other nodes.
+pub fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
+    use tessera_cdn::purge::{Purge, What};
+    let (what, value) = match (&args.url, &args.prefix, &args.tag) {
+        (Some(u), _, _) => (What::Url, u.clone()),
+        (_, Some(p), _) => (What::Prefix, p.clone()),
+        (_, _, Some(t)) => (What::Tag, t.clone()),
+        _ => (What::All, String::new()),
+    };
+    let key = client_key()?;
+    let time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let p = Purge::signed(
+        key.signing_key(),
+        &args.zone,
+        what,
+        &value,
+        args.soft,
+        time_ms,
+        rand::random(),
+    );
+    let base = args.node.node.trim_end_matches('/');
+    let mut resp = agent()
+        .post(format!("{base}/cdn/_purge/{}", args.zone))
+        .header("Content-Type", "application/json")
+        .send(serde_json::to_vec(&p)?.as_slice())
+        .with_context(|| format!("cannot reach {base}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string()?;
+    if status != 200 {
+        bail!("{}", body.trim());
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    if args.node.json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let replicas = v["replicas"].as_array().cloned().unwrap_or_default();
+    let failed: Vec<&str> = replicas
+        .iter()
+        .filter(|r| r["ok"] != true)
+        .filter_map(|r| r["addr"].as_str())
+        .collect();
+    println!(
+        "purged {} object(s) at {base}{}; passed on to {} other node(s){}",
+        v["purged"],
+        if args.soft { " (soft)" } else { "" },
+        replicas.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(", not taken by {}", failed.join(", "))
+        }
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

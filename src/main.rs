@@ -72,6 +72,8 @@ enum Command {
     Deployments(ledger::NodeArg),
     /// Remove a deployment (its owner only).
     Undeploy(deploy_cli::UndeployArgs),
+    /// Purge a CDN zone's cache on every node that runs it (its owner only).
+    Purge(deploy_cli::PurgeArgs),
 }
 
 #[derive(Subcommand)]
@@ -175,6 +177,7 @@ fn main() -> std::process::ExitCode {
         Command::Deploy(args) => deploy_cli::deploy(args),
         Command::Deployments(args) => deploy_cli::list(args),
         Command::Undeploy(args) => deploy_cli::undeploy(args),
+        Command::Purge(args) => deploy_cli::purge(args),
     };
     match result {
         Ok(code) => code,

@@ -227,3 +227,159 @@ fn a_thousand_concurrent_misses_make_one_origin_request() {
     assert_eq!(origin.count("/slow"), 1, "a stampede reached the origin");
     assert!(node.metric("tessera_cdn_collapsed_total{service=\"cdn\"}") >= 1);
 }
+
+#[test]
+fn stale_while_revalidate_and_stale_if_error() {
+    let mut origin = Origin::start();
+    let (node, _client) = zone(&origin);
+    // stale-while-revalidate: the stale answer at once, one background fetch.
+    let (_, head, body) = get(&node, "/cdn/shop/swr", &[]);
+    assert_eq!(body, b"v1");
+    assert!(cache_status(&head).contains("stored"), "{head}");
+    std::thread::sleep(Duration::from_millis(2100));
+    let (status, head, body) = get(&node, "/cdn/shop/swr", &[]);
+    assert_eq!((status, body.as_slice()), (200, &b"v1"[..]));
+    assert!(cache_status(&head).contains("fwd=stale"), "{head}");
+    within(
+        Duration::from_secs(20),
+        "one background revalidation",
+        || origin.count("/swr") == 2,
+    );
+    within(Duration::from_secs(20), "the revalidated answer", || {
+        let (_, head, body) = get(&node, "/cdn/shop/swr", &[]);
+        body == b"v2" && cache_status(&head) == "Tessera; hit"
+    });
+    assert_eq!(origin.count("/swr"), 2);
+
+    // stale-if-error: the origin gone, the stale answer still served.
+    let (_, _, kept) = get(&node, "/cdn/shop/sie", &[]);
+    assert_eq!(kept, b"kept for errors");
+    let _ = origin.child.kill();
+    let _ = origin.child.wait();
+    std::thread::sleep(Duration::from_millis(2100));
+    let (status, head, body) = get(&node, "/cdn/shop/sie", &[]);
+    assert_eq!((status, body), (200, kept));
+    assert!(cache_status(&head).contains("origin unreachable"), "{head}");
+    // Nothing stale to fall back on: 502, saying why.
+    let (status, head, _) = get(&node, "/cdn/shop/never-fetched", &[]);
+    assert_eq!(status, 502, "{head}");
+    assert!(cache_status(&head).contains("origin unreachable"), "{head}");
+}
+
+#[test]
+fn purges_by_url_prefix_and_tag_reach_every_replica_and_need_the_owner() {
+    let origin = Origin::start();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..3 {
+        let addr = free_addr_on(&format!("127.0.0.{}", i + 1));
+        let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
+        if let Some(first) = nodes.first() {
+            args.extend(["--join".into(), first.addr.to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(Node::start_at(addr, &refs));
+    }
+    within(Duration::from_secs(30), "three alive members", || {
+        nodes.iter().all(|n| alive_verified(n) == 3)
+    });
+    // No ledger here: the owner records the zone on each node (with a ledger,
+    // once); all three compute the same placement: every node.
+    let owner = tempfile::tempdir().expect("tmp");
+    for node in &nodes {
+        let out = Command::new(BIN)
+            .args(["deploy", "cdn", "--name", "shop", "--replicas", "3"])
+            .args(["--origin", &origin.url(), "--node", &node.url()])
+            .env("TESSERA_CLIENT_DIR", owner.path())
+            .output()
+            .expect("deploy");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let paths = ["/static/a", "/img/x", "/tagged/t?tag=red", "/static/keep"];
+    let warm = |nodes: &[Node]| {
+        for node in nodes {
+            within(Duration::from_secs(20), "the zone served", || {
+                get(node, "/cdn/shop/status/204", &[]).0 == 204
+            });
+            for p in paths {
+                assert_eq!(get(node, &format!("/cdn/shop{p}"), &[]).0, 200);
+            }
+        }
+    };
+    warm(&nodes);
+    let counts = || paths.map(|p| origin.count(p.split('?').next().expect("path")));
+    assert_eq!(counts(), [3, 3, 3, 3]);
+    let purge = |client: &Path, args: &[&str]| {
+        Command::new(BIN)
+            .arg("purge")
+            .arg("shop")
+            .args(args)
+            .args(["--node", &nodes[0].url()])
+            .env("TESSERA_CLIENT_DIR", client)
+            .output()
+            .expect("purge")
+    };
+    // Somebody else's key: refused, nothing purged.
+    let stranger = tempfile::tempdir().expect("tmp");
+    let out = purge(stranger.path(), &["--all"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not signed by the zone's owner"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in &nodes {
+        let (_, head, _) = get(node, "/cdn/shop/static/a", &[]);
+        assert_eq!(cache_status(&head), "Tessera; hit");
+    }
+    // By URL, by prefix, by tag: each reaches all three nodes.
+    for (args, gone) in [
+        (&["--url", "/static/a"][..], 0),
+        (&["--prefix", "/img/"][..], 1),
+        (&["--tag", "red"][..], 2),
+    ] {
+        let started = std::time::Instant::now();
+        let out = purge(owner.path(), args);
+        let took = started.elapsed();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("passed on to 2 other node(s)"), "{said}");
+        eprintln!("purge {args:?} taken by all three nodes in {took:?}");
+        for node in &nodes {
+            let path = format!("/cdn/shop{}", paths[gone]);
+            let (_, head, _) = get(node, &path, &[]);
+            assert!(
+                cache_status(&head).contains("stored"),
+                "{args:?} at {}: {head}",
+                node.addr
+            );
+            let (_, head, _) = get(node, "/cdn/shop/static/keep", &[]);
+            assert_eq!(
+                cache_status(&head),
+                "Tessera; hit",
+                "{args:?} purged too much"
+            );
+        }
+    }
+    assert_eq!(counts(), [6, 6, 6, 3]);
+    // Soft, everything: each node revalidates on the next request.
+    let out = purge(owner.path(), &["--all", "--soft"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in &nodes {
+        let (status, head, _) = get(node, "/cdn/shop/static/keep", &[]);
+        assert_eq!(status, 200);
+        assert!(cache_status(&head).contains("fwd=stale"), "{head}");
+    }
+    assert_eq!(origin.count("/static/keep"), 6);
+}

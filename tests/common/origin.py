@@ -15,6 +15,10 @@ ignored when counting):
   /plain              no freshness, no validators
   /slow?ms=N          waits N ms first; max-age=300
   /status/CODE        that status, no caching headers
+  /img/NAME           max-age=300, Cache-Tag: images
+  /tagged/NAME?tag=T  max-age=300, Surrogate-Key: T
+  /swr                max-age=1, stale-while-revalidate=30; the body counts ("v3")
+  /sie                max-age=1, stale-if-error=60
   anything else       404
 """
 
@@ -103,6 +107,27 @@ class Origin(BaseHTTPRequestHandler):
         if path == "/slow":
             time.sleep(int(query.get("ms", ["500"])[0]) / 1000)
             return self.send(200, b"worth the wait", text + [("Cache-Control", "max-age=300")])
+        if path.startswith("/img/"):
+            return self.send(200, b"image " + path.encode(), text + [
+                ("Cache-Control", "max-age=300"),
+                ("Cache-Tag", "images"),
+            ])
+        if path.startswith("/tagged/"):
+            tag = query.get("tag", ["none"])[0]
+            return self.send(200, b"tagged " + path.encode(), text + [
+                ("Cache-Control", "max-age=300"),
+                ("Surrogate-Key", tag + " everything"),
+            ])
+        if path == "/swr":
+            with LOCK:
+                n = COUNTS[path]
+            return self.send(200, b"v%d" % n, text + [
+                ("Cache-Control", "max-age=1, stale-while-revalidate=30"),
+            ])
+        if path == "/sie":
+            return self.send(200, b"kept for errors", text + [
+                ("Cache-Control", "max-age=1, stale-if-error=60"),
+            ])
         if path.startswith("/status/"):
             code = int(path[len("/status/"):])
             return self.send(code, b"status %d" % code, text)

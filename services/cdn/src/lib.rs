@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod purge;
 mod service;
 
 pub use service::{Cdn, CdnConfig};

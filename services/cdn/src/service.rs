@@ -28,13 +28,14 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
 use serde::Deserialize;
+use service_api::flume;
 use service_api::{
     BlobReply, Decision, Method, Mount, Node, OwnedRequest, PoolConfig, Reply, Request,
     RequestBody, Service, Status,
@@ -90,9 +91,68 @@ struct Resource {
 /// A stored answer for one variant.
 struct Variant {
     blob: BlobReply,
+    /// The same, as a stale answer (its `Cache-Status` says so).
+    stale_blob: BlobReply,
     /// Unix seconds until which it is fresh.
     fresh_until: u64,
+    /// RFC 5861: seconds past freshness it may be served while one
+    /// background request revalidates it, and while the origin fails.
+    stale_while_revalidate: u64,
+    stale_if_error: u64,
+    /// A background revalidation is under way.
+    refreshing: AtomicBool,
     policy: CachePolicy,
+    /// For purges: the zone, the path and query, the origin's tags
+    /// (`Surrogate-Key`, `Cache-Tag`).
+    zone: Box<str>,
+    url: Box<str>,
+    tags: Box<[Box<str>]>,
+}
+
+impl Variant {
+    /// A soft purge: the same object, stale from now (the next request
+    /// revalidates it; no stale-while-revalidate grace).
+    fn marked_stale(&self) -> Variant {
+        Variant {
+            blob: self.blob.clone(),
+            stale_blob: self.stale_blob.clone(),
+            fresh_until: 0,
+            stale_while_revalidate: 0,
+            stale_if_error: self.stale_if_error,
+            refreshing: AtomicBool::new(false),
+            policy: self.policy.clone(),
+            zone: self.zone.clone(),
+            url: self.url.clone(),
+            tags: self.tags.clone(),
+        }
+    }
+}
+
+/// A directive's number in a `Cache-Control` value (`max-age=60`).
+fn directive(cache_control: &str, name: &str) -> Option<u64> {
+    cache_control.split(',').find_map(|d| {
+        let (k, v) = d.trim().split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"').parse().ok())?
+    })
+}
+
+/// The same answer with another `Cache-Status`.
+fn with_status(blob: &BlobReply, status: &str) -> BlobReply {
+    let headers: Vec<(String, String)> = blob
+        .headers
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .filter(|(n, _)| n != "cache-status")
+        .cloned()
+        .chain([("cache-status".to_string(), status.to_string())])
+        .collect();
+    BlobReply {
+        headers: Some(headers.into()),
+        ..blob.clone()
+    }
 }
 
 type Index = imbl::HashMap<u128, Arc<Resource>>;
@@ -115,6 +175,8 @@ struct Counters {
     proxied: Arc<AtomicU64>,
     origin_errors: Arc<AtomicU64>,
     zones: Arc<AtomicU64>,
+    purges: Arc<AtomicU64>,
+    purged: Arc<AtomicU64>,
 }
 
 pub struct Cdn {
@@ -131,6 +193,10 @@ pub struct Cdn {
     counters: Counters,
     agent: ureq::Agent,
     cache_status_hit: Arc<[(String, String)]>,
+    /// Stale objects to revalidate in the background.
+    refresh: flume::Sender<OwnedRequest>,
+    /// Purge ids taken, with when (ms): none is taken twice.
+    purge_ids: Mutex<HashMap<String, u64>>,
 }
 
 fn now_secs() -> u64 {
@@ -149,6 +215,10 @@ fn key128(parts: &[&[u8]]) -> u128 {
     out.copy_from_slice(&h.finalize().as_bytes()[..16]);
     u128::from_le_bytes(out)
 }
+
+/// `POST /cdn/_purge/{zone}` takes a signed [`crate::purge::Purge`] (no zone
+/// name starts with `_`).
+pub const PURGE_PREFIX: &str = "/cdn/_purge/";
 
 /// Response headers a cache never stores or forwards as they are.
 const NOT_KEPT: &[&str] = &[
@@ -205,6 +275,8 @@ impl Cdn {
             proxied: m.counter("proxied", "Requests passed to a node that runs the zone."),
             origin_errors: m.counter("origin_errors", "Origin requests that failed."),
             zones: m.gauge("zones", "Zones this node knows."),
+            purges: m.counter("purges", "Signed purges taken."),
+            purged: m.counter("purged", "Cached objects purged (dropped or marked stale)."),
         };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -212,7 +284,10 @@ impl Cdn {
             .timeout_global(Some(Duration::from_millis(config.origin_timeout_ms)))
             .build()
             .into();
+        let (refresh, refresh_rx) = flume::bounded::<OwnedRequest>(1024);
         let cdn = Arc::new(Cdn {
+            refresh,
+            purge_ids: Mutex::new(HashMap::new()),
             node: node.clone(),
             dot_suffix: format!(".{}", config.host_suffix),
             config,
@@ -237,6 +312,19 @@ impl Cdn {
                 }
             })
             .map_err(|e| format!("cannot start the zone watcher: {e}"))?;
+        for i in 0..2 {
+            let weak = Arc::downgrade(&cdn);
+            let rx = refresh_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("cdn-refresh-{i}"))
+                .spawn(move || {
+                    while let Ok(req) = rx.recv() {
+                        let Some(cdn) = weak.upgrade() else { return };
+                        cdn.revalidate_in_background(req);
+                    }
+                })
+                .map_err(|e| format!("cannot start a revalidation thread: {e}"))?;
+        }
         Ok(cdn)
     }
 
@@ -381,6 +469,9 @@ impl Service for Cdn {
     }
 
     fn decide(&self, req: &Request<'_>) -> Decision {
+        if req.path.starts_with(PURGE_PREFIX.as_bytes()) {
+            return Decision::Work;
+        }
         let Some((zone_name, path)) = self.locate(req.host, req.path) else {
             return Decision::Reply(text(
                 Status::NotFound,
@@ -406,16 +497,32 @@ impl Service for Cdn {
         // No allocation on a hit without Vary; with Vary the header values
         // are copied into the key's hasher input.
         let header = |name: &str| req.headers.get(name).map(<[u8]>::to_vec);
-        match self.lookup(primary, &header) {
-            Some(v) if now_secs() < v.fresh_until => {
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                Decision::Blob(v.blob.clone())
-            }
-            _ => Decision::Work,
+        let Some(v) = self.lookup(primary, &header) else {
+            return Decision::Work;
+        };
+        let now = now_secs();
+        if now < v.fresh_until {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Decision::Blob(v.blob.clone());
         }
+        if now < v.fresh_until + v.stale_while_revalidate {
+            // Stale but within stale-while-revalidate: answered now, and
+            // one background request revalidates it.
+            if !v.refreshing.swap(true, Ordering::AcqRel)
+                && self.refresh.try_send(req.to_owned()).is_err()
+            {
+                v.refreshing.store(false, Ordering::Release);
+            }
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Decision::Blob(v.stale_blob.clone());
+        }
+        Decision::Work
     }
 
     fn handle(&self, req: OwnedRequest, body: RequestBody) -> Reply {
+        if req.path.starts_with(PURGE_PREFIX.as_bytes()) {
+            return self.purge(&req, body);
+        }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let Some((zone_name, path)) = self.locate(req.host.as_deref(), &req.path) else {
             return text(Status::NotFound, "no such zone\n", "Tessera; fwd=miss");
@@ -491,6 +598,142 @@ impl Service for Cdn {
 }
 
 impl Cdn {
+    /// `POST /cdn/_purge/{zone}`: checks the owner's signature, purges here,
+    /// and (when the client sent it, not another node) passes it on to the
+    /// zone's other nodes, answering once they have (2 s at most each).
+    fn purge(&self, req: &OwnedRequest, body: RequestBody) -> Reply {
+        use crate::purge::{Purge, What};
+        let json_reply =
+            |status, v: serde_json::Value| Reply::new(status, "application/json", format!("{v}\n"));
+        if req.method != Method::Post {
+            return Reply::text(Status::MethodNotAllowed, "a purge is a POST\n")
+                .header("Allow", "POST");
+        }
+        let body = match body.read_all() {
+            Ok(b) => b,
+            Err(e) => return Reply::text(Status::BadRequest, &format!("{e}\n")),
+        };
+        let purge: Purge = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => return Reply::text(Status::BadRequest, &format!("not a purge: {e}\n")),
+        };
+        let zone_name = String::from_utf8_lossy(&req.path[PURGE_PREFIX.len()..]).into_owned();
+        if purge.zone != zone_name {
+            return Reply::text(Status::BadRequest, "the purge names another zone\n");
+        }
+        let Some(instance) = self
+            .node
+            .deployments
+            .of("cdn")
+            .into_iter()
+            .find(|i| i.name == zone_name)
+        else {
+            return Reply::text(
+                Status::NotFound,
+                "no CDN zone by that name on this network\n",
+            );
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if let Err(why) = purge.check(&instance.owner, now_ms) {
+            return Reply::text(Status::Forbidden, &format!("purge refused: {why}\n"));
+        }
+        {
+            let mut ids = self.purge_ids.lock().unwrap_or_else(|p| p.into_inner());
+            ids.retain(|_, at| now_ms.saturating_sub(*at) <= 2 * crate::purge::MAX_SKEW_MS);
+            if ids.insert(purge.id.clone(), now_ms).is_some() {
+                return json_reply(Status::Ok, serde_json::json!({ "purged": 0, "seen": true }));
+            }
+        }
+        self.counters.purges.fetch_add(1, Ordering::Relaxed);
+        let matches = |v: &Variant| {
+            &*v.zone == zone_name.as_str()
+                && match purge.what {
+                    What::Url => *v.url == *purge.value,
+                    What::Prefix => v.url.starts_with(purge.value.as_str()),
+                    What::Tag => v.tags.iter().any(|t| **t == *purge.value),
+                    What::All => true,
+                }
+        };
+        let purged = {
+            let _w = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+            let mut variants = (**self.variants.load()).clone();
+            let hit: Vec<u128> = variants
+                .iter()
+                .filter(|(_, v)| matches(v))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in &hit {
+                if purge.soft {
+                    if let Some(v) = variants.get(k).cloned() {
+                        variants.insert(*k, Arc::new(v.marked_stale()));
+                    }
+                } else {
+                    variants.remove(k);
+                }
+            }
+            self.variants.store(Arc::new(variants));
+            hit.len() as u64
+        };
+        self.counters.purged.fetch_add(purged, Ordering::Relaxed);
+        // Passed on once: the other nodes check the signature themselves.
+        let mut replicas = Vec::new();
+        if req.header("x-tessera-cdn-hop").is_none() {
+            let threads: Vec<_> = instance
+                .elsewhere
+                .iter()
+                .map(|addr| {
+                    let (addr, body, agent) = (*addr, body.clone(), self.agent.clone());
+                    let path = format!("{PURGE_PREFIX}{zone_name}");
+                    std::thread::spawn(move || {
+                        let ok = http::Request::post(format!("http://{addr}{path}"))
+                            .header("content-type", "application/json")
+                            .header("x-tessera-cdn-hop", "1")
+                            .body(body)
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| agent.run(r).map_err(|e| e.to_string()))
+                            .map(|r| r.status().as_u16());
+                        (addr, ok)
+                    })
+                })
+                .collect();
+            for t in threads {
+                if let Ok((addr, ok)) = t.join() {
+                    replicas.push(serde_json::json!({
+                        "addr": addr.to_string(),
+                        "ok": matches!(ok, Ok(200)),
+                        "error": ok.err(),
+                    }));
+                }
+            }
+        }
+        json_reply(
+            Status::Ok,
+            serde_json::json!({ "purged": purged, "soft": purge.soft, "replicas": replicas }),
+        )
+    }
+
+    /// One stale-while-revalidate request, off every client's path.
+    fn revalidate_in_background(&self, req: OwnedRequest) {
+        let Some((zone_name, path)) = self.locate(req.host.as_deref(), &req.path) else {
+            return;
+        };
+        let Some(zone) = self.zones.load().get(zone_name).cloned() else {
+            return;
+        };
+        let primary = key128(&[zone_name.as_bytes(), path, &req.query]);
+        let header = |name: &str| req.header(name).map(<[u8]>::to_vec);
+        let before = self.lookup(primary, &header);
+        let _ = self.fetch(&zone, path, &req, primary);
+        // Still the same (the origin failed): another may try later.
+        if let (Some(b), Some(now)) = (before, self.lookup(primary, &header)) {
+            if Arc::ptr_eq(&b, &now) {
+                now.refreshing.store(false, Ordering::Release);
+            }
+        }
+    }
+
     fn origin_url(zone: &Zone, path: &[u8], query: &[u8]) -> String {
         let base = zone.spec.origin.trim_end_matches('/');
         let mut url = format!("{base}{}", String::from_utf8_lossy(path));
@@ -677,9 +920,24 @@ impl Cdn {
                 }
             }
         }
+        let stale_if_error = |why: &str| {
+            let v = stale.as_ref()?;
+            (now_secs() < v.fresh_until + v.stale_if_error).then(|| {
+                Reply::blob(with_status(
+                    &v.blob,
+                    &format!("Tessera; hit; fwd=stale; detail=\"{why}\""),
+                ))
+            })
+        };
         let f = match self.origin("GET", &url, &headers, None) {
+            Ok(f) if f.status >= 500 => match stale_if_error("origin error") {
+                Some(reply) => return reply,
+                None => f,
+            },
             Ok(f) => f,
-            Err(e) => return origin_down(&e),
+            Err(e) => {
+                return stale_if_error("origin unreachable").unwrap_or_else(|| origin_down(&e))
+            }
         };
         let mut resp = http::Response::builder().status(f.status);
         for (n, v) in f.headers.iter() {
@@ -701,9 +959,17 @@ impl Cdn {
             shared: true,
             ..CacheOptions::default()
         };
+        let key_now = |vary: &[Box<str>]| Cdn::variant_key(primary, vary, &header);
         if f.status == 304 {
             if let Some(v) = stale {
-                return self.revalidated(primary, &policy_req, &policy_resp, v, now);
+                let vary = self
+                    .index
+                    .load()
+                    .get(&primary)
+                    .map(|r| r.vary.clone())
+                    .unwrap_or_default();
+                let key = key_now(&vary);
+                return self.revalidated(primary, vary, key, (&policy_req, &policy_resp), v, now);
             }
         }
         let policy = CachePolicy::new_options(&policy_req, &policy_resp, now, opts);
@@ -757,6 +1023,29 @@ impl Cdn {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("no-cache")
             .into();
+        let header_str = |name: &str| {
+            f.headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let effective_cc = if f.headers.contains_key("cdn-cache-control") {
+            header_str("cdn-cache-control")
+        } else {
+            header_str("cache-control")
+        };
+        let tags: Box<[Box<str>]> = [header_str("surrogate-key"), header_str("cache-tag")]
+            .iter()
+            .flat_map(|v| {
+                v.split([' ', ','])
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(Box::from)
+                    .collect::<Vec<Box<str>>>()
+            })
+            .collect();
         let mut kept = Cdn::kept(&f.headers);
         let limit = self.config.max_object_bytes;
         let mut reader = f.body.take(limit + 1);
@@ -789,17 +1078,25 @@ impl Cdn {
         let stored_at = now_secs();
         let mut hit_headers = kept.clone();
         hit_headers.extend(self.cache_status_hit.iter().cloned());
-        let key = Cdn::variant_key(primary, &vary, &header);
+        let key = key_now(&vary);
+        let blob = BlobReply {
+            hash,
+            content_type: content_type.clone(),
+            cache_control: Some(client_cc.clone()),
+            headers: Some(hit_headers.into()),
+            stored_at: Some(stored_at),
+        };
         let variant = Variant {
-            blob: BlobReply {
-                hash,
-                content_type: content_type.clone(),
-                cache_control: Some(client_cc.clone()),
-                headers: Some(hit_headers.into()),
-                stored_at: Some(stored_at),
-            },
+            stale_blob: with_status(&blob, "Tessera; hit; fwd=stale; detail=\"revalidating\""),
+            blob,
             fresh_until: stored_at + ttl,
+            stale_while_revalidate: directive(&effective_cc, "stale-while-revalidate").unwrap_or(0),
+            stale_if_error: directive(&effective_cc, "stale-if-error").unwrap_or(0),
+            refreshing: AtomicBool::new(false),
             policy,
+            zone: zone_name_of(req, self).into(),
+            url: url_of(path, &req.query).into(),
+            tags,
         };
         self.publish(primary, vary, key, variant);
         kept.push(("cache-status".into(), format!("{cache_status}; stored")));
@@ -816,8 +1113,9 @@ impl Cdn {
     fn revalidated(
         &self,
         primary: u128,
-        req: &http::Request<()>,
-        resp: &http::Response<()>,
+        vary: Box<[Box<str>]>,
+        key: u128,
+        (req, resp): (&http::Request<()>, &http::Response<()>),
         old: Arc<Variant>,
         now: SystemTime,
     ) -> Reply {
@@ -829,39 +1127,42 @@ impl Cdn {
         let stored_at = now_secs();
         let mut blob = old.blob.clone();
         blob.stored_at = Some(stored_at);
-        let index = self.index.load();
-        let vary = index
-            .get(&primary)
-            .map(|r| r.vary.clone())
-            .unwrap_or_default();
-        drop(index);
-        let header = |name: &str| req.headers().get(name).map(|v| v.as_bytes().to_vec());
-        let key = Cdn::variant_key(primary, &vary, &header);
+        let mut stale_blob = old.stale_blob.clone();
+        stale_blob.stored_at = Some(stored_at);
         self.publish(
             primary,
             vary,
             key,
             Variant {
                 blob: blob.clone(),
+                stale_blob,
                 fresh_until: stored_at + ttl,
+                stale_while_revalidate: old.stale_while_revalidate,
+                stale_if_error: old.stale_if_error,
+                refreshing: AtomicBool::new(false),
                 policy,
+                zone: old.zone.clone(),
+                url: old.url.clone(),
+                tags: old.tags.clone(),
             },
         );
-        let headers: Vec<(String, String)> = blob
-            .headers
-            .as_deref()
-            .unwrap_or(&[])
-            .iter()
-            .filter(|(n, _)| n != "cache-status")
-            .cloned()
-            .chain([(
-                "cache-status".to_string(),
-                "Tessera; fwd=stale; fwd-status=304".to_string(),
-            )])
-            .collect();
-        blob.headers = Some(headers.into());
-        Reply::blob(blob)
+        Reply::blob(with_status(&blob, "Tessera; fwd=stale; fwd-status=304"))
     }
+}
+
+fn url_of(path: &[u8], query: &[u8]) -> String {
+    let mut url = String::from_utf8_lossy(path).into_owned();
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&String::from_utf8_lossy(query));
+    }
+    url
+}
+
+fn zone_name_of(req: &OwnedRequest, cdn: &Cdn) -> String {
+    cdn.locate(req.host.as_deref(), &req.path)
+        .map(|(z, _)| z.to_string())
+        .unwrap_or_default()
 }
 
 fn origin_down(e: &str) -> Reply {
