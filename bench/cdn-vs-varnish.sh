@@ -160,7 +160,7 @@ stampede() { # port path -> "ok_count origin_requests"
     local before after
     before=$(curl -s http://127.0.0.1:$sport/count | python3 -c "import json,sys; print(json.load(sys.stdin).get('/slow',0))")
     for _ in $(seq 1000); do printf 'url = "http://127.0.0.1:%s%s"\noutput = "/dev/null"\n' "$1" "$2"; done > "$work/urls"
-    ok=$(curl -s --parallel --parallel-immediate --parallel-max 1000 --max-time 60 -w '%{http_code}\n' -K "$work/urls" | grep -c '^200$' || true)
+    ok=$(curl -s --parallel --parallel-immediate --parallel-max 1000 --max-time 60 -w '%{http_code}\n' -K "$work/urls" 2>/dev/null | grep -c '^200$' || true)
     after=$(curl -s http://127.0.0.1:$sport/count | python3 -c "import json,sys; print(json.load(sys.stdin).get('/slow',0))")
     echo "$ok $((after - before))"
 }

@@ -93,6 +93,9 @@ struct Variant {
     blob: BlobReply,
     /// The same, as a stale answer (its `Cache-Status` says so).
     stale_blob: BlobReply,
+    /// The same for another node of the zone (shielding): with the tags,
+    /// which clients never see, so that its copy can be purged by tag too.
+    peer_blob: BlobReply,
     /// Unix seconds until which it is fresh.
     fresh_until: u64,
     /// RFC 5861: seconds past freshness it may be served while one
@@ -116,6 +119,7 @@ impl Variant {
         Variant {
             blob: self.blob.clone(),
             stale_blob: self.stale_blob.clone(),
+            peer_blob: self.peer_blob.clone(),
             fresh_until: 0,
             stale_while_revalidate: 0,
             stale_if_error: self.stale_if_error,
@@ -136,6 +140,22 @@ fn directive(cache_control: &str, name: &str) -> Option<u64> {
             .eq_ignore_ascii_case(name)
             .then(|| v.trim().trim_matches('"').parse().ok())?
     })
+}
+
+/// The same answer with one more header.
+fn with_header(blob: &BlobReply, name: &str, value: &str) -> BlobReply {
+    let headers: Vec<(String, String)> = blob
+        .headers
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .cloned()
+        .chain([(name.to_string(), value.to_string())])
+        .collect();
+    BlobReply {
+        headers: Some(headers.into()),
+        ..blob.clone()
+    }
 }
 
 /// The same answer with another `Cache-Status`.
@@ -177,6 +197,7 @@ struct Counters {
     zones: Arc<AtomicU64>,
     purges: Arc<AtomicU64>,
     purged: Arc<AtomicU64>,
+    shielded: Arc<AtomicU64>,
 }
 
 pub struct Cdn {
@@ -215,6 +236,12 @@ fn key128(parts: &[&[u8]]) -> u128 {
     out.copy_from_slice(&h.finalize().as_bytes()[..16]);
     u128::from_le_bytes(out)
 }
+
+/// Set on requests between the nodes of a zone (a proxied request, a
+/// shielded miss, a purge passed on): the receiver goes to the origin itself.
+const HOP: &str = "x-tessera-cdn-hop";
+/// A zone's tags for an object, from one of its nodes to another.
+const TAGS: &str = "x-tessera-cdn-tags";
 
 /// `POST /cdn/_purge/{zone}` takes a signed [`crate::purge::Purge`] (no zone
 /// name starts with `_`).
@@ -277,10 +304,15 @@ impl Cdn {
             zones: m.gauge("zones", "Zones this node knows."),
             purges: m.counter("purges", "Signed purges taken."),
             purged: m.counter("purged", "Cached objects purged (dropped or marked stale)."),
+            shielded: m.counter(
+                "shielded",
+                "Misses answered by another node of the zone instead of the origin.",
+            ),
         };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
+            .timeout_connect(Some(Duration::from_secs(2)))
             .timeout_global(Some(Duration::from_millis(config.origin_timeout_ms)))
             .build()
             .into();
@@ -503,6 +535,9 @@ impl Service for Cdn {
         let now = now_secs();
         if now < v.fresh_until {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            if req.headers.get(HOP).is_some() {
+                return Decision::Blob(v.peer_blob.clone());
+            }
             return Decision::Blob(v.blob.clone());
         }
         if now < v.fresh_until + v.stale_while_revalidate {
@@ -537,12 +572,24 @@ impl Service for Cdn {
             );
         };
         drop(zones);
-        let proxied = req.header("x-tessera-cdn-hop").is_some();
-        if !zone.here && !proxied {
-            if let Some(to) = zone.elsewhere.first() {
-                return self.proxy(*to, &zone_name, &path, &req, body);
+        let proxied = req.header(HOP).is_some();
+        let body = if !zone.here && !proxied && !zone.elsewhere.is_empty() {
+            let bytes = match body.read_all() {
+                Ok(b) => b,
+                Err(e) => return text(Status::BadRequest, &format!("{e}\n"), "Tessera; fwd=miss"),
+            };
+            // The nearest node that runs it; one that does not answer (dead,
+            // not yet seen down) passes to the next; none answering: served
+            // here.
+            for to in &zone.elsewhere {
+                if let Some(reply) = self.proxy(*to, &zone_name, &path, &req, &bytes) {
+                    return reply;
+                }
             }
-        }
+            RequestBody::from_bytes(bytes)
+        } else {
+            body
+        };
         let cacheable = matches!(req.method, Method::Get | Method::Head)
             && req.header("authorization").is_none();
         if !cacheable {
@@ -679,7 +726,7 @@ impl Cdn {
         self.counters.purged.fetch_add(purged, Ordering::Relaxed);
         // Passed on once: the other nodes check the signature themselves.
         let mut replicas = Vec::new();
-        if req.header("x-tessera-cdn-hop").is_none() {
+        if req.header(HOP).is_none() {
             let threads: Vec<_> = instance
                 .elsewhere
                 .iter()
@@ -689,7 +736,7 @@ impl Cdn {
                     std::thread::spawn(move || {
                         let ok = http::Request::post(format!("http://{addr}{path}"))
                             .header("content-type", "application/json")
-                            .header("x-tessera-cdn-hop", "1")
+                            .header(HOP, "1")
                             .body(body)
                             .map_err(|e| e.to_string())
                             .and_then(|r| agent.run(r).map_err(|e| e.to_string()))
@@ -712,6 +759,48 @@ impl Cdn {
             Status::Ok,
             serde_json::json!({ "purged": purged, "soft": purge.soft, "replicas": replicas }),
         )
+    }
+
+    /// A miss asked of the zone's nearest other node (with the hop header, so
+    /// that it goes to the origin itself rather than back here): its answer
+    /// when it is a 200, else None (then the origin is asked).
+    fn ask_replica(
+        &self,
+        zone: &Zone,
+        req: &OwnedRequest,
+        headers: &[(String, Vec<u8>)],
+    ) -> Option<Fetched> {
+        if !zone.here || req.header(HOP).is_some() {
+            return None;
+        }
+        let peer = zone.elsewhere.first()?;
+        let zone_name = zone_name_of(req, self);
+        let (_, path) = self.locate(req.host.as_deref(), &req.path)?;
+        let url = format!("http://{peer}/cdn/{zone_name}{}", url_of(path, &req.query));
+        let mut r = http::Request::get(url.as_str()).header(HOP, "1");
+        for (n, v) in headers {
+            r = r.header(n.as_str(), v.as_slice());
+        }
+        let resp = self.agent.run(r.body(()).ok()?).ok()?;
+        if resp.status() != 200 {
+            return None;
+        }
+        self.counters.shielded.fetch_add(1, Ordering::Relaxed);
+        let (parts, body) = resp.into_parts();
+        let mut headers = parts.headers;
+        // The replica's own validators and status are not the origin's; its
+        // tags are the origin's.
+        for h in ["etag", "cache-status", "accept-ranges"] {
+            headers.remove(h);
+        }
+        if let Some(tags) = headers.remove(TAGS) {
+            headers.insert("surrogate-key", tags);
+        }
+        Some(Fetched {
+            status: 200,
+            headers,
+            body: Box::new(body.into_reader()),
+        })
     }
 
     /// One stale-while-revalidate request, off every client's path.
@@ -755,6 +844,19 @@ impl Cdn {
         self.counters
             .origin_requests
             .fetch_add(1, Ordering::Relaxed);
+        self.send(method, url, headers, body).inspect_err(|_| {
+            self.counters.origin_errors.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// One HTTP/1.1 request (to an origin, or to another node of the zone).
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, Vec<u8>)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Fetched, String> {
         let mut builder = http::Request::builder().method(method).uri(url);
         for (n, v) in headers {
             builder = builder.header(n.as_str(), v.as_slice());
@@ -769,9 +871,7 @@ impl Cdn {
                 .map_err(|e| e.to_string())
                 .and_then(|r| self.agent.run(r).map_err(|e| e.to_string())),
         };
-        let resp = result.inspect_err(|_| {
-            self.counters.origin_errors.fetch_add(1, Ordering::Relaxed);
-        })?;
+        let resp = result?;
         let (parts, body) = resp.into_parts();
         Ok(Fetched {
             status: parts.status.as_u16(),
@@ -849,44 +949,38 @@ impl Cdn {
         }
     }
 
+    /// The request passed to `to`, a node that runs the zone; None when it
+    /// does not answer at all.
     fn proxy(
         &self,
         to: SocketAddr,
         zone: &str,
         path: &[u8],
         req: &OwnedRequest,
-        body: RequestBody,
-    ) -> Reply {
-        self.counters.proxied.fetch_add(1, Ordering::Relaxed);
-        let body = match body.read_all() {
-            Ok(b) => b,
-            Err(e) => return text(Status::BadRequest, &format!("{e}\n"), "Tessera; fwd=miss"),
-        };
-        let mut url = format!("http://{to}/cdn/{zone}{}", String::from_utf8_lossy(path));
-        if !req.query.is_empty() {
-            url.push('?');
-            url.push_str(&String::from_utf8_lossy(&req.query));
-        }
+        body: &[u8],
+    ) -> Option<Reply> {
+        let url = format!("http://{to}/cdn/{zone}{}", url_of(path, &req.query));
         let mut headers = Cdn::forwarded(req);
         if let Some(r) = req.header("range") {
             headers.push(("range".into(), r.to_vec()));
         }
-        headers.push(("x-tessera-cdn-hop".into(), b"1".to_vec()));
-        let body = (!matches!(req.method, Method::Get | Method::Head)).then_some(body);
-        match self.origin(req.method.as_str(), &url, &headers, body) {
+        headers.push((HOP.into(), b"1".to_vec()));
+        let body = (!matches!(req.method, Method::Get | Method::Head)).then(|| body.to_vec());
+        match self.send(req.method.as_str(), &url, &headers, body) {
             Ok(f) => {
+                self.counters.proxied.fetch_add(1, Ordering::Relaxed);
                 let status = f
                     .headers
                     .get("cache-status")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("Tessera")
                     .to_string();
-                self.passed(f, &format!("Tessera; fwd=uri-miss, {status}"))
+                Some(self.passed(f, &format!("Tessera; fwd=uri-miss, {status}")))
             }
-            Err(e) => Reply::text(
-                Status::BadGateway,
-                &format!("the node that runs this zone ({to}) did not answer: {e}\n"),
-            ),
+            Err(e) => {
+                tracing::debug!(%to, "the zone's node did not answer: {e}");
+                None
+            }
         }
     }
 
@@ -929,7 +1023,17 @@ impl Cdn {
                 ))
             })
         };
-        let f = match self.origin("GET", &url, &headers, None) {
+        // Origin shielding: a miss asks the zone's nearest other node first
+        // (which answers from its cache, or fetches once for both).
+        let shielded = match &stale {
+            None => self.ask_replica(zone, req, &headers),
+            Some(_) => None,
+        };
+        let fetched = match shielded {
+            Some(f) => Ok(f),
+            None => self.origin("GET", &url, &headers, None),
+        };
+        let f = match fetched {
             Ok(f) if f.status >= 500 => match stale_if_error("origin error") {
                 Some(reply) => return reply,
                 None => f,
@@ -1079,6 +1183,7 @@ impl Cdn {
         let mut hit_headers = kept.clone();
         hit_headers.extend(self.cache_status_hit.iter().cloned());
         let key = key_now(&vary);
+        let tag_list = tags.join(" ");
         let blob = BlobReply {
             hash,
             content_type: content_type.clone(),
@@ -1088,6 +1193,7 @@ impl Cdn {
         };
         let variant = Variant {
             stale_blob: with_status(&blob, "Tessera; hit; fwd=stale; detail=\"revalidating\""),
+            peer_blob: with_header(&blob, TAGS, &tag_list),
             blob,
             fresh_until: stored_at + ttl,
             stale_while_revalidate: directive(&effective_cc, "stale-while-revalidate").unwrap_or(0),
@@ -1100,6 +1206,9 @@ impl Cdn {
         };
         self.publish(primary, vary, key, variant);
         kept.push(("cache-status".into(), format!("{cache_status}; stored")));
+        if req.header(HOP).is_some() {
+            kept.push((TAGS.into(), tag_list));
+        }
         Reply::blob(BlobReply {
             hash,
             content_type,
@@ -1134,6 +1243,10 @@ impl Cdn {
             vary,
             key,
             Variant {
+                peer_blob: BlobReply {
+                    stored_at: Some(stored_at),
+                    ..old.peer_blob.clone()
+                },
                 blob: blob.clone(),
                 stale_blob,
                 fresh_until: stored_at + ttl,
