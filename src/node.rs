@@ -327,6 +327,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         chain: chain.clone(),
         deployments: deployments.clone(),
         replication,
+        redirect: cfg.on_miss == dataplane::config::OnMiss::Redirect,
         data_dir: &data_dir,
         sections: &cfg.services,
     };

@@ -121,6 +121,7 @@ pub struct Lend<'a> {
     pub chain: Option<Arc<Chain>>,
     pub deployments: Option<Arc<crate::deployments::Deployments>>,
     pub replication: usize,
+    pub redirect: bool,
     pub data_dir: &'a Path,
     pub sections: &'a std::collections::BTreeMap<String, service_api::toml::Table>,
 }
@@ -154,6 +155,7 @@ impl Lend<'_> {
         };
         Ok(Node {
             deployments,
+            redirect_elsewhere: self.redirect,
             store: Arc::new(dataplane::server::services::ServiceStore {
                 store: self.store.clone(),
                 control: self.control.clone(),

@@ -195,6 +195,10 @@ pub struct Node {
     pub ledger: Arc<dyn Ledger>,
     /// The deployments of every service and where they are placed.
     pub deployments: Arc<dyn Deployments>,
+    /// The operator asked for redirects rather than fetching on this node's
+    /// behalf (`on_miss = "redirect"`): a request for a deployment that runs
+    /// elsewhere is answered `307` to that node instead of being proxied.
+    pub redirect_elsewhere: bool,
     /// The service's section of the node's config file (`[services.NAME]`),
     /// empty when there is none.
     pub config: toml::Table,
@@ -244,6 +248,7 @@ mod tests {
             cluster: Arc::new(Alone),
             ledger: Arc::new(Alone),
             deployments: Arc::new(Alone),
+            redirect_elsewhere: false,
             config: toml::from_str("greeting = \"hi\"").expect("toml"),
             data_dir: PathBuf::new(),
             metrics: Metrics::default(),

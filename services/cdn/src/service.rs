@@ -519,6 +519,21 @@ impl Service for Cdn {
                 "Tessera; fwd=miss",
             ));
         };
+        if !zone.here && req.headers.get(HOP).is_none() {
+            if let (true, Some(to)) = (self.node.redirect_elsewhere, zone.elsewhere.first()) {
+                // on_miss = "redirect": the client goes to the nearest node
+                // that runs the zone itself.
+                let location = format!("http://{to}/cdn/{zone_name}{}", url_of(path, req.query));
+                return Decision::Reply(
+                    Reply::text(
+                        Status::TemporaryRedirect,
+                        "this zone runs on another node\n",
+                    )
+                    .header("Location", location)
+                    .header("Cache-Status", "Tessera; fwd=miss; detail=\"redirected\""),
+                );
+            }
+        }
         if (!zone.here && !zone.elsewhere.is_empty())
             || !matches!(req.method, Method::Get | Method::Head)
             || req.headers.get("authorization").is_some()
