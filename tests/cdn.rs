@@ -196,6 +196,11 @@ fn a_zone_caches_by_rfc_9111_and_says_so() {
     assert_eq!(get(&node, "/cdn/nosuch/x", &[]).0, 404);
     assert!(node.metric("tessera_cdn_hits_total{service=\"cdn\"}") >= 6);
     assert_eq!(node.metric("tessera_cdn_zones{service=\"cdn\"}"), 1);
+    // Metered per zone, what its owner is charged for.
+    let requests = node.metric("tessera_cdn_zone_requests_total{service=\"cdn\",zone=\"shop\"}");
+    let bytes = node.metric("tessera_cdn_zone_bytes_total{service=\"cdn\",zone=\"shop\"}");
+    assert!(requests >= 25, "{requests} requests metered");
+    assert!(bytes >= 200_000, "{bytes} bytes metered");
 }
 
 #[test]

@@ -138,7 +138,13 @@ impl Ledger for Alone {
 #[derive(Clone, Default)]
 pub struct Metrics {
     list: Arc<Mutex<Vec<Metric>>>,
+    /// Renderers of metrics with labels of the service's own (per zone, per
+    /// site, ...), called at each scrape.
+    families: Arc<Mutex<Vec<Family>>>,
 }
+
+/// Writes Prometheus text lines for labelled metrics (see [`Metrics::family`]).
+pub type Family = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 struct Metric {
     name: String,
@@ -169,8 +175,24 @@ impl Metrics {
         value
     }
 
+    /// Metrics whose labels the service knows only as it runs (a zone, a
+    /// site): `render` is called at each scrape and writes whole Prometheus
+    /// lines, `# HELP`/`# TYPE` included.
+    pub fn family(&self, render: Family) {
+        let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        families.push(render);
+    }
+
     /// Prometheus text for the service named `service`.
     pub fn render(&self, service: &str, out: &mut String) {
+        for f in self
+            .families
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            f(out);
+        }
         let list = self.list.lock().unwrap_or_else(|p| p.into_inner());
         let prefix = service.replace('-', "_");
         for m in list.iter() {

@@ -80,6 +80,16 @@ struct Zone {
     version: u64,
     here: bool,
     elsewhere: Vec<SocketAddr>,
+    /// What this node served for it (kept across snapshots).
+    usage: Arc<Usage>,
+}
+
+/// A zone's metered use on this node: what its owner is charged for.
+#[derive(Default)]
+struct Usage {
+    requests: AtomicU64,
+    /// Body bytes served (a range counts the object's whole size on a hit).
+    bytes: AtomicU64,
 }
 
 /// What the index holds for a cache key: the request headers the origin
@@ -98,6 +108,8 @@ struct Variant {
     peer_blob: BlobReply,
     /// Unix seconds until which it is fresh.
     fresh_until: u64,
+    /// Body bytes.
+    size: u64,
     /// RFC 5861: seconds past freshness it may be served while one
     /// background request revalidates it, and while the origin fails.
     stale_while_revalidate: u64,
@@ -120,6 +132,7 @@ impl Variant {
             blob: self.blob.clone(),
             stale_blob: self.stale_blob.clone(),
             peer_blob: self.peer_blob.clone(),
+            size: self.size,
             fresh_until: 0,
             stale_while_revalidate: 0,
             stale_if_error: self.stale_if_error,
@@ -334,6 +347,35 @@ impl Cdn {
         });
         cdn.refresh_zones();
         let weak = Arc::downgrade(&cdn);
+        node.metrics.family(Arc::new(move |out: &mut String| {
+            use std::fmt::Write;
+            let Some(cdn) = weak.upgrade() else { return };
+            let zones = cdn.zones.load();
+            for (metric, help) in [
+                (
+                    "requests",
+                    "Requests for the zone this node answered (metered).",
+                ),
+                (
+                    "bytes",
+                    "Body bytes of the zone this node served (metered).",
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP tessera_cdn_zone_{metric}_total {help}");
+                let _ = writeln!(out, "# TYPE tessera_cdn_zone_{metric}_total counter");
+                for (name, z) in zones.iter() {
+                    let v = match metric {
+                        "requests" => z.usage.requests.load(Ordering::Relaxed),
+                        _ => z.usage.bytes.load(Ordering::Relaxed),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "tessera_cdn_zone_{metric}_total{{service=\"cdn\",zone=\"{name}\"}} {v}"
+                    );
+                }
+            }
+        }));
+        let weak = Arc::downgrade(&cdn);
         std::thread::Builder::new()
             .name("cdn-zones".into())
             .spawn(move || {
@@ -372,6 +414,11 @@ impl Cdn {
                     continue;
                 }
             };
+            let usage = self
+                .zones
+                .load()
+                .get(&inst.name)
+                .map_or_else(Default::default, |z| z.usage.clone());
             next.insert(
                 inst.name,
                 Arc::new(Zone {
@@ -379,6 +426,7 @@ impl Cdn {
                     version: inst.version,
                     here: inst.here,
                     elsewhere: inst.elsewhere,
+                    usage,
                 }),
             );
         }
@@ -548,12 +596,19 @@ impl Service for Cdn {
             return Decision::Work;
         };
         let now = now_secs();
+        zone.usage.requests.fetch_add(1, Ordering::Relaxed);
+        zone.usage.bytes.fetch_add(v.size, Ordering::Relaxed);
         if now < v.fresh_until {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             if req.headers.get(HOP).is_some() {
                 return Decision::Blob(v.peer_blob.clone());
             }
             return Decision::Blob(v.blob.clone());
+        }
+        if now >= v.fresh_until + v.stale_while_revalidate {
+            // Not answered here after all: counted on the pool.
+            zone.usage.requests.fetch_sub(1, Ordering::Relaxed);
+            zone.usage.bytes.fetch_sub(v.size, Ordering::Relaxed);
         }
         if now < v.fresh_until + v.stale_while_revalidate {
             // Stale but within stale-while-revalidate: answered now, and
@@ -588,6 +643,9 @@ impl Service for Cdn {
         };
         drop(zones);
         let proxied = req.header(HOP).is_some();
+        if !proxied {
+            zone.usage.requests.fetch_add(1, Ordering::Relaxed);
+        }
         let body = if !zone.here && !proxied && !zone.elsewhere.is_empty() {
             let bytes = match body.read_all() {
                 Ok(b) => b,
@@ -1194,6 +1252,9 @@ impl Cdn {
             });
         }
         self.counters.stored.fetch_add(1, Ordering::Relaxed);
+        if req.header(HOP).is_none() {
+            zone.usage.bytes.fetch_add(size, Ordering::Relaxed);
+        }
         let stored_at = now_secs();
         let mut hit_headers = kept.clone();
         hit_headers.extend(self.cache_status_hit.iter().cloned());
@@ -1210,6 +1271,7 @@ impl Cdn {
             stale_blob: with_status(&blob, "Tessera; hit; fwd=stale; detail=\"revalidating\""),
             peer_blob: with_header(&blob, TAGS, &tag_list),
             blob,
+            size,
             fresh_until: stored_at + ttl,
             stale_while_revalidate: directive(&effective_cc, "stale-while-revalidate").unwrap_or(0),
             stale_if_error: directive(&effective_cc, "stale-if-error").unwrap_or(0),
@@ -1264,6 +1326,7 @@ impl Cdn {
                 },
                 blob: blob.clone(),
                 stale_blob,
+                size: old.size,
                 fresh_until: stored_at + ttl,
                 stale_while_revalidate: old.stale_while_revalidate,
                 stale_if_error: old.stale_if_error,
