@@ -560,3 +560,66 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["pool"].as_u64(), Some(want_pool));
 }
+
+#[test]
+fn deployments_are_ordered_by_the_ledger_and_the_same_on_every_node() {
+    let nodes = committee(&[100, 100, 100, 100], 4, 60_000);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let deploy = |client: &str, node: &Node, origin: &str| {
+        Command::new(BIN)
+            .args(["deploy", "cdn", "--name", "shop", "--replicas", "2"])
+            .args(["--origin", origin, "--node", &node.url()])
+            .env("TESSERA_CLIENT_DIR", tmp.path().join(client))
+            .output()
+            .expect("deploy")
+    };
+    // Sent to one node: ordered by the committee, then on every node.
+    let out = deploy("owner", &nodes[0], "http://origin.example");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = |n: &Node| try_json(n, "/deployments/shop");
+    within(
+        Duration::from_secs(40),
+        "the deployment on every node",
+        || {
+            nodes
+                .iter()
+                .all(|n| listed(n).is_some_and(|v| v["version"] == 1))
+        },
+    );
+    // Every node places it the same.
+    let placements: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| listed(n).expect("listed")["placement"].clone())
+        .collect();
+    assert!(
+        placements.iter().all(|p| *p == placements[0]),
+        "{placements:?}"
+    );
+    assert_eq!(placements[0].as_array().map(Vec::len), Some(2));
+    // Another key: refused against the committed state, nothing changes.
+    let out = deploy("stranger", &nodes[1], "http://evil.example");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to another owner"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The owner changes it through another node: version 2 everywhere.
+    let out = deploy("owner", &nodes[2], "http://new-origin.example");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within(Duration::from_secs(40), "version 2 on every node", || {
+        nodes.iter().all(|n| {
+            listed(n).is_some_and(|v| {
+                v["version"] == 2 && v["spec"] == "origin = \"http://new-origin.example\"\n"
+            })
+        })
+    });
+}
