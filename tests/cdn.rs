@@ -531,3 +531,52 @@ fn a_zone_on_two_of_five_nodes_answers_at_every_node_and_survives_a_kill() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_zones_budget_keeps_what_is_asked_for_through_a_scan() {
+    let origin = Origin::start();
+    let node = Node::start(&[]);
+    let client = tempfile::tempdir().expect("tmp");
+    let spec = client.path().join("zone.toml");
+    std::fs::write(
+        &spec,
+        format!("origin = \"{}\"\nbudget_bytes = 5000\n", origin.url()),
+    )
+    .expect("spec");
+    let out = Command::new(BIN)
+        .args(["deploy", "cdn", "--name", "shop", "--spec"])
+        .arg(&spec)
+        .args(["--node", &node.url()])
+        .env("TESSERA_CLIENT_DIR", client.path())
+        .output()
+        .expect("deploy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within(Duration::from_secs(20), "the zone served", || {
+        node.get("/cdn/shop/status/204").0 == 204
+    });
+    // Two popular objects (1,000 bytes each), asked for a few times...
+    for _ in 0..3 {
+        for p in ["/static/p1", "/static/p2"] {
+            assert_eq!(get(&node, &format!("/cdn/shop{p}"), &[]).0, 200);
+        }
+    }
+    // ...then a scan of twelve objects asked for once: three times the budget.
+    for i in 0..12 {
+        assert_eq!(get(&node, &format!("/cdn/shop/static/s{i}"), &[]).0, 200);
+    }
+    for p in ["/static/p1", "/static/p2"] {
+        let (_, head, _) = get(&node, &format!("/cdn/shop{p}"), &[]);
+        assert_eq!(cache_status(&head), "Tessera; hit", "{p} was pushed out");
+    }
+    let (_, head, _) = get(&node, "/cdn/shop/static/s0", &[]);
+    assert!(
+        cache_status(&head).contains("stored"),
+        "s0 outlived the scan: {head}"
+    );
+    assert!(node.metric("tessera_cdn_evicted_total{service=\"cdn\"}") >= 7);
+    assert_eq!(origin.count("/static/p1"), 1);
+}

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+mod admission;
 pub mod purge;
 mod service;
 

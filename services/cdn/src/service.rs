@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +41,7 @@ use service_api::{
     RequestBody, Service, Status,
 };
 
+use crate::admission::{S3Fifo, MAX_FREQ};
 use crate::ZoneSpec;
 
 /// `[services.cdn]` in the node's config.
@@ -110,6 +111,9 @@ struct Variant {
     fresh_until: u64,
     /// Body bytes.
     size: u64,
+    /// Requests since stored, at most `admission::MAX_FREQ` (bumped on the
+    /// core at each hit; spent by S3-FIFO).
+    freq: AtomicU8,
     /// RFC 5861: seconds past freshness it may be served while one
     /// background request revalidates it, and while the origin fails.
     stale_while_revalidate: u64,
@@ -133,6 +137,7 @@ impl Variant {
             stale_blob: self.stale_blob.clone(),
             peer_blob: self.peer_blob.clone(),
             size: self.size,
+            freq: AtomicU8::new(self.freq.load(Ordering::Relaxed)),
             fresh_until: 0,
             stale_while_revalidate: 0,
             stale_if_error: self.stale_if_error,
@@ -211,6 +216,7 @@ struct Counters {
     purges: Arc<AtomicU64>,
     purged: Arc<AtomicU64>,
     shielded: Arc<AtomicU64>,
+    evicted: Arc<AtomicU64>,
 }
 
 pub struct Cdn {
@@ -231,6 +237,8 @@ pub struct Cdn {
     refresh: flume::Sender<OwnedRequest>,
     /// Purge ids taken, with when (ms): none is taken twice.
     purge_ids: Mutex<HashMap<String, u64>>,
+    /// Each zone's objects within its budget (writers only).
+    admission: Mutex<HashMap<String, S3Fifo<u128>>>,
 }
 
 fn now_secs() -> u64 {
@@ -317,6 +325,10 @@ impl Cdn {
             zones: m.gauge("zones", "Zones this node knows."),
             purges: m.counter("purges", "Signed purges taken."),
             purged: m.counter("purged", "Cached objects purged (dropped or marked stale)."),
+            evicted: m.counter(
+                "evicted",
+                "Cached objects dropped to keep a zone within its budget.",
+            ),
             shielded: m.counter(
                 "shielded",
                 "Misses answered by another node of the zone instead of the origin.",
@@ -333,6 +345,7 @@ impl Cdn {
         let cdn = Arc::new(Cdn {
             refresh,
             purge_ids: Mutex::new(HashMap::new()),
+            admission: Mutex::new(HashMap::new()),
             node: node.clone(),
             dot_suffix: format!(".{}", config.host_suffix),
             config,
@@ -502,13 +515,55 @@ impl Cdn {
         self.variants.load().get(&key).cloned()
     }
 
+    /// Publishes a stored variant, and drops what its zone's budget no
+    /// longer holds (S3-FIFO, see `admission`), in one new snapshot.
     fn publish(&self, primary: u128, vary: Box<[Box<str>]>, key: u128, variant: Variant) {
         let _w = self.publish.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = (**self.index.load()).clone();
         index.insert(primary, Arc::new(Resource { vary }));
         self.index.store(Arc::new(index));
+        let (zone, size) = (variant.zone.clone(), variant.size);
+        let budget = self
+            .zones
+            .load()
+            .get(&*zone)
+            .map_or(u64::MAX, |z| z.spec.budget_bytes);
         let mut variants = (**self.variants.load()).clone();
+        let carried = variants
+            .get(&key)
+            .map(|old| old.freq.load(Ordering::Relaxed));
+        if let Some(f) = carried {
+            variant.freq.store(f, Ordering::Relaxed);
+        }
         variants.insert(key, Arc::new(variant));
+        let dropped = {
+            let mut admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+            let fifo = admission
+                .entry(zone.to_string())
+                .or_insert_with(|| S3Fifo::new(budget));
+            fifo.set_budget(budget);
+            fifo.insert(
+                key,
+                size,
+                &|k| {
+                    variants
+                        .get(k)
+                        .map_or(0, |v| v.freq.load(Ordering::Relaxed))
+                },
+                &|k| {
+                    if let Some(v) = variants.get(k) {
+                        let f = v.freq.load(Ordering::Relaxed);
+                        v.freq.store(f.saturating_sub(1), Ordering::Relaxed);
+                    }
+                },
+            )
+        };
+        for k in &dropped {
+            variants.remove(k);
+        }
+        self.counters
+            .evicted
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
         self.variants.store(Arc::new(variants));
     }
 }
@@ -598,6 +653,10 @@ impl Service for Cdn {
         let now = now_secs();
         zone.usage.requests.fetch_add(1, Ordering::Relaxed);
         zone.usage.bytes.fetch_add(v.size, Ordering::Relaxed);
+        let f = v.freq.load(Ordering::Relaxed);
+        if f < MAX_FREQ {
+            v.freq.store(f + 1, Ordering::Relaxed);
+        }
         if now < v.fresh_until {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             if req.headers.get(HOP).is_some() {
@@ -791,6 +850,10 @@ impl Cdn {
                     }
                 } else {
                     variants.remove(k);
+                    let mut admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(fifo) = admission.get_mut(&zone_name) {
+                        fifo.remove(k);
+                    }
                 }
             }
             self.variants.store(Arc::new(variants));
@@ -1272,6 +1335,7 @@ impl Cdn {
             peer_blob: with_header(&blob, TAGS, &tag_list),
             blob,
             size,
+            freq: AtomicU8::new(0),
             fresh_until: stored_at + ttl,
             stale_while_revalidate: directive(&effective_cc, "stale-while-revalidate").unwrap_or(0),
             stale_if_error: directive(&effective_cc, "stale-if-error").unwrap_or(0),
@@ -1327,6 +1391,7 @@ impl Cdn {
                 blob: blob.clone(),
                 stale_blob,
                 size: old.size,
+                freq: AtomicU8::new(old.freq.load(Ordering::Relaxed)),
                 fresh_until: stored_at + ttl,
                 stale_while_revalidate: old.stale_while_revalidate,
                 stale_if_error: old.stale_if_error,
