@@ -188,7 +188,7 @@ mod tests {
         let counts = Counts(RefCell::new(HashMap::new()));
         let mut cache = S3Fifo::new(100);
         let mut held: HashSet<u32> = HashSet::new();
-        let mut put = |cache: &mut S3Fifo<u32>, k: u32, held: &mut HashSet<u32>| {
+        let put = |cache: &mut S3Fifo<u32>, k: u32, held: &mut HashSet<u32>| {
             held.insert(k);
             for d in cache.insert(k, 1, &|k| counts.freq(k), &|k| counts.spend(k)) {
                 held.remove(&d);
