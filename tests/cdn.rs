@@ -56,6 +56,26 @@ impl Origin {
     }
 }
 
+/// `tessera deploy cdn --name shop ARGS` on every node, as the client in
+/// `owner` (no ledger here: the owner records the zone on each node; with a
+/// ledger, once); each then computes the same placement.
+fn deploy_everywhere(nodes: &[Node], owner: &Path, args: &[&str]) {
+    for node in nodes {
+        let out = Command::new(BIN)
+            .args(["deploy", "cdn", "--name", "shop"])
+            .args(args)
+            .args(["--node", &node.url()])
+            .env("TESSERA_CLIENT_DIR", owner)
+            .output()
+            .expect("deploy");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// A node with the zone `shop` in front of `origin`, ready to serve.
 fn zone(origin: &Origin) -> (Node, tempfile::TempDir) {
     let node = Node::start(&[]);
@@ -274,35 +294,15 @@ fn stale_while_revalidate_and_stale_if_error() {
 #[test]
 fn purges_by_url_prefix_and_tag_reach_every_replica_and_need_the_owner() {
     let origin = Origin::start();
-    let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..3 {
-        let addr = free_addr_on(&format!("127.0.0.{}", i + 1));
-        let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
-        if let Some(first) = nodes.first() {
-            args.extend(["--join".into(), first.addr.to_string()]);
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        nodes.push(Node::start_at(addr, &refs));
-    }
-    within(Duration::from_secs(30), "three alive members", || {
-        nodes.iter().all(|n| alive_verified(n) == 3)
-    });
-    // No ledger here: the owner records the zone on each node (with a ledger,
-    // once); all three compute the same placement: every node.
+    let nodes = start_in_regions(&["r", "r", "r"], |_| Vec::new());
+    // All three run it.
     let owner = tempfile::tempdir().expect("tmp");
-    for node in &nodes {
-        let out = Command::new(BIN)
-            .args(["deploy", "cdn", "--name", "shop", "--replicas", "3"])
-            .args(["--origin", &origin.url(), "--node", &node.url()])
-            .env("TESSERA_CLIENT_DIR", owner.path())
-            .output()
-            .expect("deploy");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let origin_url = origin.url();
+    deploy_everywhere(
+        &nodes,
+        owner.path(),
+        &["--replicas", "3", "--origin", &origin_url],
+    );
     let paths = ["/static/a", "/img/x", "/tagged/t?tag=red", "/static/keep"];
     let warm = |nodes: &[Node]| {
         // Every node knows the zone first (a node that does not yet answers
@@ -416,41 +416,26 @@ fn purges_by_url_prefix_and_tag_reach_every_replica_and_need_the_owner() {
 fn a_zone_on_two_of_five_nodes_answers_at_every_node_and_survives_a_kill() {
     let origin = Origin::start();
     let regions = ["eu-west", "eu-west", "us-east", "us-east", "ap-south"];
-    let mut nodes: Vec<Node> = Vec::new();
-    for (i, region) in regions.iter().enumerate() {
-        let addr = free_addr_on(&format!("127.0.0.{}", i + 1));
-        let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
-        args.extend(["--region".into(), region.to_string()]);
-        if *region == "ap-south" {
-            // Never placed (not an asked region): it redirects instead.
-            args.extend(["--on-miss".into(), "redirect".into()]);
-        }
-        if let Some(first) = nodes.first() {
-            args.extend(["--join".into(), first.addr.to_string()]);
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        nodes.push(Node::start_at(addr, &refs));
-    }
-    within(Duration::from_secs(30), "five alive members", || {
-        nodes.iter().all(|n| alive_verified(n) == 5)
+    // The one never placed (not an asked region) redirects instead.
+    let mut nodes = start_in_regions(&regions, |i| match regions[i] {
+        "ap-south" => vec!["--on-miss".into(), "redirect".into()],
+        _ => Vec::new(),
     });
-    // No ledger: the owner records the zone on every node; each computes the
-    // same placement.
     let owner = tempfile::tempdir().expect("tmp");
-    for node in &nodes {
-        let out = Command::new(BIN)
-            .args(["deploy", "cdn", "--name", "shop", "--replicas", "2"])
-            .args(["--region", "eu-west", "--region", "us-east"])
-            .args(["--origin", &origin.url(), "--node", &node.url()])
-            .env("TESSERA_CLIENT_DIR", owner.path())
-            .output()
-            .expect("deploy");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let origin_url = origin.url();
+    let args = [
+        "--replicas",
+        "2",
+        "--region",
+        "eu-west",
+        "--region",
+        "us-east",
+    ];
+    deploy_everywhere(
+        &nodes,
+        owner.path(),
+        &[&args[..], &["--origin", &origin_url]].concat(),
+    );
     let placed = |node: &Node| -> Vec<String> {
         let (_, _, body) = node.get("/deployments/shop");
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");

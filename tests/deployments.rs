@@ -294,21 +294,8 @@ fn malformed_forged_and_replayed_deployments_are_refused() {
 fn a_deployment_is_placed_in_the_regions_asked_and_moves_when_a_node_dies() {
     // Five nodes: two in eu-west, two in us-east, one in ap-south.
     let regions = ["eu-west", "eu-west", "us-east", "us-east", "ap-south"];
-    let mut nodes: Vec<Node> = Vec::new();
-    for (i, region) in regions.iter().enumerate() {
-        let addr = free_addr_on(&format!("127.0.0.{}", i + 1));
-        let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
-        args.extend(["--region".into(), region.to_string()]);
-        if let Some(first) = nodes.first() {
-            args.extend(["--join".into(), first.addr.to_string()]);
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        nodes.push(Node::start_at(addr, &refs));
-    }
+    let mut nodes = start_in_regions(&regions, |_| Vec::new());
     let observer = &nodes[4];
-    within(Duration::from_secs(30), "five alive members", || {
-        alive_verified(observer) == 5
-    });
     let client = tempfile::tempdir().expect("tmp");
     let out = cli(
         client.path(),

@@ -377,6 +377,29 @@ pub fn aioquic_with_head(url: &str) -> String {
 /// 1.5 s after a suspicion.
 pub const FAST_GOSSIP: &[&str] = &["--gossip-probe-ms", "300", "--gossip-down-after-ms", "1500"];
 
+/// A cluster on 127.0.0.1…n, node `i` in `regions[i]` with `extra(i)` flags
+/// more, fast gossip, each joining the first; returned once every node sees
+/// all of them alive and verified.
+#[allow(dead_code)]
+pub fn start_in_regions(regions: &[&str], extra: impl Fn(usize) -> Vec<String>) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        let addr = free_addr_on(&format!("127.0.0.{}", i + 1));
+        let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
+        args.extend(["--region".into(), region.to_string()]);
+        args.extend(extra(i));
+        if let Some(first) = nodes.first() {
+            args.extend(["--join".into(), first.addr.to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(Node::start_at(addr, &refs));
+    }
+    within(Duration::from_secs(30), "every member alive", || {
+        nodes.iter().all(|n| alive_verified(n) == nodes.len())
+    });
+    nodes
+}
+
 /// `tessera cluster members --json` as `node` sees the cluster.
 pub fn members(node: &Node) -> Vec<serde_json::Value> {
     let out = tessera(&["cluster", "members", "--json", "--node", &node.url()]);
