@@ -289,6 +289,21 @@ fn stale_while_revalidate_and_stale_if_error() {
     let (status, head, _) = get(&node, "/cdn/shop/never-fetched", &[]);
     assert_eq!(status, 502, "{head}");
     assert!(cache_status(&head).contains("origin unreachable"), "{head}");
+    // Failing again and again: the origin is rested (backoff), and requests
+    // meanwhile fail at once without asking it.
+    let asked = || node.metric("tessera_cdn_origin_requests_total{service=\"cdn\"}");
+    while node.metric("tessera_cdn_origin_backoffs_total{service=\"cdn\"}") == 0 {
+        assert_eq!(get(&node, "/cdn/shop/never-fetched", &[]).0, 502);
+    }
+    let before = asked();
+    let (status, _, body) = get(&node, "/cdn/shop/never-fetched", &[]);
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("not asked again"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(asked(), before, "a resting origin was asked");
 }
 
 #[test]

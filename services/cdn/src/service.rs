@@ -83,6 +83,28 @@ struct Zone {
     elsewhere: Vec<SocketAddr>,
     /// What this node served for it (kept across snapshots).
     usage: Arc<Usage>,
+    /// Its origin's recent failures (kept across snapshots).
+    health: Arc<OriginHealth>,
+}
+
+/// An origin that keeps failing is left alone for a while: after
+/// [`BACKOFF_AFTER`] failures in a row (no answer, or a 5xx) the zone stops
+/// asking it for 1 s, doubling with each further failure up to 30 s;
+/// requests meanwhile are answered from stale copies (stale-if-error) or 502
+/// at once. The first answer below 500 closes it again.
+#[derive(Default)]
+struct OriginHealth {
+    failures: std::sync::atomic::AtomicU32,
+    /// Unix ms until which the origin is not asked.
+    resting_until_ms: AtomicU64,
+}
+
+const BACKOFF_AFTER: u32 = 3;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A zone's metered use on this node: what its owner is charged for.
@@ -217,6 +239,7 @@ struct Counters {
     purged: Arc<AtomicU64>,
     shielded: Arc<AtomicU64>,
     evicted: Arc<AtomicU64>,
+    origin_backoffs: Arc<AtomicU64>,
 }
 
 pub struct Cdn {
@@ -325,6 +348,10 @@ impl Cdn {
             zones: m.gauge("zones", "Zones this node knows."),
             purges: m.counter("purges", "Signed purges taken."),
             purged: m.counter("purged", "Cached objects purged (dropped or marked stale)."),
+            origin_backoffs: m.counter(
+                "origin_backoffs",
+                "Times a failing origin was rested (backoff after failures in a row).",
+            ),
             evicted: m.counter(
                 "evicted",
                 "Cached objects dropped to keep a zone within its budget.",
@@ -427,11 +454,11 @@ impl Cdn {
                     continue;
                 }
             };
-            let usage = self
+            let (usage, health) = self
                 .zones
                 .load()
                 .get(&inst.name)
-                .map_or_else(Default::default, |z| z.usage.clone());
+                .map_or_else(Default::default, |z| (z.usage.clone(), z.health.clone()));
             next.insert(
                 inst.name,
                 Arc::new(Zone {
@@ -440,6 +467,7 @@ impl Cdn {
                     here: inst.here,
                     elsewhere: inst.elsewhere,
                     usage,
+                    health,
                 }),
             );
         }
@@ -969,20 +997,50 @@ impl Cdn {
         url
     }
 
-    /// One request to the origin.
+    /// One request to the zone's origin, unless it is resting after
+    /// failures (see [`OriginHealth`]).
     fn origin(
         &self,
+        zone: &Zone,
         method: &str,
         url: &str,
         headers: &[(String, Vec<u8>)],
         body: Option<Vec<u8>>,
     ) -> Result<Fetched, String> {
+        let h = &zone.health;
+        let now = now_ms();
+        let resting = h.resting_until_ms.load(Ordering::Acquire);
+        if now < resting {
+            return Err(format!(
+                "it failed {} times in a row; not asked again for {} ms",
+                h.failures.load(Ordering::Relaxed),
+                resting - now
+            ));
+        }
         self.counters
             .origin_requests
             .fetch_add(1, Ordering::Relaxed);
-        self.send(method, url, headers, body).inspect_err(|_| {
-            self.counters.origin_errors.fetch_add(1, Ordering::Relaxed);
-        })
+        let result = self.send(method, url, headers, body);
+        let failed = match &result {
+            Ok(f) => f.status >= 500,
+            Err(_) => true,
+        };
+        if !failed {
+            h.failures.store(0, Ordering::Relaxed);
+            return result;
+        }
+        self.counters.origin_errors.fetch_add(1, Ordering::Relaxed);
+        let n = h.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= BACKOFF_AFTER {
+            let backoff = (1_000u64 << (n - BACKOFF_AFTER).min(5)).min(30_000);
+            h.resting_until_ms
+                .store(now_ms() + backoff, Ordering::Release);
+            self.counters
+                .origin_backoffs
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(origin = %zone.spec.origin, failures = n, backoff_ms = backoff, "origin failing: resting it");
+        }
+        result
     }
 
     /// One HTTP/1.1 request (to an origin, or to another node of the zone).
@@ -1079,7 +1137,7 @@ impl Cdn {
         if let Some(ct) = req.header("content-type") {
             headers.push(("content-type".into(), ct.to_vec()));
         }
-        match self.origin(req.method.as_str(), &url, &headers, Some(body)) {
+        match self.origin(zone, req.method.as_str(), &url, &headers, Some(body)) {
             Ok(f) => self.passed(f, cache_status),
             Err(e) => origin_down(&e),
         }
@@ -1167,7 +1225,7 @@ impl Cdn {
         };
         let fetched = match shielded {
             Some(f) => Ok(f),
-            None => self.origin("GET", &url, &headers, None),
+            None => self.origin(zone, "GET", &url, &headers, None),
         };
         let f = match fetched {
             Ok(f) if f.status >= 500 => match stale_if_error("origin error") {
