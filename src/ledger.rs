@@ -249,6 +249,7 @@ pub fn answer(chain: &Chain, call: LedgerCall) -> LedgerReply {
                     "committee_changed": c.committee_changed,
                     "rewards": c.rewards.iter().map(|(k, v)| (hex(k), *v)).collect::<HashMap<_, _>>(),
                     "reputation": c.reputation.iter().map(|(k, v)| (hex(k), *v)).collect::<HashMap<_, _>>(),
+                    "deployments_charged": c.zones,
                 }),
             ),
             None => text(
@@ -407,6 +408,7 @@ pub fn start_duties(
                 cursor_path: dir.join("ledger").join("receipts.cursor"),
                 inflight: None,
                 reported: None,
+                usage_sent: HashMap::new(),
                 uptime: Uptime::default(),
                 started: Instant::now(),
             };
@@ -421,8 +423,16 @@ pub fn start_duties(
 enum Job {
     Deposit,
     Register,
-    Receipts { upto: u64 },
-    Report { epoch: u64 },
+    Receipts {
+        upto: u64,
+    },
+    Report {
+        epoch: u64,
+    },
+    /// Served bytes per deployment, as totals since start, once committed.
+    Usage {
+        totals: Vec<(String, u64)>,
+    },
 }
 
 struct Duties {
@@ -437,6 +447,8 @@ struct Duties {
     /// (nonce, job, sent at)
     inflight: Option<(u64, Job, Instant)>,
     reported: Option<u64>,
+    /// Served bytes per deployment already reported (totals since start).
+    usage_sent: HashMap<String, u64>,
     uptime: Uptime,
     started: Instant,
 }
@@ -563,6 +575,7 @@ impl Duties {
                 match job {
                     Job::Receipts { upto } => write_cursor(&self.cursor_path, *upto),
                     Job::Report { epoch } => self.reported = Some(*epoch),
+                    Job::Usage { totals } => self.usage_sent.extend(totals.iter().cloned()),
                     Job::Deposit | Job::Register => {}
                 }
                 self.inflight = None;
@@ -614,6 +627,11 @@ impl Duties {
                 return Some((Job::Receipts { upto }, Tx::SubmitReceipts { receipts }));
             }
         }
+        // What this node served for deployments since its last report: the
+        // owners are charged for it at the epoch's end.
+        if let Some(job) = self.usage_job() {
+            return Some(job);
+        }
         // Scores once per epoch, from half of it onwards (measured, not guessed).
         let half = mine.into_epoch_ms >= self.epoch_ms / 2;
         if self.reported != Some(mine.epoch) && half && self.uptime.epoch == mine.epoch {
@@ -629,6 +647,26 @@ impl Duties {
             }
         }
         None
+    }
+}
+
+impl Duties {
+    fn usage_job(&self) -> Option<(Job, Tx)> {
+        let cdn = crate::services::CDN.get()?;
+        let totals: Vec<(String, u64)> = self.chain.with_state(|s| {
+            cdn.served_bytes()
+                .into_iter()
+                .filter(|(zone, _)| s.deployments.contains_key(zone))
+                .collect()
+        });
+        let usage: Vec<(String, u64)> = totals
+            .iter()
+            .filter_map(|(zone, total)| {
+                let sent = self.usage_sent.get(zone).copied().unwrap_or(0);
+                (*total > sent).then(|| (zone.clone(), total - sent))
+            })
+            .collect();
+        (!usage.is_empty()).then_some((Job::Usage { totals }, Tx::ReportUsage { usage }))
     }
 }
 

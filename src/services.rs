@@ -173,8 +173,13 @@ impl Lend<'_> {
 /// why it cannot start (a bad config section, say), in words for the operator.
 pub type Factory = fn(&Node) -> Result<Arc<dyn service_api::Service>, String>;
 
+/// The node's CDN, once built: the ledger duties read what it served.
+pub static CDN: std::sync::OnceLock<Arc<tessera_cdn::Cdn>> = std::sync::OnceLock::new();
+
 fn make_cdn(node: &Node) -> Result<Arc<dyn service_api::Service>, String> {
-    Ok(tessera_cdn::Cdn::new(node)?)
+    let cdn = tessera_cdn::Cdn::new(node)?;
+    let _ = CDN.set(cdn.clone());
+    Ok(cdn)
 }
 
 /// The services to build: (name, constructor). The test build adds the ones

@@ -7,54 +7,11 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-struct Origin {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Origin {
-    fn start() -> Origin {
-        let port = free_addr().port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/origin.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 origin");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("origin ready");
-        assert_eq!(line.trim(), "ready");
-        Origin { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Requests it served for `path`.
-    fn count(&self, path: &str) -> u64 {
-        let out = curl(&["-sS", &format!("{}/count", self.url())]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("counts");
-        v[path].as_u64().unwrap_or(0)
-    }
-}
 
 /// `tessera deploy cdn --name shop ARGS` on every node, as the client in
 /// `owner` (no ledger here: the owner records the zone on each node; with a

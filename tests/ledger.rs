@@ -623,3 +623,80 @@ fn deployments_are_ordered_by_the_ledger_and_the_same_on_every_node() {
         })
     });
 }
+
+#[test]
+fn a_zones_owner_pays_for_the_bytes_its_nodes_served() {
+    let origin = Origin::start();
+    let nodes = committee(&[100, 100, 100, 100], 4, 6_000);
+    within(Duration::from_secs(90), "4 staked nodes", || {
+        staked(&nodes[0]) == Some(4)
+    });
+    let tmp = tempfile::tempdir().expect("tmp");
+    let owner_dir = tmp.path().join("owner");
+    let owner = deposit(&nodes[0], &owner_dir, 10_000_000)["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let out = Command::new(BIN)
+        .args(["deploy", "cdn", "--name", "shop", "--replicas", "2"])
+        .args(["--origin", &origin.url(), "--node", &nodes[1].url()])
+        .env("TESSERA_CLIENT_DIR", &owner_dir)
+        .output()
+        .expect("deploy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same traffic at each of the two nodes that run it (so neither
+    // report is capped against the other's).
+    within(Duration::from_secs(30), "the zone placed", || {
+        try_json(&nodes[0], "/deployments/shop")
+            .is_some_and(|v| v["placement"].as_array().map(Vec::len) == Some(2))
+    });
+    let placed: Vec<String> = try_json(&nodes[0], "/deployments/shop").expect("placed")
+        ["placement"]
+        .as_array()
+        .expect("placement")
+        .iter()
+        .map(|n| n["addr"].as_str().expect("addr").to_string())
+        .collect();
+    let runners: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| placed.contains(&n.addr.to_string()))
+        .collect();
+    assert_eq!(runners.len(), 2);
+    for node in runners {
+        within(Duration::from_secs(30), "the zone served", || {
+            curl_get(&format!("{}/cdn/shop/static/a?size=5000", node.url()), &[]).0 == 200
+        });
+        for _ in 0..3 {
+            assert_eq!(
+                curl_get(&format!("{}/cdn/shop/static/a?size=5000", node.url()), &[]).0,
+                200
+            );
+        }
+    }
+    let metered =
+        |n: &Node| n.metric("tessera_cdn_zone_bytes_total{service=\"cdn\",zone=\"shop\"}");
+    let served: u64 = nodes.iter().map(metered).sum();
+    assert_eq!(served, 5000 * 8, "bytes metered");
+    // Reported, then charged as epochs close: the owner pays exactly the
+    // bytes served at the price, and the nodes that served earn it.
+    let charged = || -> u64 {
+        (0..epoch(&nodes[0]))
+            .filter_map(|e| try_json(&nodes[0], &format!("/ledger/rewards/{e}")))
+            .map(|v| v["deployments_charged"]["shop"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    within(Duration::from_secs(60), "every served byte charged", || {
+        let c = charged();
+        assert!(c <= served * PRICE, "charged {c} for {served} bytes");
+        c == served * PRICE
+    });
+    let balance = try_json(&nodes[0], &format!("/ledger/account/{owner}")).expect("account")
+        ["balance"]
+        .as_u64()
+        .expect("balance");
+    assert_eq!(balance, 10_000_000 - served * PRICE);
+}

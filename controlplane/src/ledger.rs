@@ -243,6 +243,10 @@ pub enum Tx {
     Deploy(DeploySpec),
     /// As its owner, removes a deployment.
     Undeploy { name: String },
+    /// A staked node reports bytes it served for deployments since its last
+    /// report (increments). At the epoch's end each deployment's owner is
+    /// charged for them and the nodes earn it (see [`State::charge_usage`]).
+    ReportUsage { usage: Vec<(String, u64)> },
 }
 
 /// What a customer asks the network to run: a named instance of a service.
@@ -504,6 +508,8 @@ pub struct EpochClose {
     pub reputation: BTreeMap<Key, u16>,
     /// Whether the committee for the next epoch differs from this one.
     pub committee_changed: bool,
+    /// What each deployment's owner was charged for reported use.
+    pub zones: BTreeMap<String, u64>,
 }
 
 /// The replicated state.
@@ -538,6 +544,8 @@ pub struct State {
     pub services: BTreeMap<u16, Service>,
     /// Deployments, by name.
     pub deployments: BTreeMap<String, Deployment>,
+    /// Open epoch's reported use: deployment -> node -> bytes.
+    pub usage: BTreeMap<String, BTreeMap<Key, u64>>,
     /// Receipts refused so far, per submitting node and reason.
     pub refusals: BTreeMap<Key, BTreeMap<ReceiptReject, u64>>,
 }
@@ -588,6 +596,7 @@ impl State {
             self.reputation
                 .insert(subject, scores[(scores.len() - 1) / 2]);
         }
+        let zones = self.charge_usage(params);
         // Rewards: the pool clients paid, shared by charged bytes × reputation.
         let earned = std::mem::take(&mut self.earned);
         let pool: u128 = earned.values().map(|&v| v as u128).sum();
@@ -636,6 +645,7 @@ impl State {
         self.spent.clear();
         let close = EpochClose {
             epoch: self.epoch,
+            zones,
             pool: pool as u64,
             rewards,
             reputation,
@@ -756,6 +766,29 @@ impl State {
                 );
             }
             Tx::Deploy(d) => self.deploy(sender, d)?,
+            Tx::ReportUsage { usage } => {
+                if !self.stakes.contains_key(&sender) {
+                    return Err(Reject::NotANode);
+                }
+                if usage.len() > MAX_RECEIPTS_PER_TX {
+                    return Err(Reject::TooMany);
+                }
+                if let Some((zone, _)) = usage
+                    .iter()
+                    .find(|(z, _)| !self.deployments.contains_key(z))
+                {
+                    return Err(Reject::NoSuchDeployment(zone.clone()));
+                }
+                for (zone, bytes) in usage {
+                    let b = self
+                        .usage
+                        .entry(zone.clone())
+                        .or_default()
+                        .entry(sender)
+                        .or_default();
+                    *b = b.saturating_add(*bytes);
+                }
+            }
             Tx::Undeploy { name } => match self.deployments.get(name) {
                 None => return Err(Reject::NoSuchDeployment(name.clone())),
                 Some(old) if old.owner != sender => {
@@ -768,6 +801,44 @@ impl State {
         }
         self.nonces.insert(sender, want + 1);
         Ok(outcome)
+    }
+
+    /// At an epoch's end: each deployment's owner pays for the bytes nodes
+    /// reported serving for it, at `price_per_byte`, and the nodes earn it
+    /// (then shared like delivery charges). The bound on a node that
+    /// over-reports: with two or more reporters for a deployment, a node is
+    /// paid for at most twice the median of their reports; never more than
+    /// the owner's balance is taken (reporters in node-id order). What each
+    /// deployment was charged is kept in the epoch's close.
+    fn charge_usage(&mut self, params: &Params) -> BTreeMap<String, u64> {
+        let mut charged = BTreeMap::new();
+        for (zone, by) in std::mem::take(&mut self.usage) {
+            let Some(owner) = self.deployments.get(&zone).map(|d| d.owner) else {
+                continue;
+            };
+            let mut claims: Vec<u64> = by.values().copied().collect();
+            claims.sort_unstable();
+            let cap = if claims.len() >= 2 {
+                claims[(claims.len() - 1) / 2].saturating_mul(2)
+            } else {
+                u64::MAX
+            };
+            let mut total = 0u64;
+            for (node, bytes) in by {
+                let want = bytes.min(cap).saturating_mul(params.price_per_byte);
+                let balance = self.balances.get(&owner).copied().unwrap_or(0);
+                let charge = want.min(balance);
+                if charge == 0 {
+                    continue;
+                }
+                self.balances.insert(owner, balance - charge);
+                let e = self.earned.entry(node).or_default();
+                *e = e.saturating_add(charge);
+                total += charge;
+            }
+            charged.insert(zone, total);
+        }
+        charged
     }
 
     fn deploy(&mut self, sender: Key, d: &DeploySpec) -> Result<(), Reject> {
@@ -1207,6 +1278,50 @@ mod tests {
             ),
             Err(Reject::NoSuchDeployment("shop".into()))
         );
+    }
+
+    #[test]
+    fn reported_use_is_charged_to_the_owner_and_an_over_report_is_capped() {
+        let (owner, a, b, c) = (key(30), key(31), key(32), key(33));
+        let mut net = Net::new();
+        net.node(&a, 10);
+        net.node(&b, 10);
+        net.send(&owner, Tx::Deposit { amount: 100_000 })
+            .expect("deposit");
+        net.send(&owner, deploy_tx("shop", "origin = 'x'", 2))
+            .expect("deploy");
+        let report = |bytes| Tx::ReportUsage {
+            usage: vec![("shop".into(), bytes)],
+        };
+        // Increments add up; an unknown deployment or a node without stake
+        // is refused.
+        net.send(&a, report(400)).expect("report");
+        net.send(&a, report(600)).expect("report");
+        net.send(&b, report(10_000)).expect("an over-report");
+        assert_eq!(net.send(&c, report(5)), Err(Reject::NotANode));
+        assert_eq!(
+            net.send(
+                &a,
+                Tx::ReportUsage {
+                    usage: vec![("nosuch".into(), 5)]
+                }
+            ),
+            Err(Reject::NoSuchDeployment("nosuch".into()))
+        );
+        let close = net.tick(2000).expect("the epoch closes");
+        // a: 1,000 bytes; b claimed 10,000 and is paid for twice the median
+        // (2,000); at 2 per byte the owner pays 6,000.
+        assert_eq!(close.zones["shop"], 6000);
+        assert_eq!(net.state.balances[&id(&owner)], 100_000 - 6000);
+        assert_eq!(close.pool, 6000);
+        assert_eq!(close.rewards[&id(&a)], 2000);
+        assert_eq!(close.rewards[&id(&b)], 4000);
+        assert!(net.state.usage.is_empty());
+        // An owner with too little left pays what it has, no more.
+        net.send(&a, report(1_000_000)).expect("report");
+        let close = net.tick(2000).expect("the next epoch closes");
+        assert_eq!(close.zones["shop"], 94_000);
+        assert_eq!(net.state.balances[&id(&owner)], 0);
     }
 
     #[test]

@@ -500,3 +500,51 @@ pub fn aioquic_send(
         body,
     }
 }
+
+/// The test origin (`tests/common/origin.py`): chosen caching headers, delays,
+/// variants, revalidation, and a count of what it served.
+#[allow(dead_code)]
+pub struct Origin {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(dead_code)]
+impl Origin {
+    pub fn start() -> Origin {
+        let port = free_addr().port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/origin.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 origin");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("origin ready");
+        assert_eq!(line.trim(), "ready");
+        Origin { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Requests it served for `path`.
+    pub fn count(&self, path: &str) -> u64 {
+        let out = curl(&["-sS", &format!("{}/count", self.url())]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("counts");
+        v[path].as_u64().unwrap_or(0)
+    }
+}

@@ -25,6 +25,7 @@ const CLOSED: u8 = 8;
 const SERVICES: u8 = 9;
 const REFUSALS: u8 = 10;
 const DEPLOYMENTS: u8 = 11;
+const USAGE: u8 = 12;
 
 #[derive(Serialize, Deserialize)]
 struct Scalars {
@@ -107,6 +108,7 @@ pub(super) fn write(
     diff(t, CLOSED, &old.closed, &new.closed)?;
     diff(t, SERVICES, &old.services, &new.services)?;
     diff(t, DEPLOYMENTS, &old.deployments, &new.deployments)?;
+    diff(t, USAGE, &old.usage, &new.usage)?;
     diff(t, REFUSALS, &old.refusals, &new.refusals)?;
     Ok(())
 }
@@ -160,6 +162,7 @@ pub(super) fn load(
             CLOSED => put(&mut st.closed, key, v)?,
             SERVICES => put(&mut st.services, key, v)?,
             DEPLOYMENTS => put(&mut st.deployments, key, v)?,
+            USAGE => put(&mut st.usage, key, v)?,
             REFUSALS => put(&mut st.refusals, key, v)?,
             _ => return Err(format!("unknown row kind {tag}")),
         }

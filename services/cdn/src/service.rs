@@ -324,6 +324,16 @@ const FORWARDED: &[&str] = &[
 ];
 
 impl Cdn {
+    /// Body bytes served for each zone by this node since it started (what
+    /// the node reports to the ledger, which charges the zone's owner).
+    pub fn served_bytes(&self) -> Vec<(String, u64)> {
+        self.zones
+            .load()
+            .iter()
+            .map(|(name, z)| (name.clone(), z.usage.bytes.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     pub fn new(node: &Node) -> Result<Arc<Cdn>, String> {
         let config: CdnConfig = node.config()?;
         if config.host_suffix.is_empty() || config.host_suffix.starts_with('.') {
