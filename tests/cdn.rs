@@ -537,3 +537,102 @@ fn a_zones_budget_keeps_what_is_asked_for_through_a_scan() {
     assert!(node.metric("tessera_cdn_evicted_total{service=\"cdn\"}") >= 7);
     assert_eq!(origin.count("/static/p1"), 1);
 }
+
+#[test]
+fn an_https_origin_signed_by_a_private_ca() {
+    // A private CA, and the origin's certificate signed by it.
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = |name: &str| dir.path().join(name);
+    let ext = p("leaf.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    for args in [
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test CA",
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        vec!["x509", "-req", "-days", "1", "-CAcreateserial"],
+    ] {
+        let mut cmd = Command::new("openssl");
+        cmd.args(&args).current_dir(dir.path());
+        match args[1] {
+            "-x509" => cmd.args(["-keyout", "ca.key", "-out", "ca.pem"]),
+            "-newkey" => cmd.args(["-keyout", "key.pem", "-out", "leaf.csr"]),
+            _ => cmd
+                .args(["-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key"])
+                .args(["-out", "cert.pem", "-extfile", "leaf.ext"]),
+        };
+        let out = cmd.output().expect("openssl");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (cert, key) = (p("cert.pem"), p("key.pem"));
+    let origin = Origin::start_tls(&cert, &key);
+    let node = Node::start(&[]);
+    let client = tempfile::tempdir().expect("tmp");
+    let pem = std::fs::read_to_string(p("ca.pem")).expect("ca");
+    let deploy = |name: &str, spec: &str| {
+        let file = client.path().join(format!("{name}.toml"));
+        std::fs::write(&file, spec).expect("spec");
+        let out = Command::new(BIN)
+            .args(["deploy", "cdn", "--name", name, "--spec"])
+            .arg(&file)
+            .args(["--node", &node.url()])
+            .env("TESSERA_CLIENT_DIR", client.path())
+            .output()
+            .expect("deploy");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The zone names the CA that signed its origin's certificate.
+    deploy(
+        "private",
+        &format!("origin = \"{}\"\norigin_ca = '''\n{pem}'''\n", origin.url()),
+    );
+    // The same origin without it: the system's roots do not know the CA.
+    deploy("untrusting", &format!("origin = \"{}\"\n", origin.url()));
+    within(Duration::from_secs(20), "the zones served", || {
+        node.get("/cdn/private/static/a").0 == 200
+    });
+    let (status, head, body) = get(&node, "/cdn/private/static/a", &[]);
+    assert_eq!((status, body.len()), (200, 1000), "{head}");
+    assert_eq!(cache_status(&head), "Tessera; hit");
+    let (status, head, body) = get(&node, "/cdn/untrusting/static/b", &[]);
+    assert_eq!(status, 502, "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("certificate")
+            || String::from_utf8_lossy(&body).contains("Certificate")
+            || String::from_utf8_lossy(&body).contains("tls"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        origin.count("/static/b"),
+        0,
+        "an unverified origin was served"
+    );
+}

@@ -72,10 +72,13 @@ fn asks_for_nothing_when_everything_is_installed() {
         "python3-pip",
         "iproute2",
         "bsdutils",
+        "openssl",
     ];
     database(dir.path(), &all, &[]);
     assert!(missing(dir.path(), &[]).is_empty());
-    let extras = ["curl", "systemd", "mount", "python3", "iproute2", "script"];
+    let extras = [
+        "curl", "systemd", "mount", "python3", "iproute2", "script", "openssl",
+    ];
     assert!(missing(dir.path(), &extras).is_empty());
 }
 

@@ -507,6 +507,7 @@ pub fn aioquic_send(
 pub struct Origin {
     pub child: std::process::Child,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl Drop for Origin {
@@ -519,11 +520,21 @@ impl Drop for Origin {
 #[allow(dead_code)]
 impl Origin {
     pub fn start() -> Origin {
+        Origin::start_with(&[])
+    }
+
+    /// The same over HTTPS, with this certificate and key (PEM files).
+    pub fn start_tls(cert: &Path, key: &Path) -> Origin {
+        Origin::start_with(&[cert, key])
+    }
+
+    fn start_with(tls: &[&Path]) -> Origin {
         let port = free_addr().port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/origin.py");
         let mut child = Command::new("python3")
             .arg(script)
             .arg(port.to_string())
+            .args(tls)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3 origin");
@@ -534,16 +545,21 @@ impl Origin {
         )
         .expect("origin ready");
         assert_eq!(line.trim(), "ready");
-        Origin { child, port }
+        Origin {
+            child,
+            port,
+            tls: !tls.is_empty(),
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Requests it served for `path`.
     pub fn count(&self, path: &str) -> u64 {
-        let out = curl(&["-sS", &format!("{}/count", self.url())]);
+        let out = curl(&["-sSk", &format!("{}/count", self.url())]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("counts");
         v[path].as_u64().unwrap_or(0)
     }

@@ -1,9 +1,10 @@
 """A small origin server the CDN tests control: chosen caching headers,
 delays, variants and revalidation, and a count of the requests it served.
 
-    python3 origin.py PORT
+    python3 origin.py PORT [CERT KEY]
 
-Prints "ready" once it listens on 127.0.0.1:PORT. Routes (query strings are
+With CERT and KEY (PEM files) it speaks HTTPS. Prints "ready" once it listens
+on 127.0.0.1:PORT. Routes (query strings are
 ignored when counting):
   /count              JSON {path: requests}, not counted itself
   /static/NAME?size=N N bytes (default 1000) of NAME repeated; max-age=300, an ETag
@@ -23,6 +24,7 @@ ignored when counting):
 """
 
 import json
+import ssl
 import sys
 import threading
 import time
@@ -138,6 +140,10 @@ def main():
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Origin)
     server.daemon_threads = True
     server.request_queue_size = 2048
+    if len(sys.argv) == 4:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[2], sys.argv[3])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     server.serve_forever()
 

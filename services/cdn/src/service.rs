@@ -85,6 +85,22 @@ struct Zone {
     usage: Arc<Usage>,
     /// Its origin's recent failures (kept across snapshots).
     health: Arc<OriginHealth>,
+    /// For an origin whose certificate a private CA signed (`origin_ca`):
+    /// an agent that trusts that CA only. Otherwise the CDN's own, which
+    /// trusts the system's roots.
+    agent: Option<ureq::Agent>,
+}
+
+/// An HTTP client for origins: HTTPS verified against `roots`.
+fn origin_agent(config: &CdnConfig, roots: ureq::tls::RootCerts) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_global(Some(Duration::from_millis(config.origin_timeout_ms)))
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+        .build()
+        .into()
 }
 
 /// An origin that keeps failing is left alone for a while: after
@@ -371,13 +387,7 @@ impl Cdn {
                 "Misses answered by another node of the zone instead of the origin.",
             ),
         };
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_connect(Some(Duration::from_secs(2)))
-            .timeout_global(Some(Duration::from_millis(config.origin_timeout_ms)))
-            .build()
-            .into();
+        let agent = origin_agent(&config, ureq::tls::RootCerts::PlatformVerifier);
         let (refresh, refresh_rx) = flume::bounded::<OwnedRequest>(1024);
         let cdn = Arc::new(Cdn {
             refresh,
@@ -464,6 +474,23 @@ impl Cdn {
                     continue;
                 }
             };
+            let agent = match &spec.origin_ca {
+                None => None,
+                Some(pem) => {
+                    let certs: Vec<_> = ureq::tls::parse_pem(pem.as_bytes())
+                        .filter_map(|item| match item {
+                            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                            _ => None,
+                        })
+                        .collect();
+                    if certs.is_empty() {
+                        tracing::warn!(zone = %inst.name, "origin_ca holds no certificate");
+                        continue;
+                    }
+                    let roots = ureq::tls::RootCerts::Specific(Arc::new(certs));
+                    Some(origin_agent(&self.config, roots))
+                }
+            };
             let (usage, health) = self
                 .zones
                 .load()
@@ -478,6 +505,7 @@ impl Cdn {
                     elsewhere: inst.elsewhere,
                     usage,
                     health,
+                    agent,
                 }),
             );
         }
@@ -1030,7 +1058,8 @@ impl Cdn {
         self.counters
             .origin_requests
             .fetch_add(1, Ordering::Relaxed);
-        let result = self.send(method, url, headers, body);
+        let agent = zone.agent.as_ref().unwrap_or(&self.agent);
+        let result = send(agent, method, url, headers, body);
         let failed = match &result {
             Ok(f) => f.status >= 500,
             Err(_) => true,
@@ -1051,37 +1080,6 @@ impl Cdn {
             tracing::warn!(origin = %zone.spec.origin, failures = n, backoff_ms = backoff, "origin failing: resting it");
         }
         result
-    }
-
-    /// One HTTP/1.1 request (to an origin, or to another node of the zone).
-    fn send(
-        &self,
-        method: &str,
-        url: &str,
-        headers: &[(String, Vec<u8>)],
-        body: Option<Vec<u8>>,
-    ) -> Result<Fetched, String> {
-        let mut builder = http::Request::builder().method(method).uri(url);
-        for (n, v) in headers {
-            builder = builder.header(n.as_str(), v.as_slice());
-        }
-        let result = match body {
-            Some(b) => builder
-                .body(b)
-                .map_err(|e| e.to_string())
-                .and_then(|r| self.agent.run(r).map_err(|e| e.to_string())),
-            None => builder
-                .body(())
-                .map_err(|e| e.to_string())
-                .and_then(|r| self.agent.run(r).map_err(|e| e.to_string())),
-        };
-        let resp = result?;
-        let (parts, body) = resp.into_parts();
-        Ok(Fetched {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: Box::new(body.into_reader()),
-        })
     }
 
     fn forwarded(req: &OwnedRequest) -> Vec<(String, Vec<u8>)> {
@@ -1170,7 +1168,7 @@ impl Cdn {
         }
         headers.push((HOP.into(), b"1".to_vec()));
         let body = (!matches!(req.method, Method::Get | Method::Head)).then(|| body.to_vec());
-        match self.send(req.method.as_str(), &url, &headers, body) {
+        match send(&self.agent, req.method.as_str(), &url, &headers, body) {
             Ok(f) => {
                 self.counters.proxied.fetch_add(1, Ordering::Relaxed);
                 let status = f
@@ -1487,6 +1485,37 @@ fn zone_name_of(req: &OwnedRequest, cdn: &Cdn) -> String {
     cdn.locate(req.host.as_deref(), &req.path)
         .map(|(z, _)| z.to_string())
         .unwrap_or_default()
+}
+
+/// One HTTP/1.1 request (to an origin, or to another node of the zone).
+fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(String, Vec<u8>)],
+    body: Option<Vec<u8>>,
+) -> Result<Fetched, String> {
+    let mut builder = http::Request::builder().method(method).uri(url);
+    for (n, v) in headers {
+        builder = builder.header(n.as_str(), v.as_slice());
+    }
+    let result = match body {
+        Some(b) => builder
+            .body(b)
+            .map_err(|e| e.to_string())
+            .and_then(|r| agent.run(r).map_err(|e| e.to_string())),
+        None => builder
+            .body(())
+            .map_err(|e| e.to_string())
+            .and_then(|r| agent.run(r).map_err(|e| e.to_string())),
+    };
+    let resp = result?;
+    let (parts, body) = resp.into_parts();
+    Ok(Fetched {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: Box::new(body.into_reader()),
+    })
 }
 
 fn origin_down(e: &str) -> Reply {
