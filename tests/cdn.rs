@@ -218,7 +218,7 @@ fn stale_while_revalidate_and_stale_if_error() {
     let (_, head, body) = get(&node, "/cdn/shop/swr", &[]);
     assert_eq!(body, b"v1");
     assert!(cache_status(&head).contains("stored"), "{head}");
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep(Duration::from_millis(3100));
     let (status, head, body) = get(&node, "/cdn/shop/swr", &[]);
     assert_eq!((status, body.as_slice()), (200, &b"v1"[..]));
     assert!(cache_status(&head).contains("fwd=stale"), "{head}");
@@ -635,4 +635,120 @@ fn an_https_origin_signed_by_a_private_ca() {
         0,
         "an unverified origin was served"
     );
+}
+
+/// Debian's nginx as an origin, serving `files` with `Cache-Control:
+/// max-age=3` (its own `ETag` and `Last-Modified` on every file).
+struct Nginx {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master then stops its workers too.
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx(files: &[(&str, &[u8])]) -> Nginx {
+    let dir = tempfile::tempdir().expect("tmp");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    for (name, body) in files {
+        std::fs::write(www.join(name), body).expect("file");
+    }
+    let port = free_addr().port();
+    let d = dir.path().display();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
+             fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+             server {{ listen 127.0.0.1:{port}; root {}; add_header Cache-Control \"max-age=3\"; }} }}\n",
+            www.display()
+        ),
+    )
+    .expect("nginx.conf");
+    // nginx's workers drop to an unprivileged user: the files must be readable.
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir.path())
+        .status();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nginx (apt-get install -y nginx-light)");
+    let n = Nginx {
+        child,
+        _dir: dir,
+        port,
+    };
+    within(Duration::from_secs(20), "nginx serving", || {
+        curl(&[
+            "-sf",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/{}", files[0].0),
+        ])
+        .status
+        .success()
+    });
+    n
+}
+
+#[test]
+fn in_front_of_nginx_revalidation_uses_its_validators() {
+    let body = random_bytes(200_000, 11);
+    let origin = nginx(&[("page.html", b"<h1>hello</h1>"), ("big.bin", &body)]);
+    let node = Node::start(&[]);
+    let client = tempfile::tempdir().expect("tmp");
+    let url = format!("http://127.0.0.1:{}", origin.port);
+    let out = Command::new(BIN)
+        .args(["deploy", "cdn", "--name", "site", "--origin", &url])
+        .args(["--node", &node.url()])
+        .env("TESSERA_CLIENT_DIR", client.path())
+        .output()
+        .expect("deploy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within(Duration::from_secs(20), "the zone served", || {
+        node.get("/cdn/site/page.html").0 == 200
+    });
+    // Stored, then a hit, byte for byte.
+    let (_, head, got) = get(&node, "/cdn/site/big.bin", &[]);
+    assert!(cache_status(&head).contains("stored"), "{head}");
+    assert_eq!(got, body);
+    let (_, head, got) = get(
+        &node,
+        "/cdn/site/big.bin",
+        &["-H", "Host: site.cdn.localhost"],
+    );
+    assert_eq!(cache_status(&head), "Tessera; hit");
+    assert_eq!(got, body);
+    // Stale after three seconds: revalidated with nginx's own ETag and
+    // Last-Modified, and its 304 keeps the stored body.
+    std::thread::sleep(Duration::from_millis(4100));
+    let (status, head, got) = get(&node, "/cdn/site/big.bin", &[]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        cache_status(&head),
+        "Tessera; fwd=stale; fwd-status=304",
+        "{head}"
+    );
+    assert_eq!(got, body);
+    assert!(node.metric("tessera_cdn_revalidated_total{service=\"cdn\"}") >= 1);
 }

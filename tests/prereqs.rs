@@ -73,11 +73,12 @@ fn asks_for_nothing_when_everything_is_installed() {
         "iproute2",
         "bsdutils",
         "openssl",
+        "nginx-light",
     ];
     database(dir.path(), &all, &[]);
     assert!(missing(dir.path(), &[]).is_empty());
     let extras = [
-        "curl", "systemd", "mount", "python3", "iproute2", "script", "openssl",
+        "curl", "systemd", "mount", "python3", "iproute2", "script", "openssl", "nginx",
     ];
     assert!(missing(dir.path(), &extras).is_empty());
 }

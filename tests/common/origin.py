@@ -18,7 +18,7 @@ ignored when counting):
   /status/CODE        that status, no caching headers
   /img/NAME           max-age=300, Cache-Tag: images
   /tagged/NAME?tag=T  max-age=300, Surrogate-Key: T
-  /swr                max-age=1, stale-while-revalidate=30; the body counts ("v3")
+  /swr                max-age=2, stale-while-revalidate=30; the body counts ("v3")
   /sie                max-age=1, stale-if-error=60
   anything else       404
 """
@@ -124,7 +124,7 @@ class Origin(BaseHTTPRequestHandler):
             with LOCK:
                 n = COUNTS[path]
             return self.send(200, b"v%d" % n, text + [
-                ("Cache-Control", "max-age=1, stale-while-revalidate=30"),
+                ("Cache-Control", "max-age=2, stale-while-revalidate=30"),
             ])
         if path == "/sie":
             return self.send(200, b"kept for errors", text + [
