@@ -18,18 +18,7 @@ use common::*;
 /// ledger, once); each then computes the same placement.
 fn deploy_everywhere(nodes: &[Node], owner: &Path, args: &[&str]) {
     for node in nodes {
-        let out = Command::new(BIN)
-            .args(["deploy", "cdn", "--name", "shop"])
-            .args(args)
-            .args(["--node", &node.url()])
-            .env("TESSERA_CLIENT_DIR", owner)
-            .output()
-            .expect("deploy");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        deploy_cdn(node, owner, "shop", args);
     }
 }
 
@@ -37,17 +26,7 @@ fn deploy_everywhere(nodes: &[Node], owner: &Path, args: &[&str]) {
 fn zone(origin: &Origin) -> (Node, tempfile::TempDir) {
     let node = Node::start(&[]);
     let client = tempfile::tempdir().expect("tmp");
-    let out = Command::new(BIN)
-        .args(["deploy", "cdn", "--name", "shop", "--origin", &origin.url()])
-        .args(["--node", &node.url()])
-        .env("TESSERA_CLIENT_DIR", client.path())
-        .output()
-        .expect("tessera deploy");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    deploy_cdn(&node, client.path(), "shop", &["--origin", &origin.url()]);
     // The service takes new zones within a fraction of a second.
     within(Duration::from_secs(20), "the zone served", || {
         node.get("/cdn/shop/status/204").0 != 404
@@ -500,18 +479,8 @@ fn a_zones_budget_keeps_what_is_asked_for_through_a_scan() {
         format!("origin = \"{}\"\nbudget_bytes = 5000\n", origin.url()),
     )
     .expect("spec");
-    let out = Command::new(BIN)
-        .args(["deploy", "cdn", "--name", "shop", "--spec"])
-        .arg(&spec)
-        .args(["--node", &node.url()])
-        .env("TESSERA_CLIENT_DIR", client.path())
-        .output()
-        .expect("deploy");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let spec = spec.to_str().expect("utf-8");
+    deploy_cdn(&node, client.path(), "shop", &["--spec", spec]);
     within(Duration::from_secs(20), "the zone served", || {
         node.get("/cdn/shop/status/204").0 == 204
     });
@@ -595,18 +564,8 @@ fn an_https_origin_signed_by_a_private_ca() {
     let deploy = |name: &str, spec: &str| {
         let file = client.path().join(format!("{name}.toml"));
         std::fs::write(&file, spec).expect("spec");
-        let out = Command::new(BIN)
-            .args(["deploy", "cdn", "--name", name, "--spec"])
-            .arg(&file)
-            .args(["--node", &node.url()])
-            .env("TESSERA_CLIENT_DIR", client.path())
-            .output()
-            .expect("deploy");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let file = file.to_str().expect("utf-8").to_string();
+        deploy_cdn(&node, client.path(), name, &["--spec", &file]);
     };
     // The zone names the CA that signed its origin's certificate.
     deploy(
@@ -714,17 +673,7 @@ fn in_front_of_nginx_revalidation_uses_its_validators() {
     let node = Node::start(&[]);
     let client = tempfile::tempdir().expect("tmp");
     let url = format!("http://127.0.0.1:{}", origin.port);
-    let out = Command::new(BIN)
-        .args(["deploy", "cdn", "--name", "site", "--origin", &url])
-        .args(["--node", &node.url()])
-        .env("TESSERA_CLIENT_DIR", client.path())
-        .output()
-        .expect("deploy");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    deploy_cdn(&node, client.path(), "site", &["--origin", &url]);
     within(Duration::from_secs(20), "the zone served", || {
         node.get("/cdn/site/page.html").0 == 200
     });

@@ -637,16 +637,12 @@ fn a_zones_owner_pays_for_the_bytes_its_nodes_served() {
         .as_str()
         .expect("id")
         .to_string();
-    let out = Command::new(BIN)
-        .args(["deploy", "cdn", "--name", "shop", "--replicas", "2"])
-        .args(["--origin", &origin.url(), "--node", &nodes[1].url()])
-        .env("TESSERA_CLIENT_DIR", &owner_dir)
-        .output()
-        .expect("deploy");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let origin_url = origin.url();
+    deploy_cdn(
+        &nodes[1],
+        &owner_dir,
+        "shop",
+        &["--replicas", "2", "--origin", &origin_url],
     );
     // The same traffic at each of the two nodes that run it (so neither
     // report is capped against the other's).

@@ -564,3 +564,21 @@ impl Origin {
         v[path].as_u64().unwrap_or(0)
     }
 }
+
+/// `tessera deploy cdn --name NAME ARGS --node NODE` as the client whose key
+/// is in `client`; asserts it succeeded.
+#[allow(dead_code)]
+pub fn deploy_cdn(node: &Node, client: &Path, name: &str, args: &[&str]) {
+    let out = Command::new(BIN)
+        .args(["deploy", "cdn", "--name", name])
+        .args(args)
+        .args(["--node", &node.url()])
+        .env("TESSERA_CLIENT_DIR", client)
+        .output()
+        .expect("tessera deploy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
