@@ -300,6 +300,15 @@ fn key128(parts: &[&[u8]]) -> u128 {
 /// Set on requests between the nodes of a zone (a proxied request, a
 /// shielded miss, a purge passed on): the receiver goes to the origin itself.
 const HOP: &str = "x-tessera-cdn-hop";
+/// The hop header's value on a shielded miss (one node of a zone filling its
+/// cache from another): not metered, since the node that asked bills its
+/// own client. A proxied request (any other value) is metered where served.
+const SHIELD: &[u8] = b"shield";
+
+/// Whether a request's use counts for its zone's owner (see [`SHIELD`]).
+fn metered(hop: Option<&[u8]>) -> bool {
+    hop != Some(SHIELD)
+}
 /// A zone's tags for an object, from one of its nodes to another.
 const TAGS: &str = "x-tessera-cdn-tags";
 
@@ -465,8 +474,19 @@ impl Cdn {
     /// Takes the zones from the network's deployments (a changed spec,
     /// placement or version replaces the snapshot).
     fn refresh_zones(&self) {
+        let current = self.zones.load();
         let mut next = HashMap::new();
+        let mut changed = false;
         for inst in self.node.deployments.of("cdn") {
+            // Unchanged (same version and placement): kept as it is, its spec
+            // not parsed again nor its origin's client rebuilt.
+            if let Some(z) = current.get(&inst.name).filter(|z| {
+                z.version == inst.version && z.here == inst.here && z.elsewhere == inst.elsewhere
+            }) {
+                next.insert(inst.name, z.clone());
+                continue;
+            }
+            changed = true;
             let spec = match ZoneSpec::parse(&inst.spec) {
                 Ok(spec) => spec,
                 Err(why) => {
@@ -491,9 +511,7 @@ impl Cdn {
                     Some(origin_agent(&self.config, roots))
                 }
             };
-            let (usage, health) = self
-                .zones
-                .load()
+            let (usage, health) = current
                 .get(&inst.name)
                 .map_or_else(Default::default, |z| (z.usage.clone(), z.health.clone()));
             next.insert(
@@ -509,14 +527,7 @@ impl Cdn {
                 }),
             );
         }
-        let current = self.zones.load();
-        let same = current.len() == next.len()
-            && next.iter().all(|(name, z)| {
-                current.get(name).is_some_and(|c| {
-                    c.version == z.version && c.here == z.here && c.elsewhere == z.elsewhere
-                })
-            });
-        if !same {
+        if changed || next.len() != current.len() {
             self.counters
                 .zones
                 .store(next.len() as u64, Ordering::Relaxed);
@@ -717,25 +728,17 @@ impl Service for Cdn {
             return Decision::Work;
         };
         let now = now_secs();
-        zone.usage.requests.fetch_add(1, Ordering::Relaxed);
-        zone.usage.bytes.fetch_add(v.size, Ordering::Relaxed);
         let f = v.freq.load(Ordering::Relaxed);
         if f < MAX_FREQ {
             v.freq.store(f + 1, Ordering::Relaxed);
         }
-        if now < v.fresh_until {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            if req.headers.get(HOP).is_some() {
-                return Decision::Blob(v.peer_blob.clone());
+        let hop = req.headers.get(HOP);
+        let blob = if now < v.fresh_until {
+            match hop {
+                Some(_) => &v.peer_blob,
+                None => &v.blob,
             }
-            return Decision::Blob(v.blob.clone());
-        }
-        if now >= v.fresh_until + v.stale_while_revalidate {
-            // Not answered here after all: counted on the pool.
-            zone.usage.requests.fetch_sub(1, Ordering::Relaxed);
-            zone.usage.bytes.fetch_sub(v.size, Ordering::Relaxed);
-        }
-        if now < v.fresh_until + v.stale_while_revalidate {
+        } else if now < v.fresh_until + v.stale_while_revalidate {
             // Stale but within stale-while-revalidate: answered now, and
             // one background request revalidates it.
             if !v.refreshing.swap(true, Ordering::AcqRel)
@@ -743,10 +746,16 @@ impl Service for Cdn {
             {
                 v.refreshing.store(false, Ordering::Release);
             }
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Decision::Blob(v.stale_blob.clone());
+            &v.stale_blob
+        } else {
+            return Decision::Work;
+        };
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        if metered(hop) {
+            zone.usage.requests.fetch_add(1, Ordering::Relaxed);
+            zone.usage.bytes.fetch_add(v.size, Ordering::Relaxed);
         }
-        Decision::Work
+        Decision::Blob(blob.clone())
     }
 
     fn handle(&self, req: OwnedRequest, body: RequestBody) -> Reply {
@@ -768,9 +777,6 @@ impl Service for Cdn {
         };
         drop(zones);
         let proxied = req.header(HOP).is_some();
-        if !proxied {
-            zone.usage.requests.fetch_add(1, Ordering::Relaxed);
-        }
         let body = if !zone.here && !proxied && !zone.elsewhere.is_empty() {
             let bytes = match body.read_all() {
                 Ok(b) => b,
@@ -788,6 +794,10 @@ impl Service for Cdn {
         } else {
             body
         };
+        // Answered here (not passed on): metered here.
+        if metered(req.header(HOP)) {
+            zone.usage.requests.fetch_add(1, Ordering::Relaxed);
+        }
         let cacheable = matches!(req.method, Method::Get | Method::Head)
             && req.header("authorization").is_none();
         if !cacheable {
@@ -979,7 +989,7 @@ impl Cdn {
         let zone_name = zone_name_of(req, self);
         let (_, path) = self.locate(req.host.as_deref(), &req.path)?;
         let url = format!("http://{peer}/cdn/{zone_name}{}", url_of(path, &req.query));
-        let mut r = http::Request::get(url.as_str()).header(HOP, "1");
+        let mut r = http::Request::get(url.as_str()).header(HOP, SHIELD);
         for (n, v) in headers {
             r = r.header(n.as_str(), v.as_slice());
         }
@@ -1381,7 +1391,7 @@ impl Cdn {
             });
         }
         self.counters.stored.fetch_add(1, Ordering::Relaxed);
-        if req.header(HOP).is_none() {
+        if metered(req.header(HOP)) {
             zone.usage.bytes.fetch_add(size, Ordering::Relaxed);
         }
         let stored_at = now_secs();
