@@ -120,6 +120,7 @@ impl Service for Echo {
                     cache_control: Some(self.blob_cache.clone()),
                     headers: Some(self.blob_headers.clone()),
                     stored_at: None,
+                    status: None,
                 }),
                 None => Decision::Reply(Reply::text(Status::BadRequest, "not a hash\n")),
             };

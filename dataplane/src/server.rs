@@ -819,7 +819,7 @@ fn req_info(core: &Core, req: &http::Request<'_>) -> ReqInfo {
         expect_continue: req.expect_continue,
         from_peer: req.from_peer,
         peer,
-        service: core.shared.services.table.find(req.host, req.path),
+        service: core.shared.services.find(req.host, req.path),
     }
 }
 
@@ -859,7 +859,8 @@ async fn handle(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next
         Plan::Reply(reply) => {
             write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await
         }
-        Plan::Blob(hash, meta) if info.verified => {
+        // A blob under another status (a site's 404 page) is plain bytes.
+        Plan::Blob(hash, meta) if info.verified && meta.as_ref().is_none_or(|m| m.status.is_none()) => {
             get_verified(core, conn, info, hash, meta.as_ref(), keep_alive).await
         }
         Plan::Blob(hash, meta) => {
@@ -1422,12 +1423,17 @@ async fn get_plain(
         Err(next) => return Ok(next),
     };
     let tag = BlobTag::new(&hash, false);
-    let range = match blob_preconditions(core, conn, info, hash, &tag, meta, keep_alive).await? {
-        Ok(honor_range) => info.range().filter(|_| honor_range),
-        Err(next) => return Ok(next),
+    let other_status = meta.and_then(|m| m.status);
+    let range = match other_status {
+        // Ranges and preconditions are a 200's; another status sends it all.
+        Some(_) => None,
+        None => match blob_preconditions(core, conn, info, hash, &tag, meta, keep_alive).await? {
+            Ok(honor_range) => info.range().filter(|_| honor_range),
+            Err(next) => return Ok(next),
+        },
     };
     let (status, first, len) = match http::parse_range(range, size) {
-        RangeRequest::Full => (Status::Ok, 0, size),
+        RangeRequest::Full => (other_status.unwrap_or(Status::Ok), 0, size),
         RangeRequest::Partial { first, last } => (Status::PartialContent, first, last - first + 1),
         RangeRequest::Unsatisfiable => {
             return range_not_satisfiable(core, conn, route, size, keep_alive).await

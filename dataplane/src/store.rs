@@ -547,6 +547,28 @@ impl Store {
         self.remove_locked(hash)
     }
 
+    /// Pins or unpins many blobs in one transaction; those the store does
+    /// not hold are passed over. How many it holds of them.
+    pub fn set_pinned_many(&self, hashes: &[BlobHash], pinned: bool) -> Result<usize, StoreError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut held = 0;
+        {
+            let mut table = txn.open_table(BLOBS).map_err(db_err)?;
+            for hash in hashes {
+                let current = table.get(hash.0).map_err(db_err)?.map(|v| v.value());
+                if let Some((size, last, was)) = current {
+                    held += 1;
+                    if was != pinned {
+                        table.insert(hash.0, (size, last, pinned)).map_err(db_err)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(held)
+    }
+
     /// Pins (never evicted) or unpins a blob.
     pub fn set_pinned(&self, hash: &BlobHash, pinned: bool) -> Result<(), StoreError> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());

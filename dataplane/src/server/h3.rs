@@ -1333,7 +1333,7 @@ fn on_request(
             find(b"x-tessera-peer-time"),
             find(b"x-tessera-peer-sig"),
         ),
-        service: core.shared.services.table.find(authority, path),
+        service: core.shared.services.find(authority, path),
     };
     let head_only = req.method == http::Method::Head;
     let mut plan = super::routes::plan(core, &head);
@@ -1791,7 +1791,9 @@ fn get_blob(
             );
         }
     };
-    let verified = req.wants_verified();
+    // A blob under another status (a site's 404 page) is plain bytes, whole.
+    let other_status = meta.as_ref().and_then(|m| m.status);
+    let verified = req.wants_verified() && other_status.is_none();
     let tag = http::BlobTag::new(&hash, verified);
     let cache_control = meta
         .as_ref()
@@ -1808,10 +1810,14 @@ fn get_blob(
         etag: Some(tag.as_bytes()),
         ..http::Validators::default()
     };
-    let honor_range =
-        match req
+    let outcome = match other_status {
+        Some(_) => http::ConditionalOutcome::Proceed { honor_range: false },
+        None => req
             .preconditions
-            .evaluate(req.method, req.range().is_some(), &validators)
+            .evaluate(req.method, req.range().is_some(), &validators),
+    };
+    let honor_range =
+        match outcome
         {
             http::ConditionalOutcome::Proceed { honor_range } => honor_range,
             http::ConditionalOutcome::NotModified => {
@@ -1897,7 +1903,7 @@ fn get_blob(
     }
     let (status, first, len) = match range {
         RangeRequest::Partial { first, last } => (Status::PartialContent, first, last - first + 1),
-        _ => (Status::Ok, 0, size),
+        _ => (other_status.unwrap_or(Status::Ok), 0, size),
     };
     let body = if len == 0 || head_only {
         Body::Owned(Vec::new())

@@ -58,6 +58,15 @@ impl Services {
         Ok(Services { table, running })
     }
 
+    /// Which service answers a request for `host` and `path`.
+    pub fn find(&self, host: Option<&[u8]>, path: &[u8]) -> Option<usize> {
+        self.table.find_with(host, path, &|i, host| {
+            self.running
+                .get(i)
+                .is_some_and(|r| r.service.claims_host(host))
+        })
+    }
+
     /// Prometheus text for every service.
     pub fn render_metrics(&self, out: &mut String) {
         for r in &self.running {
@@ -151,6 +160,13 @@ impl service_api::BlobStore for ServiceStore {
         from: &mut dyn std::io::Read,
     ) -> std::io::Result<u64> {
         Ok(self.put_with(from, Some(crate::BlobHash(*expected)))?.size)
+    }
+
+    fn pin(&self, hashes: &[service_api::Hash], pinned: bool) -> std::io::Result<usize> {
+        let hashes: Vec<crate::BlobHash> = hashes.iter().map(|h| crate::BlobHash(*h)).collect();
+        self.store
+            .set_pinned_many(&hashes, pinned)
+            .map_err(io_error)
     }
 }
 

@@ -293,6 +293,10 @@ pub struct BlobReply {
     /// When the representation was stored (Unix seconds): the data plane
     /// sends `Age` (RFC 9111 §5.1) counted from it. None: no `Age`.
     pub stored_at: Option<u64>,
+    /// Another status than 200 (a site's `404.html` under 404): the whole
+    /// blob is sent, ranges and preconditions are not evaluated (they are
+    /// defined for a 200's representation), and never as a verified stream.
+    pub status: Option<Status>,
 }
 
 /// Messages each way a WebSocket may have queued; beyond this the reader
@@ -357,6 +361,13 @@ pub trait Service: Send + Sync + 'static {
     /// The largest WebSocket message it takes (1009 beyond).
     fn max_message_bytes(&self) -> usize {
         1 << 20
+    }
+    /// On the core, for a service that claims [`Mount::DeployedHosts`]:
+    /// whether it answers for `host` (no port; any case). Must not block
+    /// or allocate: it is asked for requests that are not its own.
+    fn claims_host(&self, host: &[u8]) -> bool {
+        let _ = host;
+        false
     }
 }
 

@@ -17,6 +17,11 @@ pub enum Mount {
     /// (`*.sites.localhost` takes `docs.sites.localhost` and
     /// `v2.docs.sites.localhost`, not `sites.localhost`).
     Host(String),
+    /// The host names the service's deployments name (a site's custom
+    /// domains), which change as it runs: asked of
+    /// [`crate::Service::claims_host`] for a host no other host mount takes.
+    /// They come before path prefixes, as host mounts do.
+    DeployedHosts,
 }
 
 impl fmt::Display for Mount {
@@ -24,6 +29,7 @@ impl fmt::Display for Mount {
         match self {
             Mount::Prefix(p) => write!(f, "path prefix {p}"),
             Mount::Host(h) => write!(f, "host {h}"),
+            Mount::DeployedHosts => f.write_str("its deployments' host names"),
         }
     }
 }
@@ -57,6 +63,8 @@ pub struct MountTable {
     exact_hosts: Vec<(String, usize)>,
     /// Wildcards as the suffix they match, with its leading dot (`.sites.localhost`).
     wildcard_hosts: Vec<(String, usize)>,
+    /// Services that claim [`Mount::DeployedHosts`].
+    deployed_hosts: Vec<usize>,
 }
 
 impl MountTable {
@@ -115,6 +123,11 @@ impl MountTable {
                             None => table.exact_hosts.push((h, index)),
                         }
                     }
+                    Mount::DeployedHosts => {
+                        if !table.deployed_hosts.contains(&index) {
+                            table.deployed_hosts.push(index);
+                        }
+                    }
                 }
             }
         }
@@ -125,8 +138,20 @@ impl MountTable {
         Ok(table)
     }
 
-    /// Which service answers `host` (a `Host` value, port allowed) and `path`.
+    /// Which service answers `host` (a `Host` value, port allowed) and
+    /// `path`, no service claiming deployed host names.
     pub fn find(&self, host: Option<&[u8]>, path: &[u8]) -> Option<usize> {
+        self.find_with(host, path, &|_, _| false)
+    }
+
+    /// As [`MountTable::find`]; `claims(service, host)` answers for the
+    /// services that claim [`Mount::DeployedHosts`] (host without its port).
+    pub fn find_with(
+        &self,
+        host: Option<&[u8]>,
+        path: &[u8],
+        claims: &dyn Fn(usize, &[u8]) -> bool,
+    ) -> Option<usize> {
         if let Some(host) = host.map(strip_port) {
             if let Some((_, i)) = self
                 .exact_hosts
@@ -141,6 +166,9 @@ impl MountTable {
             }) {
                 return Some(*i);
             }
+            if let Some(i) = self.deployed_hosts.iter().find(|&&i| claims(i, host)) {
+                return Some(*i);
+            }
         }
         self.prefixes
             .iter()
@@ -149,7 +177,10 @@ impl MountTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.prefixes.is_empty() && self.exact_hosts.is_empty() && self.wildcard_hosts.is_empty()
+        self.prefixes.is_empty()
+            && self.exact_hosts.is_empty()
+            && self.wildcard_hosts.is_empty()
+            && self.deployed_hosts.is_empty()
     }
 }
 

@@ -29,6 +29,14 @@ pub trait BlobStore: Send + Sync {
     /// `InvalidData` error and nothing is kept): content fetched from
     /// somewhere untrusted under a hash somebody vouched for.
     fn put_expecting(&self, expected: &Hash, from: &mut dyn io::Read) -> io::Result<u64>;
+    /// Pins blobs the store holds (never evicted to make room) or unpins
+    /// them, in one write; blobs it lacks are passed over. How many it holds.
+    /// One flag per blob, shared by every service: a service unpins only
+    /// what it pinned and no longer needs.
+    fn pin(&self, hashes: &[Hash], pinned: bool) -> io::Result<usize> {
+        let _ = (hashes, pinned);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// A cluster member as a service sees it.

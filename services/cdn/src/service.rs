@@ -1388,6 +1388,7 @@ impl Cdn {
                 cache_control: Some(client_cc),
                 headers: Some(kept.into()),
                 stored_at: None,
+                status: None,
             });
         }
         self.counters.stored.fetch_add(1, Ordering::Relaxed);
@@ -1405,6 +1406,7 @@ impl Cdn {
             cache_control: Some(client_cc.clone()),
             headers: Some(hit_headers.into()),
             stored_at: Some(stored_at),
+            status: None,
         };
         let variant = Variant {
             stale_blob: with_status(&blob, "Tessera; hit; fwd=stale; detail=\"revalidating\""),
@@ -1432,6 +1434,7 @@ impl Cdn {
             cache_control: Some(client_cc),
             headers: Some(kept.into()),
             stored_at: Some(stored_at),
+            status: None,
         })
     }
 
@@ -1462,6 +1465,7 @@ impl Cdn {
             Variant {
                 peer_blob: BlobReply {
                     stored_at: Some(stored_at),
+                    status: None,
                     ..old.peer_blob.clone()
                 },
                 blob: blob.clone(),
