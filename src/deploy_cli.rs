@@ -14,8 +14,10 @@ use crate::ledger::{agent, client_key, get_json, NodeArg};
 
 #[derive(clap::Args)]
 pub struct DeployArgs {
-    /// The service to run: cdn.
+    /// The service to run: cdn, site.
     pub service: String,
+    /// site: the folder to deploy (`./public`).
+    pub path: Option<PathBuf>,
     /// The deployment's name (a DNS label: a-z, 0-9, '-').
     #[arg(long)]
     pub name: String,
@@ -25,9 +27,16 @@ pub struct DeployArgs {
     /// The whole spec, a TOML or JSON file (instead of --origin).
     #[arg(long, conflicts_with = "origin")]
     pub spec: Option<PathBuf>,
-    /// How many nodes run it.
-    #[arg(long, default_value_t = 1)]
-    pub replicas: u16,
+    /// How many nodes run it (default 1; a redeployed site keeps its count).
+    #[arg(long)]
+    pub replicas: Option<u16>,
+    /// site: versions to keep (pinned, for rollback and previews), the new
+    /// one included; older ones are pruned.
+    #[arg(long, default_value_t = tessera_hosting::DEFAULT_KEEP)]
+    pub keep: usize,
+    /// site: a custom host name it answers for too (repeat for more).
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
     /// A region to run in (repeat for more); none: anywhere.
     #[arg(long = "region")]
     pub regions: Vec<String>,
@@ -44,7 +53,7 @@ pub struct UndeployArgs {
 
 /// Signs `tx` at this client's next nonce and hands it to the node; waits
 /// (30 s at most) until a ledger committed it.
-fn send(node: &NodeArg, tx: Tx) -> anyhow::Result<serde_json::Value> {
+pub fn send(node: &NodeArg, tx: Tx) -> anyhow::Result<serde_json::Value> {
     let base = node.node.trim_end_matches('/');
     let agent = agent();
     let key = client_key()?;
@@ -75,6 +84,9 @@ fn send(node: &NodeArg, tx: Tx) -> anyhow::Result<serde_json::Value> {
 }
 
 pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    if args.service == "site" {
+        return crate::site_cli::deploy(args);
+    }
     let spec = match (&args.spec, &args.origin) {
         (Some(path), _) => std::fs::read(path)
             .with_context(|| format!("cannot read the spec {}", path.display()))?,
@@ -90,7 +102,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             name: args.name,
             service: args.service,
             spec,
-            replicas: args.replicas,
+            replicas: args.replicas.unwrap_or(1),
             regions: args.regions,
         }),
     )?;
@@ -168,6 +180,11 @@ pub fn list(node: NodeArg) -> anyhow::Result<ExitCode> {
             },
             placed.join(" ")
         );
+        if d["service"] == "site" {
+            for line in crate::site_cli::versions_lines(d) {
+                println!("{line}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

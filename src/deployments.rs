@@ -24,12 +24,44 @@ use controlplane::placement::{self, Candidate};
 use dataplane::http::{DeployRoute, Status};
 use service_api::Reply;
 
-/// The services a deployment may name, with their spec checks.
-pub fn check_spec(service: &str, spec: &[u8]) -> Result<(), String> {
+/// The services a deployment may name, with their spec checks. A site's
+/// live version must be in `store` whole (the client uploads it first), its
+/// manifest valid: a deploy that stopped half-way is refused here and
+/// changes nothing.
+pub fn check_spec(service: &str, spec: &[u8], store: &dataplane::store::Store) -> Result<(), String> {
     match service {
         "cdn" => tessera_cdn::ZoneSpec::parse(spec).map(|_| ()),
+        "site" => {
+            let spec = tessera_hosting::SiteSpec::parse(spec)?;
+            let live = dataplane::http::parse_hex32(spec.live.as_bytes())
+                .ok_or("live: not a hash")?;
+            let read = |hash: &[u8; 32]| -> Option<Vec<u8>> {
+                let (file, size) = store.open_blob(&dataplane::BlobHash(*hash)).ok()?;
+                if size > tessera_hosting::MAX_MANIFEST_BYTES as u64 {
+                    return None;
+                }
+                let mut out = vec![0u8; size as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut out, 0).ok()?;
+                Some(out)
+            };
+            let bytes = read(&live).ok_or_else(|| {
+                format!("version {} is not on this node: upload the manifest and its files first", spec.live)
+            })?;
+            let manifest = tessera_hosting::Manifest::parse(&bytes)?;
+            let missing = manifest
+                .blobs()
+                .filter(|h| !matches!(store.info(&dataplane::BlobHash(*h)), Ok(Some(_))))
+                .count();
+            if missing > 0 {
+                return Err(format!(
+                    "version {}: {missing} of its files are not on this node: upload them first",
+                    spec.live
+                ));
+            }
+            Ok(())
+        }
         other => Err(format!(
-            "there is no service named {other:?} (services: cdn)"
+            "there is no service named {other:?} (services: cdn, site)"
         )),
     }
 }
@@ -138,7 +170,7 @@ impl Deployments {
                 if let Err(e) = ledger::check_deploy_spec(d) {
                     return text(Status::BadRequest, &format!("deployment refused: {e}"));
                 }
-                if let Err(why) = check_spec(&d.service, &d.spec) {
+                if let Err(why) = check_spec(&d.service, &d.spec, &self.store) {
                     return text(
                         Status::BadRequest,
                         &format!("deployment refused: {}: {why}", d.service),

@@ -652,9 +652,9 @@ impl Duties {
 
 impl Duties {
     fn usage_job(&self) -> Option<(Job, Tx)> {
-        let cdn = crate::services::CDN.get()?;
+        let served = crate::services::served_bytes();
         let totals: Vec<(String, u64)> = self.chain.with_state(|s| {
-            cdn.served_bytes()
+            served
                 .into_iter()
                 .filter(|(zone, _)| s.deployments.contains_key(zone))
                 .collect()

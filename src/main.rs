@@ -13,6 +13,7 @@ mod ledger;
 mod node;
 mod peering;
 mod services;
+mod site_cli;
 #[cfg(feature = "test-services")]
 mod test_services;
 
@@ -74,6 +75,9 @@ enum Command {
     Undeploy(deploy_cli::UndeployArgs),
     /// Purge a CDN zone's cache on every node that runs it (its owner only).
     Purge(deploy_cli::PurgeArgs),
+    /// Point a site at a version it keeps (the one before the live one if
+    /// none is given).
+    Rollback(site_cli::RollbackArgs),
 }
 
 #[derive(Subcommand)]
@@ -178,6 +182,7 @@ fn main() -> std::process::ExitCode {
         Command::Deployments(args) => deploy_cli::list(args),
         Command::Undeploy(args) => deploy_cli::undeploy(args),
         Command::Purge(args) => deploy_cli::purge(args),
+        Command::Rollback(args) => site_cli::rollback(args),
     };
     match result {
         Ok(code) => code,

@@ -4,7 +4,8 @@
 //!
 //! Which services exist is decided here, in the binary: the data plane knows
 //! services only through the `service-api` interface, and no service knows
-//! another. Every node runs the CDN (`tessera-cdn`); the test build (feature
+//! another. Every node runs the CDN (`tessera-cdn`) and site hosting
+//! (`tessera-hosting`); the test build (feature
 //! `test-services`) adds the ones `TESSERA_TEST_SERVICES` names.
 
 use std::path::Path;
@@ -182,10 +183,32 @@ fn make_cdn(node: &Node) -> Result<Arc<dyn service_api::Service>, String> {
     Ok(cdn)
 }
 
+/// The node's site hosting, once built.
+pub static SITES: std::sync::OnceLock<Arc<tessera_hosting::Sites>> = std::sync::OnceLock::new();
+
+fn make_sites(node: &Node) -> Result<Arc<dyn service_api::Service>, String> {
+    let sites = tessera_hosting::Sites::new(node)?;
+    let _ = SITES.set(sites.clone());
+    Ok(sites)
+}
+
+/// Body bytes served per deployment by this node's services since it
+/// started (deployment names are unique across services).
+pub fn served_bytes() -> Vec<(String, u64)> {
+    let mut all = Vec::new();
+    if let Some(cdn) = CDN.get() {
+        all.extend(cdn.served_bytes());
+    }
+    if let Some(sites) = SITES.get() {
+        all.extend(sites.served_bytes());
+    }
+    all
+}
+
 /// The services to build: (name, constructor). The test build adds the ones
 /// `TESSERA_TEST_SERVICES` names.
 fn factories() -> Vec<(String, Factory)> {
-    let list: Vec<(String, Factory)> = vec![("cdn".into(), make_cdn)];
+    let list: Vec<(String, Factory)> = vec![("cdn".into(), make_cdn), ("site".into(), make_sites)];
     #[cfg(feature = "test-services")]
     let list = [list, crate::test_services::from_env()].concat();
     list

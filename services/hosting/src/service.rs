@@ -785,6 +785,7 @@ impl Sites {
             "here": site.here,
             "ready": ready,
             "files": site.live.as_ref().map(|v| v.file_count()),
+            "host_suffix": self.config.host_suffix,
         });
         Reply::new(Status::Ok, "application/json", format!("{v}\n")).header("Cache-Control", "no-store")
     }
