@@ -290,6 +290,65 @@ pub fn is_html(content_type: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The random-input stand-in for the `site_rules` and `site_manifest`
+    /// fuzz targets: mutated rules, manifests and specs are accepted or
+    /// refused with a message, never a panic, and what is accepted matches.
+    #[test]
+    fn random_inputs_never_panic() {
+        let h = "ab".repeat(32);
+        let manifest = format!(
+            r#"{{"format":1,"files":{{"/index.html":{{"hash":"{h}","size":3,"type":"text/html"}},"/a/404.html":{{"hash":"{h}","size":1,"type":"text/html"}}}},"redirects":"/x/* /index.html 200\n/y/:a /z/:a 301!\n"}}"#
+        );
+        let seeds: [&[u8]; 4] = [
+            b"/old /new 301\n/news/:year/* /blog/:year/:splat 302!\n/s id=:id /p/:id\n/* /index.html 200\n",
+            b"/*\n  X-Frame-Options: DENY\n/a/:b/*.css\n  ! X-Frame-Options\n  Cache-Control: max-age=1\n",
+            manifest.as_bytes(),
+            b"live = \"abab\"\nhosts = [\"a.example\"]\n[[versions]]\nid = \"abab\"\n",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut s = seeds[(next() % 4) as usize].to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() % s.len() as u64) as usize;
+                s[i] = b"/:*! \n=#x%.?"[(next() % 12) as usize];
+            }
+            let Ok(text) = std::str::from_utf8(&s) else { continue };
+            match redirects::parse(text) {
+                Ok(rules) => {
+                    for path in ["/", "/news/2024/a/b", "/s", "/x/y"] {
+                        if let Some(m) = redirects::first(&rules, path, "id=3", false) {
+                            let _ = m.rule.target(path, "id=3", &m.caps);
+                        }
+                    }
+                }
+                Err(why) => assert!(!why.is_empty()),
+            }
+            match headers::parse(text) {
+                Ok(rules) => {
+                    let _ = headers::for_path(&rules, "/a/b/c.css");
+                }
+                Err(why) => assert!(!why.is_empty()),
+            }
+            match Manifest::parse(&s) {
+                Ok(m) => {
+                    let v = Version::compile([0; 32], &m).expect("a checked manifest compiles");
+                    let _ = v.resolve("/a/missing", "");
+                    let _ = v.resolve("/y/q", "");
+                }
+                Err(why) => assert!(!why.is_empty()),
+            }
+            if let Err(why) = SiteSpec::parse(&s) {
+                assert!(!why.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn content_hashes_in_names() {
         for yes in [
