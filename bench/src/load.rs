@@ -384,7 +384,9 @@ fn build_request(
                     .min(paths.len() - 1),
                 None => rng.random_range(0..paths.len()),
             };
-            let _ = write!(out, "GET {} HTTP/1.1\r\nHost: bench\r\n{headers}", paths[i]);
+            // `--header "Host: ..."` (first of the extra lines) replaces ours.
+            let host = if headers.starts_with("Host:") { "" } else { "Host: bench\r\n" };
+            let _ = write!(out, "GET {} HTTP/1.1\r\n{host}{headers}", paths[i]);
             if let Some((object, len)) = range {
                 let first = rng.random_range(0..object.saturating_sub(*len).max(1));
                 let _ = write!(out, "Range: bytes={}-{}\r\n", first, first + len - 1);

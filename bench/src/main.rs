@@ -59,6 +59,10 @@ struct LoadArgs {
     /// Ask for the verified stream (Accept: application/x-bao).
     #[arg(long)]
     verified: bool,
+    /// An extra request header, `Name: value` (repeatable; HTTP/1.1). A
+    /// `Host` given here replaces the default one.
+    #[arg(long = "header")]
+    headers: Vec<String>,
     /// Upload this many fresh random bytes per request (POST /blobs) instead of GETs.
     #[arg(long)]
     upload_bytes: Option<usize>,
@@ -114,10 +118,22 @@ fn main() -> anyhow::Result<()> {
                     paths: a.paths,
                     zipf: a.zipf,
                     range: a.range,
-                    headers: if a.verified {
-                        "Accept: application/x-bao\r\n".into()
-                    } else {
-                        String::new()
+                    headers: {
+                        // Host first, so the request writer sees it.
+                        let mut lines = a.headers.clone();
+                        lines.sort_by_key(|h| !h.to_ascii_lowercase().starts_with("host:"));
+                        let mut h: String = lines
+                            .iter()
+                            .map(|l| {
+                                let (n, v) = l.split_once(':').unwrap_or((l, ""));
+                                let n = if n.eq_ignore_ascii_case("host") { "Host" } else { n };
+                                format!("{n}:{v}\r\n")
+                            })
+                            .collect();
+                        if a.verified {
+                            h.push_str("Accept: application/x-bao\r\n");
+                        }
+                        h
                     },
                 },
             };
