@@ -384,3 +384,63 @@ fn chromium_renders_the_site_over_http1_and_http3() {
     assert!(!protocols.is_empty() && protocols.split(',').all(|p| p == "h3"), "{protocols}");
     assert_eq!(r[6]["value"], "user grace");
 }
+
+/// The node `name` is placed on, by `observer`'s `GET /deployments/{name}`.
+fn placed_on(observer: &Node, name: &str) -> Vec<String> {
+    let (_, _, body) = observer.get(&format!("/deployments/{name}"));
+    let d: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    d["placement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["addr"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_site_on_one_of_three_nodes_is_served_by_every_node() {
+    let mut nodes = start_in_regions(&["eu", "eu", "eu"], |_| Vec::new());
+    let client = tempfile::tempdir().expect("tmp");
+    let dir = tempfile::tempdir().expect("tmp");
+    site(dir.path(), "one");
+    // No ledger here: the owner records the site on each node (with a ledger,
+    // once). The first upload sends the files; the others find them on the
+    // network and send nothing.
+    let first = deployed(&nodes[0], client.path(), "www", dir.path(), &[]);
+    assert!(first["uploaded"].as_u64().expect("n") > 0);
+    for node in &nodes[1..] {
+        let again = deployed(node, client.path(), "www", dir.path(), &[]);
+        assert_eq!(again["version"], first["version"]);
+        assert_eq!(again["uploaded"], 0, "the network had every blob: {again}");
+    }
+    let placed = placed_on(&nodes[0], "www");
+    assert_eq!(placed.len(), 1);
+    for node in &nodes[1..] {
+        assert_eq!(placed_on(node, "www"), placed, "every node places it alike");
+    }
+    let host = "www.sites.localhost";
+    for node in &nodes {
+        let (s, _, body) = get(node, host, "/about", &[]);
+        assert_eq!((s, body), (200, b"<h1>About one</h1>".to_vec()), "at {}", node.addr);
+    }
+    let at = nodes.iter().position(|n| n.addr.to_string() == placed[0]).expect("placed node");
+    let others: Vec<usize> = (0..3).filter(|&i| i != at).collect();
+    for &i in &others {
+        assert!(nodes[i].metric("tessera_site_proxied_total{service=\"site\"}") >= 1, "node {i} proxied");
+    }
+    assert!(nodes[at].metric("tessera_site_requests_total{service=\"site\",site=\"www\"}") >= 3);
+
+    // The placed node dies: the site moves, and every live node serves it.
+    nodes[at].kill9();
+    let observer = others[0];
+    within(Duration::from_secs(60), "the site re-placed", || {
+        placed_on(&nodes[observer], "www").first().is_some_and(|a| *a != placed[0])
+    });
+    for &i in &others {
+        within(Duration::from_secs(60), "served after the move", || {
+            get(&nodes[i], host, "/", &[]).0 == 200
+        });
+        let (s, _, body) = get(&nodes[i], host, "/docs/", &[]);
+        assert_eq!((s, body), (200, b"<h1>Docs one</h1>".to_vec()));
+    }
+}

@@ -119,7 +119,8 @@ pub struct Sites {
 /// Sent with a request proxied between a site's nodes: answered there, not
 /// passed on again, and metered there only.
 const HOP: &str = "x-tessera-site-hop";
-/// The host the client asked for, with a proxied request.
+/// With a request proxied in the path form: the client asked at the
+/// site's host (its redirects are answered host-relative).
 const HOST: &str = "x-tessera-site-host";
 /// `GET /sites/_status/{name}`: which version this node serves.
 const STATUS_PREFIX: &str = "/sites/_status/";
@@ -584,10 +585,14 @@ impl Service for Sites {
             return Decision::Reply(self.status(name));
         }
         let hosts = self.hosts.load();
-        let host = req.headers.get(HOST).or(req.host);
-        let Some(at) = self.locate(host, req.path, &hosts) else {
+        let Some(mut at) = self.locate(req.host, req.path, &hosts) else {
             return Decision::Reply(text(Status::NotFound, "no such site\n"));
         };
+        // Proxied from another node in the path form for a client that
+        // asked at the site's host: its redirects are host-relative.
+        if req.headers.get(HOST).is_some() {
+            at.path_form = false;
+        }
         let sites = self.sites.load();
         let Some(site) = sites.get(at.site) else {
             return Decision::Reply(text(
@@ -685,10 +690,12 @@ impl Service for Sites {
 
     fn handle(&self, req: OwnedRequest, body: RequestBody) -> Reply {
         let hosts = self.hosts.load();
-        let host = req.header(HOST).or(req.host.as_deref()).map(<[u8]>::to_vec);
-        let Some(at) = self.locate(host.as_deref(), &req.path, &hosts) else {
+        let Some(mut at) = self.locate(req.host.as_deref(), &req.path, &hosts) else {
             return text(Status::NotFound, "no such site\n");
         };
+        if req.header(HOST).is_some() {
+            at.path_form = false;
+        }
         let sites = self.sites.load();
         let Some(site) = sites.get(at.site).cloned() else {
             return text(Status::NotFound, "no site by that name on this network\n");
@@ -702,8 +709,17 @@ impl Service for Sites {
                 Ok(b) => b,
                 Err(e) => return text(Status::BadRequest, &format!("{e}\n")),
             };
+            // Passed on in the path form (the receiver routes by path, not
+            // by this node's host names), saying whether the client used the
+            // site's host.
+            let label = match &preview {
+                Some(p) => format!("{site_name}@{p}"),
+                None => site_name.clone(),
+            };
+            let mut target = format!("/sites/{label}").into_bytes();
+            target.extend_from_slice(&inner);
             for to in &site.elsewhere {
-                if let Some(reply) = self.proxy_to_node(*to, &req, host.as_deref(), &bytes) {
+                if let Some(reply) = self.proxy_to_node(*to, &req, &target, !path_form, &bytes) {
                     return reply;
                 }
             }
@@ -792,12 +808,19 @@ impl Sites {
 
     /// The request passed to `to`, a node that runs the site; None when it
     /// does not answer at all.
-    fn proxy_to_node(&self, to: SocketAddr, req: &OwnedRequest, host: Option<&[u8]>, body: &[u8]) -> Option<Reply> {
-        let url = format!("http://{to}{}", String::from_utf8_lossy(&url_of(&req.path, &req.query)));
+    fn proxy_to_node(
+        &self,
+        to: SocketAddr,
+        req: &OwnedRequest,
+        path: &[u8],
+        host_form: bool,
+        body: &[u8],
+    ) -> Option<Reply> {
+        let url = format!("http://{to}{}", String::from_utf8_lossy(&url_of(path, &req.query)));
         let mut headers = forwarded(req);
         headers.push((HOP.into(), b"1".to_vec()));
-        if let Some(h) = host {
-            headers.push((HOST.into(), h.to_vec()));
+        if host_form {
+            headers.push((HOST.into(), b"1".to_vec()));
         }
         let body = (!matches!(req.method, Method::Get | Method::Head)).then_some(body);
         match self.send(req.method.as_str(), &url, &headers, body) {
