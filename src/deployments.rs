@@ -28,13 +28,17 @@ use service_api::Reply;
 /// live version must be in `store` whole (the client uploads it first), its
 /// manifest valid: a deploy that stopped half-way is refused here and
 /// changes nothing.
-pub fn check_spec(service: &str, spec: &[u8], store: &dataplane::store::Store) -> Result<(), String> {
+pub fn check_spec(
+    service: &str,
+    spec: &[u8],
+    store: &dataplane::store::Store,
+) -> Result<(), String> {
     match service {
         "cdn" => tessera_cdn::ZoneSpec::parse(spec).map(|_| ()),
         "site" => {
             let spec = tessera_hosting::SiteSpec::parse(spec)?;
-            let live = dataplane::http::parse_hex32(spec.live.as_bytes())
-                .ok_or("live: not a hash")?;
+            let live =
+                dataplane::http::parse_hex32(spec.live.as_bytes()).ok_or("live: not a hash")?;
             let read = |hash: &[u8; 32]| -> Option<Vec<u8>> {
                 let (file, size) = store.open_blob(&dataplane::BlobHash(*hash)).ok()?;
                 if size > tessera_hosting::MAX_MANIFEST_BYTES as u64 {
@@ -45,7 +49,10 @@ pub fn check_spec(service: &str, spec: &[u8], store: &dataplane::store::Store) -
                 Some(out)
             };
             let bytes = read(&live).ok_or_else(|| {
-                format!("version {} is not on this node: upload the manifest and its files first", spec.live)
+                format!(
+                    "version {} is not on this node: upload the manifest and its files first",
+                    spec.live
+                )
             })?;
             let manifest = tessera_hosting::Manifest::parse(&bytes)?;
             let missing = manifest

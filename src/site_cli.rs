@@ -67,9 +67,15 @@ fn has(agent: &ureq::Agent, base: &str, hash: &str) -> anyhow::Result<bool> {
     Ok(resp.status() == 200)
 }
 
-fn upload(agent: &ureq::Agent, base: &str, blob: &tessera_hosting::build::Blob) -> anyhow::Result<()> {
+fn upload(
+    agent: &ureq::Agent,
+    base: &str,
+    blob: &tessera_hosting::build::Blob,
+) -> anyhow::Result<()> {
     let hash = hex(&blob.hash);
-    let mut reader = blob.reader().with_context(|| format!("cannot read the file of {hash}"))?;
+    let mut reader = blob
+        .reader()
+        .with_context(|| format!("cannot read the file of {hash}"))?;
     let mut resp = agent
         .post(format!("{base}/blobs"))
         .header("Content-Length", blob.size.to_string())
@@ -80,9 +86,13 @@ fn upload(agent: &ureq::Agent, base: &str, blob: &tessera_hosting::build::Blob) 
     if resp.status() != 201 && resp.status() != 200 {
         bail!("the node refused {hash}: {} {}", resp.status(), body.trim());
     }
-    let v: serde_json::Value = serde_json::from_str(&body).context("the node's answer is not JSON")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).context("the node's answer is not JSON")?;
     if v["hash"].as_str() != Some(hash.as_str()) {
-        bail!("the node stored {hash} under {}: the file changed while it was sent", v["hash"]);
+        bail!(
+            "the node stored {hash} under {}: the file changed while it was sent",
+            v["hash"]
+        );
     }
     Ok(())
 }
@@ -124,7 +134,10 @@ fn url_port(base: &str) -> String {
 
 pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let Some(dir) = args.path.clone() else {
-        bail!("say which folder to deploy: tessera deploy site --name {} ./public", args.name);
+        bail!(
+            "say which folder to deploy: tessera deploy site --name {} ./public",
+            args.name
+        );
     };
     let base = args.node.node.trim_end_matches('/').to_string();
     let name = args.name.clone();
@@ -161,7 +174,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         for _ in 0..UPLOADERS {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(blob) = built.blobs.get(i) else { return };
+                let Some(blob) = built.blobs.get(i) else {
+                    return;
+                };
                 if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                     return;
                 }
@@ -223,7 +238,10 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let spec = SiteSpec {
         live: id.clone(),
         hosts: if args.hosts.is_empty() {
-            old_spec.as_ref().map(|s| s.hosts.clone()).unwrap_or_default()
+            old_spec
+                .as_ref()
+                .map(|s| s.hosts.clone())
+                .unwrap_or_default()
         } else {
             args.hosts.clone()
         },
@@ -231,7 +249,11 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     };
     let replicas = args
         .replicas
-        .or_else(|| old.as_ref().and_then(|d| d["replicas"].as_u64()).map(|r| r as u16))
+        .or_else(|| {
+            old.as_ref()
+                .and_then(|d| d["replicas"].as_u64())
+                .map(|r| r as u16)
+        })
         .unwrap_or(1);
     let regions = if args.regions.is_empty() {
         old.as_ref()
@@ -301,15 +323,26 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     };
     let target = match &args.version {
         Some(prefix) => {
-            let found: Vec<&VersionInfo> = spec.versions.iter().filter(|v| v.id.starts_with(prefix.as_str())).collect();
+            let found: Vec<&VersionInfo> = spec
+                .versions
+                .iter()
+                .filter(|v| v.id.starts_with(prefix.as_str()))
+                .collect();
             match found.as_slice() {
                 [one] => one.id.clone(),
-                [] => bail!("{} keeps no version {prefix} (tessera deployments lists them)", args.name),
+                [] => bail!(
+                    "{} keeps no version {prefix} (tessera deployments lists them)",
+                    args.name
+                ),
                 _ => bail!("{prefix} names more than one version: give more of it"),
             }
         }
         None => {
-            let at = spec.versions.iter().position(|v| v.id == spec.live).unwrap_or(0);
+            let at = spec
+                .versions
+                .iter()
+                .position(|v| v.id == spec.live)
+                .unwrap_or(0);
             match spec.versions.get(at + 1) {
                 Some(v) => v.id.clone(),
                 None => bail!("{} keeps no version older than the live one", args.name),
@@ -338,7 +371,11 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         }),
     )?;
     wait_live(&base, &args.name, &target)?;
-    println!("{} now serves version {}", args.name, &target[..PREVIEW_PREFIX]);
+    println!(
+        "{} now serves version {}",
+        args.name,
+        &target[..PREVIEW_PREFIX]
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -25,11 +25,21 @@ fn deploy(node: &Node, client: &Path, name: &str, dir: &Path, args: &[&str]) -> 
         .expect("tessera deploy site")
 }
 
-fn deployed(node: &Node, client: &Path, name: &str, dir: &Path, args: &[&str]) -> serde_json::Value {
+fn deployed(
+    node: &Node,
+    client: &Path,
+    name: &str,
+    dir: &Path,
+    args: &[&str],
+) -> serde_json::Value {
     let mut all = args.to_vec();
     all.push("--json");
     let out = deploy(node, client, name, dir, &all);
-    assert!(out.status.success(), "deploy: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "deploy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("the deploy's JSON")
 }
 
@@ -62,7 +72,10 @@ fn site(dir: &Path, v: &str) {
         "// router padding\n".repeat(30)
     );
     let tag = |s: &str| blake3::hash(s.as_bytes()).to_hex()[..8].to_string();
-    let (css_name, js_name) = (format!("style.{}.css", tag(&css)), format!("app.{}.js", tag(&js)));
+    let (css_name, js_name) = (
+        format!("style.{}.css", tag(&css)),
+        format!("app.{}.js", tag(&js)),
+    );
     let html = format!(
         "<!doctype html><html><head><meta charset=utf-8><meta name=version content=\"{v}\"><link rel=stylesheet href=\"/assets/{css_name}\"><title>site</title></head>\n<body><h1>Tessera site {v}</h1><img id=logo src=\"/logo.svg\" width=64 height=64><p id=view></p><script src=\"/assets/{js_name}\"></script></body></html>\n"
     );
@@ -125,7 +138,10 @@ fn a_folder_is_served_by_the_netlify_conventions() {
     assert_eq!(s, 200);
     assert!(String::from_utf8_lossy(&body).contains("Tessera site one"));
     assert!(header(&head, "content-type").is_some_and(|t| t.starts_with("text/html")));
-    assert_eq!(header(&head, "cache-control"), Some("public, max-age=0, must-revalidate"));
+    assert_eq!(
+        header(&head, "cache-control"),
+        Some("public, max-age=0, must-revalidate")
+    );
     assert_eq!(header(&head, "x-frame-options"), Some("DENY"));
     let etag = header(&head, "etag").expect("etag").to_string();
     let (s, _, _) = get(&node, host, "/", &["-H", &format!("If-None-Match: {etag}")]);
@@ -150,7 +166,11 @@ fn a_folder_is_served_by_the_netlify_conventions() {
         ("/about.html", 301, "/about"),
     ] {
         let (s, head, _) = get(&node, host, path, &[]);
-        assert_eq!((s, header(&head, "location")), (status, Some(location)), "{path}");
+        assert_eq!(
+            (s, header(&head, "location")),
+            (status, Some(location)),
+            "{path}"
+        );
     }
     let (s, _, body) = get(&node, host, "/gone", &[]);
     assert_eq!((s, body), (410, b"<h1>Page not found</h1>".to_vec()));
@@ -161,33 +181,71 @@ fn a_folder_is_served_by_the_netlify_conventions() {
     // Assets: immutable by their hashed names, _headers globs, encodings.
     let (_, _, html) = get(&node, host, "/", &[]);
     let html = String::from_utf8(html).expect("utf8");
-    let js = html.split("src=\"").nth(2).and_then(|s| s.split('"').next()).expect("script").to_string();
+    let js = html
+        .split("src=\"")
+        .nth(2)
+        .and_then(|s| s.split('"').next())
+        .expect("script")
+        .to_string();
     let (s, head, plain) = get(&node, host, &js, &[]);
     assert_eq!(s, 200);
-    assert_eq!(header(&head, "cache-control"), Some("public, max-age=31536000, immutable"));
+    assert_eq!(
+        header(&head, "cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
     assert_eq!(header(&head, "x-asset"), Some("yes"));
     assert!(header(&head, "content-type").is_some_and(|t| t.contains("javascript")));
-    assert!(head.to_ascii_lowercase().contains("vary: accept-encoding"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("vary: accept-encoding"),
+        "{head}"
+    );
     for (enc, name) in [("br", "br"), ("gzip", "gzip")] {
-        let (s, head, packed) = get(&node, host, &js, &["-H", &format!("Accept-Encoding: {enc}")]);
+        let (s, head, packed) = get(
+            &node,
+            host,
+            &js,
+            &["-H", &format!("Accept-Encoding: {enc}")],
+        );
         assert_eq!((s, header(&head, "content-encoding")), (200, Some(name)));
         assert!(packed.len() < plain.len());
-        let (_, _, decoded) = get(&node, host, &js, &["--compressed", "-H", &format!("Accept-Encoding: {enc}")]);
+        let (_, _, decoded) = get(
+            &node,
+            host,
+            &js,
+            &["--compressed", "-H", &format!("Accept-Encoding: {enc}")],
+        );
         assert_eq!(decoded, plain, "{enc} decodes to the file");
     }
     // Ranges of a large file; HEAD; methods a site does not take.
     let (s, head, part) = get(&node, host, "/data.bin", &["-H", "Range: bytes=1000-1999"]);
     assert_eq!((s, part.len()), (206, 1000));
     assert_eq!(part, random_bytes(200_000, 7)[1000..2000]);
-    assert_eq!(header(&head, "content-range"), Some("bytes 1000-1999/200000"));
-    let out = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", &format!("Host: {host}"), &format!("{}/", node.url())]);
+    assert_eq!(
+        header(&head, "content-range"),
+        Some("bytes 1000-1999/200000")
+    );
+    let out = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        &format!("Host: {host}"),
+        &format!("{}/", node.url()),
+    ]);
     assert_eq!(out.stdout, b"405");
 
     // The path form, and the preview name of a version.
     let (s, _, body) = curl_get(&format!("{}/sites/docs/about", node.url()), &[]);
     assert_eq!((s, body), (200, b"<h1>About one</h1>".to_vec()));
     let (s, head, _) = curl_get(&format!("{}/sites/docs/old-about", node.url()), &[]);
-    assert_eq!((s, header(&head, "location")), (301, Some("/sites/docs/about")));
+    assert_eq!(
+        (s, header(&head, "location")),
+        (301, Some("/sites/docs/about"))
+    );
     let (s, _, _) = get(&node, "nosuch.sites.localhost", "/", &[]);
     assert_eq!(s, 404);
 
@@ -215,24 +273,46 @@ fn a_folder_is_served_by_the_netlify_conventions() {
     let second = deployed(&node, client.path(), "docs", dir.path(), &[]);
     let v2 = second["version"].as_str().expect("version").to_string();
     assert_ne!(v1, v2);
-    assert!(second["skipped"].as_u64().expect("n") >= 4, "unchanged files are not sent again: {second}");
+    assert!(
+        second["skipped"].as_u64().expect("n") >= 4,
+        "unchanged files are not sent again: {second}"
+    );
     assert!(String::from_utf8_lossy(&get(&node, host, "/", &[]).2).contains("Tessera site two"));
     let preview = format!("{}.docs.sites.localhost", &v1[..12]);
     assert!(String::from_utf8_lossy(&get(&node, &preview, "/", &[]).2).contains("Tessera site one"));
-    let (s, _, body) = curl_get(&format!("{}/sites/docs@{}/about", node.url(), &v2[..12]), &[]);
+    let (s, _, body) = curl_get(
+        &format!("{}/sites/docs@{}/about", node.url(), &v2[..12]),
+        &[],
+    );
     assert_eq!((s, body), (200, b"<h1>About two</h1>".to_vec()));
 
     // Versions listed; rollback to the one before, and forward by name.
     let out = cli(&node, client.path(), &["deployments"]);
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.contains(&v1[..12]) && listing.contains(&format!("{}", &v2[..12])), "{listing}");
-    assert!(listing.lines().any(|l| l.contains(&v2[..12]) && l.contains("(live)")), "{listing}");
+    assert!(
+        listing.contains(&v1[..12]) && listing.contains(&format!("{}", &v2[..12])),
+        "{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains(&v2[..12]) && l.contains("(live)")),
+        "{listing}"
+    );
     let out = cli(&node, client.path(), &["rollback", "docs"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(live(&node, "docs").as_deref(), Some(v1.as_str()));
     assert!(String::from_utf8_lossy(&get(&node, host, "/", &[]).2).contains("Tessera site one"));
     let out = cli(&node, client.path(), &["rollback", "docs", &v2[..10]]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&get(&node, host, "/", &[]).2).contains("Tessera site two"));
     let out = cli(&node, client.path(), &["rollback", "docs", "ffffffff"]);
     assert!(!out.status.success());
@@ -261,7 +341,10 @@ fn chromium(out: &Path, quic: Option<(&str, &str)>, steps: &[String]) -> Vec<ser
     if let Some((origin, spki)) = quic {
         cmd.args(["--quic", origin, "--spki", spki]);
     }
-    let run = cmd.args(steps).output().expect("python3 runs the DevTools client");
+    let run = cmd
+        .args(steps)
+        .output()
+        .expect("python3 runs the DevTools client");
     assert!(
         run.status.success(),
         "chromium (apt-get install chromium): {}\n{}",
@@ -286,7 +369,10 @@ fn spki_hash(cert: &Path) -> String {
         .output()
         .expect("openssl");
     assert!(out.status.success());
-    String::from_utf8(out.stdout).expect("base64").trim().to_string()
+    String::from_utf8(out.stdout)
+        .expect("base64")
+        .trim()
+        .to_string()
 }
 
 fn artefacts() -> PathBuf {
@@ -322,7 +408,10 @@ fn chromium_renders_the_site_over_http1_and_http3() {
     ];
     let r = chromium(&out, None, &steps);
     let home = &r[0];
-    assert!(home["failed"].as_array().expect("list").is_empty(), "{home}");
+    assert!(
+        home["failed"].as_array().expect("list").is_empty(),
+        "{home}"
+    );
     // Chromium asks for /favicon.ico on its own; the site has none (404).
     let statuses: Vec<u64> = home["responses"]
         .as_array()
@@ -331,24 +420,43 @@ fn chromium_renders_the_site_over_http1_and_http3() {
         .filter(|x| !x["url"].as_str().unwrap_or("").ends_with("/favicon.ico"))
         .map(|x| x["status"].as_u64().unwrap_or(0))
         .collect();
-    assert!(statuses.len() >= 4 && statuses.iter().all(|&s| s == 200), "every sub-resource loads: {home}");
+    assert!(
+        statuses.len() >= 4 && statuses.iter().all(|&s| s == 200),
+        "every sub-resource loads: {home}"
+    );
     assert_eq!(r[1]["value"], true, "the image rendered");
     assert_eq!(r[2]["value"], "one/one/one");
     assert_eq!(r[3]["value"], "home");
-    assert!(std::fs::metadata(out.join("home-http1.png")).expect("screenshot").len() > 1000);
+    assert!(
+        std::fs::metadata(out.join("home-http1.png"))
+            .expect("screenshot")
+            .len()
+            > 1000
+    );
     assert_eq!(r[6]["value"], "user ada", "the deep link renders its view");
-    assert_eq!(r[8]["value"], "/about About one", "the redirect is followed");
+    assert_eq!(
+        r[8]["value"], "/about About one",
+        "the redirect is followed"
+    );
     assert_eq!(r[10]["value"], "Page not found");
 
     // A second deploy: a reload shows the new version whole; a rollback, the old.
     site(dir.path(), "two");
     let v2 = deployed(&node, client.path(), "shop", dir.path(), &[]);
     assert_ne!(v1["version"], v2["version"]);
-    let check = vec![format!("goto:{base}/"), format!("wait:{loaded}"), format!("eval:{same}")];
+    let check = vec![
+        format!("goto:{base}/"),
+        format!("wait:{loaded}"),
+        format!("eval:{same}"),
+    ];
     let r = chromium(&out, None, &check);
     assert_eq!(r[2]["value"], "two/two/two");
     let rb = cli(&node, client.path(), &["rollback", "shop"]);
-    assert!(rb.status.success(), "{}", String::from_utf8_lossy(&rb.stderr));
+    assert!(
+        rb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rb.stderr)
+    );
     let r = chromium(&out, None, &check);
     assert_eq!(r[2]["value"], "one/one/one");
 
@@ -367,7 +475,11 @@ fn chromium_renders_the_site_over_http1_and_http3() {
         "eval:document.getElementById('view').textContent".to_string(),
     ];
     let r = chromium(&out, Some((&origin, &spki)), &steps);
-    assert!(r[0]["failed"].as_array().expect("list").is_empty(), "{}", r[0]);
+    assert!(
+        r[0]["failed"].as_array().expect("list").is_empty(),
+        "{}",
+        r[0]
+    );
     assert!(
         r[0]["responses"]
             .as_array()
@@ -381,7 +493,10 @@ fn chromium_renders_the_site_over_http1_and_http3() {
     assert_eq!(r[1]["value"], true);
     assert_eq!(r[2]["value"], "one/one/one");
     let protocols = r[3]["value"].as_str().expect("protocols");
-    assert!(!protocols.is_empty() && protocols.split(',').all(|p| p == "h3"), "{protocols}");
+    assert!(
+        !protocols.is_empty() && protocols.split(',').all(|p| p == "h3"),
+        "{protocols}"
+    );
     assert_eq!(r[6]["value"], "user grace");
 }
 
@@ -421,12 +536,23 @@ fn a_site_on_one_of_three_nodes_is_served_by_every_node() {
     let host = "www.sites.localhost";
     for node in &nodes {
         let (s, _, body) = get(node, host, "/about", &[]);
-        assert_eq!((s, body), (200, b"<h1>About one</h1>".to_vec()), "at {}", node.addr);
+        assert_eq!(
+            (s, body),
+            (200, b"<h1>About one</h1>".to_vec()),
+            "at {}",
+            node.addr
+        );
     }
-    let at = nodes.iter().position(|n| n.addr.to_string() == placed[0]).expect("placed node");
+    let at = nodes
+        .iter()
+        .position(|n| n.addr.to_string() == placed[0])
+        .expect("placed node");
     let others: Vec<usize> = (0..3).filter(|&i| i != at).collect();
     for &i in &others {
-        assert!(nodes[i].metric("tessera_site_proxied_total{service=\"site\"}") >= 1, "node {i} proxied");
+        assert!(
+            nodes[i].metric("tessera_site_proxied_total{service=\"site\"}") >= 1,
+            "node {i} proxied"
+        );
     }
     assert!(nodes[at].metric("tessera_site_requests_total{service=\"site\",site=\"www\"}") >= 3);
 
@@ -434,7 +560,9 @@ fn a_site_on_one_of_three_nodes_is_served_by_every_node() {
     nodes[at].kill9();
     let observer = others[0];
     within(Duration::from_secs(60), "the site re-placed", || {
-        placed_on(&nodes[observer], "www").first().is_some_and(|a| *a != placed[0])
+        placed_on(&nodes[observer], "www")
+            .first()
+            .is_some_and(|a| *a != placed[0])
     });
     for &i in &others {
         within(Duration::from_secs(60), "served after the move", || {

@@ -385,7 +385,11 @@ fn build_request(
                 None => rng.random_range(0..paths.len()),
             };
             // `--header "Host: ..."` (first of the extra lines) replaces ours.
-            let host = if headers.starts_with("Host:") { "" } else { "Host: bench\r\n" };
+            let host = if headers.starts_with("Host:") {
+                ""
+            } else {
+                "Host: bench\r\n"
+            };
             let _ = write!(out, "GET {} HTTP/1.1\r\n{host}{headers}", paths[i]);
             if let Some((object, len)) = range {
                 let first = rng.random_range(0..object.saturating_sub(*len).max(1));

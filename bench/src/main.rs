@@ -126,7 +126,11 @@ fn main() -> anyhow::Result<()> {
                             .iter()
                             .map(|l| {
                                 let (n, v) = l.split_once(':').unwrap_or((l, ""));
-                                let n = if n.eq_ignore_ascii_case("host") { "Host" } else { n };
+                                let n = if n.eq_ignore_ascii_case("host") {
+                                    "Host"
+                                } else {
+                                    n
+                                };
                                 format!("{n}:{v}\r\n")
                             })
                             .collect();

@@ -860,7 +860,9 @@ async fn handle(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next
             write_reply(core, conn, route, reply, keep_alive, head_only, info.http10).await
         }
         // A blob under another status (a site's 404 page) is plain bytes.
-        Plan::Blob(hash, meta) if info.verified && meta.as_ref().is_none_or(|m| m.status.is_none()) => {
+        Plan::Blob(hash, meta)
+            if info.verified && meta.as_ref().is_none_or(|m| m.status.is_none()) =>
+        {
             get_verified(core, conn, info, hash, meta.as_ref(), keep_alive).await
         }
         Plan::Blob(hash, meta) => {

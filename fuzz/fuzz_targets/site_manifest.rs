@@ -7,7 +7,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     match tessera_hosting::Manifest::parse(data) {
         Ok(m) => {
-            let v = tessera_hosting::Version::compile([0; 32], &m).expect("a checked manifest compiles");
+            let v = tessera_hosting::Version::compile([0; 32], &m)
+                .expect("a checked manifest compiles");
             for path in m.files.keys().take(16) {
                 let _ = v.resolve(path, "");
             }

@@ -1816,35 +1816,33 @@ fn get_blob(
             .preconditions
             .evaluate(req.method, req.range().is_some(), &validators),
     };
-    let honor_range =
-        match outcome
-        {
-            http::ConditionalOutcome::Proceed { honor_range } => honor_range,
-            http::ConditionalOutcome::NotModified => {
-                touch(core, hash);
-                return start_response(
-                    core,
-                    conn,
-                    stream,
-                    route,
-                    Status::NotModified,
-                    "",
-                    "",
-                    &common,
-                    None,
-                );
-            }
-            http::ConditionalOutcome::PreconditionFailed => {
-                return respond_text(
-                    core,
-                    conn,
-                    stream,
-                    route,
-                    Status::PreconditionFailed,
-                    http::PRECONDITION_FAILED_MESSAGE,
-                );
-            }
-        };
+    let honor_range = match outcome {
+        http::ConditionalOutcome::Proceed { honor_range } => honor_range,
+        http::ConditionalOutcome::NotModified => {
+            touch(core, hash);
+            return start_response(
+                core,
+                conn,
+                stream,
+                route,
+                Status::NotModified,
+                "",
+                "",
+                &common,
+                None,
+            );
+        }
+        http::ConditionalOutcome::PreconditionFailed => {
+            return respond_text(
+                core,
+                conn,
+                stream,
+                route,
+                Status::PreconditionFailed,
+                http::PRECONDITION_FAILED_MESSAGE,
+            );
+        }
+    };
     let range = http::parse_range(req.range().filter(|_| honor_range), size);
     if range == RangeRequest::Unsatisfiable {
         let cr = format!("bytes */{size}");

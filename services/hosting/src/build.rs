@@ -53,7 +53,9 @@ pub struct Built {
 
 /// The content type for a path, by its extension.
 pub fn content_type(path: &str) -> String {
-    let guess = mime_guess::from_path(path).first_raw().unwrap_or("application/octet-stream");
+    let guess = mime_guess::from_path(path)
+        .first_raw()
+        .unwrap_or("application/octet-stream");
     let texty = guess.starts_with("text/")
         || matches!(
             guess,
@@ -90,7 +92,8 @@ fn compressible(content_type: &str) -> bool {
 }
 
 fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     for entry in entries {
         let entry = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         let name = entry.file_name();
@@ -119,16 +122,20 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(), S
             ));
         }
         if out.len() > MAX_FILES {
-            return Err(format!("more than {MAX_FILES} files: a site holds at most {MAX_FILES}"));
+            return Err(format!(
+                "more than {MAX_FILES} files: a site holds at most {MAX_FILES}"
+            ));
         }
     }
     Ok(())
 }
 
 fn hash_file(path: &Path) -> Result<([u8; 32], u64), String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut hasher = blake3::Hasher::new();
-    let n = std::io::copy(&mut f, &mut hasher).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let n = std::io::copy(&mut f, &mut hasher)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok((*hasher.finalize().as_bytes(), n))
 }
 
@@ -194,7 +201,8 @@ pub fn build(dir: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<Built
             gzip: None,
         };
         if compressible(&entry.content_type) && (MIN_COMPRESS..=MAX_COMPRESS).contains(&size) {
-            let data = std::fs::read(&disk).map_err(|e| format!("cannot read {}: {e}", disk.display()))?;
+            let data =
+                std::fs::read(&disk).map_err(|e| format!("cannot read {}: {e}", disk.display()))?;
             for (which, packed) in [("br", brotli(&data)), ("gzip", gzip(&data))] {
                 if (packed.len() as u64) * 10 > size * 9 {
                     continue;
@@ -261,9 +269,17 @@ mod tests {
         let m = &b.manifest;
         assert_eq!(
             m.files.keys().collect::<Vec<_>>(),
-            ["/assets/app.js", "/assets/copy.js", "/index.html", "/logo.png"]
+            [
+                "/assets/app.js",
+                "/assets/copy.js",
+                "/index.html",
+                "/logo.png"
+            ]
         );
-        assert_eq!(m.files["/index.html"].content_type, "text/html; charset=utf-8");
+        assert_eq!(
+            m.files["/index.html"].content_type,
+            "text/html; charset=utf-8"
+        );
         assert_eq!(m.files["/logo.png"].content_type, "image/png");
         assert!(m.files["/index.html"].br.is_some() && m.files["/index.html"].gzip.is_some());
         assert!(m.files["/logo.png"].br.is_none());

@@ -88,9 +88,7 @@ pub fn parse(text: &str) -> Result<Vec<Rule>, String> {
             continue;
         }
         let Some(rule) = rules.last_mut() else {
-            return Err(format!(
-                "_headers line {n}: a header before any path"
-            ));
+            return Err(format!("_headers line {n}: a header before any path"));
         };
         let action = if let Some(name) = trimmed.strip_prefix('!') {
             let name = name.trim();
@@ -105,7 +103,9 @@ pub fn parse(text: &str) -> Result<Vec<Rule>, String> {
             let (name, value) = (name.trim(), value.trim());
             check_name(name).map_err(|e| format!("_headers line {n}: {e}"))?;
             if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-                return Err(format!("_headers line {n}: {name}: control characters in the value"));
+                return Err(format!(
+                    "_headers line {n}: {name}: control characters in the value"
+                ));
             }
             Action::Set(name.to_ascii_lowercase(), value.to_string())
         };
@@ -125,7 +125,9 @@ fn check_name(name: &str) -> Result<(), String> {
         return Err(format!("{name:?} is not a header name"));
     }
     if RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
-        return Err(format!("{name} is set by the node and cannot be changed here"));
+        return Err(format!(
+            "{name} is set by the node and cannot be changed here"
+        ));
     }
     Ok(())
 }

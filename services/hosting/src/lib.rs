@@ -114,7 +114,9 @@ impl Manifest {
     /// Parses and checks a manifest: what a node runs on bytes it fetched.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
         if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes"));
+            return Err(format!(
+                "the manifest is larger than {MAX_MANIFEST_BYTES} bytes"
+            ));
         }
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not valid: {e}"))?;
@@ -126,7 +128,10 @@ impl Manifest {
     /// uploads anything and by the node before it records the deployment.
     pub fn check(&self) -> Result<(), String> {
         if self.format != 1 {
-            return Err(format!("manifest format {} (this node reads 1)", self.format));
+            return Err(format!(
+                "manifest format {} (this node reads 1)",
+                self.format
+            ));
         }
         if self.files.len() > MAX_FILES {
             return Err(format!(
@@ -225,7 +230,10 @@ impl SiteSpec {
 
     fn check(&self) -> Result<(), String> {
         if parse_hex32(&self.live).is_none() {
-            return Err(format!("live: {:?} is not a version (a manifest's hash)", self.live));
+            return Err(format!(
+                "live: {:?} is not a version (a manifest's hash)",
+                self.live
+            ));
         }
         if self.versions.is_empty() || self.versions.len() > MAX_VERSIONS {
             return Err(format!("versions: 1 to {MAX_VERSIONS}"));
@@ -234,7 +242,10 @@ impl SiteSpec {
             if parse_hex32(&v.id).is_none() {
                 return Err(format!("versions: {:?} is not a version", v.id));
             }
-            if self.versions[..i].iter().any(|w| w.id[..PREVIEW_PREFIX] == v.id[..PREVIEW_PREFIX]) {
+            if self.versions[..i]
+                .iter()
+                .any(|w| w.id[..PREVIEW_PREFIX] == v.id[..PREVIEW_PREFIX])
+            {
                 return Err(format!("versions: {} is listed twice", v.id));
             }
         }
@@ -318,7 +329,9 @@ mod tests {
                 let i = (next() % s.len() as u64) as usize;
                 s[i] = b"/:*! \n=#x%.?"[(next() % 12) as usize];
             }
-            let Ok(text) = std::str::from_utf8(&s) else { continue };
+            let Ok(text) = std::str::from_utf8(&s) else {
+                continue;
+            };
             match redirects::parse(text) {
                 Ok(rules) => {
                     for path in ["/", "/news/2024/a/b", "/s", "/x/y"] {
@@ -390,16 +403,22 @@ mod tests {
         assert_eq!(SiteSpec::parse(s.to_toml().as_bytes()).expect("again"), s);
         let other = "cd".repeat(32);
         let bad = spec.replace(&format!("live = \"{id}\""), &format!("live = \"{other}\""));
-        assert!(SiteSpec::parse(bad.as_bytes()).expect_err("not listed").contains("must be listed"));
+        assert!(SiteSpec::parse(bad.as_bytes())
+            .expect_err("not listed")
+            .contains("must be listed"));
         let bad = spec.replace("docs.example.com", "Docs");
-        assert!(SiteSpec::parse(bad.as_bytes()).expect_err("host").contains("host"));
+        assert!(SiteSpec::parse(bad.as_bytes())
+            .expect_err("host")
+            .contains("host"));
         assert!(SiteSpec::parse(b"live = 1").is_err());
     }
 
     #[test]
     fn manifests_are_checked() {
         let h = "00".repeat(32);
-        let good = format!(r#"{{"format":1,"files":{{"/index.html":{{"hash":"{h}","size":3,"type":"text/html"}}}}}}"#);
+        let good = format!(
+            r#"{{"format":1,"files":{{"/index.html":{{"hash":"{h}","size":3,"type":"text/html"}}}}}}"#
+        );
         let m = Manifest::parse(good.as_bytes()).expect("parses");
         assert_eq!(Manifest::parse(&m.to_bytes()).expect("round trip"), m);
         for (bad, why) in [

@@ -52,15 +52,14 @@ impl Pattern {
                     "{source:?}: * stands for a whole trailing part of the path (/a/*)"
                 ));
             } else if let Some(name) = seg.strip_prefix(':') {
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 {
                     return Err(format!("{source:?}: placeholder {seg:?} needs a name"));
                 }
                 if name == "splat" {
-                    return Err(format!("{source:?}: :splat is the name of *, not a placeholder"));
+                    return Err(format!(
+                        "{source:?}: :splat is the name of *, not a placeholder"
+                    ));
                 }
                 parts.push(Part::Placeholder(name.to_string()));
             } else {
@@ -152,7 +151,11 @@ impl Pattern {
         if self.splat {
             // `/news/*`: `/news`, `/news/`, `/news/a/b` (the splat keeps a
             // trailing slash, for rewrites).
-            let from = if exhausted { path.len().min(at + 1) } else { at };
+            let from = if exhausted {
+                path.len().min(at + 1)
+            } else {
+                at
+            };
             caps.splat = Some((from.min(path.len()) as u16, path.len() as u16));
             return Some(caps);
         }
@@ -311,6 +314,8 @@ mod tests {
         assert!(g.matches("/index.html") && g.matches("/a/b.html") && !g.matches("/a.css"));
         let g = Glob::parse("/:lang/about").expect("parses");
         assert!(g.matches("/en/about") && !g.matches("/en/x/about"));
-        assert!(Glob::parse("/exact.txt").expect("parses").matches("/exact.txt"));
+        assert!(Glob::parse("/exact.txt")
+            .expect("parses")
+            .matches("/exact.txt"));
     }
 }

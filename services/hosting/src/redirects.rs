@@ -72,9 +72,7 @@ pub fn parse(text: &str) -> Result<Vec<Rule>, String> {
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         if raw.len() > MAX_LINE {
-            return Err(format!(
-                "_redirects line {n}: longer than {MAX_LINE} bytes"
-            ));
+            return Err(format!("_redirects line {n}: longer than {MAX_LINE} bytes"));
         }
         let line = raw.split_once('#').map_or(raw, |(l, _)| l).trim();
         if line.is_empty() {
@@ -161,7 +159,9 @@ fn parse_line(line: &str, n: usize) -> Result<Rule, String> {
         return Err("a function target answers the request: its status must be 200".into());
     }
     if matches!(target, Target::Url(_)) && matches!(status, 404 | 410) {
-        return Err(format!("status {status} needs a path of the site as its target"));
+        return Err(format!(
+            "status {status} needs a path of the site as its target"
+        ));
     }
     // Every :name in TO must be bound by FROM or a query condition.
     let text = target.text();
@@ -191,7 +191,10 @@ fn parse_line(line: &str, n: usize) -> Result<Rule, String> {
 }
 
 fn is_target(f: &str) -> bool {
-    f.starts_with('/') || f.starts_with("http://") || f.starts_with("https://") || f.starts_with("fn:")
+    f.starts_with('/')
+        || f.starts_with("http://")
+        || f.starts_with("https://")
+        || f.starts_with("fn:")
 }
 
 /// The `:name`s a target refers to (a `:` followed by a letter, after a
@@ -204,7 +207,9 @@ fn names_in(text: &str) -> impl Iterator<Item = &str> {
             if bytes[i] == b':' && i + 1 < bytes.len() && bytes[i + 1].is_ascii_alphabetic() {
                 let start = i + 1;
                 let mut end = start;
-                while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+                while end < bytes.len()
+                    && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_')
+                {
                     end += 1;
                 }
                 // `https://`: a scheme's colon is followed by '/', so it is
@@ -308,7 +313,10 @@ mod tests {
         let rules = parse(NETLIFY).expect("parses");
         assert_eq!(rules.len(), 12);
         assert_eq!(rules[0].status, 301);
-        assert_eq!(rules[3].to, Target::Url("https://www.petsofnetlify.com".into()));
+        assert_eq!(
+            rules[3].to,
+            Target::Url("https://www.petsofnetlify.com".into())
+        );
         assert!(rules[10].force && !rules[9].force);
         assert_eq!(rules[8].status, 200);
         assert!(rules[8].static_target && !rules[7].static_target);
@@ -334,8 +342,14 @@ mod tests {
             go("/news/2024/02/12/hello", "", false),
             Some((301, "/blog/2024/02/12/hello".into()))
         );
-        assert_eq!(go("/shop/a/b.html", "", false), Some((302, "/store/a/b.html".into())));
-        assert_eq!(go("/app/deep/link", "", false), Some((200, "/app/index.html".into())));
+        assert_eq!(
+            go("/shop/a/b.html", "", false),
+            Some((302, "/store/a/b.html".into()))
+        );
+        assert_eq!(
+            go("/app/deep/link", "", false),
+            Some((200, "/app/index.html".into()))
+        );
         assert_eq!(go("/old", "", false), Some((404, "/gone.html".into())));
         assert_eq!(
             go("/api/v1/users", "", false),

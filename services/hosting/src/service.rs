@@ -156,7 +156,10 @@ impl Sites {
         }
         let m = &node.metrics;
         let counters = Counters {
-            hits: m.counter("files", "Files answered from a site's snapshot on the core."),
+            hits: m.counter(
+                "files",
+                "Files answered from a site's snapshot on the core.",
+            ),
             redirects: m.counter("redirects", "Redirects answered."),
             not_found: m.counter("not_found", "Requests for paths a site does not have."),
             proxied: m.counter("proxied", "Requests passed to a node that runs the site."),
@@ -196,8 +199,14 @@ impl Sites {
             let Some(s) = weak.upgrade() else { return };
             let all = s.sites.load();
             for (metric, help) in [
-                ("requests", "Requests for the site this node answered (metered)."),
-                ("bytes", "Body bytes of the site this node served (metered)."),
+                (
+                    "requests",
+                    "Requests for the site this node answered (metered).",
+                ),
+                (
+                    "bytes",
+                    "Body bytes of the site this node served (metered).",
+                ),
             ] {
                 let _ = writeln!(out, "# HELP tessera_site_{metric}_total {help}");
                 let _ = writeln!(out, "# TYPE tessera_site_{metric}_total counter");
@@ -232,10 +241,20 @@ impl Sites {
     /// store (fetched from peers when `fetch`), parsed and checked. None
     /// while it is not to be had (or was refused: logged once).
     fn version(&self, id: &Hash, fetch: bool) -> Option<Arc<Version>> {
-        if let Some(v) = self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+        if let Some(v) = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
             return Some(v.clone());
         }
-        if self.refused.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+        if self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+        {
             return None;
         }
         let store = &self.node.store;
@@ -250,7 +269,10 @@ impl Sites {
         let refuse = |why: String| {
             tracing::warn!(version = %hex(id), "site version refused: {why}");
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(*id);
+            self.refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(*id);
             None
         };
         if size > crate::MAX_MANIFEST_BYTES as u64 {
@@ -330,7 +352,9 @@ impl Sites {
             };
             let mut previews = HashMap::new();
             for info in &spec.versions {
-                let Some(id) = parse_hex32(&info.id) else { continue };
+                let Some(id) = parse_hex32(&info.id) else {
+                    continue;
+                };
                 let is_live = info.id == spec.live;
                 // A node the site is not placed on holds only the live
                 // manifest (to serve when its nodes do not answer).
@@ -351,13 +375,18 @@ impl Sites {
                 }
                 previews.insert(info.id[..PREVIEW_PREFIX].to_string(), v);
             }
-            let live = previews.get(&spec.live[..PREVIEW_PREFIX]).cloned().or_else(|| {
-                // The new version is not whole here yet: the one served so
-                // far stays, if the spec still keeps it.
-                old.and_then(|s| s.live.clone()).filter(|v| {
-                    spec.versions.iter().any(|i| parse_hex32(&i.id) == Some(v.id))
-                })
-            });
+            let live = previews
+                .get(&spec.live[..PREVIEW_PREFIX])
+                .cloned()
+                .or_else(|| {
+                    // The new version is not whole here yet: the one served so
+                    // far stays, if the spec still keeps it.
+                    old.and_then(|s| s.live.clone()).filter(|v| {
+                        spec.versions
+                            .iter()
+                            .any(|i| parse_hex32(&i.id) == Some(v.id))
+                    })
+                });
             let usage = old.map_or_else(Default::default, |s| s.usage.clone());
             let site = Site {
                 deployment_version: inst.version,
@@ -393,7 +422,9 @@ impl Sites {
             }
             self.any_hosts.store(!hosts.is_empty(), Ordering::Release);
             self.hosts.store(Arc::new(hosts));
-            self.counters.sites.store(next.len() as u64, Ordering::Relaxed);
+            self.counters
+                .sites
+                .store(next.len() as u64, Ordering::Relaxed);
             self.sites.store(Arc::new(next));
         }
         self.update_pins(wanted_pins, complete);
@@ -402,7 +433,12 @@ impl Sites {
             .sites
             .load()
             .values()
-            .flat_map(|s| s.previews.values().map(|v| v.id).chain(s.live.iter().map(|v| v.id)))
+            .flat_map(|s| {
+                s.previews
+                    .values()
+                    .map(|v| v.id)
+                    .chain(s.live.iter().map(|v| v.id))
+            })
             .collect();
         self.versions
             .lock()
@@ -442,11 +478,16 @@ impl Sites {
                 Err(e) => tracing::warn!("cannot unpin a pruned version's blobs: {e}"),
             }
         }
-        self.counters.pinned.store(pins.len() as u64, Ordering::Relaxed);
+        self.counters
+            .pinned
+            .store(pins.len() as u64, Ordering::Relaxed);
         let list: String = pins.iter().map(|h| format!("{}\n", hex(h))).collect();
         let path = self.node.data_dir.join("pins");
         let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, list).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+        if std::fs::write(&tmp, list)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
             tracing::warn!("cannot record the sites' pins in {}", path.display());
         }
     }
@@ -464,7 +505,11 @@ impl Sites {
                 Some((s, p)) => (s, Some(p)),
                 None => (label, None),
             };
-            let inner = if end == rest.len() { &b"/"[..] } else { &rest[end..] };
+            let inner = if end == rest.len() {
+                &b"/"[..]
+            } else {
+                &rest[end..]
+            };
             return Some(Located {
                 site,
                 preview,
@@ -477,7 +522,9 @@ impl Sites {
         let under = host
             .len()
             .checked_sub(self.dot_suffix.len())
-            .filter(|&at| host.is_char_boundary(at) && host[at..].eq_ignore_ascii_case(&self.dot_suffix))
+            .filter(|&at| {
+                host.is_char_boundary(at) && host[at..].eq_ignore_ascii_case(&self.dot_suffix)
+            })
             .map(|at| &host[..at]);
         let (site, preview) = match under {
             Some(labels) => match labels.split_once('.') {
@@ -612,8 +659,11 @@ impl Service for Sites {
                     String::from_utf8_lossy(&url_of(at.path, req.query))
                 );
                 return Decision::Reply(
-                    text(Status::TemporaryRedirect, "this site runs on another node\n")
-                        .header("Location", location),
+                    text(
+                        Status::TemporaryRedirect,
+                        "this site runs on another node\n",
+                    )
+                    .header("Location", location),
                 );
             }
             return Decision::Work;
@@ -639,7 +689,10 @@ impl Service for Sites {
             });
         };
         let Some(path) = decode(at.path) else {
-            return Decision::Reply(text(Status::BadRequest, "the path is not valid UTF-8 once decoded\n"));
+            return Decision::Reply(text(
+                Status::BadRequest,
+                "the path is not valid UTF-8 once decoded\n",
+            ));
         };
         let query = std::str::from_utf8(req.query).unwrap_or("");
         match version.resolve(&path, query) {
@@ -648,7 +701,11 @@ impl Service for Sites {
                 text(Status::MethodNotAllowed, "a site answers GET and HEAD\n")
                     .header("Allow", "GET, HEAD"),
             ),
-            Outcome::File { file, status, headers } => {
+            Outcome::File {
+                file,
+                status,
+                headers,
+            } => {
                 let enc = if file.has_variants() {
                     choose_encoding(req.headers.get("accept-encoding"))
                 } else {
@@ -700,7 +757,11 @@ impl Service for Sites {
         let Some(site) = sites.get(at.site).cloned() else {
             return text(Status::NotFound, "no site by that name on this network\n");
         };
-        let (site_name, preview, path_form) = (at.site.to_string(), at.preview.map(str::to_string), at.path_form);
+        let (site_name, preview, path_form) = (
+            at.site.to_string(),
+            at.preview.map(str::to_string),
+            at.path_form,
+        );
         let inner = at.path.to_vec();
         drop(sites);
         let hop = req.header(HOP).is_some();
@@ -729,15 +790,24 @@ impl Service for Sites {
         };
         // Served here: none of the site's nodes answered, or this is one.
         let version = match &preview {
-            Some(p) => site.previews.get(p.get(..PREVIEW_PREFIX).unwrap_or(p)).cloned(),
+            Some(p) => site
+                .previews
+                .get(p.get(..PREVIEW_PREFIX).unwrap_or(p))
+                .cloned(),
             None => site.live.clone(),
         };
         let Some(version) = version else {
-            return text(Status::ServiceUnavailable, "the site's version is not on this node yet\n")
-                .header("Retry-After", "1");
+            return text(
+                Status::ServiceUnavailable,
+                "the site's version is not on this node yet\n",
+            )
+            .header("Retry-After", "1");
         };
         let Some(path) = decode(&inner) else {
-            return text(Status::BadRequest, "the path is not valid UTF-8 once decoded\n");
+            return text(
+                Status::BadRequest,
+                "the path is not valid UTF-8 once decoded\n",
+            );
         };
         let query = String::from_utf8_lossy(&req.query).into_owned();
         site.usage.requests.fetch_add(1, Ordering::Relaxed);
@@ -803,7 +873,8 @@ impl Sites {
             "files": site.live.as_ref().map(|v| v.file_count()),
             "host_suffix": self.config.host_suffix,
         });
-        Reply::new(Status::Ok, "application/json", format!("{v}\n")).header("Cache-Control", "no-store")
+        Reply::new(Status::Ok, "application/json", format!("{v}\n"))
+            .header("Cache-Control", "no-store")
     }
 
     /// The request passed to `to`, a node that runs the site; None when it
@@ -816,7 +887,10 @@ impl Sites {
         host_form: bool,
         body: &[u8],
     ) -> Option<Reply> {
-        let url = format!("http://{to}{}", String::from_utf8_lossy(&url_of(path, &req.query)));
+        let url = format!(
+            "http://{to}{}",
+            String::from_utf8_lossy(&url_of(path, &req.query))
+        );
         let mut headers = forwarded(req);
         headers.push((HOP.into(), b"1".to_vec()));
         if host_form {
@@ -847,7 +921,10 @@ impl Sites {
         let body = (!matches!(req.method, Method::Get | Method::Head)).then_some(&bytes[..]);
         match self.send(req.method.as_str(), url, &forwarded(req), body) {
             Ok(r) => r,
-            Err(e) => text(Status::BadGateway, &format!("the proxied origin did not answer: {e}\n")),
+            Err(e) => text(
+                Status::BadGateway,
+                &format!("the proxied origin did not answer: {e}\n"),
+            ),
         }
     }
 
@@ -862,7 +939,9 @@ impl Sites {
         for (n, v) in headers {
             b = b.header(n.as_str(), v.as_slice());
         }
-        let request = b.body(body.map(<[u8]>::to_vec).unwrap_or_default()).map_err(|e| e.to_string())?;
+        let request = b
+            .body(body.map(<[u8]>::to_vec).unwrap_or_default())
+            .map_err(|e| e.to_string())?;
         let resp = self.agent.run(request).map_err(|e| e.to_string())?;
         let status = status_of(resp.status().as_u16());
         let mut kept = Vec::new();
@@ -871,7 +950,10 @@ impl Sites {
             let n = n.as_str();
             if n == "content-type" {
                 content_type = v.to_str().unwrap_or("application/octet-stream").to_string();
-            } else if !matches!(n, "content-length" | "transfer-encoding" | "connection" | "keep-alive") {
+            } else if !matches!(
+                n,
+                "content-length" | "transfer-encoding" | "connection" | "keep-alive"
+            ) {
                 kept.push((n.to_string(), v.as_bytes().to_vec()));
             }
         }
@@ -883,7 +965,8 @@ impl Sites {
                 if n == 0 {
                     return Ok(());
                 }
-                out.send(buf[..n].to_vec()).map_err(|_| "client gone".to_string())?;
+                out.send(buf[..n].to_vec())
+                    .map_err(|_| "client gone".to_string())?;
             }
         });
         reply.headers.extend(kept);
@@ -900,8 +983,14 @@ fn forwarded(req: &OwnedRequest) -> Vec<(String, Vec<u8>)> {
             let n = String::from_utf8_lossy(n).to_ascii_lowercase();
             !matches!(
                 n.as_str(),
-                "host" | "connection" | "keep-alive" | "transfer-encoding" | "te" | "upgrade"
-                    | "content-length" | "proxy-connection"
+                "host"
+                    | "connection"
+                    | "keep-alive"
+                    | "transfer-encoding"
+                    | "te"
+                    | "upgrade"
+                    | "content-length"
+                    | "proxy-connection"
             ) && n != HOP
                 && n != HOST
         })
@@ -923,7 +1012,11 @@ fn status_of(code: u16) -> Status {
         .iter()
         .copied()
         .find(|s| s.code() == code)
-        .unwrap_or(if code < 400 { Status::Ok } else { Status::BadGateway })
+        .unwrap_or(if code < 400 {
+            Status::Ok
+        } else {
+            Status::BadGateway
+        })
 }
 
 #[cfg(test)]
@@ -934,12 +1027,19 @@ mod tests {
     fn paths_decode() {
         assert_eq!(decode(b"/a%20b.html").as_deref(), Some("/a b.html"));
         assert_eq!(decode(b"/plain").as_deref(), Some("/plain"));
-        assert!(decode(b"/bad%zz").is_none() && decode(b"/bad%ff").is_none() && decode(b"/cut%2").is_none());
+        assert!(
+            decode(b"/bad%zz").is_none()
+                && decode(b"/bad%ff").is_none()
+                && decode(b"/cut%2").is_none()
+        );
     }
 
     #[test]
     fn ports_strip() {
-        assert_eq!(strip_port(b"docs.sites.localhost:8080"), b"docs.sites.localhost");
+        assert_eq!(
+            strip_port(b"docs.sites.localhost:8080"),
+            b"docs.sites.localhost"
+        );
         assert_eq!(strip_port(b"docs.example.com"), b"docs.example.com");
     }
 }

@@ -85,7 +85,10 @@ pub enum Outcome<'v> {
         /// own path: the headers to send instead.
         headers: Option<Vec<(String, String)>>,
     },
-    Redirect { status: u16, location: String },
+    Redirect {
+        status: u16,
+        location: String,
+    },
     /// A rule rewrites to another origin (proxied, off the core).
     Proxy(String),
     /// A rule hands the request to an edge function.
@@ -196,7 +199,12 @@ impl Version {
         let mut not_found: Vec<(Box<str>, usize)> = files
             .iter()
             .enumerate()
-            .filter_map(|(i, f)| f.path.strip_suffix("404.html").filter(|d| d.ends_with('/')).map(|d| (d.into(), i)))
+            .filter_map(|(i, f)| {
+                f.path
+                    .strip_suffix("404.html")
+                    .filter(|d| d.ends_with('/'))
+                    .map(|d| (d.into(), i))
+            })
             .collect();
         not_found.sort_by_key(|(d, _): &(Box<str>, usize)| std::cmp::Reverse(d.len()));
         blobs.sort_unstable();
@@ -260,7 +268,9 @@ impl Version {
         };
         match (&rule.to, rule.status) {
             (redirects::Target::Function(name), _) => Outcome::Function(name.clone()),
-            (redirects::Target::Url(_), 200) => Outcome::Proxy(with_query(target.into_owned(), query)),
+            (redirects::Target::Url(_), 200) => {
+                Outcome::Proxy(with_query(target.into_owned(), query))
+            }
             (_, status @ (301 | 302 | 303 | 307 | 308)) => Outcome::Redirect {
                 status,
                 location: if target.contains('?') {
@@ -286,7 +296,11 @@ impl Version {
 
     /// The nearest `404.html` above `path`, under `status`.
     fn not_found(&self, path: &str, status: u16) -> Outcome<'_> {
-        match self.not_found.iter().find(|(dir, _)| path.starts_with(&**dir)) {
+        match self
+            .not_found
+            .iter()
+            .find(|(dir, _)| path.starts_with(&**dir))
+        {
             Some((_, i)) => {
                 let set = headers::matching(&self.header_rules, path);
                 self.file_outcome(*i, set, path, status)
@@ -376,8 +390,14 @@ pub fn choose_encoding(accept: Option<&[u8]>) -> Encoding {
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &s[start..end]
 }
 
@@ -392,8 +412,14 @@ mod tests {
             hash: h(n),
             size: 100,
             content_type: ty.into(),
-            br: variants.then(|| Stored { hash: h(n + 100), size: 40 }),
-            gzip: variants.then(|| Stored { hash: h(n + 150), size: 50 }),
+            br: variants.then(|| Stored {
+                hash: h(n + 100),
+                size: 40,
+            }),
+            gzip: variants.then(|| Stored {
+                hash: h(n + 150),
+                size: 50,
+            }),
         }
     }
 
@@ -404,7 +430,10 @@ mod tests {
         files.insert("/docs/index.html".to_string(), entry(3, "text/html", false));
         files.insert("/docs/404.html".to_string(), entry(4, "text/html", false));
         files.insert("/404.html".to_string(), entry(5, "text/html", false));
-        files.insert("/assets/app.3f2a9c1b.js".to_string(), entry(6, "application/javascript", true));
+        files.insert(
+            "/assets/app.3f2a9c1b.js".to_string(),
+            entry(6, "application/javascript", true),
+        );
         files.insert("/style.css".to_string(), entry(7, "text/css", false));
         let m = Manifest {
             format: 1,
@@ -437,9 +466,16 @@ mod tests {
             ("/docs/missing", ("/docs/404.html", 404)),
             ("/missing", ("/404.html", 404)),
         ] {
-            assert_eq!(served(&v.resolve(path, "")), (want.0.to_string(), want.1), "{path}");
+            assert_eq!(
+                served(&v.resolve(path, "")),
+                (want.0.to_string(), want.1),
+                "{path}"
+            );
         }
-        assert_eq!(served(&v.resolve("/docs", "a=1")), ("-> /docs/?a=1".into(), 301));
+        assert_eq!(
+            served(&v.resolve("/docs", "a=1")),
+            ("-> /docs/?a=1".into(), 301)
+        );
     }
 
     #[test]
@@ -448,24 +484,40 @@ mod tests {
             "/old/* /new/:splat 302\n/about /elsewhere 301\n/style.css /x.css 301!\n/gone /about.html 410\n/api/* https://api.example/:splat 200\n/*  /index.html  200\n",
             "",
         );
-        assert_eq!(served(&v.resolve("/old/a/b", "q=1")), ("-> /new/a/b?q=1".into(), 302));
+        assert_eq!(
+            served(&v.resolve("/old/a/b", "q=1")),
+            ("-> /new/a/b?q=1".into(), 302)
+        );
         // A file shadows a rule without `!`, not one with it.
-        assert_eq!(served(&v.resolve("/about", "")), ("/about.html".into(), 200));
-        assert_eq!(served(&v.resolve("/style.css", "")), ("-> /x.css".into(), 301));
+        assert_eq!(
+            served(&v.resolve("/about", "")),
+            ("/about.html".into(), 200)
+        );
+        assert_eq!(
+            served(&v.resolve("/style.css", "")),
+            ("-> /x.css".into(), 301)
+        );
         assert_eq!(served(&v.resolve("/gone", "")), ("/about.html".into(), 410));
         assert_eq!(
             served(&v.resolve("/api/users", "id=1")),
             ("proxy https://api.example/users?id=1".into(), 200)
         );
         // The SPA fallback: a deep link gets the app's page.
-        assert_eq!(served(&v.resolve("/users/42", "")), ("/index.html".into(), 200));
+        assert_eq!(
+            served(&v.resolve("/users/42", "")),
+            ("/index.html".into(), 200)
+        );
     }
 
     #[test]
     fn caching_defaults_and_headers_file() {
         let v = site("/*  /index.html  200\n", "/*\n  X-Frame-Options: DENY\n/assets/*\n  X-Asset: yes\n/style.css\n  Cache-Control: public, max-age=60\n");
         let get = |path: &str, enc| match v.resolve(path, "") {
-            Outcome::File { file, status, headers } => blob_reply(file, enc, status, headers).0,
+            Outcome::File {
+                file,
+                status,
+                headers,
+            } => blob_reply(file, enc, status, headers).0,
             _ => panic!("{path}: not a file"),
         };
         let html = get("/", Encoding::Identity);
@@ -473,14 +525,30 @@ mod tests {
         let js = get("/assets/app.3f2a9c1b.js", Encoding::Brotli);
         assert_eq!(js.cache_control.as_deref(), Some(IMMUTABLE));
         let hs = js.headers.as_deref().expect("headers");
-        for want in [("x-asset", "yes"), ("x-frame-options", "DENY"), ("content-encoding", "br"), ("vary", "accept-encoding")] {
-            assert!(hs.iter().any(|(n, v)| n == want.0 && v == want.1), "{want:?} in {hs:?}");
+        for want in [
+            ("x-asset", "yes"),
+            ("x-frame-options", "DENY"),
+            ("content-encoding", "br"),
+            ("vary", "accept-encoding"),
+        ] {
+            assert!(
+                hs.iter().any(|(n, v)| n == want.0 && v == want.1),
+                "{want:?} in {hs:?}"
+            );
         }
         assert_eq!(js.hash, [106; 32]);
-        assert_eq!(get("/style.css", Encoding::Brotli).cache_control.as_deref(), Some("public, max-age=60"));
+        assert_eq!(
+            get("/style.css", Encoding::Brotli).cache_control.as_deref(),
+            Some("public, max-age=60")
+        );
         // A rewritten deep link takes the headers of the URL asked for.
         let deep = get("/assets/deep", Encoding::Identity);
-        assert!(deep.headers.as_deref().expect("h").iter().any(|(n, _)| n == "x-asset"));
+        assert!(deep
+            .headers
+            .as_deref()
+            .expect("h")
+            .iter()
+            .any(|(n, _)| n == "x-asset"));
         assert!(get("/missing-page", Encoding::Identity).status.is_none());
     }
 
