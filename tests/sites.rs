@@ -290,7 +290,7 @@ fn a_folder_is_served_by_the_netlify_conventions() {
     let out = cli(&node, client.path(), &["deployments"]);
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(
-        listing.contains(&v1[..12]) && listing.contains(&format!("{}", &v2[..12])),
+        listing.contains(&v1[..12]) && listing.contains(&v2[..12]),
         "{listing}"
     );
     assert!(
