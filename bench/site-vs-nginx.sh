@@ -77,7 +77,8 @@ http {
 }
 CONF
 taskset -c "$server_cpus" "$NGINX_BIN" -c "$work/nginx/nginx.conf" -g 'daemon off;' 2>"$work/nginx/stderr" &
-pids+=($!)
+nginx_pid=$!
+pids+=($nginx_pid)
 taskset -c "$server_cpus" "$TESSERA_BIN" run --data-dir "$work/tessera" \
     --listen 127.0.0.1:$tport --cores "$cores" 2>"$work/tessera.log" &
 pids+=($!)
@@ -95,9 +96,10 @@ for f in index 1m; do  # the same bytes from both
 done
 curl -sI -H "$host" "http://127.0.0.1:$tport/" | grep -i '^etag\|^cache-control' | tr -d '\r' | tr '\n' ' '; echo
 
+# CPU seconds of the processes given (a pid list).
 cpu_of() {
     local total=0 pid
-    for pid in $(pgrep -f "$1"); do
+    for pid in $1; do
         read -r -a st < "/proc/$pid/stat" || continue
         total=$((total + st[13] + st[14]))
     done
@@ -118,8 +120,9 @@ json="{\"date\":\"$(date -u +%FT%TZ)\",\"cores\":$cores,\"connections\":$connect
 sep=""
 printf '%-6s %12s %12s %7s %11s %11s %10s %10s\n' file tessera_rps nginx_rps ratio t_us/req n_us/req t_p99_ms n_p99_ms
 for f in index 1m; do
-    c0=$(cpu_of "tessera run --data-dir $work"); load $tport "${path[$f]}" "$host" > "$work/t.json"; c1=$(cpu_of "tessera run --data-dir $work")
-    d0=$(cpu_of "nginx -c $work"); load $nport "${path[$f]}" "" > "$work/n.json"; d1=$(cpu_of "nginx -c $work")
+    tpids=$(pgrep -f "tessera run --data-dir $work"); npids="$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')"
+    c0=$(cpu_of "$tpids"); load $tport "${path[$f]}" "$host" > "$work/t.json"; c1=$(cpu_of "$tpids")
+    d0=$(cpu_of "$npids"); load $nport "${path[$f]}" "" > "$work/n.json"; d1=$(cpu_of "$npids")
     t_rps=$(field "$work/t.json" rps) n_rps=$(field "$work/n.json" rps)
     t_n=$(field "$work/t.json" completed) n_n=$(field "$work/n.json" completed)
     t_cpu=$(python3 -c "print(f'{($c1-$c0)/$t_n*1e6:.1f}')") n_cpu=$(python3 -c "print(f'{($d1-$d0)/$n_n*1e6:.1f}')")
