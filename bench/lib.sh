@@ -1,5 +1,10 @@
 # Shared by the bench shell scripts (source it after `cd` to the repo root).
 #
+#   bench_args SECS "$@" parses --cores N, --duration SECS (default SECS) and
+#                      --connections C into $cores, $duration, $connections, and
+#                      splits the CPUs: servers on $server_cpus (the first
+#                      $cores), the load generator on $load_cpus with
+#                      $load_threads threads (at most 8); $cpus is nproc.
 #   bench_setup NAME   builds tessera unless TESSERA_BIN is set; makes $work (a
 #                      temp dir); every pid added to the `pids` array is killed,
 #                      and $work removed, when the script exits.
@@ -18,4 +23,27 @@ bench_cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
+}
+
+bench_args() {
+    cores=1 duration=$1 connections=64
+    shift
+    while (($#)); do
+        case "$1" in
+            --cores) cores=$2; shift 2 ;;
+            --duration) duration=$2; shift 2 ;;
+            --connections) connections=$2; shift 2 ;;
+            *) echo "unknown argument: $1" >&2; exit 2 ;;
+        esac
+    done
+    cpus=$(nproc)
+    if ((cpus < cores + 1)); then
+        echo "need at least $((cores + 1)) CPUs (servers on $cores, load on the rest); have $cpus" >&2
+        exit 2
+    fi
+    server_cpus="0-$((cores - 1))"
+    load_cpus="$cores-$((cpus - 1))"
+    load_threads=$((cpus - cores))
+    ((load_threads > 8)) && load_threads=8
+    return 0
 }

@@ -12,32 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cores=1 duration=10 connections=64
-while (($#)); do
-    case "$1" in
-        --cores) cores=$2; shift 2 ;;
-        --duration) duration=$2; shift 2 ;;
-        --connections) connections=$2; shift 2 ;;
-        *) echo "unknown argument: $1" >&2; exit 2 ;;
-    esac
-done
-
-cpus=$(nproc)
-if ((cpus < cores + 1)); then
-    echo "need at least $((cores + 1)) CPUs (server on $cores, load generator on the rest); have $cpus" >&2
-    exit 2
-fi
-server_cpus="0-$((cores - 1))"
-load_cpus="$cores-$((cpus - 1))"
-load_threads=$((cpus - cores))
-((load_threads > 8)) && load_threads=8
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_args 10 "$@"
 
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 WRK_BIN=${WRK_BIN:-$(command -v wrk || true)}
 [ -x "$NGINX_BIN" ] || { echo "nginx not found: apt-get install -y nginx" >&2; exit 2; }
 [ -n "$WRK_BIN" ] || { echo "wrk not found: apt-get install -y wrk" >&2; exit 2; }
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 bench_setup bench
 
 mkdir -p "$work/www" "$work/nginx" bench/out

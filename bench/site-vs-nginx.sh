@@ -16,28 +16,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cores=1 duration=8 connections=64
-while (($#)); do
-    case "$1" in
-        --cores) cores=$2; shift 2 ;;
-        --duration) duration=$2; shift 2 ;;
-        --connections) connections=$2; shift 2 ;;
-        *) echo "unknown argument: $1" >&2; exit 2 ;;
-    esac
-done
-cpus=$(nproc)
-if ((cpus < cores + 1)); then
-    echo "need at least $((cores + 1)) CPUs (servers on $cores, load on the rest); have $cpus" >&2
-    exit 2
-fi
-server_cpus="0-$((cores - 1))"
-load_cpus="$cores-$((cpus - 1))"
-load_threads=$((cpus - cores)); ((load_threads > 8)) && load_threads=8
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_args 8 "$@"
 
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 [ -x "$NGINX_BIN" ] || { echo "nginx not found: apt-get install -y nginx-light" >&2; exit 2; }
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 bench_setup site
 cargo build --release --locked -q -p tessera-bench
 BENCH_BIN=${CARGO_TARGET_DIR:-target}/release/tessera-bench
