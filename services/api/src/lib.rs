@@ -46,6 +46,18 @@ pub use toml;
 // Re-exported so services and the data plane name one channel crate.
 pub use flume;
 
+/// A deployment's spec as its owner wrote it, in the service's own type:
+/// JSON if it starts with `{`, else TOML. Err says what is wrong, in words
+/// for the owner (the service's own checks come after).
+pub fn parse_spec<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "the spec is not UTF-8".to_string())?;
+    if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| format!("the spec is not valid JSON: {e}"))
+    } else {
+        toml::from_str(text).map_err(|e| format!("the spec is not valid TOML: {}", e.message()))
+    }
+}
+
 /// Header lookup on a request head, case-insensitive by name. The transports
 /// implement it over what they parsed (no copy).
 pub trait Headers {

@@ -52,13 +52,7 @@ fn default_budget() -> u64 {
 impl ZoneSpec {
     /// Parses and checks a spec (JSON if it starts with `{`, else TOML).
     pub fn parse(bytes: &[u8]) -> Result<ZoneSpec, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "the spec is not UTF-8".to_string())?;
-        let spec: ZoneSpec = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| format!("the spec is not valid JSON: {e}"))?
-        } else {
-            toml::from_str(text)
-                .map_err(|e| format!("the spec is not valid TOML: {}", e.message()))?
-        };
+        let spec: ZoneSpec = service_api::parse_spec(bytes)?;
         spec.check()?;
         Ok(spec)
     }

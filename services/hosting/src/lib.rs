@@ -217,13 +217,7 @@ pub struct SiteSpec {
 
 impl SiteSpec {
     pub fn parse(bytes: &[u8]) -> Result<SiteSpec, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "the spec is not UTF-8".to_string())?;
-        let spec: SiteSpec = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| format!("the spec is not valid JSON: {e}"))?
-        } else {
-            toml::from_str(text)
-                .map_err(|e| format!("the spec is not valid TOML: {}", e.message()))?
-        };
+        let spec: SiteSpec = service_api::parse_spec(bytes)?;
         spec.check()?;
         Ok(spec)
     }
