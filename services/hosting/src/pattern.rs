@@ -240,23 +240,64 @@ impl Glob {
     }
 }
 
+/// Longest path a glob is matched against (longer ones match nothing).
+const MAX_GLOB_PATH: usize = 8_192;
+const GLOB_WORDS: usize = MAX_GLOB_PATH / 64 + 1;
+
+/// Matches in O(tokens × path) time, whatever the glob (a backtracking
+/// matcher is exponential in the stars, and a deployer writes the globs
+/// that the cores then run), with two bit sets on the stack: `cur` holds
+/// the positions the tokens so far can end at.
 fn glob_match(tokens: &[GlobToken], s: &[u8]) -> bool {
-    match tokens.split_first() {
-        None => s.is_empty(),
-        Some((GlobToken::Literal(l), rest)) => {
-            s.starts_with(l.as_bytes()) && glob_match(rest, &s[l.len()..])
-        }
-        Some((GlobToken::Star, rest)) => {
-            if rest.is_empty() {
-                return true;
-            }
-            (0..=s.len()).any(|i| glob_match(rest, &s[i..]))
-        }
-        Some((GlobToken::Segment, rest)) => {
-            let end = s.iter().position(|&b| b == b'/').unwrap_or(s.len());
-            (1..=end).any(|i| glob_match(rest, &s[i..]))
-        }
+    let n = s.len();
+    if n > MAX_GLOB_PATH {
+        return false;
     }
+    let get = |set: &[u64; GLOB_WORDS], i: usize| set[i / 64] >> (i % 64) & 1 == 1;
+    let put = |set: &mut [u64; GLOB_WORDS], i: usize| set[i / 64] |= 1 << (i % 64);
+    let mut cur = [0u64; GLOB_WORDS];
+    put(&mut cur, 0);
+    for token in tokens {
+        let mut next = [0u64; GLOB_WORDS];
+        match token {
+            GlobToken::Literal(l) => {
+                let l = l.as_bytes();
+                for i in 0..=n {
+                    if get(&cur, i) && s[i..].starts_with(l) {
+                        put(&mut next, i + l.len());
+                    }
+                }
+            }
+            GlobToken::Star => {
+                let mut on = false;
+                for i in 0..=n {
+                    on |= get(&cur, i);
+                    if on {
+                        put(&mut next, i);
+                    }
+                }
+            }
+            GlobToken::Segment => {
+                // One or more bytes up to the next '/'.
+                let mut on = false;
+                for j in 1..=n {
+                    if s[j - 1] == b'/' {
+                        on = false;
+                    } else {
+                        on |= get(&cur, j - 1);
+                        if on {
+                            put(&mut next, j);
+                        }
+                    }
+                }
+            }
+        }
+        if next.iter().all(|w| *w == 0) {
+            return false;
+        }
+        cur = next;
+    }
+    get(&cur, n)
 }
 
 #[cfg(test)]
