@@ -701,3 +701,48 @@ fn in_front_of_nginx_revalidation_uses_its_validators() {
     assert_eq!(got, body);
     assert!(node.metric("tessera_cdn_revalidated_total{service=\"cdn\"}") >= 1);
 }
+
+#[test]
+fn a_zones_extra_host_names_are_served_like_its_own() {
+    let origin = Origin::start();
+    let node = Node::start(&[]);
+    let client = tempfile::tempdir().expect("tmp");
+    let spec = client.path().join("zone.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "origin = \"{}\"\nhosts = [\"shop.example\", \"www.shop.example\"]\n",
+            origin.url()
+        ),
+    )
+    .expect("spec");
+    deploy_cdn(
+        &node,
+        client.path(),
+        "shop",
+        &["--spec", spec.to_str().expect("utf-8")],
+    );
+    within(Duration::from_secs(20), "the alias served", || {
+        get(&node, "/status/204", &["-H", "Host: shop.example"]).0 == 204
+    });
+    // A miss by one name, a hit by the others (one cache per zone), any case.
+    let (s, head, body) = get(&node, "/static/x", &["-H", "Host: www.shop.example"]);
+    assert_eq!((s, body.len()), (200, 1000), "{head}");
+    assert!(cache_status(&head).contains("stored"), "{head}");
+    for host in ["Host: SHOP.example:8080", "Host: shop.cdn.localhost"] {
+        let (s, head, again) = get(&node, "/static/x", &["-H", host]);
+        assert_eq!(
+            (s, cache_status(&head).as_str()),
+            (200, "Tessera; hit"),
+            "{host}"
+        );
+        assert_eq!(again, body);
+    }
+    assert_eq!(origin.count("/static/x"), 1);
+    // Another host is not the zone's; the node's own routes stay its own.
+    assert_eq!(
+        get(&node, "/static/x", &["-H", "Host: other.example"]).0,
+        404
+    );
+    assert_eq!(node.get("/healthz").0, 200);
+}

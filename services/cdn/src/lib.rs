@@ -25,8 +25,8 @@ pub struct ZoneSpec {
     /// Where to fetch from: `http://` or `https://`, a host, optionally a port
     /// and a base path; no query, fragment or credentials.
     pub origin: String,
-    /// More host names the zone is meant to answer for, besides
-    /// `{zone}.{suffix}` (checked; not routed yet: mounts are claimed at start).
+    /// More host names the zone answers for at `/`, as for `{zone}.{suffix}`
+    /// (its custom domains).
     #[serde(default)]
     pub hosts: Vec<String>,
     /// PEM certificates of a private CA that signs the origin's certificate.

@@ -278,6 +278,43 @@ pub struct Cdn {
     purge_ids: Mutex<HashMap<String, u64>>,
     /// Each zone's objects within its budget (writers only).
     admission: Mutex<HashMap<String, S3Fifo<u128>>>,
+    /// A zone's extra host names (its spec's `hosts`) → the zone.
+    aliases: ArcSwap<HashMap<String, Arc<str>>>,
+    any_alias: AtomicBool,
+}
+
+/// A zone's name as a request names it: a slice of its host or path, or
+/// the zone an extra host name stands for (shared, not copied).
+enum ZoneName<'a> {
+    Named(&'a str),
+    Alias(Arc<str>),
+}
+
+impl std::fmt::Display for ZoneName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::ops::Deref for ZoneName<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            ZoneName::Named(s) => s,
+            ZoneName::Alias(s) => s,
+        }
+    }
+}
+
+/// `host` in lower case into `buf` (host names are at most 253 bytes).
+fn lowercase<'b>(host: &[u8], buf: &'b mut [u8; 253]) -> Option<&'b str> {
+    if host.len() > buf.len() {
+        return None;
+    }
+    for (o, c) in buf.iter_mut().zip(host) {
+        *o = c.to_ascii_lowercase();
+    }
+    std::str::from_utf8(&buf[..host.len()]).ok()
 }
 
 fn now_secs() -> u64 {
@@ -402,6 +439,8 @@ impl Cdn {
             refresh,
             purge_ids: Mutex::new(HashMap::new()),
             admission: Mutex::new(HashMap::new()),
+            aliases: ArcSwap::from_pointee(HashMap::new()),
+            any_alias: AtomicBool::new(false),
             node: node.clone(),
             dot_suffix: format!(".{}", config.host_suffix),
             config,
@@ -528,6 +567,15 @@ impl Cdn {
             );
         }
         if changed || next.len() != current.len() {
+            let mut aliases = HashMap::new();
+            for (name, z) in &next {
+                let name: Arc<str> = name.as_str().into();
+                for h in &z.spec.hosts {
+                    aliases.insert(h.clone(), name.clone());
+                }
+            }
+            self.any_alias.store(!aliases.is_empty(), Ordering::Release);
+            self.aliases.store(Arc::new(aliases));
             self.counters
                 .zones
                 .store(next.len() as u64, Ordering::Relaxed);
@@ -536,7 +584,11 @@ impl Cdn {
     }
 
     /// The zone and the path within it.
-    fn locate<'a>(&self, host: Option<&'a [u8]>, path: &'a [u8]) -> Option<(&'a str, &'a [u8])> {
+    fn locate<'a>(
+        &self,
+        host: Option<&'a [u8]>,
+        path: &'a [u8],
+    ) -> Option<(ZoneName<'a>, &'a [u8])> {
         if let Some(rest) = path.strip_prefix(b"/cdn/") {
             let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
             let zone = std::str::from_utf8(&rest[..end]).ok()?;
@@ -545,7 +597,7 @@ impl Cdn {
             } else {
                 &rest[end..]
             };
-            return Some((zone, inner));
+            return Some((ZoneName::Named(zone), inner));
         }
         let host = host?;
         let host = match host.iter().rposition(|&b| b == b':') {
@@ -556,9 +608,19 @@ impl Cdn {
         let zone = host
             .len()
             .checked_sub(self.dot_suffix.len())
-            .filter(|&at| host[at..].eq_ignore_ascii_case(&self.dot_suffix))
-            .map(|at| &host[..at])?;
-        Some((zone, path))
+            .filter(|&at| {
+                host.is_char_boundary(at) && host[at..].eq_ignore_ascii_case(&self.dot_suffix)
+            })
+            .map(|at| &host[..at]);
+        match zone {
+            Some(zone) => Some((ZoneName::Named(zone), path)),
+            None => {
+                let mut buf = [0u8; 253];
+                let lower = lowercase(host.as_bytes(), &mut buf)?;
+                let zone = self.aliases.load().get(lower)?.clone();
+                Some((ZoneName::Alias(zone), path))
+            }
+        }
     }
 
     fn variant_key(
@@ -665,7 +727,16 @@ impl Service for Cdn {
         vec![
             Mount::Prefix("/cdn/".into()),
             Mount::Host(format!("*.{}", self.config.host_suffix)),
+            Mount::DeployedHosts,
         ]
+    }
+
+    fn claims_host(&self, host: &[u8]) -> bool {
+        if !self.any_alias.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut buf = [0u8; 253];
+        lowercase(host, &mut buf).is_some_and(|h| self.aliases.load().contains_key(h))
     }
 
     fn pool(&self) -> PoolConfig {
@@ -692,7 +763,7 @@ impl Service for Cdn {
             ));
         };
         let zones = self.zones.load();
-        let Some(zone) = zones.get(zone_name) else {
+        let Some(zone) = zones.get(&*zone_name) else {
             return Decision::Reply(text(
                 Status::NotFound,
                 "no CDN zone by that name on this network\n",
@@ -1020,7 +1091,7 @@ impl Cdn {
         let Some((zone_name, path)) = self.locate(req.host.as_deref(), &req.path) else {
             return;
         };
-        let Some(zone) = self.zones.load().get(zone_name).cloned() else {
+        let Some(zone) = self.zones.load().get(&*zone_name).cloned() else {
             return;
         };
         let primary = key128(&[zone_name.as_bytes(), path, &req.query]);
