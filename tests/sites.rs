@@ -238,6 +238,28 @@ fn a_folder_is_served_by_the_netlify_conventions() {
     ]);
     assert_eq!(out.stdout, b"405");
 
+    // Over HTTP/3 the same (aioquic names the node in `:authority`, so the
+    // path form): a file, and the 404 page whole under its status (a range
+    // asked for is not applied to a 404).
+    let r = aioquic_request(
+        &format!("https://{}/sites/docs/about", node.addr),
+        "GET",
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"<h1>About one</h1>"[..])
+    );
+    let r = aioquic_request(
+        &format!("https://{}/sites/docs/nothing", node.addr),
+        "GET",
+        &[("range", "bytes=0-3")],
+    );
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (404, &b"<h1>Page not found</h1>"[..])
+    );
+
     // The path form, and the preview name of a version.
     let (s, _, body) = curl_get(&format!("{}/sites/docs/about", node.url()), &[]);
     assert_eq!((s, body), (200, b"<h1>About one</h1>".to_vec()));
