@@ -34,6 +34,18 @@ fn zone(origin: &Origin) -> (Node, tempfile::TempDir) {
     (node, client)
 }
 
+/// The zone `shop` deployed on `node` from the spec `text` (TOML).
+fn deploy_spec(node: &Node, client: &Path, text: &str) {
+    let spec = client.join("zone.toml");
+    std::fs::write(&spec, text).expect("spec");
+    deploy_cdn(
+        node,
+        client,
+        "shop",
+        &["--spec", spec.to_str().expect("utf-8")],
+    );
+}
+
 fn get(node: &Node, path: &str, extra: &[&str]) -> (u16, String, Vec<u8>) {
     curl_get(&format!("{}{path}", node.url()), extra)
 }
@@ -473,14 +485,11 @@ fn a_zones_budget_keeps_what_is_asked_for_through_a_scan() {
     let origin = Origin::start();
     let node = Node::start(&[]);
     let client = tempfile::tempdir().expect("tmp");
-    let spec = client.path().join("zone.toml");
-    std::fs::write(
-        &spec,
-        format!("origin = \"{}\"\nbudget_bytes = 5000\n", origin.url()),
-    )
-    .expect("spec");
-    let spec = spec.to_str().expect("utf-8");
-    deploy_cdn(&node, client.path(), "shop", &["--spec", spec]);
+    deploy_spec(
+        &node,
+        client.path(),
+        &format!("origin = \"{}\"\nbudget_bytes = 5000\n", origin.url()),
+    );
     within(Duration::from_secs(20), "the zone served", || {
         node.get("/cdn/shop/status/204").0 == 204
     });
@@ -707,20 +716,13 @@ fn a_zones_extra_host_names_are_served_like_its_own() {
     let origin = Origin::start();
     let node = Node::start(&[]);
     let client = tempfile::tempdir().expect("tmp");
-    let spec = client.path().join("zone.toml");
-    std::fs::write(
-        &spec,
-        format!(
+    deploy_spec(
+        &node,
+        client.path(),
+        &format!(
             "origin = \"{}\"\nhosts = [\"shop.example\", \"www.shop.example\"]\n",
             origin.url()
         ),
-    )
-    .expect("spec");
-    deploy_cdn(
-        &node,
-        client.path(),
-        "shop",
-        &["--spec", spec.to_str().expect("utf-8")],
     );
     within(Duration::from_secs(20), "the alias served", || {
         get(&node, "/status/204", &["-H", "Host: shop.example"]).0 == 204

@@ -34,7 +34,7 @@ mod pool;
 
 pub use body::{request_body, BodyFeed, BodyWatch, RequestBody, Unread, REQUEST_CHUNKS_IN_FLIGHT};
 pub use http::{Method, Status, STATUSES};
-pub use mounts::{Mount, MountConflict, MountTable};
+pub use mounts::{strip_port, DeploymentName, HostNames, Mount, MountConflict, MountTable};
 pub use node::{
     Alone, BlobStore, ClusterView, Deployments, Hash, Instance, Ledger, Member, Metrics, Node,
 };

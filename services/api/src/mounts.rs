@@ -5,7 +5,12 @@
 //! two services may not claim the same host pattern, nor path prefixes that
 //! overlap (one a prefix of the other), nor a prefix of the node's own routes.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 /// What a service claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +36,70 @@ impl fmt::Display for Mount {
             Mount::Host(h) => write!(f, "host {h}"),
             Mount::DeployedHosts => f.write_str("its deployments' host names"),
         }
+    }
+}
+
+/// The host names a service's deployments claim ([`Mount::DeployedHosts`]),
+/// each naming its deployment: replaced whole by the service when its
+/// deployments change, read on the core without locking or allocating
+/// (what [`crate::Service::claims_host`] asks).
+pub struct HostNames {
+    /// Whether there is any: a node without custom hosts pays one load.
+    any: AtomicBool,
+    map: ArcSwap<HashMap<String, Arc<str>>>,
+}
+
+impl Default for HostNames {
+    fn default() -> Self {
+        HostNames {
+            any: AtomicBool::new(false),
+            map: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+}
+
+impl HostNames {
+    /// Replaces them: lower-case host name → deployment.
+    pub fn set(&self, map: HashMap<String, Arc<str>>) {
+        self.any.store(!map.is_empty(), Ordering::Release);
+        self.map.store(Arc::new(map));
+    }
+
+    /// The deployment `host` (no port, any case) names.
+    pub fn get(&self, host: &[u8]) -> Option<Arc<str>> {
+        if !self.any.load(Ordering::Acquire) || host.len() > 253 {
+            return None;
+        }
+        let mut buf = [0u8; 253];
+        for (o, c) in buf.iter_mut().zip(host) {
+            *o = c.to_ascii_lowercase();
+        }
+        let lower = std::str::from_utf8(&buf[..host.len()]).ok()?;
+        self.map.load().get(lower).cloned()
+    }
+}
+
+/// A deployment's name as a request names it: a slice of its host or path,
+/// or the deployment a [`HostNames`] entry stands for (shared, not copied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentName<'a> {
+    Named(&'a str),
+    Host(Arc<str>),
+}
+
+impl std::ops::Deref for DeploymentName<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            DeploymentName::Named(s) => s,
+            DeploymentName::Host(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for DeploymentName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
     }
 }
 
@@ -185,7 +254,7 @@ impl MountTable {
 }
 
 /// `host:port` → `host`; an IPv6 literal keeps its brackets.
-fn strip_port(host: &[u8]) -> &[u8] {
+pub fn strip_port(host: &[u8]) -> &[u8] {
     if host.starts_with(b"[") {
         return match host.iter().position(|&b| b == b']') {
             Some(end) => &host[..=end],
@@ -201,6 +270,25 @@ fn strip_port(host: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_strip_and_deployed_host_names_look_up_in_any_case() {
+        assert_eq!(
+            strip_port(b"docs.sites.localhost:8080"),
+            b"docs.sites.localhost"
+        );
+        assert_eq!(strip_port(b"docs.example.com"), b"docs.example.com");
+        assert_eq!(strip_port(b"[::1]:8080"), b"[::1]");
+        let names = HostNames::default();
+        assert!(names.get(b"docs.example.com").is_none());
+        let site: Arc<str> = "docs".into();
+        names.set(HashMap::from([("docs.example.com".to_string(), site)]));
+        assert_eq!(names.get(b"Docs.Example.COM").as_deref(), Some("docs"));
+        assert!(names.get(b"other.example.com").is_none());
+        assert!(names.get(&[b'a'; 300]).is_none());
+        names.set(HashMap::new());
+        assert!(names.get(b"docs.example.com").is_none());
+    }
 
     const RESERVED: &[&str] = &["/blobs", "/healthz", "/ledger/"];
 

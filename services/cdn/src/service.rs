@@ -37,8 +37,8 @@ use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePoli
 use serde::Deserialize;
 use service_api::flume;
 use service_api::{
-    BlobReply, Decision, Method, Mount, Node, OwnedRequest, PoolConfig, Reply, Request,
-    RequestBody, Service, Status,
+    BlobReply, Decision, DeploymentName, HostNames, Method, Mount, Node, OwnedRequest, PoolConfig,
+    Reply, Request, RequestBody, Service, Status,
 };
 
 use crate::admission::{S3Fifo, MAX_FREQ};
@@ -279,42 +279,7 @@ pub struct Cdn {
     /// Each zone's objects within its budget (writers only).
     admission: Mutex<HashMap<String, S3Fifo<u128>>>,
     /// A zone's extra host names (its spec's `hosts`) → the zone.
-    aliases: ArcSwap<HashMap<String, Arc<str>>>,
-    any_alias: AtomicBool,
-}
-
-/// A zone's name as a request names it: a slice of its host or path, or
-/// the zone an extra host name stands for (shared, not copied).
-enum ZoneName<'a> {
-    Named(&'a str),
-    Alias(Arc<str>),
-}
-
-impl std::fmt::Display for ZoneName<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self)
-    }
-}
-
-impl std::ops::Deref for ZoneName<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        match self {
-            ZoneName::Named(s) => s,
-            ZoneName::Alias(s) => s,
-        }
-    }
-}
-
-/// `host` in lower case into `buf` (host names are at most 253 bytes).
-fn lowercase<'b>(host: &[u8], buf: &'b mut [u8; 253]) -> Option<&'b str> {
-    if host.len() > buf.len() {
-        return None;
-    }
-    for (o, c) in buf.iter_mut().zip(host) {
-        *o = c.to_ascii_lowercase();
-    }
-    std::str::from_utf8(&buf[..host.len()]).ok()
+    aliases: HostNames,
 }
 
 fn now_secs() -> u64 {
@@ -439,8 +404,7 @@ impl Cdn {
             refresh,
             purge_ids: Mutex::new(HashMap::new()),
             admission: Mutex::new(HashMap::new()),
-            aliases: ArcSwap::from_pointee(HashMap::new()),
-            any_alias: AtomicBool::new(false),
+            aliases: HostNames::default(),
             node: node.clone(),
             dot_suffix: format!(".{}", config.host_suffix),
             config,
@@ -574,8 +538,7 @@ impl Cdn {
                     aliases.insert(h.clone(), name.clone());
                 }
             }
-            self.any_alias.store(!aliases.is_empty(), Ordering::Release);
-            self.aliases.store(Arc::new(aliases));
+            self.aliases.set(aliases);
             self.counters
                 .zones
                 .store(next.len() as u64, Ordering::Relaxed);
@@ -588,7 +551,7 @@ impl Cdn {
         &self,
         host: Option<&'a [u8]>,
         path: &'a [u8],
-    ) -> Option<(ZoneName<'a>, &'a [u8])> {
+    ) -> Option<(DeploymentName<'a>, &'a [u8])> {
         if let Some(rest) = path.strip_prefix(b"/cdn/") {
             let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
             let zone = std::str::from_utf8(&rest[..end]).ok()?;
@@ -597,7 +560,7 @@ impl Cdn {
             } else {
                 &rest[end..]
             };
-            return Some((ZoneName::Named(zone), inner));
+            return Some((DeploymentName::Named(zone), inner));
         }
         let host = host?;
         let host = match host.iter().rposition(|&b| b == b':') {
@@ -613,13 +576,11 @@ impl Cdn {
             })
             .map(|at| &host[..at]);
         match zone {
-            Some(zone) => Some((ZoneName::Named(zone), path)),
-            None => {
-                let mut buf = [0u8; 253];
-                let lower = lowercase(host.as_bytes(), &mut buf)?;
-                let zone = self.aliases.load().get(lower)?.clone();
-                Some((ZoneName::Alias(zone), path))
-            }
+            Some(zone) => Some((DeploymentName::Named(zone), path)),
+            None => Some((
+                DeploymentName::Host(self.aliases.get(host.as_bytes())?),
+                path,
+            )),
         }
     }
 
@@ -732,11 +693,7 @@ impl Service for Cdn {
     }
 
     fn claims_host(&self, host: &[u8]) -> bool {
-        if !self.any_alias.load(Ordering::Acquire) {
-            return false;
-        }
-        let mut buf = [0u8; 253];
-        lowercase(host, &mut buf).is_some_and(|h| self.aliases.load().contains_key(h))
+        self.aliases.get(host).is_some()
     }
 
     fn pool(&self) -> PoolConfig {

@@ -25,15 +25,15 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 use service_api::{
-    Decision, Hash, Method, Mount, Node, OwnedRequest, PoolConfig, Reply, Request, RequestBody,
-    Service, Status,
+    strip_port, Decision, DeploymentName, Hash, HostNames, Method, Mount, Node, OwnedRequest,
+    PoolConfig, Reply, Request, RequestBody, Service, Status,
 };
 
 use crate::site::{blob_reply, choose_encoding, Encoding};
@@ -104,8 +104,7 @@ pub struct Sites {
     dot_suffix: String,
     sites: ArcSwap<HashMap<String, Arc<Site>>>,
     /// Custom host → site.
-    hosts: ArcSwap<HashMap<String, String>>,
-    any_hosts: AtomicBool,
+    hosts: HostNames,
     /// Compiled versions by manifest hash (shared by sites and rounds).
     versions: Mutex<HashMap<Hash, Arc<Version>>>,
     /// Manifests refused (logged once).
@@ -132,7 +131,7 @@ fn text(status: Status, msg: &str) -> Reply {
 /// Where a request points: the site, a preview prefix, the path within it,
 /// and whether it came by the path form (its redirects keep the prefix).
 struct Located<'a> {
-    site: &'a str,
+    site: DeploymentName<'a>,
     preview: Option<&'a str>,
     path: &'a [u8],
     path_form: bool,
@@ -185,8 +184,7 @@ impl Sites {
             dot_suffix: format!(".{}", config.host_suffix),
             config,
             sites: ArcSwap::from_pointee(HashMap::new()),
-            hosts: ArcSwap::from_pointee(HashMap::new()),
-            any_hosts: AtomicBool::new(false),
+            hosts: HostNames::default(),
             versions: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashSet::new()),
             pins: Mutex::new(pins),
@@ -416,12 +414,12 @@ impl Sites {
         if changed || next.len() != current.len() {
             let mut hosts = HashMap::new();
             for (name, s) in &next {
+                let name: Arc<str> = name.as_str().into();
                 for h in &s.spec.hosts {
                     hosts.insert(h.clone(), name.clone());
                 }
             }
-            self.any_hosts.store(!hosts.is_empty(), Ordering::Release);
-            self.hosts.store(Arc::new(hosts));
+            self.hosts.set(hosts);
             self.counters
                 .sites
                 .store(next.len() as u64, Ordering::Relaxed);
@@ -492,12 +490,7 @@ impl Sites {
         }
     }
 
-    fn locate<'a>(
-        &self,
-        host: Option<&'a [u8]>,
-        path: &'a [u8],
-        hosts: &'a HashMap<String, String>,
-    ) -> Option<Located<'a>> {
+    fn locate<'a>(&self, host: Option<&'a [u8]>, path: &'a [u8]) -> Option<Located<'a>> {
         if let Some(rest) = path.strip_prefix(b"/sites/") {
             let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
             let label = std::str::from_utf8(&rest[..end]).ok()?;
@@ -511,7 +504,7 @@ impl Sites {
                 &rest[end..]
             };
             return Some(Located {
-                site,
+                site: DeploymentName::Named(site),
                 preview,
                 path: inner,
                 path_form: true,
@@ -528,17 +521,11 @@ impl Sites {
             .map(|at| &host[..at]);
         let (site, preview) = match under {
             Some(labels) => match labels.split_once('.') {
-                Some((p, s)) if !s.contains('.') => (s, Some(p)),
+                Some((p, s)) if !s.contains('.') => (DeploymentName::Named(s), Some(p)),
                 Some(_) => return None,
-                None => (labels, None),
+                None => (DeploymentName::Named(labels), None),
             },
-            None => {
-                let mut buf = [0u8; 253];
-                let lower = lowercase(host, &mut buf)?;
-                let (k, v) = hosts.get_key_value(lower)?;
-                let _ = k;
-                (v.as_str(), None)
-            }
+            None => (DeploymentName::Host(self.hosts.get(host.as_bytes())?), None),
         };
         Some(Located {
             site,
@@ -546,26 +533,6 @@ impl Sites {
             path,
             path_form: false,
         })
-    }
-}
-
-fn lowercase<'b>(s: &str, buf: &'b mut [u8; 253]) -> Option<&'b str> {
-    let b = s.as_bytes();
-    if b.len() > buf.len() {
-        return None;
-    }
-    for (o, c) in buf.iter_mut().zip(b) {
-        *o = c.to_ascii_lowercase();
-    }
-    std::str::from_utf8(&buf[..b.len()]).ok()
-}
-
-fn strip_port(host: &[u8]) -> &[u8] {
-    match host.iter().rposition(|&b| b == b':') {
-        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host.starts_with(b"[") => {
-            &host[..i]
-        }
-        _ => host,
     }
 }
 
@@ -617,22 +584,14 @@ impl Service for Sites {
     }
 
     fn claims_host(&self, host: &[u8]) -> bool {
-        if !self.any_hosts.load(Ordering::Acquire) {
-            return false;
-        }
-        let Ok(host) = std::str::from_utf8(host) else {
-            return false;
-        };
-        let mut buf = [0u8; 253];
-        lowercase(host, &mut buf).is_some_and(|h| self.hosts.load().contains_key(h))
+        self.hosts.get(host).is_some()
     }
 
     fn decide(&self, req: &Request<'_>) -> Decision {
         if let Some(name) = req.path.strip_prefix(STATUS_PREFIX.as_bytes()) {
             return Decision::Reply(self.status(name));
         }
-        let hosts = self.hosts.load();
-        let Some(mut at) = self.locate(req.host, req.path, &hosts) else {
+        let Some(mut at) = self.locate(req.host, req.path) else {
             return Decision::Reply(text(Status::NotFound, "no such site\n"));
         };
         // Proxied from another node in the path form for a client that
@@ -641,7 +600,7 @@ impl Service for Sites {
             at.path_form = false;
         }
         let sites = self.sites.load();
-        let Some(site) = sites.get(at.site) else {
+        let Some(site) = sites.get(&*at.site) else {
             return Decision::Reply(text(
                 Status::NotFound,
                 "no site by that name on this network\n",
@@ -746,15 +705,14 @@ impl Service for Sites {
     }
 
     fn handle(&self, req: OwnedRequest, body: RequestBody) -> Reply {
-        let hosts = self.hosts.load();
-        let Some(mut at) = self.locate(req.host.as_deref(), &req.path, &hosts) else {
+        let Some(mut at) = self.locate(req.host.as_deref(), &req.path) else {
             return text(Status::NotFound, "no such site\n");
         };
         if req.header(HOST).is_some() {
             at.path_form = false;
         }
         let sites = self.sites.load();
-        let Some(site) = sites.get(at.site).cloned() else {
+        let Some(site) = sites.get(&*at.site).cloned() else {
             return text(Status::NotFound, "no site by that name on this network\n");
         };
         let (site_name, preview, path_form) = (
@@ -1032,14 +990,5 @@ mod tests {
                 && decode(b"/bad%ff").is_none()
                 && decode(b"/cut%2").is_none()
         );
-    }
-
-    #[test]
-    fn ports_strip() {
-        assert_eq!(
-            strip_port(b"docs.sites.localhost:8080"),
-            b"docs.sites.localhost"
-        );
-        assert_eq!(strip_port(b"docs.example.com"), b"docs.example.com");
     }
 }
