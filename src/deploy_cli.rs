@@ -14,9 +14,10 @@ use crate::ledger::{agent, client_key, get_json, NodeArg};
 
 #[derive(clap::Args)]
 pub struct DeployArgs {
-    /// The service to run: cdn, site.
+    /// The service to run: cdn, site, function.
     pub service: String,
-    /// site: the folder to deploy (`./public`).
+    /// site: the folder to deploy (`./public`); function: the script
+    /// (`./worker.js`, one bundled ES module).
     pub path: Option<PathBuf>,
     /// The deployment's name (a DNS label: a-z, 0-9, '-').
     #[arg(long)]
@@ -40,6 +41,8 @@ pub struct DeployArgs {
     /// A region to run in (repeat for more); none: anywhere.
     #[arg(long = "region")]
     pub regions: Vec<String>,
+    #[command(flatten)]
+    pub function: crate::function_cli::FunctionArgs,
     #[command(flatten)]
     pub node: NodeArg,
 }
@@ -86,6 +89,9 @@ pub fn send(node: &NodeArg, tx: Tx) -> anyhow::Result<serde_json::Value> {
 pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     if args.service == "site" {
         return crate::site_cli::deploy(args);
+    }
+    if args.service == "function" {
+        return crate::function_cli::deploy(args);
     }
     let spec = match (&args.spec, &args.origin) {
         (Some(path), _) => std::fs::read(path)

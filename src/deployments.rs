@@ -67,8 +67,29 @@ pub fn check_spec(
             }
             Ok(())
         }
+        "function" => {
+            let spec = tessera_functions::FunctionSpec::parse(spec)?;
+            let (file, size) = store
+                .open_blob(&dataplane::BlobHash(spec.code_hash()))
+                .map_err(|_| {
+                    format!(
+                        "the script {} is not on this node: upload it first",
+                        spec.code
+                    )
+                })?;
+            if size > tessera_functions::MAX_SCRIPT_BYTES {
+                return Err(format!(
+                    "the script is {size} bytes; at most {}",
+                    tessera_functions::MAX_SCRIPT_BYTES
+                ));
+            }
+            let mut source = vec![0u8; size as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut source, 0)
+                .map_err(|e| format!("cannot read the script: {e}"))?;
+            tessera_functions::check_script("worker", &source)
+        }
         other => Err(format!(
-            "there is no service named {other:?} (services: cdn, site)"
+            "there is no service named {other:?} (services: cdn, site, function)"
         )),
     }
 }

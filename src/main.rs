@@ -8,6 +8,7 @@
 mod client;
 mod deploy_cli;
 mod deployments;
+mod function_cli;
 mod h3client;
 mod ledger;
 mod node;

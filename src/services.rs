@@ -4,8 +4,8 @@
 //!
 //! Which services exist is decided here, in the binary: the data plane knows
 //! services only through the `service-api` interface, and no service knows
-//! another. Every node runs the CDN (`tessera-cdn`) and site hosting
-//! (`tessera-hosting`); the test build (feature
+//! another. Every node runs the CDN (`tessera-cdn`), site hosting
+//! (`tessera-hosting`) and edge functions (`tessera-functions`); the test build (feature
 //! `test-services`) adds the ones `TESSERA_TEST_SERVICES` names.
 
 use std::path::Path;
@@ -192,6 +192,16 @@ fn make_sites(node: &Node) -> Result<Arc<dyn service_api::Service>, String> {
     Ok(sites)
 }
 
+/// The node's edge functions, once built.
+pub static FUNCTIONS: std::sync::OnceLock<Arc<tessera_functions::Functions>> =
+    std::sync::OnceLock::new();
+
+fn make_functions(node: &Node) -> Result<Arc<dyn service_api::Service>, String> {
+    let functions = tessera_functions::Functions::new(node)?;
+    let _ = FUNCTIONS.set(functions.clone());
+    Ok(functions)
+}
+
 /// Body bytes served per deployment by this node's services since it
 /// started (deployment names are unique across services).
 pub fn served_bytes() -> Vec<(String, u64)> {
@@ -202,13 +212,22 @@ pub fn served_bytes() -> Vec<(String, u64)> {
     if let Some(sites) = SITES.get() {
         all.extend(sites.served_bytes());
     }
+    // A function's compute is billed in the same units (see
+    // `tessera_functions::UNITS_PER_CPU_MS`).
+    if let Some(functions) = FUNCTIONS.get() {
+        all.extend(functions.usage_units());
+    }
     all
 }
 
 /// The services to build: (name, constructor). The test build adds the ones
 /// `TESSERA_TEST_SERVICES` names.
 fn factories() -> Vec<(String, Factory)> {
-    let list: Vec<(String, Factory)> = vec![("cdn".into(), make_cdn), ("site".into(), make_sites)];
+    let list: Vec<(String, Factory)> = vec![
+        ("cdn".into(), make_cdn),
+        ("site".into(), make_sites),
+        ("function".into(), make_functions),
+    ];
     #[cfg(feature = "test-services")]
     let list = [list, crate::test_services::from_env()].concat();
     list

@@ -155,6 +155,8 @@ fn parse<'a>(
         Some("POST") => Method::Post,
         Some("PUT") => Method::Put,
         Some("DELETE") => Method::Delete,
+        Some("PATCH") => Method::Patch,
+        Some("OPTIONS") => Method::Options,
         _ => Method::Other,
     };
     let (authority, target) = split_absolute_form(req.path.unwrap_or("/").as_bytes())?;

@@ -1209,6 +1209,8 @@ impl H3Request {
                         b"POST" => http::Method::Post,
                         b"PUT" => http::Method::Put,
                         b"DELETE" => http::Method::Delete,
+                        b"PATCH" => http::Method::Patch,
+                        b"OPTIONS" => http::Method::Options,
                         _ => http::Method::Other,
                     }
                 }

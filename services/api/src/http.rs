@@ -8,6 +8,8 @@ pub enum Method {
     Post,
     Put,
     Delete,
+    Patch,
+    Options,
     Other,
 }
 
@@ -19,6 +21,8 @@ impl Method {
             Method::Post => "POST",
             Method::Put => "PUT",
             Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Options => "OPTIONS",
             Method::Other => "OTHER",
         }
     }
@@ -56,10 +60,27 @@ pub enum Status {
     ServiceUnavailable,
     GatewayTimeout,
     InsufficientStorage,
+    NonAuthoritativeInformation,
+    ResetContent,
+    MultipleChoices,
+    PaymentRequired,
+    NotAcceptable,
+    RequestTimeout,
+    Conflict,
+    LengthRequired,
+    UnsupportedMediaType,
+    ExpectationFailed,
+    ImATeapot,
+    TooEarly,
+    UpgradeRequired,
+    PreconditionRequired,
+    TooManyRequests,
+    UnavailableForLegalReasons,
+    HttpVersionNotSupported,
 }
 
 /// All statuses, in the order of [`Status::index`], for metrics.
-pub const STATUSES: [Status; 29] = [
+pub const STATUSES: [Status; 46] = [
     Status::SwitchingProtocols,
     Status::Ok,
     Status::Created,
@@ -89,6 +110,23 @@ pub const STATUSES: [Status; 29] = [
     Status::ServiceUnavailable,
     Status::GatewayTimeout,
     Status::InsufficientStorage,
+    Status::NonAuthoritativeInformation,
+    Status::ResetContent,
+    Status::MultipleChoices,
+    Status::PaymentRequired,
+    Status::NotAcceptable,
+    Status::RequestTimeout,
+    Status::Conflict,
+    Status::LengthRequired,
+    Status::UnsupportedMediaType,
+    Status::ExpectationFailed,
+    Status::ImATeapot,
+    Status::TooEarly,
+    Status::UpgradeRequired,
+    Status::PreconditionRequired,
+    Status::TooManyRequests,
+    Status::UnavailableForLegalReasons,
+    Status::HttpVersionNotSupported,
 ];
 
 impl Status {
@@ -123,7 +161,41 @@ impl Status {
             Status::ServiceUnavailable => 503,
             Status::GatewayTimeout => 504,
             Status::InsufficientStorage => 507,
+            Status::NonAuthoritativeInformation => 203,
+            Status::ResetContent => 205,
+            Status::MultipleChoices => 300,
+            Status::PaymentRequired => 402,
+            Status::NotAcceptable => 406,
+            Status::RequestTimeout => 408,
+            Status::Conflict => 409,
+            Status::LengthRequired => 411,
+            Status::UnsupportedMediaType => 415,
+            Status::ExpectationFailed => 417,
+            Status::ImATeapot => 418,
+            Status::TooEarly => 425,
+            Status::UpgradeRequired => 426,
+            Status::PreconditionRequired => 428,
+            Status::TooManyRequests => 429,
+            Status::UnavailableForLegalReasons => 451,
+            Status::HttpVersionNotSupported => 505,
         }
+    }
+
+    /// The status with this code, if the node sends it.
+    pub fn from_code(code: u16) -> Option<Status> {
+        STATUSES.iter().copied().find(|s| s.code() == code)
+    }
+
+    /// An upstream's status as the node passes it on: the same code where
+    /// the node has it, else the class's general one (`2xx` 200, `3xx` and
+    /// `4xx` 400... as RFC 9110 §15 lets a recipient treat an unknown code).
+    pub fn passed_on(code: u16) -> Status {
+        Status::from_code(code).unwrap_or(match code {
+            ..=299 => Status::Ok,
+            300..=399 => Status::MultipleChoices,
+            400..=499 => Status::BadRequest,
+            _ => Status::BadGateway,
+        })
     }
 
     pub fn index(self) -> usize {
@@ -161,6 +233,23 @@ impl Status {
             Status::ServiceUnavailable => "Service Unavailable",
             Status::GatewayTimeout => "Gateway Timeout",
             Status::InsufficientStorage => "Insufficient Storage",
+            Status::NonAuthoritativeInformation => "Non-Authoritative Information",
+            Status::ResetContent => "Reset Content",
+            Status::MultipleChoices => "Multiple Choices",
+            Status::PaymentRequired => "Payment Required",
+            Status::NotAcceptable => "Not Acceptable",
+            Status::RequestTimeout => "Request Timeout",
+            Status::Conflict => "Conflict",
+            Status::LengthRequired => "Length Required",
+            Status::UnsupportedMediaType => "Unsupported Media Type",
+            Status::ExpectationFailed => "Expectation Failed",
+            Status::ImATeapot => "I'm a teapot",
+            Status::TooEarly => "Too Early",
+            Status::UpgradeRequired => "Upgrade Required",
+            Status::PreconditionRequired => "Precondition Required",
+            Status::TooManyRequests => "Too Many Requests",
+            Status::UnavailableForLegalReasons => "Unavailable For Legal Reasons",
+            Status::HttpVersionNotSupported => "HTTP Version Not Supported",
         }
     }
 }

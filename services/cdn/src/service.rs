@@ -1156,7 +1156,7 @@ impl Cdn {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_string();
-        let mut reply = Reply::new(status_of(f.status), &content_type, body);
+        let mut reply = Reply::new(Status::passed_on(f.status), &content_type, body);
         for (n, v) in Cdn::kept(&f.headers) {
             reply = reply.header(&n, v);
         }
@@ -1566,18 +1566,4 @@ fn origin_down(e: &str) -> Reply {
         &format!("the origin did not answer: {e}\n"),
         "Tessera; fwd=uri-miss; detail=\"origin unreachable\"",
     )
-}
-
-fn status_of(code: u16) -> Status {
-    service_api::STATUSES
-        .iter()
-        .copied()
-        .find(|s| s.code() == code)
-        .unwrap_or(if code >= 500 {
-            Status::BadGateway
-        } else if code >= 400 {
-            Status::BadRequest
-        } else {
-            Status::Ok
-        })
 }

@@ -693,7 +693,7 @@ impl Service for Sites {
                     location
                 };
                 Decision::Reply(
-                    text(status_of(status), "redirecting\n").header("Location", location),
+                    text(Status::passed_on(status), "redirecting\n").header("Location", location),
                 )
             }
             Outcome::NotFound => {
@@ -804,7 +804,7 @@ impl Service for Sites {
                 } else {
                     location
                 };
-                text(status_of(status), "redirecting\n").header("Location", location)
+                text(Status::passed_on(status), "redirecting\n").header("Location", location)
             }
             Outcome::NotFound => text(Status::NotFound, "not found\n"),
         }
@@ -901,7 +901,7 @@ impl Sites {
             .body(body.map(<[u8]>::to_vec).unwrap_or_default())
             .map_err(|e| e.to_string())?;
         let resp = self.agent.run(request).map_err(|e| e.to_string())?;
-        let status = status_of(resp.status().as_u16());
+        let status = Status::passed_on(resp.status().as_u16());
         let mut kept = Vec::new();
         let mut content_type = "application/octet-stream".to_string();
         for (n, v) in resp.headers() {
@@ -963,18 +963,6 @@ fn url_of(path: &[u8], query: &[u8]) -> Vec<u8> {
         u.extend_from_slice(query);
     }
     u
-}
-
-fn status_of(code: u16) -> Status {
-    service_api::STATUSES
-        .iter()
-        .copied()
-        .find(|s| s.code() == code)
-        .unwrap_or(if code < 400 {
-            Status::Ok
-        } else {
-            Status::BadGateway
-        })
 }
 
 #[cfg(test)]

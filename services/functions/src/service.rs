@@ -1,0 +1,872 @@
+//! Functions as a [`Service`]: the functions from the network's deployments,
+//! each script compiled once, every request run on the service's worker
+//! pool (never on a data-plane core) in a warm isolate of the worker thread
+//! that took it.
+//!
+//! The way of a request:
+//! - **On the core** ([`Service::decide`]): the function is the host's label
+//!   under the node's suffix (`api.fn.localhost`) or the first segment of
+//!   the path form (`/fn/api/...`, which the script sees as `/...`). An
+//!   unknown name is answered `404` at once; a known one goes to the pool.
+//! - **On the pool** ([`Service::handle`]): the body is read (refused `413`
+//!   past the function's request limit), the script runs (see
+//!   [`crate::js`]); a streamed body is pumped on the same worker after the
+//!   head is sent, then `ctx.waitUntil` work is settled. A limit passed is
+//!   `503` naming it, a script error `500` (the message in the node's log
+//!   with the function's name).
+//! - **The watcher** (a thread): for every function deployment, the script
+//!   blob is fetched (from peers if need be; verified as every blob is),
+//!   pinned on the nodes placement chose, and compiled. A spec or script
+//!   that does not compile is refused and logged once; the last good
+//!   version keeps serving.
+//! - **Metering**: requests, CPU time, body bytes and limits hit per
+//!   function, in `/metrics` and in the usage the node reports to the
+//!   ledger ([`Functions::usage_units`]), which bills the owner.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+use service_api::{
+    strip_port, Decision, DeploymentName, Hash, Method, Mount, Node, OwnedRequest, PoolConfig,
+    Reply, Request, RequestBody, Service, Status,
+};
+
+use crate::js::{self, Failure, Host, Incoming, Script, SubRequest, SubResponse};
+use crate::kv::Kv;
+use crate::{hex, FunctionSpec, Limit, MAX_SCRIPT_BYTES, UNITS_PER_CPU_MS, UNITS_PER_REQUEST};
+
+/// `[services.function]` in the node's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FunctionsConfig {
+    /// Functions are served at `{name}.{host_suffix}`.
+    pub host_suffix: String,
+    /// How often the watcher looks at the deployments, ms.
+    pub watch_ms: u64,
+    /// Worker threads (each keeps its own warm isolates).
+    pub workers: usize,
+    pub queue: usize,
+    /// Whether `fetch()` may reach loopback, private and link-local
+    /// addresses (the node's own network). Off by default: a function
+    /// could otherwise probe the operator's network.
+    pub allow_private_fetch: bool,
+    /// The largest subrequest response body a script may read, MiB.
+    pub max_subrequest_mb: u64,
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        FunctionsConfig {
+            host_suffix: "fn.localhost".into(),
+            watch_ms: 250,
+            workers: std::thread::available_parallelism().map_or(4, |n| n.get().max(2)),
+            queue: 4096,
+            allow_private_fetch: false,
+            max_subrequest_mb: 32,
+        }
+    }
+}
+
+/// What a function used on this node since it started.
+#[derive(Default)]
+pub struct Usage {
+    pub requests: AtomicU64,
+    pub cpu_us: AtomicU64,
+    pub bytes: AtomicU64,
+    pub errors: AtomicU64,
+    pub limits: AtomicU64,
+    pub cold_starts: AtomicU64,
+}
+
+/// A function as this node knows it.
+struct Deployed {
+    deployment_version: u64,
+    spec_hash: Hash,
+    script: Arc<Script>,
+    usage: Arc<Usage>,
+}
+
+struct Counters {
+    functions: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    fetched: Arc<AtomicU64>,
+    subrequests: Arc<AtomicU64>,
+}
+
+pub struct Functions {
+    node: Node,
+    config: FunctionsConfig,
+    dot_suffix: String,
+    functions: ArcSwap<HashMap<String, Arc<Deployed>>>,
+    /// Specs refused (logged once), by spec hash.
+    refused: Mutex<HashSet<Hash>>,
+    /// Script blobs this service pinned.
+    pins: Mutex<HashSet<Hash>>,
+    host: Arc<dyn Host>,
+    counters: Counters,
+    /// Usage by function name; kept across redeployments.
+    usage: Mutex<HashMap<String, Arc<Usage>>>,
+}
+
+/// `GET /fn/_status/{name}`: the script this node runs for the name.
+const STATUS_PREFIX: &str = "/fn/_status/";
+
+fn text(status: Status, msg: &str) -> Reply {
+    Reply::text(status, msg).header("Cache-Control", "no-store")
+}
+
+/// What the scripts reach through the engine: `fetch`, KV, the log.
+struct NodeHost {
+    agent: ureq::Agent,
+    kv: Kv,
+    allow_private: bool,
+    max_body: u64,
+    subrequests: Arc<AtomicU64>,
+}
+
+/// Whether `ip` is on the node's own networks (loopback, private,
+/// link-local, unspecified), where a function's `fetch` may not go unless
+/// the operator allows it.
+fn private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| private(IpAddr::V4(v4)))
+        }
+    }
+}
+
+impl Host for NodeHost {
+    fn fetch(
+        &self,
+        function: &str,
+        req: SubRequest,
+        timeout: Duration,
+    ) -> Result<SubResponse, String> {
+        let url = url::Url::parse(&req.url).map_err(|e| format!("fetch: invalid URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "fetch: the {} scheme is not supported",
+                url.scheme()
+            ));
+        }
+        if !self.allow_private {
+            let host = url.host_str().unwrap_or("");
+            let port = url.port_or_known_default().unwrap_or(80);
+            let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port,
+            ))
+            .map_err(|e| format!("fetch: cannot resolve {host}: {e}"))?
+            .collect();
+            if addrs.is_empty() || addrs.iter().any(|a| private(a.ip())) {
+                return Err(format!(
+                    "fetch: {host} is on the node's own network, which functions may not reach"
+                ));
+            }
+        }
+        self.subrequests.fetch_add(1, Ordering::Relaxed);
+        let mut b = http::Request::builder()
+            .method(req.method.as_str())
+            .uri(req.url.as_str());
+        for (n, v) in &req.headers {
+            if matches!(
+                n.as_str(),
+                "host" | "content-length" | "connection" | "transfer-encoding"
+            ) {
+                continue;
+            }
+            b = b.header(n.as_str(), v.as_str());
+        }
+        let request = b
+            .body(req.body.unwrap_or_default())
+            .map_err(|e| format!("fetch: {e}"))?;
+        let agent = self
+            .agent
+            .configure_request(request)
+            .timeout_global(Some(timeout.max(Duration::from_millis(1))))
+            .max_redirects(if req.follow_redirects { 10 } else { 0 })
+            .build();
+        let resp = self.agent.run(agent).map_err(|e| {
+            tracing::debug!(function, "fetch failed: {e}");
+            format!("fetch failed: {e}")
+        })?;
+        let status = resp.status();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let mut body = Vec::new();
+        resp.into_body()
+            .into_reader()
+            .take(self.max_body + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("fetch: reading the body: {e}"))?;
+        if body.len() as u64 > self.max_body {
+            return Err(format!(
+                "fetch: the response is larger than {} MiB",
+                self.max_body >> 20
+            ));
+        }
+        Ok(SubResponse {
+            status: status.as_u16(),
+            status_text: status.canonical_reason().unwrap_or("").to_string(),
+            headers,
+            body,
+            url: req.url,
+        })
+    }
+
+    fn kv_get(&self, function: &str, ns: &str, key: &str) -> Option<(Vec<u8>, Option<String>)> {
+        self.kv.get(function, ns, key)
+    }
+
+    fn kv_put(
+        &self,
+        function: &str,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        metadata: Option<String>,
+        expires_ms: u64,
+    ) -> Result<(), String> {
+        self.kv
+            .put(function, ns, key, value, metadata.as_deref(), expires_ms)
+    }
+
+    fn kv_delete(&self, function: &str, ns: &str, key: &str) {
+        self.kv.delete(function, ns, key)
+    }
+
+    fn kv_list(
+        &self,
+        function: &str,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+        cursor: &str,
+    ) -> String {
+        self.kv.list(function, ns, prefix, limit, cursor)
+    }
+
+    fn revalidate(&self, function: &str, kind: &str, what: &str) {
+        tracing::info!(
+            function,
+            kind,
+            what,
+            "revalidation asked (no cache in front of it)"
+        );
+    }
+}
+
+/// Headers a script's response may not set: the data plane's own.
+fn hop_by_hop(name: &str) -> bool {
+    name.eq_ignore_ascii_case("content-length")
+        || name.eq_ignore_ascii_case("transfer-encoding")
+        || name.eq_ignore_ascii_case("connection")
+        || name.eq_ignore_ascii_case("keep-alive")
+}
+
+impl Functions {
+    pub fn new(node: &Node) -> Result<Arc<Functions>, String> {
+        let config: FunctionsConfig = node.config()?;
+        if config.host_suffix.is_empty() || config.host_suffix.starts_with('.') {
+            return Err("host_suffix: a host name such as fn.localhost".into());
+        }
+        let m = &node.metrics;
+        let counters = Counters {
+            functions: m.gauge("functions", "Functions this node knows."),
+            refused: m.counter("refused", "Function versions refused (spec or script)."),
+            fetched: m.counter("fetched", "Scripts fetched from peers."),
+            subrequests: m.counter("subrequests", "fetch() calls made by scripts."),
+        };
+        let kv = Kv::open(&node.data_dir.join("kv.redb"))?;
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .max_redirects(10)
+                .user_agent("Tessera-Functions")
+                .build(),
+        );
+        let host: Arc<dyn Host> = Arc::new(NodeHost {
+            agent,
+            kv,
+            allow_private: config.allow_private_fetch,
+            max_body: config.max_subrequest_mb << 20,
+            subrequests: counters.subrequests.clone(),
+        });
+        let pins = std::fs::read_to_string(node.data_dir.join("pins"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(crate::parse_hex32)
+            .collect();
+        let functions = Arc::new(Functions {
+            node: node.clone(),
+            dot_suffix: format!(".{}", config.host_suffix),
+            config,
+            functions: ArcSwap::from_pointee(HashMap::new()),
+            refused: Mutex::new(HashSet::new()),
+            pins: Mutex::new(pins),
+            host,
+            counters,
+            usage: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&functions);
+        node.metrics.family(Arc::new(move |out: &mut String| {
+            if let Some(f) = weak.upgrade() {
+                f.render_usage(out);
+            }
+        }));
+        let weak = Arc::downgrade(&functions);
+        let every = Duration::from_millis(functions.config.watch_ms.max(10));
+        std::thread::Builder::new()
+            .name("functions-watch".into())
+            .spawn(move || {
+                while let Some(f) = weak.upgrade() {
+                    f.refresh();
+                    drop(f);
+                    std::thread::sleep(every);
+                }
+            })
+            .map_err(|e| format!("cannot start the functions watcher: {e}"))?;
+        Ok(functions)
+    }
+
+    /// Billing units used by each function on this node since it started
+    /// (what the node reports to the ledger): response bytes, plus CPU
+    /// time and requests at [`UNITS_PER_CPU_MS`] and [`UNITS_PER_REQUEST`].
+    pub fn usage_units(&self) -> Vec<(String, u64)> {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, u)| {
+                let units = u.bytes.load(Ordering::Relaxed)
+                    + u.cpu_us.load(Ordering::Relaxed) * UNITS_PER_CPU_MS / 1000
+                    + u.requests.load(Ordering::Relaxed) * UNITS_PER_REQUEST;
+                (name.clone(), units)
+            })
+            .collect()
+    }
+
+    fn render_usage(&self, out: &mut String) {
+        use std::fmt::Write;
+        let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        for (metric, help, pick) in [
+            ("requests", "Requests a function ran for on this node.", 0),
+            (
+                "cpu_microseconds",
+                "CPU time functions used on this node.",
+                1,
+            ),
+            ("bytes", "Response body bytes of functions (metered).", 2),
+            ("errors", "Requests a function's script failed (500).", 3),
+            (
+                "limits",
+                "Requests stopped at one of the function's limits (503).",
+                4,
+            ),
+            ("cold_starts", "Requests that built a new isolate.", 5),
+        ] {
+            let _ = writeln!(out, "# HELP tessera_function_{metric}_total {help}");
+            let _ = writeln!(out, "# TYPE tessera_function_{metric}_total counter");
+            for (name, u) in usage.iter() {
+                let v = [
+                    &u.requests,
+                    &u.cpu_us,
+                    &u.bytes,
+                    &u.errors,
+                    &u.limits,
+                    &u.cold_starts,
+                ][pick]
+                    .load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "tessera_function_{metric}_total{{service=\"function\",function=\"{name}\"}} {v}"
+                );
+            }
+        }
+    }
+
+    fn usage_of(&self, name: &str) -> Arc<Usage> {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The script of `spec`, read from the store (fetched from peers if
+    /// need be) and compiled; Err(Some(why)) if it is refused, Err(None)
+    /// while it is not to be had.
+    fn compile(
+        &self,
+        name: &str,
+        version: u64,
+        spec: &FunctionSpec,
+    ) -> Result<Script, Option<String>> {
+        let code = spec.code_hash();
+        let store = &self.node.store;
+        let size = match store.size(&code) {
+            Some(s) => s,
+            None if self.node.cluster.fetch(&code) => {
+                self.counters.fetched.fetch_add(1, Ordering::Relaxed);
+                store.size(&code).ok_or(None)?
+            }
+            None => return Err(None),
+        };
+        if size > MAX_SCRIPT_BYTES {
+            return Err(Some(format!(
+                "the script is {size} bytes; at most {MAX_SCRIPT_BYTES}"
+            )));
+        }
+        let bytes = store.read(&code, 0, size as usize).map_err(|e| {
+            tracing::warn!(function = name, "cannot read the script: {e}");
+            None
+        })?;
+        let source =
+            String::from_utf8(bytes).map_err(|_| Some("the script is not UTF-8".into()))?;
+        Script::compile(
+            name,
+            version,
+            &source,
+            &spec.bindings(),
+            &spec.kv,
+            spec.limits,
+        )
+        .map_err(Some)
+    }
+
+    /// Takes the functions from the deployments; compiles new versions;
+    /// pins the scripts of those placed here.
+    fn refresh(&self) {
+        let current = self.functions.load();
+        let mut next = HashMap::new();
+        let mut changed = false;
+        let mut wanted_pins = HashSet::new();
+        for inst in self.node.deployments.of("function") {
+            if let Some(d) = current
+                .get(&inst.name)
+                .filter(|d| d.deployment_version == inst.version && d.spec_hash == inst.spec_hash)
+            {
+                if inst.here {
+                    wanted_pins.insert(d.script_hash());
+                }
+                next.insert(inst.name, d.clone());
+                continue;
+            }
+            let refused = self
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&inst.spec_hash);
+            if refused {
+                if let Some(d) = current.get(&inst.name) {
+                    next.insert(inst.name, d.clone());
+                }
+                continue;
+            }
+            let spec = match FunctionSpec::parse(&inst.spec) {
+                Ok(s) => s,
+                Err(why) => {
+                    self.refuse(&inst.name, inst.spec_hash, &why);
+                    continue;
+                }
+            };
+            // A version number that changes with the spec (a redeploy of
+            // the same spec keeps its isolates).
+            let version = u64::from_le_bytes(inst.spec_hash[..8].try_into().unwrap_or([0; 8]));
+            match self.compile(&inst.name, version, &spec) {
+                Ok(script) => {
+                    if inst.here {
+                        wanted_pins.insert(spec.code_hash());
+                    }
+                    tracing::info!(function = %inst.name, code = %spec.code, "function ready");
+                    changed = true;
+                    let usage = self.usage_of(&inst.name);
+                    next.insert(
+                        inst.name,
+                        Arc::new(Deployed {
+                            deployment_version: inst.version,
+                            spec_hash: inst.spec_hash,
+                            script: Arc::new(script),
+                            usage,
+                        }),
+                    );
+                }
+                Err(Some(why)) => {
+                    self.refuse(&inst.name, inst.spec_hash, &why);
+                    if let Some(d) = current.get(&inst.name) {
+                        next.insert(inst.name, d.clone());
+                    }
+                }
+                Err(None) => {
+                    // Not here yet: the old version, if any, keeps serving.
+                    if let Some(d) = current.get(&inst.name) {
+                        next.insert(inst.name, d.clone());
+                    }
+                }
+            }
+        }
+        if changed || next.len() != current.len() {
+            self.counters
+                .functions
+                .store(next.len() as u64, Ordering::Relaxed);
+            self.functions.store(Arc::new(next));
+        }
+        self.repin(wanted_pins);
+    }
+
+    fn refuse(&self, name: &str, spec_hash: Hash, why: &str) {
+        tracing::warn!(function = name, "function refused: {why}");
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec_hash);
+    }
+
+    /// Pins the scripts of the functions placed here, unpins those no
+    /// longer wanted; records the set in the data directory.
+    fn repin(&self, wanted: HashSet<Hash>) {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        if *pins == wanted {
+            return;
+        }
+        let add: Vec<Hash> = wanted.difference(&pins).copied().collect();
+        let drop: Vec<Hash> = pins.difference(&wanted).copied().collect();
+        if !add.is_empty() && self.node.store.pin(&add, true).is_err() {
+            return;
+        }
+        if !drop.is_empty() {
+            let _ = self.node.store.pin(&drop, false);
+        }
+        *pins = wanted;
+        let list: String = pins.iter().map(|h| hex(h) + "\n").collect();
+        let path = self.node.data_dir.join("pins");
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, list).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+
+    fn status(&self, name: &[u8]) -> Reply {
+        let name = String::from_utf8_lossy(name);
+        let all = self.functions.load();
+        let Some(d) = all.get(&*name) else {
+            return text(Status::NotFound, "no function by that name on this node\n");
+        };
+        let body = serde_json::json!({
+            "name": &*name,
+            "code": hex(&d.script.code),
+            "deployment_version": d.deployment_version,
+            "host_suffix": self.config.host_suffix,
+            "requests": d.usage.requests.load(Ordering::Relaxed),
+        });
+        Reply::new(Status::Ok, "application/json", body.to_string())
+            .header("Cache-Control", "no-store")
+    }
+
+    /// The function a request names, and the path the script sees.
+    fn locate<'a>(
+        &self,
+        host: Option<&'a [u8]>,
+        path: &'a [u8],
+    ) -> Option<(DeploymentName<'a>, &'a [u8])> {
+        if let Some(host) = host.map(strip_port) {
+            let suffix = self.dot_suffix.as_bytes();
+            if host.len() > suffix.len()
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            {
+                let label = &host[..host.len() - suffix.len()];
+                return label_name(label).map(|n| (n, path));
+            }
+        }
+        let rest = path.strip_prefix(b"/fn/")?;
+        let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+        let name = label_name(&rest[..end])?;
+        let inner = &rest[end..];
+        Some((name, if inner.is_empty() { b"/" } else { inner }))
+    }
+
+    /// The URL the script sees: its own host, the path within it.
+    fn url(&self, req: &OwnedRequest, name: &str, path: &[u8]) -> String {
+        let host = req
+            .host
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let authority = if host.is_empty() {
+            format!("{name}{}", self.dot_suffix)
+        } else {
+            host.into_owned()
+        };
+        let mut url = format!("http://{authority}{}", String::from_utf8_lossy(path));
+        if !req.query.is_empty() {
+            url.push('?');
+            url.push_str(&String::from_utf8_lossy(&req.query));
+        }
+        url
+    }
+
+    fn run(
+        &self,
+        d: &Arc<Deployed>,
+        req: &OwnedRequest,
+        path: &[u8],
+        mut body: RequestBody,
+    ) -> Reply {
+        let script = &d.script;
+        let limits = &script.limits;
+        let usage = &d.usage;
+        usage.requests.fetch_add(1, Ordering::Relaxed);
+        let limit_reply = |limit: Limit| {
+            usage.limits.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(function = %script.name, limit = limit.label(), "request stopped at a limit");
+            text(
+                Status::ServiceUnavailable,
+                &format!("{}: {}\n", script.name, limit.describe(limits)),
+            )
+        };
+        let has_body = !matches!(req.method, Method::Get | Method::Head);
+        let mut bytes = Vec::new();
+        if has_body {
+            let max = limits.request_body_bytes();
+            match (&mut body).take(max + 1).read_to_end(&mut bytes) {
+                Ok(_) if bytes.len() as u64 > max => {
+                    usage.limits.fetch_add(1, Ordering::Relaxed);
+                    return text(
+                        Status::PayloadTooLarge,
+                        &format!("{}: {}\n", script.name, Limit::RequestBody.describe(limits)),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return text(Status::PayloadTooLarge, &format!("{e}\n")),
+            }
+        }
+        let headers: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).to_ascii_lowercase(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        let method = method_name(req);
+        let url = self.url(req, &script.name, path);
+        let incoming = Incoming {
+            method: &method,
+            url: &url,
+            headers: &headers,
+            body: has_body.then_some(&bytes[..]),
+        };
+        let (result, cost) = js::run(script, &self.host, incoming);
+        usage
+            .cpu_us
+            .fetch_add(cost.cpu.as_micros() as u64, Ordering::Relaxed);
+        if cost.cold {
+            usage.cold_starts.fetch_add(1, Ordering::Relaxed);
+        }
+        let answer = match result {
+            Ok(a) => a,
+            Err(Failure::Limit(limit)) => return limit_reply(limit),
+            Err(Failure::Script(why)) => {
+                usage.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(function = %script.name, "the script failed: {why}");
+                return text(
+                    Status::InternalServerError,
+                    "the function threw an exception; its message is in the node's log\n",
+                );
+            }
+        };
+        let Some(status) = Status::from_code(answer.status) else {
+            usage.errors.fetch_add(1, Ordering::Relaxed);
+            return text(
+                Status::InternalServerError,
+                &format!(
+                    "the function answered status {}, which this node does not send\n",
+                    answer.status
+                ),
+            );
+        };
+        let mut content_type = None;
+        let mut headers = Vec::with_capacity(answer.headers.len());
+        for (n, v) in answer.headers {
+            if n == "content-type" && content_type.is_none() {
+                content_type = Some(v);
+            } else if !hop_by_hop(&n) {
+                headers.push((n, v.into_bytes()));
+            }
+        }
+        let head_only = req.method == Method::Head;
+        let mut reply = if answer.streaming || answer.waiting {
+            let (script, usage) = (script.clone(), d.usage.clone());
+            let first = answer.body;
+            let streaming = answer.streaming;
+            let ct = content_type.clone().unwrap_or_default();
+            Reply::streamed(status, &ct, move |out| {
+                let mut sent = first.len() as u64;
+                let mut result = out
+                    .send(first)
+                    .map_err(|_| "the client went away".to_string());
+                while streaming && result.is_ok() {
+                    let before = js::thread_cpu();
+                    let chunk = js::next_chunk(&script);
+                    usage.cpu_us.fetch_add(
+                        js::thread_cpu().saturating_sub(before).as_micros() as u64,
+                        Ordering::Relaxed,
+                    );
+                    match chunk {
+                        Ok(Some(c)) => {
+                            sent += c.len() as u64;
+                            if sent > script.limits.response_body_bytes() {
+                                result = Err(Limit::ResponseBody.describe(&script.limits));
+                                break;
+                            }
+                            if !head_only {
+                                result =
+                                    out.send(c).map_err(|_| "the client went away".to_string());
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(Failure::Limit(l)) => result = Err(l.describe(&script.limits)),
+                        Err(Failure::Script(why)) => result = Err(why),
+                    }
+                }
+                usage.bytes.fetch_add(sent, Ordering::Relaxed);
+                // ctx.waitUntil: after the answer, on this worker.
+                let before = js::thread_cpu();
+                if let Err(e) = js::settle(&script) {
+                    tracing::warn!(function = %script.name, "waitUntil work failed: {e:?}");
+                }
+                usage.cpu_us.fetch_add(
+                    js::thread_cpu().saturating_sub(before).as_micros() as u64,
+                    Ordering::Relaxed,
+                );
+                result
+            })
+        } else {
+            usage
+                .bytes
+                .fetch_add(answer.body.len() as u64, Ordering::Relaxed);
+            Reply::new(status, content_type.as_deref().unwrap_or(""), answer.body)
+        };
+        if content_type.is_none() {
+            reply
+                .headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
+        }
+        reply.headers.extend(headers);
+        reply
+    }
+}
+
+impl Deployed {
+    fn script_hash(&self) -> Hash {
+        self.script.code
+    }
+}
+
+/// A deployment name as a request spells it: a DNS label in lower case.
+fn label_name(b: &[u8]) -> Option<DeploymentName<'_>> {
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    ok.then(|| std::str::from_utf8(b).ok().map(DeploymentName::Named))
+        .flatten()
+}
+
+fn method_name(req: &OwnedRequest) -> String {
+    match req.method {
+        Method::Other => req
+            .header(":method")
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .unwrap_or_else(|| "GET".into()),
+        m => m.as_str().to_string(),
+    }
+}
+
+impl Service for Functions {
+    fn name(&self) -> &str {
+        "function"
+    }
+
+    fn mounts(&self) -> Vec<Mount> {
+        vec![
+            Mount::Prefix("/fn/".into()),
+            Mount::Host(format!("*.{}", self.config.host_suffix)),
+        ]
+    }
+
+    fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            threads: self.config.workers,
+            queue: self.config.queue,
+            // Past the longest wall limit a spec may set.
+            deadline: Duration::from_secs(310),
+        }
+    }
+
+    fn max_body_bytes(&self) -> u64 {
+        500 << 20
+    }
+
+    fn decide(&self, req: &Request<'_>) -> Decision {
+        if let Some(name) = req.path.strip_prefix(STATUS_PREFIX.as_bytes()) {
+            return Decision::Reply(self.status(name));
+        }
+        let Some((name, _)) = self.locate(req.host, req.path) else {
+            return Decision::Reply(text(Status::NotFound, "no such function\n"));
+        };
+        if !self.functions.load().contains_key(&*name) {
+            return Decision::Reply(text(
+                Status::NotFound,
+                "no function by that name on this network\n",
+            ));
+        }
+        Decision::Work
+    }
+
+    fn handle(&self, req: OwnedRequest, body: RequestBody) -> Reply {
+        let Some((name, path)) = self.locate(req.host.as_deref(), &req.path) else {
+            return text(Status::NotFound, "no such function\n");
+        };
+        let Some(d) = self.functions.load().get(&*name).cloned() else {
+            return text(
+                Status::NotFound,
+                "no function by that name on this network\n",
+            );
+        };
+        let path = path.to_vec();
+        self.run(&d, &req, &path, body)
+    }
+}

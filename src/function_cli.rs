@@ -1,0 +1,159 @@
+//! `tessera deploy function`: a script checked here (it must compile),
+//! uploaded as a blob unless the network has it, and deployed with one
+//! signed change whose spec names its hash, its bindings and its limits.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use controlplane::ledger::{DeploySpec, Tx};
+use tessera_functions::{FunctionSpec, Limits};
+
+use crate::deploy_cli::{send, DeployArgs};
+use crate::ledger::{agent, get_json};
+
+/// The function's bindings and limits on the command line.
+#[derive(clap::Args, Default)]
+pub struct FunctionArgs {
+    /// function: a plain-text binding, NAME=VALUE (repeat for more).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// function: a secret binding, NAME=VALUE (not printed by `tessera
+    /// deployments`).
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    pub secrets: Vec<String>,
+    /// function: a KV namespace binding (repeat for more).
+    #[arg(long = "kv", value_name = "NAME")]
+    pub kv: Vec<String>,
+    /// function: CPU time per request, ms (default 50).
+    #[arg(long)]
+    pub cpu_ms: Option<u64>,
+    /// function: wall time per request, ms (default 30000).
+    #[arg(long)]
+    pub wall_ms: Option<u64>,
+    /// function: memory, MiB (default 128).
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    /// function: fetch() calls per request (default 50).
+    #[arg(long)]
+    pub subrequests: Option<u32>,
+}
+
+fn pairs(
+    list: &[String],
+    what: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    list.iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => bail!("--{what} {p}: NAME=VALUE"),
+        })
+        .collect()
+}
+
+pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let Some(path) = args.path.clone() else {
+        bail!(
+            "say which script to deploy: tessera deploy function --name {} ./worker.js",
+            args.name
+        );
+    };
+    let source = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    tessera_functions::check_script(&args.name, &source)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let hash = blake3::hash(&source);
+    let code = tessera_functions::hex(hash.as_bytes());
+    let f = &args.function;
+    let defaults = Limits::default();
+    let spec = FunctionSpec {
+        code: code.clone(),
+        kind: "js".into(),
+        vars: pairs(&f.vars, "var")?,
+        secrets: pairs(&f.secrets, "secret")?,
+        kv: f.kv.clone(),
+        limits: Limits {
+            cpu_ms: f.cpu_ms.unwrap_or(defaults.cpu_ms),
+            wall_ms: f.wall_ms.unwrap_or(defaults.wall_ms),
+            memory_mb: f.memory_mb.unwrap_or(defaults.memory_mb),
+            subrequests: f.subrequests.unwrap_or(defaults.subrequests),
+            ..defaults
+        },
+    };
+    spec.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let base = args.node.node.trim_end_matches('/').to_string();
+    let agent = agent();
+    let present = agent
+        .head(format!("{base}/blobs/{code}"))
+        .call()
+        .with_context(|| format!("cannot reach {base}"))?
+        .status()
+        == 200;
+    if !present {
+        let mut resp = agent
+            .post(format!("{base}/blobs"))
+            .header("Content-Type", "application/octet-stream")
+            .send(&source[..])
+            .with_context(|| format!("uploading the script to {base}"))?;
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        if resp.status() != 201 && resp.status() != 200 {
+            bail!(
+                "the node refused the script: {} {}",
+                resp.status(),
+                body.trim()
+            );
+        }
+    }
+    let spec_text = toml::to_string(&spec)?;
+    send(
+        &args.node,
+        Tx::Deploy(DeploySpec {
+            name: args.name.clone(),
+            service: "function".into(),
+            spec: spec_text.into_bytes(),
+            replicas: args.replicas.unwrap_or(1),
+            regions: args.regions.clone(),
+        }),
+    )?;
+    // Wait until the node runs this script for the name.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(v) = get_json(&agent, &format!("{base}/fn/_status/{}", args.name)) {
+            if v["code"].as_str() == Some(code.as_str()) {
+                break v;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the deployment is recorded, but {base} does not run it within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let suffix = status["host_suffix"].as_str().unwrap_or("fn.localhost");
+    let port = base
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let url = format!("http://{}.{suffix}{port}/", args.name);
+    if args.node.json {
+        println!(
+            "{}",
+            serde_json::json!({ "name": args.name, "code": code, "uploaded": !present, "url": url })
+        );
+    } else {
+        println!(
+            "deployed function {}: script {} ({} bytes{})",
+            args.name,
+            &code[..12],
+            source.len(),
+            if present {
+                ", already on the network"
+            } else {
+                ""
+            }
+        );
+        println!("  {url}");
+        println!("  {base}/fn/{}/", args.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
