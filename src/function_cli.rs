@@ -52,6 +52,25 @@ fn pairs(
 }
 
 pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    if let Some(spec) = &args.spec {
+        // A spec written by hand: sent as it is (its script must already
+        // be on the network; the node checks).
+        let text =
+            std::fs::read(spec).with_context(|| format!("cannot read {}", spec.display()))?;
+        FunctionSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", spec.display()))?;
+        send(
+            &args.node,
+            Tx::Deploy(DeploySpec {
+                name: args.name.clone(),
+                service: "function".into(),
+                spec: text,
+                replicas: args.replicas.unwrap_or(1),
+                regions: args.regions.clone(),
+            }),
+        )?;
+        println!("deployed function {} from {}", args.name, spec.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(path) = args.path.clone() else {
         bail!(
             "say which script to deploy: tessera deploy function --name {} ./worker.js",

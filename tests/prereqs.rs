@@ -75,11 +75,14 @@ fn asks_for_nothing_when_everything_is_installed() {
         "openssl",
         "nginx-light",
         "chromium",
+        "nodejs",
+        "npm",
     ];
     database(dir.path(), &all, &[]);
     assert!(missing(dir.path(), &[]).is_empty());
     let extras = [
-        "curl", "systemd", "mount", "python3", "iproute2", "script", "openssl", "nginx", "chromium",
+        "curl", "systemd", "mount", "python3", "iproute2", "script", "openssl", "nginx",
+        "chromium", "node",
     ];
     assert!(missing(dir.path(), &extras).is_empty());
 }

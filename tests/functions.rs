@@ -1,0 +1,576 @@
+//! Edge functions: worker scripts deployed with `tessera deploy function`,
+//! answered by a real node over HTTP/1.1 (curl) and HTTP/3 (aioquic), and
+//! the same scripts run by `workerd` (Cloudflare's Workers runtime, from
+//! npm), whose answers Tessera's must match; the limits and the sandbox.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The worker scripts of the comparison, in `tests/functions/`.
+const SCRIPTS: [&str; 7] = [
+    "headers",
+    "json",
+    "streaming",
+    "subrequests",
+    "kv",
+    "waituntil",
+    "errors",
+];
+
+fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions")
+}
+
+/// workerd's binary: `TESSERA_WORKERD`, as `scripts/test` installs it.
+fn workerd_bin() -> PathBuf {
+    let path = std::env::var("TESSERA_WORKERD").expect(
+        "TESSERA_WORKERD is not set: run the tests with scripts/test, which installs workerd from npm",
+    );
+    let path = PathBuf::from(path);
+    assert!(path.exists(), "workerd is not at {}", path.display());
+    path
+}
+
+/// A node with functions allowed to reach loopback (the test origin).
+fn node_for_functions(extra_config: &str) -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("tessera.toml");
+    std::fs::write(
+        &path,
+        format!("[services.function]\nallow_private_fetch = true\n{extra_config}"),
+    )
+    .expect("config");
+    let node = Node::start(&["--config", path.to_str().expect("utf-8")]);
+    (node, dir)
+}
+
+fn deploy_function(
+    node: &Node,
+    client: &Path,
+    name: &str,
+    script: &Path,
+    args: &[&str],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["deploy", "function", "--name", name])
+        .arg(script)
+        .args(args)
+        .args(["--node", &node.url()])
+        .env("TESSERA_CLIENT_DIR", client)
+        .output()
+        .expect("tessera deploy function")
+}
+
+fn deploy_ok(node: &Node, client: &Path, name: &str, script: &Path, args: &[&str]) {
+    let out = deploy_function(node, client, name, script, args);
+    assert!(
+        out.status.success(),
+        "deploying {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// workerd serving every script of [`SCRIPTS`], each on its own port, with
+/// the same bindings Tessera gives them.
+struct Workerd {
+    child: Child,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Workerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Workerd {
+    fn start(origin: &str) -> Workerd {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut services = String::new();
+        let mut sockets = String::new();
+        let mut workers = String::new();
+        let mut ports = Vec::new();
+        for (i, name) in SCRIPTS.iter().enumerate() {
+            std::fs::copy(
+                scripts_dir().join(format!("{name}.js")),
+                dir.path().join(format!("{name}.js")),
+            )
+            .expect("copy script");
+            let port = free_addr().port();
+            ports.push(port);
+            services.push_str(&format!("    (name = \"s{i}\", worker = .w{i}),\n"));
+            sockets.push_str(&format!(
+                "    (name = \"http{i}\", address = \"127.0.0.1:{port}\", http = (), service = \"s{i}\"),\n"
+            ));
+            workers.push_str(&format!(
+                "const w{i} :Workerd.Worker = (\n  modules = [ (name = \"{name}\", esModule = embed \"{name}.js\") ],\n  \
+                 compatibilityDate = \"2024-09-23\",\n  globalOutbound = \"net\",\n  bindings = [\n    \
+                 (name = \"STORE\", kvNamespace = \"kv{i}\"),\n    (name = \"ORIGIN\", text = \"{origin}\"),\n  ],\n);\n"
+            ));
+            services.push_str(&format!("    (name = \"kv{i}\", worker = .kv{i}),\n"));
+            workers.push_str(&format!(
+                "const kv{i} :Workerd.Worker = (\n  modules = [ (name = \"kv\", esModule = embed \"kv-backend.js\") ],\n  \
+                 compatibilityDate = \"2024-09-23\",\n);\n"
+            ));
+        }
+        std::fs::copy(
+            scripts_dir().join("workerd/kv-backend.js"),
+            dir.path().join("kv-backend.js"),
+        )
+        .expect("copy kv backend");
+        let config = format!(
+            "using Workerd = import \"/workerd/workerd.capnp\";\n\
+             const config :Workerd.Config = (\n  services = [\n{services}    \
+             (name = \"net\", network = (allow = [\"public\", \"private\", \"local\"])),\n  ],\n  \
+             sockets = [\n{sockets}  ],\n);\n{workers}"
+        );
+        let path = dir.path().join("config.capnp");
+        std::fs::write(&path, config).expect("config");
+        let child = Command::new(workerd_bin())
+            .arg("serve")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn workerd");
+        for &port in &ports {
+            within(Duration::from_secs(60), "workerd listens", || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+        }
+        Workerd {
+            child,
+            ports,
+            _dir: dir,
+        }
+    }
+}
+
+/// An answer as compared: status, the headers that are the script's (not
+/// the server's framing or identity), body.
+#[derive(Debug, PartialEq)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn fetch(url: &str, method: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
+    let mut args = vec!["-sS".to_string(), "-i".into(), "-X".into(), method.into()];
+    for (n, v) in headers {
+        args.push("-H".into());
+        args.push(format!("{n}: {v}"));
+    }
+    if let Some(b) = body {
+        args.push("--data-binary".into());
+        args.push(b.into());
+    }
+    args.push(url.into());
+    let out = Command::new("curl").args(&args).output().expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = out.stdout;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let mut headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .filter(|(n, _)| {
+            !matches!(
+                n.as_str(),
+                "date"
+                    | "server"
+                    | "connection"
+                    | "alt-svc"
+                    | "content-length"
+                    | "transfer-encoding"
+                    | "keep-alive"
+            )
+        })
+        .collect();
+    headers.sort();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+struct Case {
+    script: &'static str,
+    method: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: Option<&'static str>,
+    /// Only the status is compared (the error page is each runtime's own).
+    status_only: bool,
+}
+
+const fn get(script: &'static str, path: &'static str) -> Case {
+    Case {
+        script,
+        method: "GET",
+        path,
+        headers: &[],
+        body: None,
+        status_only: false,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            headers: &[("X-Test", "yes"), ("x-Other", "2"), ("Accept", "text/html")],
+            ..get("headers", "/echo?a=1&b=two&a=3")
+        },
+        get("headers", "/set"),
+        get("headers", "/status?code=201"),
+        get("headers", "/status?code=418"),
+        get("headers", "/redirect"),
+        get("headers", "/empty"),
+        get("headers", "/url"),
+        get("headers", "/nowhere"),
+        Case {
+            method: "PUT",
+            headers: &[("Content-Type", "text/csv")],
+            body: Some("a,b,c"),
+            ..get("headers", "/method")
+        },
+        Case {
+            method: "PATCH",
+            headers: &[("Content-Type", "application/json")],
+            body: Some("{}"),
+            ..get("headers", "/method")
+        },
+        get("json", "/render"),
+        get("json", "/api"),
+        Case {
+            method: "POST",
+            headers: &[("Content-Type", "application/json")],
+            body: Some(r#"{"a":1,"b":"x","c":2.5}"#),
+            ..get("json", "/transform")
+        },
+        Case {
+            method: "POST",
+            body: Some("{nope"),
+            ..get("json", "/transform")
+        },
+        get("streaming", "/pull"),
+        get("streaming", "/transform"),
+        Case {
+            method: "POST",
+            body: Some("0123456789abcdefghijklmnopqrstuvwxyz"),
+            ..get("streaming", "/echo")
+        },
+        get("streaming", "/text"),
+        get("subrequests", "/get"),
+        get("subrequests", "/post"),
+        get("subrequests", "/missing"),
+        get("subrequests", "/many"),
+        get("kv", "/put"),
+        get("kv", "/get"),
+        get("kv", "/list"),
+        get("kv", "/delete"),
+        get("kv", "/list"),
+        get("errors", "/caught"),
+        get("errors", "/bad-status"),
+        get("errors", "/used-body"),
+        get("errors", "/crypto"),
+        Case {
+            status_only: true,
+            ..get("errors", "/throw")
+        },
+        Case {
+            status_only: true,
+            ..get("errors", "/reject")
+        },
+        Case {
+            status_only: true,
+            ..get("errors", "/not-a-response")
+        },
+    ]
+}
+
+#[test]
+fn workerd_and_tessera_answer_the_same_scripts_alike() {
+    let origin = Origin::start();
+    let workerd = Workerd::start(&origin.url());
+    let (node, _config) = node_for_functions("");
+    let client = tempfile::tempdir().expect("client");
+    for name in SCRIPTS {
+        let script = scripts_dir().join(format!("{name}.js"));
+        let var = format!("ORIGIN={}", origin.url());
+        deploy_ok(
+            &node,
+            client.path(),
+            name,
+            &script,
+            &["--kv", "STORE", "--var", &var],
+        );
+    }
+    let mut compared = 0;
+    for case in cases() {
+        let i = SCRIPTS
+            .iter()
+            .position(|s| *s == case.script)
+            .expect("a script");
+        let theirs = fetch(
+            &format!("http://127.0.0.1:{}{}", workerd.ports[i], case.path),
+            case.method,
+            case.headers,
+            case.body,
+        );
+        let ours = fetch(
+            &format!("{}/fn/{}{}", node.url(), case.script, case.path),
+            case.method,
+            case.headers,
+            case.body,
+        );
+        let what = format!("{} {} {}", case.method, case.script, case.path);
+        if case.status_only {
+            assert_eq!(ours.status, theirs.status, "{what}");
+        } else {
+            assert_eq!(
+                ours,
+                theirs,
+                "{what}\nours:   {}\ntheirs: {}",
+                String::from_utf8_lossy(&ours.body),
+                String::from_utf8_lossy(&theirs.body)
+            );
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, cases().len());
+    // What both agreed on is what a script asked for, not an empty page.
+    let ours = |path: &str| fetch(&format!("{}/fn/{path}", node.url()), "GET", &[], None);
+    assert_eq!(ours("headers/status?code=418").status, 418);
+    let set = ours("headers/set");
+    assert!(
+        String::from_utf8_lossy(&set.body)
+            .contains("set-cookie=a=1; Path=/\nset-cookie=b=2; Path=/"),
+        "{set:?}"
+    );
+    // Appended values go out as separate lines (as workerd sends them).
+    assert!(
+        set.headers.contains(&("x-multi".into(), "b".into())),
+        "{set:?}"
+    );
+    assert_eq!(
+        ours("streaming/pull").body,
+        b"chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n"
+    );
+    assert_eq!(
+        ours("kv/list").body,
+        br#"{"names":["user:1"],"complete":true}"#
+    );
+    assert!(
+        String::from_utf8_lossy(&ours("subrequests/get").body).starts_with("200 true 64 pagepage")
+    );
+    // waitUntil: the work goes on after the answer; both see it land.
+    for base in [
+        format!("http://127.0.0.1:{}", workerd.ports[5]),
+        format!("{}/fn/waituntil", node.url()),
+    ] {
+        let scheduled = fetch(&format!("{base}/schedule"), "GET", &[], None);
+        assert_eq!(scheduled.body, b"scheduled", "{base}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let check = fetch(&format!("{base}/check"), "GET", &[], None);
+            if check.body == b"done after the response" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{base}: waitUntil never ran");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A request past a limit is stopped and answered 503 naming the limit;
+/// the next request to the same function and to another one succeeds.
+#[test]
+fn limits_stop_a_request_and_nothing_else() {
+    // Functions may not reach the node's own network here.
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(&[]);
+    let client = dir.path().join("client");
+    let hostile = scripts_dir().join("hostile.js");
+    let private = format!("PRIVATE={}/healthz", node.url());
+    deploy_ok(
+        &node,
+        &client,
+        "hostile",
+        &hostile,
+        &[
+            "--wall-ms",
+            "3000",
+            "--memory-mb",
+            "32",
+            "--subrequests",
+            "5",
+            "--var",
+            &private,
+        ],
+    );
+    deploy_ok(&node, &client, "other", &scripts_dir().join("json.js"), &[]);
+    let get = |path: &str| curl_get(&format!("{}/fn/{path}", node.url()), &[]);
+    assert_eq!(get("hostile/ok").2, b"fine");
+    for (path, limit) in [
+        ("loop", "CPU time limit exceeded (50 ms per request)"),
+        ("memory", "memory limit exceeded (32 MiB)"),
+        ("recurse", "stack limit exceeded"),
+        ("sleep", "wall time limit exceeded (3000 ms per request)"),
+        ("subrequests", "subrequest limit exceeded (5 per request)"),
+    ] {
+        let (status, _, body) = get(&format!("hostile/{path}"));
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(body.contains(limit), "{path}: {body}");
+        assert!(body.starts_with("hostile: "), "{path}: {body}");
+        assert_eq!(get("hostile/ok").2, b"fine", "after {path}");
+        assert_eq!(get("other/api").0, 200, "another function after {path}");
+    }
+    // A promise that nothing will ever settle: an error, not a hung worker.
+    let (status, _, _) = get("hostile/hang");
+    assert_eq!(status, 500);
+    // No way out but fetch, and fetch not onto the node's own network.
+    let (status, _, body) = get("hostile/escape");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["import"], "refused", "{v}");
+    for global in ["require", "process", "std", "os", "Deno"] {
+        assert_eq!(v[global], "undefined", "{global}: {v}");
+    }
+    assert!(
+        v["fetch"]
+            .as_str()
+            .is_some_and(|m| m.contains("node's own network")),
+        "{v}"
+    );
+    assert_eq!(v["file"], "refused", "{v}");
+    // Counted per function, and the node is still well.
+    let metrics = String::from_utf8_lossy(&node.get("/metrics").2).into_owned();
+    let limits_line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "tessera_function_limits_total{service=\"function\",function=\"hostile\"}",
+            )
+        })
+        .expect("limits metric");
+    let limits: u64 = limits_line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a count");
+    assert_eq!(limits, 5, "{limits_line}");
+    assert!(metrics.contains(
+        "tessera_function_cpu_microseconds_total{service=\"function\",function=\"hostile\"}"
+    ));
+    assert_eq!(node.get("/healthz").0, 200);
+}
+
+/// A deploy is checked before it changes anything: a script that does not
+/// compile is refused by the CLI with its line; a spec whose script is not
+/// on the node is refused by the node; a bad binding name by both.
+#[test]
+fn bad_deploys_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(&[]);
+    let client = dir.path().join("client");
+    let good = scripts_dir().join("json.js");
+    deploy_ok(&node, &client, "app", &good, &[]);
+    let bad = dir.path().join("bad.js");
+    std::fs::write(
+        &bad,
+        "export default {\n  fetch(req) {\n    return new Response(\n}\n",
+    )
+    .expect("write");
+    let out = deploy_function(&node, &client, "app", &bad, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SyntaxError") && err.contains(":4"), "{err}");
+    let out = deploy_function(
+        &node,
+        &client,
+        "app",
+        &good,
+        &["--var", "not-an-identifier=1"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("identifier"));
+    let out = deploy_function(&node, &client, "app", &good, &["--cpu-ms", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cpu_ms"));
+    // The spec of a script the node lacks, sent as a raw deploy.
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, format!("code = \"{}\"\n", "ab".repeat(32))).expect("spec");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["deploy", "function", "--name", "app", "--spec"])
+        .arg(&spec)
+        .args(["--node", &node.url()])
+        .env("TESSERA_CLIENT_DIR", &client)
+        .output()
+        .expect("tessera");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not on this node"), "{err}");
+    // Still the good version, at both of its addresses.
+    let (status, _, body) = curl_get(&format!("{}/fn/app/api", node.url()), &[]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) = curl_get(
+        &format!("http://app.fn.localhost:{}/api", node.addr.port()),
+        &[
+            "--resolve",
+            &format!("app.fn.localhost:{}:127.0.0.1", node.addr.port()),
+        ],
+    );
+    assert_eq!(status, 200);
+    let (status, _, _) = curl_get(&format!("{}/fn/nosuch/", node.url()), &[]);
+    assert_eq!(status, 404);
+}
+
+/// The same function over HTTP/3 (aioquic), at its own host.
+#[test]
+fn a_function_answers_over_http3() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(&[]);
+    let client = dir.path().join("client");
+    deploy_ok(&node, &client, "api", &scripts_dir().join("json.js"), &[]);
+    let r = aioquic_request(
+        &format!("https://127.0.0.1:{}/fn/api/api", node.addr.port()),
+        "GET",
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(v["total"], 20);
+    let r = aioquic_request(
+        &format!("https://127.0.0.1:{}/fn/api/transform", node.addr.port()),
+        "POST",
+        &[("content-type", "application/json")],
+    );
+    // No body: the script's JSON parse fails and it says so.
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body, b"bad json");
+}
