@@ -69,7 +69,7 @@ enum Command {
     Reputation(ledger::NodeArg),
     /// Create a deployment of a service (or change it: run it again), owned
     /// by this client's key.
-    Deploy(deploy_cli::DeployArgs),
+    Deploy(Box<deploy_cli::DeployArgs>),
     /// List deployments with their placement and health.
     Deployments(ledger::NodeArg),
     /// Remove a deployment (its owner only).
@@ -179,7 +179,7 @@ fn main() -> std::process::ExitCode {
         } => ledger::service(args),
         Command::Rewards(args) => ledger::rewards(args),
         Command::Reputation(args) => ledger::reputation(args),
-        Command::Deploy(args) => deploy_cli::deploy(args),
+        Command::Deploy(args) => deploy_cli::deploy(*args),
         Command::Deployments(args) => deploy_cli::list(args),
         Command::Undeploy(args) => deploy_cli::undeploy(args),
         Command::Purge(args) => deploy_cli::purge(args),
