@@ -123,6 +123,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let spec_text = toml::to_string(&spec)?;
+    let spec_hash = tessera_functions::hex(blake3::hash(spec_text.as_bytes()).as_bytes());
     send(
         &args.node,
         Tx::Deploy(DeploySpec {
@@ -133,11 +134,11 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             regions: args.regions.clone(),
         }),
     )?;
-    // Wait until the node runs this script for the name.
+    // Wait until the node runs this version (script, bindings, limits).
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Ok(v) = get_json(&agent, &format!("{base}/fn/_status/{}", args.name)) {
-            if v["code"].as_str() == Some(code.as_str()) {
+            if v["spec"].as_str() == Some(spec_hash.as_str()) {
                 break v;
             }
         }

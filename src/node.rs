@@ -328,6 +328,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         deployments: deployments.clone(),
         replication,
         redirect: cfg.on_miss == dataplane::config::OnMiss::Redirect,
+        // Where a service reaches this node itself (a wildcard listen address
+        // is reached on loopback).
+        listen: if listen.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+        } else {
+            listen
+        },
         data_dir: &data_dir,
         sections: &cfg.services,
     };

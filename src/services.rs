@@ -123,6 +123,7 @@ pub struct Lend<'a> {
     pub deployments: Option<Arc<crate::deployments::Deployments>>,
     pub replication: usize,
     pub redirect: bool,
+    pub listen: std::net::SocketAddr,
     pub data_dir: &'a Path,
     pub sections: &'a std::collections::BTreeMap<String, service_api::toml::Table>,
 }
@@ -157,6 +158,7 @@ impl Lend<'_> {
         Ok(Node {
             deployments,
             redirect_elsewhere: self.redirect,
+            listen: Some(self.listen),
             store: Arc::new(dataplane::server::services::ServiceStore {
                 store: self.store.clone(),
                 control: self.control.clone(),
@@ -198,6 +200,13 @@ pub static FUNCTIONS: std::sync::OnceLock<Arc<tessera_functions::Functions>> =
 
 fn make_functions(node: &Node) -> Result<Arc<dyn service_api::Service>, String> {
     let functions = tessera_functions::Functions::new(node)?;
+    // A function's ctx.revalidate marks stale what the zones it is the
+    // origin of (`origin = "fn:NAME"`) cached on this node.
+    if let Some(cdn) = CDN.get().cloned() {
+        functions.set_revalidator(Arc::new(move |f: &str, kind: &str, what: &str| {
+            cdn.revalidate_origin(&format!("fn:{f}"), kind, what)
+        }));
+    }
     let _ = FUNCTIONS.set(functions.clone());
     Ok(functions)
 }

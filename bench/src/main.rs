@@ -14,6 +14,7 @@
 //! HTTP/3 (against Caddy) joins when the data plane speaks it.
 
 mod h3load;
+mod isolate;
 mod load;
 mod plot;
 mod suite;
@@ -40,6 +41,10 @@ enum Command {
     Load(LoadArgs),
     /// Tessera vs nginx on the same files: tables, JSON and plots.
     Suite(suite::SuiteArgs),
+    /// A function's isolates in-process: compile once, then the cost of a
+    /// request in a new isolate (cold) and in a warm one, and an idle
+    /// isolate's heap.
+    Isolate(isolate::IsolateArgs),
 }
 
 #[derive(clap::Args)]
@@ -174,6 +179,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Suite(args) => suite::run(args),
+        Command::Isolate(args) => isolate::run(args),
     }
 }
 

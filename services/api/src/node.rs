@@ -232,6 +232,10 @@ pub struct Node {
     /// The service's section of the node's config file (`[services.NAME]`),
     /// empty when there is none.
     pub config: toml::Table,
+    /// This node's client-facing address, for a service that asks another
+    /// service on the same node over HTTP (a CDN zone whose origin is a
+    /// function). None where the node has none (tests).
+    pub listen: Option<SocketAddr>,
     /// A directory of the service's own (`{data_dir}/services/{name}`),
     /// created before the service is built.
     pub data_dir: PathBuf,
@@ -279,6 +283,7 @@ mod tests {
             ledger: Arc::new(Alone),
             deployments: Arc::new(Alone),
             redirect_elsewhere: false,
+            listen: None,
             config: toml::from_str("greeting = \"hi\"").expect("toml"),
             data_dir: PathBuf::new(),
             metrics: Metrics::default(),

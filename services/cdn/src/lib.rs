@@ -23,7 +23,10 @@ pub const MAX_GRACE_SECS: u64 = 7 * 24 * 3600;
 #[serde(deny_unknown_fields)]
 pub struct ZoneSpec {
     /// Where to fetch from: `http://` or `https://`, a host, optionally a port
-    /// and a base path; no query, fragment or credentials.
+    /// and a base path; no query, fragment or credentials. Or `fn:NAME`: the
+    /// edge function NAME renders what the zone caches (SSR with the zone's
+    /// caching: `s-maxage`, `stale-while-revalidate`, collapsed misses,
+    /// purges by path or tag), asked on the node itself.
     pub origin: String,
     /// More host names the zone answers for at `/`, as for `{zone}.{suffix}`
     /// (its custom domains).
@@ -57,7 +60,28 @@ impl ZoneSpec {
         Ok(spec)
     }
 
+    /// The function a `fn:NAME` origin names.
+    pub fn origin_function(&self) -> Option<&str> {
+        self.origin.strip_prefix("fn:")
+    }
+
     fn check(&self) -> Result<(), String> {
+        if let Some(name) = self.origin_function() {
+            let label = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !label || self.origin_ca.is_some() {
+                return Err(format!(
+                    "origin {:?}: fn:NAME names a function (a DNS label), without origin_ca",
+                    self.origin
+                ));
+            }
+            return self.check_rest();
+        }
         let origin = url::Url::parse(&self.origin)
             .map_err(|e| format!("origin {:?} is not a URL: {e}", self.origin))?;
         if !matches!(origin.scheme(), "http" | "https") {
@@ -81,6 +105,10 @@ impl ZoneSpec {
                 self.origin
             ));
         }
+        self.check_rest()
+    }
+
+    fn check_rest(&self) -> Result<(), String> {
         for host in &self.hosts {
             let ok = !host.is_empty()
                 && host.len() <= 253

@@ -89,6 +89,9 @@ struct Zone {
     /// an agent that trusts that CA only. Otherwise the CDN's own, which
     /// trusts the system's roots.
     agent: Option<ureq::Agent>,
+    /// The origin's base URL: the spec's, or for a `fn:NAME` origin the
+    /// function's path form on this node.
+    base: String,
 }
 
 /// An HTTP client for origins: HTTPS verified against `roots`.
@@ -520,13 +523,18 @@ impl Cdn {
             next.insert(
                 inst.name,
                 Arc::new(Zone {
-                    spec,
                     version: inst.version,
                     here: inst.here,
                     elsewhere: inst.elsewhere,
                     usage,
                     health,
                     agent,
+                    base: match (spec.origin_function(), self.node.listen) {
+                        (Some(f), Some(me)) => format!("http://{me}/fn/{f}"),
+                        (Some(f), None) => format!("http://127.0.0.1/fn/{f}"),
+                        (None, _) => spec.origin.trim_end_matches('/').to_string(),
+                    },
+                    spec,
                 }),
             );
         }
@@ -884,8 +892,74 @@ impl Cdn {
     /// `POST /cdn/_purge/{zone}`: checks the owner's signature, purges here,
     /// and (when the client sent it, not another node) passes it on to the
     /// zone's other nodes, answering once they have (2 s at most each).
+    /// Drops (or, `soft`, marks stale) what zone `zone_name` cached that
+    /// `what`/`value` names, on this node; how many variants.
+    fn apply_purge(
+        &self,
+        zone_name: &str,
+        what: crate::purge::What,
+        value: &str,
+        soft: bool,
+    ) -> u64 {
+        use crate::purge::What;
+        let matches = |v: &Variant| {
+            &*v.zone == zone_name
+                && match what {
+                    What::Url => *v.url == *value,
+                    What::Prefix => v.url.starts_with(value),
+                    What::Tag => v.tags.iter().any(|t| **t == *value),
+                    What::All => true,
+                }
+        };
+        let _w = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        let mut variants = (**self.variants.load()).clone();
+        let hit: Vec<u128> = variants
+            .iter()
+            .filter(|(_, v)| matches(v))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &hit {
+            if soft {
+                if let Some(v) = variants.get(k).cloned() {
+                    variants.insert(*k, Arc::new(v.marked_stale()));
+                }
+            } else {
+                variants.remove(k);
+                let mut admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(fifo) = admission.get_mut(zone_name) {
+                    fifo.remove(k);
+                }
+            }
+        }
+        self.variants.store(Arc::new(variants));
+        hit.len() as u64
+    }
+
+    /// On-demand revalidation asked by an origin on this node (a function's
+    /// `ctx.revalidate(path)` / `revalidateTag(tag)`): what every zone whose
+    /// origin is `origin` cached under that path (`kind` "path") or tag is
+    /// marked stale here, so the next request regenerates it while the
+    /// stale answer is served. How many variants.
+    pub fn revalidate_origin(&self, origin: &str, kind: &str, value: &str) -> u64 {
+        use crate::purge::What;
+        let what = if kind == "tag" { What::Tag } else { What::Url };
+        let zones: Vec<String> = self
+            .zones
+            .load()
+            .iter()
+            .filter(|(_, z)| z.spec.origin == origin)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut n = 0;
+        for zone in zones {
+            n += self.apply_purge(&zone, what, value, true);
+        }
+        self.counters.purged.fetch_add(n, Ordering::Relaxed);
+        n
+    }
+
     fn purge(&self, req: &OwnedRequest, body: RequestBody) -> Reply {
-        use crate::purge::{Purge, What};
+        use crate::purge::Purge;
         let json_reply =
             |status, v: serde_json::Value| Reply::new(status, "application/json", format!("{v}\n"));
         if req.method != Method::Post {
@@ -930,39 +1004,7 @@ impl Cdn {
             }
         }
         self.counters.purges.fetch_add(1, Ordering::Relaxed);
-        let matches = |v: &Variant| {
-            &*v.zone == zone_name.as_str()
-                && match purge.what {
-                    What::Url => *v.url == *purge.value,
-                    What::Prefix => v.url.starts_with(purge.value.as_str()),
-                    What::Tag => v.tags.iter().any(|t| **t == *purge.value),
-                    What::All => true,
-                }
-        };
-        let purged = {
-            let _w = self.publish.lock().unwrap_or_else(|p| p.into_inner());
-            let mut variants = (**self.variants.load()).clone();
-            let hit: Vec<u128> = variants
-                .iter()
-                .filter(|(_, v)| matches(v))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in &hit {
-                if purge.soft {
-                    if let Some(v) = variants.get(k).cloned() {
-                        variants.insert(*k, Arc::new(v.marked_stale()));
-                    }
-                } else {
-                    variants.remove(k);
-                    let mut admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(fifo) = admission.get_mut(&zone_name) {
-                        fifo.remove(k);
-                    }
-                }
-            }
-            self.variants.store(Arc::new(variants));
-            hit.len() as u64
-        };
+        let purged = self.apply_purge(&zone_name, purge.what, &purge.value, purge.soft);
         self.counters.purged.fetch_add(purged, Ordering::Relaxed);
         // Passed on once: the other nodes check the signature themselves.
         let mut replicas = Vec::new();
@@ -1064,8 +1106,7 @@ impl Cdn {
     }
 
     fn origin_url(zone: &Zone, path: &[u8], query: &[u8]) -> String {
-        let base = zone.spec.origin.trim_end_matches('/');
-        let mut url = format!("{base}{}", String::from_utf8_lossy(path));
+        let mut url = format!("{}{}", zone.base, String::from_utf8_lossy(path));
         if !query.is_empty() {
             url.push('?');
             url.push_str(&String::from_utf8_lossy(query));

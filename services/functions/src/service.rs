@@ -109,6 +109,7 @@ pub struct Functions {
     /// Script blobs this service pinned.
     pins: Mutex<HashSet<Hash>>,
     host: Arc<dyn Host>,
+    revalidator: Arc<std::sync::OnceLock<Revalidator>>,
     counters: Counters,
     /// Usage by function name; kept across redeployments.
     usage: Mutex<HashMap<String, Arc<Usage>>>,
@@ -122,7 +123,13 @@ fn text(status: Status, msg: &str) -> Reply {
 }
 
 /// What the scripts reach through the engine: `fetch`, KV, the log.
+/// What `ctx.revalidate` / `ctx.revalidateTag` reach: (function, "path" or
+/// "tag", value) → how many cached answers were marked stale. The binary
+/// connects it to the CDN, for zones whose origin is the function.
+pub type Revalidator = Arc<dyn Fn(&str, &str, &str) -> u64 + Send + Sync>;
+
 struct NodeHost {
+    revalidator: Arc<std::sync::OnceLock<Revalidator>>,
     agent: ureq::Agent,
     kv: Kv,
     allow_private: bool,
@@ -275,12 +282,11 @@ impl Host for NodeHost {
     }
 
     fn revalidate(&self, function: &str, kind: &str, what: &str) {
-        tracing::info!(
-            function,
-            kind,
-            what,
-            "revalidation asked (no cache in front of it)"
-        );
+        let n = self
+            .revalidator
+            .get()
+            .map_or(0, |r| r(function, kind, what));
+        tracing::debug!(function, kind, what, marked = n, "revalidation");
     }
 }
 
@@ -313,7 +319,9 @@ impl Functions {
                 .user_agent("Tessera-Functions")
                 .build(),
         );
+        let revalidator = Arc::new(std::sync::OnceLock::new());
         let host: Arc<dyn Host> = Arc::new(NodeHost {
+            revalidator: revalidator.clone(),
             agent,
             kv,
             allow_private: config.allow_private_fetch,
@@ -333,6 +341,7 @@ impl Functions {
             refused: Mutex::new(HashSet::new()),
             pins: Mutex::new(pins),
             host,
+            revalidator,
             counters,
             usage: Mutex::new(HashMap::new()),
         });
@@ -355,6 +364,11 @@ impl Functions {
             })
             .map_err(|e| format!("cannot start the functions watcher: {e}"))?;
         Ok(functions)
+    }
+
+    /// Connects `ctx.revalidate` to what caches the functions' answers.
+    pub fn set_revalidator(&self, r: Revalidator) {
+        let _ = self.revalidator.set(r);
     }
 
     /// Billing units used by each function on this node since it started
@@ -585,6 +599,7 @@ impl Functions {
         let body = serde_json::json!({
             "name": &*name,
             "code": hex(&d.script.code),
+            "spec": hex(&d.spec_hash),
             "deployment_version": d.deployment_version,
             "host_suffix": self.config.host_suffix,
             "requests": d.usage.requests.load(Ordering::Relaxed),
