@@ -686,3 +686,46 @@ fn a_function_behind_a_cdn_zone_regenerates_pages_incrementally() {
     });
     assert_eq!(page("/home"), home, "another tag is untouched");
 }
+
+/// A site's `_redirects` rule `/echo fn:headers 200` hands that path to the
+/// function; the site's files are served as before.
+#[test]
+fn a_site_path_is_answered_by_a_function() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(&[]);
+    let client = dir.path().join("client");
+    deploy_ok(
+        &node,
+        &client,
+        "headers",
+        &scripts_dir().join("headers.js"),
+        &[],
+    );
+    let site = dir.path().join("public");
+    std::fs::create_dir_all(&site).expect("dir");
+    std::fs::write(site.join("index.html"), "<h1>static</h1>\n").expect("write");
+    std::fs::write(site.join("_redirects"), "/echo  fn:headers  200\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["deploy", "site", "--name", "shop"])
+        .arg(&site)
+        .args(["--node", &node.url()])
+        .env("TESSERA_CLIENT_DIR", &client)
+        .output()
+        .expect("tessera deploy site");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _, body) = curl_get(&format!("{}/sites/shop/", node.url()), &[]);
+    assert_eq!((status, body.as_slice()), (200, &b"<h1>static</h1>\n"[..]));
+    let (status, head, body) = curl_get(
+        &format!("{}/sites/shop/echo?k=v", node.url()),
+        &["-H", "X-Test: from-the-site"],
+    );
+    assert_eq!(status, 200, "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("the function's JSON");
+    assert_eq!(v["path"], "/echo");
+    assert_eq!(v["search"], "?k=v");
+    assert_eq!(v["headers"][0][1], "from-the-site", "{v}");
+}

@@ -5,7 +5,7 @@
 //!   trailing `*` (bound to `:splat`). Query conditions (`id=:id`, `a=b`)
 //!   after it must all be present.
 //! - TO is a site path (`/blog/:slug`), an absolute `http(s)://` URL, or
-//!   `fn:NAME` (a function; kept for the edge-functions service).
+//!   `fn:NAME` (the edge function NAME answers the request, with its path).
 //! - STATUS: 301 (the default), 302, 303, 307, 308 redirect; 200 rewrites
 //!   (the visitor's URL stays); 404 and 410 answer with TO's content under
 //!   that status. `!` forces the rule even where a file exists at FROM

@@ -771,10 +771,23 @@ impl Service for Sites {
         site.usage.requests.fetch_add(1, Ordering::Relaxed);
         match version.resolve(&path, &query) {
             Outcome::Proxy(url) => self.proxy_to_origin(&url, &req, body),
-            Outcome::Function(name) => text(
-                Status::BadGateway,
-                &format!("this path is served by the function {name:?}, and this node runs no edge functions\n"),
-            ),
+            // The function answers the path itself (the node's own
+            // function service, in its path form).
+            Outcome::Function(name) => match self.node.listen {
+                Some(me) => {
+                    let mut url =
+                        format!("http://{me}/fn/{name}{}", String::from_utf8_lossy(&inner));
+                    if !query.is_empty() {
+                        url.push('?');
+                        url.push_str(&query);
+                    }
+                    self.proxy_to_origin(&url, &req, body)
+                }
+                None => text(
+                    Status::BadGateway,
+                    &format!("this path is served by the function {name:?}, and this node runs no edge functions\n"),
+                ),
+            },
             _ if !matches!(req.method, Method::Get | Method::Head) => {
                 text(Status::MethodNotAllowed, "a site answers GET and HEAD\n").header("Allow", "GET, HEAD")
             }
