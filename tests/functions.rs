@@ -91,18 +91,23 @@ impl Drop for Workerd {
 }
 
 impl Workerd {
+    /// The comparison's scripts, from `tests/functions/`.
     fn start(origin: &str) -> Workerd {
+        let scripts: Vec<(String, PathBuf)> = SCRIPTS
+            .iter()
+            .map(|n| (n.to_string(), scripts_dir().join(format!("{n}.js"))))
+            .collect();
+        Workerd::start_with(&scripts, origin)
+    }
+
+    fn start_with(scripts: &[(String, PathBuf)], origin: &str) -> Workerd {
         let dir = tempfile::tempdir().expect("tmp");
         let mut services = String::new();
         let mut sockets = String::new();
         let mut workers = String::new();
         let mut ports = Vec::new();
-        for (i, name) in SCRIPTS.iter().enumerate() {
-            std::fs::copy(
-                scripts_dir().join(format!("{name}.js")),
-                dir.path().join(format!("{name}.js")),
-            )
-            .expect("copy script");
+        for (i, (name, script)) in scripts.iter().enumerate() {
+            std::fs::copy(script, dir.path().join(format!("{name}.js"))).expect("copy script");
             let port = free_addr().port();
             ports.push(port);
             services.push_str(&format!("    (name = \"s{i}\", worker = .w{i}),\n"));
@@ -728,4 +733,69 @@ fn a_site_path_is_answered_by_a_function() {
     assert_eq!(v["path"], "/echo");
     assert_eq!(v["search"], "?k=v");
     assert_eq!(v["headers"][0][1], "from-the-site", "{v}");
+}
+
+/// A real framework's output: a Hono app with server-rendered JSX, bundled
+/// for the Workers runtime by esbuild (both from npm, as `scripts/test`
+/// installs them), deployed as it is, answers as it does on workerd.
+#[test]
+fn a_framework_bundle_renders_alike_on_workerd_and_tessera() {
+    let modules = PathBuf::from(std::env::var("TESSERA_SSR_MODULES").expect(
+        "TESSERA_SSR_MODULES is not set: run the tests with scripts/test, which installs hono and esbuild from npm",
+    ));
+    let dir = tempfile::tempdir().expect("tmp");
+    let bundle = dir.path().join("app.js");
+    let out = Command::new(modules.join(".bin/esbuild"))
+        .arg(scripts_dir().join("ssr/app.jsx"))
+        .args([
+            "--bundle",
+            "--format=esm",
+            "--platform=neutral",
+            "--main-fields=module,main",
+            "--jsx=automatic",
+            "--jsx-import-source=hono/jsx",
+            "--log-level=warning",
+        ])
+        .arg(format!("--outfile={}", bundle.display()))
+        .env("NODE_PATH", &modules)
+        .output()
+        .expect("esbuild");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let workerd = Workerd::start_with(&[("app".to_string(), bundle.clone())], "http://127.0.0.1:9");
+    let node = Node::start(&[]);
+    let client = dir.path().join("client");
+    deploy_ok(&node, &client, "app", &bundle, &[]);
+    for (method, path, body) in [
+        ("GET", "/", None),
+        ("GET", "/posts/1?ref=feed", None),
+        ("GET", "/posts/2", None),
+        ("GET", "/posts/404", None),
+        ("GET", "/nowhere", None),
+        ("GET", "/api/posts", None),
+        ("POST", "/api/echo", Some(r#"{"n":[1,2,3]}"#)),
+    ] {
+        let theirs = fetch(
+            &format!("http://127.0.0.1:{}{path}", workerd.ports[0]),
+            method,
+            &[],
+            body,
+        );
+        let ours = fetch(&format!("{}/fn/app{path}", node.url()), method, &[], body);
+        assert_eq!(
+            ours,
+            theirs,
+            "{method} {path}\nours:   {}\ntheirs: {}",
+            String::from_utf8_lossy(&ours.body),
+            String::from_utf8_lossy(&theirs.body)
+        );
+    }
+    let page = fetch(&format!("{}/fn/app/posts/1", node.url()), "GET", &[], None);
+    assert!(
+        String::from_utf8_lossy(&page.body).contains("<article><h1>Edge rendering</h1>"),
+        "{page:?}"
+    );
 }
