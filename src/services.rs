@@ -66,6 +66,31 @@ impl ClusterView for NodeCluster {
     fn fetch(&self, hash: &Hash) -> bool {
         self.peering.fetch_missing(&self.store, hash)
     }
+
+    fn sign_request(&self, method: &str, path: &str) -> Vec<(String, String)> {
+        let (time, sig) = self
+            .cluster
+            .sign_request(|t| http::peer_message(method.as_bytes(), path.as_bytes(), t.as_bytes()));
+        vec![
+            (http::PEER_HEADER.into(), self.cluster.id().to_string()),
+            (http::PEER_TIME_HEADER.into(), time),
+            (http::PEER_SIG_HEADER.into(), sig),
+        ]
+    }
+
+    fn signed_by(
+        &self,
+        method: &str,
+        path: &str,
+        header: &dyn Fn(&str) -> Option<Vec<u8>>,
+    ) -> Option<String> {
+        let id = header(&http::PEER_HEADER.to_ascii_lowercase())?;
+        let time = header(&http::PEER_TIME_HEADER.to_ascii_lowercase())?;
+        let sig = header(&http::PEER_SIG_HEADER.to_ascii_lowercase())?;
+        let message = http::peer_message(method.as_bytes(), path.as_bytes(), &time);
+        let verify = self.cluster.peer_verifier();
+        verify(&id, &time, &sig, &message).then(|| String::from_utf8_lossy(&id).into_owned())
+    }
 }
 
 /// The ledger as services see it.

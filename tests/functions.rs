@@ -799,3 +799,71 @@ fn a_framework_bundle_renders_alike_on_workerd_and_tessera() {
         "{page:?}"
     );
 }
+
+/// KV across a function's nodes: a write on one is read on the other about a
+/// round trip later (eventual, last writer wins), a delete too; a write
+/// that no member signed is refused and changes nothing.
+#[test]
+fn kv_writes_reach_the_functions_other_node() {
+    let nodes = start_in_regions(&["eu", "eu"], |_| Vec::new());
+    let client = tempfile::tempdir().expect("tmp");
+    // No ledger here: the owner records the function on each node.
+    for node in &nodes {
+        deploy_ok(
+            node,
+            client.path(),
+            "kv",
+            &scripts_dir().join("kv.js"),
+            &["--kv", "STORE", "--replicas", "2"],
+        );
+    }
+    let get = |i: usize, path: &str| curl_get(&format!("{}/fn/kv{path}", nodes[i].url()), &[]);
+    assert_eq!(get(0, "/put").2, b"stored");
+    within(
+        Duration::from_secs(30),
+        "the writes on the other node",
+        || {
+            let (_, _, body) = get(1, "/list");
+            body == br#"{"names":["user:1","user:2"],"complete":true}"#
+        },
+    );
+    let (_, _, body) = get(1, "/get");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["json"]["name"], "ada", "{v}");
+    assert_eq!(v["meta"]["role"], "admin", "{v}");
+    assert_eq!(v["bytes"], serde_json::json!([1, 2, 3]), "{v}");
+    // A delete on the second node reaches the first.
+    assert_eq!(get(1, "/delete").2, br#"{"after":null}"#);
+    within(
+        Duration::from_secs(30),
+        "the delete on the first node",
+        || get(0, "/list").2 == br#"{"names":["user:1"],"complete":true}"#,
+    );
+    // A forged write: unsigned, or signed by no member.
+    let forged = r#"{"function":"kv","ns":"STORE","key":"user:9","value":"eA==","ts_ms":99999999999999,"tie":0}"#;
+    let hash = blake3::hash(forged.as_bytes()).to_hex().to_string();
+    for extra in [
+        vec![],
+        vec![
+            "-H".to_string(),
+            "X-Tessera-Peer: 00".into(),
+            "-H".into(),
+            "X-Tessera-Peer-Time: 1".into(),
+            "-H".into(),
+            "X-Tessera-Peer-Sig: 00".into(),
+        ],
+    ] {
+        let mut args: Vec<&str> = vec!["--data-binary", forged];
+        args.extend(extra.iter().map(String::as_str));
+        let (status, _, _) = curl_get(&format!("{}/fn/_kv/{hash}", nodes[0].url()), &args);
+        // 401: the data plane refuses a bad node signature before any
+        // service sees it; 403: the service finds no signature.
+        assert!(matches!(status, 401 | 403), "{status}");
+    }
+    assert_eq!(
+        get(0, "/list").2,
+        br#"{"names":["user:1"],"complete":true}"#
+    );
+    assert!(nodes[0].metric("tessera_function_kv_applied_total{service=\"function\"}") >= 1);
+    assert!(nodes[0].metric("tessera_function_kv_sent_total{service=\"function\"}") >= 3);
+}

@@ -65,6 +65,26 @@ pub trait ClusterView: Send + Sync {
     /// Fetches a blob this node lacks from its peers into the store, every
     /// chunk group verified on arrival; true once stored.
     fn fetch(&self, hash: &Hash) -> bool;
+    /// Headers that sign a request from this node to another (this node's
+    /// id, the time, an ed25519 signature over method, path and time). The
+    /// body is not covered: a service that needs it signed puts its hash in
+    /// the path. Empty where the node is in no cluster.
+    fn sign_request(&self, method: &str, path: &str) -> Vec<(String, String)> {
+        let _ = (method, path);
+        Vec::new()
+    }
+    /// The id of the live member that signed a request, if its signature
+    /// checks out (made by [`ClusterView::sign_request`], within a minute of
+    /// this node's clock); `header` looks up the request's headers.
+    fn signed_by(
+        &self,
+        method: &str,
+        path: &str,
+        header: &dyn Fn(&str) -> Option<Vec<u8>>,
+    ) -> Option<String> {
+        let _ = (method, path, header);
+        None
+    }
 }
 
 /// The network's replicated ledger.

@@ -4,15 +4,20 @@
 //! Consistency, said plainly: a namespace lives on each node that runs its
 //! function. A write is durable on the node that took it when `put()`
 //! returns, and that node's later reads see it (read-your-writes on one
-//! node). Writes are not yet copied to the deployment's other nodes, so two
-//! nodes that run the same function each have their own copy; Workers KV
-//! itself is eventually consistent (up to 60 s), and a client that needs one
-//! view should reach one node. Limits as Workers': keys up to 512 bytes,
-//! values up to 25 MiB, metadata up to 1 KiB; expired keys read as absent.
+//! node). The service then sends the write ([`Write`]) to the function's
+//! other nodes, signed by this node; each applies it if it is newer than
+//! what it holds: last writer wins per key, by the writer's clock (ties by
+//! node), deletes kept as tombstones so that an older write arriving late
+//! does not bring a key back. So the namespace is eventually consistent, as
+//! Workers KV is (up to 60 s there): another node sees a write about a round
+//! trip later. A node that was unreachable when a write was sent misses it
+//! (three tries; no anti-entropy yet). Limits as Workers': keys up to 512
+//! bytes, values up to 25 MiB, metadata up to 1 KiB; expired keys read as
+//! absent.
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
@@ -22,16 +27,74 @@ pub const MAX_METADATA_BYTES: usize = 1024;
 
 pub struct Kv {
     db: Database,
+    /// This node's tie breaker for writes made at the same millisecond.
+    tie: u64,
 }
 
-/// The stored form: expiry (ms since the epoch, 0: none), metadata length,
-/// metadata, value.
-fn encode(value: &[u8], metadata: Option<&str>, expires_ms: u64) -> Vec<u8> {
-    let meta = metadata.unwrap_or("").as_bytes();
-    let mut out = Vec::with_capacity(12 + meta.len() + value.len());
-    out.extend_from_slice(&expires_ms.to_le_bytes());
-    let flag = if metadata.is_some() { 1u32 << 31 } else { 0 };
-    out.extend_from_slice(&(meta.len() as u32 | flag).to_le_bytes());
+/// One write to a namespace, as it is applied here and sent to the
+/// function's other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Write {
+    pub function: String,
+    pub ns: String,
+    pub key: String,
+    /// None: a delete.
+    #[serde(default, with = "b64")]
+    pub value: Option<Vec<u8>>,
+    #[serde(default)]
+    pub metadata: Option<String>,
+    /// Expiry, ms since the epoch; 0: none.
+    #[serde(default)]
+    pub expires_ms: u64,
+    /// When it was written (the writer's clock, ms) and the writer's tie
+    /// breaker: the larger pair wins.
+    pub ts_ms: u64,
+    pub tie: u64,
+}
+
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&base64::engine::general_purpose::STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
+}
+
+const HAS_META: u32 = 1 << 31;
+const TOMBSTONE: u32 = 1 << 30;
+const LEN_MASK: u32 = !(HAS_META | TOMBSTONE);
+
+/// The stored form: expiry (ms since the epoch, 0: none), write time, tie
+/// breaker, flags and metadata length, metadata, value.
+fn encode(w: &Write) -> Vec<u8> {
+    let meta = w.metadata.as_deref().unwrap_or("").as_bytes();
+    let value = w.value.as_deref().unwrap_or(&[]);
+    let mut out = Vec::with_capacity(28 + meta.len() + value.len());
+    out.extend_from_slice(&w.expires_ms.to_le_bytes());
+    out.extend_from_slice(&w.ts_ms.to_le_bytes());
+    out.extend_from_slice(&w.tie.to_le_bytes());
+    let mut word = meta.len() as u32;
+    if w.metadata.is_some() {
+        word |= HAS_META;
+    }
+    if w.value.is_none() {
+        word |= TOMBSTONE;
+    }
+    out.extend_from_slice(&word.to_le_bytes());
     out.extend_from_slice(meta);
     out.extend_from_slice(value);
     out
@@ -39,19 +102,26 @@ fn encode(value: &[u8], metadata: Option<&str>, expires_ms: u64) -> Vec<u8> {
 
 struct Entry<'a> {
     expires_ms: u64,
+    ts_ms: u64,
+    tie: u64,
     metadata: Option<&'a str>,
-    value: &'a [u8],
+    /// None: deleted.
+    value: Option<&'a [u8]>,
 }
 
 fn decode(raw: &[u8]) -> Option<Entry<'_>> {
-    let expires_ms = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
-    let word = u32::from_le_bytes(raw.get(8..12)?.try_into().ok()?);
-    let len = (word & !(1 << 31)) as usize;
-    let meta = std::str::from_utf8(raw.get(12..12 + len)?).ok()?;
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(raw.get(at..at + 8)?.try_into().ok()?))
+    };
+    let word = u32::from_le_bytes(raw.get(24..28)?.try_into().ok()?);
+    let len = (word & LEN_MASK) as usize;
+    let meta = std::str::from_utf8(raw.get(28..28 + len)?).ok()?;
     Some(Entry {
-        expires_ms,
-        metadata: (word & (1 << 31) != 0).then_some(meta),
-        value: raw.get(12 + len..)?,
+        expires_ms: u64_at(0)?,
+        ts_ms: u64_at(8)?,
+        tie: u64_at(16)?,
+        metadata: (word & HAS_META != 0).then_some(meta),
+        value: (word & TOMBSTONE == 0).then_some(raw.get(28 + len..)?),
     })
 }
 
@@ -68,10 +138,11 @@ fn full_key(function: &str, ns: &str, key: &str) -> String {
 }
 
 impl Kv {
-    pub fn open(path: &Path) -> Result<Kv, String> {
+    /// `tie`: this node's tie breaker (derived from its id).
+    pub fn open(path: &Path, tie: u64) -> Result<Kv, String> {
         let db = Database::create(path)
             .map_err(|e| format!("cannot open the KV database {}: {e}", path.display()))?;
-        Ok(Kv { db })
+        Ok(Kv { db, tie })
     }
 
     pub fn get(&self, function: &str, ns: &str, key: &str) -> Option<(Vec<u8>, Option<String>)> {
@@ -82,9 +153,10 @@ impl Kv {
         if e.expires_ms != 0 && e.expires_ms <= now_ms() {
             return None;
         }
-        Some((e.value.to_vec(), e.metadata.map(str::to_string)))
+        Some((e.value?.to_vec(), e.metadata.map(str::to_string)))
     }
 
+    /// Writes `key`; the write, to send to the function's other nodes.
     pub fn put(
         &self,
         function: &str,
@@ -93,7 +165,7 @@ impl Kv {
         value: &[u8],
         metadata: Option<&str>,
         expires_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<Write, String> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(format!("KV put: a key of 1 to {MAX_KEY_BYTES} bytes"));
         }
@@ -110,34 +182,65 @@ impl Kv {
         if expires_ms != 0 && expires_ms < now_ms() + 60_000 {
             return Err("KV put: an expiration at least 60 seconds ahead".into());
         }
-        let k = full_key(function, ns, key);
-        let v = encode(value, metadata, expires_ms);
-        let write = || -> Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
-            {
-                let mut table = txn.open_table(TABLE)?;
-                table.insert(k.as_str(), v.as_slice())?;
-            }
-            txn.commit()?;
-            Ok(())
+        let w = Write {
+            function: function.into(),
+            ns: ns.into(),
+            key: key.into(),
+            value: Some(value.to_vec()),
+            metadata: metadata.map(str::to_string),
+            expires_ms,
+            ts_ms: now_ms(),
+            tie: self.tie,
         };
-        write().map_err(|e| format!("KV put failed: {e}"))
+        self.apply(&w).map(|_| w)
     }
 
-    pub fn delete(&self, function: &str, ns: &str, key: &str) {
-        let k = full_key(function, ns, key);
-        let delete = || -> Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
-            {
-                let mut table = txn.open_table(TABLE)?;
-                table.remove(k.as_str())?;
-            }
-            txn.commit()?;
-            Ok(())
+    /// Deletes `key` (a tombstone); the write, to send on.
+    pub fn delete(&self, function: &str, ns: &str, key: &str) -> Result<Write, String> {
+        let w = Write {
+            function: function.into(),
+            ns: ns.into(),
+            key: key.into(),
+            value: None,
+            metadata: None,
+            expires_ms: 0,
+            ts_ms: now_ms(),
+            tie: self.tie,
         };
-        if let Err(e) = delete() {
-            tracing::warn!(function, "KV delete failed: {e}");
+        self.apply(&w).map(|_| w)
+    }
+
+    /// Applies a write if it is newer than what is held (last writer wins);
+    /// whether it was. Err: the database failed, or the write is malformed.
+    pub fn apply(&self, w: &Write) -> Result<bool, String> {
+        if w.key.is_empty()
+            || w.key.len() > MAX_KEY_BYTES
+            || w.value.as_ref().is_some_and(|v| v.len() > MAX_VALUE_BYTES)
+            || w.metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
+        {
+            return Err("a KV write out of bounds".into());
         }
+        let k = full_key(&w.function, &w.ns, &w.key);
+        let v = encode(w);
+        let write = || -> Result<bool, redb::Error> {
+            let txn = self.db.begin_write()?;
+            let newer = {
+                let mut table = txn.open_table(TABLE)?;
+                let held = table
+                    .get(k.as_str())?
+                    .and_then(|raw| decode(raw.value()).map(|e| (e.ts_ms, e.tie)));
+                let newer = held.is_none_or(|h| (w.ts_ms, w.tie) > h);
+                if newer {
+                    table.insert(k.as_str(), v.as_slice())?;
+                }
+                newer
+            };
+            txn.commit()?;
+            Ok(newer)
+        };
+        write().map_err(|e| format!("KV write failed: {e}"))
     }
 
     /// Keys in order from `cursor` (the last key of the previous page),
@@ -175,7 +278,7 @@ impl Kv {
                     break;
                 }
                 let Some(e) = decode(v.value()) else { continue };
-                if e.expires_ms != 0 && e.expires_ms <= now {
+                if e.value.is_none() || e.expires_ms != 0 && e.expires_ms <= now {
                     continue;
                 }
                 if keys.len() == limit {
@@ -217,7 +320,7 @@ mod tests {
     #[test]
     fn put_get_list_delete_and_expiry() {
         let dir = tempfile::tempdir().expect("tmp");
-        let kv = Kv::open(&dir.path().join("kv.redb")).expect("open");
+        let kv = Kv::open(&dir.path().join("kv.redb"), 1).expect("open");
         kv.put("f", "A", "user:1", b"one", Some("{\"v\":1}"), 0)
             .expect("put");
         kv.put("f", "A", "user:2", b"two", None, 0).expect("put");
@@ -241,10 +344,41 @@ mod tests {
         assert_eq!(page["keys"].as_array().map(Vec::len), Some(1));
         assert_eq!(page["keys"][0]["name"], "user:2");
         assert_eq!(page["list_complete"], true);
-        kv.delete("f", "A", "user:1");
+        kv.delete("f", "A", "user:1").expect("delete");
         assert_eq!(kv.get("f", "A", "user:1"), None);
         assert!(kv.put("f", "A", "", b"x", None, 0).is_err());
         assert!(kv.put("f", "A", "soon", b"x", None, now_ms() + 10).is_err());
         assert!(kv.put("f", "A", &"k".repeat(513), b"x", None, 0).is_err());
+    }
+
+    #[test]
+    fn the_last_writer_wins_and_deletes_stay_deleted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kv = Kv::open(&dir.path().join("kv.redb"), 1).expect("open");
+        let mut w = kv.put("f", "A", "k", b"mine", None, 0).expect("put");
+        // An older write from elsewhere arrives late: refused.
+        let mut old = w.clone();
+        old.value = Some(b"older".to_vec());
+        old.ts_ms -= 1;
+        assert_eq!(kv.apply(&old), Ok(false));
+        assert_eq!(kv.get("f", "A", "k").map(|v| v.0), Some(b"mine".to_vec()));
+        // The same millisecond: the larger tie breaker wins.
+        w.value = Some(b"theirs".to_vec());
+        w.tie = 2;
+        assert_eq!(kv.apply(&w), Ok(true));
+        assert_eq!(kv.get("f", "A", "k").map(|v| v.0), Some(b"theirs".to_vec()));
+        // Deleted; a put older than the delete does not bring it back.
+        let d = kv.delete("f", "A", "k").expect("delete");
+        let mut late = w.clone();
+        late.ts_ms = d.ts_ms - 1;
+        late.tie = 9;
+        assert_eq!(kv.apply(&late), Ok(false));
+        assert_eq!(kv.get("f", "A", "k"), None);
+        let list: serde_json::Value =
+            serde_json::from_str(&kv.list("f", "A", "", 10, "")).expect("json");
+        assert_eq!(list["keys"].as_array().map(Vec::len), Some(0));
+        // The wire form round-trips.
+        let json = serde_json::to_string(&w).expect("json");
+        assert_eq!(serde_json::from_str::<Write>(&json).expect("parse"), w);
     }
 }

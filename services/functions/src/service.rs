@@ -38,7 +38,7 @@ use service_api::{
 };
 
 use crate::js::{self, Failure, Host, Incoming, Script, SubRequest, SubResponse};
-use crate::kv::Kv;
+use crate::kv::{Kv, Write};
 use crate::{hex, FunctionSpec, Limit, MAX_SCRIPT_BYTES, UNITS_PER_CPU_MS, UNITS_PER_REQUEST};
 
 /// `[services.function]` in the node's config.
@@ -93,6 +93,9 @@ struct Deployed {
 }
 
 struct Counters {
+    kv_sent: Arc<AtomicU64>,
+    kv_failed: Arc<AtomicU64>,
+    kv_applied: Arc<AtomicU64>,
     functions: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
     fetched: Arc<AtomicU64>,
@@ -110,9 +113,69 @@ pub struct Functions {
     pins: Mutex<HashSet<Hash>>,
     host: Arc<dyn Host>,
     revalidator: Arc<std::sync::OnceLock<Revalidator>>,
+    kv: Arc<Kv>,
     counters: Counters,
     /// Usage by function name; kept across redeployments.
     usage: Mutex<HashMap<String, Arc<Usage>>>,
+}
+
+/// `POST /fn/_kv/{BLAKE3 of the body}`: a KV write from another node of the
+/// function (signed by that node; the body's hash in the signed path).
+const KV_PREFIX: &str = "/fn/_kv/";
+/// KV writes waiting to be sent on; beyond it a write stays local.
+const REPLICATION_QUEUE: usize = 65_536;
+
+/// Sends KV writes to the function's other nodes.
+struct Replicator {
+    node: Node,
+    agent: ureq::Agent,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl Replicator {
+    fn send(&self, w: &Write) {
+        let Some(inst) = self
+            .node
+            .deployments
+            .of("function")
+            .into_iter()
+            .find(|i| i.name == w.function)
+        else {
+            return;
+        };
+        let Ok(body) = serde_json::to_vec(w) else {
+            return;
+        };
+        let path = format!("{KV_PREFIX}{}", hex(blake3::hash(&body).as_bytes()));
+        for to in &inst.elsewhere {
+            let mut ok = false;
+            for attempt in 0..3u64 {
+                let mut b = http::Request::post(format!("http://{to}{path}"))
+                    .header("content-type", "application/json");
+                for (n, v) in self.node.cluster.sign_request("POST", &path) {
+                    b = b.header(n, v);
+                }
+                let sent = b
+                    .body(body.clone())
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| self.agent.run(r).map_err(|e| e.to_string()));
+                match sent {
+                    Ok(r) if r.status() == 200 => {
+                        ok = true;
+                        break;
+                    }
+                    Ok(r) => {
+                        tracing::debug!(%to, status = r.status().as_u16(), "KV write not taken")
+                    }
+                    Err(e) => tracing::debug!(%to, "KV write not sent: {e}"),
+                }
+                std::thread::sleep(Duration::from_millis(200 * (attempt + 1)));
+            }
+            let counter = if ok { &self.sent } else { &self.failed };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// `GET /fn/_status/{name}`: the script this node runs for the name.
@@ -131,7 +194,9 @@ pub type Revalidator = Arc<dyn Fn(&str, &str, &str) -> u64 + Send + Sync>;
 struct NodeHost {
     revalidator: Arc<std::sync::OnceLock<Revalidator>>,
     agent: ureq::Agent,
-    kv: Kv,
+    kv: Arc<Kv>,
+    /// Writes to send to the functions' other nodes.
+    replicate: flume::Sender<Write>,
     allow_private: bool,
     max_body: u64,
     subrequests: Arc<AtomicU64>,
@@ -262,12 +327,20 @@ impl Host for NodeHost {
         metadata: Option<String>,
         expires_ms: u64,
     ) -> Result<(), String> {
-        self.kv
-            .put(function, ns, key, value, metadata.as_deref(), expires_ms)
+        let w = self
+            .kv
+            .put(function, ns, key, value, metadata.as_deref(), expires_ms)?;
+        let _ = self.replicate.try_send(w);
+        Ok(())
     }
 
     fn kv_delete(&self, function: &str, ns: &str, key: &str) {
-        self.kv.delete(function, ns, key)
+        match self.kv.delete(function, ns, key) {
+            Ok(w) => {
+                let _ = self.replicate.try_send(w);
+            }
+            Err(e) => tracing::warn!(function, "{e}"),
+        }
     }
 
     fn kv_list(
@@ -306,12 +379,22 @@ impl Functions {
         }
         let m = &node.metrics;
         let counters = Counters {
+            kv_sent: m.counter("kv_sent", "KV writes sent to a function's other nodes."),
+            kv_failed: m.counter(
+                "kv_failed",
+                "KV writes a function's other node did not take (after three tries).",
+            ),
+            kv_applied: m.counter("kv_applied", "KV writes from other nodes applied here."),
             functions: m.gauge("functions", "Functions this node knows."),
             refused: m.counter("refused", "Function versions refused (spec or script)."),
             fetched: m.counter("fetched", "Scripts fetched from peers."),
             subrequests: m.counter("subrequests", "fetch() calls made by scripts."),
         };
-        let kv = Kv::open(&node.data_dir.join("kv.redb"))?;
+        let id = node.cluster.node_id();
+        let tie =
+            u64::from_str_radix(id.get(..16).unwrap_or(""), 16).unwrap_or_else(|_| rand::random());
+        let kv = Arc::new(Kv::open(&node.data_dir.join("kv.redb"), tie)?);
+        let (replicate, writes) = flume::bounded::<Write>(REPLICATION_QUEUE);
         let agent = ureq::Agent::new_with_config(
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -323,7 +406,8 @@ impl Functions {
         let host: Arc<dyn Host> = Arc::new(NodeHost {
             revalidator: revalidator.clone(),
             agent,
-            kv,
+            kv: kv.clone(),
+            replicate,
             allow_private: config.allow_private_fetch,
             max_body: config.max_subrequest_mb << 20,
             subrequests: counters.subrequests.clone(),
@@ -342,9 +426,29 @@ impl Functions {
             pins: Mutex::new(pins),
             host,
             revalidator,
+            kv,
             counters,
             usage: Mutex::new(HashMap::new()),
         });
+        let replicator = Replicator {
+            node: node.clone(),
+            agent: ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build(),
+            ),
+            sent: functions.counters.kv_sent.clone(),
+            failed: functions.counters.kv_failed.clone(),
+        };
+        std::thread::Builder::new()
+            .name("functions-kv".into())
+            .spawn(move || {
+                while let Ok(w) = writes.recv() {
+                    replicator.send(&w);
+                }
+            })
+            .map_err(|e| format!("cannot start the KV replicator: {e}"))?;
         let weak = Arc::downgrade(&functions);
         node.metrics.family(Arc::new(move |out: &mut String| {
             if let Some(f) = weak.upgrade() {
@@ -587,6 +691,55 @@ impl Functions {
         let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, list).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+
+    /// A KV write from another node of a function: taken if a live member
+    /// signed it, its body is what the signed path names, and the function
+    /// exists; applied if it is newer than what is here.
+    fn kv_write(&self, req: &OwnedRequest, body: RequestBody) -> Reply {
+        let path = String::from_utf8_lossy(&req.path).into_owned();
+        if req.method != Method::Post {
+            return text(Status::MethodNotAllowed, "a KV write is a POST\n");
+        }
+        let header = |n: &str| req.header(n).map(<[u8]>::to_vec);
+        let Some(from) = self.node.cluster.signed_by("POST", &path, &header) else {
+            return text(
+                Status::Forbidden,
+                "not signed by a member of this cluster\n",
+            );
+        };
+        let mut bytes = Vec::new();
+        let limit = (crate::kv::MAX_VALUE_BYTES as u64) * 2;
+        if let Err(e) = body.take(limit).read_to_end(&mut bytes) {
+            return text(Status::BadRequest, &format!("{e}\n"));
+        }
+        if path[KV_PREFIX.len()..] != hex(blake3::hash(&bytes).as_bytes()) {
+            return text(
+                Status::BadRequest,
+                "the body is not the one the path names\n",
+            );
+        }
+        let w: Write = match serde_json::from_slice(&bytes) {
+            Ok(w) => w,
+            Err(e) => return text(Status::BadRequest, &format!("not a KV write: {e}\n")),
+        };
+        if !self.functions.load().contains_key(&w.function) {
+            return text(Status::NotFound, "no function by that name on this node\n");
+        }
+        match self.kv.apply(&w) {
+            Ok(applied) => {
+                if applied {
+                    self.counters.kv_applied.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(function = %w.function, %from, applied, "KV write from a peer");
+                Reply::new(
+                    Status::Ok,
+                    "application/json",
+                    serde_json::json!({ "applied": applied }).to_string(),
+                )
+            }
+            Err(e) => text(Status::BadRequest, &format!("{e}\n")),
         }
     }
 
@@ -859,6 +1012,9 @@ impl Service for Functions {
         if let Some(name) = req.path.strip_prefix(STATUS_PREFIX.as_bytes()) {
             return Decision::Reply(self.status(name));
         }
+        if req.path.starts_with(KV_PREFIX.as_bytes()) {
+            return Decision::Work;
+        }
         let Some((name, _)) = self.locate(req.host, req.path) else {
             return Decision::Reply(text(Status::NotFound, "no such function\n"));
         };
@@ -872,6 +1028,9 @@ impl Service for Functions {
     }
 
     fn handle(&self, req: OwnedRequest, body: RequestBody) -> Reply {
+        if req.path.starts_with(KV_PREFIX.as_bytes()) {
+            return self.kv_write(&req, body);
+        }
         let Some((name, path)) = self.locate(req.host.as_deref(), &req.path) else {
             return text(Status::NotFound, "no such function\n");
         };
