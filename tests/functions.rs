@@ -867,3 +867,46 @@ fn kv_writes_reach_the_functions_other_node() {
     assert!(nodes[0].metric("tessera_function_kv_applied_total{service=\"function\"}") >= 1);
     assert!(nodes[0].metric("tessera_function_kv_sent_total{service=\"function\"}") >= 3);
 }
+
+/// A function placed on one of three nodes: the others pass its requests
+/// to that node (its KV is there), so every node answers from one KV.
+#[test]
+fn a_function_placed_elsewhere_runs_on_its_node() {
+    let nodes = start_in_regions(&["eu", "eu", "eu"], |_| Vec::new());
+    let client = tempfile::tempdir().expect("tmp");
+    for node in &nodes {
+        deploy_ok(
+            node,
+            client.path(),
+            "kv",
+            &scripts_dir().join("kv.js"),
+            &["--kv", "STORE"],
+        );
+    }
+    let placed: Vec<usize> = (0..3)
+        .filter(|&i| {
+            let (_, _, body) = curl_get(&format!("{}/deployments/kv", nodes[i].url()), &[]);
+            let d: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            d["placement"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|n| n["addr"].as_str() == Some(nodes[i].addr.to_string().as_str()))
+            })
+        })
+        .collect();
+    assert_eq!(placed.len(), 1, "one replica");
+    let others: Vec<usize> = (0..3).filter(|i| !placed.contains(i)).collect();
+    let get = |i: usize, path: &str| curl_get(&format!("{}/fn/kv{path}", nodes[i].url()), &[]);
+    // Written through one node that does not run it, read through the other.
+    assert_eq!(get(others[0], "/put").2, b"stored");
+    let (_, _, body) = get(others[1], "/list");
+    assert_eq!(body, br#"{"names":["user:1","user:2"],"complete":true}"#);
+    assert_eq!(get(placed[0], "/list").2, body);
+    for &i in &others {
+        assert!(nodes[i].metric("tessera_function_proxied_total{service=\"function\"}") >= 1);
+    }
+    assert!(
+        nodes[placed[0]]
+            .metric("tessera_function_requests_total{service=\"function\",function=\"kv\"}")
+            >= 3
+    );
+}

@@ -71,7 +71,7 @@ pub fn run(args: IsolateArgs) -> anyhow::Result<()> {
     let host: Arc<dyn Host> = Arc::new(Nothing);
     let url = format!("http://bench.fn.localhost{}", args.path);
     let headers = vec![("user-agent".to_string(), "tessera-bench".to_string())];
-    let mut request = || {
+    let request = || {
         let (r, cost) = js::run(
             &script,
             &host,

@@ -8,6 +8,9 @@
 //!   under the node's suffix (`api.fn.localhost`) or the first segment of
 //!   the path form (`/fn/api/...`, which the script sees as `/...`). An
 //!   unknown name is answered `404` at once; a known one goes to the pool.
+//! - **Placement**: a node the function is not placed on passes the
+//!   request to the nearest node it is placed on (its KV is there), and
+//!   runs it itself only if none of them answers.
 //! - **On the pool** ([`Service::handle`]): the body is read (refused `413`
 //!   past the function's request limit), the script runs (see
 //!   [`crate::js`]); a streamed body is pumped on the same worker after the
@@ -90,12 +93,17 @@ struct Deployed {
     spec_hash: Hash,
     script: Arc<Script>,
     usage: Arc<Usage>,
+    /// Placement chose this node.
+    here: bool,
+    /// The other placed nodes, nearest first.
+    elsewhere: Vec<std::net::SocketAddr>,
 }
 
 struct Counters {
     kv_sent: Arc<AtomicU64>,
     kv_failed: Arc<AtomicU64>,
     kv_applied: Arc<AtomicU64>,
+    proxied: Arc<AtomicU64>,
     functions: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
     fetched: Arc<AtomicU64>,
@@ -114,6 +122,8 @@ pub struct Functions {
     host: Arc<dyn Host>,
     revalidator: Arc<std::sync::OnceLock<Revalidator>>,
     kv: Arc<Kv>,
+    /// For requests passed to the function's own nodes.
+    proxy_agent: ureq::Agent,
     counters: Counters,
     /// Usage by function name; kept across redeployments.
     usage: Mutex<HashMap<String, Arc<Usage>>>,
@@ -177,6 +187,10 @@ impl Replicator {
         }
     }
 }
+
+/// Sent with a request passed to the function's own node: run there, not
+/// passed on again.
+const HOP: &str = "x-tessera-fn-hop";
 
 /// `GET /fn/_status/{name}`: the script this node runs for the name.
 const STATUS_PREFIX: &str = "/fn/_status/";
@@ -385,6 +399,10 @@ impl Functions {
                 "KV writes a function's other node did not take (after three tries).",
             ),
             kv_applied: m.counter("kv_applied", "KV writes from other nodes applied here."),
+            proxied: m.counter(
+                "proxied",
+                "Requests passed to a node the function is placed on.",
+            ),
             functions: m.gauge("functions", "Functions this node knows."),
             refused: m.counter("refused", "Function versions refused (spec or script)."),
             fetched: m.counter("fetched", "Scripts fetched from peers."),
@@ -427,6 +445,14 @@ impl Functions {
             host,
             revalidator,
             kv,
+            proxy_agent: ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .max_redirects(0)
+                    .timeout_connect(Some(Duration::from_secs(2)))
+                    .timeout_global(Some(Duration::from_secs(310)))
+                    .build(),
+            ),
             counters,
             usage: Mutex::new(HashMap::new()),
         });
@@ -596,7 +622,23 @@ impl Functions {
                 if inst.here {
                     wanted_pins.insert(d.script_hash());
                 }
-                next.insert(inst.name, d.clone());
+                if d.here == inst.here && d.elsewhere == inst.elsewhere {
+                    next.insert(inst.name, d.clone());
+                } else {
+                    // Placement moved: the same script, new neighbours.
+                    changed = true;
+                    next.insert(
+                        inst.name,
+                        Arc::new(Deployed {
+                            deployment_version: d.deployment_version,
+                            spec_hash: d.spec_hash,
+                            script: d.script.clone(),
+                            usage: d.usage.clone(),
+                            here: inst.here,
+                            elsewhere: inst.elsewhere,
+                        }),
+                    );
+                }
                 continue;
             }
             let refused = self
@@ -635,6 +677,8 @@ impl Functions {
                             spec_hash: inst.spec_hash,
                             script: Arc::new(script),
                             usage,
+                            here: inst.here,
+                            elsewhere: inst.elsewhere,
                         }),
                     );
                 }
@@ -741,6 +785,63 @@ impl Functions {
             }
             Err(e) => text(Status::BadRequest, &format!("{e}\n")),
         }
+    }
+
+    /// Passes a request to another node of the function (path form); None
+    /// if it did not answer.
+    fn proxy(
+        &self,
+        to: std::net::SocketAddr,
+        req: &OwnedRequest,
+        name: &str,
+        path: &[u8],
+        body: &[u8],
+    ) -> Option<Reply> {
+        let mut url = format!("http://{to}/fn/{name}{}", String::from_utf8_lossy(path));
+        if !req.query.is_empty() {
+            url.push('?');
+            url.push_str(&String::from_utf8_lossy(&req.query));
+        }
+        let mut b = http::Request::builder()
+            .method(method_name(req).as_str())
+            .uri(url);
+        for (n, v) in &req.headers {
+            let lower = String::from_utf8_lossy(n).to_ascii_lowercase();
+            if !hop_by_hop(&lower) && !matches!(lower.as_str(), "host" | "te" | "upgrade") {
+                b = b.header(lower, v.as_slice());
+            }
+        }
+        let request = b.header(HOP, "1").body(body.to_vec()).ok()?;
+        let resp = match self.proxy_agent.run(request) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%to, "the function's node did not answer: {e}");
+                return None;
+            }
+        };
+        let status = Status::passed_on(resp.status().as_u16());
+        let mut headers = Vec::new();
+        let mut content_type = String::new();
+        for (n, v) in resp.headers() {
+            if n.as_str() == "content-type" {
+                content_type = v.to_str().unwrap_or("").to_string();
+            } else if !hop_by_hop(n.as_str()) {
+                headers.push((n.as_str().to_string(), v.as_bytes().to_vec()));
+            }
+        }
+        let mut bytes = Vec::new();
+        resp.into_body()
+            .into_reader()
+            .take(MAX_PROXIED_BYTES)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        self.counters.proxied.fetch_add(1, Ordering::Relaxed);
+        let mut reply = Reply::new(status, &content_type, bytes);
+        if content_type.is_empty() {
+            reply.headers.clear();
+        }
+        reply.headers.extend(headers);
+        Some(reply)
     }
 
     fn status(&self, name: &[u8]) -> Reply {
@@ -973,6 +1074,9 @@ fn label_name(b: &[u8]) -> Option<DeploymentName<'_>> {
         .flatten()
 }
 
+/// The most a proxied answer may carry (the largest response limit).
+const MAX_PROXIED_BYTES: u64 = 500 << 20;
+
 fn method_name(req: &OwnedRequest) -> String {
     match req.method {
         Method::Other => req
@@ -1041,6 +1145,33 @@ impl Service for Functions {
             );
         };
         let path = path.to_vec();
+        // A function placed elsewhere runs on its nearest node (its KV is
+        // there); this node runs it only if none of them answers.
+        if !d.here && req.header(HOP).is_none() {
+            let mut bytes = Vec::new();
+            let mut body = body;
+            if !matches!(req.method, Method::Get | Method::Head) {
+                let max = d.script.limits.request_body_bytes();
+                if (&mut body).take(max + 1).read_to_end(&mut bytes).is_err()
+                    || bytes.len() as u64 > max
+                {
+                    return text(
+                        Status::PayloadTooLarge,
+                        &format!(
+                            "{}: {}\n",
+                            d.script.name,
+                            Limit::RequestBody.describe(&d.script.limits)
+                        ),
+                    );
+                }
+            }
+            for to in &d.elsewhere {
+                if let Some(reply) = self.proxy(*to, &req, &name, &path, &bytes) {
+                    return reply;
+                }
+            }
+            return self.run(&d, &req, &path, RequestBody::from_bytes(bytes));
+        }
         self.run(&d, &req, &path, body)
     }
 }
