@@ -40,15 +40,15 @@ workerd_config() { # out-file count-of-extra-hello-workers
     local out=$1 extra=$2 i=0 services="" sockets="" workers=""
     for s in "${scripts[@]}"; do
         cp "bench/functions/$s.js" "$work/wd/$s.js"
-        services+="    (name = \"$s\", worker = .w_$s),"$'\n'
+        services+="    (name = \"$s\", worker = .w$s),"$'\n'
         sockets+="    (name = \"$s\", address = \"127.0.0.1:$((wbase + i))\", http = (), service = \"$s\"),"$'\n'
-        workers+="const w_$s :Workerd.Worker = (modules = [(name = \"$s\", esModule = embed \"$s.js\")], compatibilityDate = \"2024-09-23\");"$'\n'
+        workers+="const w$s :Workerd.Worker = (modules = [(name = \"$s\", esModule = embed \"$s.js\")], compatibilityDate = \"2024-09-23\");"$'\n'
         i=$((i + 1))
     done
     for ((j = 0; j < extra; j++)); do
-        services+="    (name = \"m$j\", worker = .w_m$j),"$'\n'
+        services+="    (name = \"m$j\", worker = .wm$j),"$'\n'
         sockets+="    (name = \"m$j\", address = \"127.0.0.1:$((wbase + 100 + j))\", http = (), service = \"m$j\"),"$'\n'
-        workers+="const w_m$j :Workerd.Worker = (modules = [(name = \"m$j\", esModule = embed \"hello.js\")], compatibilityDate = \"2024-09-23\");"$'\n'
+        workers+="const wm$j :Workerd.Worker = (modules = [(name = \"m$j\", esModule = embed \"hello.js\")], compatibilityDate = \"2024-09-23\");"$'\n'
     done
     printf 'using Workerd = import "/workerd/workerd.capnp";\nconst config :Workerd.Config = (\n  services = [\n%s  ],\n  sockets = [\n%s  ],\n);\n%s' \
         "$services" "$sockets" "$workers" > "$out"

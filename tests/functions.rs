@@ -910,3 +910,60 @@ fn a_function_placed_elsewhere_runs_on_its_node() {
             >= 3
     );
 }
+
+/// On-demand revalidation across a three-node zone: `ctx.revalidateTag` on
+/// the node that runs the function marks the tag stale on every node of
+/// the zone (passed on, signed), and each regenerates its page; a tag no
+/// page has changes nothing.
+#[test]
+fn revalidation_by_tag_reaches_every_node_of_the_zone() {
+    let nodes = start_in_regions(&["eu", "eu", "eu"], |_| Vec::new());
+    let client = tempfile::tempdir().expect("tmp");
+    for node in &nodes {
+        deploy_ok(
+            node,
+            client.path(),
+            "render",
+            &scripts_dir().join("render.js"),
+            &[],
+        );
+        deploy_cdn(
+            node,
+            client.path(),
+            "blog",
+            &["--origin", "fn:render", "--replicas", "3"],
+        );
+    }
+    let page = |i: usize, path: &str| {
+        let (status, head, body) = curl_get(&format!("{}/cdn/blog{path}", nodes[i].url()), &[]);
+        (status, head, String::from_utf8(body).expect("utf-8"))
+    };
+    for i in 0..3 {
+        within(Duration::from_secs(30), "the zone on every node", || {
+            page(i, "/blog/a").0 == 200
+        });
+    }
+    let before: Vec<String> = (0..3).map(|i| page(i, "/blog/a").2).collect();
+    for (i, b) in before.iter().enumerate() {
+        assert_eq!(&page(i, "/blog/a").2, b, "cached on node {i}");
+    }
+    let (status, _, _) = curl_get(
+        &format!("{}/fn/render/revalidate?tag=nothing", nodes[0].url()),
+        &[],
+    );
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, b) in before.iter().enumerate() {
+        assert_eq!(&page(i, "/blog/a").2, b, "an unknown tag changed node {i}");
+    }
+    let (status, _, _) = curl_get(
+        &format!("{}/fn/render/revalidate?tag=blog", nodes[1].url()),
+        &[],
+    );
+    assert_eq!(status, 200);
+    for (i, b) in before.iter().enumerate() {
+        within(Duration::from_secs(30), "regenerated on every node", || {
+            &page(i, "/blog/a").2 != b
+        });
+    }
+}

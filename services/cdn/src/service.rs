@@ -320,6 +320,10 @@ const TAGS: &str = "x-tessera-cdn-tags";
 /// `POST /cdn/_purge/{zone}` takes a signed [`crate::purge::Purge`] (no zone
 /// name starts with `_`).
 pub const PURGE_PREFIX: &str = "/cdn/_purge/";
+/// `POST /cdn/_revalidate/{BLAKE3 of the body}`: an on-demand revalidation
+/// (a function origin's `ctx.revalidate`) passed on by another node of the
+/// zone, signed by that node (the body's hash in the signed path).
+pub const REVALIDATE_PREFIX: &str = "/cdn/_revalidate/";
 
 /// Response headers a cache never stores or forwards as they are.
 const NOT_KEPT: &[&str] = &[
@@ -717,7 +721,9 @@ impl Service for Cdn {
     }
 
     fn decide(&self, req: &Request<'_>) -> Decision {
-        if req.path.starts_with(PURGE_PREFIX.as_bytes()) {
+        if req.path.starts_with(PURGE_PREFIX.as_bytes())
+            || req.path.starts_with(REVALIDATE_PREFIX.as_bytes())
+        {
             return Decision::Work;
         }
         let Some((zone_name, path)) = self.locate(req.host, req.path) else {
@@ -797,6 +803,9 @@ impl Service for Cdn {
     fn handle(&self, req: OwnedRequest, body: RequestBody) -> Reply {
         if req.path.starts_with(PURGE_PREFIX.as_bytes()) {
             return self.purge(&req, body);
+        }
+        if req.path.starts_with(REVALIDATE_PREFIX.as_bytes()) {
+            return self.revalidate_from_peer(&req, body);
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let Some((zone_name, path)) = self.locate(req.host.as_deref(), &req.path) else {
@@ -938,24 +947,96 @@ impl Cdn {
     /// On-demand revalidation asked by an origin on this node (a function's
     /// `ctx.revalidate(path)` / `revalidateTag(tag)`): what every zone whose
     /// origin is `origin` cached under that path (`kind` "path") or tag is
-    /// marked stale here, so the next request regenerates it while the
-    /// stale answer is served. How many variants.
+    /// marked stale, here at once and on the zone's other nodes (passed on,
+    /// signed by this node, in the background), so the next request
+    /// regenerates it. How many variants here.
     pub fn revalidate_origin(&self, origin: &str, kind: &str, value: &str) -> u64 {
         use crate::purge::What;
         let what = if kind == "tag" { What::Tag } else { What::Url };
-        let zones: Vec<String> = self
+        let zones: Vec<(String, Vec<SocketAddr>)> = self
             .zones
             .load()
             .iter()
             .filter(|(_, z)| z.spec.origin == origin)
-            .map(|(n, _)| n.clone())
+            .map(|(n, z)| (n.clone(), z.elsewhere.clone()))
             .collect();
         let mut n = 0;
-        for zone in zones {
+        for (zone, elsewhere) in zones {
             n += self.apply_purge(&zone, what, value, true);
+            if elsewhere.is_empty() {
+                continue;
+            }
+            let body =
+                serde_json::json!({ "zone": zone, "what": what, "value": value }).to_string();
+            let path = format!(
+                "{REVALIDATE_PREFIX}{}",
+                blake3::hash(body.as_bytes()).to_hex()
+            );
+            let signed = self.node.cluster.sign_request("POST", &path);
+            let agent = self.agent.clone();
+            std::thread::spawn(move || {
+                for addr in elsewhere {
+                    let mut b = http::Request::post(format!("http://{addr}{path}"))
+                        .header("content-type", "application/json");
+                    for (k, v) in &signed {
+                        b = b.header(k.as_str(), v.as_str());
+                    }
+                    let sent = b
+                        .body(body.clone())
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| agent.run(r).map_err(|e| e.to_string()));
+                    if let Err(e) = sent {
+                        tracing::debug!(%addr, "revalidation not passed on: {e}");
+                    }
+                }
+            });
         }
         self.counters.purged.fetch_add(n, Ordering::Relaxed);
         n
+    }
+
+    /// A revalidation passed on by another node of the zone: applied if a
+    /// live member signed it and the body is the one its path names.
+    fn revalidate_from_peer(&self, req: &OwnedRequest, body: RequestBody) -> Reply {
+        #[derive(serde::Deserialize)]
+        struct Passed {
+            zone: String,
+            what: crate::purge::What,
+            value: String,
+        }
+        let path = String::from_utf8_lossy(&req.path).into_owned();
+        let header = |n: &str| req.header(n).map(<[u8]>::to_vec);
+        if req.method != Method::Post
+            || self
+                .node
+                .cluster
+                .signed_by("POST", &path, &header)
+                .is_none()
+        {
+            return Reply::text(
+                Status::Forbidden,
+                "not signed by a member of this cluster\n",
+            );
+        }
+        let Ok(bytes) = body.read_all() else {
+            return Reply::text(Status::BadRequest, "unreadable body\n");
+        };
+        if path[REVALIDATE_PREFIX.len()..] != *blake3::hash(&bytes).to_hex() {
+            return Reply::text(
+                Status::BadRequest,
+                "the body is not the one the path names\n",
+            );
+        }
+        let Ok(p) = serde_json::from_slice::<Passed>(&bytes) else {
+            return Reply::text(Status::BadRequest, "not a revalidation\n");
+        };
+        let n = self.apply_purge(&p.zone, p.what, &p.value, true);
+        self.counters.purged.fetch_add(n, Ordering::Relaxed);
+        Reply::new(
+            Status::Ok,
+            "application/json",
+            serde_json::json!({ "marked": n }).to_string(),
+        )
     }
 
     fn purge(&self, req: &OwnedRequest, body: RequestBody) -> Reply {
