@@ -1078,13 +1078,7 @@ fn label_name(b: &[u8]) -> Option<DeploymentName<'_>> {
 const MAX_PROXIED_BYTES: u64 = 500 << 20;
 
 fn method_name(req: &OwnedRequest) -> String {
-    match req.method {
-        Method::Other => req
-            .header(":method")
-            .map(|m| String::from_utf8_lossy(m).into_owned())
-            .unwrap_or_else(|| "GET".into()),
-        m => m.as_str().to_string(),
-    }
+    req.method.as_str().to_string()
 }
 
 impl Service for Functions {
@@ -1122,6 +1116,14 @@ impl Service for Functions {
         let Some((name, _)) = self.locate(req.host, req.path) else {
             return Decision::Reply(text(Status::NotFound, "no such function\n"));
         };
+        if req.method == Method::Other {
+            // The transports name GET, HEAD, POST, PUT, DELETE, PATCH and
+            // OPTIONS; a function is asked only with one of them.
+            return Decision::Reply(text(
+                Status::NotImplemented,
+                "functions take GET, HEAD, POST, PUT, DELETE, PATCH and OPTIONS\n",
+            ));
+        }
         if !self.functions.load().contains_key(&*name) {
             return Decision::Reply(text(
                 Status::NotFound,
