@@ -631,11 +631,9 @@ fn a_function_behind_a_cdn_zone_regenerates_pages_incrementally() {
         let threads: Vec<_> = (0..200)
             .map(|_| {
                 s.spawn(|| {
-                    let req = format!(
-                        "GET /cdn/blog/blog/a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-                    );
-                    let (status, _, body) =
-                        try_request(node.addr, req.as_bytes()).expect("an answer");
+                    let req =
+                        b"GET /cdn/blog/blog/a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+                    let (status, _, body) = try_request(node.addr, req).expect("an answer");
                     assert_eq!(status, 200, "{url}");
                     body
                 })
