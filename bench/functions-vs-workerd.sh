@@ -76,14 +76,6 @@ for s in "${scripts[@]}"; do  # the same answer from both
     i=$((i + 1))
 done
 
-cpu_of() {
-    local total=0 pid
-    for pid in $1; do
-        read -r -a st < "/proc/$pid/stat" || continue
-        total=$((total + st[13] + st[14]))
-    done
-    python3 -c "print($total / $(getconf CLK_TCK))"
-}
 load() { # port host-header [rate] -> json
     local out="$work/load.json" rate=() hdr=()
     [ -n "$2" ] && hdr=(--header "$2")
@@ -93,7 +85,6 @@ load() { # port host-header [rate] -> json
         --json "$out" >/dev/null
     cat "$out"
 }
-field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
 json="{\"date\":\"$(date -u +%FT%TZ)\",\"cores\":$cores,\"connections\":$connections,\"duration_s\":$duration,\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\",\"workerd\":\"$("$WORKERD_BIN" --version)\",\"scripts\":["
 sep=""

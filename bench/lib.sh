@@ -8,6 +8,8 @@
 #   bench_setup NAME   builds tessera unless TESSERA_BIN is set; makes $work (a
 #                      temp dir); every pid added to the `pids` array is killed,
 #                      and $work removed, when the script exits.
+#   cpu_of "PIDS"      CPU seconds (user + system) the processes have used.
+#   field FILE KEY     a top-level field of a JSON file.
 
 bench_setup() {
     if [ -z "${TESSERA_BIN:-}" ]; then
@@ -47,3 +49,14 @@ bench_args() {
     ((load_threads > 8)) && load_threads=8
     return 0
 }
+
+cpu_of() {
+    local total=0 pid st
+    for pid in $1; do
+        read -r -a st < "/proc/$pid/stat" || continue
+        total=$((total + st[13] + st[14]))
+    done
+    python3 -c "print($total / $(getconf CLK_TCK))"
+}
+
+field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }

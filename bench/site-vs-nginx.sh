@@ -80,15 +80,6 @@ for f in index 1m; do  # the same bytes from both
 done
 curl -sI -H "$host" "http://127.0.0.1:$tport/" | grep -i '^etag\|^cache-control' | tr -d '\r' | tr '\n' ' '; echo
 
-# CPU seconds of the processes given (a pid list).
-cpu_of() {
-    local total=0 pid
-    for pid in $1; do
-        read -r -a st < "/proc/$pid/stat" || continue
-        total=$((total + st[13] + st[14]))
-    done
-    python3 -c "print($total / $(getconf CLK_TCK))"
-}
 load() { # port path host-header [rate] -> json
     local out="$work/load.json" rate=() hdr=()
     [ -n "$3" ] && hdr=(--header "$3")
@@ -98,7 +89,6 @@ load() { # port path host-header [rate] -> json
         --json "$out" >/dev/null
     cat "$out"
 }
-field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
 json="{\"date\":\"$(date -u +%FT%TZ)\",\"cores\":$cores,\"connections\":$connections,\"duration_s\":$duration,\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\",\"files\":["
 sep=""

@@ -75,6 +75,21 @@ fn deploy_ok(node: &Node, client: &Path, name: &str, script: &Path, args: &[&str
     );
 }
 
+/// A fresh node with `script` (in `tests/functions/`) deployed as `name`;
+/// the temp dir holds the deploying client's key (in `client/`).
+fn node_with_function(name: &str, script: &str, args: &[&str]) -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(&[]);
+    deploy_ok(
+        &node,
+        &dir.path().join("client"),
+        name,
+        &scripts_dir().join(script),
+        args,
+    );
+    (node, dir)
+}
+
 /// workerd serving every script of [`SCRIPTS`], each on its own port, with
 /// the same bindings Tessera gives them.
 struct Workerd {
@@ -499,11 +514,9 @@ fn limits_stop_a_request_and_nothing_else() {
 /// on the node is refused by the node; a bad binding name by both.
 #[test]
 fn bad_deploys_are_refused_and_change_nothing() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let node = Node::start(&[]);
+    let (node, dir) = node_with_function("app", "json.js", &[]);
     let client = dir.path().join("client");
     let good = scripts_dir().join("json.js");
-    deploy_ok(&node, &client, "app", &good, &[]);
     let bad = dir.path().join("bad.js");
     std::fs::write(
         &bad,
@@ -557,10 +570,7 @@ fn bad_deploys_are_refused_and_change_nothing() {
 /// The same function over HTTP/3 (aioquic), at its own host.
 #[test]
 fn a_function_answers_over_http3() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let node = Node::start(&[]);
-    let client = dir.path().join("client");
-    deploy_ok(&node, &client, "api", &scripts_dir().join("json.js"), &[]);
+    let (node, _dir) = node_with_function("api", "json.js", &[]);
     let r = aioquic_request(
         &format!("https://127.0.0.1:{}/fn/api/api", node.addr.port()),
         "GET",
@@ -587,16 +597,8 @@ fn a_function_answers_over_http3() {
 /// `ctx.revalidateTag(tag)` regenerate on demand.
 #[test]
 fn a_function_behind_a_cdn_zone_regenerates_pages_incrementally() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let node = Node::start(&[]);
+    let (node, dir) = node_with_function("render", "render.js", &[]);
     let client = dir.path().join("client");
-    deploy_ok(
-        &node,
-        &client,
-        "render",
-        &scripts_dir().join("render.js"),
-        &[],
-    );
     deploy_cdn(&node, &client, "blog", &["--origin", "fn:render"]);
     let renders =
         || node.metric("tessera_function_requests_total{service=\"function\",function=\"render\"}");
@@ -694,16 +696,8 @@ fn a_function_behind_a_cdn_zone_regenerates_pages_incrementally() {
 /// function; the site's files are served as before.
 #[test]
 fn a_site_path_is_answered_by_a_function() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let node = Node::start(&[]);
+    let (node, dir) = node_with_function("headers", "headers.js", &[]);
     let client = dir.path().join("client");
-    deploy_ok(
-        &node,
-        &client,
-        "headers",
-        &scripts_dir().join("headers.js"),
-        &[],
-    );
     let site = dir.path().join("public");
     std::fs::create_dir_all(&site).expect("dir");
     std::fs::write(site.join("index.html"), "<h1>static</h1>\n").expect("write");
