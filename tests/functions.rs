@@ -690,6 +690,35 @@ fn a_function_behind_a_cdn_zone_regenerates_pages_incrementally() {
         page("/blog/a") != a && page("/blog/b") != b
     });
     assert_eq!(page("/home"), home, "another tag is untouched");
+
+    // A page regenerated to the same bytes keeps its hash: no new storage.
+    let same = page("/same");
+    assert_eq!(page("/same"), same);
+    let (blobs, bytes) = (
+        node.metric("tessera_store_blobs"),
+        node.metric("tessera_store_bytes"),
+    );
+    let rendered = renders();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(page("/same"), same, "stale, regenerating");
+    within(Duration::from_secs(20), "the regeneration", || {
+        renders() > rendered
+    });
+    within(
+        Duration::from_secs(20),
+        "the regenerated page stored",
+        || {
+            curl_get(&format!("{}/cdn/blog/same", node.url()), &[])
+                .1
+                .contains("hit")
+        },
+    );
+    assert_eq!(
+        node.metric("tessera_store_blobs"),
+        blobs,
+        "a blob more for the same bytes"
+    );
+    assert_eq!(node.metric("tessera_store_bytes"), bytes);
 }
 
 /// A site's `_redirects` rule `/echo fn:headers 200` hands that path to the

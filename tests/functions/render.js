@@ -12,6 +12,12 @@ export default {
       if (tag) ctx.revalidateTag(tag);
       return new Response("revalidating\n", { headers: { "cache-control": "no-store" } });
     }
+    if (url.pathname === "/same") {
+      // Rendered again, the same bytes: 48 KiB that never change.
+      return new Response("<p>the same page</p>\n".repeat(2400), {
+        headers: { "content-type": "text/html", "cache-control": "public, s-maxage=1, stale-while-revalidate=60" },
+      });
+    }
     // A little work per render, so that concurrent misses overlap.
     let x = 0;
     for (let i = 0; i < 20000; i++) x = (x * 31 + i) % 1000003;
