@@ -696,3 +696,89 @@ fn a_zones_owner_pays_for_the_bytes_its_nodes_served() {
         .expect("balance");
     assert_eq!(balance, 10_000_000 - served * PRICE);
 }
+
+#[test]
+fn a_functions_owner_pays_for_its_requests_cpu_and_bytes() {
+    let nodes = committee(&[100, 100, 100, 100], 4, 6_000);
+    within(Duration::from_secs(90), "4 staked nodes", || {
+        staked(&nodes[0]) == Some(4)
+    });
+    let tmp = tempfile::tempdir().expect("tmp");
+    let owner_dir = tmp.path().join("owner");
+    let owner = deposit(&nodes[0], &owner_dir, 100_000_000)["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/functions/json.js");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["deploy", "function", "--name", "api", "--replicas", "2"])
+        .arg(&script)
+        .args(["--node", &nodes[1].url()])
+        .env("TESSERA_CLIENT_DIR", &owner_dir)
+        .output()
+        .expect("tessera deploy function");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within(Duration::from_secs(30), "the function placed", || {
+        try_json(&nodes[0], "/deployments/api")
+            .is_some_and(|v| v["placement"].as_array().map(Vec::len) == Some(2))
+    });
+    let placed: Vec<String> = try_json(&nodes[0], "/deployments/api").expect("placed")["placement"]
+        .as_array()
+        .expect("placement")
+        .iter()
+        .map(|n| n["addr"].as_str().expect("addr").to_string())
+        .collect();
+    let runners: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| placed.contains(&n.addr.to_string()))
+        .collect();
+    assert_eq!(runners.len(), 2);
+    // The same requests at each node that runs it.
+    for node in &runners {
+        within(Duration::from_secs(30), "the function served", || {
+            curl_get(&format!("{}/fn/api/api", node.url()), &[]).0 == 200
+        });
+        for _ in 0..4 {
+            assert_eq!(
+                curl_get(&format!("{}/fn/api/render", node.url()), &[]).0,
+                200
+            );
+        }
+    }
+    // What each node metered, in the ledger's units: body bytes, CPU time
+    // and requests at the functions' rates.
+    let units = |n: &Node| {
+        let m = |what: &str| {
+            n.metric(&format!(
+                "tessera_function_{what}_total{{service=\"function\",function=\"api\"}}"
+            ))
+        };
+        m("bytes") + m("cpu_microseconds") * (16 << 10) / 1000 + m("requests") * (1 << 10)
+    };
+    let used: u64 = runners.iter().map(|n| units(n)).sum();
+    assert!(used > 0);
+    let charged = || -> u64 {
+        (0..epoch(&nodes[0]))
+            .filter_map(|e| try_json(&nodes[0], &format!("/ledger/rewards/{e}")))
+            .map(|v| v["deployments_charged"]["api"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    within(
+        Duration::from_secs(90),
+        "the function's use charged",
+        || {
+            let c = charged();
+            assert!(c <= used * PRICE, "charged {c} for {used} units");
+            c == used * PRICE
+        },
+    );
+    let balance = try_json(&nodes[0], &format!("/ledger/account/{owner}")).expect("account")
+        ["balance"]
+        .as_u64()
+        .expect("balance");
+    assert_eq!(balance, 100_000_000 - used * PRICE);
+}
