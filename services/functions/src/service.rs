@@ -771,6 +771,23 @@ impl Functions {
         if !self.functions.load().contains_key(&w.function) {
             return text(Status::NotFound, "no function by that name on this node\n");
         }
+        // Only a node the function is placed on writes its KV.
+        let placed = self
+            .node
+            .deployments
+            .of("function")
+            .into_iter()
+            .find(|i| i.name == w.function)
+            .is_some_and(|i| {
+                self.node
+                    .cluster
+                    .members()
+                    .iter()
+                    .any(|m| m.id == from && i.elsewhere.contains(&m.addr))
+            });
+        if !placed {
+            return text(Status::Forbidden, "the sender does not run this function\n");
+        }
         match self.kv.apply(&w) {
             Ok(applied) => {
                 if applied {
