@@ -77,15 +77,24 @@ pub fn check_spec(
                         spec.code
                     )
                 })?;
-            if size > tessera_functions::MAX_SCRIPT_BYTES {
+            if size > tessera_functions::MAX_COMPONENT_BYTES {
                 return Err(format!(
                     "the script is {size} bytes; at most {}",
-                    tessera_functions::MAX_SCRIPT_BYTES
+                    tessera_functions::MAX_COMPONENT_BYTES
                 ));
             }
             let mut source = vec![0u8; size as usize];
             std::os::unix::fs::FileExt::read_exact_at(&file, &mut source, 0)
                 .map_err(|e| format!("cannot read the script: {e}"))?;
+            if spec.kind == "wasm" {
+                // Compiled (seconds for a large component) by the service's
+                // watcher, which refuses it there if it does not link.
+                return if tessera_functions::wasm::is_wasm(&source) {
+                    Ok(())
+                } else {
+                    Err("kind = \"wasm\", but the code is not WebAssembly".into())
+                };
+            }
             tessera_functions::check_script("worker", &source)
         }
         other => Err(format!(

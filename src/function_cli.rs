@@ -22,7 +22,7 @@ pub struct FunctionArgs {
     /// deployments`).
     #[arg(long = "secret", value_name = "NAME=VALUE")]
     pub secrets: Vec<String>,
-    /// function: a KV namespace binding (repeat for more).
+    /// function: a KV namespace binding (repeat for more; JavaScript only).
     #[arg(long = "kv", value_name = "NAME")]
     pub kv: Vec<String>,
     /// function: CPU time per request, ms (default 50).
@@ -84,9 +84,14 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let code = tessera_functions::hex(hash.as_bytes());
     let f = &args.function;
     let defaults = Limits::default();
+    let kind = if tessera_functions::wasm::is_wasm(&source) {
+        "wasm"
+    } else {
+        "js"
+    };
     let spec = FunctionSpec {
         code: code.clone(),
-        kind: "js".into(),
+        kind: kind.into(),
         vars: pairs(&f.vars, "var")?,
         secrets: pairs(&f.secrets, "secret")?,
         kv: f.kv.clone(),

@@ -988,3 +988,81 @@ fn revalidation_by_tag_reaches_every_node_of_the_zone() {
         });
     }
 }
+
+/// A WebAssembly function: a component exporting `wasi:http/incoming-handler`
+/// (built from JavaScript by componentize-js, from npm, with a JavaScript
+/// engine inside), deployed from its `.wasm`, answers over HTTP; a request
+/// that loops is stopped at the CPU limit (an epoch interrupt), one that
+/// grows memory past the limit is stopped there, and the next request to
+/// it and to another function succeeds.
+#[test]
+fn a_webassembly_component_serves_requests_within_its_limits() {
+    let componentize = PathBuf::from(std::env::var("TESSERA_COMPONENTIZE").expect(
+        "TESSERA_COMPONENTIZE is not set: run the tests with scripts/test, which installs componentize-js from npm",
+    ));
+    let wit = std::env::var("TESSERA_WASI_HTTP_WIT").expect("TESSERA_WASI_HTTP_WIT");
+    let dir = tempfile::tempdir().expect("tmp");
+    let component = dir.path().join("handler.wasm");
+    let out = Command::new(&componentize)
+        .arg(scripts_dir().join("wasm/handler.js"))
+        .args(["--wit", &wit, "--world-name", "proxy", "-o"])
+        .arg(&component)
+        .output()
+        .expect("componentize-js");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node = Node::start(&[]);
+    let client = dir.path().join("client");
+    deploy_ok(
+        &node,
+        &client,
+        "wasm",
+        &component,
+        &["--memory-mb", "64", "--cpu-ms", "200", "--wall-ms", "10000"],
+    );
+    deploy_ok(&node, &client, "other", &scripts_dir().join("json.js"), &[]);
+    let get = |path: &str| curl_get(&format!("{}/fn/{path}", node.url()), &[]);
+    let (status, head, body) = get("wasm/hello");
+    assert_eq!(status, 200, "{head} {}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"Hello from WebAssembly at /hello\n");
+    assert_eq!(header(&head, "x-engine"), Some("wasm"));
+    let (status, _, body) = curl_get(
+        &format!("{}/fn/wasm/echo", node.url()),
+        &["--data-binary", "some bytes"],
+    );
+    assert_eq!(
+        (status, body.as_slice()),
+        (201, &b"echo POST 10 SOME BYTES"[..])
+    );
+    // At its own host too, and over HTTP/3.
+    let port = node.addr.port();
+    let (status, _, _) = curl_get(
+        &format!("http://wasm.fn.localhost:{port}/"),
+        &["--resolve", &format!("wasm.fn.localhost:{port}:127.0.0.1")],
+    );
+    assert_eq!(status, 200);
+    let r = aioquic_request(&format!("https://127.0.0.1:{port}/fn/wasm/h3"), "GET", &[]);
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"Hello from WebAssembly at /h3\n"[..])
+    );
+    for (path, limit) in [
+        ("loop", "CPU time limit exceeded (200 ms per request)"),
+        ("memory", "memory limit exceeded (64 MiB)"),
+    ] {
+        let (status, _, body) = get(&format!("wasm/{path}"));
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(body.contains(limit), "{path}: {body}");
+        assert_eq!(
+            get("wasm/after").2,
+            b"Hello from WebAssembly at /after\n",
+            "after {path}"
+        );
+        assert_eq!(get("other/api").0, 200, "another function after {path}");
+    }
+    assert!(node.metric("tessera_function_wasm_instances_total{service=\"function\"}") >= 6);
+}

@@ -13,7 +13,7 @@ use tessera_functions::Limits;
 
 #[derive(clap::Args)]
 pub struct IsolateArgs {
-    /// The worker script (an ES module).
+    /// The worker script (an ES module), or a WebAssembly component.
     #[arg(long)]
     script: std::path::PathBuf,
     /// Requests of each kind.
@@ -60,8 +60,66 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
+/// A WebAssembly component: compiled once, then a request each in a new
+/// instance (from the pooling allocator), timing the instantiation apart.
+fn run_wasm(args: &IsolateArgs, bytes: &[u8]) -> anyhow::Result<()> {
+    use tessera_functions::wasm;
+    let t = Instant::now();
+    let component = wasm::WasmScript::compile("bench", 1, bytes, Limits::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let compile_us = t.elapsed().as_secs_f64() * 1e6;
+    let url = format!("http://bench.fn.localhost{}", args.path);
+    let headers = vec![("user-agent".to_string(), "tessera-bench".to_string())];
+    let mut inst = Vec::with_capacity(args.iterations);
+    let mut whole = Vec::with_capacity(args.iterations);
+    for _ in 0..args.iterations {
+        let t = Instant::now();
+        let (r, _, instantiation) = wasm::run(
+            &component,
+            Incoming {
+                method: "GET",
+                url: &url,
+                headers: &headers,
+                body: None,
+            },
+        );
+        whole.push(t.elapsed());
+        if let Err(e) = r {
+            anyhow::bail!("the component failed: {e:?}");
+        }
+        inst.push(instantiation);
+    }
+    inst.sort();
+    whole.sort();
+    let report = serde_json::json!({
+        "compile_us": compile_us,
+        "instantiate_p50_us": percentile(&inst, 0.5), "instantiate_p99_us": percentile(&inst, 0.99),
+        "request_p50_us": percentile(&whole, 0.5), "request_p99_us": percentile(&whole, 0.99),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("compile (once per node): {compile_us:.0} µs");
+        println!(
+            "instantiation (pooling allocator, InstancePre): p50 {:.1} µs, p99 {:.1} µs",
+            percentile(&inst, 0.5),
+            percentile(&inst, 0.99)
+        );
+        println!(
+            "request in a new instance: p50 {:.0} µs, p99 {:.0} µs",
+            percentile(&whole, 0.5),
+            percentile(&whole, 0.99)
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: IsolateArgs) -> anyhow::Result<()> {
-    let source = std::fs::read_to_string(&args.script)?;
+    let bytes = std::fs::read(&args.script)?;
+    if tessera_functions::wasm::is_wasm(&bytes) {
+        return run_wasm(&args, &bytes);
+    }
+    let source = String::from_utf8(bytes)?;
     let t = Instant::now();
     let script = Arc::new(
         Script::compile("bench", 1, &source, &[], &[], Limits::default())

@@ -4,7 +4,9 @@
 //!
 //! A function is a deployment of the service `function`. Its spec
 //! ([`FunctionSpec`]) names the script's blob (an ES module, one bundled
-//! file, whose default export has `fetch(request, env, ctx)`), its `env`
+//! file, whose default export has `fetch(request, env, ctx)`; or a
+//! WebAssembly component exporting `wasi:http/incoming-handler`, run by
+//! [`wasm`] on wasmtime), its `env`
 //! (plain variables, secrets, KV namespaces) and its limits. The node serves
 //! it at `{name}.fn.localhost` and at `/fn/{name}/...` (see
 //! [`service`]); the script runs in QuickJS with the Workers API (see
@@ -20,6 +22,7 @@
 pub mod js;
 pub mod kv;
 pub mod service;
+pub mod wasm;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,6 +33,9 @@ pub use service::{Functions, FunctionsConfig};
 
 /// The largest script (a bundle), as Workers' paid plan allows.
 pub const MAX_SCRIPT_BYTES: u64 = 10 << 20;
+/// The largest WebAssembly component (one that embeds a language runtime,
+/// as componentize-js's do, is some 13 MB).
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 /// Variables and secrets per function, and the size of each value.
 pub const MAX_VARS: usize = 128;
 pub const MAX_VAR_BYTES: usize = 5 << 10;
@@ -172,7 +178,8 @@ impl Limits {
 pub struct FunctionSpec {
     /// The script's blob (an ES module).
     pub code: String,
-    /// `js` (the default).
+    /// `js` (the default): an ES module; `wasm`: a WebAssembly component
+    /// exporting `wasi:http/incoming-handler`.
     #[serde(default = "js_kind")]
     pub kind: String,
     /// Plain-text bindings, `env.NAME`.
@@ -214,11 +221,14 @@ impl FunctionSpec {
         if parse_hex32(&self.code).is_none() {
             return Err("code: the script's BLAKE3 hash, 64 hex digits".into());
         }
-        if self.kind != "js" {
+        if self.kind != "js" && self.kind != "wasm" {
             return Err(format!(
-                "kind = {:?}: this node runs JavaScript modules (\"js\")",
+                "kind = {:?}: \"js\" (an ES module) or \"wasm\" (a wasi-http component)",
                 self.kind
             ));
+        }
+        if self.kind == "wasm" && !self.kv.is_empty() {
+            return Err("kv: KV namespaces are for JavaScript functions".into());
         }
         if self.vars.len() + self.secrets.len() > MAX_VARS {
             return Err(format!("at most {MAX_VARS} vars and secrets"));
@@ -268,6 +278,15 @@ impl FunctionSpec {
 /// [`MAX_SCRIPT_BYTES`], and a module that compiles. Err: why not (a syntax
 /// error names its line).
 pub fn check_script(name: &str, source: &[u8]) -> Result<(), String> {
+    if wasm::is_wasm(source) {
+        if source.len() as u64 > MAX_COMPONENT_BYTES {
+            return Err(format!(
+                "the component is {} bytes; at most {MAX_COMPONENT_BYTES}",
+                source.len()
+            ));
+        }
+        return wasm::WasmScript::compile(name, 0, source, Limits::default()).map(|_| ());
+    }
     if source.len() as u64 > MAX_SCRIPT_BYTES {
         return Err(format!(
             "the script is {} bytes; at most {MAX_SCRIPT_BYTES}",
@@ -324,10 +343,7 @@ mod tests {
         assert_eq!(spec.kv, vec!["CACHE".to_string()]);
         for (bad, why) in [
             ("code = \"xyz\"".to_string(), "64 hex"),
-            (
-                format!("code = \"{code}\"\nkind = \"python\""),
-                "JavaScript",
-            ),
+            (format!("code = \"{code}\"\nkind = \"python\""), "wasi-http"),
             (
                 format!("code = \"{code}\"\n[vars]\n\"a-b\" = \"x\""),
                 "identifier",

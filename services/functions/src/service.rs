@@ -42,7 +42,10 @@ use service_api::{
 
 use crate::js::{self, Failure, Host, Incoming, Script, SubRequest, SubResponse};
 use crate::kv::{Kv, Write};
-use crate::{hex, FunctionSpec, Limit, MAX_SCRIPT_BYTES, UNITS_PER_CPU_MS, UNITS_PER_REQUEST};
+use crate::{
+    hex, FunctionSpec, Limit, MAX_COMPONENT_BYTES, MAX_SCRIPT_BYTES, UNITS_PER_CPU_MS,
+    UNITS_PER_REQUEST,
+};
 
 /// `[services.function]` in the node's config.
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +79,13 @@ impl Default for FunctionsConfig {
     }
 }
 
+/// What runs a function.
+#[derive(Clone)]
+enum Code {
+    Js(Arc<Script>),
+    Wasm(Arc<crate::wasm::WasmScript>),
+}
+
 /// What a function used on this node since it started.
 #[derive(Default)]
 pub struct Usage {
@@ -91,7 +101,11 @@ pub struct Usage {
 struct Deployed {
     deployment_version: u64,
     spec_hash: Hash,
-    script: Arc<Script>,
+    name: Arc<str>,
+    limits: crate::Limits,
+    /// BLAKE3 of the script or component.
+    code: Hash,
+    engine: Code,
     usage: Arc<Usage>,
     /// Placement chose this node.
     here: bool,
@@ -104,6 +118,8 @@ struct Counters {
     kv_failed: Arc<AtomicU64>,
     kv_applied: Arc<AtomicU64>,
     proxied: Arc<AtomicU64>,
+    wasm_instances: Arc<AtomicU64>,
+    wasm_instantiation_ns: Arc<AtomicU64>,
     functions: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
     fetched: Arc<AtomicU64>,
@@ -403,6 +419,14 @@ impl Functions {
                 "proxied",
                 "Requests passed to a node the function is placed on.",
             ),
+            wasm_instances: m.counter(
+                "wasm_instances",
+                "WebAssembly instances made (one per request).",
+            ),
+            wasm_instantiation_ns: m.counter(
+                "wasm_instantiation_nanoseconds",
+                "Time spent instantiating WebAssembly components.",
+            ),
             functions: m.gauge("functions", "Functions this node knows."),
             refused: m.counter("refused", "Function versions refused (spec or script)."),
             fetched: m.counter("fetched", "Scripts fetched from peers."),
@@ -574,7 +598,7 @@ impl Functions {
         name: &str,
         version: u64,
         spec: &FunctionSpec,
-    ) -> Result<Script, Option<String>> {
+    ) -> Result<Code, Option<String>> {
         let code = spec.code_hash();
         let store = &self.node.store;
         let size = match store.size(&code) {
@@ -585,15 +609,26 @@ impl Functions {
             }
             None => return Err(None),
         };
-        if size > MAX_SCRIPT_BYTES {
+        let max = if spec.kind == "wasm" {
+            MAX_COMPONENT_BYTES
+        } else {
+            MAX_SCRIPT_BYTES
+        };
+        if size > max {
             return Err(Some(format!(
-                "the script is {size} bytes; at most {MAX_SCRIPT_BYTES}"
+                "the {} is {size} bytes; at most {max}",
+                spec.kind
             )));
         }
         let bytes = store.read(&code, 0, size as usize).map_err(|e| {
             tracing::warn!(function = name, "cannot read the script: {e}");
             None
         })?;
+        if spec.kind == "wasm" {
+            return crate::wasm::WasmScript::compile(name, version, &bytes, spec.limits)
+                .map(|c| Code::Wasm(Arc::new(c)))
+                .map_err(Some);
+        }
         let source =
             String::from_utf8(bytes).map_err(|_| Some("the script is not UTF-8".into()))?;
         Script::compile(
@@ -604,6 +639,7 @@ impl Functions {
             &spec.kv,
             spec.limits,
         )
+        .map(|s| Code::Js(Arc::new(s)))
         .map_err(Some)
     }
 
@@ -632,7 +668,10 @@ impl Functions {
                         Arc::new(Deployed {
                             deployment_version: d.deployment_version,
                             spec_hash: d.spec_hash,
-                            script: d.script.clone(),
+                            name: d.name.clone(),
+                            limits: d.limits,
+                            code: d.code,
+                            engine: d.engine.clone(),
                             usage: d.usage.clone(),
                             here: inst.here,
                             elsewhere: inst.elsewhere,
@@ -670,12 +709,16 @@ impl Functions {
                     tracing::info!(function = %inst.name, code = %spec.code, "function ready");
                     changed = true;
                     let usage = self.usage_of(&inst.name);
+                    let name: Arc<str> = inst.name.as_str().into();
                     next.insert(
                         inst.name,
                         Arc::new(Deployed {
                             deployment_version: inst.version,
                             spec_hash: inst.spec_hash,
-                            script: Arc::new(script),
+                            name,
+                            limits: spec.limits,
+                            code: spec.code_hash(),
+                            engine: script,
                             usage,
                             here: inst.here,
                             elsewhere: inst.elsewhere,
@@ -869,7 +912,7 @@ impl Functions {
         };
         let body = serde_json::json!({
             "name": &*name,
-            "code": hex(&d.script.code),
+            "code": hex(&d.code),
             "spec": hex(&d.spec_hash),
             "deployment_version": d.deployment_version,
             "host_suffix": self.config.host_suffix,
@@ -928,16 +971,15 @@ impl Functions {
         path: &[u8],
         mut body: RequestBody,
     ) -> Reply {
-        let script = &d.script;
-        let limits = &script.limits;
+        let (name, limits) = (&d.name, &d.limits);
         let usage = &d.usage;
         usage.requests.fetch_add(1, Ordering::Relaxed);
         let limit_reply = |limit: Limit| {
             usage.limits.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(function = %script.name, limit = limit.label(), "request stopped at a limit");
+            tracing::info!(function = %name, limit = limit.label(), "request stopped at a limit");
             text(
                 Status::ServiceUnavailable,
-                &format!("{}: {}\n", script.name, limit.describe(limits)),
+                &format!("{}: {}\n", name, limit.describe(limits)),
             )
         };
         let has_body = !matches!(req.method, Method::Get | Method::Head);
@@ -949,7 +991,7 @@ impl Functions {
                     usage.limits.fetch_add(1, Ordering::Relaxed);
                     return text(
                         Status::PayloadTooLarge,
-                        &format!("{}: {}\n", script.name, Limit::RequestBody.describe(limits)),
+                        &format!("{}: {}\n", name, Limit::RequestBody.describe(limits)),
                     );
                 }
                 Ok(_) => {}
@@ -967,14 +1009,24 @@ impl Functions {
             })
             .collect();
         let method = method_name(req);
-        let url = self.url(req, &script.name, path);
+        let url = self.url(req, name, path);
         let incoming = Incoming {
             method: &method,
             url: &url,
             headers: &headers,
             body: has_body.then_some(&bytes[..]),
         };
-        let (result, cost) = js::run(script, &self.host, incoming);
+        let (result, cost) = match &d.engine {
+            Code::Js(script) => js::run(script, &self.host, incoming),
+            Code::Wasm(component) => {
+                let (result, cost, instantiation) = crate::wasm::run(component, incoming);
+                self.counters
+                    .wasm_instantiation_ns
+                    .fetch_add(instantiation.as_nanos() as u64, Ordering::Relaxed);
+                self.counters.wasm_instances.fetch_add(1, Ordering::Relaxed);
+                (result, cost)
+            }
+        };
         usage
             .cpu_us
             .fetch_add(cost.cpu.as_micros() as u64, Ordering::Relaxed);
@@ -986,7 +1038,7 @@ impl Functions {
             Err(Failure::Limit(limit)) => return limit_reply(limit),
             Err(Failure::Script(why)) => {
                 usage.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(function = %script.name, "the script failed: {why}");
+                tracing::warn!(function = %name, "the script failed: {why}");
                 return text(
                     Status::InternalServerError,
                     "the function threw an exception; its message is in the node's log\n",
@@ -1014,7 +1066,13 @@ impl Functions {
         }
         let head_only = req.method == Method::Head;
         let mut reply = if answer.streaming || answer.waiting {
-            let (script, usage) = (script.clone(), d.usage.clone());
+            let Code::Js(script) = d.engine.clone() else {
+                return text(
+                    Status::InternalServerError,
+                    "a component answered a stream\n",
+                );
+            };
+            let usage = d.usage.clone();
             let first = answer.body;
             let streaming = answer.streaming;
             let ct = content_type.clone().unwrap_or_default();
@@ -1077,7 +1135,7 @@ impl Functions {
 
 impl Deployed {
     fn script_hash(&self) -> Hash {
-        self.script.code
+        self.code
     }
 }
 
@@ -1170,17 +1228,13 @@ impl Service for Functions {
             let mut bytes = Vec::new();
             let mut body = body;
             if !matches!(req.method, Method::Get | Method::Head) {
-                let max = d.script.limits.request_body_bytes();
+                let max = d.limits.request_body_bytes();
                 if (&mut body).take(max + 1).read_to_end(&mut bytes).is_err()
                     || bytes.len() as u64 > max
                 {
                     return text(
                         Status::PayloadTooLarge,
-                        &format!(
-                            "{}: {}\n",
-                            d.script.name,
-                            Limit::RequestBody.describe(&d.script.limits)
-                        ),
+                        &format!("{}: {}\n", d.name, Limit::RequestBody.describe(&d.limits)),
                     );
                 }
             }

@@ -1,0 +1,396 @@
+//! The WebAssembly engine: wasmtime serving components that export
+//! `wasi:http/incoming-handler` (wasi-http 0.2), as `wasmtime serve`, Spin
+//! and Fastly's Compute do.
+//!
+//! - **Compile once.** A deployed component is compiled to machine code once
+//!   per node and linked ahead of time into a `ProxyPre` (wasmtime's
+//!   `InstancePre` for the proxy world): the imports are resolved then, not
+//!   per request.
+//! - **An instance per request**, from the pooling allocator (slots of
+//!   memory and tables reserved up front and reused, made copy-on-write from
+//!   the component's initial image), so instantiating costs microseconds
+//!   for a small component and nothing is shared between requests.
+//! - **Limits.** CPU time by epoch interruption (a thread ticks the engine's
+//!   epoch every millisecond; a request's deadline is its CPU limit in
+//!   ticks: wall-clock ticks while the guest runs, so time spent waiting is
+//!   charged too); memory by a `ResourceLimiter` (growth past the limit is
+//!   refused and reported as the memory limit); wall time by a timeout
+//!   around the whole request.
+//! - **Sandbox.** The WASI context is empty: no preopened directories, no
+//!   environment, no arguments, no inherited stdio, no sockets;
+//!   `wasi:http/outgoing-handler` (the component's `fetch`) is not linked
+//!   with a sender, so outgoing requests fail.
+
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::js::{Answer, Cost, Failure, Incoming};
+use crate::{Limit, Limits};
+
+/// Instances the pool holds at once (a worker thread runs one at a time).
+const POOL_INSTANCES: u32 = 256;
+/// The largest linear memory an instance may grow to (a spec's limit is at
+/// most this).
+const POOL_MEMORY: usize = 1 << 30;
+
+struct State {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: NoOutgoing,
+    table: ResourceTable,
+    limiter: Limiter,
+}
+
+/// wasi-http's hooks with no way to send outgoing requests (this crate is
+/// built without wasmtime-wasi-http's default sender): a component's
+/// `outgoing-handler` calls fail.
+struct NoOutgoing;
+
+type OutBody = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+type Done = Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for NoOutgoing {
+    fn send_request(
+        &mut self,
+        _request: http::Request<OutBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Done,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<(http::Response<OutBody>, Done), wasmtime_wasi_http::Error>,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Memory growth up to the function's limit; past it refused, and noted.
+struct Limiter {
+    memory: usize,
+    denied: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = desired <= self.memory;
+        if !ok {
+            self.denied = true;
+        }
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+struct Shared {
+    engine: Engine,
+    linker: Linker<State>,
+}
+
+static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
+
+/// The process's engine (pooling allocator, epochs, async) and the linker
+/// with WASI and wasi-http; the epoch ticker started with it.
+fn shared() -> Result<&'static Shared, String> {
+    SHARED
+        .get_or_init(|| {
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(POOL_INSTANCES)
+                .total_core_instances(POOL_INSTANCES * 4)
+                .total_memories(POOL_INSTANCES * 4)
+                .total_tables(POOL_INSTANCES * 4)
+                .max_memory_size(POOL_MEMORY);
+            let mut config = Config::new();
+            config
+                .epoch_interruption(true)
+                .wasm_component_model(true)
+                .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            let engine = Engine::new(&config).map_err(|e| format!("cannot start wasmtime: {e}"))?;
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+                .map_err(|e| e.to_string())?;
+            let ticker = engine.weak();
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = ticker.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+                .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
+            Ok(Shared { engine, linker })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// A deployed component, compiled and linked.
+pub struct WasmScript {
+    pub name: Arc<str>,
+    pub version: u64,
+    /// BLAKE3 of the component.
+    pub code: [u8; 32],
+    pub limits: Limits,
+    pre: ProxyPre<State>,
+}
+
+impl WasmScript {
+    /// Compiles `bytes` (a component exporting `wasi:http/incoming-handler`)
+    /// and links it. Err: why it cannot be served, in words for the deployer.
+    pub fn compile(
+        name: &str,
+        version: u64,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<WasmScript, String> {
+        let shared = shared()?;
+        let component = Component::new(&shared.engine, bytes)
+            .map_err(|e| format!("not a WebAssembly component this node can run: {e:#}"))?;
+        let pre = shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("the component imports what this node does not give: {e:#}"))?;
+        let pre = ProxyPre::new(pre).map_err(|e| {
+            format!("the component does not export wasi:http/incoming-handler: {e:#}")
+        })?;
+        Ok(WasmScript {
+            name: name.into(),
+            version,
+            code: *blake3::hash(bytes).as_bytes(),
+            limits,
+            pre,
+        })
+    }
+}
+
+/// Whether `bytes` start as WebAssembly does.
+pub fn is_wasm(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\0asm")
+}
+
+thread_local! {
+    static RUNTIME: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
+}
+
+/// How long the last instantiation on this thread took.
+pub fn run(script: &WasmScript, req: Incoming<'_>) -> (Result<Answer, Failure>, Cost, Duration) {
+    let start = crate::js::thread_cpu();
+    let result = RUNTIME.with(|rt| {
+        let mut rt = rt.borrow_mut();
+        if rt.is_none() {
+            *rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .ok();
+        }
+        match rt.as_ref() {
+            Some(rt) => rt.block_on(serve(script, req)),
+            None => (
+                Err(Failure::Script("cannot start a runtime".into())),
+                Duration::ZERO,
+            ),
+        }
+    });
+    let cost = Cost {
+        cpu: crate::js::thread_cpu().saturating_sub(start),
+        cold: true,
+    };
+    (result.0, cost, result.1)
+}
+
+async fn serve(script: &WasmScript, req: Incoming<'_>) -> (Result<Answer, Failure>, Duration) {
+    let Ok(shared) = shared() else {
+        return (
+            Err(Failure::Script("wasmtime did not start".into())),
+            Duration::ZERO,
+        );
+    };
+    let limits = &script.limits;
+    let mut store = Store::new(
+        &shared.engine,
+        State {
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            hooks: NoOutgoing,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory: limits.memory_bytes() as usize,
+                denied: false,
+            },
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(limits.cpu_ms.max(1));
+    store.epoch_deadline_trap();
+    let mut b = hyper::Request::builder().method(req.method).uri(req.url);
+    for (n, v) in req.headers {
+        b = b.header(n.as_str(), v.as_str());
+    }
+    let body = Full::new(Bytes::from(
+        req.body.map(<[u8]>::to_vec).unwrap_or_default(),
+    ));
+    let Ok(hreq) = b.body(body) else {
+        return (
+            Err(Failure::Script("the request does not convert".into())),
+            Duration::ZERO,
+        );
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let prepared = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, hreq)
+        .and_then(|r| {
+            store
+                .data_mut()
+                .http()
+                .new_response_outparam(tx)
+                .map(|o| (r, o))
+        });
+    let (wreq, out) = match prepared {
+        Ok(p) => p,
+        Err(e) => return (Err(Failure::Script(format!("{e:#}"))), Duration::ZERO),
+    };
+    let t = Instant::now();
+    let proxy = match script.pre.instantiate_async(&mut store).await {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                Err(Failure::Script(format!("instantiation failed: {e:#}"))),
+                t.elapsed(),
+            )
+        }
+    };
+    let instantiated = t.elapsed();
+    let max_body = limits.response_body_bytes();
+    let answer = async move {
+        let resp = rx.await;
+        let resp = match resp {
+            Ok(Ok(r)) => r,
+            Ok(Err(code)) => return Err(format!("the component answered an error: {code:?}")),
+            Err(_) => return Err("the component never set a response".to_string()),
+        };
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = http_body_util::Limited::new(resp.into_body(), max_body as usize)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the component's body: {e}"))?
+            .to_bytes()
+            .to_vec();
+        Ok(Answer {
+            status,
+            headers,
+            body,
+            streaming: false,
+            waiting: false,
+        })
+    };
+    let call = proxy
+        .wasi_http_incoming_handler()
+        .call_handle(&mut store, wreq, out);
+    // The body is read while the handler runs (it may stream it); a trap
+    // ends the request at once (the response may never be set).
+    let both = async {
+        tokio::pin!(call);
+        tokio::pin!(answer);
+        let mut answered = None;
+        loop {
+            tokio::select! {
+                called = &mut call => {
+                    if called.is_err() {
+                        return (called, answered.unwrap_or_else(|| Err("the component trapped".to_string())));
+                    }
+                    // Returned: the response was set by now, or never will be
+                    // (its sender stays in the store); its body is whole.
+                    let a = match answered {
+                        Some(a) => a,
+                        None => tokio::time::timeout(Duration::from_secs(1), &mut answer)
+                            .await
+                            .unwrap_or_else(|_| Err("the component returned without setting a response".to_string())),
+                    };
+                    return (called, a);
+                }
+                a = &mut answer, if answered.is_none() => answered = Some(a),
+            }
+        }
+    };
+    let Ok((called, answered)) = tokio::time::timeout(limits.wall(), both).await else {
+        let limit = if store.data().limiter.denied {
+            Limit::Memory
+        } else {
+            Limit::Wall
+        };
+        return (Err(Failure::Limit(limit)), instantiated);
+    };
+    if store.data().limiter.denied {
+        return (Err(Failure::Limit(Limit::Memory)), instantiated);
+    }
+    if let Err(e) = &called {
+        if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+            return (Err(Failure::Limit(Limit::Cpu)), instantiated);
+        }
+    }
+    match (answered, called) {
+        (Ok(a), _) => (Ok(a), instantiated),
+        (Err(why), Err(trap)) => (
+            Err(Failure::Script(format!("{why}: {trap:#}"))),
+            instantiated,
+        ),
+        (Err(why), Ok(())) => (Err(Failure::Script(why)), instantiated),
+    }
+}
