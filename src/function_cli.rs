@@ -78,8 +78,22 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         );
     };
     let source = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    tessera_functions::check_script(&args.name, &source)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // A script is compiled here (its syntax errors shown at once); a
+    // component only checked for its magic and size here, since compiling
+    // one takes seconds: the node compiles it and says if it refuses it.
+    if tessera_functions::wasm::is_wasm(&source) {
+        if source.len() as u64 > tessera_functions::MAX_COMPONENT_BYTES {
+            bail!(
+                "{}: {} bytes; a component may have {}",
+                path.display(),
+                source.len(),
+                tessera_functions::MAX_COMPONENT_BYTES
+            );
+        }
+    } else {
+        tessera_functions::check_script(&args.name, &source)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     let hash = blake3::hash(&source);
     let code = tessera_functions::hex(hash.as_bytes());
     let f = &args.function;
@@ -140,15 +154,23 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }),
     )?;
     // Wait until the node runs this version (script, bindings, limits).
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // (A large component takes the node a while to compile.)
+    let wait = if kind == "wasm" { 300 } else { 60 };
+    let deadline = Instant::now() + Duration::from_secs(wait);
     let status = loop {
         if let Ok(v) = get_json(&agent, &format!("{base}/fn/_status/{}", args.name)) {
             if v["spec"].as_str() == Some(spec_hash.as_str()) {
                 break v;
             }
+            if v["refused"]["spec"].as_str() == Some(spec_hash.as_str()) {
+                bail!(
+                    "the deployment is recorded, but {base} refused it: {}",
+                    v["refused"]["why"].as_str().unwrap_or("?")
+                );
+            }
         }
         if Instant::now() > deadline {
-            bail!("the deployment is recorded, but {base} does not run it within 60 s");
+            bail!("the deployment is recorded, but {base} does not run it within {wait} s");
         }
         std::thread::sleep(Duration::from_millis(100));
     };

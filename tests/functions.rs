@@ -1065,4 +1065,13 @@ fn a_webassembly_component_serves_requests_within_its_limits() {
         assert_eq!(get("other/api").0, 200, "another function after {path}");
     }
     assert!(node.metric("tessera_function_wasm_instances_total{service=\"function\"}") >= 6);
+    // A core module is not a component: the node refuses it, the CLI says
+    // why, and the component deployed before keeps serving.
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
+    let out = deploy_function(&node, &client, "wasm", &core, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused it"), "{err}");
+    assert_eq!(get("wasm/still").2, b"Hello from WebAssembly at /still\n");
 }

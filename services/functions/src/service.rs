@@ -133,6 +133,8 @@ pub struct Functions {
     functions: ArcSwap<HashMap<String, Arc<Deployed>>>,
     /// Specs refused (logged once), by spec hash.
     refused: Mutex<HashSet<Hash>>,
+    /// The last refusal per function (spec hash, why), for its status.
+    refusals: ArcSwap<HashMap<String, (String, String)>>,
     /// Script blobs this service pinned.
     pins: Mutex<HashSet<Hash>>,
     host: Arc<dyn Host>,
@@ -465,6 +467,7 @@ impl Functions {
             config,
             functions: ArcSwap::from_pointee(HashMap::new()),
             refused: Mutex::new(HashSet::new()),
+            refusals: ArcSwap::from_pointee(HashMap::new()),
             pins: Mutex::new(pins),
             host,
             revalidator,
@@ -751,6 +754,9 @@ impl Functions {
     fn refuse(&self, name: &str, spec_hash: Hash, why: &str) {
         tracing::warn!(function = name, "function refused: {why}");
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let mut reasons = (**self.refusals.load()).clone();
+        reasons.insert(name.to_string(), (hex(&spec_hash), why.to_string()));
+        self.refusals.store(Arc::new(reasons));
         self.refused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -907,7 +913,14 @@ impl Functions {
     fn status(&self, name: &[u8]) -> Reply {
         let name = String::from_utf8_lossy(name);
         let all = self.functions.load();
+        let refused = self.refusals.load().get(&*name).cloned();
         let Some(d) = all.get(&*name) else {
+            if let Some((spec, why)) = refused {
+                let body =
+                    serde_json::json!({ "name": &*name, "refused": { "spec": spec, "why": why } });
+                return Reply::new(Status::Ok, "application/json", body.to_string())
+                    .header("Cache-Control", "no-store");
+            }
             return text(Status::NotFound, "no function by that name on this node\n");
         };
         let body = serde_json::json!({
@@ -917,6 +930,7 @@ impl Functions {
             "deployment_version": d.deployment_version,
             "host_suffix": self.config.host_suffix,
             "requests": d.usage.requests.load(Ordering::Relaxed),
+            "refused": refused.map(|(spec, why)| serde_json::json!({ "spec": spec, "why": why })),
         });
         Reply::new(Status::Ok, "application/json", body.to_string())
             .header("Cache-Control", "no-store")
