@@ -624,6 +624,27 @@ fn deployments_are_ordered_by_the_ledger_and_the_same_on_every_node() {
     });
 }
 
+/// The two nodes a deployment with two replicas is placed on, once it is.
+fn placed_on_two<'a>(nodes: &'a [Node], name: &str) -> Vec<&'a Node> {
+    let path = format!("/deployments/{name}");
+    within(Duration::from_secs(30), "placed on two nodes", || {
+        try_json(&nodes[0], &path)
+            .is_some_and(|v| v["placement"].as_array().map(Vec::len) == Some(2))
+    });
+    let placed: Vec<String> = try_json(&nodes[0], &path).expect("placed")["placement"]
+        .as_array()
+        .expect("placement")
+        .iter()
+        .map(|n| n["addr"].as_str().expect("addr").to_string())
+        .collect();
+    let runners: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| placed.contains(&n.addr.to_string()))
+        .collect();
+    assert_eq!(runners.len(), 2);
+    runners
+}
+
 #[test]
 fn a_zones_owner_pays_for_the_bytes_its_nodes_served() {
     let origin = Origin::start();
@@ -646,22 +667,7 @@ fn a_zones_owner_pays_for_the_bytes_its_nodes_served() {
     );
     // The same traffic at each of the two nodes that run it (so neither
     // report is capped against the other's).
-    within(Duration::from_secs(30), "the zone placed", || {
-        try_json(&nodes[0], "/deployments/shop")
-            .is_some_and(|v| v["placement"].as_array().map(Vec::len) == Some(2))
-    });
-    let placed: Vec<String> = try_json(&nodes[0], "/deployments/shop").expect("placed")
-        ["placement"]
-        .as_array()
-        .expect("placement")
-        .iter()
-        .map(|n| n["addr"].as_str().expect("addr").to_string())
-        .collect();
-    let runners: Vec<&Node> = nodes
-        .iter()
-        .filter(|n| placed.contains(&n.addr.to_string()))
-        .collect();
-    assert_eq!(runners.len(), 2);
+    let runners = placed_on_two(&nodes, "shop");
     for node in runners {
         within(Duration::from_secs(30), "the zone served", || {
             curl_get(&format!("{}/cdn/shop/static/a?size=5000", node.url()), &[]).0 == 200
@@ -722,21 +728,7 @@ fn a_functions_owner_pays_for_its_requests_cpu_and_bytes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    within(Duration::from_secs(30), "the function placed", || {
-        try_json(&nodes[0], "/deployments/api")
-            .is_some_and(|v| v["placement"].as_array().map(Vec::len) == Some(2))
-    });
-    let placed: Vec<String> = try_json(&nodes[0], "/deployments/api").expect("placed")["placement"]
-        .as_array()
-        .expect("placement")
-        .iter()
-        .map(|n| n["addr"].as_str().expect("addr").to_string())
-        .collect();
-    let runners: Vec<&Node> = nodes
-        .iter()
-        .filter(|n| placed.contains(&n.addr.to_string()))
-        .collect();
-    assert_eq!(runners.len(), 2);
+    let runners = placed_on_two(&nodes, "api");
     // The same requests at each node that runs it.
     for node in &runners {
         within(Duration::from_secs(30), "the function served", || {

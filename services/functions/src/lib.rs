@@ -303,6 +303,20 @@ pub fn check_script(name: &str, source: &[u8]) -> Result<(), String> {
 pub const UNITS_PER_CPU_MS: u64 = 16 << 10;
 pub const UNITS_PER_REQUEST: u64 = 1 << 10;
 
+/// An upstream's headers (a subrequest's, a component's answer) as the
+/// engines pass them on: names as they are, values as text.
+pub(crate) fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 pub fn hex(b: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);

@@ -315,16 +315,7 @@ impl Host for NodeHost {
             format!("fetch failed: {e}")
         })?;
         let status = resp.status();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = crate::header_pairs(resp.headers());
         let mut body = Vec::new();
         resp.into_body()
             .into_reader()
@@ -659,7 +650,7 @@ impl Functions {
                 .filter(|d| d.deployment_version == inst.version && d.spec_hash == inst.spec_hash)
             {
                 if inst.here {
-                    wanted_pins.insert(d.script_hash());
+                    wanted_pins.insert(d.code);
                 }
                 if d.here == inst.here && d.elsewhere == inst.elsewhere {
                     next.insert(inst.name, d.clone());
@@ -869,7 +860,7 @@ impl Functions {
             url.push_str(&String::from_utf8_lossy(&req.query));
         }
         let mut b = http::Request::builder()
-            .method(method_name(req).as_str())
+            .method(req.method.as_str())
             .uri(url);
         for (n, v) in &req.headers {
             let lower = String::from_utf8_lossy(n).to_ascii_lowercase();
@@ -1022,10 +1013,10 @@ impl Functions {
                 )
             })
             .collect();
-        let method = method_name(req);
+        let method = req.method.as_str();
         let url = self.url(req, name, path);
         let incoming = Incoming {
-            method: &method,
+            method,
             url: &url,
             headers: &headers,
             body: has_body.then_some(&bytes[..]),
@@ -1147,12 +1138,6 @@ impl Functions {
     }
 }
 
-impl Deployed {
-    fn script_hash(&self) -> Hash {
-        self.code
-    }
-}
-
 /// A deployment name as a request spells it: a DNS label in lower case.
 fn label_name(b: &[u8]) -> Option<DeploymentName<'_>> {
     let ok = !b.is_empty()
@@ -1165,10 +1150,6 @@ fn label_name(b: &[u8]) -> Option<DeploymentName<'_>> {
 
 /// The most a proxied answer may carry (the largest response limit).
 const MAX_PROXIED_BYTES: u64 = 500 << 20;
-
-fn method_name(req: &OwnedRequest) -> String {
-    req.method.as_str().to_string()
-}
 
 impl Service for Functions {
     fn name(&self) -> &str {

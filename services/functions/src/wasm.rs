@@ -316,16 +316,7 @@ async fn serve(script: &WasmScript, req: Incoming<'_>) -> (Result<Answer, Failur
             Err(_) => return Err("the component never set a response".to_string()),
         };
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = crate::header_pairs(resp.headers());
         let body = http_body_util::Limited::new(resp.into_body(), max_body as usize)
             .collect()
             .await
