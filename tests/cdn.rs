@@ -586,6 +586,10 @@ fn an_https_origin_signed_by_a_private_ca() {
     within(Duration::from_secs(20), "the zones served", || {
         node.get("/cdn/private/static/a").0 == 200
     });
+    // Both zones known (the watcher may take them in separate rounds).
+    within(Duration::from_secs(20), "the second zone known", || {
+        node.get("/cdn/untrusting/").0 != 404
+    });
     let (status, head, body) = get(&node, "/cdn/private/static/a", &[]);
     assert_eq!((status, body.len()), (200, 1000), "{head}");
     assert_eq!(cache_status(&head), "Tessera; hit");
