@@ -63,6 +63,17 @@ pub fn sign_request<B>(
         .header(PEER_SIG_HEADER, &sig)
 }
 
+/// A reader that counts the bytes read through it.
+struct Counted<R>(R, u64);
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
+}
+
 /// Queues a fresh upload for replication.
 pub type OnStored = dyn Fn(&[u8; 32]) + Send + Sync;
 
@@ -165,6 +176,114 @@ impl Peering {
             tracing::info!(blob = %hex, size, peers = holders.len().min(MAX_PARTS), "fetched from peers, verified");
         }
         fetched
+    }
+
+    /// Fetches `hash` from the node at `from`, reusing the unchanged chunk
+    /// groups of `base` (held here): the hash tree first
+    /// (`GET /blobs/{hash}/outboard`, checked against `hash`), then only the
+    /// groups whose bytes differ, as verified ranges. Any failure there falls
+    /// back to [`Peering::fetch_missing`] (the whole blob, from any holder).
+    pub fn fetch_delta(
+        &self,
+        store: &Store,
+        hash: &[u8; 32],
+        base: Option<&[u8; 32]>,
+        from: std::net::SocketAddr,
+    ) -> Option<service_api::Delta> {
+        if let Ok(Some(info)) = store.info(&BlobHash(*hash)) {
+            return Some(service_api::Delta {
+                fetched: 0,
+                reused: info.size,
+                existed: true,
+            });
+        }
+        match self.try_delta(store, hash, base, from) {
+            Ok(delta) => Some(delta),
+            Err(e) => {
+                tracing::debug!(blob = %BlobHash(*hash), %from, "fetching the changed parts failed: {e}; fetching it whole");
+                if !self.fetch_missing(store, hash) {
+                    return None;
+                }
+                let size = store
+                    .info(&BlobHash(*hash))
+                    .ok()
+                    .flatten()
+                    .map_or(0, |i| i.size);
+                Some(service_api::Delta {
+                    fetched: size,
+                    reused: 0,
+                    existed: false,
+                })
+            }
+        }
+    }
+
+    fn try_delta(
+        &self,
+        store: &Store,
+        hash: &[u8; 32],
+        base: Option<&[u8; 32]>,
+        from: std::net::SocketAddr,
+    ) -> anyhow::Result<service_api::Delta> {
+        use anyhow::Context as _;
+        let hex = BlobHash(*hash).to_string();
+        let path = format!("/blobs/{hex}/outboard");
+        let mut resp = self
+            .sign(
+                self.agent.get(&format!("http://{from}{path}")),
+                "GET",
+                &path,
+            )
+            .call()?;
+        anyhow::ensure!(resp.status() == 200, "outboard: {}", resp.status());
+        let mut reader = resp.body_mut().as_reader();
+        let mut head = [0u8; 8];
+        reader.read_exact(&mut head)?;
+        let size = u64::from_le_bytes(head);
+        anyhow::ensure!(
+            size <= store.max_bytes(),
+            "announced {size} bytes, over the store's limit"
+        );
+        let want = dataplane::verified::tree(size).outboard_size();
+        let mut outboard = Vec::with_capacity(want as usize);
+        (&mut reader).take(want + 1).read_to_end(&mut outboard)?;
+        anyhow::ensure!(
+            outboard.len() as u64 == want,
+            "outboard of {} bytes, not {want}",
+            outboard.len()
+        );
+        let mut fetched = 8 + want;
+        let assembly = store.begin_assembly(BlobHash(*hash), size)?;
+        let base = match base {
+            Some(b) => store.open_blob(&BlobHash(*b)).ok(),
+            None => None,
+        };
+        let reused = assembly
+            .seed(&outboard, base.as_ref().map(|(f, n)| (f, *n)))
+            .context("hash tree")?;
+        let peer_path = format!("/blobs/{hex}");
+        for (first, last) in assembly.missing() {
+            let mut resp = self
+                .sign(
+                    self.agent.get(&format!("http://{from}{peer_path}")),
+                    "GET",
+                    &peer_path,
+                )
+                .header("Accept", BAO_MEDIA_TYPE)
+                .header("Range", &format!("bytes={first}-{last}"))
+                .call()?;
+            anyhow::ensure!(resp.status() == 200, "range: {}", resp.status());
+            let mut counted = Counted(resp.body_mut().as_reader(), 0);
+            assembly.add_range(&mut counted, first, last)?;
+            fetched += counted.1;
+        }
+        store.finish_assembly(assembly)?;
+        tracing::info!(blob = %hex, size, fetched, reused, %from, "fetched the changed chunk groups, verified");
+        Ok(service_api::Delta {
+            fetched,
+            reused,
+            existed: false,
+        })
     }
 
     fn get_verified(

@@ -67,6 +67,15 @@ impl ClusterView for NodeCluster {
         self.peering.fetch_missing(&self.store, hash)
     }
 
+    fn fetch_delta(
+        &self,
+        hash: &Hash,
+        base: Option<&Hash>,
+        from: std::net::SocketAddr,
+    ) -> Option<service_api::Delta> {
+        self.peering.fetch_delta(&self.store, hash, base, from)
+    }
+
     fn sign_request(&self, method: &str, path: &str) -> Vec<(String, String)> {
         let (time, sig) = self
             .cluster

@@ -901,16 +901,7 @@ fn a_function_placed_elsewhere_runs_on_its_node() {
             &["--kv", "STORE"],
         );
     }
-    let placed: Vec<usize> = (0..3)
-        .filter(|&i| {
-            let (_, _, body) = curl_get(&format!("{}/deployments/kv", nodes[i].url()), &[]);
-            let d: serde_json::Value = serde_json::from_slice(&body).expect("json");
-            d["placement"].as_array().is_some_and(|p| {
-                p.iter()
-                    .any(|n| n["addr"].as_str() == Some(nodes[i].addr.to_string().as_str()))
-            })
-        })
-        .collect();
+    let placed = placed_on(&nodes, "kv");
     assert_eq!(placed.len(), 1, "one replica");
     let others: Vec<usize> = (0..3).filter(|i| !placed.contains(i)).collect();
     let get = |i: usize, path: &str| curl_get(&format!("{}/fn/kv{path}", nodes[i].url()), &[]);
@@ -927,6 +918,130 @@ fn a_function_placed_elsewhere_runs_on_its_node() {
             .metric("tessera_function_requests_total{service=\"function\",function=\"kv\"}")
             >= 3
     );
+}
+
+/// The node indexes a deployment is placed on, as `nodes[0]` sees it.
+fn placed_on(nodes: &[Node], name: &str) -> Vec<usize> {
+    let (_, _, body) = curl_get(&format!("{}/deployments/{name}", nodes[0].url()), &[]);
+    let d: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    (0..nodes.len())
+        .filter(|&i| {
+            d["placement"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|n| n["addr"].as_str() == Some(nodes[i].addr.to_string().as_str()))
+            })
+        })
+        .collect()
+}
+
+/// A page regenerated on the function's node reaches the zone's other node
+/// by its changed 16 KiB groups only: a 256 KiB page whose render id changed
+/// moves its hash tree and one or two groups; a page rendered to the same
+/// bytes moves nothing but its hash.
+#[test]
+fn a_regenerated_page_crosses_to_another_node_by_its_changed_groups() {
+    let nodes = start_in_regions(&["eu", "eu"], |_| Vec::new());
+    let client = tempfile::tempdir().expect("tmp");
+    for node in &nodes {
+        deploy_ok(
+            node,
+            client.path(),
+            "render",
+            &scripts_dir().join("render.js"),
+            &["--replicas", "1"],
+        );
+        deploy_cdn(
+            node,
+            client.path(),
+            "blog",
+            &["--origin", "fn:render", "--replicas", "2"],
+        );
+    }
+    let placed = placed_on(&nodes, "render");
+    assert_eq!(placed.len(), 1, "one replica of the function");
+    let (fn_node, other) = (&nodes[placed[0]], &nodes[1 - placed[0]]);
+    let page = |path: &str| {
+        let (status, head, body) = curl_get(&format!("{}/cdn/blog{path}", other.url()), &[]);
+        assert_eq!(status, 200, "{head}");
+        String::from_utf8(body).expect("utf-8")
+    };
+    within(
+        Duration::from_secs(30),
+        "the zone on the other node",
+        || curl_get(&format!("{}/cdn/blog/big", other.url()), &[]).0 == 200,
+    );
+    let metric = |n: &str| {
+        other.metric(&format!(
+            "tessera_function_{n}_total{{service=\"function\"}}"
+        ))
+    };
+    let renders = || {
+        fn_node.metric("tessera_function_requests_total{service=\"function\",function=\"render\"}")
+    };
+    let id_of = |p: &str| p.split("<p>render ").nth(1).map(|r| r[..36].to_string());
+    let first = page("/big");
+    assert!(first.len() > 250 << 10, "{}", first.len());
+    let (fetched0, reused0) = (metric("delta_fetched_bytes"), metric("delta_reused_bytes"));
+    // Past s-maxage: the stale page, then one regeneration on the function's
+    // node, which this node fetches by its changed groups.
+    std::thread::sleep(Duration::from_millis(1500));
+    let rendered = renders();
+    assert_eq!(page("/big"), first, "stale while revalidating");
+    within(Duration::from_secs(30), "the regenerated page here", || {
+        id_of(&page("/big")) != id_of(&first)
+    });
+    assert!(renders() > rendered, "rendered on the function's node");
+    let second = page("/big");
+    assert_eq!(second.len(), first.len());
+    let (a, b) = (
+        first.split("<p>render ").collect::<Vec<_>>(),
+        second.split("<p>render ").collect::<Vec<_>>(),
+    );
+    assert_eq!(a[0], b[0], "the unchanged first half");
+    assert_eq!(a[1][36..], b[1][36..], "the unchanged second half");
+    assert!(metric("blob_answers") >= 1);
+    let fetched = metric("delta_fetched_bytes") - fetched0;
+    let reused = metric("delta_reused_bytes") - reused0;
+    eprintln!(
+        "256 KiB page, render id changed: {fetched} bytes fetched, {reused} reused (of {})",
+        second.len()
+    );
+    assert!(
+        fetched > 0 && fetched <= 40 << 10,
+        "fetched {fetched} bytes"
+    );
+    assert!(
+        reused >= (second.len() as u64) - (32 << 10),
+        "reused {reused} bytes"
+    );
+
+    // The same bytes again: the node's copy is the answer; nothing moves.
+    let same = page("/same");
+    std::thread::sleep(Duration::from_millis(1500));
+    let answers = metric("blob_answers");
+    let fetched_before = metric("delta_fetched_bytes");
+    let (blobs, bytes) = (
+        other.metric("tessera_store_blobs"),
+        other.metric("tessera_store_bytes"),
+    );
+    assert_eq!(page("/same"), same, "stale, regenerating");
+    within(
+        Duration::from_secs(30),
+        "the regeneration answered by hash",
+        || metric("blob_answers") > answers,
+    );
+    assert_eq!(
+        metric("delta_fetched_bytes"),
+        fetched_before,
+        "bytes moved for the same page"
+    );
+    assert_eq!(page("/same"), same);
+    assert_eq!(
+        other.metric("tessera_store_blobs"),
+        blobs,
+        "a blob more for the same bytes"
+    );
+    assert_eq!(other.metric("tessera_store_bytes"), bytes);
 }
 
 /// On-demand revalidation across a three-node zone: `ctx.revalidateTag` on

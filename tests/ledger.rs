@@ -417,9 +417,15 @@ fn a_committee_of_four_turns_downloads_into_rewards_and_survives_a_crash() {
     }
     let want_pool: u64 = charged.values().sum();
     assert_eq!(pool, want_pool);
-    // Every server was up all epoch: its peers' median score is full.
+    // Every server was up all epoch: its peers' median score is full, or
+    // within a probe or two of it on a loaded machine (a late heartbeat
+    // costs a few thousandths; a node that was down scores far lower).
     for id in charged.keys() {
-        assert_eq!(reputation.get(id), Some(&1000), "reputation of {id}");
+        let score = reputation.get(id).copied();
+        assert!(
+            score.is_some_and(|s| (950..=1000).contains(&s)),
+            "reputation of {id}: {score:?}"
+        );
     }
     let rep_of = |id: &str| -> u128 { reputation[id] as u128 };
     let total: u128 = charged.iter().map(|(id, c)| *c as u128 * rep_of(id)).sum();

@@ -65,7 +65,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 fn run_wasm(args: &IsolateArgs, bytes: &[u8]) -> anyhow::Result<()> {
     use tessera_functions::wasm;
     let t = Instant::now();
-    let component = wasm::WasmScript::compile("bench", 1, bytes, Limits::default())
+    let component = wasm::WasmScript::compile("bench", 1, bytes, Limits::default(), Vec::new())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let compile_us = t.elapsed().as_secs_f64() * 1e6;
     let url = format!("http://bench.fn.localhost{}", args.path);

@@ -305,6 +305,10 @@ pub const BLOB_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 pub const PRECONDITION_FAILED_MESSAGE: &str =
     "precondition failed: If-Match / If-Unmodified-Since do not hold for this representation\n";
 
+/// The body of `GET /blobs/{hash}/outboard`: the size (8 bytes, little-endian)
+/// and the pre-order hash pairs.
+pub const OUTBOARD_MEDIA_TYPE: &str = "application/x-bao-outboard";
+
 /// Media type of a verified stream; ask for it with `Accept` or `?format=bao`.
 pub const BAO_MEDIA_TYPE: &str = "application/x-bao";
 
@@ -377,6 +381,10 @@ pub enum Route {
     Blob(BlobHash),
     /// `/blobs/{hash}/pin`.
     Pin(BlobHash),
+    /// `/blobs/{hash}/outboard`: the blob's size and hash tree, without its
+    /// bytes (what a node holding an earlier version needs to fetch only the
+    /// chunk groups that changed).
+    Outboard(BlobHash),
     /// `/blobs/{x}` where `x` is not a hash.
     BadHash(HashParseError),
     NotFound,
@@ -525,7 +533,7 @@ impl Route {
             Route::Healthz => 0,
             Route::Metrics => 1,
             Route::Blobs => 2,
-            Route::Blob(_) | Route::BadHash(_) => 3,
+            Route::Blob(_) | Route::BadHash(_) | Route::Outboard(_) => 3,
             Route::Pin(_) => 4,
             Route::NotFound => 5,
             Route::Members
@@ -539,7 +547,11 @@ impl Route {
     /// Methods the route answers, for 405's `Allow`.
     pub fn allow(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Metrics | Route::Members | Route::RouteOf(_) => "GET, HEAD",
+            Route::Healthz
+            | Route::Metrics
+            | Route::Members
+            | Route::RouteOf(_)
+            | Route::Outboard(_) => "GET, HEAD",
             Route::Blobs | Route::Receipts => "POST",
             Route::Ledger(l) if l.is_post() => "POST",
             Route::Ledger(_) => "GET",
@@ -578,14 +590,15 @@ pub fn route(path: &[u8]) -> Route {
             let Some(rest) = path.strip_prefix(b"/blobs/") else {
                 return Route::NotFound;
             };
-            let (hash, pin) = match rest.strip_suffix(b"/pin") {
-                Some(h) => (h, true),
-                None => (rest, false),
+            let (hash, sub) = match (rest.strip_suffix(b"/pin"), rest.strip_suffix(b"/outboard")) {
+                (Some(h), _) => (h, Some(Route::Pin as fn(BlobHash) -> Route)),
+                (_, Some(h)) => (h, Some(Route::Outboard as fn(BlobHash) -> Route)),
+                _ => (rest, None),
             };
-            match BlobHash::parse(hash) {
-                Ok(h) if pin => Route::Pin(h),
-                Ok(h) => Route::Blob(h),
-                Err(e) => Route::BadHash(e),
+            match (BlobHash::parse(hash), sub) {
+                (Ok(h), Some(sub)) => sub(h),
+                (Ok(h), None) => Route::Blob(h),
+                (Err(e), _) => Route::BadHash(e),
             }
         }
     }
@@ -1058,6 +1071,10 @@ mod tests {
         assert!(matches!(
             route(format!("/blobs/{h}/pin").as_bytes()),
             Route::Pin(_)
+        ));
+        assert!(matches!(
+            route(format!("/blobs/{h}/outboard").as_bytes()),
+            Route::Outboard(_)
         ));
         assert!(matches!(route(b"/blobs/xyz"), Route::BadHash(_)));
         assert_eq!(route(b"/nope"), Route::NotFound);

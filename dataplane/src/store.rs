@@ -822,6 +822,66 @@ impl Assembly {
         self.decode(reader, &verified::group_ranges(first, last))
     }
 
+    /// Seeds an assembly from the blob's outboard (`outboard`: hash pairs in
+    /// pre-order, no size prefix; checked against the expected root here) and
+    /// from an earlier blob held here (`base`, its file and size): every chunk
+    /// group of `base` whose bytes hash, at the same offset, to this blob's
+    /// chaining value is written as this blob's and counts as arrived. What is
+    /// left comes from peers as verified ranges ([`Assembly::missing`]). The
+    /// size must be known ([`Store::begin_assembly`]). Returns the bytes reused.
+    pub fn seed(&self, outboard: &[u8], base: Option<(&File, u64)>) -> Result<u64, StoreError> {
+        let size = self.parts().size.ok_or_else(|| {
+            StoreError::Io(io::Error::other("seeding an assembly of unknown size"))
+        })?;
+        let cvs = verified::group_cvs(self.expected.as_blake3(), size, outboard)?;
+        self.parts().outboard.copy_from_slice(outboard);
+        let Some((file, base_size)) = base else {
+            return Ok(0);
+        };
+        let group = verified::CHUNK_GROUP_BYTES as u64;
+        let mut buf = vec![0u8; verified::CHUNK_GROUP_BYTES];
+        let mut reused = 0u64;
+        let single = cvs.len() == 1;
+        for (i, cv) in cvs.iter().enumerate() {
+            let start = i as u64 * group;
+            let len = group.min(size - start) as usize;
+            if len == 0 || start + len as u64 > base_size {
+                continue;
+            }
+            let data = &mut buf[..len];
+            file.read_exact_at(data, start)?;
+            let chunk = bao_tree::ChunkNum(start / 1024);
+            if verified::hash_group(chunk, data, single) != *cv {
+                continue;
+            }
+            self.data.file.write_all_at(data, start)?;
+            if let Some(d) = self.parts().done.get_mut(i) {
+                *d = true;
+            }
+            reused += len as u64;
+        }
+        Ok(reused)
+    }
+
+    /// The byte ranges (inclusive, adjacent groups joined) still to arrive.
+    pub fn missing(&self) -> Vec<(u64, u64)> {
+        let parts = self.parts();
+        let size = parts.size.unwrap_or(0);
+        let group = verified::CHUNK_GROUP_BYTES as u64;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (i, done) in parts.done.iter().enumerate() {
+            if *done {
+                continue;
+            }
+            let (first, last) = (i as u64 * group, ((i as u64 + 1) * group).min(size) - 1);
+            match out.last_mut() {
+                Some((_, l)) if *l + 1 == first => *l = last,
+                _ => out.push((first, last)),
+            }
+        }
+        out
+    }
+
     fn decode(&self, reader: impl Read, ranges: &bao_tree::ChunkRanges) -> Result<(), StoreError> {
         let mut written: Vec<usize> = Vec::new();
         verified::decode_stream(self.expected.as_blake3(), reader, ranges, |item| {
@@ -1040,6 +1100,61 @@ mod tests {
             .read_to_end(&mut obao)
             .expect("read");
         assert_eq!(obao, ob.pre_order);
+    }
+
+    #[test]
+    fn an_assembly_seeded_from_an_earlier_version_fetches_only_what_changed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = store(dir.path(), 1 << 30);
+        let old = bytes(300_000, 5);
+        let old_hash = s.put_reader(&old[..]).expect("put").hash;
+        // Two bytes changed in group 3, and the tail grew by a few bytes.
+        let mut new = old.clone();
+        new[3 * 16384 + 100] ^= 0xff;
+        new[3 * 16384 + 101] ^= 0xff;
+        new.extend_from_slice(b"tail");
+        let mut b = OutboardBuilder::new();
+        b.update(&new);
+        let ob = b.finish();
+        let hash = BlobHash::from(ob.root);
+        let a = s.begin_assembly(hash, new.len() as u64).expect("begin");
+        let (base, base_size) = s.open_blob(&old_hash).expect("base");
+        let reused = a
+            .seed(&ob.pre_order, Some((&base, base_size)))
+            .expect("seed");
+        let groups = new.len().div_ceil(16384) as u64;
+        // Group 3 and the last group (its bytes differ in length) are missing.
+        let last = (groups - 1) * 16384;
+        assert_eq!(
+            a.missing(),
+            vec![(3 * 16384, 4 * 16384 - 1), (last, new.len() as u64 - 1)]
+        );
+        assert_eq!(reused, new.len() as u64 - 16384 - (new.len() as u64 - last));
+        for (first, last) in a.missing() {
+            let enc = encode_to_vec(&new, &ob.pre_order, &group_ranges(first, last));
+            a.add_range(&enc[..], first, last).expect("range");
+        }
+        assert!(a.missing().is_empty());
+        let out = s.finish_assembly(a).expect("finish");
+        assert_eq!(s.read_all(&out.hash).expect("read"), new);
+
+        // An outboard that does not belong to the root seeds nothing.
+        let other = s.begin_assembly(old_hash, old.len() as u64).expect("begin");
+        assert!(matches!(
+            other.seed(&ob.pre_order[..ob.pre_order.len() - 64], None),
+            Err(StoreError::Verify(_))
+        ));
+        // Unchanged bytes are all reused: nothing is left to fetch.
+        let mut b = OutboardBuilder::new();
+        b.update(&old);
+        let same = b.finish();
+        let a = s.begin_assembly(old_hash, old.len() as u64).expect("begin");
+        assert_eq!(
+            a.seed(&same.pre_order, Some((&base, base_size)))
+                .expect("seed"),
+            old.len() as u64
+        );
+        assert!(a.missing().is_empty());
     }
 
     #[test]

@@ -314,6 +314,56 @@ impl Verifier {
     }
 }
 
+/// The chaining value of every chunk group of the blob `root` of `size` bytes,
+/// in order, from its pre-order outboard (`outboard`: hash pairs, no size
+/// prefix), every pair checked against the root first.
+///
+/// This is what lets a node that holds an earlier version of a blob fetch only
+/// the groups that changed: a group of the old version whose bytes hash, at
+/// the same offset, to the new version's chaining value is the new version's
+/// group. A blob of one group has no outboard; its only value is the root.
+pub fn group_cvs(
+    root: blake3::Hash,
+    size: u64,
+    outboard: &[u8],
+) -> Result<Vec<blake3::Hash>, VerifyError> {
+    if size > MAX_STREAM_SIZE {
+        return Err(VerifyError::TooLarge(size));
+    }
+    let tree = tree(size);
+    if outboard.len() as u64 != tree.outboard_size() {
+        return Err(VerifyError::Truncated { index: 0 });
+    }
+    let mut verifier = Verifier::new(root);
+    let mut cvs = Vec::with_capacity(size.div_ceil(CHUNK_GROUP_BYTES as u64) as usize);
+    for item in tree.ranges_pre_order_chunks_iter_ref(&all_ranges(), 0) {
+        match item {
+            BaoChunk::Parent {
+                node,
+                is_root,
+                left,
+                right,
+                ..
+            } => {
+                let off = outboard_offset(&tree, node).unwrap_or(0) as usize;
+                let pair: &[u8; 64] = outboard
+                    .get(off..off + 64)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| VerifyError::bad_parent(node))?;
+                let (l, r) = split_pair(pair);
+                verifier.parent(node, is_root, left, right, (&l, &r))?;
+            }
+            BaoChunk::Leaf { start_chunk, .. } => {
+                let cv = verifier.stack.pop().ok_or(VerifyError::Truncated {
+                    index: group_index(start_chunk),
+                })?;
+                cvs.push(cv);
+            }
+        }
+    }
+    Ok(cvs)
+}
+
 /// One verified piece of a stream, handed to the sink of [`decode_stream`].
 pub enum Item<'a> {
     /// The stream's announced size, before anything else.
@@ -498,6 +548,39 @@ mod tests {
         1 << 20,
         1_234_567,
     ];
+
+    #[test]
+    fn group_cvs_come_from_a_checked_outboard() {
+        for &len in SIZES {
+            let bytes = data(len);
+            let mut b = OutboardBuilder::new();
+            b.update(&bytes);
+            let ob = b.finish();
+            let cvs = group_cvs(ob.root, len as u64, &ob.pre_order).expect("cvs");
+            let groups = (len as u64).div_ceil(CHUNK_GROUP_BYTES as u64).max(1) as usize;
+            assert_eq!(cvs.len(), groups, "{len} bytes");
+            for (i, cv) in cvs.iter().enumerate() {
+                let start = i * CHUNK_GROUP_BYTES;
+                let end = (start + CHUNK_GROUP_BYTES).min(len);
+                let want = hash_group(
+                    ChunkNum(i as u64 * GROUP_CHUNKS),
+                    &bytes[start..end],
+                    groups == 1,
+                );
+                assert_eq!(*cv, want, "{len} bytes, group {i}");
+            }
+            if !ob.pre_order.is_empty() {
+                // A flipped bit anywhere in the outboard, or a short one, is refused.
+                let mut bad = ob.pre_order.clone();
+                let at = bad.len() / 2;
+                bad[at] ^= 1;
+                assert!(group_cvs(ob.root, len as u64, &bad).is_err(), "{len} bytes");
+                assert!(group_cvs(ob.root, len as u64, &ob.pre_order[1..]).is_err());
+            }
+            // The wrong size gives another tree: refused.
+            assert!(group_cvs(ob.root, len as u64 + 20_000, &ob.pre_order).is_err());
+        }
+    }
 
     #[test]
     fn builder_matches_bao_tree_and_blake3() {

@@ -18,6 +18,15 @@ export default {
         headers: { "content-type": "text/html", "cache-control": "public, s-maxage=1, stale-while-revalidate=60" },
       });
     }
+    if (url.pathname === "/big") {
+      // 256 KiB in which only the render id (36 bytes, in the middle)
+      // changes: one 16 KiB chunk group of sixteen differs between renders.
+      const fixed = "<p>a paragraph that does not change</p>\n";
+      const half = fixed.repeat(Math.floor(128 * 1024 / fixed.length));
+      return new Response(`${half}<p>render ${crypto.randomUUID()}</p>\n${half}`, {
+        headers: { "content-type": "text/html", "cache-control": "public, s-maxage=1, stale-while-revalidate=60" },
+      });
+    }
     // A little work per render, so that concurrent misses overlap.
     let x = 0;
     for (let i = 0; i < 20000; i++) x = (x * 31 + i) % 1000003;

@@ -200,6 +200,10 @@ pub(super) fn plan(core: &Core, head: &Head) -> Plan {
             Plan::Reply(answer.map_or_else(no_control_plane, json))
         }
         (Route::Blob(hash), _) if get => Plan::Blob(hash, None),
+        (Route::Outboard(hash), _) if get => {
+            let store = core.shared.store.clone();
+            Plan::OffCore(Box::new(move || outboard(&store, &hash)))
+        }
         (Route::Blobs, Method::Post) => Plan::Upload,
         (Route::Receipts, Method::Post) => {
             let control = hooks.control.clone();
@@ -293,6 +297,29 @@ fn ledger(core: &Core, head: &Head, route: LedgerRoute) -> Plan {
         }
     } else {
         Plan::OffCore(Box::new(move || call(Vec::new())))
+    }
+}
+
+/// `GET /blobs/{hash}/outboard`: the size and the pre-order hash pairs (a
+/// blob of one chunk group has none: its hash is the only one). A peer
+/// checks them against the hash it asked for.
+fn outboard(store: &Store, hash: &BlobHash) -> Reply {
+    let read = || -> Result<Vec<u8>, StoreError> {
+        let (_, size) = store.open_blob(hash)?;
+        let mut body = size.to_le_bytes().to_vec();
+        std::io::Read::read_to_end(&mut store.open_outboard(hash)?, &mut body)?;
+        Ok(body)
+    };
+    match read() {
+        Ok(body) => Reply::new(Status::Ok, http::OUTBOARD_MEDIA_TYPE, body),
+        Err(StoreError::NotFound(_)) => Reply::text(Status::NotFound, "blob not found\n"),
+        Err(e) => {
+            tracing::error!(%hash, "reading an outboard failed: {e}");
+            Reply::text(
+                Status::InternalServerError,
+                "store operation failed; see the node's log\n",
+            )
+        }
     }
 }
 

@@ -36,7 +36,8 @@ pub use body::{request_body, BodyFeed, BodyWatch, RequestBody, Unread, REQUEST_C
 pub use http::{Method, Status, STATUSES};
 pub use mounts::{strip_port, DeploymentName, HostNames, Mount, MountConflict, MountTable};
 pub use node::{
-    Alone, BlobStore, ClusterView, Deployments, Hash, Instance, Ledger, Member, Metrics, Node,
+    Alone, BlobStore, ClusterView, Delta, Deployments, Hash, Instance, Ledger, Member, Metrics,
+    Node,
 };
 pub use pool::{PoolConfig, PoolError, WorkerPool};
 // Re-exported for services' config types and sections.

@@ -54,6 +54,18 @@ pub struct Member {
 }
 
 /// The cluster as this node sees it.
+/// What [`ClusterView::fetch_delta`] moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Bytes that came over the network (the hash tree, the changed groups
+    /// with their proofs; everything when the fetch fell back to a whole one).
+    pub fetched: u64,
+    /// Bytes taken from the base, unchanged.
+    pub reused: u64,
+    /// The blob was here already: nothing moved.
+    pub existed: bool,
+}
+
 pub trait ClusterView: Send + Sync {
     /// This node's id, hex.
     fn node_id(&self) -> String;
@@ -65,6 +77,16 @@ pub trait ClusterView: Send + Sync {
     /// Fetches a blob this node lacks from its peers into the store, every
     /// chunk group verified on arrival; true once stored.
     fn fetch(&self, hash: &Hash) -> bool;
+    /// Fetches `hash` from the node at `from` into the store, reusing every
+    /// chunk group of `base` (an earlier version held here) that did not
+    /// change: only the blob's hash tree and its changed 16 KiB groups cross
+    /// the network, each checked against `hash`. Falls back to
+    /// [`ClusterView::fetch`] when `from` cannot serve the parts. None when the
+    /// blob could not be stored.
+    fn fetch_delta(&self, hash: &Hash, base: Option<&Hash>, from: SocketAddr) -> Option<Delta> {
+        let _ = (base, from);
+        self.fetch(hash).then_some(Delta::default())
+    }
     /// Headers that sign a request from this node to another (this node's
     /// id, the time, an ed25519 signature over method, path and time). The
     /// body is not covered: a service that needs it signed puts its hash in

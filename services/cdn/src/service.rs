@@ -305,6 +305,11 @@ fn key128(parts: &[&[u8]]) -> u128 {
 /// Set on requests between the nodes of a zone (a proxied request, a
 /// shielded miss, a purge passed on): the receiver goes to the origin itself.
 const HOP: &str = "x-tessera-cdn-hop";
+/// Sent to a function origin with a revalidation: the blob held here for
+/// the URL (the functions service's `BASE_HEADER`; services share no code,
+/// so the name is written twice).
+const FN_BASE: &str = "x-tessera-fn-base";
+
 /// The hop header's value on a shielded miss (one node of a zone filling its
 /// cache from another): not metered, since the node that asked bills its
 /// own client. A proxied request (any other value) is metered where served.
@@ -1375,6 +1380,14 @@ impl Cdn {
                     }
                 }
             }
+        }
+        // A function origin is told which version is held here: when its
+        // node is another, only the chunk groups that changed come over.
+        if let (Some(v), Some(_)) = (&stale, zone.spec.origin_function()) {
+            headers.push((
+                FN_BASE.to_string(),
+                crate::purge::hex(&v.blob.hash).into_bytes(),
+            ));
         }
         let stale_if_error = |why: &str| {
             let v = stale.as_ref()?;

@@ -285,7 +285,8 @@ pub fn check_script(name: &str, source: &[u8]) -> Result<(), String> {
                 source.len()
             ));
         }
-        return wasm::WasmScript::compile(name, 0, source, Limits::default()).map(|_| ());
+        return wasm::WasmScript::compile(name, 0, source, Limits::default(), Vec::new())
+            .map(|_| ());
     }
     if source.len() as u64 > MAX_SCRIPT_BYTES {
         return Err(format!(

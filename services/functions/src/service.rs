@@ -36,8 +36,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 use service_api::{
-    strip_port, Decision, DeploymentName, Hash, Method, Mount, Node, OwnedRequest, PoolConfig,
-    Reply, Request, RequestBody, Service, Status,
+    strip_port, BlobReply, Body, Decision, DeploymentName, Hash, Method, Mount, Node, OwnedRequest,
+    PoolConfig, Reply, Request, RequestBody, Service, Status,
 };
 
 use crate::js::{self, Failure, Host, Incoming, Script, SubRequest, SubResponse};
@@ -118,6 +118,9 @@ struct Counters {
     kv_failed: Arc<AtomicU64>,
     kv_applied: Arc<AtomicU64>,
     proxied: Arc<AtomicU64>,
+    blob_answers: Arc<AtomicU64>,
+    delta_fetched: Arc<AtomicU64>,
+    delta_reused: Arc<AtomicU64>,
     wasm_instances: Arc<AtomicU64>,
     wasm_instantiation_ns: Arc<AtomicU64>,
     functions: Arc<AtomicU64>,
@@ -209,6 +212,22 @@ impl Replicator {
 /// Sent with a request passed to the function's own node: run there, not
 /// passed on again.
 const HOP: &str = "x-tessera-fn-hop";
+
+/// Sent with an origin request the CDN revalidates: the blob (hex) of the
+/// answer it holds for that URL. A node passing the request to the
+/// function's node keeps it and signs the request; there, a cacheable answer
+/// of at least [`BLOB_MIN_BYTES`] is stored and answered as its hash
+/// ([`BLOB`]) with no body, and the asking node fetches only the 16 KiB
+/// groups that differ from the blob it holds (`ClusterView::fetch_delta`).
+/// A page rendered to the same bytes moves nothing but the hash.
+pub const BASE_HEADER: &str = "x-tessera-fn-base";
+
+/// The answer's blob (hex), sent instead of its body (see [`BASE_HEADER`]).
+const BLOB: &str = "x-tessera-fn-blob";
+
+/// Smaller answers are sent whole: below one chunk group there is nothing
+/// to reuse, and a round trip more would cost more than the bytes.
+const BLOB_MIN_BYTES: usize = 16 << 10;
 
 /// `GET /fn/_status/{name}`: the script this node runs for the name.
 const STATUS_PREFIX: &str = "/fn/_status/";
@@ -411,6 +430,18 @@ impl Functions {
             proxied: m.counter(
                 "proxied",
                 "Requests passed to a node the function is placed on.",
+            ),
+            blob_answers: m.counter(
+                "blob_answers",
+                "Answers a function's node sent as a blob hash, fetched here by changed chunk groups.",
+            ),
+            delta_fetched: m.counter(
+                "delta_fetched_bytes",
+                "Bytes of those answers that crossed the network (hash tree and changed groups).",
+            ),
+            delta_reused: m.counter(
+                "delta_reused_bytes",
+                "Bytes of those answers taken unchanged from the version held here.",
             ),
             wasm_instances: m.counter(
                 "wasm_instances",
@@ -619,9 +650,15 @@ impl Functions {
             None
         })?;
         if spec.kind == "wasm" {
-            return crate::wasm::WasmScript::compile(name, version, &bytes, spec.limits)
-                .map(|c| Code::Wasm(Arc::new(c)))
-                .map_err(Some);
+            return crate::wasm::WasmScript::compile(
+                name,
+                version,
+                &bytes,
+                spec.limits,
+                spec.bindings(),
+            )
+            .map(|c| Code::Wasm(Arc::new(c)))
+            .map_err(Some);
         }
         let source =
             String::from_utf8(bytes).map_err(|_| Some("the script is not UTF-8".into()))?;
@@ -868,6 +905,19 @@ impl Functions {
                 b = b.header(lower, v.as_slice());
             }
         }
+        let base = req
+            .header(BASE_HEADER)
+            .and_then(|v| crate::parse_hex32(std::str::from_utf8(v).ok()?));
+        if base.is_some() {
+            let signed_path = format!("/fn/{name}{}", String::from_utf8_lossy(path));
+            for (n, v) in self
+                .node
+                .cluster
+                .sign_request(req.method.as_str(), &signed_path)
+            {
+                b = b.header(n, v);
+            }
+        }
         let request = b.header(HOP, "1").body(body.to_vec()).ok()?;
         let resp = match self.proxy_agent.run(request) {
             Ok(r) => r,
@@ -876,6 +926,13 @@ impl Functions {
                 return None;
             }
         };
+        if let Some(blob) = resp
+            .headers()
+            .get(BLOB)
+            .and_then(|v| crate::parse_hex32(v.to_str().ok()?))
+        {
+            return self.fetched_blob(to, resp.headers(), blob, base.as_ref());
+        }
         let status = Status::passed_on(resp.status().as_u16());
         let mut headers = Vec::new();
         let mut content_type = String::new();
@@ -899,6 +956,94 @@ impl Functions {
         }
         reply.headers.extend(headers);
         Some(reply)
+    }
+
+    /// An answer the function's node sent as a blob: its changed groups
+    /// fetched from there, then served from the store here. None if the
+    /// blob could not be had (the request is then asked elsewhere).
+    fn fetched_blob(
+        &self,
+        from: std::net::SocketAddr,
+        headers: &http::HeaderMap,
+        blob: Hash,
+        base: Option<&Hash>,
+    ) -> Option<Reply> {
+        let delta = self.node.cluster.fetch_delta(&blob, base, from)?;
+        self.counters.blob_answers.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .delta_fetched
+            .fetch_add(delta.fetched, Ordering::Relaxed);
+        self.counters
+            .delta_reused
+            .fetch_add(delta.reused, Ordering::Relaxed);
+        self.counters.proxied.fetch_add(1, Ordering::Relaxed);
+        let value = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let rest: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(n, _)| {
+                !hop_by_hop(n.as_str())
+                    && !matches!(
+                        n.as_str(),
+                        "content-type" | "cache-control" | "etag" | "date" | BLOB
+                    )
+            })
+            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        Some(Reply::blob(BlobReply {
+            hash: blob,
+            content_type: value("content-type").unwrap_or("").into(),
+            cache_control: value("cache-control").map(Into::into),
+            headers: Some(rest.into()),
+            stored_at: None,
+            status: None,
+        }))
+    }
+
+    /// On the function's node, for a signed request passed on with
+    /// [`BASE_HEADER`]: a whole, cacheable 200 of at least
+    /// [`BLOB_MIN_BYTES`] is stored and answered as its hash.
+    fn as_blob(&self, req: &OwnedRequest, reply: Reply) -> Reply {
+        if req.header(BASE_HEADER).is_none() || req.header(HOP).is_none() {
+            return reply;
+        }
+        let Body::Bytes(bytes) = &reply.body else {
+            return reply;
+        };
+        let cacheable = reply
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("cache-control"));
+        if reply.status != Status::Ok || bytes.len() < BLOB_MIN_BYTES || !cacheable {
+            return reply;
+        }
+        let path = String::from_utf8_lossy(&req.path);
+        let header = |n: &str| req.header(n).map(<[u8]>::to_vec);
+        if self
+            .node
+            .cluster
+            .signed_by(req.method.as_str(), &path, &header)
+            .is_none()
+        {
+            return reply;
+        }
+        let hash = match self.node.store.put(&mut &bytes[..]) {
+            Ok((hash, _)) => hash,
+            Err(e) => {
+                tracing::debug!("cannot store an answer to send as a blob: {e}");
+                return reply;
+            }
+        };
+        let mut headers: Vec<(String, Vec<u8>)> = reply
+            .headers
+            .into_iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("etag"))
+            .collect();
+        headers.push((BLOB.into(), hex(&hash).into_bytes()));
+        Reply {
+            status: Status::Ok,
+            headers,
+            body: Body::Bytes(Vec::new()),
+        }
     }
 
     fn status(&self, name: &[u8]) -> Reply {
@@ -1240,6 +1385,7 @@ impl Service for Functions {
             }
             return self.run(&d, &req, &path, RequestBody::from_bytes(bytes));
         }
-        self.run(&d, &req, &path, body)
+        let reply = self.run(&d, &req, &path, body);
+        self.as_blob(&req, reply)
     }
 }

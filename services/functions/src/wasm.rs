@@ -176,6 +176,9 @@ pub struct WasmScript {
     /// BLAKE3 of the component.
     pub code: [u8; 32],
     pub limits: Limits,
+    /// The spec's vars and secrets, the component's environment
+    /// (`wasi:cli/environment`): what `env` is to a script.
+    env: Vec<(String, String)>,
     pre: ProxyPre<State>,
 }
 
@@ -187,6 +190,7 @@ impl WasmScript {
         version: u64,
         bytes: &[u8],
         limits: Limits,
+        env: Vec<(String, String)>,
     ) -> Result<WasmScript, String> {
         let shared = shared()?;
         let component = Component::new(&shared.engine, bytes)
@@ -203,6 +207,7 @@ impl WasmScript {
             version,
             code: *blake3::hash(bytes).as_bytes(),
             limits,
+            env,
             pre,
         })
     }
@@ -254,7 +259,7 @@ async fn serve(script: &WasmScript, req: Incoming<'_>) -> (Result<Answer, Failur
     let mut store = Store::new(
         &shared.engine,
         State {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().envs(&script.env).build(),
             http: WasiHttpCtx::new(),
             hooks: NoOutgoing,
             table: ResourceTable::new(),
