@@ -51,12 +51,54 @@ fn pairs(
         .collect()
 }
 
+/// Seals `secrets` to every node the network knows (`GET /cluster/members`
+/// of the node deployed through, itself included), into `spec`: the spec
+/// carries their names and a box per node, never the values.
+fn seal(
+    base: &str,
+    spec: &mut FunctionSpec,
+    secrets: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let members = get_json(&agent(), &format!("{base}/cluster/members")).with_context(|| {
+        format!("secrets are sealed to the network's nodes, but {base} lists no members")
+    })?;
+    let ids: Vec<String> = members
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        bail!("secrets are sealed to the network's nodes, but {base} lists no members");
+    }
+    spec.seal_secrets(secrets, &ids, |id, plain| {
+        let id: controlplane::identity::NodeId =
+            id.parse().map_err(|e| format!("node id {id}: {e}"))?;
+        id.seal(plain).map_err(|e| format!("sealing to {id}: {e}"))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     if let Some(spec) = &args.spec {
         // A spec written by hand: sent as it is (its script must already
-        // be on the network; the node checks).
-        let text =
+        // be on the network; the node checks), but its `[secrets]` sealed.
+        let read =
             std::fs::read(spec).with_context(|| format!("cannot read {}", spec.display()))?;
+        let mut parsed: FunctionSpec = service_api::parse_spec(&read)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", spec.display()))?;
+        let text = if parsed.secrets.is_empty() {
+            read
+        } else {
+            let secrets = std::mem::take(&mut parsed.secrets);
+            seal(args.node.node.trim_end_matches('/'), &mut parsed, &secrets)?;
+            toml::to_string(&parsed)?.into_bytes()
+        };
         FunctionSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", spec.display()))?;
         send(
             &args.node,
@@ -103,11 +145,13 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     } else {
         "js"
     };
-    let spec = FunctionSpec {
+    let mut spec = FunctionSpec {
         code: code.clone(),
         kind: kind.into(),
         vars: pairs(&f.vars, "var")?,
-        secrets: pairs(&f.secrets, "secret")?,
+        secrets: Default::default(),
+        secret_names: Vec::new(),
+        sealed_secrets: Default::default(),
         kv: f.kv.clone(),
         limits: Limits {
             cpu_ms: f.cpu_ms.unwrap_or(defaults.cpu_ms),
@@ -117,8 +161,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             ..defaults
         },
     };
-    spec.check().map_err(|e| anyhow::anyhow!("{e}"))?;
     let base = args.node.node.trim_end_matches('/').to_string();
+    seal(&base, &mut spec, &pairs(&f.secrets, "secret")?)?;
+    spec.check().map_err(|e| anyhow::anyhow!("{e}"))?;
     let agent = agent();
     let present = agent
         .head(format!("{base}/blobs/{code}"))

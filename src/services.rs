@@ -76,6 +76,15 @@ impl ClusterView for NodeCluster {
         self.peering.fetch_delta(&self.store, hash, base, from)
     }
 
+    fn unseal(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        self.cluster.unseal(sealed)
+    }
+
+    fn seal_to(&self, node: &str, plain: &[u8]) -> Option<Vec<u8>> {
+        let id: controlplane::identity::NodeId = node.parse().ok()?;
+        id.seal(plain).ok()
+    }
+
     fn sign_request(&self, method: &str, path: &str) -> Vec<(String, String)> {
         let (time, sig) = self
             .cluster

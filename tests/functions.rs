@@ -1044,6 +1044,161 @@ fn a_regenerated_page_crosses_to_another_node_by_its_changed_groups() {
     assert_eq!(other.metric("tessera_store_bytes"), bytes);
 }
 
+/// A secret is sealed to each node by the deploying CLI: the script reads it
+/// on every node, the deployment (what the ledger and anyone listing the
+/// deployments see) carries its name and sealed boxes, never the value; a
+/// node that joined after the deploy gets a box of its own from a member.
+#[test]
+fn secrets_are_sealed_to_the_nodes_and_reach_the_script() {
+    const SECRET: &str = "s3cr3t-4f9a2c";
+    let mut nodes = start_in_regions(&["eu", "eu"], |_| Vec::new());
+    let client = tempfile::tempdir().expect("tmp");
+    let script = scripts_dir().join("secrets.js");
+    for node in &nodes {
+        deploy_ok(
+            node,
+            client.path(),
+            "sec",
+            &script,
+            &[
+                "--secret",
+                &format!("API_KEY={SECRET}"),
+                "--var",
+                "GREETING=hi",
+                "--replicas",
+                "2",
+            ],
+        );
+    }
+    let env_of = |node: &Node| {
+        let (status, head, body) = curl_get(&format!("{}/fn/sec/", node.url()), &[]);
+        assert_eq!(status, 200, "{head}");
+        serde_json::from_slice::<serde_json::Value>(&body).expect("json")
+    };
+    for node in &nodes {
+        assert_eq!(
+            env_of(node),
+            serde_json::json!({ "greeting": "hi", "key": SECRET })
+        );
+    }
+    let (_, _, listing) = curl_get(&format!("{}/deployments/sec", nodes[0].url()), &[]);
+    let listing = String::from_utf8(listing).expect("utf-8");
+    assert!(
+        !listing.contains(SECRET),
+        "the secret in the deployment: {listing}"
+    );
+    let d: serde_json::Value = serde_json::from_str(&listing).expect("json");
+    let spec_text = d["spec"].as_str().expect("spec").to_string();
+    let spec: toml::Value = toml::from_str(&spec_text).expect("toml");
+    assert_eq!(
+        spec["secret_names"],
+        toml::Value::Array(vec!["API_KEY".into()])
+    );
+    let sealed = spec["sealed_secrets"].as_table().expect("sealed_secrets");
+    assert_eq!(sealed.len(), 2, "a box per member: {sealed:?}");
+    let spec_file = client.path().join("sec.toml");
+    std::fs::write(&spec_file, &spec_text).expect("spec file");
+
+    // A third node joins after the deploy: the spec has no box for it, so
+    // it asks a member, which seals the secrets to it.
+    let addr = free_addr_on("127.0.0.3");
+    let mut args: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--region".into(),
+        "eu".into(),
+        "--join".into(),
+        nodes[0].addr.to_string(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    nodes.push(Node::start_at(addr, &refs));
+    within(
+        Duration::from_secs(30),
+        "the third node is a member",
+        || nodes.iter().all(|n| alive_verified(n) == 3),
+    );
+    nodes[2].put_bytes(&std::fs::read(&script).expect("script"));
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "deploy",
+            "function",
+            "--name",
+            "sec",
+            "--replicas",
+            "2",
+            "--spec",
+        ])
+        .arg(&spec_file)
+        .args(["--node", &nodes[2].url()])
+        .env("TESSERA_CLIENT_DIR", client.path())
+        .output()
+        .expect("deploy --spec");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within(
+        Duration::from_secs(30),
+        "the secret on the third node",
+        || {
+            let (status, _, body) = curl_get(&format!("{}/fn/sec/", nodes[2].url()), &[]);
+            status == 200
+                && serde_json::from_slice::<serde_json::Value>(&body).ok()
+                    == Some(serde_json::json!({ "greeting": "hi", "key": SECRET }))
+        },
+    );
+
+    // Asking for a box without being a member is refused.
+    let spec_hash = blake3::hash(spec_text.as_bytes()).to_hex().to_string();
+    let (status, _, body) = curl_get(
+        &format!("{}/fn/_secrets/sec/{spec_hash}", nodes[0].url()),
+        &[],
+    );
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(!String::from_utf8_lossy(&body).contains(SECRET));
+
+    // A hand-written spec's plain `[secrets]` are sealed by the CLI too
+    // (a node refuses a spec that carries one: a unit test of the spec).
+    let plain = format!(
+        "code = {}\n[vars]\nGREETING = \"hi\"\n[secrets]\nAPI_KEY = \"{SECRET}\"\n",
+        spec["code"]
+    );
+    std::fs::write(&spec_file, &plain).expect("spec file");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "deploy",
+            "function",
+            "--name",
+            "sec2",
+            "--replicas",
+            "3",
+            "--spec",
+        ])
+        .arg(&spec_file)
+        .args(["--node", &nodes[0].url()])
+        .env("TESSERA_CLIENT_DIR", client.path())
+        .output()
+        .expect("deploy --spec");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, listing) = curl_get(&format!("{}/deployments/sec2", nodes[0].url()), &[]);
+    assert!(!String::from_utf8_lossy(&listing).contains(SECRET));
+    within(
+        Duration::from_secs(30),
+        "the sealed hand-written spec runs",
+        || {
+            serde_json::from_slice::<serde_json::Value>(
+                &curl_get(&format!("{}/fn/sec2/", nodes[0].url()), &[]).2,
+            )
+            .ok()
+                == Some(serde_json::json!({ "greeting": "hi", "key": SECRET }))
+        },
+    );
+}
+
 /// On-demand revalidation across a three-node zone: `ctx.revalidateTag` on
 /// the node that runs the function marks the tag stale on every node of
 /// the zone (passed on, signed), and each regenerates its page; a tag no

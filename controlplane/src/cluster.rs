@@ -327,6 +327,11 @@ impl Cluster {
         (time, crate::identity::hex(&sig))
     }
 
+    /// Opens a box sealed to this node's id (see [`NodeId::seal`]).
+    pub fn unseal(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        self.key.unseal(sealed)
+    }
+
     /// The data plane's check of requests signed by other nodes: the signer must
     /// be a live member we know, the time within a minute of ours, and the
     /// signature valid for its node id.

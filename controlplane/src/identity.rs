@@ -35,6 +35,18 @@ impl NodeId {
             .map_err(|_| IdentityError::BadSignature)
     }
 
+    /// Seals `plain` to this node (libsodium's `crypto_box_seal`: an
+    /// ephemeral X25519 key, XSalsa20-Poly1305), to the X25519 form of its
+    /// ed25519 key: only the node's own key opens it ([`NodeKey::unseal`]).
+    /// 48 bytes longer than `plain`.
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| IdentityError::BadPublicKey)?;
+        let public = crypto_box::PublicKey::from(key.to_montgomery().to_bytes());
+        public
+            .seal(&mut crypto_box::aead::OsRng, plain)
+            .map_err(|_| IdentityError::BadPublicKey)
+    }
+
     /// The first 8 hex digits, for logs.
     pub fn short(&self) -> String {
         hex(&self.0[..4])
@@ -209,6 +221,13 @@ impl NodeKey {
         self.signing.sign(message).to_bytes()
     }
 
+    /// Opens a box sealed to this node's id ([`NodeId::seal`]); None if it
+    /// was sealed to another key or altered.
+    pub fn unseal(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        let secret = crypto_box::SecretKey::from(self.signing.to_scalar_bytes());
+        secret.unseal(sealed).ok()
+    }
+
     /// The key itself, for protocols that sign with it (the ledger's consensus).
     pub fn signing_key(&self) -> &SigningKey {
         &self.signing
@@ -268,6 +287,29 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_box_sealed_to_a_node_opens_with_its_key_only() {
+        let (a, b) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let (ka, _) = NodeKey::load_or_create(a.path()).expect("key");
+        let (kb, _) = NodeKey::load_or_create(b.path()).expect("key");
+        let sealed = ka.id().seal(b"API_KEY=s3cr3t").expect("seal");
+        assert_eq!(sealed.len(), 14 + 48);
+        assert_eq!(ka.unseal(&sealed).as_deref(), Some(&b"API_KEY=s3cr3t"[..]));
+        assert_eq!(kb.unseal(&sealed), None, "another node's key");
+        let mut bad = sealed.clone();
+        bad[40] ^= 1;
+        assert_eq!(ka.unseal(&bad), None, "an altered box");
+        assert_eq!(ka.unseal(&sealed[..20]), None, "a short one");
+        // Sealed twice, two different boxes (an ephemeral key each).
+        assert_ne!(
+            ka.id().seal(b"x").expect("seal"),
+            ka.id().seal(b"x").expect("seal")
+        );
+    }
 
     #[test]
     fn made_once_then_loaded_with_the_same_id() {

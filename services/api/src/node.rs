@@ -87,6 +87,18 @@ pub trait ClusterView: Send + Sync {
         let _ = (base, from);
         self.fetch(hash).then_some(Delta::default())
     }
+    /// Opens a box sealed to this node's key (libsodium's `crypto_box_seal`
+    /// to the X25519 form of the node's ed25519 key); None if it does not
+    /// open. What a deployer seals to nodes (a function's secrets).
+    fn unseal(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        let _ = sealed;
+        None
+    }
+    /// Seals `plain` to the node `node` (id, hex): only its key opens it.
+    fn seal_to(&self, node: &str, plain: &[u8]) -> Option<Vec<u8>> {
+        let _ = (node, plain);
+        None
+    }
     /// Headers that sign a request from this node to another (this node's
     /// id, the time, an ed25519 signature over method, path and time). The
     /// body is not covered: a service that needs it signed puts its hash in

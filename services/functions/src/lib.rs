@@ -167,9 +167,10 @@ impl Limits {
 /// code = "<BLAKE3 of the script, 64 hex>"
 /// [vars]
 /// GREETING = "hello"
-/// [secrets]
-/// API_KEY = "..."
+/// secret_names = ["API_KEY"]
 /// kv = ["CACHE"]
+/// [sealed_secrets]
+/// "<node id>" = "<the secrets, sealed to that node, hex>"
 /// [limits]
 /// cpu_ms = 50
 /// ```
@@ -185,11 +186,23 @@ pub struct FunctionSpec {
     /// Plain-text bindings, `env.NAME`.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
-    /// Bindings like vars that `tessera deployments` does not print. They
-    /// are in the spec, so every node that can read the deployments can
-    /// read them: not yet encrypted to the placed nodes.
-    #[serde(default)]
+    /// Secret bindings in plain text: refused in a spec (anyone who reads
+    /// the deployments could read them). `tessera deploy function` takes
+    /// them from `--secret` or a spec file's `[secrets]` and seals them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// The secret bindings' names (their values are sealed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_names: Vec<String>,
+    /// Node id (hex) → the secrets as a JSON object (name → value), sealed
+    /// to that node: `crypto_box_seal` (an ephemeral X25519 key,
+    /// XSalsa20-Poly1305) to the X25519 form of its ed25519 key, in hex.
+    /// One box per node that was a member when the function was deployed;
+    /// only that node opens it, and the ledger, the spec's readers and the
+    /// deployments listing see the names only. A node that joined later asks a
+    /// member for a box of its own (`GET /fn/_secrets/{name}`, signed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sealed_secrets: BTreeMap<String, String>,
     /// KV namespace bindings, `env.NAME.get(...)`.
     #[serde(default)]
     pub kv: Vec<String>,
@@ -230,19 +243,40 @@ impl FunctionSpec {
         if self.kind == "wasm" && !self.kv.is_empty() {
             return Err("kv: KV namespaces are for JavaScript functions".into());
         }
-        if self.vars.len() + self.secrets.len() > MAX_VARS {
+        if !self.secrets.is_empty() {
+            return Err("secrets: a spec carries no secret in plain text (anyone who reads the deployments could read it); deploy with --secret NAME=VALUE, which seals them to the network's nodes".into());
+        }
+        if self.vars.len() + self.secret_names.len() > MAX_VARS {
             return Err(format!("at most {MAX_VARS} vars and secrets"));
+        }
+        if self.secret_names.is_empty() != self.sealed_secrets.is_empty() {
+            return Err("secret_names and sealed_secrets: both or neither".into());
+        }
+        if self.sealed_secrets.len() > MAX_SEALED_TO {
+            return Err(format!("sealed_secrets: at most {MAX_SEALED_TO} nodes"));
+        }
+        for (node, sealed) in &self.sealed_secrets {
+            if parse_hex32(node).is_none() {
+                return Err(format!("sealed_secrets: {node:?} is not a node id"));
+            }
+            if sealed.len() > 2 * MAX_SEALED_BYTES || unhex(sealed).is_none() {
+                return Err(format!(
+                    "sealed_secrets.{node}: a sealed box in hex, at most {MAX_SEALED_BYTES} bytes"
+                ));
+            }
         }
         if self.kv.len() > MAX_KV_NAMESPACES {
             return Err(format!("at most {MAX_KV_NAMESPACES} KV namespaces"));
         }
         let mut seen = std::collections::HashSet::new();
-        for (name, value) in self.vars.iter().chain(self.secrets.iter()) {
-            if !binding_name(name) {
-                return Err(format!("binding {name:?}: a JavaScript identifier"));
-            }
+        for (name, value) in &self.vars {
             if value.len() > MAX_VAR_BYTES {
                 return Err(format!("binding {name}: at most {MAX_VAR_BYTES} bytes"));
+            }
+        }
+        for name in self.vars.keys().chain(&self.secret_names) {
+            if !binding_name(name) {
+                return Err(format!("binding {name:?}: a JavaScript identifier"));
             }
             if !seen.insert(name.as_str()) {
                 return Err(format!("binding {name} is given twice"));
@@ -264,14 +298,82 @@ impl FunctionSpec {
         parse_hex32(&self.code).unwrap_or([0; 32])
     }
 
-    /// Vars then secrets, as the script's `env` sees them.
-    pub fn bindings(&self) -> Vec<(String, String)> {
+    /// Vars then `secrets` (opened with [`FunctionSpec::open_secrets`]), as
+    /// the script's `env` sees them.
+    pub fn bindings(&self, secrets: &BTreeMap<String, String>) -> Vec<(String, String)> {
         self.vars
             .iter()
-            .chain(self.secrets.iter())
+            .chain(secrets.iter())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
+
+    /// Seals `secrets` to each of `nodes` (id hex, and a sealer for it) and
+    /// records them in the spec; their names go in `secret_names`.
+    pub fn seal_secrets(
+        &mut self,
+        secrets: &BTreeMap<String, String>,
+        nodes: &[String],
+        seal: impl Fn(&str, &[u8]) -> Result<Vec<u8>, String>,
+    ) -> Result<(), String> {
+        self.secrets.clear();
+        self.secret_names = secrets.keys().cloned().collect();
+        self.sealed_secrets.clear();
+        if secrets.is_empty() {
+            return Ok(());
+        }
+        let plain = serde_json::to_vec(secrets).map_err(|e| e.to_string())?;
+        for node in nodes {
+            self.sealed_secrets
+                .insert(node.clone(), hex(&seal(node, &plain)?));
+        }
+        Ok(())
+    }
+
+    /// The secrets from a box sealed to this node (its contents checked
+    /// against `secret_names`); Err: why they cannot be had.
+    pub fn open_sealed(
+        &self,
+        sealed: &[u8],
+        unseal: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let plain = unseal(sealed).ok_or("the secrets' box does not open with this node's key")?;
+        let secrets: BTreeMap<String, String> =
+            serde_json::from_slice(&plain).map_err(|e| format!("the sealed secrets: {e}"))?;
+        if !secrets.keys().eq(self
+            .secret_names
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>())
+        {
+            return Err("the sealed secrets are not the ones the spec names".into());
+        }
+        if let Some((name, _)) = secrets.iter().find(|(_, v)| v.len() > MAX_VAR_BYTES) {
+            return Err(format!("secret {name}: at most {MAX_VAR_BYTES} bytes"));
+        }
+        Ok(secrets)
+    }
+
+    /// This node's sealed box, if the deployer sealed one to it.
+    pub fn sealed_for(&self, node_id: &str) -> Option<Vec<u8>> {
+        unhex(self.sealed_secrets.get(node_id)?)
+    }
+}
+
+/// Most nodes a spec seals its secrets to (a spec is at most 64 KiB: one
+/// box is a hundred or so bytes in hex for a few short secrets).
+pub const MAX_SEALED_TO: usize = 1024;
+/// Largest sealed box.
+pub const MAX_SEALED_BYTES: usize = 64 << 10;
+
+/// Bytes from hex; None if it is not hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
 }
 
 /// Checks that `source` is a script this node can run: UTF-8, within
@@ -373,10 +475,57 @@ mod tests {
                 "memory_mb",
             ),
             (format!("code = \"{code}\"\nextra = 1"), "unknown field"),
+            (
+                format!("code = \"{code}\"\n[secrets]\nAPI_KEY = \"plain\""),
+                "plain text",
+            ),
+            (
+                format!("code = \"{code}\"\nsecret_names = [\"K\"]"),
+                "both or neither",
+            ),
+            (
+                format!(
+                    "code = \"{code}\"\nsecret_names = [\"K\"]\n[sealed_secrets]\nnode = \"00\""
+                ),
+                "not a node id",
+            ),
+            (
+                format!(
+                    "code = \"{code}\"\nsecret_names = [\"K\"]\n[sealed_secrets]\n{code} = \"zz\""
+                ),
+                "hex",
+            ),
         ] {
             let e = FunctionSpec::parse(bad.as_bytes()).expect_err(&bad);
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_as_the_spec_names_them() {
+        let code = "ab".repeat(32);
+        let mut spec = FunctionSpec::parse(format!("code = \"{code}\"").as_bytes()).expect("spec");
+        let secrets: BTreeMap<String, String> = [("API_KEY".to_string(), "v".to_string())].into();
+        // A stand-in "seal" (reversal) keeps this test about the spec.
+        let node = "cd".repeat(32);
+        spec.seal_secrets(&secrets, std::slice::from_ref(&node), |_, p| {
+            Ok(p.iter().rev().copied().collect())
+        })
+        .expect("seal");
+        let text = service_api::toml::to_string(&spec).expect("toml");
+        assert!(!text.contains("\"v\""), "{text}");
+        let spec = FunctionSpec::parse(text.as_bytes()).expect("sealed spec");
+        let unseal = |b: &[u8]| Some(b.iter().rev().copied().collect());
+        let sealed = spec.sealed_for(&node).expect("a box for the node");
+        assert_eq!(spec.open_sealed(&sealed, unseal).expect("open"), secrets);
+        assert!(spec.sealed_for(&"ef".repeat(32)).is_none());
+        assert!(spec.open_sealed(&sealed, |_| None).is_err());
+        // A box with other names than the spec's is refused.
+        let other = br#"{"OTHER":"v"}"#.iter().rev().copied().collect::<Vec<u8>>();
+        assert!(spec
+            .open_sealed(&other, unseal)
+            .unwrap_err()
+            .contains("not the ones"));
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //!   function, in `/metrics` and in the usage the node reports to the
 //!   ledger ([`Functions::usage_units`]), which bills the owner.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,6 +111,9 @@ struct Deployed {
     here: bool,
     /// The other placed nodes, nearest first.
     elsewhere: Vec<std::net::SocketAddr>,
+    /// Its secrets, opened (for a node that joined after the deploy and
+    /// asks for a box of its own).
+    secrets: Arc<BTreeMap<String, String>>,
 }
 
 struct Counters {
@@ -228,6 +231,13 @@ const BLOB: &str = "x-tessera-fn-blob";
 /// Smaller answers are sent whole: below one chunk group there is nothing
 /// to reuse, and a round trip more would cost more than the bytes.
 const BLOB_MIN_BYTES: usize = 16 << 10;
+
+/// `GET /fn/_secrets/{name}/{spec hash}`: a function's secrets sealed to the
+/// member asking (signed).
+const SECRETS_PREFIX: &str = "/fn/_secrets/";
+
+/// Nodes a node that joined after a deploy asks for its secrets, per round.
+const SECRETS_ASKED: usize = 8;
 
 /// `GET /fn/_status/{name}`: the script this node runs for the name.
 const STATUS_PREFIX: &str = "/fn/_status/";
@@ -615,6 +625,104 @@ impl Functions {
             .clone()
     }
 
+    /// The secrets of `spec`: from the box the deployer sealed to this
+    /// node, or, for a node that joined after the deploy, from a box
+    /// another node seals to it (`GET /fn/_secrets/{name}/{spec}`, signed).
+    /// Err(None) while no node gave one (asked again next round).
+    fn secrets_of(
+        &self,
+        name: &str,
+        spec: &FunctionSpec,
+        spec_hash: &Hash,
+        elsewhere: &[std::net::SocketAddr],
+    ) -> Result<BTreeMap<String, String>, Option<String>> {
+        if spec.secret_names.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let cluster = &self.node.cluster;
+        if let Some(sealed) = spec.sealed_for(&cluster.node_id()) {
+            return spec
+                .open_sealed(&sealed, |b| cluster.unseal(b))
+                .map_err(Some);
+        }
+        let path = format!("{SECRETS_PREFIX}{name}/{}", hex(spec_hash));
+        let members = cluster.members();
+        let others = members.iter().filter(|m| m.alive).map(|m| m.addr);
+        let asked: Vec<std::net::SocketAddr> = elsewhere
+            .iter()
+            .copied()
+            .chain(others)
+            .take(SECRETS_ASKED)
+            .collect();
+        for addr in asked {
+            let mut req = http::Request::get(format!("http://{addr}{path}"));
+            for (n, v) in cluster.sign_request("GET", &path) {
+                req = req.header(n, v);
+            }
+            let Ok(req) = req.body(()) else { continue };
+            let Ok(resp) = self.proxy_agent.run(req) else {
+                continue;
+            };
+            if resp.status() != 200 {
+                continue;
+            }
+            let mut body = String::new();
+            if resp
+                .into_body()
+                .into_reader()
+                .take(2 * crate::MAX_SEALED_BYTES as u64)
+                .read_to_string(&mut body)
+                .is_err()
+            {
+                continue;
+            }
+            let Some(sealed) = crate::unhex(body.trim()) else {
+                continue;
+            };
+            match spec.open_sealed(&sealed, |b| cluster.unseal(b)) {
+                Ok(secrets) => {
+                    tracing::info!(function = name, from = %addr, "secrets sealed to this node by a peer");
+                    return Ok(secrets);
+                }
+                Err(why) => {
+                    tracing::warn!(function = name, from = %addr, "a peer's sealed secrets: {why}")
+                }
+            }
+        }
+        Err(None)
+    }
+
+    /// `GET /fn/_secrets/{name}/{spec}`: the function's secrets sealed to
+    /// the member that signed the request (a node that joined after the
+    /// deploy, whose id the deployer could not seal to).
+    fn secrets_for_peer(&self, req: &OwnedRequest) -> Reply {
+        let path = String::from_utf8_lossy(&req.path).into_owned();
+        let header = |n: &str| req.header(n).map(<[u8]>::to_vec);
+        let Some(from) = self.node.cluster.signed_by("GET", &path, &header) else {
+            return text(
+                Status::Forbidden,
+                "not signed by a member of this cluster\n",
+            );
+        };
+        let Some((name, spec)) = path[SECRETS_PREFIX.len()..].split_once('/') else {
+            return text(Status::NotFound, "ask /fn/_secrets/{name}/{spec hash}\n");
+        };
+        let all = self.functions.load();
+        let Some(d) = all.get(name).filter(|d| hex(&d.spec_hash) == spec) else {
+            return text(Status::NotFound, "this node does not run that version\n");
+        };
+        let sealed = serde_json::to_vec(&*d.secrets)
+            .ok()
+            .and_then(|plain| self.node.cluster.seal_to(&from, &plain));
+        match sealed {
+            Some(b) => {
+                tracing::info!(function = name, to = %from, "secrets sealed to a peer");
+                Reply::new(Status::Ok, "text/plain", hex(&b)).header("Cache-Control", "no-store")
+            }
+            None => text(Status::InternalServerError, "cannot seal to that node\n"),
+        }
+    }
+
     /// The script of `spec`, read from the store (fetched from peers if
     /// need be) and compiled; Err(Some(why)) if it is refused, Err(None)
     /// while it is not to be had.
@@ -623,6 +731,7 @@ impl Functions {
         name: &str,
         version: u64,
         spec: &FunctionSpec,
+        secrets: &BTreeMap<String, String>,
     ) -> Result<Code, Option<String>> {
         let code = spec.code_hash();
         let store = &self.node.store;
@@ -655,7 +764,7 @@ impl Functions {
                 version,
                 &bytes,
                 spec.limits,
-                spec.bindings(),
+                spec.bindings(secrets),
             )
             .map(|c| Code::Wasm(Arc::new(c)))
             .map_err(Some);
@@ -666,7 +775,7 @@ impl Functions {
             name,
             version,
             &source,
-            &spec.bindings(),
+            &spec.bindings(secrets),
             &spec.kv,
             spec.limits,
         )
@@ -706,6 +815,7 @@ impl Functions {
                             usage: d.usage.clone(),
                             here: inst.here,
                             elsewhere: inst.elsewhere,
+                            secrets: d.secrets.clone(),
                         }),
                     );
                 }
@@ -732,8 +842,14 @@ impl Functions {
             // A version number that changes with the spec (a redeploy of
             // the same spec keeps its isolates).
             let version = u64::from_le_bytes(inst.spec_hash[..8].try_into().unwrap_or([0; 8]));
-            match self.compile(&inst.name, version, &spec) {
-                Ok(script) => {
+            let compiled = self
+                .secrets_of(&inst.name, &spec, &inst.spec_hash, &inst.elsewhere)
+                .and_then(|secrets| {
+                    let code = self.compile(&inst.name, version, &spec, &secrets)?;
+                    Ok((code, Arc::new(secrets)))
+                });
+            match compiled {
+                Ok((script, secrets)) => {
                     if inst.here {
                         wanted_pins.insert(spec.code_hash());
                     }
@@ -753,6 +869,7 @@ impl Functions {
                             usage,
                             here: inst.here,
                             elsewhere: inst.elsewhere,
+                            secrets,
                         }),
                     );
                 }
@@ -1325,7 +1442,9 @@ impl Service for Functions {
         if let Some(name) = req.path.strip_prefix(STATUS_PREFIX.as_bytes()) {
             return Decision::Reply(self.status(name));
         }
-        if req.path.starts_with(KV_PREFIX.as_bytes()) {
+        if req.path.starts_with(KV_PREFIX.as_bytes())
+            || req.path.starts_with(SECRETS_PREFIX.as_bytes())
+        {
             return Decision::Work;
         }
         let Some((name, _)) = self.locate(req.host, req.path) else {
@@ -1351,6 +1470,9 @@ impl Service for Functions {
     fn handle(&self, req: OwnedRequest, body: RequestBody) -> Reply {
         if req.path.starts_with(KV_PREFIX.as_bytes()) {
             return self.kv_write(&req, body);
+        }
+        if req.path.starts_with(SECRETS_PREFIX.as_bytes()) {
+            return self.secrets_for_peer(&req);
         }
         let Some((name, path)) = self.locate(req.host.as_deref(), &req.path) else {
             return text(Status::NotFound, "no such function\n");
