@@ -720,4 +720,35 @@ mod random_input {
             let _ = decode_stream(ob.root, s, &all_ranges(), |_| Ok(()));
         });
     }
+
+    /// The same for a peer's outboard (`GET /blobs/{hash}/outboard`): a
+    /// mutated one is refused, or, if it still checks out, is the original.
+    #[test]
+    fn random_outboards_never_panic() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i / 3) as u8).collect();
+        let mut b = OutboardBuilder::new();
+        b.update(&data);
+        let ob = b.finish();
+        let want = group_cvs(ob.root, data.len() as u64, &ob.pre_order).expect("cvs");
+        let mut framed = (data.len() as u64).to_le_bytes().to_vec();
+        framed.extend_from_slice(&ob.pre_order);
+        crate::mutate::each_mutation(&[&framed], 2000, 3, 11, |s| {
+            if let Ok(cvs) = exercise_outboard(ob.root, s) {
+                assert_eq!(cvs, want, "a mutated outboard checked out");
+            }
+        });
+    }
+}
+
+/// What the fuzz target runs: an outboard as a peer sends it (size, then
+/// pairs), parsed into group chaining values against `root`.
+pub fn exercise_outboard(
+    root: blake3::Hash,
+    data: &[u8],
+) -> Result<Vec<blake3::Hash>, VerifyError> {
+    let (size, pairs) = data
+        .split_at_checked(8)
+        .ok_or(VerifyError::Truncated { index: 0 })?;
+    let size = u64::from_le_bytes(size.try_into().unwrap_or([0; 8]));
+    group_cvs(root, size, pairs)
 }

@@ -367,7 +367,7 @@ pub const MAX_SEALED_BYTES: usize = 64 << 10;
 
 /// Bytes from hex; None if it is not hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.as_bytes()
