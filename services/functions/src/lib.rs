@@ -524,7 +524,7 @@ mod tests {
         let other = br#"{"OTHER":"v"}"#.iter().rev().copied().collect::<Vec<u8>>();
         assert!(spec
             .open_sealed(&other, unseal)
-            .unwrap_err()
+            .expect_err("other names")
             .contains("not the ones"));
     }
 
