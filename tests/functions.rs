@@ -908,6 +908,29 @@ fn kv_writes_reach_the_functions_other_node() {
     );
     assert!(nodes[0].metric("tessera_function_kv_applied_total{service=\"function\"}") >= 1);
     assert!(nodes[0].metric("tessera_function_kv_sent_total{service=\"function\"}") >= 3);
+
+    // Writes made while the other node is down wait for it in the outbox
+    // and reach it when it is back (its restart included).
+    let mut nodes = nodes;
+    nodes[1].kill9();
+    let put = curl_get(&format!("{}/fn/kv/put", nodes[0].url()), &[]);
+    assert_eq!(put.2, b"stored");
+    let pending = "tessera_function_kv_pending{service=\"function\"}";
+    within(Duration::from_secs(30), "the writes in the outbox", || {
+        nodes[0].metric(pending) >= 3
+    });
+    nodes[1].restart();
+    within(
+        Duration::from_secs(60),
+        "the writes on the node that was down",
+        || {
+            curl_get(&format!("{}/fn/kv/list", nodes[1].url()), &[]).2
+                == br#"{"names":["user:1","user:2"],"complete":true}"#
+        },
+    );
+    within(Duration::from_secs(30), "the outbox emptied", || {
+        nodes[0].metric(pending) == 0
+    });
 }
 
 /// A function placed on one of three nodes: the others pass its requests

@@ -10,16 +10,37 @@
 //! node), deletes kept as tombstones so that an older write arriving late
 //! does not bring a key back. So the namespace is eventually consistent, as
 //! Workers KV is (up to 60 s there): another node sees a write about a round
-//! trip later. A node that was unreachable when a write was sent misses it
-//! (three tries; no anti-entropy yet). Limits as Workers': keys up to 512
+//! trip later. A write a node did not take (it was down, or unreachable) is
+//! kept in an outbox in the same database, and sent again until that node
+//! takes it, is no longer one of the function's nodes, or a day has passed
+//! (hinted handoff, as Dynamo does: it survives the sender's restarts too).
+//! A node down for longer than that, or a sender lost with its disk, leaves
+//! a gap no read repairs (there is no anti-entropy). Limits as Workers': keys up to 512
 //! bytes, values up to 25 MiB, metadata up to 1 KiB; expired keys read as
 //! absent.
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Writes a peer has not taken yet: sequence → (peer address, write's JSON,
+/// when it was first sent, ms).
+const OUTBOX: TableDefinition<u64, (&str, &[u8], u64)> = TableDefinition::new("kv_outbox");
+
+/// Most writes kept for peers; past it the oldest are dropped (a peer that
+/// long gone would need a full copy anyway).
+pub const MAX_OUTBOX: u64 = 100_000;
+/// How long a write waits for its peer before it is dropped.
+pub const OUTBOX_MAX_AGE_MS: u64 = 24 * 3600 * 1000;
+
+/// A write waiting in the outbox.
+pub struct Pending {
+    pub seq: u64,
+    pub to: String,
+    pub body: Vec<u8>,
+    pub since_ms: u64,
+}
 
 pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 25 << 20;
@@ -125,7 +146,7 @@ fn decode(raw: &[u8]) -> Option<Entry<'_>> {
     })
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -243,6 +264,85 @@ impl Kv {
         write().map_err(|e| format!("KV write failed: {e}"))
     }
 
+    /// Keeps a write (`body`, its JSON) for `to`, to send again later.
+    /// Past [`MAX_OUTBOX`] the oldest is dropped; whether one was.
+    pub fn outbox_push(&self, to: &str, body: &[u8]) -> Result<bool, String> {
+        let write = || -> Result<bool, redb::Error> {
+            let txn = self.db.begin_write()?;
+            let dropped = {
+                let mut table = txn.open_table(OUTBOX)?;
+                let next = table.last()?.map_or(0, |(k, _)| k.value() + 1);
+                table.insert(next, (to, body, now_ms()))?;
+                let full = table.len()? > MAX_OUTBOX;
+                if full {
+                    table.pop_first()?;
+                }
+                full
+            };
+            txn.commit()?;
+            Ok(dropped)
+        };
+        write().map_err(|e| format!("KV outbox: {e}"))
+    }
+
+    /// The oldest `limit` writes waiting for a peer.
+    pub fn outbox(&self, limit: usize) -> Vec<Pending> {
+        let read = || -> Result<Vec<Pending>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let table = match txn.open_table(OUTBOX) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for row in table.iter()?.take(limit) {
+                let (k, v) = row?;
+                let (to, body, since_ms) = v.value();
+                out.push(Pending {
+                    seq: k.value(),
+                    to: to.to_string(),
+                    body: body.to_vec(),
+                    since_ms,
+                });
+            }
+            Ok(out)
+        };
+        read().unwrap_or_else(|e| {
+            tracing::warn!("KV outbox unreadable: {e}");
+            Vec::new()
+        })
+    }
+
+    /// Removes writes from the outbox (delivered, or given up).
+    pub fn outbox_remove(&self, seqs: &[u64]) -> Result<(), String> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let write = || -> Result<(), redb::Error> {
+            let txn = self.db.begin_write()?;
+            {
+                let mut table = txn.open_table(OUTBOX)?;
+                for s in seqs {
+                    table.remove(s)?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        write().map_err(|e| format!("KV outbox: {e}"))
+    }
+
+    /// Writes waiting for a peer.
+    pub fn outbox_len(&self) -> u64 {
+        let Ok(txn) = self.db.begin_read() else {
+            return 0;
+        };
+        txn.open_table(OUTBOX)
+            .ok()
+            .and_then(|t| t.len().ok())
+            .unwrap_or(0)
+    }
+
     /// Keys in order from `cursor` (the last key of the previous page),
     /// as Workers' `list()` answers.
     pub fn list(
@@ -316,6 +416,33 @@ impl Kv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outbox_keeps_writes_in_order_until_removed_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("kv.redb");
+        {
+            let kv = Kv::open(&path, 1).expect("open");
+            assert!(kv.outbox(10).is_empty());
+            for i in 0..3u8 {
+                assert!(!kv.outbox_push("127.0.0.2:1", &[i]).expect("push"));
+            }
+            assert_eq!(kv.outbox_len(), 3);
+            let first = kv.outbox(2);
+            assert_eq!(first.iter().map(|p| p.body[0]).collect::<Vec<_>>(), [0, 1]);
+            kv.outbox_remove(&[first[0].seq]).expect("remove");
+        }
+        let kv = Kv::open(&path, 1).expect("reopen");
+        let rest = kv.outbox(10);
+        assert_eq!(rest.iter().map(|p| p.body[0]).collect::<Vec<_>>(), [1, 2]);
+        assert!(rest.iter().all(|p| p.to == "127.0.0.2:1" && p.since_ms > 0));
+        // New writes go after the old ones, never onto a removed sequence.
+        kv.outbox_push("127.0.0.3:1", &[9]).expect("push");
+        assert!(kv
+            .outbox(10)
+            .last()
+            .is_some_and(|p| p.body == [9] && p.seq > rest[1].seq));
+    }
 
     #[test]
     fn put_get_list_delete_and_expiry() {

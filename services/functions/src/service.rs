@@ -120,6 +120,7 @@ struct Counters {
     kv_sent: Arc<AtomicU64>,
     kv_failed: Arc<AtomicU64>,
     kv_applied: Arc<AtomicU64>,
+    kv_pending: Arc<AtomicU64>,
     proxied: Arc<AtomicU64>,
     blob_answers: Arc<AtomicU64>,
     delta_fetched: Arc<AtomicU64>,
@@ -159,15 +160,78 @@ const KV_PREFIX: &str = "/fn/_kv/";
 /// KV writes waiting to be sent on; beyond it a write stays local.
 const REPLICATION_QUEUE: usize = 65_536;
 
-/// Sends KV writes to the function's other nodes.
+/// How often writes in the KV outbox are sent again.
+const OUTBOX_RETRY: Duration = Duration::from_secs(2);
+/// Writes from the outbox tried per round.
+const OUTBOX_BATCH: usize = 512;
+
+/// Sends KV writes to the function's other nodes; one a node does not take
+/// goes to the outbox ([`Kv::outbox_push`]) and is sent again every
+/// [`OUTBOX_RETRY`] until it is taken.
 struct Replicator {
     node: Node,
+    kv: Arc<Kv>,
     agent: ureq::Agent,
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    pending: Arc<AtomicU64>,
+    /// Per function, the other nodes it ran on lately and when they were
+    /// last seen placed: a node that is down drops out of the placement,
+    /// and the writes it misses wait for it in the outbox. (In memory: a
+    /// restart forgets who was away, not what waits for them.)
+    recent: Mutex<HashMap<String, HashMap<std::net::SocketAddr, u64>>>,
 }
 
 impl Replicator {
+    /// The thread's loop: writes as they come, the outbox between them.
+    fn run(&self, writes: flume::Receiver<Write>) {
+        let mut last_retry = std::time::Instant::now();
+        self.pending.store(self.kv.outbox_len(), Ordering::Relaxed);
+        loop {
+            match writes.recv_timeout(OUTBOX_RETRY) {
+                Ok(w) => self.send(&w),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => return,
+            }
+            if last_retry.elapsed() >= OUTBOX_RETRY {
+                self.retry();
+                last_retry = std::time::Instant::now();
+            }
+        }
+    }
+
+    /// One signed POST of a write's JSON to `to`: taken (true), refused
+    /// for good (400: it would never be taken; false), or not taken now
+    /// (None): not reached, or a node that does not yet know this one or
+    /// the function (401, 403, 404 right after it started).
+    fn post(&self, to: &str, body: &[u8]) -> Option<bool> {
+        let path = format!("{KV_PREFIX}{}", hex(blake3::hash(body).as_bytes()));
+        let mut b = http::Request::post(format!("http://{to}{path}"))
+            .header("content-type", "application/json");
+        for (n, v) in self.node.cluster.sign_request("POST", &path) {
+            b = b.header(n, v);
+        }
+        let sent = b
+            .body(body.to_vec())
+            .map_err(|e| e.to_string())
+            .and_then(|r| self.agent.run(r).map_err(|e| e.to_string()));
+        match sent {
+            Ok(r) if r.status() == 200 => Some(true),
+            Ok(r) if r.status() == 400 => {
+                tracing::info!(%to, status = r.status().as_u16(), "KV write refused by the node");
+                Some(false)
+            }
+            Ok(r) => {
+                tracing::debug!(%to, status = r.status().as_u16(), "KV write not taken");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(%to, "KV write not sent: {e}");
+                None
+            }
+        }
+    }
+
     fn send(&self, w: &Write) {
         let Some(inst) = self
             .node
@@ -181,34 +245,96 @@ impl Replicator {
         let Ok(body) = serde_json::to_vec(w) else {
             return;
         };
-        let path = format!("{KV_PREFIX}{}", hex(blake3::hash(&body).as_bytes()));
-        for to in &inst.elsewhere {
-            let mut ok = false;
-            for attempt in 0..3u64 {
-                let mut b = http::Request::post(format!("http://{to}{path}"))
-                    .header("content-type", "application/json");
-                for (n, v) in self.node.cluster.sign_request("POST", &path) {
-                    b = b.header(n, v);
-                }
-                let sent = b
-                    .body(body.clone())
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| self.agent.run(r).map_err(|e| e.to_string()));
-                match sent {
-                    Ok(r) if r.status() == 200 => {
-                        ok = true;
-                        break;
-                    }
-                    Ok(r) => {
-                        tracing::debug!(%to, status = r.status().as_u16(), "KV write not taken")
-                    }
-                    Err(e) => tracing::debug!(%to, "KV write not sent: {e}"),
-                }
-                std::thread::sleep(Duration::from_millis(200 * (attempt + 1)));
+        let now = crate::kv::now_ms();
+        let away: Vec<std::net::SocketAddr> = {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = recent.entry(w.function.clone()).or_default();
+            for to in &inst.elsewhere {
+                seen.insert(*to, now);
             }
-            let counter = if ok { &self.sent } else { &self.failed };
-            counter.fetch_add(1, Ordering::Relaxed);
+            seen.retain(|_, at| now.saturating_sub(*at) <= crate::kv::OUTBOX_MAX_AGE_MS);
+            seen.keys()
+                .filter(|a| !inst.elsewhere.contains(a))
+                .copied()
+                .collect()
+        };
+        for to in inst
+            .elsewhere
+            .iter()
+            .map(|a| (a, true))
+            .chain(away.iter().map(|a| (a, false)))
+        {
+            let (to, placed) = (to.0.to_string(), to.1);
+            let answer = if placed { self.post(&to, &body) } else { None };
+            match answer {
+                Some(true) => {
+                    self.sent.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Some(false) => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                None => {}
+            }
+            match self.kv.outbox_push(&to, &body) {
+                Ok(dropped) => {
+                    if dropped {
+                        self.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            "KV outbox full: the oldest write waiting for a node was dropped"
+                        );
+                    } else {
+                        self.pending.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%to, "a KV write the node did not take is lost: {e}");
+                }
+            }
         }
+    }
+
+    /// Sends the outbox's writes again: a node that takes one gets the rest
+    /// of its queue in this round, one not reached is asked no more until
+    /// the next. A write the node refuses (it no longer runs the function),
+    /// or older than a day, is dropped. (Placement is not consulted: a node
+    /// that is down drops out of it, which is exactly when its writes must
+    /// wait.)
+    fn retry(&self) {
+        let batch = self.kv.outbox(OUTBOX_BATCH);
+        if batch.is_empty() {
+            return;
+        }
+        let now = crate::kv::now_ms();
+        let mut done = Vec::new();
+        let mut down: HashSet<String> = HashSet::new();
+        for p in batch {
+            if now.saturating_sub(p.since_ms) > crate::kv::OUTBOX_MAX_AGE_MS {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(to = %p.to, "a KV write waited a day for its node: dropped");
+                done.push(p.seq);
+                continue;
+            }
+            if down.contains(&p.to) {
+                continue;
+            }
+            match self.post(&p.to, &p.body) {
+                Some(taken) => {
+                    let counter = if taken { &self.sent } else { &self.failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    done.push(p.seq);
+                }
+                None => {
+                    down.insert(p.to);
+                }
+            }
+        }
+        if let Err(e) = self.kv.outbox_remove(&done) {
+            tracing::warn!("{e}");
+        }
+        self.pending.store(self.kv.outbox_len(), Ordering::Relaxed);
     }
 }
 
@@ -434,9 +560,13 @@ impl Functions {
             kv_sent: m.counter("kv_sent", "KV writes sent to a function's other nodes."),
             kv_failed: m.counter(
                 "kv_failed",
-                "KV writes a function's other node did not take (after three tries).",
+                "KV writes given up: a node left the function or stayed away a day, or the outbox was full.",
             ),
             kv_applied: m.counter("kv_applied", "KV writes from other nodes applied here."),
+            kv_pending: m.gauge(
+                "kv_pending",
+                "KV writes in the outbox, waiting for a node that did not take them.",
+            ),
             proxied: m.counter(
                 "proxied",
                 "Requests passed to a node the function is placed on.",
@@ -525,14 +655,13 @@ impl Functions {
             ),
             sent: functions.counters.kv_sent.clone(),
             failed: functions.counters.kv_failed.clone(),
+            pending: functions.counters.kv_pending.clone(),
+            kv: functions.kv.clone(),
+            recent: Mutex::new(HashMap::new()),
         };
         std::thread::Builder::new()
             .name("functions-kv".into())
-            .spawn(move || {
-                while let Ok(w) = writes.recv() {
-                    replicator.send(&w);
-                }
-            })
+            .spawn(move || replicator.run(writes))
             .map_err(|e| format!("cannot start the KV replicator: {e}"))?;
         let weak = Arc::downgrade(&functions);
         node.metrics.family(Arc::new(move |out: &mut String| {
