@@ -11,13 +11,14 @@
 //!   the component's initial image), so instantiating costs microseconds
 //!   for a small component and nothing is shared between requests.
 //! - **Limits.** CPU time by epoch interruption (a thread ticks the engine's
-//!   epoch every millisecond; a request's deadline is its CPU limit in
-//!   ticks: wall-clock ticks while the guest runs, so time spent waiting is
-//!   charged too); memory by a `ResourceLimiter` (growth past the limit is
+//!   epoch every millisecond; on each tick a callback reads the worker
+//!   thread's CPU clock and stops the guest past its CPU limit, so time
+//!   spent waiting is not charged); memory by a `ResourceLimiter` (growth past the limit is
 //!   refused and reported as the memory limit); wall time by a timeout
 //!   around the whole request.
-//! - **Sandbox.** The WASI context is empty: no preopened directories, no
-//!   environment, no arguments, no inherited stdio, no sockets;
+//! - **Sandbox.** The WASI context holds only the spec's vars and secrets,
+//!   as its environment: no preopened directories, no arguments, no
+//!   inherited stdio, no sockets;
 //!   `wasi:http/outgoing-handler` (the component's `fetch`) is not linked
 //!   with a sender, so outgoing requests fail.
 
@@ -270,8 +271,21 @@ async fn serve(script: &WasmScript, req: Incoming<'_>) -> (Result<Answer, Failur
         },
     );
     store.limiter(|s| &mut s.limiter);
-    store.set_epoch_deadline(limits.cpu_ms.max(1));
-    store.epoch_deadline_trap();
+    // The CPU limit is this thread's CPU time (the guest runs on it, on a
+    // current-thread runtime), looked at on each epoch tick: time the
+    // request spends waiting is not charged, as for a script.
+    let started = crate::js::thread_cpu();
+    let cpu_limit = Duration::from_millis(limits.cpu_ms);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(
+            if crate::js::thread_cpu().saturating_sub(started) > cpu_limit {
+                wasmtime::UpdateDeadline::Interrupt
+            } else {
+                wasmtime::UpdateDeadline::Continue(1)
+            },
+        )
+    });
     let mut b = hyper::Request::builder().method(req.method).uri(req.url);
     for (n, v) in req.headers {
         b = b.header(n.as_str(), v.as_str());
