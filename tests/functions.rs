@@ -1309,14 +1309,24 @@ fn a_webassembly_component_serves_requests_within_its_limits() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let node = Node::start(&[]);
+    // (Outgoing requests may reach loopback here: the node itself answers them.)
+    let (node, _config) = node_for_functions("");
     let client = dir.path().join("client");
     deploy_ok(
         &node,
         &client,
         "wasm",
         &component,
-        &["--memory-mb", "64", "--cpu-ms", "200", "--wall-ms", "10000"],
+        &[
+            "--memory-mb",
+            "64",
+            "--cpu-ms",
+            "200",
+            "--wall-ms",
+            "10000",
+            "--subrequests",
+            "1",
+        ],
     );
     deploy_ok(&node, &client, "other", &scripts_dir().join("json.js"), &[]);
     let get = |path: &str| curl_get(&format!("{}/fn/{path}", node.url()), &[]);
@@ -1332,6 +1342,14 @@ fn a_webassembly_component_serves_requests_within_its_limits() {
         (status, body.as_slice()),
         (201, &b"echo POST 10 SOME BYTES"[..])
     );
+    // An outgoing request goes through the node's fetch, within the
+    // function's subrequest limit.
+    let (status, _, body) = get(&format!("wasm/fetch?url=http://{}/healthz", node.addr));
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (200, "fetched 200 ok; again: refused")
+    );
+    assert!(node.metric("tessera_function_subrequests_total{service=\"function\"}") >= 1);
     // At its own host too, and over HTTP/3.
     let port = node.addr.port();
     let (status, _, _) = curl_get(

@@ -76,6 +76,7 @@ fn run_wasm(args: &IsolateArgs, bytes: &[u8]) -> anyhow::Result<()> {
         let t = Instant::now();
         let (r, _, instantiation) = wasm::run(
             &component,
+            None,
             Incoming {
                 method: "GET",
                 url: &url,

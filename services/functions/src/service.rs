@@ -1415,7 +1415,8 @@ impl Functions {
         let (result, cost) = match &d.engine {
             Code::Js(script) => js::run(script, &self.host, incoming),
             Code::Wasm(component) => {
-                let (result, cost, instantiation) = crate::wasm::run(component, incoming);
+                let (result, cost, instantiation) =
+                    crate::wasm::run(component, Some(&self.host), incoming);
                 self.counters
                     .wasm_instantiation_ns
                     .fetch_add(instantiation.as_nanos() as u64, Ordering::Relaxed);

@@ -18,9 +18,9 @@
 //!   around the whole request.
 //! - **Sandbox.** The WASI context holds only the spec's vars and secrets,
 //!   as its environment: no preopened directories, no arguments, no
-//!   inherited stdio, no sockets;
-//!   `wasi:http/outgoing-handler` (the component's `fetch`) is not linked
-//!   with a sender, so outgoing requests fail.
+//!   inherited stdio, no sockets; `wasi:http/outgoing-handler` (the
+//!   component's `fetch`) goes through the node's [`Host::fetch`], the road
+//!   a script's `fetch` takes, within the subrequest limit.
 
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
@@ -36,7 +36,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::js::{Answer, Cost, Failure, Incoming};
+use crate::js::{Answer, Cost, Failure, Host, Incoming, SubRequest};
 use crate::{Limit, Limits};
 
 /// Instances the pool holds at once (a worker thread runs one at a time).
@@ -48,31 +48,88 @@ const POOL_MEMORY: usize = 1 << 30;
 struct State {
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    hooks: NoOutgoing,
+    hooks: Outgoing,
     table: ResourceTable,
     limiter: Limiter,
 }
 
-/// wasi-http's hooks with no way to send outgoing requests (this crate is
-/// built without wasmtime-wasi-http's default sender): a component's
-/// `outgoing-handler` calls fail.
-struct NoOutgoing;
+/// wasi-http's hooks: a component's outgoing requests (its `fetch`) go
+/// through the node's [`Host::fetch`], the same road a script's `fetch`
+/// takes (no address on the node's own networks unless the operator allows
+/// them), at most `left` of them per request, run on the runtime's blocking
+/// pool. Without a host (the benchmark) they are refused.
+struct Outgoing {
+    host: Option<Arc<dyn Host>>,
+    function: Arc<str>,
+    left: u32,
+    timeout: Duration,
+    /// The largest request body a component may send.
+    max_body: u64,
+}
 
 type OutBody = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
 type Done = Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+type Sent = Box<
+    dyn std::future::Future<
+            Output = Result<(http::Response<OutBody>, Done), wasmtime_wasi_http::Error>,
+        > + Send,
+>;
 
-impl wasmtime_wasi_http::WasiHttpHooks for NoOutgoing {
+impl wasmtime_wasi_http::WasiHttpHooks for Outgoing {
     fn send_request(
         &mut self,
-        _request: http::Request<OutBody>,
+        request: http::Request<OutBody>,
         _options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Done,
-    ) -> Box<
-        dyn std::future::Future<
-                Output = Result<(http::Response<OutBody>, Done), wasmtime_wasi_http::Error>,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    ) -> Sent {
+        use http_body_util::BodyExt;
+        use wasmtime_wasi_http::Error as E;
+        let Some(host) = self.host.clone() else {
+            return Box::new(async { Err(E::HttpRequestDenied) });
+        };
+        if self.left == 0 {
+            tracing::info!(function = %self.function, "a component's subrequest past its limit refused");
+            return Box::new(async { Err(E::HttpRequestDenied) });
+        }
+        self.left -= 1;
+        let (function, timeout, max_body) = (self.function.clone(), self.timeout, self.max_body);
+        Box::new(async move {
+            let (parts, body) = request.into_parts();
+            let body = http_body_util::Limited::new(body, max_body as usize)
+                .collect()
+                .await
+                .map_err(|_| E::HttpRequestBodySize(Some(max_body)))?
+                .to_bytes();
+            let sub = SubRequest {
+                method: parts.method.to_string(),
+                url: parts.uri.to_string(),
+                headers: crate::header_pairs(&parts.headers),
+                body: (!body.is_empty()).then(|| body.to_vec()),
+                follow_redirects: false,
+            };
+            let fetched = tokio::task::spawn_blocking(move || host.fetch(&function, sub, timeout))
+                .await
+                .map_err(|_| E::InternalError(Some("the subrequest's thread failed".into())))?;
+            let resp = fetched.map_err(|why| {
+                tracing::debug!("a component's subrequest failed: {why}");
+                if why.contains("own network") {
+                    E::HttpRequestDenied
+                } else {
+                    E::ConnectionRefused
+                }
+            })?;
+            let mut b = http::Response::builder().status(resp.status);
+            for (n, v) in &resp.headers {
+                b = b.header(n.as_str(), v.as_str());
+            }
+            let body = Full::new(Bytes::from(resp.body))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            let resp = b
+                .body(body)
+                .map_err(|e| E::InternalError(Some(e.to_string())))?;
+            Ok((resp, Box::new(async { Ok(()) }) as Done))
+        })
     }
 }
 
@@ -224,7 +281,12 @@ thread_local! {
 }
 
 /// How long the last instantiation on this thread took.
-pub fn run(script: &WasmScript, req: Incoming<'_>) -> (Result<Answer, Failure>, Cost, Duration) {
+/// `host`: where the component's outgoing requests go (None: refused).
+pub fn run(
+    script: &WasmScript,
+    host: Option<&Arc<dyn Host>>,
+    req: Incoming<'_>,
+) -> (Result<Answer, Failure>, Cost, Duration) {
     let start = crate::js::thread_cpu();
     let result = RUNTIME.with(|rt| {
         let mut rt = rt.borrow_mut();
@@ -235,7 +297,7 @@ pub fn run(script: &WasmScript, req: Incoming<'_>) -> (Result<Answer, Failure>, 
                 .ok();
         }
         match rt.as_ref() {
-            Some(rt) => rt.block_on(serve(script, req)),
+            Some(rt) => rt.block_on(serve(script, host.cloned(), req)),
             None => (
                 Err(Failure::Script("cannot start a runtime".into())),
                 Duration::ZERO,
@@ -249,7 +311,11 @@ pub fn run(script: &WasmScript, req: Incoming<'_>) -> (Result<Answer, Failure>, 
     (result.0, cost, result.1)
 }
 
-async fn serve(script: &WasmScript, req: Incoming<'_>) -> (Result<Answer, Failure>, Duration) {
+async fn serve(
+    script: &WasmScript,
+    host: Option<Arc<dyn Host>>,
+    req: Incoming<'_>,
+) -> (Result<Answer, Failure>, Duration) {
     let Ok(shared) = shared() else {
         return (
             Err(Failure::Script("wasmtime did not start".into())),
@@ -262,7 +328,13 @@ async fn serve(script: &WasmScript, req: Incoming<'_>) -> (Result<Answer, Failur
         State {
             wasi: WasiCtx::builder().envs(&script.env).build(),
             http: WasiHttpCtx::new(),
-            hooks: NoOutgoing,
+            hooks: Outgoing {
+                host,
+                function: script.name.clone(),
+                left: limits.subrequests,
+                timeout: Duration::from_millis(limits.wall_ms),
+                max_body: limits.request_body_bytes(),
+            },
             table: ResourceTable::new(),
             limiter: Limiter {
                 memory: limits.memory_bytes() as usize,

@@ -12,6 +12,19 @@ async function handle(request) {
     const hoard = [];
     for (;;) hoard.push(new Uint8Array(1 << 20).fill(1));
   }
+  if (url.pathname === "/fetch") {
+    // Outgoing requests: the first within the subrequest limit, a second past it.
+    const target = url.searchParams.get("url");
+    const first = await fetch(target);
+    const text = await first.text();
+    let again;
+    try {
+      again = (await fetch(target)).status;
+    } catch (e) {
+      again = "refused";
+    }
+    return new Response(`fetched ${first.status} ${text.trim()}; again: ${again}`);
+  }
   if (url.pathname === "/echo") {
     const body = await request.text();
     return new Response(`echo ${request.method} ${body.length} ${body.toUpperCase()}`, { status: 201 });
