@@ -66,6 +66,14 @@ fn deploy_function(
         .expect("tessera deploy function")
 }
 
+/// `script` deployed as `name` on every node (no ledger in these tests:
+/// the owner records the function on each node).
+fn deploy_on_all(nodes: &[Node], client: &Path, name: &str, script: &Path, args: &[&str]) {
+    for node in nodes {
+        deploy_ok(node, client, name, script, args);
+    }
+}
+
 /// `tessera deploy function --spec FILE` (a spec written by hand).
 fn deploy_spec_ok(node: &Node, client: &Path, name: &str, spec: &Path, replicas: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -850,15 +858,13 @@ fn kv_writes_reach_the_functions_other_node() {
     let nodes = start_in_regions(&["eu", "eu"], |_| Vec::new());
     let client = tempfile::tempdir().expect("tmp");
     // No ledger here: the owner records the function on each node.
-    for node in &nodes {
-        deploy_ok(
-            node,
-            client.path(),
-            "kv",
-            &scripts_dir().join("kv.js"),
-            &["--kv", "STORE", "--replicas", "2"],
-        );
-    }
+    deploy_on_all(
+        &nodes,
+        client.path(),
+        "kv",
+        &scripts_dir().join("kv.js"),
+        &["--kv", "STORE", "--replicas", "2"],
+    );
     let get = |i: usize, path: &str| curl_get(&format!("{}/fn/kv{path}", nodes[i].url()), &[]);
     assert_eq!(get(0, "/put").2, b"stored");
     within(
@@ -939,15 +945,13 @@ fn kv_writes_reach_the_functions_other_node() {
 fn a_function_placed_elsewhere_runs_on_its_node() {
     let nodes = start_in_regions(&["eu", "eu", "eu"], |_| Vec::new());
     let client = tempfile::tempdir().expect("tmp");
-    for node in &nodes {
-        deploy_ok(
-            node,
-            client.path(),
-            "kv",
-            &scripts_dir().join("kv.js"),
-            &["--kv", "STORE"],
-        );
-    }
+    deploy_on_all(
+        &nodes,
+        client.path(),
+        "kv",
+        &scripts_dir().join("kv.js"),
+        &["--kv", "STORE"],
+    );
     let placed = placed_on(&nodes, "kv");
     assert_eq!(placed.len(), 1, "one replica");
     let others: Vec<usize> = (0..3).filter(|i| !placed.contains(i)).collect();
