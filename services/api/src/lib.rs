@@ -36,8 +36,8 @@ pub use body::{request_body, BodyFeed, BodyWatch, RequestBody, Unread, REQUEST_C
 pub use http::{Method, Status, STATUSES};
 pub use mounts::{strip_port, DeploymentName, HostNames, Mount, MountConflict, MountTable};
 pub use node::{
-    Alone, BlobStore, ClusterView, Delta, Deployments, Hash, Instance, Ledger, Member, Metrics,
-    Node,
+    Alone, BlobStore, Change, ClusterView, Delta, Deployments, Hash, Instance, Ledger, Member,
+    Metrics, Node,
 };
 pub use pool::{PoolConfig, PoolError, WorkerPool};
 // Re-exported for services' config types and sections.
@@ -46,6 +46,33 @@ pub use toml;
 
 // Re-exported so services and the data plane name one channel crate.
 pub use flume;
+
+/// Whether `ip` is on the node's own networks (loopback, private, CGNAT,
+/// link-local, unspecified, broadcast), where what a customer asks for (a
+/// function's `fetch`, a pin's origins) may not go unless the operator
+/// allows it: it could probe the operator's network or the node's admin API.
+pub fn is_private_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_private_ip(IpAddr::V4(v4)))
+        }
+    }
+}
 
 /// A deployment's spec as its owner wrote it, in the service's own type:
 /// JSON if it starts with `{`, else TOML. Err says what is wrong, in words

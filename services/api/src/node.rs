@@ -152,10 +152,36 @@ pub struct Instance {
     pub elsewhere: Vec<SocketAddr>,
 }
 
+/// A change to a deployment that a service makes for a customer, signed with
+/// a key the customer's account granted (see [`Deployments::change_as`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub name: String,
+    pub service: String,
+    /// The new spec; None removes the deployment.
+    pub spec: Option<Vec<u8>>,
+    pub replicas: u16,
+    pub regions: Vec<String>,
+}
+
 /// The network's deployments and their placement.
 pub trait Deployments: Send + Sync {
     /// Every deployment of `service` (placed here or not).
     fn of(&self, service: &str) -> Vec<Instance>;
+    /// The account a delegated key acts for in `service`: the key (an
+    /// ed25519 seed, what a bearer token carries) and the owner's id, both
+    /// hex, when the owner granted that key for that service; None else.
+    fn delegate(&self, seed: &[u8; 32], service: &str) -> Option<(String, String)> {
+        let _ = (seed, service);
+        None
+    }
+    /// Records `change`, signed with the delegated key `seed`, under the
+    /// same rules as an owner's own deploy (the owner is the account that
+    /// granted the key). Ok once recorded or queued for the ledger.
+    fn change_as(&self, seed: &[u8; 32], change: &Change) -> Result<(), String> {
+        let _ = (seed, change);
+        Err("this node records no deployments".into())
+    }
 }
 
 /// What a node without a cluster or ledger lends (tests, a node on port 0).

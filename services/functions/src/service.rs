@@ -389,31 +389,6 @@ struct NodeHost {
     subrequests: Arc<AtomicU64>,
 }
 
-/// Whether `ip` is on the node's own networks (loopback, private,
-/// link-local, unspecified), where a function's `fetch` may not go unless
-/// the operator allows it.
-fn private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| private(IpAddr::V4(v4)))
-        }
-    }
-}
-
 impl Host for NodeHost {
     fn fetch(
         &self,
@@ -437,7 +412,7 @@ impl Host for NodeHost {
             ))
             .map_err(|e| format!("fetch: cannot resolve {host}: {e}"))?
             .collect();
-            if addrs.is_empty() || addrs.iter().any(|a| private(a.ip())) {
+            if addrs.is_empty() || addrs.iter().any(|a| service_api::is_private_ip(a.ip())) {
                 return Err(format!(
                     "fetch: {host} is on the node's own network, which functions may not reach"
                 ));
