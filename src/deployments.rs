@@ -97,8 +97,9 @@ pub fn check_spec(
             }
             tessera_functions::check_script("worker", &source)
         }
+        "ipfs" => tessera_ipfs::pins::PinSpec::parse(spec).map(|_| ()),
         other => Err(format!(
-            "there is no service named {other:?} (services: cdn, site, function)"
+            "there is no service named {other:?} (services: cdn, site, function, ipfs)"
         )),
     }
 }
@@ -110,6 +111,10 @@ enum Record {
 
 pub struct Deployments {
     record: Record,
+    /// Held while a service's delegated transaction is signed and recorded
+    /// (with a ledger: until it is committed), so two in a row never reuse
+    /// a nonce.
+    delegated: std::sync::Mutex<()>,
     cluster: Arc<Cluster>,
     /// Specs are stored content-addressed too (served at `/blobs/{spec_hash}`).
     store: Arc<dataplane::store::Store>,
@@ -148,6 +153,7 @@ impl Deployments {
         };
         Ok(Deployments {
             record,
+            delegated: std::sync::Mutex::new(()),
             cluster,
             store,
         })
@@ -219,10 +225,12 @@ impl Deployments {
                 d.name.clone()
             }
             Tx::Undeploy { name } => name.clone(),
+            Tx::Grant { service, .. } => format!("grant:{service}"),
+            Tx::Revoke { .. } => "revoke".into(),
             _ => {
                 return text(
                     Status::BadRequest,
-                    "transaction refused: /deployments takes Deploy and Undeploy only",
+                    "transaction refused: /deployments takes Deploy, Undeploy, Grant and Revoke only",
                 )
             }
         };
@@ -249,6 +257,7 @@ impl Deployments {
                 let mut check = chain.with_state(|s| ledger::State {
                     deployments: s.deployments.clone(),
                     nonces: s.nonces.clone(),
+                    grants: s.grants.clone(),
                     ..ledger::State::default()
                 });
                 let params = ledger::Params {
@@ -298,7 +307,56 @@ impl Deployments {
     }
 }
 
+impl Deployments {
+    fn grant(&self, delegate: &[u8; 32]) -> Option<ledger::Grant> {
+        match &self.record {
+            Record::Local(r) => r.grant(delegate),
+            Record::Ledger(c) => c.with_state(|s| s.grants.get(delegate).cloned()),
+        }
+    }
+}
+
 impl service_api::Deployments for Deployments {
+    fn delegate(&self, seed: &[u8; 32], service: &str) -> Option<(String, String)> {
+        let key = ed25519_dalek::SigningKey::from_bytes(seed);
+        let id = key.verifying_key().to_bytes();
+        let g = self.grant(&id)?;
+        (g.service == service).then(|| (hex(&id), hex(&g.owner)))
+    }
+
+    fn change_as(&self, seed: &[u8; 32], change: &service_api::Change) -> Result<(), String> {
+        let key = ed25519_dalek::SigningKey::from_bytes(seed);
+        let id = key.verifying_key().to_bytes();
+        let tx = match &change.spec {
+            Some(spec) => Tx::Deploy(ledger::DeploySpec {
+                name: change.name.clone(),
+                service: change.service.clone(),
+                spec: spec.clone(),
+                replicas: change.replicas,
+                regions: change.regions.clone(),
+            }),
+            None => Tx::Undeploy {
+                name: change.name.clone(),
+            },
+        };
+        let _one_at_a_time = self.delegated.lock().unwrap_or_else(|p| p.into_inner());
+        let nonce = self.nonce(&id);
+        let wire = SignedTx::new(tx, nonce, &key).encode();
+        let reply = self.submit(&wire);
+        if reply.status.code() >= 300 {
+            return Err(String::from_utf8_lossy(reply.body.bytes()).trim().to_string());
+        }
+        // Queued for the ledger: the next one needs this one's nonce spent.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.nonce(&id) <= nonce {
+            if std::time::Instant::now() > deadline {
+                return Err("the ledger has not committed the change within 30 s".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     fn of(&self, service: &str) -> Vec<service_api::Instance> {
         let view = self.view();
         let me = self.cluster.id().to_string();

@@ -10,6 +10,7 @@ mod deploy_cli;
 mod deployments;
 mod function_cli;
 mod h3client;
+mod ipfs_cli;
 mod ledger;
 mod node;
 mod peering;
@@ -79,6 +80,11 @@ enum Command {
     /// Point a site at a version it keeps (the one before the live one if
     /// none is given).
     Rollback(site_cli::RollbackArgs),
+    /// IPFS: a pinning token, import (UnixFS, ipfs-car's CIDs), pins, verified get.
+    Ipfs {
+        #[command(subcommand)]
+        command: ipfs_cli::IpfsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,6 +190,7 @@ fn main() -> std::process::ExitCode {
         Command::Undeploy(args) => deploy_cli::undeploy(args),
         Command::Purge(args) => deploy_cli::purge(args),
         Command::Rollback(args) => site_cli::rollback(args),
+        Command::Ipfs { command } => ipfs_cli::run(command),
     };
     match result {
         Ok(code) => code,

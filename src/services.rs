@@ -5,7 +5,8 @@
 //! Which services exist is decided here, in the binary: the data plane knows
 //! services only through the `service-api` interface, and no service knows
 //! another. Every node runs the CDN (`tessera-cdn`), site hosting
-//! (`tessera-hosting`) and edge functions (`tessera-functions`); the test build (feature
+//! (`tessera-hosting`), edge functions (`tessera-functions`) and IPFS
+//! (`tessera-ipfs`: the gateway and pinning); the test build (feature
 //! `test-services`) adds the ones `TESSERA_TEST_SERVICES` names.
 
 use std::path::Path;
@@ -254,6 +255,15 @@ fn make_functions(node: &Node) -> Result<Arc<dyn service_api::Service>, String> 
     Ok(functions)
 }
 
+/// The node's IPFS service, once built.
+pub static IPFS: std::sync::OnceLock<Arc<tessera_ipfs::Ipfs>> = std::sync::OnceLock::new();
+
+fn make_ipfs(node: &Node) -> Result<Arc<dyn service_api::Service>, String> {
+    let ipfs = tessera_ipfs::Ipfs::new(node)?;
+    let _ = IPFS.set(ipfs.clone());
+    Ok(ipfs)
+}
+
 /// Body bytes served per deployment by this node's services since it
 /// started (deployment names are unique across services).
 pub fn served_bytes() -> Vec<(String, u64)> {
@@ -269,6 +279,11 @@ pub fn served_bytes() -> Vec<(String, u64)> {
     if let Some(functions) = FUNCTIONS.get() {
         all.extend(functions.usage_units());
     }
+    // A pin's bytes held over time and its bytes served, in the same units
+    // (see `tessera_ipfs::pins::UNITS_PER_GIB_HOUR`).
+    if let Some(ipfs) = IPFS.get() {
+        all.extend(ipfs.usage_units());
+    }
     all
 }
 
@@ -279,6 +294,7 @@ fn factories() -> Vec<(String, Factory)> {
         ("cdn".into(), make_cdn),
         ("site".into(), make_sites),
         ("function".into(), make_functions),
+        ("ipfs".into(), make_ipfs),
     ];
     #[cfg(feature = "test-services")]
     let list = [list, crate::test_services::from_env()].concat();

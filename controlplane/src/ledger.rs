@@ -247,6 +247,20 @@ pub enum Tx {
     /// report (increments). At the epoch's end each deployment's owner is
     /// charged for them and the nodes earn it (see [`State::charge_usage`]).
     ReportUsage { usage: Vec<(String, u64)> },
+    /// The sender (an account) lets `delegate` create, change and remove
+    /// the sender's deployments of `service`, as the sender: what a bearer
+    /// token of a service's API (the IPFS pinning API) carries. One grant
+    /// per delegate; a later grant by the same account replaces it.
+    Grant { delegate: Key, service: String },
+    /// The sender takes back a grant it made.
+    Revoke { delegate: Key },
+}
+
+/// A delegated key's grant (see [`Tx::Grant`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub owner: Key,
+    pub service: String,
 }
 
 /// What a customer asks the network to run: a named instance of a service.
@@ -444,6 +458,10 @@ pub enum Reject {
     NotDeploymentOwner(String),
     #[error("no deployment named {0}")]
     NoSuchDeployment(String),
+    #[error("the key is already another account's delegate")]
+    DelegateTaken,
+    #[error("no such grant of this account")]
+    NoSuchGrant,
 }
 
 /// Why one receipt in a submission was not paid.
@@ -548,6 +566,8 @@ pub struct State {
     pub usage: BTreeMap<String, BTreeMap<Key, u64>>,
     /// Receipts refused so far, per submitting node and reason.
     pub refusals: BTreeMap<Key, BTreeMap<ReceiptReject, u64>>,
+    /// Delegated keys, by key (see [`Tx::Grant`]).
+    pub grants: BTreeMap<Key, Grant>,
 }
 
 impl State {
@@ -791,12 +811,36 @@ impl State {
             }
             Tx::Undeploy { name } => match self.deployments.get(name) {
                 None => return Err(Reject::NoSuchDeployment(name.clone())),
-                Some(old) if old.owner != sender => {
+                Some(old) if self.acting_for(&sender, &old.spec.service) != old.owner => {
                     return Err(Reject::NotDeploymentOwner(name.clone()))
                 }
                 Some(_) => {
                     self.deployments.remove(name);
                 }
+            },
+            Tx::Grant { delegate, service } => {
+                if service.is_empty() || service.len() > MAX_SERVICE_NAME {
+                    return Err(Reject::BadName);
+                }
+                if *delegate == sender || self.grants.contains_key(&sender) {
+                    return Err(Reject::Malformed("a delegate cannot grant"));
+                }
+                if self.grants.get(delegate).is_some_and(|g| g.owner != sender) {
+                    return Err(Reject::DelegateTaken);
+                }
+                self.grants.insert(
+                    *delegate,
+                    Grant {
+                        owner: sender,
+                        service: service.clone(),
+                    },
+                );
+            }
+            Tx::Revoke { delegate } => match self.grants.get(delegate) {
+                Some(g) if g.owner == sender => {
+                    self.grants.remove(delegate);
+                }
+                _ => return Err(Reject::NoSuchGrant),
             },
         }
         self.nonces.insert(sender, want + 1);
@@ -841,8 +885,18 @@ impl State {
         charged
     }
 
+    /// The account `sender` acts for in `service`: its grantor when it is a
+    /// delegate of that service, else itself.
+    pub fn acting_for(&self, sender: &Key, service: &str) -> Key {
+        match self.grants.get(sender) {
+            Some(g) if g.service == service => g.owner,
+            _ => *sender,
+        }
+    }
+
     fn deploy(&mut self, sender: Key, d: &DeploySpec) -> Result<(), Reject> {
         check_deploy_spec(d)?;
+        let sender = self.acting_for(&sender, &d.service);
         let version = match self.deployments.get(&d.name) {
             Some(old) if old.owner != sender => {
                 return Err(Reject::NotDeploymentOwner(d.name.clone()))
