@@ -477,10 +477,65 @@ impl Pins {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), (owner.to_string(), spec.clone(), Instant::now()));
+        self.pin_now_if_whole(&id, &spec);
         let status = self
             .find(owner, &id)
-            .unwrap_or_else(|| status_json(&id, "queued", &spec, &[], None));
+            .unwrap_or_else(|| {
+                let me: Vec<SocketAddr> = self.node.listen.into_iter().collect();
+                status_json(&id, "queued", &spec, &me, None)
+            });
         json(Status::Accepted, &status)
+    }
+
+    /// A pin placed here whose DAG this node already holds whole is pinned
+    /// at once, not at the watcher's next round (so its status says
+    /// `pinned` in the answer to the request that made it).
+    fn pin_now_if_whole(&self, id: &str, spec: &PinSpec) {
+        let Some(root) = spec.root() else {
+            return;
+        };
+        if !self.index.has(&root) {
+            return;
+        }
+        let Some(inst) = self
+            .node
+            .deployments
+            .of(SERVICE)
+            .into_iter()
+            .find(|i| i.name == id && i.here)
+        else {
+            return;
+        };
+        let mut cids = Vec::new();
+        let mut bytes = 0u64;
+        let mut seen = HashSet::new();
+        let whole = dag::walk(&*self.index, &root, Scope::All, None, false, &mut seen, &mut |c, b| {
+            cids.push(*c);
+            bytes += b.len() as u64;
+            if cids.len() > 100_000 {
+                return Err(dag::WalkError::Stopped);
+            }
+            Ok(())
+        });
+        if whole.is_err() {
+            return;
+        }
+        let blobs = self.index.blobs(&cids);
+        if self.index.store().pin(&blobs, true).is_err() || self.record_held(id, Some(&blobs)).is_err() {
+            return;
+        }
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id.to_string(),
+            Held {
+                spec_hash: inst.spec_hash,
+                state: Local::Pinned {
+                    bytes,
+                    blocks: cids.len() as u64,
+                },
+                retry_at: None,
+                running: false,
+            },
+        );
     }
 
     fn remove(&self, seed: &[u8; 32], id: &str) -> Result<(), String> {
@@ -519,13 +574,17 @@ impl Pins {
                     nodes.insert(0, me);
                 }
             }
+            if nodes.is_empty() {
+                nodes.extend(self.node.listen);
+            }
             out.push(status_json(&inst.name, &status, &spec, &nodes, info.as_deref()));
         }
         let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
         queued.retain(|id, (_, _, at)| !seen.contains(id) && at.elapsed() < Duration::from_secs(600));
         for (id, (o, spec, _)) in queued.iter() {
             if o == owner {
-                out.push(status_json(id, "queued", spec, &[], None));
+                let me: Vec<SocketAddr> = self.node.listen.into_iter().collect();
+                out.push(status_json(id, "queued", spec, &me, None));
             }
         }
         out
@@ -596,6 +655,11 @@ impl Pins {
                 }
             },
         };
+        let any_filter = cids.is_some()
+            || name.is_some()
+            || before.is_some()
+            || after.is_some()
+            || meta.is_some();
         let mut results: Vec<serde_json::Value> = self
             .owned(owner)
             .into_iter()
@@ -603,9 +667,11 @@ impl Pins {
                 let pin = &s["pin"];
                 let status = s["status"].as_str().unwrap_or("");
                 let created = s["created"].as_str().unwrap_or("");
+                // With no filter at all only successful pins are listed,
+                // as the spec says; any filter lists every status.
                 let wanted_status = match &statuses {
                     Some(list) => list.iter().any(|x| x == status),
-                    None => status == "pinned",
+                    None => any_filter || status == "pinned",
                 };
                 wanted_status
                     && cids.as_ref().is_none_or(|c| {
