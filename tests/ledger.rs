@@ -94,56 +94,14 @@ fn committee_with_env(
     epoch_ms: u64,
     env: &[(usize, &str, &str)],
 ) -> Vec<Node> {
-    // Keys first: the genesis committee names them.
-    let mut nodes: Vec<Node> = (1..=stakes.len())
-        .map(|i| Node::prepare_at(free_addr_on(&format!("127.0.0.{i}")), &[]))
-        .collect();
-    for n in &nodes {
-        std::fs::create_dir_all(&n.data_dir).expect("mkdir");
-        controlplane::NodeKey::load_or_create(&n.data_dir).expect("key");
-    }
-    let ids = node_ids(&nodes);
-    let genesis = ids[..genesis]
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let seed = nodes[0].addr.to_string();
-    for (n, stake) in nodes.iter_mut().zip(stakes) {
-        let config = n.data_dir.with_file_name("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[ledger]\ngenesis = [{genesis}]\nepoch_ms = {epoch_ms}\nunit_ms = 100\n\
-                 price_per_byte = {PRICE}\ndev_deposits = true\nstake = {stake}\nsubmit_ms = 300\n"
-            ),
-        )
-        .expect("config");
-        n.extra = vec!["--config".into(), config.display().to_string()];
-        n.extra.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
-        n.extra.extend(["--join".into(), seed.clone()]);
-    }
-    for (i, n) in nodes.iter_mut().enumerate() {
-        n.env = env
-            .iter()
-            .filter(|(k, _, _)| *k == i)
-            .map(|(_, k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        n.spawn();
-    }
-    nodes
-}
-
-fn node_ids(nodes: &[Node]) -> Vec<String> {
-    nodes
-        .iter()
-        .map(|n| {
-            controlplane::NodeKey::load(&n.data_dir)
-                .expect("key")
-                .id()
-                .to_string()
-        })
-        .collect()
+    ledger_committee(
+        stakes,
+        genesis,
+        epoch_ms,
+        &format!("price_per_byte = {PRICE}\n"),
+        "",
+        env,
+    )
 }
 
 fn staked(node: &Node) -> Option<usize> {

@@ -582,3 +582,70 @@ pub fn deploy_cdn(node: &Node, client: &Path, name: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Nodes on 127.0.0.1…n with a replicated ledger: each stakes `stakes[i]`,
+/// the first `genesis` form the genesis committee; `ledger` is more of the
+/// `[ledger]` section, `more` more of the config file after it. Started,
+/// not yet registered.
+#[allow(dead_code)]
+pub fn ledger_committee(
+    stakes: &[u64],
+    genesis: usize,
+    epoch_ms: u64,
+    ledger: &str,
+    more: &str,
+    env: &[(usize, &str, &str)],
+) -> Vec<Node> {
+    // Keys first: the genesis committee names them.
+    let mut nodes: Vec<Node> = (1..=stakes.len())
+        .map(|i| Node::prepare_at(free_addr_on(&format!("127.0.0.{i}")), &[]))
+        .collect();
+    for n in &nodes {
+        std::fs::create_dir_all(&n.data_dir).expect("mkdir");
+        controlplane::NodeKey::load_or_create(&n.data_dir).expect("key");
+    }
+    let ids = node_ids(&nodes);
+    let genesis = ids[..genesis]
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let seed = nodes[0].addr.to_string();
+    for (n, stake) in nodes.iter_mut().zip(stakes) {
+        let config = n.data_dir.with_file_name("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[ledger]\ngenesis = [{genesis}]\nepoch_ms = {epoch_ms}\nunit_ms = 100\n\
+                 dev_deposits = true\nstake = {stake}\nsubmit_ms = 300\n{ledger}\n{more}"
+            ),
+        )
+        .expect("config");
+        n.extra = vec!["--config".into(), config.display().to_string()];
+        n.extra.extend(FAST_GOSSIP.iter().map(|s| s.to_string()));
+        n.extra.extend(["--join".into(), seed.clone()]);
+    }
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.env = env
+            .iter()
+            .filter(|(k, _, _)| *k == i)
+            .map(|(_, k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        n.spawn();
+    }
+    nodes
+}
+
+/// The node ids of `nodes`, from their key files.
+#[allow(dead_code)]
+pub fn node_ids(nodes: &[Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| {
+            controlplane::NodeKey::load(&n.data_dir)
+                .expect("key")
+                .id()
+                .to_string()
+        })
+        .collect()
+}
