@@ -227,12 +227,10 @@ impl Deployments {
             Tx::Undeploy { name } => name.clone(),
             Tx::Grant { service, .. } => format!("grant:{service}"),
             Tx::Revoke { .. } => "revoke".into(),
-            _ => {
-                return text(
-                    Status::BadRequest,
-                    "transaction refused: /deployments takes Deploy, Undeploy, Grant and Revoke only",
-                )
-            }
+            _ => return text(
+                Status::BadRequest,
+                "transaction refused: /deployments takes Deploy, Undeploy, Grant and Revoke only",
+            ),
         };
         if !stx.verify() {
             return text(
@@ -344,7 +342,9 @@ impl service_api::Deployments for Deployments {
         let wire = SignedTx::new(tx, nonce, &key).encode();
         let reply = self.submit(&wire);
         if reply.status.code() >= 300 {
-            return Err(String::from_utf8_lossy(reply.body.bytes()).trim().to_string());
+            return Err(String::from_utf8_lossy(reply.body.bytes())
+                .trim()
+                .to_string());
         }
         // Queued for the ledger: the next one needs this one's nonce spent.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

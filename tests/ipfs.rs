@@ -145,7 +145,11 @@ fn ipfs_car_and_the_node_agree_on_cids_and_cars() {
     // The node's importer gives ipfs-car's CID for the same folder, and a
     // single file too (wrapped, and not).
     let ours = ok(
-        cli(&client, &node, &["ipfs", "add", site.to_str().expect("utf-8"), "--no-pin"]),
+        cli(
+            &client,
+            &node,
+            &["ipfs", "add", site.to_str().expect("utf-8"), "--no-pin"],
+        ),
         "tessera ipfs add",
     );
     assert_eq!(ours, root);
@@ -162,7 +166,11 @@ fn ipfs_car_and_the_node_agree_on_cids_and_cars() {
         if !wrap {
             add.push("--no-wrap");
         }
-        assert_eq!(ok(cli(&client, &node, &add), "add a file"), theirs, "wrap {wrap}");
+        assert_eq!(
+            ok(cli(&client, &node, &add), "add a file"),
+            theirs,
+            "wrap {wrap}"
+        );
     }
 
     // ipfs-car's CAR imported into a second node; its CID resolves there.
@@ -192,7 +200,12 @@ fn ipfs_car_and_the_node_agree_on_cids_and_cars() {
         ]),
         "ipfs-car unpack",
     );
-    for f in ["hello.txt", "sub/big.bin", "sub/zeros.bin", "docs/index.html"] {
+    for f in [
+        "hello.txt",
+        "sub/big.bin",
+        "sub/zeros.bin",
+        "docs/index.html",
+    ] {
         assert_eq!(
             std::fs::read(out_dir.join(f)).expect("unpacked"),
             std::fs::read(site.join(f)).expect("original"),
@@ -202,7 +215,11 @@ fn ipfs_car_and_the_node_agree_on_cids_and_cars() {
     // `tessera ipfs get` verifies and writes the same folder.
     let got = tmp.path().join("got");
     ok(
-        cli(&client, &other, &["ipfs", "get", &root, "-o", got.to_str().expect("utf-8")]),
+        cli(
+            &client,
+            &other,
+            &["ipfs", "get", &root, "-o", got.to_str().expect("utf-8")],
+        ),
         "tessera ipfs get",
     );
     assert_eq!(
@@ -223,7 +240,11 @@ fn ipfs_car_and_the_node_agree_on_cids_and_cars() {
     let fresh_token = make_token(&tmp.path().join("client3"), &fresh);
     let (status, body) = import_car(&fresh, &fresh_token, &bad_path);
     assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&body).contains("does not hash"), "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("does not hash"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let (status, _, _) = curl_get(
         &format!("{}/ipfs/{last_cid}?format=raw", fresh.url()),
         &["-H", "cache-control: only-if-cached"],
@@ -255,7 +276,12 @@ fn trustless_gateway_cases_from_the_conformance_suite() {
     let token = make_token(&tmp.path().join("client"), &node);
     assert_eq!(import_car(&node, &token, &car).0, 200);
     let (_, blocks) = read_car(&std::fs::read(&car).expect("car"));
-    let block_of = |cid: &Cid| blocks.iter().find(|(c, _)| c == cid).map(|(_, b)| b.clone());
+    let block_of = |cid: &Cid| {
+        blocks
+            .iter()
+            .find(|(c, _)| c == cid)
+            .map(|(_, b)| b.clone())
+    };
     let url = |p: &str| format!("{}{p}", node.url());
 
     // The probe: the empty identity CID.
@@ -264,10 +290,16 @@ fn trustless_gateway_cases_from_the_conformance_suite() {
 
     // Raw: by ?format=raw and by Accept; the block's exact bytes.
     let root_cid: Cid = root.parse().expect("cid");
-    for extra in [&["-G", "-d", "format=raw"][..], &["-H", "Accept: application/vnd.ipld.raw"][..]] {
+    for extra in [
+        &["-G", "-d", "format=raw"][..],
+        &["-H", "Accept: application/vnd.ipld.raw"][..],
+    ] {
         let (status, head, body) = curl_get(&url(&format!("/ipfs/{root}")), extra);
         assert_eq!(status, 200);
-        assert_eq!(header(&head, "content-type"), Some("application/vnd.ipld.raw"));
+        assert_eq!(
+            header(&head, "content-type"),
+            Some("application/vnd.ipld.raw")
+        );
         assert_eq!(Some(body), block_of(&root_cid));
         assert!(header(&head, "cache-control").is_some_and(|c| c.contains("immutable")));
         assert!(header(&head, "etag").is_some());
@@ -286,11 +318,16 @@ fn trustless_gateway_cases_from_the_conformance_suite() {
     let out = curl(&["-I", &url(&format!("/ipfs/{root}?format=car"))]);
     let head = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(header(&head, "content-type").is_some_and(|t| t.starts_with("application/vnd.ipld.car")));
+    assert!(
+        header(&head, "content-type").is_some_and(|t| t.starts_with("application/vnd.ipld.car"))
+    );
 
     // A missing root: 404; with only-if-cached: 412.
     let missing = tessera_ipfs::sha256_cid(tessera_ipfs::RAW, b"nowhere").to_string();
-    assert_eq!(curl_get(&url(&format!("/ipfs/{missing}?format=raw")), &[]).0, 404);
+    assert_eq!(
+        curl_get(&url(&format!("/ipfs/{missing}?format=raw")), &[]).0,
+        404
+    );
     assert_eq!(
         curl_get(
             &url(&format!("/ipfs/{missing}?format=raw")),
@@ -300,15 +337,29 @@ fn trustless_gateway_cases_from_the_conformance_suite() {
         412
     );
     // A path that names nothing: 404. Malformed requests: 400 and 406.
-    assert_eq!(curl_get(&url(&format!("/ipfs/{root}/nope.txt?format=raw")), &[]).0, 404);
-    assert_eq!(curl_get(&url("/ipfs/not-a-cid?format=raw"), &[]).0, 400);
-    assert_eq!(curl_get(&url(&format!("/ipfs/{root}?format=tar")), &[]).0, 406);
     assert_eq!(
-        curl_get(&url(&format!("/ipfs/{root}?format=car&entity-bytes=0:10")), &[]).0,
+        curl_get(&url(&format!("/ipfs/{root}/nope.txt?format=raw")), &[]).0,
+        404
+    );
+    assert_eq!(curl_get(&url("/ipfs/not-a-cid?format=raw"), &[]).0, 400);
+    assert_eq!(
+        curl_get(&url(&format!("/ipfs/{root}?format=tar")), &[]).0,
+        406
+    );
+    assert_eq!(
+        curl_get(
+            &url(&format!("/ipfs/{root}?format=car&entity-bytes=0:10")),
+            &[]
+        )
+        .0,
         400
     );
     assert_eq!(
-        curl_get(&url(&format!("/ipfs/{root}?format=car&dag-scope=most")), &[]).0,
+        curl_get(
+            &url(&format!("/ipfs/{root}?format=car&dag-scope=most")),
+            &[]
+        )
+        .0,
         400
     );
 
@@ -316,7 +367,8 @@ fn trustless_gateway_cases_from_the_conformance_suite() {
     // requested CID as the root, DFS order (a parent before its children).
     let (status, head, body) = curl_get(&url(&format!("/ipfs/{root}?format=car")), &[]);
     assert_eq!(status, 200);
-    assert!(header(&head, "content-type").is_some_and(|t| t.contains("order=dfs") && t.contains("dups=n")));
+    assert!(header(&head, "content-type")
+        .is_some_and(|t| t.contains("order=dfs") && t.contains("dups=n")));
     let (roots, got) = read_car(&body);
     assert_eq!(roots, vec![root_cid]);
     let want: HashSet<Cid> = blocks.iter().map(|(c, _)| *c).collect();
@@ -325,21 +377,38 @@ fn trustless_gateway_cases_from_the_conformance_suite() {
     assert_eq!(got[0].0, root_cid);
 
     // The file nodes under sub/.
-    let resolve = |p: &str| -> Vec<Cid> { car_cids(&node, &format!("/ipfs/{root}/{p}?format=car&dag-scope=block")) };
+    let resolve = |p: &str| -> Vec<Cid> {
+        car_cids(
+            &node,
+            &format!("/ipfs/{root}/{p}?format=car&dag-scope=block"),
+        )
+    };
     let path_blocks = resolve("sub/big.bin");
-    assert_eq!(path_blocks.len(), 3, "root, sub/, the file's root block: {path_blocks:?}");
+    assert_eq!(
+        path_blocks.len(),
+        3,
+        "root, sub/, the file's root block: {path_blocks:?}"
+    );
     let big = path_blocks[2];
-    let big_node = tessera_ipfs::unixfs::decode_node(&block_of(&big).expect("big")).expect("file node");
+    let big_node =
+        tessera_ipfs::unixfs::decode_node(&block_of(&big).expect("big")).expect("file node");
     let leaves: Vec<Cid> = big_node.links.iter().map(|l| l.cid).collect();
     assert_eq!(leaves.len(), 3);
 
     // dag-scope=entity: the path, the file's root and all its leaves.
-    let entity = car_cids(&node, &format!("/ipfs/{root}/sub/big.bin?format=car&dag-scope=entity"));
+    let entity = car_cids(
+        &node,
+        &format!("/ipfs/{root}/sub/big.bin?format=car&dag-scope=entity"),
+    );
     assert_eq!(entity[..3], path_blocks[..]);
     assert_eq!(entity[3..], leaves[..]);
     // entity-bytes: only the leaves that hold the range.
     let range = |r: &str| {
-        car_cids(&node, &format!("/ipfs/{root}/sub/big.bin?format=car&dag-scope=entity&entity-bytes={r}"))[3..].to_vec()
+        car_cids(
+            &node,
+            &format!("/ipfs/{root}/sub/big.bin?format=car&dag-scope=entity&entity-bytes={r}"),
+        )[3..]
+            .to_vec()
     };
     assert_eq!(range("0:*"), leaves);
     assert_eq!(range("0:10"), leaves[..1]);
@@ -347,26 +416,51 @@ fn trustless_gateway_cases_from_the_conformance_suite() {
     assert_eq!(range("1048575:1048576"), leaves[..2]);
     assert_eq!(range("-10:*"), leaves[2..]);
     assert_eq!(range("0:-2000000"), leaves[..1]);
-    assert_eq!(range("5000000:*"), Vec::<Cid>::new(), "past the end: the file's root only");
+    assert_eq!(
+        range("5000000:*"),
+        Vec::<Cid>::new(),
+        "past the end: the file's root only"
+    );
     // A directory's entity is its node alone.
-    let dir = car_cids(&node, &format!("/ipfs/{root}/sub?format=car&dag-scope=entity"));
+    let dir = car_cids(
+        &node,
+        &format!("/ipfs/{root}/sub?format=car&dag-scope=entity"),
+    );
     assert_eq!(dir.len(), 2);
     // Duplicates: the zeros file names one leaf three times.
-    let zeros_n = car_cids(&node, &format!("/ipfs/{root}/sub/zeros.bin?format=car&dag-scope=entity"));
-    let zeros_y = car_cids(&node, &format!("/ipfs/{root}/sub/zeros.bin?format=car&dag-scope=entity&car-dups=y"));
+    let zeros_n = car_cids(
+        &node,
+        &format!("/ipfs/{root}/sub/zeros.bin?format=car&dag-scope=entity"),
+    );
+    let zeros_y = car_cids(
+        &node,
+        &format!("/ipfs/{root}/sub/zeros.bin?format=car&dag-scope=entity&car-dups=y"),
+    );
     assert_eq!(zeros_n.len() + 2, zeros_y.len(), "{zeros_n:?} {zeros_y:?}");
     let (_, head, _) = curl_get(
         &url(&format!("/ipfs/{root}/sub/zeros.bin")),
-        &["-H", "Accept: application/vnd.ipld.car; version=1; order=dfs; dups=y"],
+        &[
+            "-H",
+            "Accept: application/vnd.ipld.car; version=1; order=dfs; dups=y",
+        ],
     );
-    assert!(header(&head, "content-type").is_some_and(|t| t.contains("dups=y")), "{head}");
+    assert!(
+        header(&head, "content-type").is_some_and(|t| t.contains("dups=y")),
+        "{head}"
+    );
 
     // Deserialized, for browsers: a file, a folder's index.html, a listing,
     // the redirect to a folder's slash.
     let (status, head, body) = curl_get(&url(&format!("/ipfs/{root}/sub/big.bin")), &[]);
     assert_eq!(status, 200);
-    assert_eq!(body, std::fs::read(site.join("sub/big.bin")).expect("original"));
-    assert_eq!(header(&head, "content-type"), Some("application/octet-stream"));
+    assert_eq!(
+        body,
+        std::fs::read(site.join("sub/big.bin")).expect("original")
+    );
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("application/octet-stream")
+    );
     let (status, _, body) = curl_get(&url(&format!("/ipfs/{root}/docs/")), &[]);
     assert_eq!((status, &body[..]), (200, &b"<h1>docs</h1>\n"[..]));
     let (status, head, _) = curl_get(&url(&format!("/ipfs/{root}/docs")), &[]);
@@ -377,7 +471,11 @@ fn trustless_gateway_cases_from_the_conformance_suite() {
     assert!(String::from_utf8_lossy(&body).contains("big.bin"));
 
     // HTTP/3 serves the same raw block.
-    let h3 = aioquic_request(&url(&format!("/ipfs/{root}/hello.txt?format=raw")).replace("http://", "https://"), "GET", &[]);
+    let h3 = aioquic_request(
+        &url(&format!("/ipfs/{root}/hello.txt?format=raw")).replace("http://", "https://"),
+        "GET",
+        &[],
+    );
     assert_eq!(h3.status, 200);
     assert_eq!(h3.body, b"hello, ipfs\n");
 }
@@ -411,7 +509,10 @@ fn paths_resolve_through_hamt_sharded_directories() {
     let (status, _, _) = curl_get(&format!("{}/ipfs/{root}/f9999.txt", node.url()), &[]);
     assert_eq!(status, 404);
     // dag-scope=block at a path: the shards on the way, then the file.
-    let path = car_cids(&node, &format!("/ipfs/{root}/f0777.txt?format=car&dag-scope=block"));
+    let path = car_cids(
+        &node,
+        &format!("/ipfs/{root}/f0777.txt?format=car&dag-scope=block"),
+    );
     assert!(path.len() >= 2 && path.len() < 6, "{path:?}");
     assert_eq!(path[0], root_cid);
     // dag-scope=entity of the folder: every shard, no file.
@@ -433,7 +534,11 @@ fn verified_fetch_reads_files_and_directories_through_the_node() {
     let client = tmp.path().join("client");
     make_token(&client, &node);
     let root = ok(
-        cli(&client, &node, &["ipfs", "add", site.to_str().expect("utf-8")]),
+        cli(
+            &client,
+            &node,
+            &["ipfs", "add", site.to_str().expect("utf-8")],
+        ),
         "tessera ipfs add",
     );
     // Delegated routing names this node as the provider.
@@ -467,7 +572,10 @@ fn verified_fetch_reads_files_and_directories_through_the_node() {
     assert_eq!(lines.len(), 4, "{text}");
     let sha = |p: &str| {
         use sha2::Digest;
-        format!("{:x}", sha2::Sha256::digest(std::fs::read(site.join(p)).expect("read")))
+        format!(
+            "{:x}",
+            sha2::Sha256::digest(std::fs::read(site.join(p)).expect("read"))
+        )
     };
     assert_eq!(lines[0]["status"], 200);
     assert_eq!(lines[0]["sha256"], sha("hello.txt"));
@@ -496,7 +604,8 @@ fn the_pinning_service_compliance_suite_passes() {
         .current_dir(tmp.path())
         .output()
         .expect("pinning-service-compliance");
-    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     println!("{report}");
     let summary = report
         .lines()
@@ -548,7 +657,11 @@ fn pins_are_placed_moved_and_served_by_every_node() {
     let cars = tmp.path().join("cars");
     std::fs::create_dir_all(&cars).expect("mkdir");
     let root = pack(&site, &tmp.path().join("site.car"));
-    std::fs::rename(tmp.path().join("site.car"), cars.join(format!("{root}.car"))).expect("mv");
+    std::fs::rename(
+        tmp.path().join("site.car"),
+        cars.join(format!("{root}.car")),
+    )
+    .expect("mv");
     let port = free_addr().port();
     let mut origin = start_origin(port, &cars, false);
     let client = tmp.path().join("client");
@@ -558,17 +671,33 @@ fn pins_are_placed_moved_and_served_by_every_node() {
         &client,
         &nodes[1],
         &[
-            "ipfs", "pin", &root, "--name", "site", "--replicas", "2", "--wait",
-            "--origin", &format!("/ip4/127.0.0.1/tcp/{port}/http"),
+            "ipfs",
+            "pin",
+            &root,
+            "--name",
+            "site",
+            "--replicas",
+            "2",
+            "--wait",
+            "--origin",
+            &format!("/ip4/127.0.0.1/tcp/{port}/http"),
         ],
     );
     let line = ok(out, "tessera ipfs pin --wait");
     assert!(line.ends_with(" pinned"), "{line}");
-    let id = line.split_whitespace().next().expect("request id").to_string();
+    let id = line
+        .split_whitespace()
+        .next()
+        .expect("request id")
+        .to_string();
     let placed = placed_nodes(&nodes, &id);
     assert_eq!(placed.len(), 2, "{placed:?}");
     for &i in &placed {
-        assert_eq!(nodes[i].metric("tessera_ipfs_pins_pinned{service=\"ipfs\"}"), 1, "node {i}");
+        assert_eq!(
+            nodes[i].metric("tessera_ipfs_pins_pinned{service=\"ipfs\"}"),
+            1,
+            "node {i}"
+        );
     }
     // The origin goes away; every node still serves the content, from the
     // nodes that pinned it.
@@ -576,27 +705,48 @@ fn pins_are_placed_moved_and_served_by_every_node() {
     let _ = origin.wait();
     for n in &nodes {
         let (status, _, body) = curl_get(&format!("{}/ipfs/{root}/hello.txt", n.url()), &[]);
-        assert_eq!((status, &body[..]), (200, &b"hello, ipfs\n"[..]), "{}", n.url());
+        assert_eq!(
+            (status, &body[..]),
+            (200, &b"hello, ipfs\n"[..]),
+            "{}",
+            n.url()
+        );
     }
     // A placed node dies (not the first, whose ledger view the test reads):
     // the pin moves to a live node, which fetches it from the other holder.
-    let victim = *placed.iter().find(|&&i| i != 0).expect("a placed node other than 0");
+    let victim = *placed
+        .iter()
+        .find(|&&i| i != 0)
+        .expect("a placed node other than 0");
     nodes[victim].kill9();
     let observer = if victim == 0 { 1 } else { 0 };
-    within(Duration::from_secs(90), "re-placed and pinned on a live node", || {
-        let now = placed_nodes(&nodes, &id);
-        now.len() == 2
-            && !now.contains(&victim)
-            && now.iter().all(|&i| nodes[i].metric("tessera_ipfs_pins_pinned{service=\"ipfs\"}") == 1)
-    });
+    within(
+        Duration::from_secs(90),
+        "re-placed and pinned on a live node",
+        || {
+            let now = placed_nodes(&nodes, &id);
+            now.len() == 2
+                && !now.contains(&victim)
+                && now
+                    .iter()
+                    .all(|&i| nodes[i].metric("tessera_ipfs_pins_pinned{service=\"ipfs\"}") == 1)
+        },
+    );
     let (status, _, body) = curl_get(
         &format!("{}/pins/{id}", nodes[observer].url()),
-        &["-H", &format!("authorization: Bearer {}", saved_token(&client))],
+        &[
+            "-H",
+            &format!("authorization: Bearer {}", saved_token(&client)),
+        ],
     );
     assert_eq!(status, 200);
     let st: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(st["status"], "pinned", "{st}");
-    assert_eq!(st["pin"]["origins"][0], format!("/ip4/127.0.0.1/tcp/{port}/http"), "origins kept");
+    assert_eq!(
+        st["pin"]["origins"][0],
+        format!("/ip4/127.0.0.1/tcp/{port}/http"),
+        "origins kept"
+    );
 
     // An origin that flips a byte: the block is refused, the pin fails.
     let other = tmp.path().join("other");
@@ -605,15 +755,25 @@ fn pins_are_placed_moved_and_served_by_every_node() {
     let bad_cars = tmp.path().join("bad");
     std::fs::create_dir_all(&bad_cars).expect("mkdir");
     let bad_root = pack(&other, &tmp.path().join("o.car"));
-    std::fs::rename(tmp.path().join("o.car"), bad_cars.join(format!("{bad_root}.car"))).expect("mv");
+    std::fs::rename(
+        tmp.path().join("o.car"),
+        bad_cars.join(format!("{bad_root}.car")),
+    )
+    .expect("mv");
     let bad_port = free_addr().port();
     let _liar = start_origin(bad_port, &bad_cars, true);
     let out = cli(
         &client,
         &nodes[observer],
         &[
-            "ipfs", "pin", &bad_root, "--replicas", "1", "--wait",
-            "--origin", &format!("http://127.0.0.1:{bad_port}"),
+            "ipfs",
+            "pin",
+            &bad_root,
+            "--replicas",
+            "1",
+            "--wait",
+            "--origin",
+            &format!("http://127.0.0.1:{bad_port}"),
         ],
     );
     assert!(!out.status.success(), "the pin fails");
@@ -626,7 +786,8 @@ fn pins_are_placed_moved_and_served_by_every_node() {
         .sum();
     assert!(refused >= 1);
     // The bad block is on no node.
-    let (_, blocks) = read_car(&std::fs::read(bad_cars.join(format!("{bad_root}.car"))).expect("car"));
+    let (_, blocks) =
+        read_car(&std::fs::read(bad_cars.join(format!("{bad_root}.car"))).expect("car"));
     let last = blocks.last().expect("blocks").0;
     for (i, n) in nodes.iter().enumerate() {
         if i == victim {

@@ -289,7 +289,8 @@ mod tests {
                 )),
                 Err(Reject::DelegateTaken)
             );
-            reg.apply(&SignedTx::new(pin("p1"), 0, &token)).expect("pin");
+            reg.apply(&SignedTx::new(pin("p1"), 0, &token))
+                .expect("pin");
         }
         let reg = LocalRegistry::open(&path).expect("reopen");
         assert_eq!(
@@ -297,7 +298,11 @@ mod tests {
             Some(owner.verifying_key().to_bytes())
         );
         let all = reg.deployments();
-        assert_eq!(all["p1"].owner, owner.verifying_key().to_bytes(), "owned by the grantor");
+        assert_eq!(
+            all["p1"].owner,
+            owner.verifying_key().to_bytes(),
+            "owned by the grantor"
+        );
         // The delegate may not touch the owner's other services.
         reg.apply(&SignedTx::new(spec("shop", "a"), 1, &owner))
             .expect("owner's zone");
@@ -306,16 +311,27 @@ mod tests {
             Err(Reject::NotDeploymentOwner("shop".into()))
         );
         assert_eq!(
-            reg.apply(&SignedTx::new(Tx::Undeploy { name: "shop".into() }, 1, &token)),
+            reg.apply(&SignedTx::new(
+                Tx::Undeploy {
+                    name: "shop".into()
+                },
+                1,
+                &token
+            )),
             Err(Reject::NotDeploymentOwner("shop".into()))
         );
-        reg.apply(&SignedTx::new(Tx::Undeploy { name: "p1".into() }, 1, &token))
-            .expect("the delegate removes a pin");
+        reg.apply(&SignedTx::new(
+            Tx::Undeploy { name: "p1".into() },
+            1,
+            &token,
+        ))
+        .expect("the delegate removes a pin");
         // Revoked: the delegate's pins are its own account's again.
         reg.apply(&SignedTx::new(Tx::Revoke { delegate }, 2, &owner))
             .expect("revoke");
         assert!(reg.grant(&delegate).is_none());
-        reg.apply(&SignedTx::new(pin("p2"), 2, &token)).expect("pin");
+        reg.apply(&SignedTx::new(pin("p2"), 2, &token))
+            .expect("pin");
         assert_eq!(reg.deployments()["p2"].owner, delegate);
     }
 }

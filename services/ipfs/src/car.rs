@@ -95,8 +95,8 @@ fn read_varint(r: &mut impl Read) -> Result<Option<u64>, CarError> {
         r.read_exact(&mut buf[n..n + 1])?;
         n += 1;
     }
-    let (v, _) = unsigned_varint::decode::u64(&buf[..n])
-        .map_err(|e| bad(format!("a bad varint: {e}")))?;
+    let (v, _) =
+        unsigned_varint::decode::u64(&buf[..n]).map_err(|e| bad(format!("a bad varint: {e}")))?;
     Ok(Some(v))
 }
 

@@ -341,8 +341,8 @@ pub fn walk(
             }
             (Follow::File { base, from, to }, DAG_PB) => {
                 let n = node(&cid, &bytes)?;
-                let ranges = unixfs::child_ranges(&n)
-                    .map_err(|e| WalkError::Bad(format!("{cid}: {e}")))?;
+                let ranges =
+                    unixfs::child_ranges(&n).map_err(|e| WalkError::Bad(format!("{cid}: {e}")))?;
                 for (link, (off, size)) in n.links.iter().zip(ranges) {
                     let begin = base.saturating_add(off);
                     let end = begin.saturating_add(size);
@@ -369,8 +369,12 @@ pub fn walk(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entity {
     /// A UnixFS file (or a raw block) of this many bytes.
-    File { size: u64 },
-    Directory { entries: Vec<unixfs::Entry> },
+    File {
+        size: u64,
+    },
+    Directory {
+        entries: Vec<unixfs::Entry>,
+    },
     /// Something only a CAR or raw answer can carry (dag-cbor, a symlink).
     Other,
 }
@@ -397,7 +401,9 @@ pub fn entity(blocks: &dyn Blocks, cid: &Cid) -> Result<Entity, WalkError> {
         DAG_PB => {
             let n = node(cid, &bytes)?;
             match n.data.kind {
-                Kind::File | Kind::Raw => Ok(Entity::File { size: file_size(&n) }),
+                Kind::File | Kind::Raw => Ok(Entity::File {
+                    size: file_size(&n),
+                }),
                 Kind::Directory => Ok(Entity::Directory {
                     entries: n
                         .links
@@ -484,7 +490,11 @@ pub fn read_file(
                 }
                 stack.extend(children.into_iter().rev());
             }
-            other => return Err(WalkError::Bad(format!("{c}: codec 0x{other:x} is not a file"))),
+            other => {
+                return Err(WalkError::Bad(format!(
+                    "{c}: codec 0x{other:x} is not a file"
+                )))
+            }
         }
     }
     Ok(())

@@ -121,8 +121,14 @@ pub fn wants(query: &[u8], accept: Option<&[u8]>) -> Result<(Format, CarParams),
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let e = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(s, |i| i + 1);
+    let s = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let e = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(s, |i| i + 1);
     &b[s..e]
 }
 
@@ -275,15 +281,31 @@ mod tests {
     #[test]
     fn formats_come_from_the_query_or_accept() {
         let path = format!("/ipfs/{CID}");
-        assert_eq!(p(&path, "format=raw", None).expect("ok").format, Format::Raw);
-        assert_eq!(p(&path, "", Some("application/vnd.ipld.car")).expect("ok").format, Format::Car);
         assert_eq!(
-            p(&path, "format=car", Some("application/vnd.ipld.raw")).expect("ok").format,
+            p(&path, "format=raw", None).expect("ok").format,
+            Format::Raw
+        );
+        assert_eq!(
+            p(&path, "", Some("application/vnd.ipld.car"))
+                .expect("ok")
+                .format,
+            Format::Car
+        );
+        assert_eq!(
+            p(&path, "format=car", Some("application/vnd.ipld.raw"))
+                .expect("ok")
+                .format,
             Format::Car,
             "the query wins"
         );
-        assert_eq!(p(&path, "", Some("text/html, */*")).expect("ok").format, Format::Plain);
-        assert!(matches!(p(&path, "format=tar", None), Err(AskError::NotAcceptable(_))));
+        assert_eq!(
+            p(&path, "", Some("text/html, */*")).expect("ok").format,
+            Format::Plain
+        );
+        assert!(matches!(
+            p(&path, "format=tar", None),
+            Err(AskError::NotAcceptable(_))
+        ));
         let a = p(
             &path,
             "",
@@ -304,12 +326,22 @@ mod tests {
     #[test]
     fn car_parameters_are_checked() {
         let path = format!("/ipfs/{CID}/a%20b/c/");
-        let a = p(&path, "format=car&dag-scope=entity&entity-bytes=-10:*&car-dups=y", None)
-            .expect("ok");
+        let a = p(
+            &path,
+            "format=car&dag-scope=entity&entity-bytes=-10:*&car-dups=y",
+            None,
+        )
+        .expect("ok");
         assert_eq!(a.path, vec!["a b".to_string(), "c".to_string()]);
         assert!(a.trailing_slash);
         assert_eq!(a.scope, Scope::Entity);
-        assert_eq!(a.entity_bytes, Some(EntityBytes { from: -10, to: None }));
+        assert_eq!(
+            a.entity_bytes,
+            Some(EntityBytes {
+                from: -10,
+                to: None
+            })
+        );
         assert!(a.dups);
         for bad in [
             "dag-scope=most",
@@ -319,7 +351,10 @@ mod tests {
             "car-dups=maybe",
             "car-order=bfs",
         ] {
-            assert!(matches!(p(&path, bad, None), Err(AskError::Bad(_))), "{bad}");
+            assert!(
+                matches!(p(&path, bad, None), Err(AskError::Bad(_))),
+                "{bad}"
+            );
         }
         assert!(p("/ipfs/notacid", "", None).is_err());
         assert!(p(&format!("/ipfs/{CID}/../x"), "", None).is_err());

@@ -148,7 +148,10 @@ fn add_tree(dir: &Path, opts: &Options, sink: &mut Sink<'_>) -> io::Result<Optio
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name().into_string().map_err(|n| {
-            io::Error::other(format!("{}: a name that is not UTF-8", Path::new(&n).display()))
+            io::Error::other(format!(
+                "{}: a name that is not UTF-8",
+                Path::new(&n).display()
+            ))
         })?;
         if name.starts_with('.') && !opts.hidden {
             continue;
@@ -223,6 +226,9 @@ mod tests {
         // Equal chunks are one block, named four times.
         let node = crate::unixfs::decode_node(&blocks.last().expect("root").1).expect("node");
         assert_eq!(node.links.len(), 4);
-        assert_eq!(node.data.blocksizes, vec![CHUNK as u64, CHUNK as u64, CHUNK as u64, 5]);
+        assert_eq!(
+            node.data.blocksizes,
+            vec![CHUNK as u64, CHUNK as u64, CHUNK as u64, 5]
+        );
     }
 }

@@ -135,7 +135,8 @@ fn base32_lower() -> &'static data_encoding::Encoding {
     ENC.get_or_init(|| {
         let mut spec = data_encoding::Specification::new();
         spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-        spec.encoding().unwrap_or_else(|_| data_encoding::BASE32_NOPAD.clone())
+        spec.encoding()
+            .unwrap_or_else(|_| data_encoding::BASE32_NOPAD.clone())
     })
 }
 

@@ -92,13 +92,24 @@ impl PinSpec {
         if self.origins.len() > MAX_ORIGINS {
             return Err(format!("at most {MAX_ORIGINS} origins"));
         }
-        if let Some(o) = self.origins.iter().find(|o| o.len() > 1024 || origin_url(o).is_none()) {
+        if let Some(o) = self
+            .origins
+            .iter()
+            .find(|o| o.len() > 1024 || origin_url(o).is_none())
+        {
             return Err(format!(
                 "origin {o:?} is not an HTTP(S) URL or an /ip4|/ip6|/dns…/tcp/…/http(s) multiaddr"
             ));
         }
-        if self.meta.len() > MAX_META || self.meta.iter().any(|(k, v)| k.len() > 255 || v.len() > 2048) {
-            return Err(format!("at most {MAX_META} meta entries, keys of 255 and values of 2048 bytes"));
+        if self.meta.len() > MAX_META
+            || self
+                .meta
+                .iter()
+                .any(|(k, v)| k.len() > 255 || v.len() > 2048)
+        {
+            return Err(format!(
+                "at most {MAX_META} meta entries, keys of 255 and values of 2048 bytes"
+            ));
         }
         Ok(())
     }
@@ -132,7 +143,11 @@ pub fn origin_url(origin: &str) -> Option<String> {
         "ip6" => format!("[{}]", parts[2].parse::<std::net::Ipv6Addr>().ok()?),
         "dns" | "dns4" | "dns6" => {
             let h = parts[2];
-            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            {
                 return None;
             }
             h.to_string()
@@ -247,7 +262,10 @@ fn json(status: Status, v: &serde_json::Value) -> Reply {
 
 fn query_params(query: &[u8]) -> Vec<(String, String)> {
     let decode = |s: &[u8]| -> String {
-        let s: Vec<u8> = s.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+        let s: Vec<u8> = s
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
         let mut out = Vec::with_capacity(s.len());
         let mut i = 0;
         while i < s.len() {
@@ -282,7 +300,9 @@ fn request_id() -> String {
     let bytes: [u8; 16] = rand::random();
     let mut spec = data_encoding::Specification::new();
     spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-    let enc = spec.encoding().unwrap_or_else(|_| data_encoding::BASE32_NOPAD.clone());
+    let enc = spec
+        .encoding()
+        .unwrap_or_else(|_| data_encoding::BASE32_NOPAD.clone());
     format!("p{}", enc.encode(&bytes))
 }
 
@@ -328,19 +348,33 @@ impl Pins {
             usage: Mutex::new(HashMap::new()),
             me: Mutex::new(Weak::new()),
             replicas,
-            pinned_gauge: node.metrics.gauge("pins_pinned", "Pins placed here and held whole."),
-            pinned_bytes: node.metrics.gauge("pinned_bytes", "Bytes of the pins held here."),
+            pinned_gauge: node
+                .metrics
+                .gauge("pins_pinned", "Pins placed here and held whole."),
+            pinned_bytes: node
+                .metrics
+                .gauge("pinned_bytes", "Bytes of the pins held here."),
         }))
     }
 
     /// The origins recorded for `root` by any pin of it.
     pub fn origins_for(&self, root: &Cid) -> Vec<String> {
-        self.view.load().origins.get(root).cloned().unwrap_or_default()
+        self.view
+            .load()
+            .origins
+            .get(root)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The nodes pins of `root` are placed on.
     pub fn placed_for(&self, root: &Cid) -> Vec<SocketAddr> {
-        self.view.load().placed.get(root).cloned().unwrap_or_default()
+        self.view
+            .load()
+            .placed
+            .get(root)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Counts bytes served for the pin of `root`, if there is one.
@@ -371,10 +405,14 @@ impl Pins {
             .strip_prefix("Bearer ")
             .or_else(|| auth.strip_prefix("bearer "))
         else {
-            return Err(unauthorized("the Authorization header is not a Bearer token"));
+            return Err(unauthorized(
+                "the Authorization header is not a Bearer token",
+            ));
         };
         let Some(seed) = token_seed(token.trim()) else {
-            return Err(unauthorized("not a token of this network (tessera ipfs token makes one)"));
+            return Err(unauthorized(
+                "not a token of this network (tessera ipfs token makes one)",
+            ));
         };
         match self.node.deployments.delegate(&seed, SERVICE) {
             Some((_, owner)) => Ok((seed, owner)),
@@ -454,7 +492,12 @@ impl Pins {
         let regions: Vec<String> = pin
             .meta
             .get("regions")
-            .map(|r| r.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .map(|r| {
+                r.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         let id = request_id();
         let bytes = serde_json::to_vec(&spec).unwrap_or_default();
@@ -476,14 +519,15 @@ impl Pins {
         self.queued
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), (owner.to_string(), spec.clone(), Instant::now()));
+            .insert(
+                id.clone(),
+                (owner.to_string(), spec.clone(), Instant::now()),
+            );
         self.pin_now_if_whole(&id, &spec);
-        let status = self
-            .find(owner, &id)
-            .unwrap_or_else(|| {
-                let me: Vec<SocketAddr> = self.node.listen.into_iter().collect();
-                status_json(&id, "queued", &spec, &me, None)
-            });
+        let status = self.find(owner, &id).unwrap_or_else(|| {
+            let me: Vec<SocketAddr> = self.node.listen.into_iter().collect();
+            status_json(&id, "queued", &spec, &me, None)
+        });
         json(Status::Accepted, &status)
     }
 
@@ -509,19 +553,29 @@ impl Pins {
         let mut cids = Vec::new();
         let mut bytes = 0u64;
         let mut seen = HashSet::new();
-        let whole = dag::walk(&*self.index, &root, Scope::All, None, false, &mut seen, &mut |c, b| {
-            cids.push(*c);
-            bytes += b.len() as u64;
-            if cids.len() > 100_000 {
-                return Err(dag::WalkError::Stopped);
-            }
-            Ok(())
-        });
+        let whole = dag::walk(
+            &*self.index,
+            &root,
+            Scope::All,
+            None,
+            false,
+            &mut seen,
+            &mut |c, b| {
+                cids.push(*c);
+                bytes += b.len() as u64;
+                if cids.len() > 100_000 {
+                    return Err(dag::WalkError::Stopped);
+                }
+                Ok(())
+            },
+        );
         if whole.is_err() {
             return;
         }
         let blobs = self.index.blobs(&cids);
-        if self.index.store().pin(&blobs, true).is_err() || self.record_held(id, Some(&blobs)).is_err() {
+        if self.index.store().pin(&blobs, true).is_err()
+            || self.record_held(id, Some(&blobs)).is_err()
+        {
             return;
         }
         self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
@@ -577,10 +631,17 @@ impl Pins {
             if nodes.is_empty() {
                 nodes.extend(self.node.listen);
             }
-            out.push(status_json(&inst.name, &status, &spec, &nodes, info.as_deref()));
+            out.push(status_json(
+                &inst.name,
+                &status,
+                &spec,
+                &nodes,
+                info.as_deref(),
+            ));
         }
         let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-        queued.retain(|id, (_, _, at)| !seen.contains(id) && at.elapsed() < Duration::from_secs(600));
+        queued
+            .retain(|id, (_, _, at)| !seen.contains(id) && at.elapsed() < Duration::from_secs(600));
         for (id, (o, spec, _)) in queued.iter() {
             if o == owner {
                 let me: Vec<SocketAddr> = self.node.listen.into_iter().collect();
@@ -600,14 +661,21 @@ impl Pins {
         let params = query_params(query);
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let cids: Option<Vec<String>> = get("cid").map(|c| {
-            c.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            c.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
         });
         if let Some(c) = &cids {
             if c.len() > 10 {
                 return api_error(Status::BadRequest, "BAD_REQUEST", "at most 10 CIDs");
             }
             if let Some(bad) = c.iter().find(|c| parse_cid(c.as_bytes()).is_none()) {
-                return api_error(Status::BadRequest, "BAD_REQUEST", &format!("{bad:?} is not a CID"));
+                return api_error(
+                    Status::BadRequest,
+                    "BAD_REQUEST",
+                    &format!("{bad:?} is not a CID"),
+                );
             }
         }
         let limit = match get("limit") {
@@ -621,7 +689,10 @@ impl Pins {
             None => None,
             Some(s) => {
                 let list: Vec<String> = s.split(',').map(|x| x.trim().to_string()).collect();
-                if list.iter().any(|x| !["queued", "pinning", "pinned", "failed"].contains(&x.as_str())) {
+                if list
+                    .iter()
+                    .any(|x| !["queued", "pinning", "pinned", "failed"].contains(&x.as_str()))
+                {
                     return api_error(
                         Status::BadRequest,
                         "BAD_REQUEST",
@@ -633,17 +704,29 @@ impl Pins {
         };
         let matching = get("match").unwrap_or("exact");
         if !["exact", "iexact", "partial", "ipartial"].contains(&matching) {
-            return api_error(Status::BadRequest, "BAD_REQUEST", "match is exact, iexact, partial or ipartial");
+            return api_error(
+                Status::BadRequest,
+                "BAD_REQUEST",
+                "match is exact, iexact, partial or ipartial",
+            );
         }
         let name = get("name");
         if name.is_some_and(|n| n.len() > 255) {
-            return api_error(Status::BadRequest, "BAD_REQUEST", "a name is at most 255 characters");
+            return api_error(
+                Status::BadRequest,
+                "BAD_REQUEST",
+                "a name is at most 255 characters",
+            );
         }
         let before = get("before");
         let after = get("after");
         for t in [before, after].into_iter().flatten() {
             if !looks_like_time(t) {
-                return api_error(Status::BadRequest, "BAD_REQUEST", "before and after are RFC 3339 times");
+                return api_error(
+                    Status::BadRequest,
+                    "BAD_REQUEST",
+                    "before and after are RFC 3339 times",
+                );
             }
         }
         let meta: Option<BTreeMap<String, String>> = match get("meta") {
@@ -651,7 +734,11 @@ impl Pins {
             Some(m) => match serde_json::from_str(m) {
                 Ok(v) => Some(v),
                 Err(_) => {
-                    return api_error(Status::BadRequest, "BAD_REQUEST", "meta is a JSON object of strings")
+                    return api_error(
+                        Status::BadRequest,
+                        "BAD_REQUEST",
+                        "meta is a JSON object of strings",
+                    )
                 }
             },
         };
@@ -690,7 +777,8 @@ impl Pins {
                     && before.is_none_or(|b| created < b)
                     && after.is_none_or(|a| created > a)
                     && meta.as_ref().is_none_or(|m| {
-                        m.iter().all(|(k, v)| pin["meta"][k].as_str() == Some(v.as_str()))
+                        m.iter()
+                            .all(|(k, v)| pin["meta"][k].as_str() == Some(v.as_str()))
                     })
             })
             .collect();
@@ -718,7 +806,10 @@ impl Pins {
             Some(Local::Failed(why)) => ("failed", Some(why.clone())),
             None => ("queued", None),
         };
-        json(Status::Ok, &serde_json::json!({"status": status, "info": info}))
+        json(
+            Status::Ok,
+            &serde_json::json!({"status": status, "info": info}),
+        )
     }
 
     /// A pin's status over the nodes it is placed on.
@@ -837,7 +928,8 @@ impl Pins {
             let mut t = w.open_table(HELD).map_err(|e| e.to_string())?;
             match blobs {
                 Some(b) => {
-                    t.insert(name, b.concat().as_slice()).map_err(|e| e.to_string())?;
+                    t.insert(name, b.concat().as_slice())
+                        .map_err(|e| e.to_string())?;
                 }
                 None => {
                     t.remove(name).map_err(|e| e.to_string())?;
@@ -882,13 +974,25 @@ struct PinRequest {
 fn read_pin(body: RequestBody) -> Result<PinRequest, Reply> {
     let mut bytes = Vec::new();
     if body.take(MAX_PIN_BODY + 1).read_to_end(&mut bytes).is_err() {
-        return Err(api_error(Status::BadRequest, "BAD_REQUEST", "the body could not be read"));
+        return Err(api_error(
+            Status::BadRequest,
+            "BAD_REQUEST",
+            "the body could not be read",
+        ));
     }
     if bytes.len() as u64 > MAX_PIN_BODY {
-        return Err(api_error(Status::PayloadTooLarge, "PAYLOAD_TOO_LARGE", "a pin is at most 64 KiB"));
+        return Err(api_error(
+            Status::PayloadTooLarge,
+            "PAYLOAD_TOO_LARGE",
+            "a pin is at most 64 KiB",
+        ));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
-        api_error(Status::BadRequest, "BAD_REQUEST", &format!("not a Pin object: {e}"))
+        api_error(
+            Status::BadRequest,
+            "BAD_REQUEST",
+            &format!("not a Pin object: {e}"),
+        )
     })
 }
 
@@ -917,7 +1021,10 @@ fn status_json(
     }
     let mut info_map = serde_json::Map::new();
     if let Some(i) = info {
-        info_map.insert("status_details".into(), serde_json::Value::String(i.to_string()));
+        info_map.insert(
+            "status_details".into(),
+            serde_json::Value::String(i.to_string()),
+        );
     }
     serde_json::json!({
         "requestid": id,
@@ -987,7 +1094,10 @@ fn watch_round(ipfs: &Arc<Ipfs>, elapsed: Duration) {
     for name in pins.held_names() {
         if !here.contains_key(&name) {
             pins.release(&name);
-            pins.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            pins.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
         }
     }
     let mut to_start = Vec::new();
@@ -1062,23 +1172,31 @@ fn pin_here(ipfs: &Arc<Ipfs>, name: &str, spec: &PinSpec) -> Local {
         return Local::Failed("not a CID".into());
     };
     if !ipfs.fetch_dag(&root) {
-        return Local::Failed(format!(
-            "no origin or peer could serve {}",
-            cid_text(&root)
-        ));
+        return Local::Failed(format!("no origin or peer could serve {}", cid_text(&root)));
     }
     // Walk it all: what the CAR lacked is fetched block by block.
     let source = Fetching { ipfs };
     let mut cids = Vec::new();
     let mut bytes = 0u64;
     let mut seen = HashSet::new();
-    let walked = dag::walk(&source, &root, Scope::All, None, false, &mut seen, &mut |c, b| {
-        cids.push(*c);
-        bytes += b.len() as u64;
-        Ok(())
-    });
+    let walked = dag::walk(
+        &source,
+        &root,
+        Scope::All,
+        None,
+        false,
+        &mut seen,
+        &mut |c, b| {
+            cids.push(*c);
+            bytes += b.len() as u64;
+            Ok(())
+        },
+    );
     if let Err(e) = walked {
-        return Local::Failed(format!("the DAG under {} is not whole: {e}", cid_text(&root)));
+        return Local::Failed(format!(
+            "the DAG under {} is not whole: {e}",
+            cid_text(&root)
+        ));
     }
     let blobs = ipfs.index.blobs(&cids);
     if let Err(e) = ipfs.index.store().pin(&blobs, true) {
@@ -1111,7 +1229,11 @@ impl dag::Blocks for Fetching<'_> {
 
 /// The service as an `Arc`, for a streamed answer's producer.
 pub(crate) fn service_arc(ipfs: &Ipfs) -> Option<Arc<Ipfs>> {
-    ipfs.pins.me.lock().unwrap_or_else(|p| p.into_inner()).upgrade()
+    ipfs.pins
+        .me
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .upgrade()
 }
 
 #[cfg(test)]
@@ -1120,14 +1242,29 @@ mod tests {
 
     #[test]
     fn origins_become_gateway_urls() {
-        assert_eq!(origin_url("/ip4/127.0.0.1/tcp/8080/http").as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(
+            origin_url("/ip4/127.0.0.1/tcp/8080/http").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
         assert_eq!(
             origin_url("/dns4/example.com/tcp/443/https/p2p/12D3KooWabc").as_deref(),
             Some("https://example.com:443")
         );
-        assert_eq!(origin_url("/ip6/::1/tcp/80/http").as_deref(), Some("http://[::1]:80"));
-        assert_eq!(origin_url("https://gw.example/").as_deref(), Some("https://gw.example"));
-        for bad in ["/ip4/1.2.3.4/tcp/4001/p2p/12D3KooW", "/ip4/x/tcp/80/http", "ftp://x", "", "/dns4/a b/tcp/1/http"] {
+        assert_eq!(
+            origin_url("/ip6/::1/tcp/80/http").as_deref(),
+            Some("http://[::1]:80")
+        );
+        assert_eq!(
+            origin_url("https://gw.example/").as_deref(),
+            Some("https://gw.example")
+        );
+        for bad in [
+            "/ip4/1.2.3.4/tcp/4001/p2p/12D3KooW",
+            "/ip4/x/tcp/80/http",
+            "ftp://x",
+            "",
+            "/dns4/a b/tcp/1/http",
+        ] {
             assert_eq!(origin_url(bad), None, "{bad}");
         }
     }

@@ -108,11 +108,20 @@ impl Ipfs {
             .map_err(|e| format!("cannot open the block index: {e}"))?;
         let m = &node.metrics;
         let counters = Counters {
-            raw_on_core: m.counter("raw_blocks_on_core", "Raw blocks answered on the core, as blobs."),
+            raw_on_core: m.counter(
+                "raw_blocks_on_core",
+                "Raw blocks answered on the core, as blobs.",
+            ),
             car_answers: m.counter("car_answers", "CAR answers."),
             plain_answers: m.counter("file_answers", "Files and listings answered."),
-            blocks_fetched: m.counter("blocks_fetched", "Blocks fetched from origins and peers, verified and kept."),
-            blocks_refused: m.counter("blocks_refused", "Blocks refused: they did not hash to their CID, or were not asked for."),
+            blocks_fetched: m.counter(
+                "blocks_fetched",
+                "Blocks fetched from origins and peers, verified and kept.",
+            ),
+            blocks_refused: m.counter(
+                "blocks_refused",
+                "Blocks refused: they did not hash to their CID, or were not asked for.",
+            ),
             bytes_served: m.counter("bytes_served", "Body bytes of CAR and file answers."),
             blocks: m.gauge("blocks", "Blocks in the index."),
         };
@@ -519,12 +528,21 @@ impl Ipfs {
                     emit(c, &b).map_err(|e| e.to_string())?;
                 }
             }
-            dag::walk(&source, &resolved.cid, scope, range, dups, &mut seen, &mut emit)
-                .map_err(|e| e.to_string())?;
+            dag::walk(
+                &source,
+                &resolved.cid,
+                scope,
+                range,
+                dups,
+                &mut seen,
+                &mut emit,
+            )
+            .map_err(|e| e.to_string())?;
             sent += buf.len() as u64;
             me.counters.bytes_served.fetch_add(sent, Ordering::Relaxed);
             me.pins.served(&root, sent);
-            out.send(buf).map_err(|_| "the client went away".to_string())
+            out.send(buf)
+                .map_err(|_| "the client went away".to_string())
         });
         with_common(reply)
             .header("etag", etag)
@@ -772,7 +790,6 @@ impl Blocks for Source<'_> {
         Ok(self.ipfs.fetch_block(cid))
     }
 }
-
 
 impl Service for Ipfs {
     fn name(&self) -> &str {
