@@ -701,8 +701,7 @@ fn pins_are_placed_moved_and_served_by_every_node() {
     }
     // The origin goes away; every node still serves the content, from the
     // nodes that pinned it.
-    let _ = origin.kill();
-    let _ = origin.wait();
+    origin.kill();
     for n in &nodes {
         let (status, _, body) = curl_get(&format!("{}/ipfs/{root}/hello.txt", n.url()), &[]);
         assert_eq!(
@@ -808,7 +807,24 @@ fn saved_token(client: &Path) -> String {
         .to_string()
 }
 
-fn start_origin(port: u16, dir: &Path, flip: bool) -> std::process::Child {
+/// A trustless-gateway origin (`tests/ipfs/origin.py`), killed when dropped,
+/// even when the test panics.
+struct Origin(std::process::Child);
+
+impl Origin {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start_origin(port: u16, dir: &Path, flip: bool) -> Origin {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ipfs/origin.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script).arg(port.to_string()).arg(dir);
@@ -826,7 +842,7 @@ fn start_origin(port: u16, dir: &Path, flip: bool) -> std::process::Child {
     )
     .expect("origin ready");
     assert_eq!(line.trim(), "ready");
-    child
+    Origin(child)
 }
 
 /// Indexes of the nodes `name` is placed on, as a live node sees it.

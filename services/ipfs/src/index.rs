@@ -196,6 +196,28 @@ impl Index {
         Ok(())
     }
 
+    /// Drops blocks from the index (blocks a CAR brought that its root does
+    /// not reach). Their blobs stay in the store, unpinned, for it to evict.
+    pub fn forget(&self, cids: &[Cid]) -> io::Result<()> {
+        if cids.is_empty() {
+            return Ok(());
+        }
+        let _g = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = Map::clone(&self.map.load());
+        let w = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = w.open_table(BLOCKS).map_err(err)?;
+            for cid in cids {
+                let key = block_key(cid);
+                t.remove(&key[..]).map_err(err)?;
+                map.remove(&key[..]);
+            }
+        }
+        w.commit().map_err(err)?;
+        self.map.store(Arc::new(map));
+        Ok(())
+    }
+
     /// The blob holding each block here (for pinning).
     pub fn blobs(&self, cids: &[Cid]) -> Vec<Hash> {
         let map = self.map.load();

@@ -1171,11 +1171,19 @@ fn pin_here(ipfs: &Arc<Ipfs>, name: &str, spec: &PinSpec) -> Local {
     let Some(root) = spec.root() else {
         return Local::Failed("not a CID".into());
     };
-    if !ipfs.fetch_dag(&root) {
-        return Local::Failed(format!("no origin or peer could serve {}", cid_text(&root)));
+    if !ipfs.fetch_dag(&root, &root) {
+        return Local::Failed(match ipfs.first_missing(&root) {
+            Some(m) if m == root => format!("no origin or peer could serve {}", cid_text(&root)),
+            Some(m) => format!(
+                "no origin or peer could serve block {} of {}",
+                cid_text(&m),
+                cid_text(&root)
+            ),
+            None => format!("{} could not be read back", cid_text(&root)),
+        });
     }
-    // Walk it all: what the CAR lacked is fetched block by block.
-    let source = Fetching { ipfs };
+    // Walk it all, as a check and to name its blocks.
+    let source = Fetching { ipfs, root };
     let mut cids = Vec::new();
     let mut bytes = 0u64;
     let mut seen = HashSet::new();
@@ -1213,6 +1221,7 @@ fn pin_here(ipfs: &Arc<Ipfs>, name: &str, spec: &PinSpec) -> Local {
 
 struct Fetching<'a> {
     ipfs: &'a Arc<Ipfs>,
+    root: Cid,
 }
 
 impl dag::Blocks for Fetching<'_> {
@@ -1220,7 +1229,7 @@ impl dag::Blocks for Fetching<'_> {
         if let Some(b) = dag::Blocks::block(&*self.ipfs.index, cid)? {
             return Ok(Some(b));
         }
-        if self.ipfs.fetch_dag(cid) {
+        if self.ipfs.fetch_dag(cid, &self.root) {
             return dag::Blocks::block(&*self.ipfs.index, cid);
         }
         Ok(None)

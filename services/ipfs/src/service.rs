@@ -232,33 +232,82 @@ impl Ipfs {
         out
     }
 
-    /// Fetches the DAG under `root` as a CAR from the first source that has
-    /// it; blocks are kept only if they verify and the DAG links to them.
-    /// True once the root is here.
-    pub(crate) fn fetch_dag(&self, root: &Cid) -> bool {
-        if self.index.has(root) {
+    /// The first block of the DAG under `root` that this node lacks, in
+    /// depth-first order; None when it holds the DAG whole. Raw blocks have
+    /// no links, so they are looked up, not read.
+    pub(crate) fn first_missing(&self, root: &Cid) -> Option<Cid> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![*root];
+        while let Some(cid) = stack.pop() {
+            if crate::identity_block(&cid).is_some() || !seen.insert(cid) {
+                continue;
+            }
+            if cid.codec() == crate::RAW {
+                if !self.index.has(&cid) {
+                    return Some(cid);
+                }
+                continue;
+            }
+            match self.index.block(&cid) {
+                Ok(Some(block)) => {
+                    let mut l = links(&cid, &block);
+                    l.reverse();
+                    stack.extend(l);
+                }
+                _ => return Some(cid),
+            }
+        }
+        None
+    }
+
+    /// Fetches the DAG under `root` until this node holds it whole: from
+    /// the peers (which answer from their stores only, and may hold part of
+    /// it while they fetch it themselves), then from the origins recorded
+    /// for `pin` (the root of the pin this is for). Each round asks every
+    /// source for the first block still missing, with everything under it,
+    /// as a CAR; only blocks that verify and that the DAG links to are kept.
+    /// It stops when a round over every source brings nothing new. True
+    /// once the DAG is whole.
+    pub(crate) fn fetch_dag(&self, root: &Cid, pin: &Cid) -> bool {
+        let Some(mut missing) = self.first_missing(root) else {
             return true;
+        };
+        let sources = self.sources(pin);
+        loop {
+            let before = self.index.len();
+            for (base, peer) in &sources {
+                // An origin may serve only the root it was named for, so it
+                // is asked for the root: what is held already is not kept twice.
+                let ask = if *peer { missing } else { *root };
+                let url = format!("{base}/ipfs/{}?format=car&dag-scope=all", cid_text(&ask));
+                let mut req = self.agent.get(&url).header("accept", car::MEDIA_TYPE);
+                if *peer {
+                    req = req.header("cache-control", "only-if-cached");
+                }
+                let resp = match req.call() {
+                    Ok(r) if r.status() == 200 => r,
+                    Ok(r) => {
+                        tracing::debug!("ipfs: {url}: {}", r.status());
+                        continue;
+                    }
+                    Err(why) => {
+                        tracing::debug!("ipfs: {url}: {why}");
+                        continue;
+                    }
+                };
+                let mut body = resp.into_body();
+                if let Err(why) = self.ingest(&mut body.as_reader(), Some(&ask)) {
+                    tracing::warn!("ipfs: {url}: {why}");
+                }
+                match self.first_missing(root) {
+                    None => return true,
+                    Some(m) => missing = m,
+                }
+            }
+            if self.index.len() == before {
+                return false;
+            }
         }
-        for (base, peer) in self.sources(root) {
-            let url = format!("{base}/ipfs/{}?format=car&dag-scope=all", cid_text(root));
-            let mut req = self.agent.get(&url).header("accept", car::MEDIA_TYPE);
-            if peer {
-                req = req.header("cache-control", "only-if-cached");
-            }
-            let Ok(resp) = req.call() else {
-                continue;
-            };
-            if resp.status() != 200 {
-                continue;
-            }
-            let mut body = resp.into_body();
-            match self.ingest(&mut body.as_reader(), Some(root)) {
-                Ok(_) if self.index.has(root) => return true,
-                Ok(_) => {}
-                Err(why) => tracing::warn!("ipfs: {url}: {why}"),
-            }
-        }
-        self.index.has(root)
     }
 
     /// Fetches one block from the first source that has it, verified.
@@ -302,39 +351,58 @@ impl Ipfs {
         None
     }
 
-    /// Reads a CAR into the index. With `root`, only blocks the DAG under it
-    /// links to are kept (a source cannot fill the store with blocks nobody
-    /// asked for), in the order a DFS CAR brings them; the first block that
-    /// does not verify ends the read (the source is lying). Blocks kept.
+    /// Reads a CAR into the index, each block verified; the first block
+    /// that does not verify ends the read (the source is lying), and what
+    /// verified before it is kept. With `root`, only blocks the DAG under it
+    /// links to stay indexed, whatever order the CAR brings them in (a DFS
+    /// CAR from a gateway brings parents first, `ipfs-car pack` brings them
+    /// last): the others are forgotten at the end, so a source cannot fill
+    /// the index with blocks nobody asked for, and it may send at most
+    /// `max_import_mb`. Blocks newly indexed and kept.
     pub(crate) fn ingest(&self, r: &mut dyn Read, root: Option<&Cid>) -> Result<u64, String> {
         let mut car = CarReader::new(r).map_err(|e| e.to_string())?;
+        let limit = self.config.max_import_mb << 20;
+        let mut read = 0u64;
+        // Reached from the root (or held before); their links are wanted.
         let mut wanted: HashSet<Cid> = HashSet::new();
+        // Indexed by this read but not (yet) reached: their links.
+        let mut unreached: std::collections::HashMap<Cid, Vec<Cid>> = Default::default();
         if let Some(root) = root {
             wanted.insert(*root);
         }
         let mut kept = 0u64;
         let mut batch: Vec<(Cid, Vec<u8>)> = Vec::new();
         let mut batch_bytes = 0usize;
+        let mut result = Ok(());
         loop {
-            let next = car.next_block().map_err(|e| e.to_string())?;
-            let Some((cid, block)) = next else {
-                break;
-            };
-            if root.is_some() && !wanted.remove(&cid) {
-                // Not linked from what came before (or a duplicate).
-                if !self.index.has(&cid) {
-                    self.counters.blocks_refused.fetch_add(1, Ordering::Relaxed);
+            let (cid, block) = match car.next_block() {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(e.to_string());
+                    break;
                 }
-                continue;
+            };
+            read += block.len() as u64;
+            if read > limit {
+                result = Err(format!("the CAR holds more than {} MiB", limit >> 20));
+                break;
             }
             if let Err(e) = verify_block(&cid, &block) {
                 self.counters.blocks_refused.fetch_add(1, Ordering::Relaxed);
-                self.flush(&mut batch, &mut kept)?;
-                return Err(format!("block {cid}: {e}"));
+                result = Err(format!("block {cid}: {e}"));
+                break;
             }
             if root.is_some() {
-                for l in links(&cid, &block) {
-                    wanted.insert(l);
+                let reached = wanted.remove(&cid);
+                if !reached && (self.index.has(&cid) || unreached.contains_key(&cid)) {
+                    continue; // held already, or a duplicate
+                }
+                let out = links(&cid, &block);
+                if reached {
+                    wanted.extend(out);
+                } else {
+                    unreached.insert(cid, out);
                 }
             }
             batch_bytes += block.len();
@@ -345,7 +413,22 @@ impl Ipfs {
             }
         }
         self.flush(&mut batch, &mut kept)?;
-        Ok(kept)
+        if root.is_some() && !unreached.is_empty() {
+            // Blocks that came before their parents are reached now.
+            let mut todo: Vec<Cid> = wanted.into_iter().collect();
+            while let Some(c) = todo.pop() {
+                if let Some(out) = unreached.remove(&c) {
+                    todo.extend(out);
+                }
+            }
+            let stray: Vec<Cid> = unreached.into_keys().collect();
+            self.counters
+                .blocks_refused
+                .fetch_add(stray.len() as u64, Ordering::Relaxed);
+            kept -= stray.len() as u64;
+            self.index.forget(&stray).map_err(|e| e.to_string())?;
+        }
+        result.map(|()| kept)
     }
 
     fn flush(&self, batch: &mut Vec<(Cid, Vec<u8>)>, kept: &mut u64) -> Result<(), String> {
@@ -384,7 +467,17 @@ impl Ipfs {
                     &format!("{} is not on this node (only-if-cached)", ask.cid),
                 );
             }
-            if !self.fetch_dag(&ask.cid) && self.fetch_block(&ask.cid).is_none() {
+            // A whole DAG is fetched at once for a CAR of all of it; for
+            // anything else the root is enough, and the walk fetches what
+            // else it needs, block by block.
+            let fetched =
+                if ask.format == Format::Car && ask.scope == dag::Scope::All && ask.path.is_empty()
+                {
+                    self.fetch_dag(&ask.cid, &ask.cid)
+                } else {
+                    self.fetch_block(&ask.cid).is_some()
+                };
+            if !fetched {
                 return text(
                     Status::NotFound,
                     &format!("{} is not on this node, its origins or its peers", ask.cid),
