@@ -253,6 +253,9 @@ pub fn file_size(n: &unixfs::Node) -> u64 {
     })
 }
 
+/// What a walk hands each block it takes to; an error stops the walk.
+pub type Emit<'a> = dyn FnMut(&Cid, &[u8]) -> Result<(), WalkError> + 'a;
+
 /// Walks the DAG under `root` in depth-first order (a block before its
 /// children, children in link order), calling `emit` for each block the
 /// scope takes; with `dups` false a block is sent once.
@@ -263,7 +266,7 @@ pub fn walk(
     range: Option<EntityBytes>,
     dups: bool,
     seen: &mut HashSet<Cid>,
-    emit: &mut dyn FnMut(&Cid, &[u8]) -> Result<(), WalkError>,
+    emit: &mut Emit<'_>,
 ) -> Result<(), WalkError> {
     // (cid, how to follow it); popped from the end.
     let mut stack: Vec<(Cid, Option<Follow>)> = vec![(*root, None)];

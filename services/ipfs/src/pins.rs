@@ -210,7 +210,8 @@ pub struct Pins {
     /// Pins asked for here that the deployments do not show yet (the ledger
     /// orders them first): request id → (owner, spec).
     queued: Mutex<HashMap<String, (String, PinSpec, Instant)>>,
-    remote: Mutex<HashMap<String, (Instant, String, Option<String>)>>,
+    /// Other nodes' answers for their part of a pin, cached a second.
+    remote: Mutex<HashMap<String, RemoteStatus>>,
     usage: Mutex<HashMap<String, Use>>,
     /// The service, for the watcher's threads.
     me: Mutex<Weak<Ipfs>>,
@@ -1056,6 +1057,9 @@ pub(crate) fn start_watcher(ipfs: &Arc<Ipfs>) {
             }
         });
 }
+
+/// When another node answered for its part of a pin: its status and info.
+type RemoteStatus = (Instant, String, Option<String>);
 
 /// Most pins fetched at once on one node.
 const FETCHES_AT_ONCE: usize = 4;

@@ -187,9 +187,12 @@ impl Ipfs {
             return false;
         };
         let authority = rest.split('/').next().unwrap_or("");
-        let host_port = if authority.contains(':') && !authority.starts_with('[') {
-            authority.to_string()
-        } else if authority.starts_with('[') {
+        // A port after the host (after the `]` of an IPv6 literal).
+        let has_port = match authority.rfind(']') {
+            Some(i) => authority[i..].contains(':'),
+            None => authority.contains(':'),
+        };
+        let host_port = if has_port {
             authority.to_string()
         } else {
             format!("{authority}:80")
