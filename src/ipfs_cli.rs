@@ -79,6 +79,7 @@ pub struct AddArgs {
 #[derive(clap::Args)]
 pub struct PinArgs {
     pub cid: String,
+    /// The pin's name (the spec's `name`, for `ls` and filters).
     #[arg(long)]
     pub name: Option<String>,
     /// Where the content may be fetched from: a gateway URL or an

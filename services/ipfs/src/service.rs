@@ -49,7 +49,9 @@ pub struct IpfsConfig {
     /// addresses. Off by default: a pin request could otherwise make the
     /// node probe its operator's network.
     pub allow_private_origins: bool,
-    /// The largest CAR `POST /ipfs/_import` takes, MiB.
+    /// The most new block bytes one CAR may bring, MiB: a `POST
+    /// /ipfs/_import`, or one answer of an origin or peer (a larger DAG is
+    /// fetched in more answers).
     pub max_import_mb: u64,
     /// Peers asked for a block or DAG this node lacks, nearest first.
     pub peers_asked: usize,
@@ -235,6 +237,32 @@ impl Ipfs {
         out
     }
 
+    /// One CAR of the DAG under `cid` from one source (a peer answers from
+    /// its store only), read into the index. Whether the source answered.
+    fn fetch_car(&self, base: &str, peer: bool, cid: &Cid) -> bool {
+        let url = format!("{base}/ipfs/{}?format=car&dag-scope=all", cid_text(cid));
+        let mut req = self.agent.get(&url).header("accept", car::MEDIA_TYPE);
+        if peer {
+            req = req.header("cache-control", "only-if-cached");
+        }
+        let resp = match req.call() {
+            Ok(r) if r.status() == 200 => r,
+            Ok(r) => {
+                tracing::debug!("ipfs: {url}: {}", r.status());
+                return false;
+            }
+            Err(why) => {
+                tracing::debug!("ipfs: {url}: {why}");
+                return false;
+            }
+        };
+        let mut body = resp.into_body();
+        if let Err(why) = self.ingest(&mut body.as_reader(), Some(cid)) {
+            tracing::warn!("ipfs: {url}: {why}");
+        }
+        true
+    }
+
     /// The first block of the DAG under `root` that this node lacks, in
     /// depth-first order; None when it holds the DAG whole. Raw blocks have
     /// no links, so they are looked up, not read.
@@ -269,45 +297,37 @@ impl Ipfs {
     /// for `pin` (the root of the pin this is for). Each round asks every
     /// source for the first block still missing, with everything under it,
     /// as a CAR; only blocks that verify and that the DAG links to are kept.
-    /// It stops when a round over every source brings nothing new. True
-    /// once the DAG is whole.
+    /// It stops when a round over every source does not bring that block.
+    /// True once the DAG is whole.
     pub(crate) fn fetch_dag(&self, root: &Cid, pin: &Cid) -> bool {
         let Some(mut missing) = self.first_missing(root) else {
             return true;
         };
         let sources = self.sources(pin);
         loop {
-            let before = self.index.len();
+            // DFS order: a round that did not bring the first block
+            // missing cannot make the DAG whole.
+            let start = missing;
             for (base, peer) in &sources {
-                // An origin may serve only the root it was named for, so it
-                // is asked for the root: what is held already is not kept twice.
-                let ask = if *peer { missing } else { *root };
-                let url = format!("{base}/ipfs/{}?format=car&dag-scope=all", cid_text(&ask));
-                let mut req = self.agent.get(&url).header("accept", car::MEDIA_TYPE);
-                if *peer {
-                    req = req.header("cache-control", "only-if-cached");
+                // Peers are asked for the first block missing and what is
+                // under it; an origin too, then for the root (one that
+                // serves only the root it was named for): what is held
+                // already is not kept twice.
+                let mut asks = vec![missing];
+                if !*peer && missing != *root {
+                    asks.push(*root);
                 }
-                let resp = match req.call() {
-                    Ok(r) if r.status() == 200 => r,
-                    Ok(r) => {
-                        tracing::debug!("ipfs: {url}: {}", r.status());
-                        continue;
+                for ask in asks {
+                    if self.fetch_car(base, *peer, &ask) {
+                        break;
                     }
-                    Err(why) => {
-                        tracing::debug!("ipfs: {url}: {why}");
-                        continue;
-                    }
-                };
-                let mut body = resp.into_body();
-                if let Err(why) = self.ingest(&mut body.as_reader(), Some(&ask)) {
-                    tracing::warn!("ipfs: {url}: {why}");
                 }
                 match self.first_missing(root) {
                     None => return true,
                     Some(m) => missing = m,
                 }
             }
-            if self.index.len() == before {
+            if missing == start {
                 return false;
             }
         }
@@ -386,11 +406,6 @@ impl Ipfs {
                     break;
                 }
             };
-            read += block.len() as u64;
-            if read > limit {
-                result = Err(format!("the CAR holds more than {} MiB", limit >> 20));
-                break;
-            }
             if let Err(e) = verify_block(&cid, &block) {
                 self.counters.blocks_refused.fetch_add(1, Ordering::Relaxed);
                 result = Err(format!("block {cid}: {e}"));
@@ -401,12 +416,22 @@ impl Ipfs {
                 if !reached && (self.index.has(&cid) || unreached.contains_key(&cid)) {
                     continue; // held already, or a duplicate
                 }
+                if reached && self.index.has(&cid) {
+                    wanted.extend(links(&cid, &block));
+                    continue; // held already: not stored again
+                }
                 let out = links(&cid, &block);
                 if reached {
                     wanted.extend(out);
                 } else {
                     unreached.insert(cid, out);
                 }
+            }
+            // Only new blocks count against the limit.
+            read += block.len() as u64;
+            if read > limit {
+                result = Err(format!("more than {} MiB of new blocks", limit >> 20));
+                break;
             }
             batch_bytes += block.len();
             batch.push((cid, block));
