@@ -287,7 +287,10 @@ fn malformed_forged_and_replayed_deployments_are_refused() {
         &SignedTx::new(Tx::Deposit { amount: 5 }, 1, &key).encode(),
     );
     assert_eq!(status, 400);
-    assert!(body.contains("Deploy and Undeploy only"), "{body}");
+    assert!(
+        body.contains("Deploy, Undeploy, Grant and Revoke only"),
+        "{body}"
+    );
 }
 
 #[test]

@@ -864,3 +864,114 @@ fn placed_nodes(nodes: &[Node], name: &str) -> Vec<usize> {
         })
         .collect()
 }
+
+/// A pin's owner pays, through the ledger, for the bytes its pin holds over
+/// time and for the bytes served from it, raw blocks answered on the core
+/// included; nobody else pays for it.
+#[test]
+fn a_pins_owner_pays_for_what_it_holds_and_serves() {
+    const PRICE: u64 = 3;
+    let nodes = ledger_committee(
+        &[100, 100, 100, 100],
+        4,
+        6_000,
+        &format!("price_per_byte = {PRICE}\n"),
+        "[services.ipfs]\nwatch_ms = 200\n",
+        &[],
+    );
+    let json = |n: &Node, path: &str| -> Option<serde_json::Value> {
+        let (status, _, body) = n.get(path);
+        (status == 200).then(|| serde_json::from_slice(&body).ok())?
+    };
+    within(Duration::from_secs(90), "4 staked nodes", || {
+        json(&nodes[0], "/ledger/reputation").and_then(|v| v["nodes"].as_array().map(|a| a.len()))
+            == Some(4)
+    });
+    let tmp = tempfile::tempdir().expect("tmp");
+    let client = tmp.path().join("owner");
+    let out = Command::new(BIN)
+        .args(["account", "--json", "--deposit", "100000000", "--node"])
+        .arg(nodes[0].url())
+        .env("TESSERA_CLIENT_DIR", &client)
+        .output()
+        .expect("account");
+    let owner: serde_json::Value = serde_json::from_str(&ok(out, "deposit")).expect("json");
+    let owner = owner["id"].as_str().expect("id").to_string();
+    make_token(&client, &nodes[1]);
+    // One raw block of 300 kB, imported at node 1; placed on two nodes,
+    // which fetch it from node 1.
+    let data = random_bytes(300_000, 5);
+    std::fs::write(tmp.path().join("data.bin"), &data).expect("write");
+    let path = tmp.path().join("data.bin");
+    let cid = ok(
+        cli(
+            &client,
+            &nodes[1],
+            &["ipfs", "add", "--no-wrap", path.to_str().expect("utf-8")],
+        ),
+        "tessera ipfs add",
+    );
+    assert!(cid.starts_with("bafkrei"), "{cid}");
+    let listed = ok(cli(&client, &nodes[1], &["ipfs", "ls"]), "tessera ipfs ls");
+    let id = listed
+        .lines()
+        .find(|l| l.contains(&cid))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the pin listed")
+        .to_string();
+    let mut runners = Vec::new();
+    within(Duration::from_secs(60), "pinned on two nodes", || {
+        runners = placed_nodes(&nodes, &id);
+        runners.len() == 2
+            && runners
+                .iter()
+                .all(|&i| nodes[i].metric("tessera_ipfs_pins_pinned{service=\"ipfs\"}") == 1)
+    });
+    // The same traffic at each: raw blocks (on the core) and CARs.
+    let car_len = curl_get(
+        &format!("{}/ipfs/{cid}?format=car", nodes[runners[0]].url()),
+        &[],
+    )
+    .2
+    .len() as u64;
+    let mut served = car_len;
+    for &i in &runners {
+        for _ in 0..3 {
+            let (status, _, body) =
+                curl_get(&format!("{}/ipfs/{cid}?format=raw", nodes[i].url()), &[]);
+            assert_eq!((status, body.len()), (200, data.len()));
+            served += data.len() as u64;
+        }
+        if i != runners[0] {
+            let (status, _, body) =
+                curl_get(&format!("{}/ipfs/{cid}?format=car", nodes[i].url()), &[]);
+            assert_eq!(status, 200);
+            served += body.len() as u64;
+        }
+    }
+    let charged = || -> u64 {
+        let epoch = json(&nodes[0], "/ledger/status").expect("status")["epoch"]
+            .as_u64()
+            .expect("epoch");
+        (0..epoch)
+            .filter_map(|e| json(&nodes[0], &format!("/ledger/rewards/{e}")))
+            .map(|v| v["deployments_charged"][id.as_str()].as_u64().unwrap_or(0))
+            .sum()
+    };
+    // Serving alone is `served` units; holding adds a little every epoch.
+    within(
+        Duration::from_secs(120),
+        "the bytes served charged to the owner",
+        || charged() >= served * PRICE,
+    );
+    within(
+        Duration::from_secs(60),
+        "the owner's balance is what it paid",
+        || {
+            let before = charged();
+            let balance = json(&nodes[0], &format!("/ledger/account/{owner}"))
+                .and_then(|v| v["balance"].as_u64());
+            before == charged() && balance == Some(100_000_000 - before)
+        },
+    );
+}

@@ -11,7 +11,9 @@
 //!   id, its spec the pin ([`PinSpec`]: CID, name, origins, meta, when it was
 //!   asked for), signed with the token's key. Placement chooses the nodes
 //!   (replicas 2 unless `meta` says `replicas`); the origins are kept in the
-//!   spec, so in the ledger, for as long as the pin lives.
+//!   spec, so in the ledger, for as long as the pin lives, and every node
+//!   that saw the pin keeps them for good (`pins.redb`, table `origins`),
+//!   after the pin is gone, as where that CID may be fetched from.
 //! - **The watcher** fetches each pin placed on this node (whole DAG, every
 //!   block verified, from the origins and from peers), pins its blobs so they
 //!   are never evicted, and lets go of them when the pin moves away or is
@@ -61,6 +63,28 @@ pub const MAX_META: usize = 64;
 const STATUS_TTL: Duration = Duration::from_secs(1);
 
 const HELD: TableDefinition<&str, &[u8]> = TableDefinition::new("held");
+/// Root CID (bytes) → the origins any pin of it ever named (JSON list):
+/// kept after the pins are gone, so content that fell off IPFS can still
+/// be fetched from where it once was.
+const ORIGINS: TableDefinition<&[u8], &str> = TableDefinition::new("origins");
+/// Most origins kept per CID (the first named win).
+const MAX_KEPT_ORIGINS: usize = 32;
+
+/// Adds the origins in `new` that `kept` lacks, up to [`MAX_KEPT_ORIGINS`];
+/// whether `kept` changed.
+fn merge_origins(kept: &mut Vec<String>, new: &[String]) -> bool {
+    let mut changed = false;
+    for o in new {
+        if kept.len() >= MAX_KEPT_ORIGINS {
+            break;
+        }
+        if !kept.contains(o) {
+            kept.push(o.clone());
+            changed = true;
+        }
+    }
+    changed
+}
 
 /// A pin as recorded in its deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +236,12 @@ pub struct Pins {
     queued: Mutex<HashMap<String, (String, PinSpec, Instant)>>,
     /// Other nodes' answers for their part of a pin, cached a second.
     remote: Mutex<HashMap<String, RemoteStatus>>,
+    /// What `ORIGINS` holds.
+    kept_origins: ArcSwap<HashMap<Cid, Vec<String>>>,
+    /// Raw blocks the core serves, counted for the pins that hold them.
+    meter: ArcSwap<CoreMeter>,
+    /// The pins held here changed: `meter` is rebuilt at the next round.
+    meter_stale: std::sync::atomic::AtomicBool,
     usage: Mutex<HashMap<String, Use>>,
     /// The service, for the watcher's threads.
     me: Mutex<Weak<Ipfs>>,
@@ -331,7 +361,22 @@ impl Pins {
         {
             let w = db.begin_write().map_err(|e| e.to_string())?;
             w.open_table(HELD).map_err(|e| e.to_string())?;
+            w.open_table(ORIGINS).map_err(|e| e.to_string())?;
             w.commit().map_err(|e| e.to_string())?;
+        }
+        let mut kept = HashMap::new();
+        {
+            let r = db.begin_read().map_err(|e| e.to_string())?;
+            let t = r.open_table(ORIGINS).map_err(|e| e.to_string())?;
+            for row in t.iter().map_err(|e| e.to_string())? {
+                let (k, v) = row.map_err(|e| e.to_string())?;
+                if let (Ok(cid), Ok(list)) = (
+                    Cid::try_from(k.value()),
+                    serde_json::from_str::<Vec<String>>(v.value()),
+                ) {
+                    kept.insert(cid, list);
+                }
+            }
         }
         let replicas = node
             .config
@@ -346,6 +391,9 @@ impl Pins {
             view: ArcSwap::from_pointee(View::default()),
             queued: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),
+            kept_origins: ArcSwap::from_pointee(kept),
+            meter: ArcSwap::from_pointee(CoreMeter::default()),
+            meter_stale: std::sync::atomic::AtomicBool::new(true),
             usage: Mutex::new(HashMap::new()),
             me: Mutex::new(Weak::new()),
             replicas,
@@ -358,14 +406,54 @@ impl Pins {
         }))
     }
 
-    /// The origins recorded for `root` by any pin of it.
+    /// The origins recorded for `root` by any pin of it, now or before.
     pub fn origins_for(&self, root: &Cid) -> Vec<String> {
-        self.view
+        let mut out = self
+            .view
             .load()
             .origins
             .get(root)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(kept) = self.kept_origins.load().get(root) {
+            merge_origins(&mut out, kept);
+        }
+        out
+    }
+
+    /// Records the origins the pins name, for good (`ORIGINS`); written
+    /// only when one is new.
+    fn keep_origins(&self, now: &HashMap<Cid, Vec<String>>) {
+        let kept = self.kept_origins.load();
+        let mut changed: Vec<(Cid, Vec<String>)> = Vec::new();
+        for (cid, list) in now {
+            let mut merged = kept.get(cid).cloned().unwrap_or_default();
+            if merge_origins(&mut merged, list) {
+                changed.push((*cid, merged));
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let write = || -> Result<(), String> {
+            let w = self.db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut t = w.open_table(ORIGINS).map_err(|e| e.to_string())?;
+                for (cid, list) in &changed {
+                    let v = serde_json::to_string(list).map_err(|e| e.to_string())?;
+                    t.insert(&cid.to_bytes()[..], v.as_str())
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            w.commit().map_err(|e| e.to_string())
+        };
+        if let Err(why) = write() {
+            tracing::warn!("ipfs: cannot record origins: {why}");
+            return;
+        }
+        let mut next = HashMap::clone(&kept);
+        next.extend(changed);
+        self.kept_origins.store(Arc::new(next));
     }
 
     /// The nodes pins of `root` are placed on.
@@ -387,7 +475,36 @@ impl Pins {
         }
     }
 
+    /// Counts a raw block the core served (`blob`, `bytes` long) for the pin
+    /// that holds it, if any.
+    pub fn served_on_core(&self, blob: &Hash, bytes: u64) {
+        self.meter.load().served(blob, bytes);
+    }
+
+    /// Moves what the core counted into the pins' usage; rebuilds the
+    /// core's meter when the pins held here changed.
+    fn drain_meter(&self) {
+        let stale = self.meter_stale.swap(false, Ordering::Relaxed);
+        let next = stale.then(|| {
+            let mut m = CoreMeter::default();
+            for name in self.held_names() {
+                let i = m.pins.len();
+                for b in self.held_blobs(&name) {
+                    m.by_blob.entry(b).or_insert(i);
+                }
+                m.pins.push((name, AtomicU64::new(0)));
+            }
+            Arc::new(m)
+        });
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        match next {
+            Some(m) => self.meter.swap(m).drain(&mut usage),
+            None => self.meter.load().drain(&mut usage),
+        }
+    }
+
     pub fn usage_units(&self) -> Vec<(String, u64)> {
+        self.drain_meter();
         let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         usage.iter().map(|(n, u)| (n.clone(), u.units)).collect()
     }
@@ -924,6 +1041,7 @@ impl Pins {
     }
 
     fn record_held(&self, name: &str, blobs: Option<&[Hash]>) -> Result<(), String> {
+        self.meter_stale.store(true, Ordering::Relaxed);
         let w = self.db.begin_write().map_err(|e| e.to_string())?;
         {
             let mut t = w.open_table(HELD).map_err(|e| e.to_string())?;
@@ -1058,6 +1176,34 @@ pub(crate) fn start_watcher(ipfs: &Arc<Ipfs>) {
         });
 }
 
+/// Bytes of raw blocks served on the core, per pin held here: the core adds
+/// to a pin's counter (a lookup and an atomic add, nothing allocated), the
+/// watcher moves the counts into the pins' usage every round.
+#[derive(Default)]
+pub struct CoreMeter {
+    /// Blob → index into `pins` (one pin per blob: the first that holds it).
+    by_blob: HashMap<Hash, usize>,
+    pins: Vec<(String, AtomicU64)>,
+}
+
+impl CoreMeter {
+    /// Counts `bytes` served from `blob` for the pin that holds it.
+    pub fn served(&self, blob: &Hash, bytes: u64) {
+        if let Some(&i) = self.by_blob.get(blob) {
+            self.pins[i].1.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn drain(&self, usage: &mut HashMap<String, Use>) {
+        for (name, n) in &self.pins {
+            let b = n.swap(0, Ordering::Relaxed);
+            if b > 0 {
+                usage.entry(name.clone()).or_default().units += b;
+            }
+        }
+    }
+}
+
 /// When another node answered for its part of a pin: its status and info.
 type RemoteStatus = (Instant, String, Option<String>);
 
@@ -1092,6 +1238,8 @@ fn watch_round(ipfs: &Arc<Ipfs>, elapsed: Duration) {
         }
         view.names.entry(root).or_insert_with(|| inst.name.clone());
     }
+    pins.keep_origins(&view.origins);
+    pins.drain_meter();
     pins.view.store(Arc::new(view));
 
     // Pins that left this node (removed, or placed elsewhere now).
@@ -1252,6 +1400,39 @@ pub(crate) fn service_arc(ipfs: &Ipfs) -> Option<Arc<Ipfs>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn damaged_pin_specs_are_refused_with_a_reason() {
+        let good = br#"{"cid":"bafkqaaa","name":"n","origins":["https://gw.example"],"meta":{"a":"b"},"created":"2026-01-01T00:00:00Z"}"#;
+        assert!(PinSpec::parse(good).is_ok());
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..3000 {
+            let mut bytes = good.to_vec();
+            for _ in 0..(1 + round % 3) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let at = (seed as usize) % bytes.len();
+                bytes[at] = (seed >> 32) as u8;
+            }
+            bytes.truncate(bytes.len() - (round % 5));
+            if let Err(why) = PinSpec::parse(&bytes) {
+                assert!(!why.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn origins_are_merged_without_repeats_and_bounded() {
+        let mut kept = vec!["a".to_string()];
+        assert!(!merge_origins(&mut kept, &["a".into()]));
+        assert!(merge_origins(&mut kept, &["b".into(), "a".into()]));
+        assert_eq!(kept, ["a", "b"]);
+        let many: Vec<String> = (0..100).map(|i| format!("o{i}")).collect();
+        assert!(merge_origins(&mut kept, &many));
+        assert_eq!(kept.len(), MAX_KEPT_ORIGINS);
+        assert!(!merge_origins(&mut kept, &["late".into()]));
+    }
 
     #[test]
     fn origins_become_gateway_urls() {

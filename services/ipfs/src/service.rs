@@ -170,6 +170,15 @@ impl Ipfs {
         let cid = parse_cid(rest)?;
         let e = self.index.get(&cid)?;
         self.counters.raw_on_core.fetch_add(1, Ordering::Relaxed);
+        // Billed to the pin that holds it. The core does not say what it
+        // sent, so a range or a conditional request is not counted (an
+        // owner is never charged for bytes that may not have gone out).
+        if req.method == Method::Get
+            && req.headers.get("range").is_none()
+            && req.headers.get("if-none-match").is_none()
+        {
+            self.pins.served_on_core(&e.blob, u64::from(e.size));
+        }
         Some(Decision::Blob(BlobReply {
             hash: e.blob,
             content_type: self.raw_type.clone(),
