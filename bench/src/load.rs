@@ -413,7 +413,8 @@ fn build_request(
     }
 }
 
-/// Sends one request and reads one Content-Length-framed response. Returns the
+/// Sends one request and reads one response, framed by Content-Length or
+/// chunked (a streamed answer: a CAR, a function's stream). Returns the
 /// status and the body bytes read.
 async fn exchange(
     stream: &mut TcpStream,
@@ -433,23 +434,30 @@ async fn exchange(
         match resp.parse(rbuf) {
             Ok(httparse::Status::Complete(n)) => {
                 let status = resp.code.unwrap_or(0);
-                let len = resp
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| {
-                        std::str::from_utf8(h.value)
-                            .ok()?
-                            .trim()
-                            .parse::<u64>()
-                            .ok()
-                    })
-                    .ok_or_else(|| io::Error::other("response without Content-Length"))?;
+                let header = |name: &str| {
+                    resp.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                };
+                let len = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+                let chunked = header("transfer-encoding")
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+                if len.is_none() && !chunked {
+                    return Err(io::Error::other(
+                        "response without Content-Length or chunked framing",
+                    ));
+                }
                 break (status, n, len);
             }
             Ok(httparse::Status::Partial) if rbuf.len() < rbuf.capacity() => {}
             _ => return Err(io::Error::other("bad response head")),
         }
+    };
+    let Some(body_len) = body_len else {
+        return read_chunked(stream, rbuf, head_len)
+            .await
+            .map(|n| (status, n));
     };
     let mut have = (rbuf.len() - head_len) as u64;
     while have < body_len {
@@ -463,6 +471,56 @@ async fn exchange(
         ));
     }
     Ok((status, body_len))
+}
+
+/// Reads a chunked body that starts at `rbuf[pos..]`, keeping only what is
+/// not yet parsed; its length. Trailers are not expected.
+async fn read_chunked(
+    stream: &mut TcpStream,
+    rbuf: &mut Vec<u8>,
+    mut pos: usize,
+) -> io::Result<u64> {
+    let mut body = 0u64;
+    // Bytes of the current chunk (and its CRLF) still to skip.
+    let mut left = 0u64;
+    let mut last = false;
+    loop {
+        if left > 0 {
+            let take = ((rbuf.len() - pos) as u64).min(left);
+            pos += take as usize;
+            left -= take;
+            if left > 0 {
+                rbuf.clear();
+                pos = 0;
+                read_some(stream, rbuf).await?;
+                continue;
+            }
+        }
+        if last {
+            if pos != rbuf.len() {
+                return Err(io::Error::other("bytes after the last chunk"));
+            }
+            return Ok(body);
+        }
+        match rbuf[pos..].windows(2).position(|w| w == b"\r\n") {
+            Some(i) => {
+                let line = std::str::from_utf8(&rbuf[pos..pos + i])
+                    .map_err(|_| io::Error::other("bad chunk size"))?;
+                let hex = line.split(';').next().unwrap_or("").trim();
+                let size =
+                    u64::from_str_radix(hex, 16).map_err(|_| io::Error::other("bad chunk size"))?;
+                pos += i + 2;
+                body += size;
+                left = size + 2;
+                last = size == 0;
+            }
+            None => {
+                rbuf.drain(..pos);
+                pos = 0;
+                read_some(stream, rbuf).await?;
+            }
+        }
+    }
 }
 
 async fn read_some(stream: &mut TcpStream, rbuf: &mut Vec<u8>) -> io::Result<()> {

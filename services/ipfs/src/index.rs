@@ -26,7 +26,8 @@ pub struct Entry {
     pub size: u32,
 }
 
-type Map = imbl::HashMap<Box<[u8]>, Entry>;
+type Map =
+    imbl::GenericHashMap<Box<[u8]>, Entry, crate::DigestState, imbl::shared_ptr::DefaultSharedPtr>;
 
 pub struct Index {
     db: redb::Database,
@@ -79,7 +80,7 @@ impl std::fmt::Display for PutError {
 impl Index {
     pub fn open(path: &std::path::Path, store: Arc<dyn BlobStore>) -> io::Result<Index> {
         let db = redb::Database::create(path).map_err(err)?;
-        let mut map = Map::new();
+        let mut map = Map::default();
         {
             let w = db.begin_write().map_err(err)?;
             w.open_table(BLOCKS).map_err(err)?;

@@ -53,6 +53,12 @@ pub const IDENTITY: u64 = 0x00;
 pub const SHA2_256: u64 = 0x12;
 pub const BLAKE3: u64 = 0x1e;
 
+/// The hasher of the maps the core reads on every raw-block request (the
+/// block index, the billing meter): foldhash, seeded per process, a few
+/// nanoseconds for a 32-byte key where SipHash takes tens, and still keyed,
+/// so an owner cannot grind blocks whose keys collide.
+pub type DigestState = foldhash::fast::RandomState;
+
 /// The largest identity multihash taken: an identity CID carries its block
 /// inline, so it is bounded like a CID, not like a block.
 pub const MAX_IDENTITY_BYTES: usize = 128;

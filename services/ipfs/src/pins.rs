@@ -475,10 +475,9 @@ impl Pins {
         }
     }
 
-    /// Counts a raw block the core served (`blob`, `bytes` long) for the pin
-    /// that holds it, if any.
-    pub fn served_on_core(&self, blob: &Hash, bytes: u64) {
-        self.meter.load().served(blob, bytes);
+    /// The core's meter: raw blocks served, per pin.
+    pub fn meter(&self) -> arc_swap::Guard<Arc<CoreMeter>> {
+        self.meter.load()
     }
 
     /// Moves what the core counted into the pins' usage; rebuilds the
@@ -1182,16 +1181,14 @@ pub(crate) fn start_watcher(ipfs: &Arc<Ipfs>) {
 #[derive(Default)]
 pub struct CoreMeter {
     /// Blob → index into `pins` (one pin per blob: the first that holds it).
-    by_blob: HashMap<Hash, usize>,
+    by_blob: HashMap<Hash, usize, crate::DigestState>,
     pins: Vec<(String, AtomicU64)>,
 }
 
 impl CoreMeter {
-    /// Counts `bytes` served from `blob` for the pin that holds it.
-    pub fn served(&self, blob: &Hash, bytes: u64) {
-        if let Some(&i) = self.by_blob.get(blob) {
-            self.pins[i].1.fetch_add(bytes, Ordering::Relaxed);
-        }
+    /// The counter of the pin that holds `blob`, if one does.
+    pub fn of(&self, blob: &Hash) -> Option<&AtomicU64> {
+        self.by_blob.get(blob).map(|&i| &self.pins[i].1)
     }
 
     fn drain(&self, usage: &mut HashMap<String, Use>) {

@@ -173,11 +173,14 @@ impl Ipfs {
         // Billed to the pin that holds it. The core does not say what it
         // sent, so a range or a conditional request is not counted (an
         // owner is never charged for bytes that may not have gone out).
-        if req.method == Method::Get
-            && req.headers.get("range").is_none()
-            && req.headers.get("if-none-match").is_none()
-        {
-            self.pins.served_on_core(&e.blob, u64::from(e.size));
+        if req.method == Method::Get {
+            let meter = self.pins.meter();
+            if let Some(n) = meter.of(&e.blob) {
+                if req.headers.get("range").is_none() && req.headers.get("if-none-match").is_none()
+                {
+                    n.fetch_add(u64::from(e.size), Ordering::Relaxed);
+                }
+            }
         }
         Some(Decision::Blob(BlobReply {
             hash: e.blob,
