@@ -7,22 +7,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
 use controlplane::ledger::{DeploySpec, SignedTx, Tx};
-
-/// `tessera ARGS --node URL` as the client whose key is in `client`.
-fn cli(client: &Path, node: &Node, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .args(["--node", &node.url()])
-        .env("TESSERA_CLIENT_DIR", client)
-        .output()
-        .expect("tessera")
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()

@@ -971,20 +971,6 @@ fn a_function_placed_elsewhere_runs_on_its_node() {
     );
 }
 
-/// The node indexes a deployment is placed on, as `nodes[0]` sees it.
-fn placed_on(nodes: &[Node], name: &str) -> Vec<usize> {
-    let (_, _, body) = curl_get(&format!("{}/deployments/{name}", nodes[0].url()), &[]);
-    let d: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    (0..nodes.len())
-        .filter(|&i| {
-            d["placement"].as_array().is_some_and(|p| {
-                p.iter()
-                    .any(|n| n["addr"].as_str() == Some(nodes[i].addr.to_string().as_str()))
-            })
-        })
-        .collect()
-}
-
 /// A page regenerated on the function's node reaches the zone's other node
 /// by its changed 16 KiB groups only: a 256 KiB page whose render id changed
 /// moves its hash tree and one or two groups; a page rendered to the same

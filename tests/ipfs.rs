@@ -49,16 +49,6 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// `tessera` as the client whose key is in `client`, against `node`.
-fn cli(client: &Path, node: &Node, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .args(["--node", &node.url()])
-        .env("TESSERA_CLIENT_DIR", client)
-        .output()
-        .expect("tessera")
-}
-
 /// A folder: a small file, a 3 MB file (three 1 MiB chunks), a file of
 /// zeros (one chunk repeated), a page in a subfolder.
 fn fixture(dir: &Path) {
@@ -690,7 +680,7 @@ fn pins_are_placed_moved_and_served_by_every_node() {
         .next()
         .expect("request id")
         .to_string();
-    let placed = placed_nodes(&nodes, &id);
+    let placed = placed_on(&nodes, &id);
     assert_eq!(placed.len(), 2, "{placed:?}");
     for &i in &placed {
         assert_eq!(
@@ -723,7 +713,7 @@ fn pins_are_placed_moved_and_served_by_every_node() {
         Duration::from_secs(90),
         "re-placed and pinned on a live node",
         || {
-            let now = placed_nodes(&nodes, &id);
+            let now = placed_on(&nodes, &id);
             now.len() == 2
                 && !now.contains(&victim)
                 && now
@@ -831,38 +821,8 @@ fn start_origin(port: u16, dir: &Path, flip: bool) -> Origin {
     if flip {
         cmd.arg("flip");
     }
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("origin ready");
-    assert_eq!(line.trim(), "ready");
+    let child = spawn_ready(&mut cmd, "python3 origin");
     Origin(child)
-}
-
-/// Indexes of the nodes `name` is placed on, as a live node sees it.
-fn placed_nodes(nodes: &[Node], name: &str) -> Vec<usize> {
-    let Some(live) = nodes.iter().find(|n| n.child.is_some()) else {
-        return Vec::new();
-    };
-    let (status, _, body) = curl_get(&format!("{}/deployments/{name}", live.url()), &[]);
-    if status != 200 {
-        return Vec::new();
-    }
-    let d: serde_json::Value = serde_json::from_slice(&body).expect("json");
-    (0..nodes.len())
-        .filter(|&i| {
-            d["placement"].as_array().is_some_and(|p| {
-                p.iter()
-                    .any(|n| n["addr"].as_str() == Some(nodes[i].addr.to_string().as_str()))
-            })
-        })
-        .collect()
 }
 
 /// A pin's owner pays, through the ledger, for the bytes its pin holds over
@@ -921,7 +881,7 @@ fn a_pins_owner_pays_for_what_it_holds_and_serves() {
         .to_string();
     let mut runners = Vec::new();
     within(Duration::from_secs(60), "pinned on two nodes", || {
-        runners = placed_nodes(&nodes, &id);
+        runners = placed_on(&nodes, &id);
         runners.len() == 2
             && runners
                 .iter()

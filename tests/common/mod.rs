@@ -531,20 +531,13 @@ impl Origin {
     fn start_with(tls: &[&Path]) -> Origin {
         let port = free_addr().port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/origin.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .args(tls)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 origin");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("origin ready");
-        assert_eq!(line.trim(), "ready");
+        let child = spawn_ready(
+            Command::new("python3")
+                .arg(script)
+                .arg(port.to_string())
+                .args(tls),
+            "python3 origin",
+        );
         Origin {
             child,
             port,
@@ -648,4 +641,52 @@ pub fn node_ids(nodes: &[Node]) -> Vec<String> {
                 .to_string()
         })
         .collect()
+}
+
+/// Spawns `cmd` with its stdout piped and waits for its first line, which
+/// must be `ready` (the test helpers' scripts print it once they listen).
+pub fn spawn_ready(cmd: &mut Command, what: &str) -> Child {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(line.trim(), "ready", "{what}");
+    child
+}
+
+/// The indexes of the nodes deployment `name` is placed on, as the first
+/// live node sees it; empty while it is not listed.
+pub fn placed_on(nodes: &[Node], name: &str) -> Vec<usize> {
+    let Some(live) = nodes.iter().find(|n| n.child.is_some()) else {
+        return Vec::new();
+    };
+    let (status, _, body) = curl_get(&format!("{}/deployments/{name}", live.url()), &[]);
+    if status != 200 {
+        return Vec::new();
+    }
+    let d: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    (0..nodes.len())
+        .filter(|&i| {
+            d["placement"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|n| n["addr"].as_str() == Some(nodes[i].addr.to_string().as_str()))
+            })
+        })
+        .collect()
+}
+
+/// `tessera ARGS --node URL` as the client whose key is in `client`.
+pub fn cli(client: &Path, node: &Node, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--node", &node.url()])
+        .env("TESSERA_CLIENT_DIR", client)
+        .output()
+        .expect("tessera")
 }

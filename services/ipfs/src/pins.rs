@@ -667,28 +667,10 @@ impl Pins {
         else {
             return;
         };
-        let mut cids = Vec::new();
-        let mut bytes = 0u64;
-        let mut seen = HashSet::new();
-        let whole = dag::walk(
-            &*self.index,
-            &root,
-            Scope::All,
-            None,
-            false,
-            &mut seen,
-            &mut |c, b| {
-                cids.push(*c);
-                bytes += b.len() as u64;
-                if cids.len() > 100_000 {
-                    return Err(dag::WalkError::Stopped);
-                }
-                Ok(())
-            },
-        );
-        if whole.is_err() {
+        // A large DAG is left to the watcher's round.
+        let Ok((cids, bytes)) = dag_blocks(&*self.index, &root, 100_000) else {
             return;
-        }
+        };
         let blobs = self.index.blobs(&cids);
         if self.index.store().pin(&blobs, true).is_err()
             || self.record_held(id, Some(&blobs)).is_err()
@@ -1333,28 +1315,15 @@ fn pin_here(ipfs: &Arc<Ipfs>, name: &str, spec: &PinSpec) -> Local {
     }
     // Walk it all, as a check and to name its blocks.
     let source = Fetching { ipfs, root };
-    let mut cids = Vec::new();
-    let mut bytes = 0u64;
-    let mut seen = HashSet::new();
-    let walked = dag::walk(
-        &source,
-        &root,
-        Scope::All,
-        None,
-        false,
-        &mut seen,
-        &mut |c, b| {
-            cids.push(*c);
-            bytes += b.len() as u64;
-            Ok(())
-        },
-    );
-    if let Err(e) = walked {
-        return Local::Failed(format!(
-            "the DAG under {} is not whole: {e}",
-            cid_text(&root)
-        ));
-    }
+    let (cids, bytes) = match dag_blocks(&source, &root, usize::MAX) {
+        Ok(got) => got,
+        Err(e) => {
+            return Local::Failed(format!(
+                "the DAG under {} is not whole: {e}",
+                cid_text(&root)
+            ))
+        }
+    };
     let blobs = ipfs.index.blobs(&cids);
     if let Err(e) = ipfs.index.store().pin(&blobs, true) {
         return Local::Failed(format!("cannot pin its blocks: {e}"));
@@ -1366,6 +1335,35 @@ fn pin_here(ipfs: &Arc<Ipfs>, name: &str, spec: &PinSpec) -> Local {
         bytes,
         blocks: cids.len() as u64,
     }
+}
+
+/// Every block of the DAG under `root` once, and their bytes in all; a walk
+/// past `max` blocks stops.
+fn dag_blocks(
+    blocks: &dyn dag::Blocks,
+    root: &Cid,
+    max: usize,
+) -> Result<(Vec<Cid>, u64), dag::WalkError> {
+    let mut cids = Vec::new();
+    let mut bytes = 0u64;
+    let mut seen = HashSet::new();
+    dag::walk(
+        blocks,
+        root,
+        Scope::All,
+        None,
+        false,
+        &mut seen,
+        &mut |c, b| {
+            cids.push(*c);
+            bytes += b.len() as u64;
+            if cids.len() > max {
+                return Err(dag::WalkError::Stopped);
+            }
+            Ok(())
+        },
+    )?;
+    Ok((cids, bytes))
 }
 
 struct Fetching<'a> {
