@@ -45,11 +45,7 @@ events { worker_connections 4096; }
 http {
     access_log off;
     sendfile on;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
+$(nginx_temps "$work/nginx")
     server {
         listen 127.0.0.1:$oport;
         root $work/www;

@@ -10,6 +10,8 @@
 #                      and $work removed, when the script exits.
 #   cpu_of "PIDS"      CPU seconds (user + system) the processes have used.
 #   field FILE KEY     a top-level field of a JSON file.
+#   nginx_temps DIR    nginx `http` lines that keep its temp files in DIR (a
+#                      non-root nginx cannot write Debian's defaults).
 
 bench_setup() {
     if [ -z "${TESSERA_BIN:-}" ]; then
@@ -60,3 +62,10 @@ cpu_of() {
 }
 
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+
+nginx_temps() {
+    local t
+    for t in client_body proxy fastcgi uwsgi scgi; do
+        echo "    ${t}_temp_path $1/${t/client_body/body};"
+    done
+}

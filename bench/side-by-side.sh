@@ -58,11 +58,7 @@ http {
     sendfile on;
     tcp_nopush on;
     keepalive_requests 1000000;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
+$(nginx_temps "$work/nginx")
     server {
         listen 127.0.0.1:$nport reuseport;
         root $work/www;
