@@ -484,7 +484,18 @@ fn paths_resolve_through_hamt_sharded_directories() {
     }
     let car = tmp.path().join("many.car");
     let root = pack(&many, &car);
-    let token = make_token(&tmp.path().join("client"), &node);
+    let client = tmp.path().join("client");
+    let token = make_token(&client, &node);
+    // The node's importer shards the folder as ipfs-car does: the same CID.
+    let ours = ok(
+        cli(
+            &client,
+            &node,
+            &["ipfs", "add", many.to_str().expect("utf-8"), "--no-pin"],
+        ),
+        "tessera ipfs add (HAMT)",
+    );
+    assert_eq!(ours, root);
     assert_eq!(import_car(&node, &token, &car).0, 200);
     let (_, blocks) = read_car(&std::fs::read(&car).expect("car"));
     let root_cid: Cid = root.parse().expect("cid");

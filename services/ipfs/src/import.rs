@@ -6,7 +6,8 @@
 //! *is* that leaf; more are gathered by a balanced layout 1,024 links wide
 //! into dag-pb `File` nodes (`blocksizes`, `filesize`, links named `""`);
 //! a folder is a dag-pb `Directory` whose links are sorted by name, each
-//! carrying its target's whole DAG size (`Tsize`). Hidden names (a leading
+//! carrying its target's whole DAG size (`Tsize`); a folder of more than
+//! 1000 entries is a HAMT ([`MAX_FLAT_ENTRIES`]). Hidden names (a leading
 //! `.`) are left out unless asked for; a single file is wrapped in a
 //! directory unless asked not to be, as `ipfs-car` does.
 
@@ -23,9 +24,13 @@ use crate::{sha256_cid, DAG_PB, RAW};
 pub const CHUNK: usize = 1 << 20;
 /// `ipfs-car`'s balanced-layout width.
 pub const WIDTH: usize = 1024;
-/// `ipfs-car` shards a directory past this many entries (HAMT): this
-/// importer refuses such a folder rather than give other CIDs.
+/// `ipfs-car` shards a directory past this many entries, as a HAMT of
+/// fanout 256 hashed by murmur3-x64-64: so does this importer.
 pub const MAX_FLAT_ENTRIES: usize = 1000;
+/// A HAMT's fanout, as `ipfs-car` writes them.
+const HAMT_FANOUT: u64 = 256;
+/// The multihash code of murmur3-x64-64 (UnixFS `hashType`).
+const MURMUR3_X64_64: u64 = 0x22;
 
 /// A block made, handed to whoever keeps it.
 pub type Sink<'a> = dyn FnMut(Cid, Vec<u8>) -> io::Result<()> + 'a;
@@ -110,10 +115,11 @@ pub fn add_file(r: &mut dyn Read, sink: &mut Sink<'_>) -> io::Result<Link> {
 /// Imports a directory of `entries` (name → what it links to).
 pub fn add_directory(entries: &[(String, Link)], sink: &mut Sink<'_>) -> io::Result<Link> {
     if entries.len() > MAX_FLAT_ENTRIES {
-        return Err(io::Error::other(format!(
-            "a folder of more than {MAX_FLAT_ENTRIES} entries: ipfs-car shards those (HAMT), \
-             which this importer does not write yet"
-        )));
+        let keyed: Vec<(&str, Link, [u8; 8])> = entries
+            .iter()
+            .map(|(n, l)| (n.as_str(), *l, crate::unixfs::hamt_hash(n.as_bytes())))
+            .collect();
+        return hamt_shard(&keyed, 0, sink);
     }
     let links = entries
         .iter()
@@ -131,6 +137,56 @@ pub fn add_directory(entries: &[(String, Link)], sink: &mut Sink<'_>) -> io::Res
         cid,
         dag_size,
         content: entries.iter().map(|(_, l)| l.content).sum(),
+    })
+}
+
+/// One shard of a HAMT directory at `depth`: each entry goes in the bucket
+/// its name's hash picks (8 bits a level, most significant first); a bucket
+/// of one entry links to it by the bucket's two hex digits and its name, a
+/// bucket of more to a shard one level down by the digits alone. The node's
+/// data is the bitfield of buckets in use, big-endian, leading zero bytes
+/// left out. This is the layout `ipfs-car` (and Kubo) write.
+fn hamt_shard(
+    entries: &[(&str, Link, [u8; 8])],
+    depth: usize,
+    sink: &mut Sink<'_>,
+) -> io::Result<Link> {
+    let mut buckets: std::collections::BTreeMap<u64, Vec<(&str, Link, [u8; 8])>> =
+        Default::default();
+    for e in entries {
+        let index = crate::unixfs::hamt_index(&e.2, depth, HAMT_FANOUT)
+            .ok_or_else(|| io::Error::other("names whose hashes collide in all 64 bits"))?;
+        buckets.entry(index).or_default().push(*e);
+    }
+    let mut bits = [0u8; (HAMT_FANOUT / 8) as usize];
+    let mut links = Vec::with_capacity(buckets.len());
+    let mut below = 0u64;
+    for (index, group) in &buckets {
+        bits[bits.len() - 1 - (*index as usize) / 8] |= 1 << (index % 8);
+        let (name, link) = match group.as_slice() {
+            [(name, link, _)] => (format!("{index:02X}{name}"), *link),
+            _ => (format!("{index:02X}"), hamt_shard(group, depth + 1, sink)?),
+        };
+        below += link.dag_size;
+        links.push(PbLink {
+            cid: link.cid,
+            name: Some(name),
+            size: Some(link.dag_size),
+        });
+    }
+    let first = bits.iter().position(|&b| b != 0).unwrap_or(bits.len() - 1);
+    let mut data = Data::new(Kind::HamtShard);
+    data.data = Some(bits[first..].to_vec());
+    data.hash_type = Some(MURMUR3_X64_64);
+    data.fanout = Some(HAMT_FANOUT);
+    let bytes = encode_node(links, &data);
+    let cid = sha256_cid(DAG_PB, &bytes);
+    let dag_size = bytes.len() as u64 + below;
+    sink(cid, bytes)?;
+    Ok(Link {
+        cid,
+        dag_size,
+        content: entries.iter().map(|(_, l, _)| l.content).sum(),
     })
 }
 
