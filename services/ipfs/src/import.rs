@@ -115,7 +115,7 @@ pub fn add_file(r: &mut dyn Read, sink: &mut Sink<'_>) -> io::Result<Link> {
 /// Imports a directory of `entries` (name → what it links to).
 pub fn add_directory(entries: &[(String, Link)], sink: &mut Sink<'_>) -> io::Result<Link> {
     if entries.len() > MAX_FLAT_ENTRIES {
-        let keyed: Vec<(&str, Link, [u8; 8])> = entries
+        let keyed: Vec<Keyed<'_>> = entries
             .iter()
             .map(|(n, l)| (n.as_str(), *l, crate::unixfs::hamt_hash(n.as_bytes())))
             .collect();
@@ -146,13 +146,11 @@ pub fn add_directory(entries: &[(String, Link)], sink: &mut Sink<'_>) -> io::Res
 /// bucket of more to a shard one level down by the digits alone. The node's
 /// data is the bitfield of buckets in use, big-endian, leading zero bytes
 /// left out. This is the layout `ipfs-car` (and Kubo) write.
-fn hamt_shard(
-    entries: &[(&str, Link, [u8; 8])],
-    depth: usize,
-    sink: &mut Sink<'_>,
-) -> io::Result<Link> {
-    let mut buckets: std::collections::BTreeMap<u64, Vec<(&str, Link, [u8; 8])>> =
-        Default::default();
+/// A directory entry with its name's HAMT hash.
+type Keyed<'a> = (&'a str, Link, [u8; 8]);
+
+fn hamt_shard(entries: &[Keyed<'_>], depth: usize, sink: &mut Sink<'_>) -> io::Result<Link> {
+    let mut buckets: std::collections::BTreeMap<u64, Vec<Keyed<'_>>> = Default::default();
     for e in entries {
         let index = crate::unixfs::hamt_index(&e.2, depth, HAMT_FANOUT)
             .ok_or_else(|| io::Error::other("names whose hashes collide in all 64 bits"))?;
