@@ -140,15 +140,15 @@ pub fn add_directory(entries: &[(String, Link)], sink: &mut Sink<'_>) -> io::Res
     })
 }
 
+/// A directory entry with its name's HAMT hash.
+type Keyed<'a> = (&'a str, Link, [u8; 8]);
+
 /// One shard of a HAMT directory at `depth`: each entry goes in the bucket
 /// its name's hash picks (8 bits a level, most significant first); a bucket
 /// of one entry links to it by the bucket's two hex digits and its name, a
 /// bucket of more to a shard one level down by the digits alone. The node's
 /// data is the bitfield of buckets in use, big-endian, leading zero bytes
 /// left out. This is the layout `ipfs-car` (and Kubo) write.
-/// A directory entry with its name's HAMT hash.
-type Keyed<'a> = (&'a str, Link, [u8; 8]);
-
 fn hamt_shard(entries: &[Keyed<'_>], depth: usize, sink: &mut Sink<'_>) -> io::Result<Link> {
     let mut buckets: std::collections::BTreeMap<u64, Vec<Keyed<'_>>> = Default::default();
     for e in entries {
