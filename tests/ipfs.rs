@@ -49,6 +49,13 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `tessera ipfs add PATH FLAGS` at `node`: the root CID it printed.
+fn add(client: &Path, node: &Node, path: &Path, flags: &[&str]) -> String {
+    let mut args = vec!["ipfs", "add", path.to_str().expect("utf-8")];
+    args.extend(flags);
+    ok(cli(client, node, &args), "tessera ipfs add")
+}
+
 /// A folder: a small file, a 3 MB file (three 1 MiB chunks), a file of
 /// zeros (one chunk repeated), a page in a subfolder.
 fn fixture(dir: &Path) {
@@ -134,14 +141,7 @@ fn ipfs_car_and_the_node_agree_on_cids_and_cars() {
 
     // The node's importer gives ipfs-car's CID for the same folder, and a
     // single file too (wrapped, and not).
-    let ours = ok(
-        cli(
-            &client,
-            &node,
-            &["ipfs", "add", site.to_str().expect("utf-8"), "--no-pin"],
-        ),
-        "tessera ipfs add",
-    );
+    let ours = add(&client, &node, &site, &["--no-pin"]);
     assert_eq!(ours, root);
     let file = site.join("sub/big.bin");
     let file_car = tmp.path().join("big.car");
@@ -152,15 +152,12 @@ fn ipfs_car_and_the_node_agree_on_cids_and_cars() {
         }
         args.extend(["--output", file_car.to_str().expect("utf-8")]);
         let theirs = ok(ipfs_car(&args), "ipfs-car pack a file");
-        let mut add = vec!["ipfs", "add", file.to_str().expect("utf-8"), "--no-pin"];
-        if !wrap {
-            add.push("--no-wrap");
-        }
-        assert_eq!(
-            ok(cli(&client, &node, &add), "add a file"),
-            theirs,
-            "wrap {wrap}"
-        );
+        let flags: &[&str] = if wrap {
+            &["--no-pin"]
+        } else {
+            &["--no-pin", "--no-wrap"]
+        };
+        assert_eq!(add(&client, &node, &file, flags), theirs, "wrap {wrap}");
     }
 
     // ipfs-car's CAR imported into a second node; its CID resolves there.
@@ -487,14 +484,7 @@ fn paths_resolve_through_hamt_sharded_directories() {
     let client = tmp.path().join("client");
     let token = make_token(&client, &node);
     // The node's importer shards the folder as ipfs-car does: the same CID.
-    let ours = ok(
-        cli(
-            &client,
-            &node,
-            &["ipfs", "add", many.to_str().expect("utf-8"), "--no-pin"],
-        ),
-        "tessera ipfs add (HAMT)",
-    );
+    let ours = add(&client, &node, &many, &["--no-pin"]);
     assert_eq!(ours, root);
     assert_eq!(import_car(&node, &token, &car).0, 200);
     let (_, blocks) = read_car(&std::fs::read(&car).expect("car"));
@@ -534,14 +524,7 @@ fn verified_fetch_reads_files_and_directories_through_the_node() {
     fixture(&site);
     let client = tmp.path().join("client");
     make_token(&client, &node);
-    let root = ok(
-        cli(
-            &client,
-            &node,
-            &["ipfs", "add", site.to_str().expect("utf-8")],
-        ),
-        "tessera ipfs add",
-    );
+    let root = add(&client, &node, &site, &[]);
     // Delegated routing names this node as the provider.
     let (status, _, body) = curl_get(&format!("{}/routing/v1/providers/{root}", node.url()), &[]);
     assert_eq!(status, 200);
@@ -874,14 +857,7 @@ fn a_pins_owner_pays_for_what_it_holds_and_serves() {
     let data = random_bytes(300_000, 5);
     std::fs::write(tmp.path().join("data.bin"), &data).expect("write");
     let path = tmp.path().join("data.bin");
-    let cid = ok(
-        cli(
-            &client,
-            &nodes[1],
-            &["ipfs", "add", "--no-wrap", path.to_str().expect("utf-8")],
-        ),
-        "tessera ipfs add",
-    );
+    let cid = add(&client, &nodes[1], &path, &["--no-wrap"]);
     assert!(cid.starts_with("bafkrei"), "{cid}");
     let listed = ok(cli(&client, &nodes[1], &["ipfs", "ls"]), "tessera ipfs ls");
     let id = listed

@@ -312,18 +312,6 @@ mod tests {
     #[test]
     fn random_input_never_panics() {
         let (car, _) = sample();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for round in 0..3000 {
-            let mut bytes = car.clone();
-            for _ in 0..(1 + round % 4) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let at = (seed as usize) % bytes.len();
-                bytes[at] = (seed >> 32) as u8;
-            }
-            bytes.truncate(bytes.len() - (round % 7));
-            exercise(&bytes);
-        }
+        crate::testing::damaged(&car, 3000, 4, 7, exercise);
     }
 }

@@ -265,3 +265,42 @@ mod tests {
         ));
     }
 }
+
+/// Random inputs for the parsers' random-input tests (the fuzz targets'
+/// cheap stand-ins that run in CI).
+#[cfg(test)]
+pub(crate) mod testing {
+    /// xorshift64: a fixed seed, so a failure repeats.
+    pub struct Xorshift(pub u64);
+
+    impl Xorshift {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// Calls `check` with `rounds` damaged copies of `good`: round `r`
+    /// overwrites `1 + r % edits` random bytes, then cuts `r % cut` off the end.
+    pub fn damaged(
+        good: &[u8],
+        rounds: usize,
+        edits: usize,
+        cut: usize,
+        mut check: impl FnMut(&[u8]),
+    ) {
+        let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
+        for round in 0..rounds {
+            let mut bytes = good.to_vec();
+            for _ in 0..(1 + round % edits) {
+                let r = rng.next();
+                let at = (r as usize) % bytes.len();
+                bytes[at] = (r >> 32) as u8;
+            }
+            bytes.truncate(bytes.len() - (round % cut).min(bytes.len()));
+            check(&bytes);
+        }
+    }
+}
