@@ -41,7 +41,6 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use service_api::{Change, Hash, Method, Node, OwnedRequest, Reply, RequestBody, Status};
 
-use crate::dag::{self, Scope};
 use crate::index::Index;
 use crate::service::Ipfs;
 use crate::{cid_text, parse_cid};
@@ -675,7 +674,7 @@ impl Pins {
             return;
         };
         // A large DAG is left to the watcher's round.
-        let Ok((cids, bytes)) = dag_blocks(&*self.index, &root, 100_000) else {
+        let Ok((cids, bytes)) = crate::service::held_dag(&self.index, &root, 100_000) else {
             return;
         };
         let blobs = self.index.blobs(&cids);
@@ -1320,14 +1319,15 @@ fn pin_here(ipfs: &Arc<Ipfs>, name: &str, spec: &PinSpec) -> Local {
             None => format!("{} could not be read back", cid_text(&root)),
         });
     }
-    // Walk it all, as a check and to name its blocks.
-    let source = Fetching { ipfs, root };
-    let (cids, bytes) = match dag_blocks(&source, &root, usize::MAX) {
+    // Named once more just before they are pinned (a block may have gone
+    // since: evicted, or dropped by another fetch).
+    let (cids, bytes) = match crate::service::held_dag(&ipfs.index, &root, usize::MAX) {
         Ok(got) => got,
-        Err(e) => {
+        Err(m) => {
             return Local::Failed(format!(
-                "the DAG under {} is not whole: {e}",
-                cid_text(&root)
+                "the DAG under {} is not whole: {} is gone",
+                cid_text(&root),
+                m.map_or_else(|| "a block".into(), |m| cid_text(&m))
             ))
         }
     };
@@ -1341,52 +1341,6 @@ fn pin_here(ipfs: &Arc<Ipfs>, name: &str, spec: &PinSpec) -> Local {
     Local::Pinned {
         bytes,
         blocks: cids.len() as u64,
-    }
-}
-
-/// Every block of the DAG under `root` once, and their bytes in all; a walk
-/// past `max` blocks stops.
-fn dag_blocks(
-    blocks: &dyn dag::Blocks,
-    root: &Cid,
-    max: usize,
-) -> Result<(Vec<Cid>, u64), dag::WalkError> {
-    let mut cids = Vec::new();
-    let mut bytes = 0u64;
-    let mut seen = HashSet::new();
-    dag::walk(
-        blocks,
-        root,
-        Scope::All,
-        None,
-        false,
-        &mut seen,
-        &mut |c, b| {
-            cids.push(*c);
-            bytes += b.len() as u64;
-            if cids.len() > max {
-                return Err(dag::WalkError::Stopped);
-            }
-            Ok(())
-        },
-    )?;
-    Ok((cids, bytes))
-}
-
-struct Fetching<'a> {
-    ipfs: &'a Arc<Ipfs>,
-    root: Cid,
-}
-
-impl dag::Blocks for Fetching<'_> {
-    fn block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, String> {
-        if let Some(b) = dag::Blocks::block(&*self.ipfs.index, cid)? {
-            return Ok(Some(b));
-        }
-        if self.ipfs.fetch_dag(cid, &self.root) {
-            return dag::Blocks::block(&*self.ipfs.index, cid);
-        }
-        Ok(None)
     }
 }
 

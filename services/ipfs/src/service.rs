@@ -275,32 +275,10 @@ impl Ipfs {
         true
     }
 
-    /// The first block of the DAG under `root` that this node lacks, in
-    /// depth-first order; None when it holds the DAG whole. Raw blocks have
-    /// no links, so they are looked up, not read.
+    /// The first block of the DAG under `root` that this node lacks; None
+    /// when it holds the DAG whole.
     pub(crate) fn first_missing(&self, root: &Cid) -> Option<Cid> {
-        let mut seen = HashSet::new();
-        let mut stack = vec![*root];
-        while let Some(cid) = stack.pop() {
-            if crate::identity_block(&cid).is_some() || !seen.insert(cid) {
-                continue;
-            }
-            if cid.codec() == crate::RAW {
-                if !self.index.has(&cid) {
-                    return Some(cid);
-                }
-                continue;
-            }
-            match self.index.block(&cid) {
-                Ok(Some(block)) => {
-                    let mut l = links(&cid, &block);
-                    l.reverse();
-                    stack.extend(l);
-                }
-                _ => return Some(cid),
-            }
-        }
-        None
+        held_dag(&self.index, root, usize::MAX).err().flatten()
     }
 
     /// Fetches the DAG under `root` until this node holds it whole: from
@@ -878,6 +856,47 @@ pub fn multiaddr(addr: &SocketAddr) -> String {
         SocketAddr::V4(a) => format!("/ip4/{}/tcp/{}/http", a.ip(), a.port()),
         SocketAddr::V6(a) => format!("/ip6/{}/tcp/{}/http", a.ip(), a.port()),
     }
+}
+
+/// The DAG under `root` as `index` holds it: every block once, in
+/// depth-first order, and their bytes in all. `Err(Some(cid))` names the
+/// first block it lacks; `Err(None)`: more than `max` blocks. Raw blocks
+/// have no links, so they are looked up in the index, not read; the
+/// others are read (and checked against their CIDs) for their links.
+pub(crate) fn held_dag(
+    index: &Index,
+    root: &Cid,
+    max: usize,
+) -> Result<(Vec<Cid>, u64), Option<Cid>> {
+    let mut seen = HashSet::new();
+    let mut stack = vec![*root];
+    let mut cids = Vec::new();
+    let mut bytes = 0u64;
+    while let Some(cid) = stack.pop() {
+        if crate::identity_block(&cid).is_some() || !seen.insert(cid) {
+            continue;
+        }
+        if cids.len() >= max {
+            return Err(None);
+        }
+        if cid.codec() == crate::RAW {
+            let e = index
+                .get(&cid)
+                .filter(|e| index.store().size(&e.blob).is_some())
+                .ok_or(Some(cid))?;
+            bytes += u64::from(e.size);
+        } else {
+            let Ok(Some(block)) = index.block(&cid) else {
+                return Err(Some(cid));
+            };
+            bytes += block.len() as u64;
+            let mut l = links(&cid, &block);
+            l.reverse();
+            stack.extend(l);
+        }
+        cids.push(cid);
+    }
+    Ok((cids, bytes))
 }
 
 /// The links out of a block, for the codecs that have them.
