@@ -110,7 +110,7 @@ for n in "${counts[@]}"; do
         printf '%-8s %-8s %12s %12s %14s %10s %10s\n' $server "$n" "$before" "$held" "$per" "$p50" "$p99"
         json+="$sep{\"server\":\"$server\",\"connections\":$n,\"rss_idle_kib\":$before,\"rss_held_kib\":$held,\"bytes_per_connection\":$per,\"p50_ms\":$p50,\"p99_ms\":$p99}"
         sep=","
-        sleep 2
+        sleep 0.5
     done
 done
 json+="]}"

@@ -60,6 +60,9 @@ pub struct SuiteArgs {
     /// Fractions of the peak offered in the open-loop latency runs.
     #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
     loads: Vec<f64>,
+    /// Peaks only: no open-loop latency runs (the quick regression mode).
+    #[arg(long)]
+    peaks_only: bool,
     /// Where JSON and PNGs go.
     #[arg(long, default_value = "bench/out")]
     out: PathBuf,
@@ -672,7 +675,7 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 .map(|r| r.2.peak.rps)
                 .fold(f64::INFINITY, f64::min);
             for (server, workload, mut m) in runs {
-                if !scaling_only && floor.is_finite() && floor > 0.0 {
+                if !scaling_only && !args.peaks_only && floor.is_finite() && floor > 0.0 {
                     for &f in &args.loads {
                         let r = load::run(&spec(
                             &args,

@@ -48,6 +48,12 @@ pub struct NodeConfig {
     pub max_headers: usize,
     /// Open connections per core; more are answered 503 and closed.
     pub max_connections_per_core: usize,
+    /// Above this many open connections on a core, a keep-alive connection that
+    /// waits for its next request holds no buffers: it waits for readability and
+    /// takes its read and write buffers (and splice pipe) from the core's pools when
+    /// bytes arrive. Below it, each connection keeps its buffers (one less
+    /// submission per request). 0: always release them.
+    pub park_idle_above_connections: usize,
     /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout_ms: u64,
     /// A request head (or an upload) that stalls for this long is cut off (slowloris).
@@ -170,6 +176,7 @@ impl Default for NodeConfig {
             max_header_bytes: 16 << 10,
             max_headers: 64,
             max_connections_per_core: 16_384,
+            park_idle_above_connections: 256,
             idle_timeout_ms: 60_000,
             header_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bao_tree::iter::BaoChunk;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 use monoio::buf::IoBufMut;
@@ -37,7 +36,7 @@ use crate::http::{
 use crate::metrics::{bump, new_latency_histogram, CoreStats, Metrics};
 use crate::store::{now_secs, Store, StoreError};
 use crate::sys::{self, Pipe};
-use crate::verified::{self, Verifier};
+use crate::verified;
 
 pub mod control;
 mod h3;
@@ -65,6 +64,14 @@ const TICK: Duration = Duration::from_millis(50);
 const PUBLISH_EVERY_TICKS: u32 = 20;
 /// Verified streams are written in pieces of about this size.
 const VERIFIED_FLUSH_BYTES: usize = 64 * 1024;
+/// A connection's write buffer to begin with, and the most it keeps between
+/// requests (a verified stream grows it well beyond).
+const WBUF_BYTES: usize = 1024;
+const WBUF_KEPT_BYTES: usize = 64 * 1024;
+/// Buffers and pipes of each kind a core keeps for parked connections.
+const PARK_POOL_KEPT: usize = 1024;
+/// Verified-stream buffers (256 KiB each) a core keeps for reuse.
+const VERIFY_SCRATCH_KEPT: usize = 4;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -386,6 +393,8 @@ fn core_main(
             touched: RefCell::new(std::collections::HashMap::with_capacity(TOUCHED_PER_CORE)),
             now_secs: Cell::new(now_secs()),
             upload_bufs: RefCell::new(Vec::new()),
+            parked: RefCell::new(ParkPool::default()),
+            verify_scratch: RefCell::new(Vec::new()),
             h3_open: Cell::new(false),
         });
         let ticker = monoio::spawn(tick_loop(core.clone()));
@@ -434,6 +443,10 @@ struct Core {
     now_secs: Cell<u64>,
     /// Reusable upload body buffers.
     upload_bufs: RefCell<Vec<Vec<u8>>>,
+    /// Buffers and pipes of parked (idle, buffer-less) keep-alive connections.
+    parked: RefCell<ParkPool>,
+    /// Reusable buffers for checking verified streams a subtree at a time.
+    verify_scratch: RefCell<Vec<verified::Scratch>>,
     /// The HTTP/3 loop still has connections to close.
     h3_open: Cell<bool>,
 }
@@ -682,14 +695,31 @@ async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
     let cfg = &core.shared.config;
     let mut conn = Conn {
         stream,
-        rbuf: Vec::with_capacity(cfg.max_header_bytes),
-        wbuf: Vec::with_capacity(1024),
+        rbuf: Vec::new(),
+        wbuf: Vec::new(),
         pipe: None,
         preconditions: Preconditions::default(),
     };
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    // A new connection waits for its first bytes parked, like any idle one.
+    let mut park = true;
     loop {
         if core.stopping.get() && conn.rbuf.is_empty() {
             return;
+        }
+        if conn.rbuf.is_empty() && park {
+            ParkPool::park(&core, &mut conn);
+            match monoio::time::timeout(idle, conn.stream.readable(false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    bump(&core.stats().timeouts, 1);
+                    return;
+                }
+            }
+        }
+        if conn.rbuf.capacity() == 0 {
+            ParkPool::unpark(&core, &mut conn);
         }
         let info = match read_head(&core, &mut conn).await {
             Ok(Some(info)) => info,
@@ -708,6 +738,66 @@ async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         match next {
             Ok(Next::KeepAlive) if !core.stopping.get() => {}
             _ => return,
+        }
+        park = core.live.get() > cfg.park_idle_above_connections;
+        if !park && conn.wbuf.capacity() > WBUF_KEPT_BYTES {
+            // A verified stream grew it: do not keep that much per connection.
+            conn.wbuf = Vec::with_capacity(WBUF_BYTES);
+        }
+    }
+}
+
+/// The buffers and pipes that parked connections gave back, for the next
+/// connection that has bytes to read. Each list is bounded; what does not fit
+/// is freed.
+#[derive(Default)]
+struct ParkPool {
+    rbufs: Vec<Vec<u8>>,
+    wbufs: Vec<Vec<u8>>,
+    pipes: Vec<Pipe>,
+}
+
+impl ParkPool {
+    /// Takes `conn`'s buffers and pipe (it has no buffered bytes).
+    fn park(core: &Core, conn: &mut Conn) {
+        let mut pool = core.parked.borrow_mut();
+        let rbuf = std::mem::take(&mut conn.rbuf);
+        if rbuf.capacity() == core.shared.config.max_header_bytes
+            && pool.rbufs.len() < PARK_POOL_KEPT
+        {
+            pool.rbufs.push(rbuf);
+        }
+        let mut wbuf = std::mem::take(&mut conn.wbuf);
+        if wbuf.capacity() <= WBUF_KEPT_BYTES
+            && wbuf.capacity() > 0
+            && pool.wbufs.len() < PARK_POOL_KEPT
+        {
+            wbuf.clear();
+            pool.wbufs.push(wbuf);
+        }
+        if let Some(pipe) = conn.pipe.take() {
+            // A pipe is only pooled empty (a response always drains it).
+            if pool.pipes.len() < PARK_POOL_KEPT {
+                pool.pipes.push(pipe);
+            }
+        }
+    }
+
+    /// Gives `conn` buffers again: pooled ones, or new ones.
+    fn unpark(core: &Core, conn: &mut Conn) {
+        let mut pool = core.parked.borrow_mut();
+        conn.rbuf = pool
+            .rbufs
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(core.shared.config.max_header_bytes));
+        if conn.wbuf.capacity() == 0 {
+            conn.wbuf = pool
+                .wbufs
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(WBUF_BYTES));
+        }
+        if conn.pipe.is_none() {
+            conn.pipe = pool.pipes.pop();
         }
     }
 }
@@ -1615,57 +1705,55 @@ async fn get_verified(
     #[cfg(feature = "fault-injection")]
     let mut corrupt_next =
         info.from_peer && std::env::var_os("TESSERA_FAULT_CORRUPT_PEER_STREAMS").is_some();
-    let tree = verified::tree(size);
-    let mut verifier = Verifier::new(hash.as_blake3());
-    let mut pair = [0u8; 64];
-    for item in tree.ranges_pre_order_chunks_iter_ref(&ranges, 0) {
-        let checked = match item {
-            BaoChunk::Parent {
-                node,
-                is_root,
-                left,
-                right,
-                ..
-            } => {
-                let off = verified::outboard_offset(&tree, node).unwrap_or(0);
-                sys::read_exact_at(outboard.as_raw_fd(), &mut pair, off)?;
-                let (l, r) = verified::split_pair(&pair);
-                conn.wbuf.extend_from_slice(&pair);
-                verifier.parent(node, is_root, left, right, (&l, &r))
-            }
-            BaoChunk::Leaf {
-                start_chunk,
-                size: group_len,
-                is_root,
-                ..
-            } => {
-                let at = conn.wbuf.len();
-                conn.wbuf.resize(at + group_len, 0);
-                sys::read_exact_at(file.as_raw_fd(), &mut conn.wbuf[at..], start_chunk.0 * 1024)?;
-                bump(&core.stats().copied_bytes, group_len as u64);
-                let checked = verifier.group(start_chunk, &conn.wbuf[at..], is_root);
-                #[cfg(feature = "fault-injection")]
-                if checked.is_ok() && std::mem::take(&mut corrupt_next) {
-                    conn.wbuf[at] ^= 0x01;
+    let mut walk = verified::Walk::new(hash.as_blake3(), size, &ranges);
+    let mut scratch = core.verify_scratch.borrow_mut().pop().unwrap_or_default();
+    let mut stored = verified::Stored {
+        outboard: |buf: &mut [u8], at| sys::read_exact_at(outboard.as_raw_fd(), buf, at),
+        data: |buf: &mut [u8], at| sys::read_exact_at(file.as_raw_fd(), buf, at),
+    };
+    loop {
+        let wbuf = &mut conn.wbuf;
+        let copied = &core.stats().copied_bytes;
+        let step = walk.step(&mut stored, &mut scratch, &mut |item| {
+            match item {
+                verified::Item::Size(_) => {}
+                verified::Item::Parent { pair, .. } => wbuf.extend_from_slice(pair),
+                verified::Item::Group { data, .. } => {
+                    #[cfg(feature = "fault-injection")]
+                    let at = wbuf.len();
+                    wbuf.extend_from_slice(data);
+                    bump(copied, data.len() as u64);
+                    #[cfg(feature = "fault-injection")]
+                    if std::mem::take(&mut corrupt_next) {
+                        wbuf[at] ^= 0x01;
+                    }
                 }
-                checked
             }
-        };
-        if let Err(e) = checked {
-            // Never send bytes that do not match the hash: cut the stream here so the
-            // client sees it end early; `tessera store verify` finds the blob.
-            bump(&core.stats().corrupt_detected, 1);
-            tracing::error!(%hash, "stored blob is corrupt: {e}; moving it to quarantine/");
-            let store = core.shared.store.clone();
-            if let Err(e) = off_core(move || store.quarantine(&hash)).await {
-                tracing::error!(%hash, "cannot quarantine corrupt blob: {e}");
+            Ok(())
+        });
+        match step {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                // Never send bytes that do not match the hash: cut the stream here so the
+                // client sees it end early; `tessera store verify` finds the blob.
+                give_scratch(core, scratch);
+                bump(&core.stats().corrupt_detected, 1);
+                tracing::error!(%hash, "stored blob is corrupt: {e}; moving it to quarantine/");
+                let store = core.shared.store.clone();
+                if let Err(e) = off_core(move || store.quarantine(&hash)).await {
+                    tracing::error!(%hash, "cannot quarantine corrupt blob: {e}");
+                }
+                conn.wbuf.clear();
+                return Ok(Next::Close);
             }
-            conn.wbuf.clear();
-            return Ok(Next::Close);
         }
         if conn.wbuf.len() >= VERIFIED_FLUSH_BYTES {
             sent += conn.wbuf.len() as u64;
-            write_wbuf(core, conn).await?;
+            if let Err(e) = write_wbuf(core, conn).await {
+                give_scratch(core, scratch);
+                return Err(e);
+            }
             if let Some(cap) = cap {
                 let due = Duration::from_secs_f64(sent as f64 / cap as f64);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -1674,12 +1762,21 @@ async fn get_verified(
             }
         }
     }
+    give_scratch(core, scratch);
     write_wbuf(core, conn).await?;
     Ok(if keep_alive {
         Next::KeepAlive
     } else {
         Next::Close
     })
+}
+
+/// Returns a verified-stream buffer to the core's pool (a few are kept).
+fn give_scratch(core: &Core, scratch: verified::Scratch) {
+    let mut pool = core.verify_scratch.borrow_mut();
+    if pool.len() < VERIFY_SCRATCH_KEPT {
+        pool.push(scratch);
+    }
 }
 
 /// Runs blocking store work on the store-I/O threads and waits for it without

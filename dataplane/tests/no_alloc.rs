@@ -1,5 +1,7 @@
 //! The plain GET path allocates nothing per request: an in-process server, a global
 //! allocator that counts, and thousands of keep-alive requests over a real socket.
+//! Both with a connection that keeps its buffers between requests and with one
+//! that parks (gives them back to the core's pool and waits for readability).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,7 +12,17 @@ use support::{allocations, OneCore};
 
 #[test]
 fn plain_get_allocates_nothing_per_request() {
-    let node = OneCore::start(13);
+    get_allocates_nothing(OneCore::start(13));
+}
+
+#[test]
+fn plain_get_on_a_parking_connection_allocates_nothing_per_request() {
+    get_allocates_nothing(OneCore::start_with(17, |c| {
+        c.park_idle_above_connections = 0
+    }));
+}
+
+fn get_allocates_nothing(node: OneCore) {
     let (addr, hash, data) = (node.addr, node.hash, node.data.clone());
 
     let request =

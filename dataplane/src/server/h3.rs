@@ -1975,13 +1975,11 @@ fn encode_verified(
         None => return Err(io::Error::from(io::ErrorKind::NotFound).into()),
     };
     let read = |fd: &OwnedFd, buf: &mut [u8], at: u64| sys::read_exact_at(fd.as_raw_fd(), buf, at);
-    verified::encode_validated(
-        hash.as_blake3(),
-        size,
-        ranges,
-        |buf, at| read(&outboard, buf, at),
-        |buf, at| read(data, buf, at),
-    )
+    let mut stored = verified::Stored {
+        outboard: |buf: &mut [u8], at| read(&outboard, buf, at),
+        data: |buf: &mut [u8], at| read(data, buf, at),
+    };
+    verified::encode_validated(hash.as_blake3(), size, ranges, &mut stored)
 }
 
 fn on_data(core: &Core, conn: &mut QuicConn, stream: u64) {

@@ -48,6 +48,11 @@ pub struct OneCore {
 impl OneCore {
     /// `mul` varies the blob's bytes between tests.
     pub fn start(mul: u32) -> OneCore {
+        Self::start_with(mul, |_| {})
+    }
+
+    /// The same, with `tweak` applied to the node's settings.
+    pub fn start_with(mul: u32, tweak: impl FnOnce(&mut dataplane::config::NodeConfig)) -> OneCore {
         use dataplane::config::NodeConfig;
         use dataplane::store::{Store, StoreConfig};
         use std::sync::Arc;
@@ -60,12 +65,13 @@ impl OneCore {
             .expect("bind")
             .local_addr()
             .expect("addr");
-        let config = NodeConfig {
+        let mut config = NodeConfig {
             listen: addr,
             cores: 1,
             data_dir: dir.path().to_path_buf(),
             ..NodeConfig::default()
         };
+        tweak(&mut config);
         let shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let server =
             dataplane::server::Server::start(config, store, shutdown.clone()).expect("start");

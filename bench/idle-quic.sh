@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Memory per held QUIC connection: Tessera on one core, N HTTP/3 connections from
+# tessera-bench (one UDP socket each), each sending one 4 KiB GET every 4 s on
+# average, so the connections are held and mostly idle. The server's RSS before
+# and with them all held, divided by N, is its memory per connection; the load
+# generator reports p50/p99 of those GETs and any errors.
+#
+#   bench/idle-quic.sh [N ...]     (default: 1000 5000)
+#
+# Needs: python3, curl; builds the release binaries unless TESSERA_BIN and
+# TESSERA_BENCH_BIN are set. No peer runs beside it: Caddy, the HTTP/3 peer of
+# the suite, is not installed here (`--h3` of `tessera-bench suite` uses it
+# where it is).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+counts=("$@")
+((${#counts[@]})) || counts=(1000 5000)
+ulimit -n "$(ulimit -Hn)"
+bench_setup idle-quic
+target=${CARGO_TARGET_DIR:-target}
+if [ -z "${TESSERA_BENCH_BIN:-}" ]; then
+    cargo build --release --locked -q -p tessera-bench
+    TESSERA_BENCH_BIN=$target/release/tessera-bench
+fi
+mkdir -p bench/out
+head -c 4096 /dev/urandom > "$work/4k.bin"
+max=0
+for n in "${counts[@]}"; do ((n > max)) && max=$n; done
+port=18598
+cat > "$work/tessera.toml" <<CONF
+h3_max_connections_per_core = $((max + 1000))
+h3_idle_timeout_ms = 120000
+CONF
+
+json="{\"date\":\"$(date -u +%FT%TZ)\",\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\",\"rows\":["
+sep=""
+printf '%-8s %12s %12s %14s %10s %10s %8s\n' conns rss_idle_kib rss_held_kib bytes_per_conn p50_ms p99_ms errors
+for n in "${counts[@]}"; do
+    # A fresh node per count, so one count's connections do not linger into the next.
+    rm -rf "$work/data"
+    taskset -c 0 "$TESSERA_BIN" run --config "$work/tessera.toml" --data-dir "$work/data" \
+        --listen 127.0.0.1:$port --cores 1 2>"$work/tessera.log" &
+    tessera_pid=$!
+    pids+=($tessera_pid)
+    for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.1; done
+    hash=$(TESSERA_CLIENT_DIR="$work/client" "$TESSERA_BIN" put "$work/4k.bin" --node http://127.0.0.1:$port | awk '{print $1}')
+    sleep 1
+    before=$(awk '/^VmRSS/ {print $2}' "/proc/$tessera_pid/status")
+    # Connections ramp up in the first seconds; RSS is read at 10 s of 14.
+    taskset -c 1 "$TESSERA_BENCH_BIN" load --h3 --addr 127.0.0.1:$port --path "/blobs/$hash" \
+        --connections "$n" --rate "$((n / 4))" --duration 14 --warmup 4 --timeout 30 \
+        --json "$work/load.json" >"$work/load.out" 2>&1 &
+    load_pid=$!
+    sleep 10
+    held=$(awk '/^VmRSS/ {print $2}' "/proc/$tessera_pid/status")
+    wait "$load_pid"
+    read -r p50 p99 errors < <(python3 -c "
+import json; r = json.load(open('$work/load.json'))
+print(r['p50_ms'], r['p99_ms'], r['errors'])")
+    per=$(( (held - before) * 1024 / n ))
+    printf '%-8s %12s %12s %14s %10s %10s %8s\n' "$n" "$before" "$held" "$per" "$p50" "$p99" "$errors"
+    json+="$sep{\"connections\":$n,\"rss_idle_kib\":$before,\"rss_held_kib\":$held,\"bytes_per_connection\":$per,\"p50_ms\":$p50,\"p99_ms\":$p99,\"errors\":$errors}"
+    sep=","
+    kill "$tessera_pid"
+    wait "$tessera_pid" 2>/dev/null || true
+done
+echo "$json]}" > bench/out/idle-quic.json
+echo "wrote bench/out/idle-quic.json"
