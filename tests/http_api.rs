@@ -323,6 +323,32 @@ fn slowloris_is_cut_off() {
     assert!(node.metric("tessera_timeouts_total") >= 1);
 }
 
+/// A connection that never sends (parked: no buffers, no timer of its own, the
+/// core's tick shuts it down) and one that made a request and then idles (it
+/// keeps its buffers: few connections) are both closed after the idle timeout.
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let node = Node::start(&["--idle-timeout-ms", "300"]);
+    let silent = TcpStream::connect(node.addr).expect("connect");
+    let mut used = TcpStream::connect(node.addr).expect("connect");
+    used.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    let (status, _, _) = read_response(&mut used).expect("answer");
+    assert_eq!(status, 200);
+    for (name, mut s) in [("silent", silent), ("used", used)] {
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(n) => panic!("{name}: {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) => panic!("{name}: not closed within 60 s: {e}"),
+        }
+    }
+    assert!(node.metric("tessera_timeouts_total") >= 2);
+}
+
 #[test]
 fn a_thousand_concurrent_keep_alive_connections() {
     let node = Node::start(&[]);

@@ -15,7 +15,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -42,6 +42,7 @@ pub mod control;
 mod h3;
 mod routes;
 pub mod services;
+mod slot;
 mod work;
 mod ws;
 pub use control::{ControlPlane, NoControlPlane};
@@ -69,7 +70,7 @@ const VERIFIED_FLUSH_BYTES: usize = 64 * 1024;
 const WBUF_BYTES: usize = 1024;
 const WBUF_KEPT_BYTES: usize = 64 * 1024;
 /// Buffers and pipes of each kind a core keeps for parked connections.
-const PARK_POOL_KEPT: usize = 1024;
+const PARK_POOL_KEPT: usize = 64;
 /// Verified-stream buffers (256 KiB each) a core keeps for reuse.
 const VERIFY_SCRATCH_KEPT: usize = 4;
 
@@ -394,6 +395,9 @@ fn core_main(
             now_secs: Cell::new(now_secs()),
             upload_bufs: RefCell::new(Vec::new()),
             parked: RefCell::new(ParkPool::default()),
+            // Every connection below the parking count may be in a request.
+            slots: slot::Slots::new(shared.config.park_idle_above_connections + PARK_POOL_KEPT),
+            idle: RefCell::new(IdleList::default()),
             verify_scratch: RefCell::new(Vec::new()),
             h3_open: Cell::new(false),
         });
@@ -445,6 +449,10 @@ struct Core {
     upload_bufs: RefCell<Vec<Vec<u8>>>,
     /// Buffers and pipes of parked (idle, buffer-less) keep-alive connections.
     parked: RefCell<ParkPool>,
+    /// Memory the request handlers run in, outside the connections' tasks.
+    slots: slot::Slots,
+    /// Parked connections, for their idle timeout.
+    idle: RefCell<IdleList>,
     /// Reusable buffers for checking verified streams a subtree at a time.
     verify_scratch: RefCell<Vec<verified::Scratch>>,
     /// The HTTP/3 loop still has connections to close.
@@ -564,6 +572,13 @@ async fn tick_loop(core: Rc<Core>) {
         }
         ticks += 1;
         core.now_secs.set(now_secs());
+        let expired = core
+            .idle
+            .borrow_mut()
+            .expire(Instant::now(), core.stopping.get());
+        if !core.stopping.get() {
+            bump(&core.stats().timeouts, expired);
+        }
         if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             core.stats().publish(&core.histogram.borrow());
             flush_touches(&core);
@@ -651,7 +666,8 @@ struct Conn {
     pipe: Option<Pipe>,
     /// The current request's precondition fields (If-None-Match, ...): kept
     /// here, reused for every request, rather than copied with each request.
-    preconditions: Preconditions,
+    /// Parked with the buffers (it is 1 KiB); always present while a request is read.
+    preconditions: Option<Box<Preconditions>>,
 }
 
 /// What the handler needs from a parsed head, copied out of the read buffer so the
@@ -698,7 +714,7 @@ async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         rbuf: Vec::new(),
         wbuf: Vec::new(),
         pipe: None,
-        preconditions: Preconditions::default(),
+        preconditions: None,
     };
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
     // A new connection waits for its first bytes parked, like any idle one.
@@ -709,41 +725,105 @@ async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         }
         if conn.rbuf.is_empty() && park {
             ParkPool::park(&core, &mut conn);
-            match monoio::time::timeout(idle, conn.stream.readable(false)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    bump(&core.stats().timeouts, 1);
-                    return;
-                }
+            // No timer of its own (a timer entry is 640 bytes): the core's tick
+            // shuts the socket down when the idle timeout passes, which wakes
+            // this poll, and the read that follows sees the end.
+            let _parked = Parked::new(&core, conn.stream.as_raw_fd(), idle);
+            if conn.stream.readable(false).await.is_err() {
+                return;
             }
         }
         if conn.rbuf.capacity() == 0 {
             ParkPool::unpark(&core, &mut conn);
         }
-        let info = match read_head(&core, &mut conn).await {
-            Ok(Some(info)) => info,
-            Ok(None) => return,
-            Err((status, message)) => {
-                let _ =
-                    respond_text(&core, &mut conn, Route::NotFound, status, message, false).await;
-                return;
-            }
-        };
-        let _flight = InFlight::new(&core);
-        let started = Instant::now();
-        let next = handle(&core, &mut conn, &info).await;
-        let micros = started.elapsed().as_micros() as u64;
-        let _ = core.histogram.borrow_mut().record(micros.max(1));
-        match next {
-            Ok(Next::KeepAlive) if !core.stopping.get() => {}
-            _ => return,
+        // One request, head to answer, in pooled memory: its state (the head's
+        // fields, every route's locals) is what would make the task large.
+        if !core.slots.run(request(&core, &mut conn)).await {
+            return;
         }
         park = core.live.get() > cfg.park_idle_above_connections;
         if !park && conn.wbuf.capacity() > WBUF_KEPT_BYTES {
             // A verified stream grew it: do not keep that much per connection.
             conn.wbuf = Vec::with_capacity(WBUF_BYTES);
         }
+    }
+}
+
+/// Reads one request's head and answers it. `false`: close the connection.
+async fn request(core: &Core, conn: &mut Conn) -> bool {
+    let info = match read_head(core, conn).await {
+        Ok(Some(info)) => info,
+        Ok(None) => return false,
+        Err((status, message)) => {
+            let _ = respond_text(core, conn, Route::NotFound, status, message, false).await;
+            return false;
+        }
+    };
+    let _flight = InFlight::new(core);
+    let started = Instant::now();
+    let next = handle(core, conn, &info).await;
+    let micros = started.elapsed().as_micros() as u64;
+    let _ = core.histogram.borrow_mut().record(micros.max(1));
+    matches!(next, Ok(Next::KeepAlive)) && !core.stopping.get()
+}
+
+/// Parked connections' sockets and when each idles out; the core's tick shuts
+/// down the ones past their time (and all of them when the node stops).
+#[derive(Default)]
+struct IdleList {
+    entries: Vec<Option<(RawFd, Instant)>>,
+    free: Vec<usize>,
+}
+
+impl IdleList {
+    /// Shuts down the sockets whose time has passed (all, when `all`).
+    fn expire(&mut self, now: Instant, all: bool) -> u64 {
+        let mut expired = 0;
+        for entry in &mut self.entries {
+            if let Some((fd, deadline)) = *entry {
+                if all || deadline <= now {
+                    sys::shutdown(fd);
+                    // Once only: the connection drops its entry when it wakes.
+                    *entry = Some((fd, now + Duration::from_secs(3600)));
+                    expired += 1;
+                }
+            }
+        }
+        expired
+    }
+}
+
+/// A connection's entry in its core's [`IdleList`] while it is parked. Dropped
+/// before the connection's socket is closed, so a shutdown never reaches a
+/// reused descriptor.
+struct Parked<'a> {
+    core: &'a Core,
+    index: usize,
+}
+
+impl<'a> Parked<'a> {
+    fn new(core: &'a Core, fd: RawFd, idle: Duration) -> Self {
+        let mut list = core.idle.borrow_mut();
+        let entry = Some((fd, Instant::now() + idle));
+        let index = match list.free.pop() {
+            Some(i) => {
+                list.entries[i] = entry;
+                i
+            }
+            None => {
+                list.entries.push(entry);
+                list.entries.len() - 1
+            }
+        };
+        Self { core, index }
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        let mut list = self.core.idle.borrow_mut();
+        list.entries[self.index] = None;
+        list.free.push(self.index);
     }
 }
 
@@ -755,6 +835,9 @@ struct ParkPool {
     rbufs: Vec<Vec<u8>>,
     wbufs: Vec<Vec<u8>>,
     pipes: Vec<Pipe>,
+    /// Boxed: a connection's box moves to the pool and back, 1 KiB not copied.
+    #[allow(clippy::vec_box)]
+    preconditions: Vec<Box<Preconditions>>,
 }
 
 impl ParkPool {
@@ -781,6 +864,11 @@ impl ParkPool {
                 pool.pipes.push(pipe);
             }
         }
+        if let Some(pre) = conn.preconditions.take() {
+            if pool.preconditions.len() < PARK_POOL_KEPT {
+                pool.preconditions.push(pre);
+            }
+        }
     }
 
     /// Gives `conn` buffers again: pooled ones, or new ones.
@@ -798,6 +886,9 @@ impl ParkPool {
         }
         if conn.pipe.is_none() {
             conn.pipe = pool.pipes.pop();
+        }
+        if conn.preconditions.is_none() {
+            conn.preconditions = Some(pool.preconditions.pop().unwrap_or_default());
         }
     }
 }
@@ -818,8 +909,8 @@ async fn read_head(
     };
     loop {
         if !conn.rbuf.is_empty() {
-            match http::parse_request_into(&conn.rbuf, core.shared.limits, &mut conn.preconditions)
-            {
+            let pre = conn.preconditions.get_or_insert_with(Box::default);
+            match http::parse_request_into(&conn.rbuf, core.shared.limits, pre) {
                 Ok(Some(req)) => return Ok(Some(req_info(core, &req))),
                 Ok(None) => {}
                 Err(e) => return Err(parse_error(e)),
@@ -1449,10 +1540,12 @@ async fn blob_preconditions(
         etag: Some(tag.as_bytes()),
         ..Validators::default()
     };
-    match conn
-        .preconditions
-        .evaluate(info.method, has_range, &validators)
-    {
+    // The head was parsed into `preconditions`, so it is there.
+    let outcome = match conn.preconditions.as_deref() {
+        Some(pre) => pre.evaluate(info.method, has_range, &validators),
+        None => ConditionalOutcome::Proceed { honor_range: true },
+    };
+    match outcome {
         ConditionalOutcome::Proceed { honor_range } => Ok(Ok(honor_range)),
         ConditionalOutcome::NotModified => {
             // A revalidation is a use: the blob stays recent for eviction.

@@ -180,6 +180,13 @@ pub fn send_nowait(socket: RawFd, bytes: &[u8]) {
     };
 }
 
+/// Shuts a socket down both ways (an idle connection's timeout): a pending poll
+/// on it wakes, and its reads see the end. Failure (already closed) is ignored.
+pub fn shutdown(socket: RawFd) {
+    // SAFETY: shutdown(2) takes any descriptor and only acts on sockets.
+    unsafe { libc::shutdown(socket, libc::SHUT_RDWR) };
+}
+
 /// Raises the soft open-file limit to the hard limit: every connection costs a
 /// socket and, while it streams a blob, a file and a pipe (three descriptors).
 pub fn raise_fd_limit() -> io::Result<u64> {
