@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
 use crate::config::{NodeConfig, OnMiss};
@@ -454,7 +454,7 @@ struct Core {
     /// Parked connections, for their idle timeout.
     idle: RefCell<IdleList>,
     /// Reusable buffers for checking verified streams a subtree at a time.
-    verify_scratch: RefCell<Vec<verified::Scratch>>,
+    verify_scratch: RefCell<Vec<(verified::Scratch, Vec<libc::iovec>)>>,
     /// The HTTP/3 loop still has connections to close.
     h3_open: Cell<bool>,
 }
@@ -1799,28 +1799,44 @@ async fn get_verified(
     let mut corrupt_next =
         info.from_peer && std::env::var_os("TESSERA_FAULT_CORRUPT_PEER_STREAMS").is_some();
     let mut walk = verified::Walk::new(hash.as_blake3(), size, &ranges);
-    let mut scratch = core.verify_scratch.borrow_mut().pop().unwrap_or_default();
+    let (mut scratch, mut iov) = core.verify_scratch.borrow_mut().pop().unwrap_or_default();
     let mut stored = verified::Stored {
         outboard: |buf: &mut [u8], at| sys::read_exact_at(outboard.as_raw_fd(), buf, at),
         data: |buf: &mut [u8], at| sys::read_exact_at(file.as_raw_fd(), buf, at),
     };
     loop {
+        // A whole subtree (256 KiB and its pairs) is sent with one writev from
+        // the buffers it was read and checked in, after what the write buffer
+        // holds; single pairs and groups are copied into the write buffer.
+        let gather = walk.next_is_subtree();
+        #[cfg(feature = "fault-injection")]
+        let gather = gather && !corrupt_next;
+        iov.clear();
+        if gather && !conn.wbuf.is_empty() {
+            iov.push(iovec_of(&conn.wbuf));
+        }
         let wbuf = &mut conn.wbuf;
         let copied = &core.stats().copied_bytes;
+        let iov_ref = &mut iov;
         let step = walk.step(&mut stored, &mut scratch, &mut |item| {
-            match item {
-                verified::Item::Size(_) => {}
-                verified::Item::Parent { pair, .. } => wbuf.extend_from_slice(pair),
+            let piece = match item {
+                verified::Item::Size(_) => return Ok(()),
+                verified::Item::Parent { pair, .. } => &pair[..],
                 verified::Item::Group { data, .. } => {
-                    #[cfg(feature = "fault-injection")]
-                    let at = wbuf.len();
-                    wbuf.extend_from_slice(data);
                     bump(copied, data.len() as u64);
-                    #[cfg(feature = "fault-injection")]
-                    if std::mem::take(&mut corrupt_next) {
-                        wbuf[at] ^= 0x01;
-                    }
+                    data
                 }
+            };
+            if gather {
+                iov_ref.push(iovec_of(piece));
+                return Ok(());
+            }
+            #[cfg(feature = "fault-injection")]
+            let at = wbuf.len();
+            wbuf.extend_from_slice(piece);
+            #[cfg(feature = "fault-injection")]
+            if matches!(item, verified::Item::Group { .. }) && std::mem::take(&mut corrupt_next) {
+                wbuf[at] ^= 0x01;
             }
             Ok(())
         });
@@ -1830,7 +1846,7 @@ async fn get_verified(
             Err(e) => {
                 // Never send bytes that do not match the hash: cut the stream here so the
                 // client sees it end early; `tessera store verify` finds the blob.
-                give_scratch(core, scratch);
+                give_scratch(core, scratch, iov);
                 bump(&core.stats().corrupt_detected, 1);
                 tracing::error!(%hash, "stored blob is corrupt: {e}; moving it to quarantine/");
                 let store = core.shared.store.clone();
@@ -1841,21 +1857,46 @@ async fn get_verified(
                 return Ok(Next::Close);
             }
         }
-        if conn.wbuf.len() >= VERIFIED_FLUSH_BYTES {
-            sent += conn.wbuf.len() as u64;
-            if let Err(e) = write_wbuf(core, conn).await {
-                give_scratch(core, scratch);
+        let wrote = if gather {
+            let mut g = Gather {
+                head: std::mem::take(&mut conn.wbuf),
+                scratch,
+                iov,
+                start: 0,
+            };
+            let total = g.remaining();
+            let res = g.write_all(&mut conn.stream).await;
+            g.head.clear();
+            conn.wbuf = g.head;
+            (scratch, iov) = (g.scratch, g.iov);
+            res.map(|()| total)
+        } else if conn.wbuf.len() >= VERIFIED_FLUSH_BYTES {
+            let n = conn.wbuf.len() as u64;
+            write_wbuf(core, conn).await.map(|()| 0).map(|_| n)
+        } else {
+            Ok(0)
+        };
+        match wrote {
+            Err(e) => {
+                give_scratch(core, scratch, iov);
                 return Err(e);
             }
-            if let Some(cap) = cap {
-                let due = Duration::from_secs_f64(sent as f64 / cap as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    monoio::time::sleep(wait).await;
+            Ok(0) => continue,
+            Ok(n) => {
+                if gather {
+                    bump(&core.stats().bytes_sent, n);
                 }
+                sent += n;
+            }
+        }
+        if let Some(cap) = cap {
+            let due = Duration::from_secs_f64(sent as f64 / cap as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                monoio::time::sleep(wait).await;
             }
         }
     }
-    give_scratch(core, scratch);
+    give_scratch(core, scratch, iov);
     write_wbuf(core, conn).await?;
     Ok(if keep_alive {
         Next::KeepAlive
@@ -1864,11 +1905,99 @@ async fn get_verified(
     })
 }
 
+fn iovec_of(bytes: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    }
+}
+
+/// A checked subtree's pieces (after the write buffer's head and pairs),
+/// written with `writev` from the buffers they were checked in.
+struct Gather {
+    head: Vec<u8>,
+    scratch: verified::Scratch,
+    iov: Vec<libc::iovec>,
+    /// The first iovec not yet written (it may be partly written: then it was
+    /// advanced past what was).
+    start: usize,
+}
+
+// SAFETY: every iovec points into `head` or into `scratch`'s heap buffers,
+// which this value owns and which are neither written, resized nor freed while
+// the runtime holds it (it holds the whole value, and moving it moves no heap
+// memory); `start <= iov.len()`, so the pointer and length describe live iovecs.
+unsafe impl monoio::buf::IoVecBuf for Gather {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov[self.start..].as_ptr()
+    }
+    fn read_iovec_len(&self) -> usize {
+        self.iov.len() - self.start
+    }
+}
+
+impl Gather {
+    fn remaining(&self) -> u64 {
+        self.iov[self.start..]
+            .iter()
+            .map(|v| v.iov_len as u64)
+            .sum()
+    }
+
+    /// Marks `n` more bytes written.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 && self.start < self.iov.len() {
+            let v = &mut self.iov[self.start];
+            if n >= v.iov_len {
+                n -= v.iov_len;
+                self.start += 1;
+            } else {
+                v.iov_base = v.iov_base.cast::<u8>().wrapping_add(n).cast();
+                v.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+
+    async fn write_all(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        let mut owned = std::mem::replace(self, Gather::empty());
+        let mut result = Ok(());
+        while owned.start < owned.iov.len() {
+            let (res, back) = stream.writev(owned).await;
+            owned = back;
+            match res {
+                Ok(0) => {
+                    result = Err(io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(n) => owned.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        *self = owned;
+        result
+    }
+
+    fn empty() -> Self {
+        Gather {
+            head: Vec::new(),
+            scratch: verified::Scratch::empty(),
+            iov: Vec::new(),
+            start: 0,
+        }
+    }
+}
+
 /// Returns a verified-stream buffer to the core's pool (a few are kept).
-fn give_scratch(core: &Core, scratch: verified::Scratch) {
+fn give_scratch(core: &Core, scratch: verified::Scratch, mut iov: Vec<libc::iovec>) {
     let mut pool = core.verify_scratch.borrow_mut();
     if pool.len() < VERIFY_SCRATCH_KEPT {
-        pool.push(scratch);
+        iov.clear();
+        pool.push((scratch, iov));
     }
 }
 

@@ -505,6 +505,16 @@ impl Default for Scratch {
 }
 
 impl Scratch {
+    /// No buffers (a placeholder; a [`Walk`] needs [`Scratch::new`]'s).
+    pub fn empty() -> Self {
+        Self {
+            bytes: Vec::new(),
+            pairs: Vec::new(),
+            cvs: Vec::new(),
+            items: Vec::new(),
+        }
+    }
+
     pub fn new() -> Self {
         Self {
             bytes: vec![0u8; SUBTREE_BYTES],
@@ -617,7 +627,7 @@ fn covers(ranges: &ChunkRangesRef, start: ChunkNum, end: ChunkNum) -> bool {
 /// sink gets as it comes, and flush between steps.
 pub struct Walk<'a> {
     tree: BaoTree,
-    items: PreOrderPartialChunkIterRef<'a>,
+    items: std::iter::Peekable<PreOrderPartialChunkIterRef<'a>>,
     verifier: Verifier,
     subtrees: u64,
 }
@@ -627,9 +637,24 @@ impl<'a> Walk<'a> {
         let tree = tree(size);
         Self {
             tree,
-            items: tree.ranges_pre_order_chunks_iter_ref(ranges, 0),
+            items: tree.ranges_pre_order_chunks_iter_ref(ranges, 0).peekable(),
             verifier: Verifier::new(root),
             subtrees: 0,
+        }
+    }
+
+    /// Whether the next step checks a whole subtree (up to [`SUBTREE_BYTES`] and
+    /// its pairs), rather than one pair or one group: a caller may then send the
+    /// step's items straight from the scratch buffers.
+    pub fn next_is_subtree(&mut self) -> bool {
+        match self.items.peek() {
+            Some(BaoChunk::Parent {
+                node,
+                is_root,
+                ranges,
+                ..
+            }) => Subtree::at(&self.tree, *node, *is_root, ranges).is_some(),
+            _ => false,
         }
     }
 
