@@ -1007,7 +1007,7 @@ mod tests {
         }
     }
 
-    fn decode_all(
+    pub(super) fn decode_all(
         root: blake3::Hash,
         enc: &[u8],
         ranges: &ChunkRanges,
@@ -1160,24 +1160,7 @@ mod subtrees {
         Ok(out)
     }
 
-    fn walk_in_order(
-        root: blake3::Hash,
-        enc: &[u8],
-        ranges: &ChunkRanges,
-    ) -> Result<Vec<u8>, VerifyError> {
-        let mut out = Vec::new();
-        decode_stream(root, enc, ranges, |item| {
-            match item {
-                Item::Size(s) => out.resize(s as usize, 0),
-                Item::Group { offset, data } => {
-                    out[offset as usize..offset as usize + data.len()].copy_from_slice(data)
-                }
-                Item::Parent { .. } => {}
-            }
-            Ok(())
-        })?;
-        Ok(out)
-    }
+    use super::tests::decode_all as walk_in_order;
 
     /// The stream a stored blob (bytes and outboard, read where they lie) gives.
     fn walk_stored(
