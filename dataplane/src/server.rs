@@ -1845,8 +1845,10 @@ async fn get_verified(
             Ok(false) => break,
             Err(e) => {
                 // Never send bytes that do not match the hash: cut the stream here so the
-                // client sees it end early; `tessera store verify` finds the blob.
+                // client sees it end early; `tessera store verify` finds the blob. What
+                // the write buffer holds (the head, pieces checked before) is sent first.
                 give_scratch(core, scratch, iov);
+                let _ = write_wbuf(core, conn).await;
                 bump(&core.stats().corrupt_detected, 1);
                 tracing::error!(%hash, "stored blob is corrupt: {e}; moving it to quarantine/");
                 let store = core.shared.store.clone();
