@@ -226,6 +226,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         &cfg.data_dir,
         StoreConfig {
             max_bytes: cfg.max_store_bytes,
+            stream_cache_bytes: cfg.stream_cache_bytes,
         },
     )
     .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;

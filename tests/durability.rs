@@ -240,3 +240,85 @@ fn sigterm_finishes_in_flight_downloads() {
     // And it no longer accepts connections.
     assert!(TcpStream::connect(node.addr).is_err());
 }
+
+/// Decodes a whole verified stream with bao-tree's own decoder: the blob's bytes.
+fn decode_whole(hash: &str, stream: &[u8]) -> Vec<u8> {
+    let size = u64::from_le_bytes(stream[..8].try_into().expect("8 bytes"));
+    let tree = bao_tree::BaoTree::new(size, bao_tree::BlockSize::from_chunk_log(4));
+    let root = blake3::Hash::from_hex(hash).expect("hex");
+    let mut out = Vec::new();
+    let ranges = bao_tree::ChunkRanges::all();
+    for item in bao_tree::io::sync::DecodeResponseIter::new(root, tree, &stream[8..], &ranges) {
+        if let bao_tree::io::BaoContentItem::Leaf(leaf) = item.expect("verifies") {
+            out.extend_from_slice(&leaf.data);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_whole_stream_asked_for_twice_is_kept_spliced_and_dropped_when_bad() {
+    let mut node = Node::start(&["--admin-token", "test-admin-token-0123456789"]);
+    let data = random_bytes(700_000, 9);
+    let hash = node.put_bytes(&data);
+    let url = format!("{}/blobs/{hash}", node.url());
+    let kept = node.data_dir.join("blobs").join(format!("{hash}.bao"));
+    let stream = |extra: &[&str]| {
+        let mut args = vec!["-H", "Accept: application/x-bao"];
+        args.extend_from_slice(extra);
+        let (status, _, body) = curl_get(&url, &args);
+        assert_eq!(status, 200);
+        body
+    };
+    let first = stream(&[]);
+    assert_eq!(decode_whole(&hash, &first), data);
+    assert!(!kept.exists(), "a blob asked for once costs no copy");
+    assert_eq!(stream(&[]), first);
+    within(Duration::from_secs(60), "the stream is kept", || kept.exists());
+    assert_eq!(std::fs::read(&kept).expect("kept"), first);
+    assert_eq!(node.metric("tessera_kept_streams"), 1);
+    assert_eq!(node.metric("tessera_kept_stream_bytes"), first.len() as u64);
+
+    // Served from the copy, byte for byte the checked stream; ranges are not.
+    let spliced = node.metric("tessera_zero_copy_responses_total");
+    assert_eq!(stream(&[]), first);
+    assert_eq!(node.metric("tessera_kept_stream_responses_total"), 1);
+    assert_eq!(node.metric("tessera_zero_copy_responses_total"), spliced + 1);
+    let (status, _, part) = curl_get(&url, &["-H", "Accept: application/x-bao", "-r", "0-100"]);
+    assert_eq!(status, 200);
+    assert!(part.len() < first.len());
+    assert_eq!(node.metric("tessera_kept_stream_responses_total"), 1);
+
+    // Rot in the copy (same length): `store verify` finds the blob sound and
+    // drops the copy; the next answers are checked again, then kept anew.
+    let mut rotten = first.clone();
+    rotten[300_000] ^= 0x04;
+    std::fs::write(&kept, &rotten).expect("rot");
+    let out = tessera(&["store", "verify", "--data-dir", node.data_dir.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!kept.exists(), "the bad copy is removed");
+    assert_eq!(stream(&[]), first);
+    assert_eq!(stream(&[]), first);
+    assert_eq!(node.metric("tessera_kept_stream_responses_total"), 1);
+    within(Duration::from_secs(60), "the stream is kept again", || {
+        std::fs::read(&kept).is_ok_and(|k| k == first)
+    });
+
+    // A copy cut short is never served, and is gone after a restart.
+    std::fs::write(&kept, &first[..first.len() / 2]).expect("cut");
+    assert_eq!(stream(&[]), first);
+    assert_eq!(node.metric("tessera_kept_stream_responses_total"), 1);
+    node.restart();
+    assert!(!kept.exists(), "a torn copy is removed at start");
+    assert_eq!(node.metric("tessera_kept_streams"), 0);
+
+    // The copy goes with its blob.
+    assert_eq!(stream(&[]), first);
+    assert_eq!(stream(&[]), first);
+    within(Duration::from_secs(60), "kept after the restart", || kept.exists());
+    let del = format!("DELETE /blobs/{hash} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-admin-token-0123456789\r\nConnection: close\r\n\r\n");
+    assert_eq!(node.request(del.as_bytes()).0, 204);
+    assert!(!kept.exists(), "deleted with its blob");
+    assert_eq!(node.metric("tessera_kept_streams"), 0);
+    assert_eq!(curl_get(&url, &["-H", "Accept: application/x-bao"]).0, 404);
+}

@@ -125,6 +125,25 @@ fn ranges_and_the_verified_stream_over_h3() {
         }
     }
     assert_eq!(got, data);
+
+    // Asked for whole a second time, the stream is kept; the third answer is
+    // that copy, the same bytes.
+    let fetch_stream = |into: &std::path::Path| {
+        aioquic_get(
+            into,
+            &[format!("https://{}/blobs/{hash}?format=bao", node.addr)],
+            None,
+        );
+        std::fs::read(into.join(format!("{hash}?format=bao")))
+            .or_else(|_| std::fs::read(into.join(&hash)))
+            .expect("saved")
+    };
+    let (again, third) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    assert_eq!(fetch_stream(again.path()), stream);
+    let kept = node.data_dir.join("blobs").join(format!("{hash}.bao"));
+    within(Duration::from_secs(60), "the stream is kept", || kept.exists());
+    assert_eq!(fetch_stream(third.path()), stream);
+    assert_eq!(node.metric("tessera_kept_stream_responses_total"), 1);
 }
 
 /// A NAT in the test: relays between the client and the node, and once the

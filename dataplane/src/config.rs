@@ -38,6 +38,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Store size limit; unpinned blobs are evicted least-recently-used above it.
     pub max_store_bytes: u64,
+    /// Disk for whole verified streams of blobs asked for whole more than once
+    /// (`blobs/<hash>.bao`), beside `max_store_bytes`: such a stream is then
+    /// spliced like plain bytes, not read, hashed and copied again. 0: none kept.
+    pub stream_cache_bytes: u64,
     /// Bearer token for DELETE and pin/unpin. None: those routes are refused.
     pub admin_token: Option<String>,
     /// Largest upload accepted (413 above).
@@ -171,6 +175,7 @@ impl Default for NodeConfig {
             cores: 0,
             data_dir: default_data_dir(),
             max_store_bytes: 64 << 30,
+            stream_cache_bytes: 4 << 30,
             admin_token: None,
             max_body_bytes: 16 << 30,
             max_header_bytes: 16 << 10,

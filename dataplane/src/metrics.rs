@@ -55,6 +55,8 @@ pub struct CoreStats {
     pub corrupt_detected: AtomicU64,
     /// Blob opens served from the core's open-file cache.
     pub open_cache_hits: AtomicU64,
+    /// Verified streams spliced whole from `blobs/<hash>.bao`.
+    pub kept_stream_responses: AtomicU64,
     pub h3_connections_total: AtomicU64,
     pub h3_requests: AtomicU64,
     pub h3_datagrams_received: AtomicU64,
@@ -85,6 +87,7 @@ impl Default for CoreStats {
             timeouts: AtomicU64::new(0),
             corrupt_detected: AtomicU64::new(0),
             open_cache_hits: AtomicU64::new(0),
+            kept_stream_responses: AtomicU64::new(0),
             h3_connections_total: AtomicU64::new(0),
             h3_requests: AtomicU64::new(0),
             h3_datagrams_received: AtomicU64::new(0),
@@ -162,7 +165,7 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 21] = [
+        let counters: [(&str, &str, u64); 22] = [
             (
                 "tessera_h3_connections_total",
                 "QUIC connections accepted.",
@@ -239,6 +242,11 @@ impl Metrics {
                 self.sum(|c| &c.copied_body_bytes),
             ),
             (
+                "tessera_kept_stream_responses_total",
+                "Verified streams spliced whole from their kept copy, not read, hashed and copied again.",
+                self.sum(|c| &c.kept_stream_responses),
+            ),
+            (
                 "tessera_copied_bytes_total",
                 "Blob bytes read into user space to be verified (verified streams).",
                 self.sum(|c| &c.copied_bytes),
@@ -283,6 +291,9 @@ impl Metrics {
         let _ = writeln!(out, "# HELP tessera_store_bytes Bytes of blobs stored.\n# TYPE tessera_store_bytes gauge\ntessera_store_bytes {}", store.used_bytes());
         let _ = writeln!(out, "# HELP tessera_store_limit_bytes Store size limit.\n# TYPE tessera_store_limit_bytes gauge\ntessera_store_limit_bytes {}", store.max_bytes());
         let _ = writeln!(out, "# HELP tessera_store_blobs Blobs stored.\n# TYPE tessera_store_blobs gauge\ntessera_store_blobs {}", store.blob_count());
+        let (kept_bytes, kept) = store.stream_cache_usage();
+        let _ = writeln!(out, "# HELP tessera_kept_stream_bytes Bytes of whole verified streams kept on disk.\n# TYPE tessera_kept_stream_bytes gauge\ntessera_kept_stream_bytes {kept_bytes}");
+        let _ = writeln!(out, "# HELP tessera_kept_streams Whole verified streams kept on disk.\n# TYPE tessera_kept_streams gauge\ntessera_kept_streams {kept}");
 
         let _ = writeln!(out, "# HELP tessera_request_latency_seconds Request latency, head parsed to response written, per core and merged (updated each second).");
         let _ = writeln!(out, "# TYPE tessera_request_latency_seconds summary");

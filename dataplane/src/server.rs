@@ -34,7 +34,7 @@ use crate::http::{
     Preconditions, RangeRequest, Route, Status, Validators,
 };
 use crate::metrics::{bump, new_latency_histogram, CoreStats, Metrics};
-use crate::store::{now_secs, Store, StoreError};
+use crate::store::{now_secs, Store, StoreError, STREAM_SUFFIX};
 use crate::sys::{self, Pipe};
 use crate::verified;
 
@@ -1753,9 +1753,9 @@ async fn get_verified(
         Ok(honor_range) => info.range().filter(|_| honor_range),
         Err(next) => return Ok(next),
     };
-    let ranges = match http::parse_range(range, size) {
-        RangeRequest::Full => verified::all_ranges(),
-        RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
+    let (ranges, whole) = match http::parse_range(range, size) {
+        RangeRequest::Full => (verified::all_ranges(), true),
+        RangeRequest::Partial { first, last } => (verified::group_ranges(first, last), false),
         RangeRequest::Unsatisfiable => {
             return range_not_satisfiable(core, conn, route, size, keep_alive).await
         }
@@ -1783,21 +1783,34 @@ async fn get_verified(
             Next::Close
         });
     }
-    conn.wbuf.extend_from_slice(&size.to_le_bytes());
     // Node-to-node transfers may be capped per transfer (operators' egress
     // budget for peers); clients never are.
     let cap = match core.shared.config.peer_transfer_bytes_per_sec {
         c if c > 0 && info.from_peer => Some(c),
         _ => None,
     };
-    let started = Instant::now();
-    let mut sent = 0u64;
     // Test builds only: act as a malicious peer that flips a byte in the first
     // chunk group it sends to another node (after checking it, so the lie is
     // ours, not the disk's).
     #[cfg(feature = "fault-injection")]
     let mut corrupt_next =
         info.from_peer && std::env::var_os("TESSERA_FAULT_CORRUPT_PEER_STREAMS").is_some();
+    #[cfg(not(feature = "fault-injection"))]
+    let corrupt_next = false;
+    if whole && cap.is_none() && !corrupt_next && size >= KEEP_STREAM_MIN_BYTES {
+        if let Some(kept) = kept_stream(core, &hash, total) {
+            send_file_zero_copy(core, conn, &kept, 0, total).await?;
+            bump(&core.stats().kept_stream_responses, 1);
+            return Ok(if keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            });
+        }
+    }
+    conn.wbuf.extend_from_slice(&size.to_le_bytes());
+    let started = Instant::now();
+    let mut sent = 0u64;
     let mut walk = verified::Walk::new(hash.as_blake3(), size, &ranges);
     let (mut scratch, mut iov) = core.verify_scratch.borrow_mut().pop().unwrap_or_default();
     let mut stored = verified::Stored {
@@ -1905,6 +1918,47 @@ async fn get_verified(
     } else {
         Next::Close
     })
+}
+
+/// Verified streams of blobs smaller than this are always built as they are
+/// sent: a few groups cost less to check than a kept copy costs on disk.
+const KEEP_STREAM_MIN_BYTES: u64 = 64 << 10;
+
+/// Blob `hash`'s kept whole verified stream of `len` bytes, if there is one.
+/// Otherwise the ask is counted ([`Store::second_ask`]), and the second has
+/// the stream written, off the core, for the next request.
+fn kept_stream(core: &Core, hash: &BlobHash, len: u64) -> Option<OwnedFd> {
+    let store = &core.shared.store;
+    if !store.keeps_streams() {
+        return None;
+    }
+    match sys::open_at(store.blobs_dir_fd(), hash, STREAM_SUFFIX.as_bytes()) {
+        Ok(Some((fd, found))) if found == len => return Some(fd),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%hash, "cannot open kept verified stream: {e}"),
+    }
+    if !store.second_ask(hash) {
+        return None;
+    }
+    let (store, hash) = (store.clone(), *hash);
+    monoio::spawn(async move {
+        let kept = off_core({
+            let store = store.clone();
+            move || store.keep_stream(&hash)
+        })
+        .await;
+        match kept {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(StoreError::Verify(e)) => {
+                tracing::error!(%hash, "stored blob is corrupt: {e}; moving it to quarantine/");
+                if let Err(e) = off_core(move || store.quarantine(&hash)).await {
+                    tracing::error!(%hash, "cannot quarantine corrupt blob: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(%hash, "cannot keep the verified stream: {e}"),
+        }
+    });
+    None
 }
 
 fn iovec_of(bytes: &[u8]) -> libc::iovec {

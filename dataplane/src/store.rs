@@ -3,6 +3,12 @@
 //! # Layout of a data directory
 //! - `blobs/<hash>`: a blob's bytes; `blobs/<hash>.obao`: its pre-order outboard
 //!   (16 KiB chunk groups, no size prefix).
+//! - `blobs/<hash>.bao`: the blob's whole verified stream (size prefix, pairs and
+//!   bytes interleaved), kept for blobs asked for whole more than once, so the
+//!   server splices it like plain bytes instead of reading, hashing and copying
+//!   every group again ([`Store::keep_stream`]). A cache: built from checked
+//!   bytes, bounded by [`StoreConfig::stream_cache_bytes`], least recently used
+//!   blob's stream dropped first, gone with its blob.
 //! - `tmp/`: blobs being written. Everything here is removed when the store opens.
 //! - `quarantine/`: blobs that `store verify --quarantine` found corrupt.
 //! - `meta.redb`: size, pin and last access of every blob.
@@ -21,9 +27,9 @@
 //! redb and the size accounting), off the read path. Last-access times from the read
 //! path are batched by [`crate::server`] and applied with [`Store::touch_batch`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +44,9 @@ use crate::verified::{self, OutboardBuilder, VerifyError};
 
 /// hash -> (size in bytes, last access in unix seconds, pinned)
 const BLOBS: TableDefinition<[u8; 32], (u64, u64, bool)> = TableDefinition::new("blobs");
+
+/// The suffix of a whole verified stream's file in `blobs/`.
+pub const STREAM_SUFFIX: &str = ".bao";
 
 /// Bytes read or written per I/O call when the store copies a stream.
 const IO_BUF_BYTES: usize = 256 * 1024;
@@ -91,7 +100,34 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 pub struct StoreConfig {
     /// Unpinned blobs are evicted, least recently used first, to stay under this.
     pub max_bytes: u64,
+    /// Disk kept for whole verified streams (`blobs/<hash>.bao`), beside
+    /// `max_bytes`. 0: none are kept.
+    pub stream_cache_bytes: u64,
 }
+
+impl StoreConfig {
+    /// A store of `max_bytes` with no verified streams kept.
+    pub fn new(max_bytes: u64) -> Self {
+        StoreConfig {
+            max_bytes,
+            stream_cache_bytes: 0,
+        }
+    }
+}
+
+/// The whole verified streams on disk: their sizes, and those being written.
+#[derive(Default)]
+struct StreamCache {
+    kept: HashMap<BlobHash, u64>,
+    used: u64,
+    building: HashSet<BlobHash>,
+    /// Blobs whose whole stream was asked for once since it was last written:
+    /// the doorkeeper that keeps blobs asked for once from costing a copy.
+    asked: HashSet<BlobHash>,
+}
+
+/// Blobs asked for once that the doorkeeper remembers before it starts over.
+const STREAM_ASKS_KEPT: usize = 4096;
 
 /// What a put produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +168,8 @@ pub struct Store {
     tmp_seq: AtomicU64,
     /// Bumped whenever a blob is removed, so cores drop cached descriptors.
     generation: AtomicU64,
+    /// Taken after `write_lock` where both are held, never before it.
+    streams: Mutex<StreamCache>,
 }
 
 pub fn now_secs() -> u64 {
@@ -175,6 +213,7 @@ impl Store {
             write_lock: Mutex::new(()),
             tmp_seq: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            streams: Mutex::new(StreamCache::default()),
         };
         store.reconcile()?;
         Ok(store)
@@ -214,12 +253,24 @@ impl Store {
         self.blobs_dir.join(format!("{hash}.obao"))
     }
 
+    fn stream_path(&self, hash: &BlobHash) -> PathBuf {
+        self.blobs_dir.join(format!("{hash}{STREAM_SUFFIX}"))
+    }
+
     fn reconcile(&self) -> Result<(), StoreError> {
         let mut on_disk = HashSet::new();
+        let mut streams = Vec::new();
         for entry in fs::read_dir(&self.blobs_dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(STREAM_SUFFIX) {
+                match BlobHash::parse(stem.as_bytes()) {
+                    Ok(hash) => streams.push((hash, entry.metadata()?.len())),
+                    Err(_) => tracing::warn!(name = %name, "ignoring unknown file in blobs/"),
+                }
+                continue;
+            }
             let (stem, is_outboard) = match name.strip_suffix(".obao") {
                 Some(stem) => (stem, true),
                 None => (&*name, false),
@@ -278,6 +329,150 @@ impl Store {
         txn.commit().map_err(db_err)?;
         self.used_bytes.store(used, Ordering::Relaxed);
         self.blob_count.store(count, Ordering::Relaxed);
+        self.reconcile_streams(&on_disk, streams)
+    }
+
+    /// Keeps the whole streams that belong to a stored blob and have its
+    /// stream's length (a crash cannot leave a torn one: they are renamed in
+    /// whole, but a budget lowered since, or a file cut short by hand, can be
+    /// left), within the budget; removes the rest.
+    fn reconcile_streams(
+        &self,
+        blobs: &HashSet<BlobHash>,
+        found: Vec<(BlobHash, u64)>,
+    ) -> Result<(), StoreError> {
+        let mut cache = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        for (hash, len) in found {
+            let expected = match blobs.contains(&hash) {
+                true => fs::metadata(self.data_path(&hash))
+                    .map(|m| verified::encoded_len(m.len(), &verified::all_ranges()))
+                    .ok(),
+                false => None,
+            };
+            if expected == Some(len) && cache.used + len <= self.config.stream_cache_bytes {
+                cache.used += len;
+                cache.kept.insert(hash, len);
+            } else {
+                tracing::info!(%hash, "removing a kept verified stream that is stale or over the budget");
+                remove_if_exists(&self.stream_path(&hash))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of whole verified streams kept on disk, and how many.
+    pub fn stream_cache_usage(&self) -> (u64, usize) {
+        let cache = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        (cache.used, cache.kept.len())
+    }
+
+    /// Counts an ask for blob `hash`'s whole stream that found no kept copy;
+    /// true at the second (since the last), when it is worth writing one
+    /// ([`Store::keep_stream`]). Any core's asks count: one set for the node.
+    pub fn second_ask(&self, hash: &BlobHash) -> bool {
+        let mut cache = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.asked.remove(hash) {
+            return true;
+        }
+        if cache.asked.len() >= STREAM_ASKS_KEPT {
+            cache.asked.clear();
+        }
+        cache.asked.insert(*hash);
+        false
+    }
+
+    /// Whether whole verified streams are kept at all.
+    pub fn keeps_streams(&self) -> bool {
+        self.config.stream_cache_bytes > 0
+    }
+
+    /// Writes blob `hash`'s whole verified stream to `blobs/<hash>.bao`, checking
+    /// every pair and group against the hash as it goes, so the server can
+    /// splice it (`sys::open_at(blobs_dir_fd, hash, b".bao")`). Streams of the
+    /// least recently used blobs make room; a stream larger than the whole budget
+    /// is not kept. `Ok(false)`: not kept (kept already, being written, too
+    /// large, or the blob went meanwhile). A corrupt blob gives
+    /// [`StoreError::Verify`] and nothing is kept.
+    pub fn keep_stream(&self, hash: &BlobHash) -> Result<bool, StoreError> {
+        let budget = self.config.stream_cache_bytes;
+        let Some(info) = self.info(hash)? else {
+            return Err(StoreError::NotFound(*hash));
+        };
+        let ranges = verified::all_ranges();
+        let len = verified::encoded_len(info.size, &ranges);
+        {
+            let mut cache = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(bytes) = cache.kept.get(hash).copied() {
+                if self.stream_path(hash).exists() {
+                    return Ok(false);
+                }
+                // Removed under us (`store verify` found it bad): write it again.
+                cache.kept.remove(hash);
+                cache.used -= bytes;
+            }
+            if len > budget || !cache.building.insert(*hash) {
+                return Ok(false);
+            }
+        }
+        let written = self.write_stream(hash, info.size);
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        cache.building.remove(hash);
+        let tmp = written?;
+        if self.info(hash)?.is_none() {
+            return Ok(false);
+        }
+        self.make_stream_room(&mut cache, len)?;
+        fs::rename(&tmp.path, self.stream_path(hash))?;
+        tmp.disarm();
+        cache.used += len;
+        cache.kept.insert(*hash, len);
+        Ok(true)
+    }
+
+    /// The checked stream in a synced temp file.
+    fn write_stream(&self, hash: &BlobHash, size: u64) -> Result<TempFile, StoreError> {
+        let ranges = verified::all_ranges();
+        let data = File::open(self.data_path(hash))?;
+        let outboard = File::open(self.outboard_path(hash))?;
+        let tmp = TempFile::new(self.tmp_path("bao"))?;
+        let mut out = io::BufWriter::with_capacity(IO_BUF_BYTES, &tmp.file);
+        let mut stored = verified::Stored {
+            outboard: |buf: &mut [u8], at| outboard.read_exact_at(buf, at),
+            data: |buf: &mut [u8], at| data.read_exact_at(buf, at),
+        };
+        verified::encode_validated_into(hash.as_blake3(), size, &ranges, &mut stored, &mut out)
+            .map_err(|e| match e {
+                VerifyError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => StoreError::NoSpace,
+                VerifyError::Io(e) => StoreError::Io(e),
+                e => StoreError::Verify(e),
+            })?;
+        out.flush()?;
+        drop(out);
+        tmp.file.sync_all()?;
+        Ok(tmp)
+    }
+
+    /// Drops kept streams, least recently used blob first, until `len` more fit.
+    fn make_stream_room(&self, cache: &mut StreamCache, len: u64) -> Result<(), StoreError> {
+        let budget = self.config.stream_cache_bytes;
+        if cache.used + len <= budget {
+            return Ok(());
+        }
+        let mut by_age = Vec::with_capacity(cache.kept.len());
+        for (hash, bytes) in &cache.kept {
+            let last = self.info(hash)?.map_or(0, |i| i.last_access_secs);
+            by_age.push((last, *hash, *bytes));
+        }
+        by_age.sort_unstable();
+        for (_, hash, bytes) in by_age {
+            if cache.used + len <= budget {
+                break;
+            }
+            remove_if_exists(&self.stream_path(&hash))?;
+            cache.kept.remove(&hash);
+            cache.used -= bytes;
+        }
         Ok(())
     }
 
@@ -523,6 +718,7 @@ impl Store {
         remove_if_exists(&self.data_path(hash))?;
         self.generation.fetch_add(1, Ordering::AcqRel);
         remove_if_exists(&self.outboard_path(hash))?;
+        self.forget_stream(hash)?;
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(BLOBS).map_err(db_err)?;
@@ -531,6 +727,15 @@ impl Store {
         txn.commit().map_err(db_err)?;
         self.used_bytes.fetch_sub(info.size, Ordering::Relaxed);
         self.blob_count.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn forget_stream(&self, hash: &BlobHash) -> Result<(), StoreError> {
+        let mut cache = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bytes) = cache.kept.remove(hash) {
+            cache.used -= bytes;
+        }
+        remove_if_exists(&self.stream_path(hash))?;
         Ok(())
     }
 
@@ -648,7 +853,7 @@ pub fn verify_dir(root: &Path, quarantine: bool) -> Result<(usize, Vec<Corrupt>)
     let mut names: Vec<_> = fs::read_dir(&blobs)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.ends_with(".obao"))
+        .filter(|n| !n.ends_with(".obao") && !n.ends_with(STREAM_SUFFIX))
         .collect();
     names.sort();
     for name in names {
@@ -675,16 +880,40 @@ pub fn verify_dir(root: &Path, quarantine: bool) -> Result<(usize, Vec<Corrupt>)
                 Err(e) => Some(format!("outboard unreadable: {e}")),
             }
         };
+        let stream = blobs.join(format!("{name}{STREAM_SUFFIX}"));
         if let Some(reason) = reason {
             if quarantine {
                 let q = root.join("quarantine");
                 fs::rename(blobs.join(&name), q.join(&name))?;
                 remove_if_exists(&blobs.join(format!("{name}.obao")))?;
+                remove_if_exists(&stream)?;
             }
             corrupt.push(Corrupt { hash, reason });
+        } else if let Err(why) = check_stream(&stream, hash) {
+            // Only a copy: the blob is sound, so the copy goes and is rebuilt
+            // when the blob is next asked for whole twice.
+            tracing::warn!(%hash, "removing its kept verified stream: {why}");
+            remove_if_exists(&stream)?;
         }
     }
     Ok((checked, corrupt))
+}
+
+/// Decodes a kept whole stream, if there is one, against its blob's hash, to its end.
+fn check_stream(path: &Path, hash: BlobHash) -> Result<(), String> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut reader = io::BufReader::with_capacity(IO_BUF_BYTES, file);
+    verified::decode_stream(hash.as_blake3(), &mut reader, &verified::all_ranges(), |_| Ok(()))
+        .map_err(|e| e.to_string())?;
+    match reader.fill_buf() {
+        Ok([]) => Ok(()),
+        Ok(_) => Err("bytes after the stream's end".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A blob being written; dropped without [`PutWriter::finish`], it leaves nothing.
@@ -986,13 +1215,63 @@ mod tests {
     use crate::verified::{all_ranges, encode_to_vec, group_ranges, Item};
 
     fn store(dir: &Path, max_bytes: u64) -> Arc<Store> {
-        Arc::new(Store::open(dir, StoreConfig { max_bytes }).expect("open store"))
+        Arc::new(Store::open(dir, StoreConfig::new(max_bytes)).expect("open store"))
+    }
+
+    impl Store {
+        fn outboard_bytes(&self, hash: &BlobHash) -> Vec<u8> {
+            fs::read(self.outboard_path(hash)).expect("outboard")
+        }
     }
 
     fn bytes(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31) ^ seed)
             .collect()
+    }
+
+    #[test]
+    fn kept_streams_are_checked_bounded_and_go_with_their_blob() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let len = 300_000usize;
+        let one = verified::encoded_len(len as u64, &all_ranges());
+        let config = StoreConfig {
+            max_bytes: 1 << 30,
+            stream_cache_bytes: one * 3 / 2,
+        };
+        let s = Arc::new(Store::open(dir.path(), config.clone()).expect("open"));
+        let (a, b) = (bytes(len, 1), bytes(len, 2));
+        let ha = s.put_reader(&a[..]).expect("put").hash;
+        let hb = s.put_reader(&b[..]).expect("put").hash;
+        assert!(s.keep_stream(&ha).expect("keep"));
+        assert!(!s.keep_stream(&ha).expect("kept already"), "written once");
+        let kept = fs::read(s.stream_path(&ha)).expect("kept");
+        assert_eq!(kept, encode_to_vec(&a, &s.outboard_bytes(&ha), &all_ranges()));
+        assert_eq!(s.stream_cache_usage(), (one, 1));
+
+        // Room for one: the least recently used blob's stream goes.
+        s.touch_batch(&[(ha, 1_000), (hb, 2_000)]).expect("touch");
+        assert!(s.keep_stream(&hb).expect("keep"));
+        assert!(!s.stream_path(&ha).exists(), "older one dropped");
+        assert_eq!(s.stream_cache_usage(), (one, 1));
+
+        // A corrupt blob is refused and nothing is kept.
+        let mut bad = fs::read(s.data_path(&ha)).expect("read");
+        bad[200_000] ^= 1;
+        fs::write(s.data_path(&ha), &bad).expect("rot");
+        assert!(matches!(s.keep_stream(&ha), Err(StoreError::Verify(_))));
+        assert!(!s.stream_path(&ha).exists());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+
+        // Reopened: the kept one counts; one over the budget or torn is removed.
+        fs::write(s.stream_path(&ha), b"torn").expect("torn");
+        drop(s);
+        let s = Store::open(dir.path(), config).expect("reopen");
+        assert_eq!(s.stream_cache_usage(), (one, 1));
+        assert!(!s.stream_path(&ha).exists(), "torn copy removed");
+        s.delete(&hb).expect("delete");
+        assert!(!s.stream_path(&hb).exists(), "gone with its blob");
+        assert_eq!(s.stream_cache_usage(), (0, 0));
     }
 
     #[test]

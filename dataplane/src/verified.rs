@@ -25,7 +25,7 @@
 //! and for each chunk group in range, its bytes (16 KiB, the last one shorter).
 //! A byte range is widened to whole chunk groups, see [`group_ranges`].
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use bao_tree::{
     iter::{BaoChunk, PreOrderPartialChunkIterRef},
@@ -891,19 +891,29 @@ pub fn encode_validated(
     source: &mut impl Source,
 ) -> Result<Vec<u8>, VerifyError> {
     let mut out = Vec::with_capacity(encoded_len(size, ranges) as usize);
-    out.extend_from_slice(&size.to_le_bytes());
+    encode_validated_into(root, size, ranges, source, &mut out)?;
+    Ok(out)
+}
+
+/// As [`encode_validated`], into `out` (a file, for a stream kept whole): what
+/// reaches `out` has been checked, and the first bad piece stops it.
+pub fn encode_validated_into(
+    root: blake3::Hash,
+    size: u64,
+    ranges: &ChunkRanges,
+    source: &mut impl Source,
+    out: &mut impl Write,
+) -> Result<(), VerifyError> {
+    out.write_all(&size.to_le_bytes())?;
     let mut walk = Walk::new(root, size, ranges);
     let mut scratch = Scratch::new();
-    let mut sink = |item: Item<'_>| {
-        match item {
-            Item::Size(_) => {}
-            Item::Parent { pair, .. } => out.extend_from_slice(pair),
-            Item::Group { data, .. } => out.extend_from_slice(data),
-        }
-        Ok(())
+    let mut sink = |item: Item<'_>| match item {
+        Item::Size(_) => Ok(()),
+        Item::Parent { pair, .. } => out.write_all(pair),
+        Item::Group { data, .. } => out.write_all(data),
     };
     while walk.step(source, &mut scratch, &mut sink)? {}
-    Ok(out)
+    Ok(())
 }
 
 /// Encodes `ranges` of an in-memory blob with its outboard; used by tests and tools.

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use quiche::h3::NameValue;
 
 use super::routes::Plan;
-use super::{bump, off_core, touch, upload_refusal, Core};
+use super::{bump, kept_stream, off_core, touch, upload_refusal, Core, KEEP_STREAM_MIN_BYTES};
 use crate::config::NodeConfig;
 use crate::hash::BlobHash;
 use crate::http::{self, RangeRequest, Route, Status};
@@ -1863,6 +1863,29 @@ fn get_blob(
     touch(core, hash);
     let head_only = req.method == http::Method::Head;
     if verified {
+        let whole = !matches!(range, RangeRequest::Partial { .. });
+        let len = verified::encoded_len(size, &verified::all_ranges());
+        if let Some(kept) = (whole && size >= KEEP_STREAM_MIN_BYTES)
+            .then(|| kept_stream(core, &hash, len))
+            .flatten()
+        {
+            // SAFETY: a kept stream is written to tmp/, renamed in whole and never
+            // modified in place (removing it leaves this mapping valid).
+            if let Ok(m) = unsafe { memmap2::Mmap::map(kept.as_raw_fd()) } {
+                bump(&core.stats().kept_stream_responses, 1);
+                return respond(
+                    core,
+                    conn,
+                    stream,
+                    route,
+                    Status::Ok,
+                    http::BAO_MEDIA_TYPE,
+                    Body::Mapped(Rc::new(m)),
+                    head_only,
+                    &common,
+                );
+            }
+        }
         let ranges = match range {
             RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
             _ => verified::all_ranges(),
