@@ -274,7 +274,9 @@ fn a_whole_stream_asked_for_twice_is_kept_spliced_and_dropped_when_bad() {
     assert_eq!(decode_whole(&hash, &first), data);
     assert!(!kept.exists(), "a blob asked for once costs no copy");
     assert_eq!(stream(&[]), first);
-    within(Duration::from_secs(60), "the stream is kept", || kept.exists());
+    within(Duration::from_secs(60), "the stream is kept", || {
+        kept.exists()
+    });
     assert_eq!(std::fs::read(&kept).expect("kept"), first);
     assert_eq!(node.metric("tessera_kept_streams"), 1);
     assert_eq!(node.metric("tessera_kept_stream_bytes"), first.len() as u64);
@@ -283,7 +285,10 @@ fn a_whole_stream_asked_for_twice_is_kept_spliced_and_dropped_when_bad() {
     let spliced = node.metric("tessera_zero_copy_responses_total");
     assert_eq!(stream(&[]), first);
     assert_eq!(node.metric("tessera_kept_stream_responses_total"), 1);
-    assert_eq!(node.metric("tessera_zero_copy_responses_total"), spliced + 1);
+    assert_eq!(
+        node.metric("tessera_zero_copy_responses_total"),
+        spliced + 1
+    );
     let (status, _, part) = curl_get(&url, &["-H", "Accept: application/x-bao", "-r", "0-100"]);
     assert_eq!(status, 200);
     assert!(part.len() < first.len());
@@ -294,8 +299,17 @@ fn a_whole_stream_asked_for_twice_is_kept_spliced_and_dropped_when_bad() {
     let mut rotten = first.clone();
     rotten[300_000] ^= 0x04;
     std::fs::write(&kept, &rotten).expect("rot");
-    let out = tessera(&["store", "verify", "--data-dir", node.data_dir.to_str().expect("utf8")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = tessera(&[
+        "store",
+        "verify",
+        "--data-dir",
+        node.data_dir.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(!kept.exists(), "the bad copy is removed");
     assert_eq!(stream(&[]), first);
     assert_eq!(stream(&[]), first);
@@ -315,7 +329,9 @@ fn a_whole_stream_asked_for_twice_is_kept_spliced_and_dropped_when_bad() {
     // The copy goes with its blob.
     assert_eq!(stream(&[]), first);
     assert_eq!(stream(&[]), first);
-    within(Duration::from_secs(60), "kept after the restart", || kept.exists());
+    within(Duration::from_secs(60), "kept after the restart", || {
+        kept.exists()
+    });
     let del = format!("DELETE /blobs/{hash} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-admin-token-0123456789\r\nConnection: close\r\n\r\n");
     assert_eq!(node.request(del.as_bytes()).0, 204);
     assert!(!kept.exists(), "deleted with its blob");

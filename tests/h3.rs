@@ -138,10 +138,15 @@ fn ranges_and_the_verified_stream_over_h3() {
             .or_else(|_| std::fs::read(into.join(&hash)))
             .expect("saved")
     };
-    let (again, third) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    let (again, third) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
     assert_eq!(fetch_stream(again.path()), stream);
     let kept = node.data_dir.join("blobs").join(format!("{hash}.bao"));
-    within(Duration::from_secs(60), "the stream is kept", || kept.exists());
+    within(Duration::from_secs(60), "the stream is kept", || {
+        kept.exists()
+    });
     assert_eq!(fetch_stream(third.path()), stream);
     assert_eq!(node.metric("tessera_kept_stream_responses_total"), 1);
 }

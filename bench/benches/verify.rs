@@ -149,8 +149,7 @@ fn hashing(c: &mut Criterion) {
 fn store(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let s = Arc::new(
-        Store::open(dir.path(), StoreConfig::new(1 << 40))
-            .unwrap_or_else(|e| panic!("store: {e}")),
+        Store::open(dir.path(), StoreConfig::new(1 << 40)).unwrap_or_else(|e| panic!("store: {e}")),
     );
     let blob = data(1 << 20);
     let mut g = c.benchmark_group("store-1MiB");

@@ -508,8 +508,7 @@ mod tests {
     #[test]
     fn counts_whole_responses_from_a_real_node() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store =
-            Arc::new(Store::open(dir.path(), StoreConfig::new(1 << 30)).expect("store"));
+        let store = Arc::new(Store::open(dir.path(), StoreConfig::new(1 << 30)).expect("store"));
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31) as u8).collect();
         let hash = store.put_reader(&data[..]).expect("put").hash;
         let addr = std::net::TcpListener::bind("127.0.0.1:0")

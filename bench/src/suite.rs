@@ -622,6 +622,19 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
             nginx: None,
             h3: None,
         });
+        // The same stream asked for as the range `0-`: ranges never take the
+        // kept copy, so this is the stream checked group by group as it is sent.
+        workloads.push(Named {
+            name: "verified-checked-1m",
+            tessera: Workload::Get {
+                paths: vec![format!("/blobs/{}", hash["1m"])],
+                zipf: None,
+                range: None,
+                headers: "Accept: application/x-bao\r\nRange: bytes=0-\r\n".into(),
+            },
+            nginx: None,
+            h3: None,
+        });
         workloads.push(Named {
             name: "upload-64k",
             tessera: Workload::Upload {

@@ -11,7 +11,10 @@
 //! Per connection: one read buffer (the head limit), one write buffer and, once the
 //! first blob is sent, one pipe; all reused for every request on the connection.
 //! Plain blob bodies go `splice(file -> pipe -> socket)`; the response head is
-//! written into the same pipe so head and body leave in one send.
+//! written into the same pipe so head and body leave in one send. A verified
+//! stream is checked a subtree at a time as it is sent, or, once the blob has
+//! been asked for whole twice, spliced the same way from its kept copy
+//! (`blobs/<hash>.bao`, see [`crate::store`]).
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Write};

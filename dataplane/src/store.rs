@@ -907,8 +907,13 @@ fn check_stream(path: &Path, hash: BlobHash) -> Result<(), String> {
         Err(e) => return Err(e.to_string()),
     };
     let mut reader = io::BufReader::with_capacity(IO_BUF_BYTES, file);
-    verified::decode_stream(hash.as_blake3(), &mut reader, &verified::all_ranges(), |_| Ok(()))
-        .map_err(|e| e.to_string())?;
+    verified::decode_stream(
+        hash.as_blake3(),
+        &mut reader,
+        &verified::all_ranges(),
+        |_| Ok(()),
+    )
+    .map_err(|e| e.to_string())?;
     match reader.fill_buf() {
         Ok([]) => Ok(()),
         Ok(_) => Err("bytes after the stream's end".into()),
@@ -1246,7 +1251,10 @@ mod tests {
         assert!(s.keep_stream(&ha).expect("keep"));
         assert!(!s.keep_stream(&ha).expect("kept already"), "written once");
         let kept = fs::read(s.stream_path(&ha)).expect("kept");
-        assert_eq!(kept, encode_to_vec(&a, &s.outboard_bytes(&ha), &all_ranges()));
+        assert_eq!(
+            kept,
+            encode_to_vec(&a, &s.outboard_bytes(&ha), &all_ranges())
+        );
         assert_eq!(s.stream_cache_usage(), (one, 1));
 
         // Room for one: the least recently used blob's stream goes.
@@ -1261,7 +1269,10 @@ mod tests {
         fs::write(s.data_path(&ha), &bad).expect("rot");
         assert!(matches!(s.keep_stream(&ha), Err(StoreError::Verify(_))));
         assert!(!s.stream_path(&ha).exists());
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0
+        );
 
         // Reopened: the kept one counts; one over the budget or torn is removed.
         fs::write(s.stream_path(&ha), b"torn").expect("torn");

@@ -57,8 +57,7 @@ impl OneCore {
         use dataplane::store::{Store, StoreConfig};
         use std::sync::Arc;
         let dir = tempfile::tempdir().expect("tmp");
-        let store =
-            Arc::new(Store::open(dir.path(), StoreConfig::new(1 << 30)).expect("store"));
+        let store = Arc::new(Store::open(dir.path(), StoreConfig::new(1 << 30)).expect("store"));
         let data: Vec<u8> = (0..4096u32).map(|i| (i * mul) as u8).collect();
         let hash = store.put_reader(&data[..]).expect("put").hash;
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
