@@ -708,10 +708,12 @@ enum Next {
     Close,
 }
 
-async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
-    let _live = LiveGuard::new(&core);
+/// A connection's task. A plain fn around an `async move` block: an `async
+/// fn` would keep its arguments beside the locals they move into (three
+/// copies of the socket), and a parked connection is little besides this
+/// task, so its size is the memory an idle connection costs.
+fn serve_connection(core: Rc<Core>, stream: TcpStream) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
-    let cfg = &core.shared.config;
     let mut conn = Conn {
         stream,
         rbuf: Vec::new(),
@@ -719,35 +721,38 @@ async fn serve_connection(core: Rc<Core>, stream: TcpStream) {
         pipe: None,
         preconditions: None,
     };
-    let idle = Duration::from_millis(cfg.idle_timeout_ms);
-    // A new connection waits for its first bytes parked, like any idle one.
-    let mut park = true;
-    loop {
-        if core.stopping.get() && conn.rbuf.is_empty() {
-            return;
-        }
-        if conn.rbuf.is_empty() && park {
-            ParkPool::park(&core, &mut conn);
-            // No timer of its own (a timer entry is 640 bytes): the core's tick
-            // shuts the socket down when the idle timeout passes, which wakes
-            // this poll, and the read that follows sees the end.
-            let _parked = Parked::new(&core, conn.stream.as_raw_fd(), idle);
-            if conn.stream.readable(false).await.is_err() {
+    async move {
+        let _live = LiveGuard::new(&core);
+        // A new connection waits for its first bytes parked, like any idle one.
+        let mut park = true;
+        loop {
+            if core.stopping.get() && conn.rbuf.is_empty() {
                 return;
             }
-        }
-        if conn.rbuf.capacity() == 0 {
-            ParkPool::unpark(&core, &mut conn);
-        }
-        // One request, head to answer, in pooled memory: its state (the head's
-        // fields, every route's locals) is what would make the task large.
-        if !core.slots.run(request(&core, &mut conn)).await {
-            return;
-        }
-        park = core.live.get() > cfg.park_idle_above_connections;
-        if !park && conn.wbuf.capacity() > WBUF_KEPT_BYTES {
-            // A verified stream grew it: do not keep that much per connection.
-            conn.wbuf = Vec::with_capacity(WBUF_BYTES);
+            if conn.rbuf.is_empty() && park {
+                ParkPool::park(&core, &mut conn);
+                // No timer of its own (a timer entry is 640 bytes): the core's tick
+                // shuts the socket down when the idle timeout passes, which wakes
+                // this poll, and the read that follows sees the end.
+                let idle = Duration::from_millis(core.shared.config.idle_timeout_ms);
+                let _parked = Parked::new(&core, conn.stream.as_raw_fd(), idle);
+                if conn.stream.readable(false).await.is_err() {
+                    return;
+                }
+            }
+            if conn.rbuf.capacity() == 0 {
+                ParkPool::unpark(&core, &mut conn);
+            }
+            // One request, head to answer, in pooled memory: its state (the head's
+            // fields, every route's locals) is what would make the task large.
+            if !core.slots.run(request(&core, &mut conn)).await {
+                return;
+            }
+            park = core.live.get() > core.shared.config.park_idle_above_connections;
+            if !park && conn.wbuf.capacity() > WBUF_KEPT_BYTES {
+                // A verified stream grew it: do not keep that much per connection.
+                conn.wbuf = Vec::with_capacity(WBUF_BYTES);
+            }
         }
     }
 }
