@@ -121,8 +121,9 @@ fn parent_cv(left: &blake3::Hash, right: &blake3::Hash, is_root: bool) -> blake3
 /// Hashes a stream of unknown length in one pass, group by group, and builds the
 /// pre-order outboard when the stream ends.
 ///
-/// A full group is hashed as a non-root subtree only once more bytes follow it,
-/// because a blob of a single group is hashed as the root.
+/// The first group is hashed only once more bytes follow it, because a blob of
+/// a single group is hashed as the root; any later group is never the root, so
+/// a whole one is hashed where it lies (no copy), even at the end of a piece.
 pub struct OutboardBuilder {
     group: Box<[u8; CHUNK_GROUP_BYTES]>,
     filled: usize,
@@ -168,8 +169,10 @@ impl OutboardBuilder {
                 self.cvs.push(cv);
                 self.filled = 0;
             }
-            if self.filled == 0 && data.len() > CHUNK_GROUP_BYTES {
-                // A whole group with more behind it: hash in place, no copy.
+            let whole = data.len() > CHUNK_GROUP_BYTES
+                || (data.len() == CHUNK_GROUP_BYTES && !self.cvs.is_empty());
+            if self.filled == 0 && whole {
+                // A whole group that cannot be the root: hash in place, no copy.
                 let cv = hash_group(self.next_chunk(), &data[..CHUNK_GROUP_BYTES], false);
                 self.cvs.push(cv);
                 data = &data[CHUNK_GROUP_BYTES..];
@@ -196,8 +199,11 @@ impl OutboardBuilder {
                 pre_order: Vec::new(),
             };
         }
-        let cv = hash_group(self.next_chunk(), last, false);
-        self.cvs.push(cv);
+        if self.filled > 0 {
+            // Otherwise the last group was hashed where it lay.
+            let cv = hash_group(self.next_chunk(), last, false);
+            self.cvs.push(cv);
+        }
         let mut pre_order = vec![0u8; tree.outboard_size() as usize];
         let mut leaves = self.cvs.iter();
         // Post-order: both children are on the stack when their parent comes.
@@ -1001,15 +1007,25 @@ mod tests {
     fn builder_matches_bao_tree_and_blake3() {
         for &len in SIZES {
             let bytes = data(len);
-            // Feed in awkward pieces to exercise the buffering.
-            let mut b = OutboardBuilder::new();
-            for piece in bytes.chunks(7919) {
-                b.update(piece);
-            }
-            let ob = b.finish();
-            assert_eq!(ob.root, blake3::hash(&bytes), "root for {len}");
             let reference = PreOrderMemOutboard::create(&bytes, block_size());
-            assert_eq!(ob.pre_order, reference.data, "outboard for {len}");
+            // Awkward pieces exercise the buffering; whole groups (ending a
+            // piece or the blob) the hashing in place.
+            for piece_len in [7919, CHUNK_GROUP_BYTES, 4 * CHUNK_GROUP_BYTES] {
+                let mut b = OutboardBuilder::new();
+                for piece in bytes.chunks(piece_len) {
+                    b.update(piece);
+                }
+                let ob = b.finish();
+                assert_eq!(
+                    ob.root,
+                    blake3::hash(&bytes),
+                    "root for {len} in {piece_len}"
+                );
+                assert_eq!(
+                    ob.pre_order, reference.data,
+                    "outboard for {len} in {piece_len}"
+                );
+            }
             // And in one piece.
             let mut b = OutboardBuilder::new();
             b.update(&bytes);
