@@ -41,6 +41,7 @@ suite = json.load(open(f"{out}/quick-suite/suite.json"))["results"]
 def get(server, workload):
     return next(r for r in suite if r["server"] == server and r["workload"] == workload)
 rows = {"verified_decode_over_raw_hash": float(m.group(1)), "ingest_over_raw_hash": float(m.group(2))}
+rows["verified_decode_from_a_reader_over_raw_hash"] = float(re.search(r"from a reader/raw = ([\d.]+)", verify).group(1))
 for w in ("4k", "1m"):
     t, n = get("tessera", w), get("nginx", w)
     rows[f"http1_{w}_rps_tessera_over_nginx"] = t["peak"]["rps"] / n["peak"]["rps"]
