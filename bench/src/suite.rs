@@ -658,6 +658,13 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                     h3: Some(args.h3_streams),
                 });
             }
+            // The verified stream over HTTP/3 (Tessera alone: no peer has one).
+            workloads.push(Named {
+                name: "h3-verified-1m",
+                tessera: get(vec![format!("/blobs/{}?format=bao", hash["1m"])]),
+                nginx: None,
+                h3: Some(args.h3_streams),
+            });
         }
         if let Some(only) = &args.only {
             workloads.retain(|w| only.iter().any(|o| o == w.name));
