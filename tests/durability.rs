@@ -8,6 +8,16 @@ use std::time::Duration;
 
 use common::*;
 
+/// `tessera store verify` on the node's data directory.
+fn store_verify(node: &Node) -> std::process::Output {
+    tessera(&[
+        "store",
+        "verify",
+        "--data-dir",
+        node.data_dir.to_str().expect("utf8"),
+    ])
+}
+
 #[test]
 fn kill_9_during_upload_leaves_no_partial_blob() {
     let mut node = Node::start(&[]);
@@ -49,12 +59,7 @@ fn kill_9_during_upload_leaves_no_partial_blob() {
     assert_eq!(node.get(&format!("/blobs/{big_hash}")).0, 404);
     assert_eq!(node.get(&format!("/blobs/{kept_hash}")).2, kept);
     assert_eq!(node.metric("tessera_store_blobs"), 1);
-    let out = tessera(&[
-        "store",
-        "verify",
-        "--data-dir",
-        node.data_dir.to_str().expect("utf8"),
-    ]);
+    let out = store_verify(&node);
     assert!(
         out.status.success(),
         "{}",
@@ -73,12 +78,7 @@ fn bit_rot_is_named_by_verify_and_refused_by_get() {
     bytes[70_000] ^= 0x10; // chunk group 4
     std::fs::write(&path, bytes).expect("write");
 
-    let out = tessera(&[
-        "store",
-        "verify",
-        "--data-dir",
-        node.data_dir.to_str().expect("utf8"),
-    ]);
+    let out = store_verify(&node);
     assert_eq!(out.status.code(), Some(1));
     let listed = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(listed.contains(&bad), "{listed}");
@@ -110,12 +110,7 @@ fn bit_rot_is_named_by_verify_and_refused_by_get() {
     assert_eq!(node.get(&format!("/blobs/{bad}")).0, 404);
     assert_eq!(node.get(&format!("/blobs/{good}")).0, 200);
     assert!(node.data_dir.join("quarantine").join(&bad).exists());
-    let out = tessera(&[
-        "store",
-        "verify",
-        "--data-dir",
-        node.data_dir.to_str().expect("utf8"),
-    ]);
+    let out = store_verify(&node);
     assert!(
         out.status.success(),
         "{}",
@@ -299,12 +294,7 @@ fn a_whole_stream_asked_for_twice_is_kept_spliced_and_dropped_when_bad() {
     let mut rotten = first.clone();
     rotten[300_000] ^= 0x04;
     std::fs::write(&kept, &rotten).expect("rot");
-    let out = tessera(&[
-        "store",
-        "verify",
-        "--data-dir",
-        node.data_dir.to_str().expect("utf8"),
-    ]);
+    let out = store_verify(&node);
     assert!(
         out.status.success(),
         "{}",

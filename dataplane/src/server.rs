@@ -1895,7 +1895,7 @@ async fn get_verified(
             res.map(|()| total)
         } else if conn.wbuf.len() >= VERIFIED_FLUSH_BYTES {
             let n = conn.wbuf.len() as u64;
-            write_wbuf(core, conn).await.map(|()| 0).map(|_| n)
+            write_wbuf(core, conn).await.map(|()| n)
         } else {
             Ok(0)
         };

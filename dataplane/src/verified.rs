@@ -419,6 +419,17 @@ pub fn decode_stream<R: Read>(
     ranges: &ChunkRanges,
     mut sink: impl FnMut(Item<'_>) -> io::Result<()>,
 ) -> Result<u64, VerifyError> {
+    let size = read_size(&mut reader)?;
+    sink(Item::Size(size))?;
+    let mut walk = Walk::new(root, size, ranges);
+    let mut scratch = Scratch::new();
+    let mut source = InOrder(reader);
+    while walk.step(&mut source, &mut scratch, &mut sink)? {}
+    Ok(size)
+}
+
+/// A verified stream's size prefix, refused above [`MAX_STREAM_SIZE`].
+fn read_size(reader: &mut impl Read) -> Result<u64, VerifyError> {
     let mut header = [0u8; 8];
     reader
         .read_exact(&mut header)
@@ -427,11 +438,6 @@ pub fn decode_stream<R: Read>(
     if size > MAX_STREAM_SIZE {
         return Err(VerifyError::TooLarge(size));
     }
-    sink(Item::Size(size))?;
-    let mut walk = Walk::new(root, size, ranges);
-    let mut scratch = Scratch::new();
-    let mut source = InOrder(reader);
-    while walk.step(&mut source, &mut scratch, &mut sink)? {}
     Ok(size)
 }
 
@@ -447,14 +453,7 @@ pub fn decode_buffered<R: BufRead>(
     ranges: &ChunkRanges,
     mut sink: impl FnMut(Item<'_>) -> io::Result<()>,
 ) -> Result<u64, VerifyError> {
-    let mut header = [0u8; 8];
-    reader
-        .read_exact(&mut header)
-        .map_err(|e| truncated_or_io(e, 0))?;
-    let size = u64::from_le_bytes(header);
-    if size > MAX_STREAM_SIZE {
-        return Err(VerifyError::TooLarge(size));
-    }
+    let size = read_size(&mut reader)?;
     sink(Item::Size(size))?;
     let mut verifier = Verifier::new(root);
     let mut straddling = Vec::new();

@@ -1863,6 +1863,25 @@ fn get_blob(
     touch(core, hash);
     let head_only = req.method == http::Method::Head;
     if verified {
+        if head_only {
+            // The length is all a HEAD needs: nothing is read, hashed or encoded.
+            let ranges = match range {
+                RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
+                _ => verified::all_ranges(),
+            };
+            let clen = verified::encoded_len(size, &ranges).to_string();
+            return start_response(
+                core,
+                conn,
+                stream,
+                route,
+                Status::Ok,
+                http::BAO_MEDIA_TYPE,
+                &clen,
+                &common,
+                None,
+            );
+        }
         let whole = !matches!(range, RangeRequest::Partial { .. });
         let len = verified::encoded_len(size, &verified::all_ranges());
         if let Some(kept) = (whole && size >= KEEP_STREAM_MIN_BYTES)
