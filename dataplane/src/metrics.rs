@@ -243,7 +243,7 @@ impl Metrics {
             ),
             (
                 "tessera_kept_stream_responses_total",
-                "Verified streams spliced whole from their kept copy, not read, hashed and copied again.",
+                "Verified streams (whole, or a range's pieces) spliced from their kept copy, not read, hashed and copied again.",
                 self.sum(|c| &c.kept_stream_responses),
             ),
             (

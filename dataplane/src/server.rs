@@ -402,6 +402,7 @@ fn core_main(
             slots: slot::Slots::new(shared.config.park_idle_above_connections + PARK_POOL_KEPT),
             idle: RefCell::new(IdleList::default()),
             verify_scratch: RefCell::new(Vec::new()),
+            stream_pieces: Cell::new(Vec::new()),
             h3_open: Cell::new(false),
         });
         let ticker = monoio::spawn(tick_loop(core.clone()));
@@ -458,6 +459,8 @@ struct Core {
     idle: RefCell<IdleList>,
     /// Reusable buffers for checking verified streams a subtree at a time.
     verify_scratch: RefCell<Vec<(verified::Scratch, Vec<libc::iovec>)>>,
+    /// Where a verified stream's pieces lie in its kept copy (reused).
+    stream_pieces: Cell<Vec<(u64, u64)>>,
     /// The HTTP/3 loop still has connections to close.
     h3_open: Cell<bool>,
 }
@@ -1674,6 +1677,19 @@ async fn send_file_zero_copy(
     offset: u64,
     len: u64,
 ) -> io::Result<()> {
+    send_pieces_zero_copy(core, conn, file, &[(offset, len)]).await
+}
+
+/// As [`send_file_zero_copy`], with a body of several `(offset, length)`
+/// pieces of `file`, in turn (a range of a kept verified stream).
+async fn send_pieces_zero_copy(
+    core: &Core,
+    conn: &mut Conn,
+    file: &OwnedFd,
+    pieces: &[(u64, u64)],
+) -> io::Result<()> {
+    let (&(first_offset, first_len), mut rest) = pieces.split_first().unwrap_or((&(0, 0), &[]));
+    let len: u64 = pieces.iter().map(|p| p.1).sum();
     if conn.pipe.is_none() {
         conn.pipe = Some(Pipe::new(core.shared.config.pipe_bytes)?);
     }
@@ -1688,11 +1704,20 @@ async fn send_file_zero_copy(
         return Err(io::Error::other("response head did not fit the pipe"));
     }
     conn.wbuf.clear();
-    let mut offset = offset;
-    let mut left = len;
+    let (mut offset, mut left) = (first_offset, first_len);
     let capacity = pipe.capacity();
     let mut sent = 0u64;
-    while left > 0 || in_pipe > 0 {
+    loop {
+        if left == 0 {
+            match rest.split_first() {
+                Some((&(o, l), tail)) => {
+                    (offset, left, rest) = (o, l, tail);
+                    continue;
+                }
+                None if in_pipe == 0 => break,
+                None => {}
+            }
+        }
         if left > 0 && in_pipe < capacity {
             let want = (capacity - in_pipe).min(left as usize);
             match pipe.fill_from_file(file.as_raw_fd(), &mut offset, want) {
@@ -1710,7 +1735,7 @@ async fn send_file_zero_copy(
                 Err(e) => return Err(e),
             }
         }
-        match pipe.drain_to_socket(socket, in_pipe, left > 0) {
+        match pipe.drain_to_socket(socket, in_pipe, left > 0 || !rest.is_empty()) {
             Ok(n) => {
                 in_pipe -= n;
                 sent += n as u64;
@@ -1805,9 +1830,31 @@ async fn get_verified(
         info.from_peer && std::env::var_os("TESSERA_FAULT_CORRUPT_PEER_STREAMS").is_some();
     #[cfg(not(feature = "fault-injection"))]
     let corrupt_next = false;
-    if whole && cap.is_none() && !corrupt_next && size >= KEEP_STREAM_MIN_BYTES {
-        if let Some(kept) = kept_stream(core, &hash, total) {
-            send_file_zero_copy(core, conn, &kept, 0, total).await?;
+    if cap.is_none() && !corrupt_next && size >= KEEP_STREAM_MIN_BYTES {
+        // A range is spliced from the kept copy too, a few pieces of it, but
+        // does not count as an ask for one.
+        let kept = if whole {
+            kept_stream(core, &hash, total)
+        } else if core.shared.store.keeps_streams() {
+            open_kept(
+                core,
+                &hash,
+                verified::encoded_len(size, &verified::all_ranges()),
+            )
+        } else {
+            None
+        };
+        if let Some(kept) = kept {
+            let mut pieces = core.stream_pieces.take();
+            if whole {
+                pieces.clear();
+                pieces.push((0, total));
+            } else {
+                verified::pieces_in_whole(size, &ranges, &mut pieces);
+            }
+            let sent = send_pieces_zero_copy(core, conn, &kept, &pieces).await;
+            core.stream_pieces.replace(pieces);
+            sent?;
             bump(&core.stats().kept_stream_responses, 1);
             return Ok(if keep_alive {
                 Next::KeepAlive
@@ -1940,10 +1987,8 @@ fn kept_stream(core: &Core, hash: &BlobHash, len: u64) -> Option<OwnedFd> {
     if !store.keeps_streams() {
         return None;
     }
-    match sys::open_at(store.blobs_dir_fd(), hash, STREAM_SUFFIX.as_bytes()) {
-        Ok(Some((fd, found))) if found == len => return Some(fd),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(%hash, "cannot open kept verified stream: {e}"),
+    if let Some(fd) = open_kept(core, hash, len) {
+        return Some(fd);
     }
     if !store.second_ask(hash) {
         return None;
@@ -1967,6 +2012,19 @@ fn kept_stream(core: &Core, hash: &BlobHash, len: u64) -> Option<OwnedFd> {
         }
     });
     None
+}
+
+/// Blob `hash`'s kept whole verified stream, if there is one of `len` bytes.
+fn open_kept(core: &Core, hash: &BlobHash, len: u64) -> Option<OwnedFd> {
+    let store = &core.shared.store;
+    match sys::open_at(store.blobs_dir_fd(), hash, STREAM_SUFFIX.as_bytes()) {
+        Ok(Some((fd, found))) if found == len => Some(fd),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(%hash, "cannot open kept verified stream: {e}");
+            None
+        }
+    }
 }
 
 fn iovec_of(bytes: &[u8]) -> libc::iovec {

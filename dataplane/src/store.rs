@@ -403,10 +403,10 @@ impl Store {
         {
             let mut cache = self.streams.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(bytes) = cache.kept.get(hash).copied() {
-                if self.stream_path(hash).exists() {
+                if fs::metadata(self.stream_path(hash)).is_ok_and(|m| m.len() == len) {
                     return Ok(false);
                 }
-                // Removed under us (`store verify` found it bad): write it again.
+                // Removed or cut under us (`store verify` found it bad): write it again.
                 cache.kept.remove(hash);
                 cache.used -= bytes;
             }

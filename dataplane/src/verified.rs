@@ -89,6 +89,56 @@ pub fn encoded_len(size: u64, ranges: &ChunkRanges) -> u64 {
     len
 }
 
+/// Where the verified stream for `ranges` of a blob of `size` bytes lies in the
+/// blob's whole stream (its kept copy): `(offset, length)` runs in stream order,
+/// adjacent ones merged, the size prefix first, written into `out`. Read in
+/// turn, they are the stream for `ranges`; a few runs (the pairs above the
+/// range, then its subtrees whole), so a range is spliced from the copy.
+pub fn pieces_in_whole(size: u64, ranges: &ChunkRangesRef, out: &mut Vec<(u64, u64)>) {
+    let tree = tree(size);
+    let groups = size.div_ceil(CHUNK_GROUP_BYTES as u64).max(1);
+    out.clear();
+    out.push((0, 8));
+    let mut push = |at: u64, len: u64| match out.last_mut() {
+        Some(last) if last.0 + last.1 == at => last.1 += len,
+        _ => out.push((at, len)),
+    };
+    for item in tree.ranges_pre_order_chunks_iter_ref(ranges, 0) {
+        match item {
+            BaoChunk::Parent { node, .. } => {
+                // Before a pair in the whole stream: the pairs before it in
+                // pre-order and every byte left of its subtree.
+                if let Some(pairs) = outboard_offset(&tree, node) {
+                    push(8 + pairs + node.chunk_range().start.0 * 1024, 64);
+                }
+            }
+            BaoChunk::Leaf {
+                start_chunk, size, ..
+            } => {
+                let before = parents_up_to(group_index(start_chunk), groups);
+                push(8 + before * 64 + start_chunk.0 * 1024, size as u64);
+            }
+        }
+    }
+}
+
+/// Pairs in the tree of a blob of `groups` chunk groups whose subtree starts at
+/// or before group `g`: in pre-order, exactly those that precede group `g`'s
+/// bytes (an ancestor, or a subtree wholly to its left). A pair exists at
+/// level `k` for each start `j * 2^k` with a right half, `j * 2^k + 2^(k-1) < groups`.
+fn parents_up_to(g: u64, groups: u64) -> u64 {
+    let mut count = 0;
+    for k in 1..64 {
+        let half = 1u64 << (k - 1);
+        if half >= groups {
+            break;
+        }
+        let span = half << 1;
+        count += (g / span + 1).min((groups - half).div_ceil(span));
+    }
+    count
+}
+
 /// Byte offset of `node`'s hash pair in a pre-order outboard.
 pub fn outboard_offset(tree: &BaoTree, node: TreeNode) -> Option<u64> {
     tree.pre_order_offset(node).map(|i| i * 64)
@@ -1380,6 +1430,39 @@ mod subtrees {
                     enc,
                     "{len} {ranges:?}"
                 );
+            }
+        }
+    }
+
+    /// A range's stream, read as pieces of the whole stream, is the range's
+    /// stream as encoded directly.
+    #[test]
+    fn range_pieces_of_the_whole_stream_are_the_range_stream() {
+        let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+        let mut pieces = Vec::new();
+        for len in [0usize, 1, 16384, 16385, 5 * 16384, 7 * 16384 + 3]
+            .into_iter()
+            .chain(SIZES.iter().copied())
+        {
+            let (bytes, ob) = setup(len);
+            let whole = encode_to_vec(&bytes, &ob.pre_order, &all_ranges());
+            let mut cases = vec![all_ranges()];
+            for _ in 0..12 {
+                let a = rng.below(len.max(1) as u64);
+                cases.push(group_ranges(
+                    a,
+                    a + rng.below((len as u64).saturating_sub(a).max(1)),
+                ));
+            }
+            for ranges in &cases {
+                pieces_in_whole(len as u64, ranges, &mut pieces);
+                let mut got = Vec::new();
+                for &(at, n) in &pieces {
+                    got.extend_from_slice(&whole[at as usize..(at + n) as usize]);
+                }
+                let want = encode_to_vec(&bytes, &ob.pre_order, ranges);
+                assert!(got == want, "{len} {ranges:?}: pieces {pieces:?}");
+                assert!(pieces.len() <= 2 + 2 * 64, "{len}: {} pieces", pieces.len());
             }
         }
     }
