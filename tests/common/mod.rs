@@ -79,17 +79,40 @@ impl Node {
     pub fn start_in(data_dir: PathBuf, tmp: Option<tempfile::TempDir>, extra: &[&str]) -> Node {
         let mut node = Node {
             child: None,
-            addr: free_addr(),
+            addr: free_addr_on("127.0.0.1"),
             data_dir,
             _tmp: tmp,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
         };
+        // A port found free can be taken before the node binds it (another
+        // test's client picks it as its own): then the node exits at once, and
+        // it starts again on another port. Any other failure is the test's.
+        for _ in 0..4 {
+            node.start_child();
+            match node.ready_or_exit() {
+                Ok(()) => return node,
+                Err(status) => {
+                    eprintln!(
+                        "tessera exited during start ({status}) on {}; another port",
+                        node.addr
+                    );
+                    node.addr = free_addr_on("127.0.0.1");
+                }
+            }
+        }
         node.spawn();
         node
     }
 
     pub fn spawn(&mut self) {
+        self.start_child();
+        if let Err(status) = self.ready_or_exit() {
+            panic!("tessera exited during start: {status}");
+        }
+    }
+
+    fn start_child(&mut self) {
         let child = Command::new(BIN)
             .arg("run")
             .arg("--data-dir")
@@ -109,21 +132,27 @@ impl Node {
             .spawn()
             .expect("spawn tessera");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     pub fn wait_ready(&mut self) {
+        if let Err(status) = self.ready_or_exit() {
+            panic!("tessera exited during start: {status}");
+        }
+    }
+
+    /// Waits until the node answers `/healthz`; Err: it exited first.
+    fn ready_or_exit(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok((200, _, _)) = try_request(
                 self.addr,
                 b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
             ) {
-                return;
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("tessera exited during start: {status}");
+                    return Err(status);
                 }
             }
             std::thread::sleep(Duration::from_millis(50));

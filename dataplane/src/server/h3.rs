@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use quiche::h3::NameValue;
 
 use super::routes::Plan;
-use super::{bump, kept_stream, off_core, touch, upload_refusal, Core, KEEP_STREAM_MIN_BYTES};
+use super::{
+    bump, kept_stream, off_core, open_kept, touch, upload_refusal, Core, KEEP_STREAM_MIN_BYTES,
+};
 use crate::config::NodeConfig;
 use crate::hash::BlobHash;
 use crate::http::{self, RangeRequest, Route, Status};
@@ -1863,12 +1865,12 @@ fn get_blob(
     touch(core, hash);
     let head_only = req.method == http::Method::Head;
     if verified {
+        let ranges = match range {
+            RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
+            _ => verified::all_ranges(),
+        };
         if head_only {
             // The length is all a HEAD needs: nothing is read, hashed or encoded.
-            let ranges = match range {
-                RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
-                _ => verified::all_ranges(),
-            };
             let clen = verified::encoded_len(size, &ranges).to_string();
             return start_response(
                 core,
@@ -1882,33 +1884,44 @@ fn get_blob(
                 None,
             );
         }
+        // The kept copy: mapped whole, or a range's pieces copied out of it
+        // (asks for a copy are counted for whole streams only, as over HTTP/1.1).
         let whole = !matches!(range, RangeRequest::Partial { .. });
         let len = verified::encoded_len(size, &verified::all_ranges());
-        if let Some(kept) = (whole && size >= KEEP_STREAM_MIN_BYTES)
-            .then(|| kept_stream(core, &hash, len))
-            .flatten()
-        {
-            // SAFETY: a kept stream is written to tmp/, renamed in whole and never
-            // modified in place (removing it leaves this mapping valid).
-            if let Ok(m) = unsafe { memmap2::Mmap::map(kept.as_raw_fd()) } {
-                bump(&core.stats().kept_stream_responses, 1);
-                return respond(
-                    core,
-                    conn,
-                    stream,
-                    route,
-                    Status::Ok,
-                    http::BAO_MEDIA_TYPE,
-                    Body::Mapped(Rc::new(m)),
-                    head_only,
-                    &common,
-                );
-            }
-        }
-        let ranges = match range {
-            RangeRequest::Partial { first, last } => verified::group_ranges(first, last),
-            _ => verified::all_ranges(),
+        let kept = match (whole, size >= KEEP_STREAM_MIN_BYTES) {
+            (_, false) => None,
+            (true, true) => kept_stream(core, &hash, len),
+            (false, true) if core.shared.store.keeps_streams() => open_kept(core, &hash, len),
+            (false, true) => None,
         };
+        // SAFETY: a kept stream is written to tmp/, renamed in whole and never
+        // modified in place (removing it leaves this mapping valid).
+        let mapped = kept.and_then(|k| unsafe { memmap2::Mmap::map(k.as_raw_fd()) }.ok());
+        if let Some(m) = mapped {
+            bump(&core.stats().kept_stream_responses, 1);
+            let body = if whole {
+                Body::Mapped(Rc::new(m))
+            } else {
+                let mut pieces = Vec::new();
+                verified::pieces_in_whole(size, &ranges, &mut pieces);
+                let mut out = Vec::with_capacity(verified::encoded_len(size, &ranges) as usize);
+                for (at, n) in pieces {
+                    out.extend_from_slice(&m[at as usize..(at + n) as usize]);
+                }
+                Body::Owned(out)
+            };
+            return respond(
+                core,
+                conn,
+                stream,
+                route,
+                Status::Ok,
+                http::BAO_MEDIA_TYPE,
+                body,
+                false,
+                &common,
+            );
+        }
         let encoded = match encode_verified(core, &fd, size, &hash, &ranges) {
             Ok(v) => v,
             Err(e) => {
