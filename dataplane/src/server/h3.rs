@@ -46,14 +46,15 @@ use crate::verified;
 /// Server connection IDs: the owning core's index, then 15 bytes derived from the
 /// client's first DCID (so a repeated Initial finds its connection) or random.
 const CID_LEN: usize = 16;
-/// Largest UDP payload we send (fits a 1500-byte MTU with IPv6 headers).
 /// Pacing granularity: packets quiche schedules within this much of now go out
 /// at once (in one GSO batch); a later one ends the batch and holds the
 /// connection until its time. On loopback quiche's pacer rarely asks for a wait.
 const PACING_HORIZON: Duration = Duration::from_millis(1);
 /// How long a Retry token is good for.
 const RETRY_TOKEN_SECS: u64 = 10;
-const MAX_DATAGRAM: usize = 1350;
+/// Largest UDP payload we send: a 1500-byte MTU less the IPv6 and UDP headers.
+/// Reached only once path MTU discovery has seen a packet this large arrive.
+const MAX_DATAGRAM: usize = 1452;
 /// GRO can hand us up to 64 KiB in one receive.
 const RECV_BUF: usize = 65_536;
 /// At most this many packets per GSO send (the kernel's limit is 64).
@@ -139,6 +140,9 @@ pub fn quic_config(config: &NodeConfig, cert: &Path, key: &Path) -> Result<quich
     q.set_max_idle_timeout(config.h3_idle_timeout_ms);
     q.set_max_recv_udp_payload_size(MAX_DATAGRAM);
     q.set_max_send_udp_payload_size(MAX_DATAGRAM);
+    // Packets start at 1200 bytes and grow to MAX_DATAGRAM once a probe of that
+    // size is acknowledged (RFC 8899): no path that carries less is blackholed.
+    q.discover_pmtu(true);
     q.set_initial_max_data(config.h3_max_data_bytes);
     q.set_initial_max_stream_data_bidi_local(config.h3_max_stream_data_bytes);
     q.set_initial_max_stream_data_bidi_remote(config.h3_max_stream_data_bytes);
