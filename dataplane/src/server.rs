@@ -1990,7 +1990,8 @@ fn kept_stream(core: &Core, hash: &BlobHash, len: u64) -> Option<OwnedFd> {
     if let Some(fd) = open_kept(core, hash, len) {
         return Some(fd);
     }
-    if !store.second_ask(hash) {
+    // A stream the budget can never hold is not asked for (no lock, no job).
+    if !store.could_keep(len) || !store.second_ask(hash) {
         return None;
     }
     let (store, hash) = (store.clone(), *hash);

@@ -381,6 +381,11 @@ impl Store {
         false
     }
 
+    /// Whether a whole stream of `len` bytes fits the budget at all.
+    pub fn could_keep(&self, len: u64) -> bool {
+        len <= self.config.stream_cache_bytes
+    }
+
     /// Whether whole verified streams are kept at all.
     pub fn keeps_streams(&self) -> bool {
         self.config.stream_cache_bytes > 0

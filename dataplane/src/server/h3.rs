@@ -1901,11 +1901,12 @@ fn get_blob(
         // SAFETY: a kept stream is written to tmp/, renamed in whole and never
         // modified in place (removing it leaves this mapping valid).
         let mapped = kept.and_then(|k| unsafe { memmap2::Mmap::map(k.as_raw_fd()) }.ok());
-        if let Some(m) = mapped {
+        if mapped.is_some() {
             bump(&core.stats().kept_stream_responses, 1);
-            let body = if whole {
-                Body::Mapped(Rc::new(m))
-            } else {
+        }
+        let body = match mapped {
+            Some(m) if whole => Body::Mapped(Rc::new(m)),
+            Some(m) => {
                 let mut pieces = Vec::new();
                 verified::pieces_in_whole(size, &ranges, &mut pieces);
                 let mut out = Vec::with_capacity(verified::encoded_len(size, &ranges) as usize);
@@ -1913,40 +1914,29 @@ fn get_blob(
                     out.extend_from_slice(&m[at as usize..(at + n) as usize]);
                 }
                 Body::Owned(out)
-            };
-            return respond(
-                core,
-                conn,
-                stream,
-                route,
-                Status::Ok,
-                http::BAO_MEDIA_TYPE,
-                body,
-                false,
-                &common,
-            );
-        }
-        let encoded = match encode_verified(core, &fd, size, &hash, &ranges) {
-            Ok(v) => v,
-            Err(e) => {
-                bump(&core.stats().corrupt_detected, 1);
-                tracing::error!(%hash, "stored blob failed verification: {e}; moving it to quarantine/");
-                // As over HTTP/1.1: take it out of service for every route.
-                let store = core.shared.store.clone();
-                monoio::spawn(async move {
-                    if let Err(e) = off_core(move || store.quarantine(&hash)).await {
-                        tracing::error!(%hash, "cannot quarantine corrupt blob: {e}");
-                    }
-                });
-                return respond_text(
-                    core,
-                    conn,
-                    stream,
-                    route,
-                    Status::InternalServerError,
-                    "stored blob failed verification\n",
-                );
             }
+            None => match encode_verified(core, &fd, size, &hash, &ranges) {
+                Ok(v) => Body::Owned(v),
+                Err(e) => {
+                    bump(&core.stats().corrupt_detected, 1);
+                    tracing::error!(%hash, "stored blob failed verification: {e}; moving it to quarantine/");
+                    // As over HTTP/1.1: take it out of service for every route.
+                    let store = core.shared.store.clone();
+                    monoio::spawn(async move {
+                        if let Err(e) = off_core(move || store.quarantine(&hash)).await {
+                            tracing::error!(%hash, "cannot quarantine corrupt blob: {e}");
+                        }
+                    });
+                    return respond_text(
+                        core,
+                        conn,
+                        stream,
+                        route,
+                        Status::InternalServerError,
+                        "stored blob failed verification\n",
+                    );
+                }
+            },
         };
         return respond(
             core,
@@ -1955,8 +1945,8 @@ fn get_blob(
             route,
             Status::Ok,
             http::BAO_MEDIA_TYPE,
-            Body::Owned(encoded),
-            head_only,
+            body,
+            false,
             &common,
         );
     }
