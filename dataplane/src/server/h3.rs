@@ -267,12 +267,7 @@ struct WorkStream {
 impl WorkStream {
     /// Moves what has arrived on to the bridge, as far as it has room; the
     /// bytes it read from the stream.
-    fn pump(
-        &mut self,
-        quic: &mut quiche::Connection,
-        h3: &mut quiche::h3::Connection,
-        id: u64,
-    ) -> u64 {
+    fn pump(&mut self, quic: &mut Quic, h3: &mut quiche::h3::Connection, id: u64) -> u64 {
         let mut buf = [0u8; 16384];
         let mut read = 0;
         loop {
@@ -385,15 +380,21 @@ impl WebSocketStream {
 }
 
 /// Bytes of a response body: a mapped blob (read straight from the page cache into
-/// quiche's packet buffers) or a small owned buffer.
+/// quiche's packet buffers) or a small owned buffer. Cloning it is a reference
+/// count: quiche holds clones in its send buffers (see [`BodyBufs`]).
+#[derive(Clone)]
 enum Body {
     Mapped(Rc<memmap2::Mmap>),
     /// A small blob the core's open-file cache holds (no mapping per request).
     Cached(Rc<[u8]>),
-    Owned(Vec<u8>),
+    Owned(Rc<Vec<u8>>),
 }
 
 impl Body {
+    fn owned(bytes: Vec<u8>) -> Body {
+        Body::Owned(Rc::new(bytes))
+    }
+
     fn bytes(&self) -> &[u8] {
         match self {
             Body::Mapped(m) => m,
@@ -403,8 +404,83 @@ impl Body {
     }
 }
 
+/// quiche's stream buffers on this server: a response body is handed to quiche
+/// as a [`BodyBuf`], a counted reference to the bytes it already is (the mapped
+/// blob, the cached one, the encoded stream), not copied into 4 KiB heap pieces
+/// first. quiche copies each packet's share out of it when it builds the packet
+/// (and again for a retransmission), and drops its reference once the peer
+/// acknowledges the range. The bytes of other writes (frame headers, small
+/// bodies) are copied as quiche's own factory does.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct BodyBufs;
+
+/// A range of a [`Body`]: what quiche keeps in a stream's send buffer.
+#[derive(Clone)]
+pub(super) struct BodyBuf {
+    body: Body,
+    start: usize,
+    end: usize,
+}
+
+impl BodyBuf {
+    fn new(body: &Body, start: usize, end: usize) -> BodyBuf {
+        debug_assert!(start <= end && end <= body.bytes().len());
+        BodyBuf {
+            body: body.clone(),
+            start,
+            end,
+        }
+    }
+}
+
+impl std::fmt::Debug for BodyBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BodyBuf({}..{})", self.start, self.end)
+    }
+}
+
+impl AsRef<[u8]> for BodyBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.body.bytes()[self.start..self.end]
+    }
+}
+
+impl quiche::BufSplit for BodyBuf {
+    fn split_at(&mut self, at: usize) -> BodyBuf {
+        let mid = self.start + at;
+        assert!(mid <= self.end, "split past the end of a body range");
+        let rest = BodyBuf {
+            body: self.body.clone(),
+            start: mid,
+            end: self.end,
+        };
+        self.end = mid;
+        rest
+    }
+}
+
+impl quiche::BufFactory for BodyBufs {
+    type Buf = BodyBuf;
+    type DgramBuf = Vec<u8>;
+
+    fn buf_from_slice(buf: &[u8]) -> BodyBuf {
+        BodyBuf {
+            body: Body::Cached(Rc::from(buf)),
+            start: 0,
+            end: buf.len(),
+        }
+    }
+
+    fn dgram_buf_from_slice(buf: &[u8]) -> Vec<u8> {
+        buf.to_vec()
+    }
+}
+
+/// A QUIC connection whose stream buffers are [`BodyBuf`]s.
+pub(super) type Quic = quiche::Connection<BodyBufs>;
+
 struct QuicConn {
-    quic: quiche::Connection,
+    quic: Quic,
     h3: Option<quiche::h3::Connection>,
     streams: HashMap<u64, StreamState>,
     /// Connection IDs we issued for it (all map to it in the endpoint's table).
@@ -718,7 +794,13 @@ impl Endpoint {
         } else {
             (self.derived_cid(&hdr.dcid), None)
         };
-        let quic = match quiche::accept(&scid, odcid.as_ref(), self.local, from, &mut self.config) {
+        let quic = match quiche::accept_with_buf_factory::<BodyBufs>(
+            &scid,
+            odcid.as_ref(),
+            self.local,
+            from,
+            &mut self.config,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!("QUIC accept failed: {e}");
@@ -1040,7 +1122,7 @@ impl Endpoint {
                     Route::Blobs,
                     Status::Created,
                     "application/json",
-                    Body::Owned(body),
+                    Body::owned(body),
                     false,
                     &[],
                 );
@@ -1451,7 +1533,7 @@ fn begin_upload(core: &Core, conn: &mut QuicConn, stream: u64, more_frames: bool
                     route,
                     Status::Created,
                     "application/json",
-                    Body::Owned(body),
+                    Body::owned(body),
                     false,
                     &[],
                 );
@@ -1715,7 +1797,7 @@ fn send_reply(
             commits,
         );
     }
-    let rest = (!head_only && len > 0).then_some((Body::Owned(body), 0, len));
+    let rest = (!head_only && len > 0).then_some((Body::owned(body), 0, len));
     start_response(
         core,
         conn,
@@ -1755,7 +1837,7 @@ fn get_blob(
                     route,
                     Status::TemporaryRedirect,
                     "text/plain",
-                    Body::Owned(Vec::new()),
+                    Body::owned(Vec::new()),
                     false,
                     &[("location", location.as_bytes())],
                 );
@@ -1861,7 +1943,7 @@ fn get_blob(
             route,
             Status::RangeNotSatisfiable,
             "text/plain",
-            Body::Owned(b"range outside the blob\n".to_vec()),
+            Body::owned(b"range outside the blob\n".to_vec()),
             false,
             &[("content-range", cr.as_bytes())],
         );
@@ -1913,10 +1995,10 @@ fn get_blob(
                 for (at, n) in pieces {
                     out.extend_from_slice(&m[at as usize..(at + n) as usize]);
                 }
-                Body::Owned(out)
+                Body::owned(out)
             }
             None => match encode_verified(core, &fd, size, &hash, &ranges) {
-                Ok(v) => Body::Owned(v),
+                Ok(v) => Body::owned(v),
                 Err(e) => {
                     bump(&core.stats().corrupt_detected, 1);
                     tracing::error!(%hash, "stored blob failed verification: {e}; moving it to quarantine/");
@@ -1955,7 +2037,7 @@ fn get_blob(
         _ => (other_status.unwrap_or(Status::Ok), 0, size),
     };
     let body = if len == 0 || head_only {
-        Body::Owned(Vec::new())
+        Body::owned(Vec::new())
     } else if let Some(bytes) = cached {
         Body::Cached(bytes)
     } else {
@@ -2161,7 +2243,7 @@ fn respond_text(
         route,
         status,
         "text/plain",
-        Body::Owned(text.as_bytes().to_vec()),
+        Body::owned(text.as_bytes().to_vec()),
         false,
         &[],
     );
@@ -2425,7 +2507,7 @@ fn send_bodies(core: &Core, conn: &mut QuicConn) {
 /// (or failed) and its state can go.
 fn advance_stream(
     core: &Core,
-    quic: &mut quiche::Connection,
+    quic: &mut Quic,
     h3: &mut quiche::h3::Connection,
     id: u64,
     state: &mut StreamState,
@@ -2506,8 +2588,9 @@ fn advance_stream(
         return true;
     };
     while *offset < *end {
-        let chunk = &body.bytes()[*offset..*end];
-        match h3.send_body(quic, id, chunk, true) {
+        // Zero-copy: quiche keeps a counted reference to the range it takes.
+        let mut rest = BodyBuf::new(body, *offset, *end);
+        match h3.send_body_zc(quic, id, &mut rest, true) {
             Ok(0) | Err(quiche::h3::Error::Done) => return true,
             Ok(n) => {
                 *offset += n;
