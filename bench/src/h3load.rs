@@ -7,7 +7,9 @@
 //! Pacing is the HTTP/1.1 engine's: open loop with intended send times (latency
 //! from the intended time, coordinated omission corrected), or closed loop (each
 //! finished request starts the next on the same connection). Certificates are not
-//! verified: benchmark servers use self-signed ones.
+//! verified: benchmark servers use self-signed ones. Sockets receive with UDP GRO
+//! unless told not to (`Spec::h3_gro`): on loopback a client without it makes the
+//! server's softirq split every GSO burst (see bench/README.md).
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -39,6 +41,8 @@ struct Client {
     peer: SocketAddr,
     conn: quiche::Connection,
     h3: Option<quiche::h3::Connection>,
+    /// The socket receives GRO-coalesced bursts (see [`receive`]).
+    gro: bool,
     inflight: Vec<InFlight>,
     born: Instant,
 }
@@ -75,6 +79,7 @@ fn connect(
     peer: SocketAddr,
     config: &mut quiche::Config,
     rng: &mut rand::rngs::SmallRng,
+    gro: bool,
 ) -> io::Result<Client> {
     let bind: SocketAddr = if peer.is_ipv4() {
         "0.0.0.0:0"
@@ -87,6 +92,9 @@ fn connect(
     socket.connect(peer)?;
     socket.set_nonblocking(true)?;
     grow_buffers(&socket);
+    // A kernel without UDP GRO delivers one datagram a call, which `receive`
+    // handles as well.
+    let gro = gro && dataplane::sys::enable_udp_gro(socket.as_raw_fd());
     let local = socket.local_addr()?;
     let mut scid = [0u8; 16];
     rng.fill(&mut scid);
@@ -99,6 +107,7 @@ fn connect(
         peer,
         conn,
         h3: None,
+        gro,
         inflight: Vec::with_capacity(64),
         born: Instant::now(),
     })
@@ -244,7 +253,7 @@ fn worker(
             }
             let c = match client {
                 Some(c) => c,
-                None => match connect(spec.addr, &mut config, &mut rng) {
+                None => match connect(spec.addr, &mut config, &mut rng, spec.h3_gro) {
                     Ok(c) => client.insert(c),
                     Err(_) => {
                         report.errors_io += 1;
@@ -395,13 +404,26 @@ fn flush(c: &mut Client, out: &mut [u8]) {
 }
 
 fn receive(c: &mut Client, buf: &mut [u8]) {
+    let info = quiche::RecvInfo {
+        from: c.peer,
+        to: c.local,
+    };
     loop {
+        if c.gro {
+            // One call per coalesced burst: datagrams of `segment` bytes each, the
+            // last possibly shorter.
+            match dataplane::sys::recv_udp(c.socket.as_raw_fd(), buf) {
+                Ok((n, _, segment)) => {
+                    for datagram in buf[..n].chunks_mut(segment.max(1)) {
+                        let _ = c.conn.recv(datagram, info);
+                    }
+                }
+                Err(_) => return,
+            }
+            continue;
+        }
         match c.socket.recv(buf) {
             Ok(n) => {
-                let info = quiche::RecvInfo {
-                    from: c.peer,
-                    to: c.local,
-                };
                 let _ = c.conn.recv(&mut buf[..n], info);
             }
             Err(_) => return,
@@ -485,7 +507,7 @@ mod tests {
     use dataplane::server::Server;
     use dataplane::store::{Store, StoreConfig};
 
-    fn spec(addr: SocketAddr, path: String, mode: Mode, streams: usize) -> Spec {
+    fn spec(addr: SocketAddr, path: String, mode: Mode, streams: usize, gro: bool) -> Spec {
         Spec {
             addr,
             workload: Workload::Get {
@@ -502,6 +524,7 @@ mod tests {
             warmup: Duration::from_millis(500),
             timeout: Duration::from_secs(5),
             h3_streams: Some(streams),
+            h3_gro: gro,
         }
     }
 
@@ -526,13 +549,21 @@ mod tests {
         let shutdown = Arc::new(AtomicBool::new(false));
         let server = Server::start(config, store, shutdown.clone()).expect("start");
 
-        let r = run(&spec(addr, format!("/blobs/{hash}"), Mode::Closed, 4), 4).expect("run");
-        assert!(r.completed > 10, "{} completed", r.completed);
-        assert_eq!(r.errors(), 0);
-        assert_eq!(r.bytes, r.completed * data.len() as u64);
+        // Received with GRO (coalesced bursts split back into datagrams) and
+        // without: the same whole responses either way.
+        for gro in [true, false] {
+            let r = run(
+                &spec(addr, format!("/blobs/{hash}"), Mode::Closed, 4, gro),
+                4,
+            )
+            .expect("run");
+            assert!(r.completed > 10, "{} completed (GRO {gro})", r.completed);
+            assert_eq!(r.errors(), 0, "GRO {gro}");
+            assert_eq!(r.bytes, r.completed * data.len() as u64, "GRO {gro}");
+        }
 
         let missing = format!("/blobs/{}", "0".repeat(64));
-        let r = run(&spec(addr, missing, Mode::Closed, 1), 1).expect("run");
+        let r = run(&spec(addr, missing, Mode::Closed, 1, true), 1).expect("run");
         assert_eq!(r.completed, 0);
         assert!(r.errors_status > 0);
 
@@ -546,6 +577,7 @@ mod tests {
                 format!("/blobs/{hash}"),
                 Mode::Open { rate: 200.0 },
                 8,
+                true,
             ),
             8,
         )

@@ -64,6 +64,9 @@ pub struct Spec {
     pub timeout: Duration,
     /// HTTP/3 with this many requests at once per connection; None: HTTP/1.1.
     pub h3_streams: Option<usize>,
+    /// With HTTP/3: receive with UDP GRO (coalesced datagrams, one call per
+    /// burst), as quic-go, msquic and quiche-based clients do on Linux.
+    pub h3_gro: bool,
 }
 
 /// Results of a run; latencies in microseconds.
@@ -638,6 +641,7 @@ mod tests {
             warmup: Duration::ZERO,
             timeout: Duration::from_secs(5),
             h3_streams: None,
+            h3_gro: false,
         }
     }
 

@@ -93,6 +93,10 @@ struct LoadArgs {
     /// With --h3: requests at once on each connection.
     #[arg(long, default_value_t = 1)]
     streams: usize,
+    /// With --h3: receive one datagram per call, without UDP GRO (on loopback the
+    /// server's CPU then also pays for splitting its GSO bursts for this client).
+    #[arg(long)]
+    no_gro: bool,
     /// Write the percentile distribution (.hgrm) here.
     #[arg(long)]
     hgrm: Option<PathBuf>,
@@ -160,6 +164,7 @@ fn main() -> anyhow::Result<()> {
                 warmup: Duration::from_secs_f64(a.warmup),
                 timeout: Duration::from_secs_f64(a.timeout),
                 h3_streams: a.h3.then_some(a.streams),
+                h3_gro: !a.no_gro,
             };
             let report = load::run(&spec)?;
             print_report(&report);

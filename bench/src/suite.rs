@@ -54,6 +54,9 @@ pub struct SuiteArgs {
     /// HTTP/3 connections (each its own UDP socket).
     #[arg(long, default_value_t = 32)]
     h3_connections: usize,
+    /// The HTTP/3 load generator receives one datagram per call, without UDP GRO.
+    #[arg(long)]
+    h3_no_gro: bool,
     /// Only these workloads (comma separated names, see the table).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -566,6 +569,7 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                         warmup: Duration::ZERO,
                         timeout: Duration::from_secs(10),
                         h3_streams: Some(1),
+                        h3_gro: !args.h3_no_gro,
                     };
                     let r = load::run(&probe)?;
                     if r.completed == 0
@@ -758,6 +762,7 @@ fn spec(
         warmup: Duration::from_secs_f64(args.warmup),
         timeout: Duration::from_secs(30),
         h3_streams,
+        h3_gro: !args.h3_no_gro,
     }
 }
 
