@@ -499,6 +499,7 @@ impl Core {
             fd: Rc::new(fd),
             size,
             body,
+            mapping: Rc::default(),
         };
         cache.insert(*hash, opened.clone(), now);
         Ok(Some(opened))
@@ -512,6 +513,25 @@ struct Opened {
     size: u64,
     /// The whole blob, for blobs of at most `copy_body_max_bytes`.
     body: Option<Rc<[u8]>>,
+    /// The blob mapped into memory, made by the first HTTP/3 answer that sends
+    /// from it and shared by the next ones while the entry lives: no `mmap`,
+    /// page faults and `munmap` per request.
+    mapping: Rc<std::cell::OnceCell<Rc<memmap2::Mmap>>>,
+}
+
+impl Opened {
+    /// The blob mapped (once per cache entry).
+    fn mapping(&self) -> io::Result<Rc<memmap2::Mmap>> {
+        if let Some(m) = self.mapping.get() {
+            return Ok(m.clone());
+        }
+        // SAFETY: blobs are immutable once committed (written to tmp/, renamed in,
+        // never modified in place), so the mapping's bytes cannot change under us;
+        // removing the file leaves the mapping valid.
+        let m = Rc::new(unsafe { memmap2::Mmap::map(self.fd.as_raw_fd()) }?);
+        let _ = self.mapping.set(m.clone());
+        Ok(m)
+    }
 }
 
 /// How long a cached descriptor is trusted before the file is looked up again, so
@@ -1343,6 +1363,7 @@ async fn open_or_answer(
                 fd: Rc::new(fd),
                 size,
                 body: None,
+                mapping: Rc::default(),
             })
         })
     };
@@ -1614,6 +1635,7 @@ async fn get_plain(
         fd: file,
         size,
         body,
+        ..
     } = match open_or_answer(core, conn, route, &hash, b"", keep_alive, info.from_peer).await? {
         Ok(found) => found,
         Err(next) => return Ok(next),

@@ -1824,8 +1824,8 @@ fn get_blob(
     meta: Option<service_api::BlobReply>,
     fetch: Option<&flume::Sender<Committed>>,
 ) {
-    let (fd, size, cached) = match core.open_blob_cached(&hash) {
-        Ok(Some(o)) => (o.fd, o.size, o.body),
+    let opened = match core.open_blob_cached(&hash) {
+        Ok(Some(o)) => o,
         Ok(None) => {
             // Not here, redirect mode: send the client to the best node for it
             // (HTTP/3 answers on the same port number there).
@@ -1881,6 +1881,7 @@ fn get_blob(
             );
         }
     };
+    let (size, cached) = (opened.size, opened.body.clone());
     // A blob under another status (a site's 404 page) is plain bytes, whole.
     let other_status = meta.as_ref().and_then(|m| m.status);
     let verified = req.wants_verified() && other_status.is_none();
@@ -1997,7 +1998,7 @@ fn get_blob(
                 }
                 Body::owned(out)
             }
-            None => match encode_verified(core, &fd, size, &hash, &ranges) {
+            None => match encode_verified(core, &opened.fd, size, &hash, &ranges) {
                 Ok(v) => Body::owned(v),
                 Err(e) => {
                     bump(&core.stats().corrupt_detected, 1);
@@ -2041,10 +2042,8 @@ fn get_blob(
     } else if let Some(bytes) = cached {
         Body::Cached(bytes)
     } else {
-        // SAFETY: blobs are immutable once committed (written to tmp/, renamed in,
-        // never modified in place), so the mapping's bytes cannot change under us.
-        match unsafe { memmap2::Mmap::map(fd.as_raw_fd()) } {
-            Ok(m) => Body::Mapped(Rc::new(m)),
+        match opened.mapping() {
+            Ok(m) => Body::Mapped(m),
             Err(e) => {
                 tracing::error!(%hash, "cannot map blob: {e}");
                 return respond_text(
