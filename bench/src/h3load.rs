@@ -560,6 +560,9 @@ mod tests {
             assert!(r.completed > 10, "{} completed (GRO {gro})", r.completed);
             assert_eq!(r.errors(), 0, "GRO {gro}");
             assert_eq!(r.bytes, r.completed * data.len() as u64, "GRO {gro}");
+            // The generator's own CPU: some, and never more than its one thread's time.
+            assert!(r.load_cpu_seconds > 0.0, "{}", r.load_cpu_seconds);
+            assert!(r.load_busy > 0.0 && r.load_busy <= 1.01, "{}", r.load_busy);
         }
 
         let missing = format!("/blobs/{}", "0".repeat(64));

@@ -83,6 +83,11 @@ pub struct Report {
     pub scheduled: u64,
     pub measured: Duration,
     pub offered_rate: Option<f64>,
+    /// CPU seconds the load generator's worker threads used (the whole run).
+    pub load_cpu_seconds: f64,
+    /// Of the time its worker threads ran, the share they spent on a CPU: near
+    /// 1.0 the generator, not the server, may be what limits the figures.
+    pub load_busy: f64,
 }
 
 impl Report {
@@ -97,6 +102,8 @@ impl Report {
             scheduled: 0,
             measured: Duration::ZERO,
             offered_rate: None,
+            load_cpu_seconds: 0.0,
+            load_busy: 0.0,
         }
     }
 
@@ -108,6 +115,7 @@ impl Report {
         self.errors_io += other.errors_io;
         self.errors_timeout += other.errors_timeout;
         self.scheduled += other.scheduled;
+        self.load_cpu_seconds += other.load_cpu_seconds;
     }
 
     pub fn errors(&self) -> u64 {
@@ -187,7 +195,8 @@ where
         spec.connections >= spec.threads && spec.threads > 0,
         "need at least one connection per thread"
     );
-    let start = Instant::now() + Duration::from_millis(100);
+    let spawned = Instant::now();
+    let start = spawned + Duration::from_millis(100);
     let mut handles = Vec::new();
     for t in 0..spec.threads {
         let spec = spec.clone();
@@ -196,7 +205,11 @@ where
         handles.push(
             std::thread::Builder::new()
                 .name(format!("load-{t}"))
-                .spawn(move || worker(&spec, t, &conns, start))?,
+                .spawn(move || {
+                    let mut r = worker(&spec, t, &conns, start)?;
+                    r.load_cpu_seconds = thread_cpu_seconds();
+                    Ok::<_, anyhow::Error>(r)
+                })?,
         );
     }
     let mut total = Report::empty();
@@ -206,12 +219,26 @@ where
             .map_err(|_| anyhow::anyhow!("load worker panicked"))??;
         total.merge(&r);
     }
+    total.load_busy =
+        total.load_cpu_seconds / (spawned.elapsed().as_secs_f64() * spec.threads as f64).max(1e-9);
     total.measured = spec.duration.saturating_sub(spec.warmup);
     total.offered_rate = match spec.mode {
         Mode::Open { rate } => Some(rate),
         Mode::Closed => None,
     };
     Ok(total)
+}
+
+/// CPU seconds (user and system) the calling thread has used.
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is valid, and getrusage fills the one it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD names the calling thread.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// Pins worker `index` to its CPU from `spec.cpus` (round robin), if any.

@@ -205,6 +205,11 @@ fn print_report(r: &load::Report) {
         r.bytes_per_sec() / 1e9
     );
     println!(
+        "generator {:.2} CPU-s, {:.0}% busy (its threads' time on a CPU)",
+        r.load_cpu_seconds,
+        r.load_busy * 100.0
+    );
+    println!(
         "errors    {} (status {}, i/o {}, timeout {})",
         r.errors(),
         r.errors_status,

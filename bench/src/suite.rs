@@ -346,6 +346,9 @@ pub struct Summary {
     pub p999_ms: f64,
     pub p9999_ms: f64,
     pub max_ms: f64,
+    /// The load generator's share of its threads' time on a CPU (near 1.0: it
+    /// may be the limit, not the server).
+    pub load_busy: f64,
 }
 
 pub fn summary(r: &Report) -> Summary {
@@ -361,6 +364,7 @@ pub fn summary(r: &Report) -> Summary {
         p999_ms: r.ms(0.999),
         p9999_ms: r.ms(0.9999),
         max_ms: r.ms(1.0),
+        load_busy: r.load_busy,
     }
 }
 
@@ -824,18 +828,23 @@ fn print_row(results: &[Measured], workload: &str, cores: usize) {
     static HEADER: std::sync::Once = std::sync::Once::new();
     HEADER.call_once(|| {
         println!(
-            "{:<16} {:>5} | {:>10} {:>7} {:>8} {:>8} {:>8} | {:>10} {:>7} {:>8} {:>8} {:>8} | {:>6}",
-            "workload", "cores", "T req/s", "T GB/s", "T p99ms", "T cs/GB", "T cs/Mr", "P req/s", "P GB/s", "P p99ms", "P cs/GB", "P cs/Mr", "T/P"
+            "{:<16} {:>5} | {:>10} {:>7} {:>8} {:>8} {:>8} | {:>10} {:>7} {:>8} {:>8} {:>8} | {:>6} | {:>9}",
+            "workload", "cores", "T req/s", "T GB/s", "T p99ms", "T cs/GB", "T cs/Mr", "P req/s", "P GB/s", "P p99ms", "P cs/GB", "P cs/Mr", "T/P", "load T/P"
         );
     });
+    // How busy the load generator's threads were in each run (percent).
+    let pct =
+        |m: Option<&Measured>| m.map_or("-".into(), |m| format!("{:.0}", m.peak.load_busy * 100.0));
+    let busy = format!("{}/{}", pct(t), pct(n));
     let ratio = match (t, n) {
         (Some(t), Some(n)) if n.peak.rps > 0.0 => format!("{:.2}", t.peak.rps / n.peak.rps),
         _ => "-".into(),
     };
     println!(
-        "{workload:<16} {cores:>5} | {} | {} | {ratio:>6}",
+        "{workload:<16} {cores:>5} | {} | {} | {ratio:>6} | {:>9}",
         fmt(t),
-        fmt(n)
+        fmt(n),
+        busy
     );
 }
 
