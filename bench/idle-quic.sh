@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Memory per held QUIC connection: Tessera on one core, N HTTP/3 connections from
-# tessera-bench (one UDP socket each), each sending one 4 KiB GET every 4 s on
-# average, so the connections are held and mostly idle. The server's RSS before
-# and with them all held, divided by N, is its memory per connection; the load
-# generator reports p50/p99 of those GETs and any errors.
+# Memory per held QUIC connection, Tessera beside Caddy (the HTTP/3 peer of the
+# suite): each server on one core, N HTTP/3 connections from tessera-bench (one UDP
+# socket each), each sending one 4 KiB GET every 4 s on average, so the
+# connections are held and mostly idle. The server's RSS before and with them all
+# held, divided by N, is its memory per connection; the load generator reports
+# p50/p99 of those GETs and any errors.
 #
 #   bench/idle-quic.sh [N ...]     (default: 1000 5000)
 #
-# Needs: python3, curl; builds the release binaries unless TESSERA_BIN and
-# TESSERA_BENCH_BIN are set. No peer runs beside it: Caddy, the HTTP/3 peer of
-# the suite, is not installed here (`--h3` of `tessera-bench suite` uses it
-# where it is).
+# Needs: python3, curl, and Caddy (Debian: apt-get install caddy; CADDY_BIN
+# elsewhere; without it the Caddy rows are left out and the script says so);
+# builds the release binaries unless TESSERA_BIN and TESSERA_BENCH_BIN are set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -34,11 +34,38 @@ h3_max_connections_per_core = $((max + 1000))
 h3_idle_timeout_ms = 120000
 CONF
 
+caddy=${CADDY_BIN:-/usr/bin/caddy}
+[ -x "$caddy" ] || { echo "no Caddy at $caddy (apt-get install caddy): Tessera only" >&2; caddy=""; }
+mkdir -p "$work/www"
+cp "$work/4k.bin" "$work/www/4k.bin"
+
+# measure SERVER PID PATH N: holds N connections on the server at $port, prints a row.
+measure() {
+    local server=$1 pid=$2 path=$3 n=$4 before held p50 p99 errors per
+    sleep 1
+    before=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+    # Connections ramp up in the first seconds; RSS is read at 10 s of 14.
+    taskset -c 1 "$TESSERA_BENCH_BIN" load --h3 --addr 127.0.0.1:$port --path "$path" \
+        --connections "$n" --rate "$((n / 4))" --duration 14 --warmup 4 --timeout 30 \
+        --json "$work/load.json" >"$work/load.out" 2>&1 &
+    load_pid=$!
+    sleep 10
+    held=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+    wait "$load_pid"
+    read -r p50 p99 errors < <(python3 -c "
+import json; r = json.load(open('$work/load.json'))
+print(r['p50_ms'], r['p99_ms'], r['errors'])")
+    per=$(( (held - before) * 1024 / n ))
+    printf '%-8s %-8s %12s %12s %14s %10s %10s %8s\n' "$server" "$n" "$before" "$held" "$per" "$p50" "$p99" "$errors"
+    json+="$sep{\"server\":\"$server\",\"connections\":$n,\"rss_idle_kib\":$before,\"rss_held_kib\":$held,\"bytes_per_connection\":$per,\"p50_ms\":$p50,\"p99_ms\":$p99,\"errors\":$errors}"
+    sep=","
+}
+
 json="{\"date\":\"$(date -u +%FT%TZ)\",\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\",\"rows\":["
 sep=""
-printf '%-8s %12s %12s %14s %10s %10s %8s\n' conns rss_idle_kib rss_held_kib bytes_per_conn p50_ms p99_ms errors
+printf '%-8s %-8s %12s %12s %14s %10s %10s %8s\n' server conns rss_idle_kib rss_held_kib bytes_per_conn p50_ms p99_ms errors
 for n in "${counts[@]}"; do
-    # A fresh node per count, so one count's connections do not linger into the next.
+    # A fresh server per count, so one count's connections do not linger into the next.
     rm -rf "$work/data"
     taskset -c 0 "$TESSERA_BIN" run --config "$work/tessera.toml" --data-dir "$work/data" \
         --listen 127.0.0.1:$port --cores 1 2>"$work/tessera.log" &
@@ -46,25 +73,41 @@ for n in "${counts[@]}"; do
     pids+=($tessera_pid)
     for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.1; done
     hash=$(TESSERA_CLIENT_DIR="$work/client" "$TESSERA_BIN" put "$work/4k.bin" --node http://127.0.0.1:$port | awk '{print $1}')
-    sleep 1
-    before=$(awk '/^VmRSS/ {print $2}' "/proc/$tessera_pid/status")
-    # Connections ramp up in the first seconds; RSS is read at 10 s of 14.
-    taskset -c 1 "$TESSERA_BENCH_BIN" load --h3 --addr 127.0.0.1:$port --path "/blobs/$hash" \
-        --connections "$n" --rate "$((n / 4))" --duration 14 --warmup 4 --timeout 30 \
-        --json "$work/load.json" >"$work/load.out" 2>&1 &
-    load_pid=$!
-    sleep 10
-    held=$(awk '/^VmRSS/ {print $2}' "/proc/$tessera_pid/status")
-    wait "$load_pid"
-    read -r p50 p99 errors < <(python3 -c "
-import json; r = json.load(open('$work/load.json'))
-print(r['p50_ms'], r['p99_ms'], r['errors'])")
-    per=$(( (held - before) * 1024 / n ))
-    printf '%-8s %12s %12s %14s %10s %10s %8s\n' "$n" "$before" "$held" "$per" "$p50" "$p99" "$errors"
-    json+="$sep{\"connections\":$n,\"rss_idle_kib\":$before,\"rss_held_kib\":$held,\"bytes_per_connection\":$per,\"p50_ms\":$p50,\"p99_ms\":$p99,\"errors\":$errors}"
-    sep=","
+    measure tessera "$tessera_pid" "/blobs/$hash" "$n"
+    # Caddy serves with the certificate Tessera generated (as in the suite).
+    rm -rf "$work/tls" && cp -r "$work/data/tls" "$work/tls"
     kill "$tessera_pid"
     wait "$tessera_pid" 2>/dev/null || true
+    [ -n "$caddy" ] || continue
+    mkdir -p "$work/caddy"
+    cat > "$work/caddy/Caddyfile" <<CONF
+{
+ admin off
+ auto_https disable_redirects
+ skip_install_trust
+ servers {
+  protocols h1 h2 h3
+ }
+ log {
+  level ERROR
+ }
+}
+https://:$port {
+ bind 127.0.0.1
+ tls $work/tls/cert.pem $work/tls/key.pem
+ root * $work/www
+ file_server
+}
+CONF
+    GOMAXPROCS=1 XDG_DATA_HOME="$work/caddy/data" XDG_CONFIG_HOME="$work/caddy/config" HOME="$work/caddy" \
+        taskset -c 0 "$caddy" run --adapter caddyfile --config "$work/caddy/Caddyfile" \
+        >/dev/null 2>"$work/caddy.log" &
+    caddy_pid=$!
+    pids+=($caddy_pid)
+    for _ in $(seq 100); do curl -skf "https://localhost:$port/4k.bin" -o /dev/null && break; sleep 0.1; done
+    measure caddy "$caddy_pid" /4k.bin "$n"
+    kill "$caddy_pid"
+    wait "$caddy_pid" 2>/dev/null || true
 done
 echo "$json]}" > bench/out/idle-quic.json
 echo "wrote bench/out/idle-quic.json"
