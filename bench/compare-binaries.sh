@@ -8,7 +8,9 @@
 # uploads a 4 KiB and a 1 MiB blob, and loads each with wrk (-t1 -c32, pinned
 # to CPU 1), printing req/s and the server's CPU time per request (utime +
 # stime from /proc, in µs). Take medians; on a shared VM single runs swing.
-# Needs: wrk, curl, python3, taskset.
+# Needs: wrk, curl, python3, taskset. Build OLD in its own CARGO_TARGET_DIR: an
+# older checkout built into the same one overwrites the current build's artifacts
+# and a later `cargo build` may call them fresh.
 set -euo pipefail
 OLD=${1:?old binary} NEW=${2:?new binary} ROUNDS=${3:-3} SECS=${4:-8}
 work=$(mktemp -d)
