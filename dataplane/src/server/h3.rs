@@ -388,6 +388,8 @@ enum Body {
     /// A small blob the core's open-file cache holds (no mapping per request).
     Cached(Rc<[u8]>),
     Owned(Rc<Vec<u8>>),
+    /// No bytes (a HEAD, a redirect): nothing allocated.
+    Empty,
 }
 
 impl Body {
@@ -400,6 +402,7 @@ impl Body {
             Body::Mapped(m) => m,
             Body::Cached(b) => b,
             Body::Owned(v) => v,
+            Body::Empty => &[],
         }
     }
 }
@@ -1837,7 +1840,7 @@ fn get_blob(
                     route,
                     Status::TemporaryRedirect,
                     "text/plain",
-                    Body::owned(Vec::new()),
+                    Body::Empty,
                     false,
                     &[("location", location.as_bytes())],
                 );
@@ -2038,7 +2041,7 @@ fn get_blob(
         _ => (other_status.unwrap_or(Status::Ok), 0, size),
     };
     let body = if len == 0 || head_only {
-        Body::owned(Vec::new())
+        Body::Empty
     } else if let Some(bytes) = cached {
         Body::Cached(bytes)
     } else {
