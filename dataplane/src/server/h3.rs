@@ -224,7 +224,7 @@ enum StreamState {
     /// task (see [`start_stream`]): the chunk being sent and how far; `credit`
     /// lets the bridge fetch the next one once this one is in quiche's buffers.
     Streaming {
-        chunk: Vec<u8>,
+        chunk: Body,
         offset: usize,
         ended: bool,
         credit: flume::Sender<()>,
@@ -1000,7 +1000,11 @@ impl Endpoint {
                 if let Some(StreamState::Streaming { chunk, offset, .. }) =
                     conn.streams.get_mut(&c.stream)
                 {
-                    *chunk = data;
+                    *chunk = if data.is_empty() {
+                        Body::Empty
+                    } else {
+                        Body::owned(data)
+                    };
                     *offset = 0;
                 }
                 send_bodies(core, conn);
@@ -2397,7 +2401,7 @@ fn start_stream(
     }
     let (credit, credit_rx) = flume::bounded::<()>(1);
     let state = StreamState::Streaming {
-        chunk: Vec::new(),
+        chunk: Body::Empty,
         offset: 0,
         ended: false,
         credit,
@@ -2561,8 +2565,11 @@ fn advance_stream(
         credit,
     } = state
     {
-        while *offset < chunk.len() {
-            match h3.send_body(quic, id, &chunk[*offset..], false) {
+        let len = chunk.bytes().len();
+        while *offset < len {
+            // Zero-copy, as for stored bodies: quiche holds the chunk until acked.
+            let mut rest = BodyBuf::new(chunk, *offset, len);
+            match h3.send_body_zc(quic, id, &mut rest, false) {
                 Ok(0) | Err(quiche::h3::Error::Done) => return true,
                 Ok(n) => *offset += n,
                 Err(e) => {
@@ -2571,9 +2578,9 @@ fn advance_stream(
                 }
             }
         }
-        if !chunk.is_empty() {
+        if len > 0 {
             // All of it is in quiche's buffers: the bridge may fetch the next.
-            chunk.clear();
+            *chunk = Body::Empty;
             *offset = 0;
             let _ = credit.try_send(());
         }
