@@ -393,7 +393,11 @@ enum Body {
 }
 
 impl Body {
+    /// Owned bytes; none at all is [`Body::Empty`] (nothing allocated).
     fn owned(bytes: Vec<u8>) -> Body {
+        if bytes.is_empty() {
+            return Body::Empty;
+        }
         Body::Owned(Rc::new(bytes))
     }
 
@@ -1000,11 +1004,7 @@ impl Endpoint {
                 if let Some(StreamState::Streaming { chunk, offset, .. }) =
                     conn.streams.get_mut(&c.stream)
                 {
-                    *chunk = if data.is_empty() {
-                        Body::Empty
-                    } else {
-                        Body::owned(data)
-                    };
+                    *chunk = Body::owned(data);
                     *offset = 0;
                 }
                 send_bodies(core, conn);
