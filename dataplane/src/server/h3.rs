@@ -499,6 +499,11 @@ struct QuicConn {
     /// A new peer path seen and not validated yet: since when (for the debug
     /// log of a validation that takes too long).
     new_path_at: Option<Instant>,
+    /// The earliest of this connection's entries in the endpoint's timer heap
+    /// that is still pending (see [`Endpoint::arm`]).
+    armed: Option<Instant>,
+    /// In the endpoint's list of connections to service this wake-up.
+    active: bool,
 }
 
 /// An upload commit finished on a store-I/O thread.
@@ -560,6 +565,24 @@ pub(super) struct Endpoint {
     cid_key: [u8; 32],
     recv_buf: Vec<u8>,
     send_buf: Vec<u8>,
+    /// Slots to service and flush this wake-up: those that got a packet, a
+    /// finished off-core job or a due timer. The others are not touched, so a
+    /// wake-up costs what its active connections cost, not what all held ones do.
+    active: Vec<usize>,
+    /// Connection deadlines (quiche's timer, or the pacing release), earliest
+    /// first. Entries are not removed when a deadline moves: one whose instant is
+    /// not its connection's `armed` is stale and skipped when it comes up.
+    timers: TimerHeap,
+}
+
+type TimerHeap = std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>>;
+
+/// Adds a connection to this wake-up's active list (once).
+fn mark_active(active: &mut Vec<usize>, slot: usize, conn: &mut QuicConn) {
+    if !conn.active {
+        conn.active = true;
+        active.push(slot);
+    }
 }
 
 impl Endpoint {
@@ -594,6 +617,8 @@ impl Endpoint {
             cid_key,
             recv_buf: vec![0u8; RECV_BUF],
             send_buf: vec![0u8; MAX_DATAGRAM * GSO_SEGMENTS],
+            active: Vec::new(),
+            timers: std::collections::BinaryHeap::new(),
         })
     }
 }
@@ -609,20 +634,14 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
         if core.stopping.get() && ep.conns.is_empty() {
             return;
         }
-        let now = Instant::now();
-        let timeout = ep
-            .conns
-            .iter()
-            .filter_map(|(_, c)| {
-                let paced = (c.pace_at > now).then(|| c.pace_at - now);
-                match (c.quic.timeout(), paced) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            })
-            .min()
-            .unwrap_or(Duration::from_millis(100))
-            .min(Duration::from_millis(100));
+        // The earliest deadline (none past 100 ms, so `stopping` is seen), or
+        // none at all while connections are left active by a failed send.
+        let timeout = match ep.timers.peek() {
+            _ if !ep.active.is_empty() => Duration::ZERO,
+            Some(std::cmp::Reverse((at, _))) => at.saturating_duration_since(Instant::now()),
+            None => Duration::from_millis(100),
+        }
+        .min(Duration::from_millis(100));
         let inbox = ep.inbox.clone();
         let commits = ep.commits_rx.clone();
         monoio::select! {
@@ -639,6 +658,7 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
         while let Ok(c) = ep.commits_rx.try_recv() {
             ep.finish_upload(&core, c);
         }
+        ep.fire_timers(Instant::now());
         ep.service(&core);
         if core.stopping.get() {
             ep.close_all();
@@ -748,6 +768,56 @@ impl Endpoint {
             tracing::debug!("QUIC packet refused: {e}");
             bump(&core.stats().h3_datagrams_dropped, 1);
         }
+        mark_active(&mut self.active, slot, conn);
+    }
+
+    /// Moves connections whose deadline has come into this wake-up's active list.
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&std::cmp::Reverse((at, slot))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(conn) = self.conns.get_mut(slot) {
+                if conn.armed == Some(at) {
+                    conn.armed = None;
+                    mark_active(&mut self.active, slot, conn);
+                }
+            }
+        }
+    }
+
+    /// Puts a connection's next deadline in the timer heap, unless an entry at
+    /// or before it is already pending there (that one fires early, and its
+    /// connection is armed again then). A closed connection is due at once, so
+    /// the next wake-up removes it.
+    fn arm(timers: &mut TimerHeap, slot: usize, conn: &mut QuicConn, now: Instant) {
+        let deadline = if conn.quic.is_closed() {
+            Some(now)
+        } else {
+            let paced = (conn.pace_at > now).then_some(conn.pace_at);
+            match (conn.quic.timeout_instant(), paced) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        let Some(at) = deadline else { return };
+        if conn.armed.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        conn.armed = Some(at);
+        timers.push(std::cmp::Reverse((at, slot)));
+    }
+
+    /// Drops the stale timer entries once they outnumber the live ones, so the
+    /// heap stays within a few entries per connection (its storage is kept).
+    fn compact_timers(&mut self) {
+        if self.timers.len() > 2 * self.conns.len() + 64 {
+            let conns = &self.conns;
+            self.timers.retain(|std::cmp::Reverse((at, slot))| {
+                conns.get(*slot).is_some_and(|c| c.armed == Some(*at))
+            });
+        }
     }
 
     fn accept(&mut self, core: &Core, hdr: &quiche::Header<'_>, from: SocketAddr) -> Option<usize> {
@@ -824,6 +894,8 @@ impl Endpoint {
             peer: from,
             pace_at: Instant::now(),
             new_path_at: None,
+            armed: None,
+            active: false,
         });
         self.ids.insert(scid, slot);
         Some(slot)
@@ -891,12 +963,13 @@ impl Endpoint {
     fn service(&mut self, core: &Core) {
         let now = Instant::now();
         let mut closed = Vec::new();
-        // Walk slots by index (no list of keys per wake-up); empty ones are skipped.
-        for slot in 0..self.conns.capacity() {
+        // Only the connections that something happened to (see `active`).
+        let active = std::mem::take(&mut self.active);
+        for &slot in &active {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
             };
-            if conn.quic.timeout().is_some_and(|t| t.is_zero()) {
+            if conn.quic.timeout_instant().is_some_and(|t| t <= now) {
                 tracing::trace!("QUIC timer fired");
                 conn.quic.on_timeout();
             }
@@ -984,6 +1057,7 @@ impl Endpoint {
                 send_bodies(core, conn);
             }
         }
+        self.active = active;
         for slot in closed {
             let conn = self.conns.remove(slot);
             for id in conn.ids {
@@ -999,6 +1073,7 @@ impl Endpoint {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
+        mark_active(&mut self.active, slot, conn);
         match c.result {
             Done::Chunk(data) => {
                 if let Some(StreamState::Streaming { chunk, offset, .. }) =
@@ -1140,10 +1215,11 @@ impl Endpoint {
     }
 
     fn close_all(&mut self) {
-        for (_, conn) in self.conns.iter_mut() {
+        for (slot, conn) in self.conns.iter_mut() {
             if !conn.quic.is_closed() && !conn.quic.is_draining() {
                 let _ = conn.quic.close(true, 0x100, b"shutting down"); // H3_NO_ERROR
             }
+            mark_active(&mut self.active, slot, conn);
         }
     }
 
@@ -1155,9 +1231,36 @@ impl Endpoint {
         result
     }
 
+    /// Sends what the active connections have to send, then arms their timers
+    /// and empties the active list.
     async fn flush_with(&mut self, core: &Core, buf: &mut [u8]) -> io::Result<()> {
-        // Walk slots by index (no list of keys per wake-up); empty ones are skipped.
-        for slot in 0..self.conns.capacity() {
+        let mut active = std::mem::take(&mut self.active);
+        let result = self.flush_active(core, buf, &active).await;
+        if result.is_err() {
+            // The socket failed: they stay active, for the next wake-up (at once).
+            self.active = active;
+            return result;
+        }
+        let now = Instant::now();
+        for &slot in &active {
+            if let Some(conn) = self.conns.get_mut(slot) {
+                conn.active = false;
+                Self::arm(&mut self.timers, slot, conn, now);
+            }
+        }
+        active.clear();
+        self.active = active;
+        self.compact_timers();
+        result
+    }
+
+    async fn flush_active(
+        &mut self,
+        core: &Core,
+        buf: &mut [u8],
+        active: &[usize],
+    ) -> io::Result<()> {
+        for &slot in active {
             while let Some(conn) = self.conns.get_mut(slot) {
                 // Paced: this connection's next packet is not due yet.
                 let now = Instant::now();
