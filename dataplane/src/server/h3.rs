@@ -491,7 +491,7 @@ struct QuicConn {
     h3: Option<quiche::h3::Connection>,
     streams: HashMap<u64, StreamState>,
     /// Connection IDs we issued for it (all map to it in the endpoint's table).
-    ids: Vec<quiche::ConnectionId<'static>>,
+    ids: Vec<[u8; CID_LEN]>,
     /// The peer address of the active path (to probe the old one after a migration).
     peer: SocketAddr,
     /// Pacing: nothing more is sent before this instant (quiche's `SendInfo.at`).
@@ -553,8 +553,9 @@ pub(super) struct Endpoint {
     local: SocketAddr,
     config: quiche::Config,
     h3_config: quiche::h3::Config,
-    /// Connection ID -> slot; several IDs may name one connection.
-    ids: HashMap<quiche::ConnectionId<'static>, usize>,
+    /// Connection ID -> slot; several IDs may name one connection. All the
+    /// IDs we issue are `CID_LEN` bytes.
+    ids: HashMap<[u8; CID_LEN], usize>,
     conns: slab::Slab<QuicConn>,
     core_index: u8,
     peers: Vec<ForwardTx>,
@@ -573,6 +574,23 @@ pub(super) struct Endpoint {
     /// first. Entries are not removed when a deadline moves: one whose instant is
     /// not its connection's `armed` is stale and skipped when it comes up.
     timers: TimerHeap,
+}
+
+/// Our connection IDs are all `CID_LEN` bytes: one as a key of the table.
+fn cid_key(id: &[u8]) -> Option<[u8; CID_LEN]> {
+    id.try_into().ok()
+}
+
+/// A QUIC packet's destination connection ID, read without quiche's header
+/// parser (which copies it): in a short header it follows the first byte and
+/// is as long as ours; in a long one a length byte follows the version.
+fn packet_dcid(pkt: &[u8]) -> Option<&[u8]> {
+    if pkt.first()? & 0x80 == 0 {
+        pkt.get(1..1 + CID_LEN)
+    } else {
+        let len = *pkt.get(5)? as usize;
+        pkt.get(6..6 + len)
+    }
 }
 
 type TimerHeap = std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>>;
@@ -696,12 +714,12 @@ impl Endpoint {
         self.handle_slice(core, &mut data, from);
     }
 
-    fn derived_cid(&self, dcid: &[u8]) -> quiche::ConnectionId<'static> {
+    fn derived_cid(&self, dcid: &[u8]) -> [u8; CID_LEN] {
         let mut id = [0u8; CID_LEN];
         id[0] = self.core_index;
         let mac = blake3::keyed_hash(&self.cid_key, dcid);
         id[1..].copy_from_slice(&mac.as_bytes()[..CID_LEN - 1]);
-        quiche::ConnectionId::from_vec(id.to_vec())
+        id
     }
 
     /// Handles one datagram; quiche decrypts it in place.
@@ -716,46 +734,15 @@ impl Endpoint {
             bump(&core.stats().h3_datagrams_dropped, 1);
             return;
         }
-        let hdr = match quiche::Header::from_slice(pkt, CID_LEN) {
-            Ok(h) => h,
-            Err(_) => {
-                bump(&core.stats().h3_datagrams_dropped, 1);
-                return;
-            }
-        };
-        let dcid = hdr.dcid.clone().into_owned();
-        let slot = match self.ids.get(&dcid) {
-            Some(&s) => Some(s),
-            None => self.ids.get(&self.derived_cid(&dcid)).copied(),
-        };
-        let slot = match slot {
+        // A connection's own packets are found by their DCID alone; the
+        // others go through quiche's header parser (which copies the IDs).
+        let known = packet_dcid(pkt).and_then(|dcid| self.ids.get(dcid).copied());
+        let slot = match known {
             Some(s) => s,
-            None => {
-                // Ours by its first byte but owned by another core: forward it.
-                if dcid.len() == CID_LEN
-                    && dcid[0] != self.core_index
-                    && hdr.ty == quiche::Type::Short
-                {
-                    if let Some(peer) = self.peers.get(dcid[0] as usize) {
-                        if peer
-                            .try_send(Forwarded {
-                                data: pkt.to_vec(),
-                                from,
-                            })
-                            .is_ok()
-                        {
-                            bump(&core.stats().h3_datagrams_forwarded, 1);
-                            return;
-                        }
-                    }
-                    bump(&core.stats().h3_datagrams_dropped, 1);
-                    return;
-                }
-                match self.accept(core, &hdr, from) {
-                    Some(s) => s,
-                    None => return,
-                }
-            }
+            None => match self.unknown_packet(core, pkt, from) {
+                Some(s) => s,
+                None => return,
+            },
         };
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
@@ -769,6 +756,38 @@ impl Endpoint {
             bump(&core.stats().h3_datagrams_dropped, 1);
         }
         mark_active(&mut self.active, slot, conn);
+    }
+
+    /// A packet whose DCID names none of our connections: a repeated Initial,
+    /// a packet for a connection on another core (forwarded there), or a new
+    /// connection. The slot that should take it, if any.
+    fn unknown_packet(&mut self, core: &Core, pkt: &mut [u8], from: SocketAddr) -> Option<usize> {
+        let hdr = match quiche::Header::from_slice(pkt, CID_LEN) {
+            Ok(h) => h,
+            Err(_) => {
+                bump(&core.stats().h3_datagrams_dropped, 1);
+                return None;
+            }
+        };
+        let dcid = &hdr.dcid;
+        // A repeated Initial: its connection is under the ID derived from the
+        // client's first DCID.
+        if let Some(&s) = self.ids.get(&self.derived_cid(dcid)) {
+            return Some(s);
+        }
+        // Ours by its first byte but owned by another core: forward it.
+        if dcid.len() == CID_LEN && dcid[0] != self.core_index && hdr.ty == quiche::Type::Short {
+            if let Some(peer) = self.peers.get(dcid[0] as usize) {
+                let data = pkt.to_vec();
+                if peer.try_send(Forwarded { data, from }).is_ok() {
+                    bump(&core.stats().h3_datagrams_forwarded, 1);
+                    return None;
+                }
+            }
+            bump(&core.stats().h3_datagrams_dropped, 1);
+            return None;
+        }
+        self.accept(core, &hdr, from)
     }
 
     /// Moves connections whose deadline has come into this wake-up's active list.
@@ -847,7 +866,7 @@ impl Endpoint {
                     if let Ok(n) = quiche::retry(
                         &hdr.scid,
                         &hdr.dcid,
-                        &new_scid,
+                        &quiche::ConnectionId::from_ref(&new_scid),
                         &token,
                         hdr.version,
                         &mut out,
@@ -857,10 +876,8 @@ impl Endpoint {
                     }
                     return None;
                 }
-                Some(token) => match self.check_token(&from, token) {
-                    Some(odcid) if hdr.dcid.len() == CID_LEN => {
-                        (hdr.dcid.clone().into_owned(), Some(odcid))
-                    }
+                Some(token) => match (self.check_token(&from, token), cid_key(&hdr.dcid)) {
+                    (Some(odcid), Some(scid)) => (scid, Some(odcid)),
                     _ => {
                         tracing::debug!(%from, "QUIC Initial with an invalid Retry token");
                         bump(&core.stats().h3_datagrams_dropped, 1);
@@ -872,7 +889,7 @@ impl Endpoint {
             (self.derived_cid(&hdr.dcid), None)
         };
         let quic = match quiche::accept_with_buf_factory::<BodyBufs>(
-            &scid,
+            &quiche::ConnectionId::from_ref(&scid),
             odcid.as_ref(),
             self.local,
             from,
@@ -890,7 +907,7 @@ impl Endpoint {
             quic,
             h3: None,
             streams: HashMap::new(),
-            ids: vec![scid.clone()],
+            ids: vec![scid],
             peer: from,
             pace_at: Instant::now(),
             new_path_at: None,
@@ -1022,17 +1039,17 @@ impl Endpoint {
                 }
             }
             while let Some(retired) = conn.quic.retired_scid_next() {
-                self.ids.remove(&retired);
-                conn.ids.retain(|id| *id != retired);
+                self.ids.remove(retired.as_ref());
+                conn.ids.retain(|id| id[..] != retired[..]);
             }
             // Keep the peer supplied with spare IDs for migration, each naming us.
             while conn.quic.is_established() && conn.quic.scids_left() > 0 {
                 let mut id = [0u8; CID_LEN];
                 getrandom(&mut id);
                 id[0] = self.core_index;
-                let cid = quiche::ConnectionId::from_vec(id.to_vec());
                 let mut token = [0u8; 16];
                 getrandom(&mut token);
+                let cid = quiche::ConnectionId::from_ref(&id);
                 if conn
                     .quic
                     .new_scid(&cid, u128::from_le_bytes(token), false)
@@ -1040,8 +1057,8 @@ impl Endpoint {
                 {
                     break;
                 }
-                conn.ids.push(cid.clone());
-                self.ids.insert(cid, slot);
+                conn.ids.push(id);
+                self.ids.insert(id, slot);
             }
             if conn.h3.is_none() && (conn.quic.is_in_early_data() || conn.quic.is_established()) {
                 match quiche::h3::Connection::with_transport(&mut conn.quic, &self.h3_config) {
@@ -1067,7 +1084,7 @@ impl Endpoint {
     }
 
     fn finish_upload(&mut self, core: &Core, c: Committed) {
-        let Some(&slot) = self.ids.get(&c.conn) else {
+        let Some(&slot) = self.ids.get(c.conn.as_ref()) else {
             return;
         };
         let Some(conn) = self.conns.get_mut(slot) else {
