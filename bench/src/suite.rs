@@ -349,6 +349,10 @@ pub struct Summary {
     /// The load generator's share of its threads' time on a CPU (near 1.0: it
     /// may be the limit, not the server).
     pub load_busy: f64,
+    /// The server's CPU time per completed request, in microseconds (open-loop
+    /// runs: at a light load a request costs more, as each one wakes the
+    /// server on its own).
+    pub server_cpu_us_per_request: Option<f64>,
 }
 
 pub fn summary(r: &Report) -> Summary {
@@ -365,6 +369,7 @@ pub fn summary(r: &Report) -> Summary {
         p9999_ms: r.ms(0.9999),
         max_ms: r.ms(1.0),
         load_busy: r.load_busy,
+        server_cpu_us_per_request: None,
     }
 }
 
@@ -710,6 +715,7 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
             for (server, workload, mut m) in runs {
                 if !scaling_only && !args.peaks_only && floor.is_finite() && floor > 0.0 {
                     for &f in &args.loads {
+                        let cpu_before = cpu_seconds(server.child.id());
                         let r = load::run(&spec(
                             &args,
                             server.addr,
@@ -718,7 +724,22 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                             &load_cpus,
                             Mode::Open { rate: floor * f },
                         ))?;
-                        m.latency_curve.push(summary(&r));
+                        // The whole run's CPU (warm-up too) over all its requests.
+                        let cpu = cpu_seconds(server.child.id()) - cpu_before;
+                        let mut s = summary(&r);
+                        let all =
+                            r.completed as f64 * (args.duration + args.warmup) / args.duration;
+                        s.server_cpu_us_per_request = (all > 0.0).then(|| cpu / all * 1e6);
+                        println!(
+                            "  {:<8} open loop {:>9.0} req/s offered: {:>9.0} done, p50 {:.3} ms, p99 {:.3} ms, server {:.1} us CPU/request",
+                            server.name,
+                            floor * f,
+                            s.rps,
+                            s.p50_ms,
+                            s.p99_ms,
+                            s.server_cpu_us_per_request.unwrap_or(0.0)
+                        );
+                        m.latency_curve.push(s);
                     }
                 }
                 results.push(m);

@@ -573,7 +573,7 @@ pub(super) struct Endpoint {
     /// Connection deadlines (quiche's timer, or the pacing release), earliest
     /// first. Entries are not removed when a deadline moves: one whose instant is
     /// not its connection's `armed` is stale and skipped when it comes up.
-    timers: TimerHeap,
+    timers: Deadlines,
 }
 
 /// Our connection IDs are all `CID_LEN` bytes: one as a key of the table.
@@ -593,7 +593,57 @@ fn packet_dcid(pkt: &[u8]) -> Option<&[u8]> {
     }
 }
 
-type TimerHeap = std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>>;
+/// The connections' deadlines, earliest first: a min-heap of (instant, slot)
+/// with lazy removal. Each connection keeps the instant of its earliest pending
+/// entry (`armed`); an entry that is not its connection's `armed` any more is
+/// stale and skipped when it comes up. A deadline that moves later keeps its
+/// earlier entry, which then fires early (the connection is serviced once for
+/// nothing and armed again), so a connection pushes about one entry per
+/// deadline it reaches, not one per packet.
+#[derive(Default)]
+struct Deadlines {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>>,
+}
+
+impl Deadlines {
+    fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|std::cmp::Reverse((at, _))| *at)
+    }
+
+    /// Arms `slot` for `at`, unless an entry at or before it is pending.
+    fn arm(&mut self, slot: usize, at: Instant, armed: &mut Option<Instant>) {
+        if armed.is_some_and(|pending| pending <= at) {
+            return;
+        }
+        *armed = Some(at);
+        self.heap.push(std::cmp::Reverse((at, slot)));
+    }
+
+    /// The next entry due by `now`, taken off the heap; the caller checks it
+    /// against its connection's `armed`.
+    fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize)> {
+        let &std::cmp::Reverse((at, slot)) = self.heap.peek()?;
+        if at > now {
+            return None;
+        }
+        self.heap.pop();
+        Some((at, slot))
+    }
+
+    /// Drops the stale entries once there are more than two per live
+    /// connection (the heap's storage is kept).
+    fn compact(&mut self, live: usize, is_armed: impl Fn(usize, Instant) -> bool) {
+        if self.heap.len() > 2 * live + 64 {
+            self.heap
+                .retain(|&std::cmp::Reverse((at, slot))| is_armed(slot, at));
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
 
 /// Adds a connection to this wake-up's active list (once).
 fn mark_active(active: &mut Vec<usize>, slot: usize, conn: &mut QuicConn) {
@@ -636,7 +686,7 @@ impl Endpoint {
             recv_buf: vec![0u8; RECV_BUF],
             send_buf: vec![0u8; MAX_DATAGRAM * GSO_SEGMENTS],
             active: Vec::new(),
-            timers: std::collections::BinaryHeap::new(),
+            timers: Deadlines::default(),
         })
     }
 }
@@ -654,9 +704,9 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
         }
         // The earliest deadline (none past 100 ms, so `stopping` is seen), or
         // none at all while connections are left active by a failed send.
-        let timeout = match ep.timers.peek() {
+        let timeout = match ep.timers.next() {
             _ if !ep.active.is_empty() => Duration::ZERO,
-            Some(std::cmp::Reverse((at, _))) => at.saturating_duration_since(Instant::now()),
+            Some(at) => at.saturating_duration_since(Instant::now()),
             None => Duration::from_millis(100),
         }
         .min(Duration::from_millis(100));
@@ -792,11 +842,7 @@ impl Endpoint {
 
     /// Moves connections whose deadline has come into this wake-up's active list.
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(&std::cmp::Reverse((at, slot))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((at, slot)) = self.timers.pop_due(now) {
             if let Some(conn) = self.conns.get_mut(slot) {
                 if conn.armed == Some(at) {
                     conn.armed = None;
@@ -806,11 +852,10 @@ impl Endpoint {
         }
     }
 
-    /// Puts a connection's next deadline in the timer heap, unless an entry at
-    /// or before it is already pending there (that one fires early, and its
-    /// connection is armed again then). A closed connection is due at once, so
+    /// Arms a connection's next deadline: quiche's timer or the pacing
+    /// release, whichever comes first. A closed connection is due at once, so
     /// the next wake-up removes it.
-    fn arm(timers: &mut TimerHeap, slot: usize, conn: &mut QuicConn, now: Instant) {
+    fn arm(timers: &mut Deadlines, slot: usize, conn: &mut QuicConn, now: Instant) {
         let deadline = if conn.quic.is_closed() {
             Some(now)
         } else {
@@ -820,22 +865,8 @@ impl Endpoint {
                 (a, b) => a.or(b),
             }
         };
-        let Some(at) = deadline else { return };
-        if conn.armed.is_some_and(|armed| armed <= at) {
-            return;
-        }
-        conn.armed = Some(at);
-        timers.push(std::cmp::Reverse((at, slot)));
-    }
-
-    /// Drops the stale timer entries once they outnumber the live ones, so the
-    /// heap stays within a few entries per connection (its storage is kept).
-    fn compact_timers(&mut self) {
-        if self.timers.len() > 2 * self.conns.len() + 64 {
-            let conns = &self.conns;
-            self.timers.retain(|std::cmp::Reverse((at, slot))| {
-                conns.get(*slot).is_some_and(|c| c.armed == Some(*at))
-            });
+        if let Some(at) = deadline {
+            timers.arm(slot, at, &mut conn.armed);
         }
     }
 
@@ -1267,7 +1298,10 @@ impl Endpoint {
         }
         active.clear();
         self.active = active;
-        self.compact_timers();
+        let conns = &self.conns;
+        self.timers.compact(conns.len(), |slot, at| {
+            conns.get(slot).is_some_and(|c| c.armed == Some(at))
+        });
         result
     }
 
@@ -2776,5 +2810,83 @@ mod tests {
         // A path longer than we keep is refused, not truncated.
         let long = [b":path\0/".as_slice(), &[b'a'; 5000]].concat();
         super::exercise(&long);
+    }
+
+    /// The timer heap against a plain model: every connection is found due
+    /// exactly when its latest deadline passes (never later), stale entries are
+    /// skipped, and compaction keeps the heap within a few entries per
+    /// connection however often deadlines move.
+    #[test]
+    fn deadlines_fire_each_connection_by_its_latest_deadline() {
+        use super::Deadlines;
+        use rand::{Rng, SeedableRng};
+        use std::time::{Duration, Instant};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        const N: usize = 50;
+        let mut timers = Deadlines::default();
+        // What each connection wants (the model) and its pending entry.
+        let mut want: Vec<Option<Instant>> = vec![None; N];
+        let mut armed: Vec<Option<Instant>> = vec![None; N];
+        let mut now = 0u64;
+        let mut fired = 0;
+        for _ in 0..20_000 {
+            // Some connections get a new deadline, earlier or later than before.
+            for _ in 0..rng.random_range(0..4) {
+                let slot = rng.random_range(0..N);
+                let at = ms(now + rng.random_range(1..200));
+                want[slot] = Some(at);
+                timers.arm(slot, at, &mut armed[slot]);
+            }
+            now += rng.random_range(0..20);
+            // Due entries: a live one is serviced and armed again for what the
+            // connection still wants (as the endpoint does).
+            let mut due = [false; N];
+            while let Some((at, slot)) = timers.pop_due(ms(now)) {
+                if armed[slot] == Some(at) {
+                    armed[slot] = None;
+                    due[slot] = true;
+                }
+            }
+            for slot in 0..N {
+                let reached = want[slot].is_some_and(|w| w <= ms(now));
+                // A connection whose deadline passed is serviced now (it may
+                // also be serviced early, for a deadline that moved later).
+                assert!(!reached || due[slot], "slot {slot} missed its deadline");
+                if due[slot] {
+                    fired += 1;
+                    if reached {
+                        want[slot] = None;
+                    } else if let Some(w) = want[slot] {
+                        timers.arm(slot, w, &mut armed[slot]);
+                    }
+                }
+            }
+            timers.compact(N, |slot, at| armed[slot] == Some(at));
+            assert!(timers.len() <= 2 * N + 64 + 4, "{} entries", timers.len());
+        }
+        assert!(fired > 1000, "only {fired} fired");
+    }
+
+    #[test]
+    fn a_packets_dcid_is_read_in_place() {
+        use super::{packet_dcid, CID_LEN};
+        let mut short = vec![0x40u8];
+        short.extend((1..=CID_LEN as u8).collect::<Vec<_>>());
+        short.extend([0xaa; 30]);
+        assert_eq!(packet_dcid(&short), Some(&short[1..1 + CID_LEN]));
+        // Long header: first byte, version (4), DCID length, DCID, ...
+        let mut long = vec![0xc0, 0, 0, 0, 1, 8];
+        long.extend([9u8; 8]);
+        long.extend([0u8; 20]);
+        assert_eq!(packet_dcid(&long), Some(&[9u8; 8][..]));
+        // Truncated packets have none (and do not panic).
+        assert_eq!(packet_dcid(&short[..5]), None);
+        assert_eq!(packet_dcid(&long[..9]), None);
+        assert_eq!(packet_dcid(&[]), None);
+        let mut huge = long.clone();
+        huge[5] = 255;
+        assert_eq!(packet_dcid(&huge), None);
     }
 }
