@@ -4,7 +4,10 @@
 # socket each), each sending one 4 KiB GET every 4 s on average, so the
 # connections are held and mostly idle. The server's RSS before and with them all
 # held, divided by N, is its memory per connection; the load generator reports
-# p50/p99 of those GETs and any errors.
+# p50/p99 of those GETs and any errors. The server's CPU time from 5 s to 13 s
+# (all connections up, handshakes done), over the GETs offered in that time, is
+# its CPU per request with N connections held: what the held ones cost each
+# wake-up shows there.
 #
 #   bench/idle-quic.sh [N ...]     (default: 1000 5000)
 #
@@ -39,9 +42,12 @@ caddy=${CADDY_BIN:-/usr/bin/caddy}
 mkdir -p "$work/www"
 cp "$work/4k.bin" "$work/www/4k.bin"
 
+# The CPU clock ticks (user + system) a process has used.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 # measure SERVER PID PATH N: holds N connections on the server at $port, prints a row.
 measure() {
-    local server=$1 pid=$2 path=$3 n=$4 before held p50 p99 errors per
+    local server=$1 pid=$2 path=$3 n=$4 before held p50 p99 errors per cpu0 cpu1 us
     sleep 1
     before=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
     # Connections ramp up in the first seconds; RSS is read at 10 s of 14.
@@ -49,21 +55,27 @@ measure() {
         --connections "$n" --rate "$((n / 4))" --duration 14 --warmup 4 --timeout 30 \
         --json "$work/load.json" >"$work/load.out" 2>&1 &
     load_pid=$!
-    sleep 10
+    sleep 5
+    cpu0=$(cpu_ticks "$pid")
+    sleep 5
     held=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+    sleep 3
+    cpu1=$(cpu_ticks "$pid")
     wait "$load_pid"
     read -r p50 p99 errors < <(python3 -c "
 import json; r = json.load(open('$work/load.json'))
 print(r['p50_ms'], r['p99_ms'], r['errors'])")
     per=$(( (held - before) * 1024 / n ))
-    printf '%-8s %-8s %12s %12s %14s %10s %10s %8s\n' "$server" "$n" "$before" "$held" "$per" "$p50" "$p99" "$errors"
-    json+="$sep{\"server\":\"$server\",\"connections\":$n,\"rss_idle_kib\":$before,\"rss_held_kib\":$held,\"bytes_per_connection\":$per,\"p50_ms\":$p50,\"p99_ms\":$p99,\"errors\":$errors}"
+    # 8 s at n/4 GETs per second; clock ticks to microseconds.
+    us=$(python3 -c "print(round(($cpu1 - $cpu0) / $(getconf CLK_TCK) * 1e6 / (8 * $n / 4), 1))")
+    printf '%-8s %-8s %12s %12s %14s %10s %10s %8s %12s\n' "$server" "$n" "$before" "$held" "$per" "$p50" "$p99" "$errors" "$us"
+    json+="$sep{\"server\":\"$server\",\"connections\":$n,\"rss_idle_kib\":$before,\"rss_held_kib\":$held,\"bytes_per_connection\":$per,\"p50_ms\":$p50,\"p99_ms\":$p99,\"errors\":$errors,\"server_cpu_us_per_request\":$us}"
     sep=","
 }
 
 json="{\"date\":\"$(date -u +%FT%TZ)\",\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\",\"rows\":["
 sep=""
-printf '%-8s %-8s %12s %12s %14s %10s %10s %8s\n' server conns rss_idle_kib rss_held_kib bytes_per_conn p50_ms p99_ms errors
+printf '%-8s %-8s %12s %12s %14s %10s %10s %8s %12s\n' server conns rss_idle_kib rss_held_kib bytes_per_conn p50_ms p99_ms errors cpu_us_per_req
 for n in "${counts[@]}"; do
     # A fresh server per count, so one count's connections do not linger into the next.
     rm -rf "$work/data"
