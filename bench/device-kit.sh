@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked --workspace
 kit=target/kit
 rm -rf "$kit" && mkdir -p "$kit/debs" "$kit/root"
-cp target/release/tessera target/release/tessera-bench "$kit/"
+cp "${CARGO_TARGET_DIR:-target}"/release/tessera "${CARGO_TARGET_DIR:-target}"/release/tessera-bench "$kit/"
 strip "$kit/tessera" "$kit/tessera-bench"
 (cd "$kit/debs" && apt-get download nginx nginx-common wrk libluajit-5.1-2 libluajit-5.1-common caddy)
 for d in "$kit"/debs/*.deb; do dpkg -x "$d" "$kit/root"; done

@@ -6,7 +6,8 @@
 #   bench/device-run.sh [KIT] [OUTDIR]
 #
 # It runs wrk side by side (bench/side-by-side.sh) and `tessera-bench suite`
-# on 1, 2, 4 and 8 server cores with the load generators on CPUs 8-15.
+# on 1, 2, 4 and 8 server cores with the load generators on CPUs 8-15, then
+# bench/h3-cpu-curve.sh on 1 and 8 cores at the same HTTP/3 load per core.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 kit=$(realpath "${1:-target/kit}")
@@ -39,3 +40,9 @@ echo "== tessera-bench suite"
 "$kit/tessera-bench" suite --cores "$(echo ${CORES:-1 2 4 8} | tr " " "\n" | tail -1)" --scaling "$(echo ${CORES:-1 2 4 8} | tr ' ' ,)" --load-cpus "${LOAD_CPUS:-8-15}" \
     --connections 256 --duration "$duration" --warmup 1 --only "${ONLY:-4k,1m,h3-4k,h3-1m}" --loads 0.5,0.9 --h3 \
     --out "$out/suite" 2>&1 | tee "$out/suite.txt"
+echo "== HTTP/3 CPU per request at the same load per core, 1 and 8 cores"
+# The suite's 8-core HTTP/3 peak is the load generator's limit (about 9k req/s
+# per core there), so its CPU per request is a light-load figure; this compares
+# 1 and 8 cores at equal offered load per core.
+CORES="1 8" LOAD_CPUS=${LOAD_CPUS:-8-15} PER_CORE_RATES="2500 8000" TESSERA_BENCH_BIN=$kit/tessera-bench \
+    bench/h3-cpu-curve.sh "$kit/tessera" 2>&1 | tee "$out/h3-cpu-curve.txt"

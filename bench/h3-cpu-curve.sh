@@ -4,11 +4,16 @@
 # (an A/B of a change in one run: pass the build before and this one).
 #
 #   bench/h3-cpu-curve.sh [BIN ...]     (default: this checkout's release build)
+#   CORES="1 8" LOAD_CPUS=8-15 bench/h3-cpu-curve.sh   (the same load per core
+#                                                      on 1 and on 8 cores)
 #
-# Each binary serves on one core (CPU 0) from a fresh data dir; tessera-bench
-# loads it from CPU 1 over HTTP/3 (GRO receive), first with 32 connections x 2
-# streams at 5,000 and 20,000 req/s and closed loop, then with 1,000 connections
-# x 1 stream at 2,000 req/s (most of them idle at any moment). Per run it prints
+# Each binary serves on CORES cores (CPUs 0..N-1; default 1) from a fresh data
+# dir; tessera-bench loads it from LOAD_CPUS (default CPU 1) over HTTP/3 (GRO
+# receive). Per server core: 32 connections x 2 streams at each rate of
+# PER_CORE_RATES (default 5000 20000 req/s) and closed loop, then 1,000
+# connections x 1 stream at 2,000 req/s (most of them idle at any moment). The
+# CPU per request of N cores against 1 core at the same rate per core is the
+# fair core-scaling figure. Per run it prints
 # the server's CPU time per request (utime + stime from /proc over 2 s, after
 # the connections are up), and datagrams received and sent per request (the
 # node's metrics). Server CPU per request is the figure to compare: on a 2-vCPU
@@ -43,9 +48,9 @@ cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 one() {
     local bin=$1 conns=$2 streams=$3 rate=$4 warm=$5 flag=() c0 q0 r0 t0 c1 q1 r1 t1 lp
     ((rate > 0)) && flag=(--rate "$rate")
-    taskset -c 1 "$bench" load --h3 --addr "127.0.0.1:$port" --path "/blobs/$hash" \
-        --connections "$conns" --streams "$streams" --cpus 1 --duration 2 --warmup "$warm" \
-        --timeout 30 "${flag[@]}" >"$work/load.out" 2>&1 &
+    "$bench" load --h3 --addr "127.0.0.1:$port" --path "/blobs/$hash" \
+        --connections "$conns" --streams "$streams" --cpus "$load_cpus" --threads "$threads" \
+        --duration 2 --warmup "$warm" --timeout 30 "${flag[@]}" >"$work/load.out" 2>&1 &
     lp=$!
     sleep "$warm"
     c0=$(cpu) q0=$(metric tessera_h3_requests_total)
@@ -57,20 +62,32 @@ one() {
     python3 -c "
 q = $q1 - $q0
 c = ($c1 - $c0) / $hz
-print(f'{\"$(basename "$(dirname "$(dirname "$bin")")")\":<22} conns={$conns:<5} offered={\"closed\" if $rate == 0 else $rate:<7} req/s={q / 2:<8.0f} server_us_per_req={c / max(q, 1) * 1e6:<7.1f} rx/req={($r1 - $r0) / max(q, 1):.2f} tx/req={($t1 - $t0) / max(q, 1):.2f}')"
+print(f'{\"$(basename "$(dirname "$(dirname "$bin")")")\":<22} cores={$cores:<2} conns={$conns:<5} offered={\"closed\" if $rate == 0 else $rate:<7} req/s={q / 2:<8.0f} server_us_per_req={c / max(q, 1) * 1e6:<7.1f} rx/req={($r1 - $r0) / max(q, 1):.2f} tx/req={($t1 - $t0) / max(q, 1):.2f}')"
 }
 
-for bin in "${bins[@]}"; do
-    rm -rf "$work/data"
-    printf 'h3_max_connections_per_core = 4096\n' >"$work/tessera.toml"
-    taskset -c 0 "$bin" run --config "$work/tessera.toml" --cores 1 \
-        --listen "127.0.0.1:$port" --data-dir "$work/data" 2>"$work/tessera.log" &
-    pid=$!
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-    hash=$(TESSERA_CLIENT_DIR="$work/client" "$bin" put "$work/4k.bin" --node "http://127.0.0.1:$port" | awk '{print $1}')
-    for rate in 5000 20000 0; do one "$bin" 32 2 "$rate" 1; done
-    one "$bin" 1000 1 2000 5
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
-    pid=""
+load_cpus=${LOAD_CPUS:-1}
+# One load thread per load CPU (at most 8), as the suite does.
+threads=$(python3 -c "
+n = 0
+for part in '$load_cpus'.split(','):
+    a, _, b = part.partition('-')
+    n += int(b or a) - int(a) + 1
+print(min(n, 8))")
+for cores in ${CORES:-1}; do
+    for bin in "${bins[@]}"; do
+        rm -rf "$work/data"
+        printf 'h3_max_connections_per_core = 4096\n' >"$work/tessera.toml"
+        taskset -c "0-$((cores - 1))" "$bin" run --config "$work/tessera.toml" --cores "$cores" \
+            --listen "127.0.0.1:$port" --data-dir "$work/data" 2>"$work/tessera.log" &
+        pid=$!
+        for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+        hash=$(TESSERA_CLIENT_DIR="$work/client" "$bin" put "$work/4k.bin" --node "http://127.0.0.1:$port" | awk '{print $1}')
+        for rate in ${PER_CORE_RATES:-5000 20000} 0; do
+            one "$bin" $((32 * cores)) 2 $((rate * cores)) 1
+        done
+        one "$bin" $((1000 * cores)) 1 $((2000 * cores)) 5
+        kill "$pid"
+        wait "$pid" 2>/dev/null || true
+        pid=""
+    done
 done
