@@ -7,12 +7,14 @@
 #   - Tessera's verified-stream GET / its plain GET of 1 MiB, GB/s: the kept
 #     copy (spliced) and the stream checked as it is sent (asked for as a range)
 #   - memory per idle keep-alive connection at 1,000 connections, Tessera / nginx
+#   - HTTP/3 1 MiB: Tessera / Caddy GB/s, and Tessera's GB per server CPU-second
 #
 #   bench/quick.sh            (servers on CPU 0, load on the others)
 #
 # Prints one line per ratio and writes bench/out/quick.json. A ratio 20% below
 # the figures in bench/RESULTS.md means the change lost ground: say so.
-# Needs: nginx (nginx-light), python3, curl. Builds the release binaries.
+# Needs: nginx (nginx-light), Caddy (for the HTTP/3 row), python3, curl. Builds
+# the release binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -27,8 +29,8 @@ started=$(date +%s.%N)
 
 RATIOS_ONLY=1 taskset -c 0 cargo bench --locked -q -p tessera-bench --bench verify 2>/dev/null |
     tee "$out/quick-verify.txt" | grep ratio
-"$target/release/tessera-bench" suite --cores 1 --only 4k,1m,verified-1m,verified-checked-1m \
-    --duration 2 --warmup 0.5 --peaks-only --out "$out/quick-suite" >"$out/quick-suite.txt"
+"$target/release/tessera-bench" suite --cores 1 --only 4k,1m,verified-1m,verified-checked-1m,h3-1m \
+    --h3 --duration 1 --warmup 0.5 --peaks-only --out "$out/quick-suite" >"$out/quick-suite.txt"
 bench/idle-connections.sh 1000 >"$out/quick-idle.txt"
 cp bench/out/idle-connections.json "$out/quick-idle.json"
 
@@ -50,6 +52,9 @@ for w in ("4k", "1m"):
 plain = get("tessera", "1m")["peak"]["gbytes_per_s"]
 rows["verified_1m_over_plain_1m_gbps"] = get("tessera", "verified-1m")["peak"]["gbytes_per_s"] / plain
 rows["verified_checked_1m_over_plain_1m_gbps"] = get("tessera", "verified-checked-1m")["peak"]["gbytes_per_s"] / plain
+h3 = get("tessera", "h3-1m")
+rows["http3_1m_gbps_tessera_over_caddy"] = h3["peak"]["gbytes_per_s"] / get("caddy", "h3-1m")["peak"]["gbytes_per_s"]
+rows["http3_1m_gb_per_server_cpu_second_tessera"] = 1 / h3["cpu_seconds_per_gb"] if h3["cpu_seconds_per_gb"] else 0
 idle = {r["server"]: r for r in json.load(open(f"{out}/quick-idle.json"))["rows"]}
 rows["idle_bytes_per_connection_tessera"] = idle["tessera"]["bytes_per_connection"]
 rows["idle_bytes_per_connection_nginx"] = idle["nginx"]["bytes_per_connection"]
