@@ -802,22 +802,28 @@ async fn request(core: &Core, conn: &mut Conn) -> bool {
 /// down the ones past their time (and all of them when the node stops).
 #[derive(Default)]
 struct IdleList {
-    entries: Vec<Option<(RawFd, Instant)>>,
+    entries: Vec<Option<IdleEntry>>,
     free: Vec<usize>,
 }
 
+#[derive(Clone, Copy)]
+struct IdleEntry {
+    fd: RawFd,
+    /// When it idles out; None once it has been shut down (the connection
+    /// drops its entry when the shutdown wakes it).
+    deadline: Option<Instant>,
+}
+
 impl IdleList {
-    /// Shuts down the sockets whose time has passed (all, when `all`).
+    /// Shuts down the sockets whose time has passed (all, when `all`), each
+    /// once.
     fn expire(&mut self, now: Instant, all: bool) -> u64 {
         let mut expired = 0;
-        for entry in &mut self.entries {
-            if let Some((fd, deadline)) = *entry {
-                if all || deadline <= now {
-                    sys::shutdown(fd);
-                    // Once only: the connection drops its entry when it wakes.
-                    *entry = Some((fd, now + Duration::from_secs(3600)));
-                    expired += 1;
-                }
+        for entry in self.entries.iter_mut().flatten() {
+            if entry.deadline.is_some_and(|d| all || d <= now) {
+                sys::shutdown(entry.fd);
+                entry.deadline = None;
+                expired += 1;
             }
         }
         expired
@@ -835,7 +841,10 @@ struct Parked<'a> {
 impl<'a> Parked<'a> {
     fn new(core: &'a Core, fd: RawFd, idle: Duration) -> Self {
         let mut list = core.idle.borrow_mut();
-        let entry = Some((fd, Instant::now() + idle));
+        let entry = Some(IdleEntry {
+            fd,
+            deadline: Some(Instant::now() + idle),
+        });
         let index = match list.free.pop() {
             Some(i) => {
                 list.entries[i] = entry;

@@ -813,14 +813,7 @@ impl<'a> Walk<'a> {
                 ranges,
             } => {
                 if let Some(sub) = Subtree::at(&self.tree, node, is_root, ranges) {
-                    let root = BaoChunk::Parent {
-                        node,
-                        is_root,
-                        left,
-                        right,
-                        ranges: (),
-                    };
-                    self.subtree(sub, root, source, scratch, sink)?;
+                    self.subtree(sub, item.without_ranges(), source, scratch, sink)?;
                 } else {
                     let at = outboard_offset(&self.tree, node).unwrap_or(0);
                     let pair = &mut scratch.pairs[..64];
@@ -941,32 +934,7 @@ impl<'a> Walk<'a> {
                 }
             }
             if filled < sub.len() {
-                next = self.items.next().map(|item| match item {
-                    BaoChunk::Parent {
-                        node,
-                        is_root,
-                        left,
-                        right,
-                        ..
-                    } => BaoChunk::Parent {
-                        node,
-                        is_root,
-                        left,
-                        right,
-                        ranges: (),
-                    },
-                    BaoChunk::Leaf {
-                        start_chunk,
-                        size,
-                        is_root,
-                        ..
-                    } => BaoChunk::Leaf {
-                        start_chunk,
-                        size,
-                        is_root,
-                        ranges: (),
-                    },
-                });
+                next = self.items.next().map(|item| item.without_ranges());
             }
         }
         let Some(cv) = cv else {
