@@ -570,9 +570,7 @@ pub(super) struct Endpoint {
     /// finished off-core job or a due timer. The others are not touched, so a
     /// wake-up costs what its active connections cost, not what all held ones do.
     active: Vec<usize>,
-    /// Connection deadlines (quiche's timer, or the pacing release), earliest
-    /// first. Entries are not removed when a deadline moves: one whose instant is
-    /// not its connection's `armed` is stale and skipped when it comes up.
+    /// Connection deadlines: quiche's timer, or the pacing release.
     timers: Deadlines,
 }
 
