@@ -515,3 +515,105 @@ fn a_miss_over_h3_is_fetched_from_a_peer() {
     assert_eq!(std::fs::read(dir.path().join(&hash)).expect("saved"), data);
     assert!(other.data_dir.join("blobs").join(&hash).exists());
 }
+
+/// A UDP relay between a client and the node that drops every `nth` datagram
+/// in each direction (handshake packets included), so the transfer depends on
+/// the node's loss recovery: lost packets found by later ACKs, and the tail and
+/// handshake packets resent when a probe timer fires (the node arms those
+/// timers only for connections it has serviced; nothing polls the others).
+struct LossyRelay {
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl LossyRelay {
+    fn start(server: std::net::SocketAddr, nth: usize) -> LossyRelay {
+        let front = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let back = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
+        }
+        let addr = front.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let client: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::new(Mutex::new(None));
+        for to_server in [true, false] {
+            let (from_sock, to_sock) = if to_server {
+                (front.try_clone(), back.try_clone())
+            } else {
+                (back.try_clone(), front.try_clone())
+            };
+            let (from_sock, to_sock) = (from_sock.expect("clone"), to_sock.expect("clone"));
+            let (stop, dropped, client) = (stop.clone(), dropped.clone(), client.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut seen = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = from_sock.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    if to_server {
+                        *client.lock().expect("lock") = Some(from);
+                    }
+                    seen += 1;
+                    if seen % nth == 0 {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let to = if to_server {
+                        Some(server)
+                    } else {
+                        *client.lock().expect("lock")
+                    };
+                    if let Some(to) = to {
+                        let _ = to_sock.send_to(&buf[..n], to);
+                    }
+                }
+            });
+        }
+        LossyRelay {
+            addr,
+            stop,
+            dropped,
+        }
+    }
+}
+
+impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn whole_blobs_arrive_over_a_path_that_loses_packets() {
+    let node = Node::start(&[]);
+    let blobs: Vec<(String, Vec<u8>)> = [(3 << 20) + 17, 1 << 20, 4096, 10]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let data = random_bytes(len, 40 + i as u64);
+            (node.put_bytes(&data), data)
+        })
+        .collect();
+    let relay = LossyRelay::start(node.addr, 10);
+    let dir = tempfile::tempdir().expect("tmp");
+    let urls: Vec<String> = blobs
+        .iter()
+        .map(|(hash, _)| format!("https://{}/blobs/{hash}", relay.addr))
+        .collect();
+    aioquic_get(dir.path(), &urls, None);
+    for (hash, data) in &blobs {
+        let got = std::fs::read(dir.path().join(hash)).expect("downloaded");
+        assert!(
+            got == *data,
+            "{hash}: {} bytes, want {}",
+            got.len(),
+            data.len()
+        );
+    }
+    let dropped = relay.dropped.load(Ordering::Relaxed);
+    assert!(dropped > 100, "only {dropped} datagrams dropped");
+}
