@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Packs what bench/device-run.sh needs on a machine with no package registry into
-# target/kit: stripped release binaries, Debian's nginx, wrk and caddy unpacked, a font.
+# target/kit: stripped release binaries, Debian's nginx, wrk and caddy unpacked, a font;
+# then packs it into target/kit.tgz, the one file to carry (the kit unpacked is
+# over the device tool's 64 MiB limit; the tarball is about 36 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --workspace
@@ -13,3 +15,5 @@ for d in "$kit"/debs/*.deb; do dpkg -x "$d" "$kit/root"; done
 rm -rf "$kit/debs"
 cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$kit/"
 du -sh "$kit"
+tar -C target -czf target/kit.tgz kit
+ls -la target/kit.tgz

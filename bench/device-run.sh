@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Core-scaling run on a many-core machine that has no package registry.
 # Build the kit here with `bench/device-kit.sh` (release binaries, Debian's nginx
-# and wrk unpacked, a font), carry target/kit, then run this there:
+# and wrk unpacked, a font; packed into target/kit.tgz), carry that, then run
+# this there:
 #
-#   bench/device-run.sh [KIT] [OUTDIR]
+#   bench/device-run.sh [KIT] [OUTDIR]     (KIT: target/kit or target/kit.tgz)
 #
 # It runs wrk side by side (bench/side-by-side.sh) and `tessera-bench suite`
 # on 1, 2, 4 and 8 server cores with the load generators on CPUs 8-15, then
@@ -11,6 +12,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 kit=$(realpath "${1:-target/kit}")
+# The carried tarball from bench/device-kit.sh: unpacked outside the checkout.
+if [[ $kit == *.tgz ]]; then
+    mkdir -p /tmp/tessera-kit && tar -C /tmp/tessera-kit -xzf "$kit" && kit=/tmp/tessera-kit/kit
+fi
 final=$(realpath -m "${2:-bench/out/device}")
 # Results are gathered in one folder and packed into one tarball at the end
 # (the device tool brings back a limited number of files).
@@ -44,5 +49,5 @@ echo "== HTTP/3 CPU per request at the same load per core, 1 and 8 cores"
 # The suite's 8-core HTTP/3 peak is the load generator's limit (about 9k req/s
 # per core there), so its CPU per request is a light-load figure; this compares
 # 1 and 8 cores at equal offered load per core.
-CORES="1 8" LOAD_CPUS=${LOAD_CPUS:-8-15} PER_CORE_RATES="2500 8000" TESSERA_BENCH_BIN=$kit/tessera-bench \
+CORES=${H3_CURVE_CORES:-1 8} LOAD_CPUS=${LOAD_CPUS:-8-15} PER_CORE_RATES="2500 8000" TESSERA_BENCH_BIN=$kit/tessera-bench \
     bench/h3-cpu-curve.sh "$kit/tessera" 2>&1 | tee "$out/h3-cpu-curve.txt"
