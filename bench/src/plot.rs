@@ -31,8 +31,9 @@ fn register_font() -> anyhow::Result<()> {
 
 const COLORS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
 
-/// Latency percentiles against offered load for each workload with a curve, and
-/// throughput against cores when several core counts were run.
+/// Latency percentiles and server CPU per request against offered load for each
+/// workload with a curve, and throughput against cores when several core counts
+/// were run.
 pub fn render(results: &[Measured], out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     register_font()?;
     let mut written = Vec::new();
@@ -45,6 +46,9 @@ pub fn render(results: &[Measured], out: &Path) -> anyhow::Result<Vec<PathBuf>> 
     for w in workloads {
         let path = out.join(format!("latency-{w}.png"));
         latency_plot(results, w, &path)?;
+        written.push(path);
+        let path = out.join(format!("cpu-{w}.png"));
+        cpu_plot(results, w, &path)?;
         written.push(path);
     }
     let mut cores: Vec<usize> = results.iter().map(|m| m.cores).collect();
@@ -120,6 +124,63 @@ fn latency_plot(results: &[Measured], workload: &str, path: &Path) -> anyhow::Re
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                 .map_err(draw_err)?;
         }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_err)?;
+    root.present().map_err(draw_err)?;
+    Ok(())
+}
+
+/// Server CPU per request against offered load: below its peak a server wakes
+/// up for every request or two, so a request costs more the lighter the load.
+fn cpu_plot(results: &[Measured], workload: &str, path: &Path) -> anyhow::Result<()> {
+    let series: Vec<(&str, Vec<(f64, f64)>)> = results
+        .iter()
+        .filter(|m| m.workload == workload)
+        .map(|m| {
+            let pts = m
+                .latency_curve
+                .iter()
+                .filter_map(|s| Some((s.offered_rps?, s.server_cpu_us_per_request?)))
+                .collect();
+            (m.server.as_str(), pts)
+        })
+        .collect();
+    let all = || series.iter().flat_map(|(_, pts)| pts.iter());
+    let max_x = all().map(|p| p.0).fold(1.0, f64::max);
+    let max_y = all().map(|p| p.1).fold(1.0, f64::max);
+    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{workload}: server CPU per request vs offered load (open loop)"),
+            ("sans-serif", 24),
+        )
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..max_x * 1.05, 0.0..max_y * 1.1)
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered load, requests/s")
+        .y_desc("server CPU per request, µs")
+        .draw()
+        .map_err(draw_err)?;
+    for (i, (server, pts)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))
+            .map_err(draw_err)?
+            .label(*server)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(draw_err)?;
     }
     chart
         .configure_series_labels()
