@@ -68,62 +68,56 @@ fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting failed: {e:?}")
 }
 
-fn latency_plot(results: &[Measured], workload: &str, path: &Path) -> anyhow::Result<()> {
-    let series: Vec<&Measured> = results
-        .iter()
-        .filter(|m| m.workload == workload && !m.latency_curve.is_empty())
-        .collect();
-    let max_x = series
-        .iter()
-        .flat_map(|m| m.latency_curve.iter().filter_map(|s| s.offered_rps))
-        .fold(1.0, f64::max);
-    let max_y = series
-        .iter()
-        .flat_map(|m| m.latency_curve.iter().map(|s| s.p99_ms))
-        .fold(0.1, f64::max);
+/// One line of a curves plot.
+struct Line {
+    label: String,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    width: u32,
+}
+
+/// Lines against offered load on a log y axis (from `y_min`), with a legend.
+fn curves_plot(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    y_min: f64,
+    lines: &[Line],
+) -> anyhow::Result<()> {
+    let all = || lines.iter().flat_map(|l| l.points.iter());
+    let max_x = all().map(|p| p.0).fold(1.0, f64::max);
+    let max_y = all().map(|p| p.1).fold(y_min * 10.0, f64::max);
     let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{workload}: latency vs offered load (open loop)"),
-            ("sans-serif", 24),
-        )
+        .caption(title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0..max_x * 1.05, (0.01..max_y * 1.5).log_scale())
+        .build_cartesian_2d(0.0..max_x * 1.05, (y_min..max_y * 1.5).log_scale())
         .map_err(draw_err)?;
     chart
         .configure_mesh()
         .x_desc("offered load, requests/s")
-        .y_desc("latency, ms")
+        .y_desc(y_desc)
         .draw()
         .map_err(draw_err)?;
-    for (i, m) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        for (label, pick, dashed) in [("p50", 0usize, false), ("p99", 1, true)] {
-            let pts: Vec<(f64, f64)> = m
-                .latency_curve
-                .iter()
-                .filter_map(|s| {
-                    s.offered_rps
-                        .map(|x| (x, if pick == 0 { s.p50_ms } else { s.p99_ms }.max(0.011)))
-                })
-                .collect();
-            let style = if dashed {
-                color.stroke_width(1)
-            } else {
-                color.stroke_width(3)
-            };
-            chart
-                .draw_series(LineSeries::new(pts.clone(), style))
-                .map_err(draw_err)?
-                .label(format!("{} {label}", m.server))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart
-                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-                .map_err(draw_err)?;
-        }
+    for line in lines {
+        let color = line.color;
+        // Points below the axis are drawn on it.
+        let pts: Vec<(f64, f64)> = line
+            .points
+            .iter()
+            .map(|&(x, y)| (x, y.max(y_min * 1.1)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(line.width)))
+            .map_err(draw_err)?
+            .label(line.label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(draw_err)?;
     }
     chart
         .configure_series_labels()
@@ -135,61 +129,65 @@ fn latency_plot(results: &[Measured], workload: &str, path: &Path) -> anyhow::Re
     Ok(())
 }
 
+/// Each server's line of one figure of its open-loop runs.
+fn curve_lines<'a>(
+    results: &'a [Measured],
+    workload: &'a str,
+) -> impl Iterator<Item = (RGBColor, &'a Measured)> + 'a {
+    results
+        .iter()
+        .filter(move |m| m.workload == workload && !m.latency_curve.is_empty())
+        .enumerate()
+        .map(|(i, m)| (COLORS[i % COLORS.len()], m))
+}
+
+fn latency_plot(results: &[Measured], workload: &str, path: &Path) -> anyhow::Result<()> {
+    let mut lines = Vec::new();
+    for (color, m) in curve_lines(results, workload) {
+        for (label, p99, width) in [("p50", false, 3), ("p99", true, 1)] {
+            lines.push(Line {
+                label: format!("{} {label}", m.server),
+                points: m
+                    .latency_curve
+                    .iter()
+                    .filter_map(|s| Some((s.offered_rps?, if p99 { s.p99_ms } else { s.p50_ms })))
+                    .collect(),
+                color,
+                width,
+            });
+        }
+    }
+    curves_plot(
+        path,
+        &format!("{workload}: latency vs offered load (open loop)"),
+        "latency, ms",
+        0.01,
+        &lines,
+    )
+}
+
 /// Server CPU per request against offered load: below its peak a server wakes
 /// up for every request or two, so a request costs more the lighter the load.
 fn cpu_plot(results: &[Measured], workload: &str, path: &Path) -> anyhow::Result<()> {
-    let series: Vec<(&str, Vec<(f64, f64)>)> = results
-        .iter()
-        .filter(|m| m.workload == workload)
-        .map(|m| {
-            let pts = m
+    let lines: Vec<Line> = curve_lines(results, workload)
+        .map(|(color, m)| Line {
+            label: m.server.clone(),
+            points: m
                 .latency_curve
                 .iter()
                 .filter_map(|s| Some((s.offered_rps?, s.server_cpu_us_per_request?)))
-                .collect();
-            (m.server.as_str(), pts)
+                .collect(),
+            color,
+            width: 3,
         })
         .collect();
-    let all = || series.iter().flat_map(|(_, pts)| pts.iter());
-    let max_x = all().map(|p| p.0).fold(1.0, f64::max);
-    let max_y = all().map(|p| p.1).fold(1.0, f64::max);
-    let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(draw_err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{workload}: server CPU per request vs offered load (open loop)"),
-            ("sans-serif", 24),
-        )
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..max_x * 1.05, 0.0..max_y * 1.1)
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("offered load, requests/s")
-        .y_desc("server CPU per request, µs")
-        .draw()
-        .map_err(draw_err)?;
-    for (i, (server, pts)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))
-            .map_err(draw_err)?
-            .label(*server)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(draw_err)?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_err)?;
-    root.present().map_err(draw_err)?;
-    Ok(())
+    curves_plot(
+        path,
+        &format!("{workload}: server CPU per request vs offered load (open loop)"),
+        "server CPU per request, µs",
+        1.0,
+        &lines,
+    )
 }
 
 fn scaling_plot(results: &[Measured], workload: &str, path: &Path) -> anyhow::Result<()> {
