@@ -1018,7 +1018,11 @@ fn a_regenerated_page_crosses_to_another_node_by_its_changed_groups() {
     let id_of = |p: &str| p.split("<p>render ").nth(1).map(|r| r[..36].to_string());
     let first = page("/big");
     assert!(first.len() > 250 << 10, "{}", first.len());
-    let (fetched0, reused0) = (metric("delta_fetched_bytes"), metric("delta_reused_bytes"));
+    let (fetched0, reused0, answers0) = (
+        metric("delta_fetched_bytes"),
+        metric("delta_reused_bytes"),
+        metric("blob_answers"),
+    );
     // Past s-maxage: the stale page, then one regeneration on the function's
     // node, which this node fetches by its changed groups.
     std::thread::sleep(Duration::from_millis(1500));
@@ -1036,20 +1040,25 @@ fn a_regenerated_page_crosses_to_another_node_by_its_changed_groups() {
     );
     assert_eq!(a[0], b[0], "the unchanged first half");
     assert_eq!(a[1][36..], b[1][36..], "the unchanged second half");
-    assert!(metric("blob_answers") >= 1);
+    // On a slow machine s-maxage can pass again before the counters are
+    // read, and the page is regenerated (and fetched by its groups) once more:
+    // the bounds are per answer.
+    // (The answer is counted before its bytes, so it is read after them.)
     let fetched = metric("delta_fetched_bytes") - fetched0;
     let reused = metric("delta_reused_bytes") - reused0;
+    let answers = metric("blob_answers") - answers0;
+    assert!(answers >= 1, "no answer by hash");
     eprintln!(
-        "256 KiB page, render id changed: {fetched} bytes fetched, {reused} reused (of {})",
+        "256 KiB page, render id changed: {fetched} bytes fetched, {reused} reused (of {}) over {answers} answer(s)",
         second.len()
     );
     assert!(
-        fetched > 0 && fetched <= 40 << 10,
-        "fetched {fetched} bytes"
+        fetched > 0 && fetched <= answers * (40 << 10),
+        "fetched {fetched} bytes over {answers} answer(s)"
     );
     assert!(
-        reused >= (second.len() as u64) - (32 << 10),
-        "reused {reused} bytes"
+        reused >= answers * ((second.len() as u64) - (32 << 10)),
+        "reused {reused} bytes over {answers} answer(s)"
     );
 
     // The same bytes again: the node's copy is the answer; nothing moves.
