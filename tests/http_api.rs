@@ -349,6 +349,82 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     assert!(node.metric("tessera_timeouts_total") >= 2);
 }
 
+/// Below `park_idle_above_connections` an idle connection keeps its buffers
+/// and waits in a read; once the core holds more connections than that, the
+/// tick cancels those reads and the connections park (hold no buffers), and
+/// they still answer their next request.
+#[test]
+fn idle_connections_give_back_their_buffers_when_the_core_passes_the_parking_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "park_idle_above_connections = 2\n").expect("config");
+    let node = Node::start(&["--cores", "1", "--config", config.to_str().expect("utf-8")]);
+    let connect = || {
+        let s = TcpStream::connect(node.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s
+    };
+    let get = |s: &mut TcpStream, path: &str| {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .expect("write");
+        let (status, _, body) = read_response(s).expect("answer");
+        assert_eq!(status, 200, "{path}");
+        String::from_utf8(body).expect("utf-8")
+    };
+    // Asked over `probe` (no new connection): how many idle connections hold
+    // buffers, as of the core's last tick.
+    let with_buffers = |probe: &mut TcpStream| {
+        let metrics = get(probe, "/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tessera_idle_connections_with_buffers "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("tessera_idle_connections_with_buffers")
+    };
+    let (mut probe, mut keeper) = (connect(), connect());
+    get(&mut probe, "/healthz");
+    get(&mut keeper, "/healthz");
+    // Two connections, both at most the parking count: both keep their
+    // buffers while idle (the probe between its requests).
+    within(
+        Duration::from_secs(30),
+        "two idle connections with buffers",
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            with_buffers(&mut probe) == 2
+        },
+    );
+    // Three more (silent ones): the keeper, which sends nothing, gives its
+    // buffers back; nothing else would make it park.
+    let more: Vec<TcpStream> = (0..3).map(|_| connect()).collect();
+    within(
+        Duration::from_secs(30),
+        "no idle connection with buffers",
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            with_buffers(&mut probe) == 0
+        },
+    );
+    assert_eq!(
+        get(&mut keeper, "/healthz").trim(),
+        "ok",
+        "the parked keeper answers"
+    );
+    // Back at the parking count: the connections keep their buffers again.
+    drop(more);
+    within(
+        Duration::from_secs(30),
+        "the keeper holds its buffers again",
+        || {
+            get(&mut keeper, "/healthz");
+            std::thread::sleep(Duration::from_millis(100));
+            with_buffers(&mut probe) >= 1
+        },
+    );
+    assert_eq!(node.metric("tessera_timeouts_total"), 0);
+}
+
 #[test]
 fn a_thousand_concurrent_keep_alive_connections() {
     let node = Node::start(&[]);

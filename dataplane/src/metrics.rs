@@ -48,6 +48,9 @@ pub struct CoreStats {
     /// Body bytes that were read into user space (verified streams).
     pub copied_bytes: AtomicU64,
     pub connections_open: AtomicU64,
+    /// Idle keep-alive connections that kept their buffers (below the
+    /// parking count), as of the core's last tick.
+    pub idle_with_buffers: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
     pub timeouts: AtomicU64,
@@ -82,6 +85,7 @@ impl Default for CoreStats {
             copied_body_bytes: AtomicU64::new(0),
             copied_bytes: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
+            idle_with_buffers: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
@@ -165,7 +169,7 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 22] = [
+        let counters: [(&str, &str, u64); 23] = [
             (
                 "tessera_h3_connections_total",
                 "QUIC connections accepted.",
@@ -275,6 +279,11 @@ impl Metrics {
                 "tessera_connections_open",
                 "Connections open now.",
                 self.sum(|c| &c.connections_open),
+            ),
+            (
+                "tessera_idle_connections_with_buffers",
+                "Idle keep-alive connections holding their buffers (at most park_idle_above_connections per core; the rest hold none).",
+                self.sum(|c| &c.idle_with_buffers),
             ),
         ];
         for (name, help, value) in counters {

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
+};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
 use crate::config::{NodeConfig, OnMiss};
@@ -401,6 +403,8 @@ fn core_main(
             // Every connection below the parking count may be in a request.
             slots: slot::Slots::new(shared.config.park_idle_above_connections + PARK_POOL_KEPT),
             idle: RefCell::new(IdleList::default()),
+            keepers: RefCell::new(Canceller::new()),
+            keepers_waiting: Cell::new(0),
             verify_scratch: RefCell::new(Vec::new()),
             stream_pieces: Cell::new(Vec::new()),
             h3_open: Cell::new(false),
@@ -455,8 +459,14 @@ struct Core {
     parked: RefCell<ParkPool>,
     /// Memory the request handlers run in, outside the connections' tasks.
     slots: slot::Slots,
-    /// Parked connections, for their idle timeout.
+    /// Idle keep-alive connections, for their idle timeout.
     idle: RefCell<IdleList>,
+    /// Cancels the idle reads of the connections that kept their buffers
+    /// (the core had at most `park_idle_above_connections` when they went
+    /// idle), so that they park once it has more.
+    keepers: RefCell<Canceller>,
+    /// How many of those reads are waiting.
+    keepers_waiting: Cell<usize>,
     /// Reusable buffers for checking verified streams a subtree at a time.
     verify_scratch: RefCell<Vec<(verified::Scratch, Vec<libc::iovec>)>>,
     /// Where a verified stream's pieces lie in its kept copy (reused).
@@ -605,6 +615,18 @@ async fn tick_loop(core: Rc<Core>) {
         if !core.stopping.get() {
             bump(&core.stats().timeouts, expired);
         }
+        if core.keepers_waiting.get() > 0
+            && core.live.get() > core.shared.config.park_idle_above_connections
+        {
+            // More connections than the parking count: the idle ones that
+            // kept their buffers give them back (their reads end cancelled,
+            // and they park).
+            let keepers = core.keepers.take();
+            *core.keepers.borrow_mut() = keepers.cancel();
+        }
+        core.stats()
+            .idle_with_buffers
+            .store(core.keepers_waiting.get() as u64, Ordering::Relaxed);
         if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             core.stats().publish(&core.histogram.borrow());
             flush_touches(&core);
@@ -752,19 +774,8 @@ fn serve_connection(core: Rc<Core>, stream: TcpStream) -> impl std::future::Futu
             if core.stopping.get() && conn.rbuf.is_empty() {
                 return;
             }
-            if conn.rbuf.is_empty() && park {
-                ParkPool::park(&core, &mut conn);
-                // No timer of its own (a timer entry is 640 bytes): the core's tick
-                // shuts the socket down when the idle timeout passes, which wakes
-                // this poll, and the read that follows sees the end.
-                let idle = Duration::from_millis(core.shared.config.idle_timeout_ms);
-                let _parked = Parked::new(&core, conn.stream.as_raw_fd(), idle);
-                if conn.stream.readable(false).await.is_err() {
-                    return;
-                }
-            }
-            if conn.rbuf.capacity() == 0 {
-                ParkPool::unpark(&core, &mut conn);
+            if conn.rbuf.is_empty() && !next_request(&core, &mut conn, park).await {
+                return;
             }
             // One request, head to answer, in pooled memory: its state (the head's
             // fields, every route's locals) is what would make the task large.
@@ -777,6 +788,61 @@ fn serve_connection(core: Rc<Core>, stream: TcpStream) -> impl std::future::Futu
                 conn.wbuf = Vec::with_capacity(WBUF_BYTES);
             }
         }
+    }
+}
+
+/// Waits for an idle connection's next request: `true` once its first bytes
+/// are in the read buffer, `false` if the connection ended or idled out.
+///
+/// No timer of its own (a monoio timer entry is 640 bytes, and arming one per
+/// request costs): the connection is in the core's idle list, whose tick shuts
+/// the socket down when the idle timeout passes, which ends the wait.
+/// Parked (`park`), it gives its buffers to the core's pools and waits for
+/// readability; otherwise it keeps them and reads directly, one submission
+/// fewer, until the tick cancels that read because the core now holds more
+/// connections than the parking count.
+async fn next_request(core: &Core, conn: &mut Conn, mut park: bool) -> bool {
+    let idle = Duration::from_millis(core.shared.config.idle_timeout_ms);
+    let waiting = IdleWait::new(core, conn.stream.as_raw_fd(), idle);
+    loop {
+        if park {
+            ParkPool::park(core, conn);
+            if conn.stream.readable(false).await.is_err() || waiting.shut_down() {
+                return false;
+            }
+            ParkPool::unpark(core, conn);
+            let buf = std::mem::take(&mut conn.rbuf);
+            let (res, buf) = conn.stream.read(buf).await;
+            conn.rbuf = buf;
+            return matches!(res, Ok(n) if n > 0);
+        }
+        let cancel = core.keepers.borrow().handle();
+        let keeping = Keeping::new(core);
+        let buf = std::mem::take(&mut conn.rbuf);
+        let (res, buf) = conn.stream.cancelable_read(buf, cancel).await;
+        drop(keeping);
+        conn.rbuf = buf;
+        match res {
+            Ok(n) => return n > 0,
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => park = true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Counts a buffer-keeping connection's idle read while it waits.
+struct Keeping<'a>(&'a Core);
+
+impl<'a> Keeping<'a> {
+    fn new(core: &'a Core) -> Self {
+        core.keepers_waiting.set(core.keepers_waiting.get() + 1);
+        Self(core)
+    }
+}
+
+impl Drop for Keeping<'_> {
+    fn drop(&mut self) {
+        self.0.keepers_waiting.set(self.0.keepers_waiting.get() - 1);
     }
 }
 
@@ -798,8 +864,9 @@ async fn request(core: &Core, conn: &mut Conn) -> bool {
     matches!(next, Ok(Next::KeepAlive)) && !core.stopping.get()
 }
 
-/// Parked connections' sockets and when each idles out; the core's tick shuts
-/// down the ones past their time (and all of them when the node stops).
+/// Idle keep-alive connections' sockets and when each idles out; the core's
+/// tick shuts down the ones past their time (and all of them when the node
+/// stops).
 #[derive(Default)]
 struct IdleList {
     entries: Vec<Option<IdleEntry>>,
@@ -830,15 +897,15 @@ impl IdleList {
     }
 }
 
-/// A connection's entry in its core's [`IdleList`] while it is parked. Dropped
-/// before the connection's socket is closed, so a shutdown never reaches a
-/// reused descriptor.
-struct Parked<'a> {
+/// A connection's entry in its core's [`IdleList`] while it waits for its next
+/// request. Dropped before the connection's socket is closed, so a shutdown
+/// never reaches a reused descriptor.
+struct IdleWait<'a> {
     core: &'a Core,
     index: usize,
 }
 
-impl<'a> Parked<'a> {
+impl<'a> IdleWait<'a> {
     fn new(core: &'a Core, fd: RawFd, idle: Duration) -> Self {
         let mut list = core.idle.borrow_mut();
         let entry = Some(IdleEntry {
@@ -859,7 +926,14 @@ impl<'a> Parked<'a> {
     }
 }
 
-impl Drop for Parked<'_> {
+impl IdleWait<'_> {
+    /// The tick shut the socket down (idle timeout, or the node stops).
+    fn shut_down(&self) -> bool {
+        self.core.idle.borrow().entries[self.index].is_some_and(|e| e.deadline.is_none())
+    }
+}
+
+impl Drop for IdleWait<'_> {
     fn drop(&mut self) {
         let mut list = self.core.idle.borrow_mut();
         list.entries[self.index] = None;

@@ -113,14 +113,19 @@ impl Node {
     }
 
     fn start_child(&mut self) {
+        // Two cores unless the test names its own count.
+        let cores: &[&str] = if self.extra.iter().any(|a| a == "--cores") {
+            &[]
+        } else {
+            &["--cores", "2"]
+        };
         let child = Command::new(BIN)
             .arg("run")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(self.addr.to_string())
-            .arg("--cores")
-            .arg("2")
+            .args(cores)
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
