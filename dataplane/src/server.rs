@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -608,13 +608,12 @@ async fn tick_loop(core: Rc<Core>) {
         }
         ticks += 1;
         core.now_secs.set(now_secs());
-        let expired = core
-            .idle
+        // Connections closed because the node stops are not timeouts.
+        let stopping = core.stopping.get();
+        let timeouts = (!stopping).then_some(&core.stats().timeouts);
+        core.idle
             .borrow_mut()
-            .expire(Instant::now(), core.stopping.get());
-        if !core.stopping.get() {
-            bump(&core.stats().timeouts, expired);
-        }
+            .expire(Instant::now(), stopping, timeouts);
         if core.keepers_waiting.get() > 0
             && core.live.get() > core.shared.config.park_idle_above_connections
         {
@@ -688,19 +687,20 @@ impl Drop for LiveGuard<'_> {
     }
 }
 
-/// Marks a request in flight, for the shutdown drain.
-struct InFlight<'a>(&'a Core);
+/// Counts one in a core's counter while it lives: a request in flight (for
+/// the shutdown drain), a buffer-keeping idle read (for the tick).
+struct Counted<'a>(&'a Cell<usize>);
 
-impl<'a> InFlight<'a> {
-    fn new(core: &'a Core) -> Self {
-        core.in_flight.set(core.in_flight.get() + 1);
-        Self(core)
+impl<'a> Counted<'a> {
+    fn new(count: &'a Cell<usize>) -> Self {
+        count.set(count.get() + 1);
+        Self(count)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.set(self.0.in_flight.get() - 1);
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -817,7 +817,7 @@ async fn next_request(core: &Core, conn: &mut Conn, mut park: bool) -> bool {
             return matches!(res, Ok(n) if n > 0);
         }
         let cancel = core.keepers.borrow().handle();
-        let keeping = Keeping::new(core);
+        let keeping = Counted::new(&core.keepers_waiting);
         let buf = std::mem::take(&mut conn.rbuf);
         let (res, buf) = conn.stream.cancelable_read(buf, cancel).await;
         drop(keeping);
@@ -827,22 +827,6 @@ async fn next_request(core: &Core, conn: &mut Conn, mut park: bool) -> bool {
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => park = true,
             Err(_) => return false,
         }
-    }
-}
-
-/// Counts a buffer-keeping connection's idle read while it waits.
-struct Keeping<'a>(&'a Core);
-
-impl<'a> Keeping<'a> {
-    fn new(core: &'a Core) -> Self {
-        core.keepers_waiting.set(core.keepers_waiting.get() + 1);
-        Self(core)
-    }
-}
-
-impl Drop for Keeping<'_> {
-    fn drop(&mut self) {
-        self.0.keepers_waiting.set(self.0.keepers_waiting.get() - 1);
     }
 }
 
@@ -856,7 +840,7 @@ async fn request(core: &Core, conn: &mut Conn) -> bool {
             return false;
         }
     };
-    let _flight = InFlight::new(core);
+    let _flight = Counted::new(&core.in_flight);
     let started = Instant::now();
     let next = handle(core, conn, &info).await;
     let micros = started.elapsed().as_micros() as u64;
@@ -883,17 +867,18 @@ struct IdleEntry {
 
 impl IdleList {
     /// Shuts down the sockets whose time has passed (all, when `all`), each
-    /// once.
-    fn expire(&mut self, now: Instant, all: bool) -> u64 {
-        let mut expired = 0;
+    /// once, counting each in `timeouts` (when given) before its shutdown, so
+    /// a client that sees the end also sees the count.
+    fn expire(&mut self, now: Instant, all: bool, timeouts: Option<&AtomicU64>) {
         for entry in self.entries.iter_mut().flatten() {
             if entry.deadline.is_some_and(|d| all || d <= now) {
+                if let Some(t) = timeouts {
+                    bump(t, 1);
+                }
                 sys::shutdown(entry.fd);
                 entry.deadline = None;
-                expired += 1;
             }
         }
-        expired
     }
 }
 
@@ -1007,39 +992,30 @@ impl ParkPool {
     }
 }
 
-/// Reads until a full head is buffered. `Ok(None)`: the connection ended or idled out.
+/// Reads until a full head is buffered; the read buffer holds the head's first
+/// bytes (the idle wait, `next_request`, ends only with bytes). `Ok(None)`:
+/// the connection ended or the head stalled.
 async fn read_head(
     core: &Core,
     conn: &mut Conn,
 ) -> Result<Option<ReqInfo>, (Status, &'static str)> {
-    let cfg = &core.shared.config;
-    let idle = Duration::from_millis(cfg.idle_timeout_ms);
-    let head_timeout = Duration::from_millis(cfg.header_timeout_ms);
-    // The head must arrive whole within head_timeout of its first byte.
-    let mut head_deadline = if conn.rbuf.is_empty() {
-        None
-    } else {
-        Some(Instant::now() + head_timeout)
-    };
+    // The head must arrive whole within header_timeout_ms of its first byte.
+    let head_deadline =
+        Instant::now() + Duration::from_millis(core.shared.config.header_timeout_ms);
     loop {
-        if !conn.rbuf.is_empty() {
-            let pre = conn.preconditions.get_or_insert_with(Box::default);
-            match http::parse_request_into(&conn.rbuf, core.shared.limits, pre) {
-                Ok(Some(req)) => return Ok(Some(req_info(core, &req))),
-                Ok(None) => {}
-                Err(e) => return Err(parse_error(e)),
-            }
+        let pre = conn.preconditions.get_or_insert_with(Box::default);
+        match http::parse_request_into(&conn.rbuf, core.shared.limits, pre) {
+            Ok(Some(req)) => return Ok(Some(req_info(core, &req))),
+            Ok(None) => {}
+            Err(e) => return Err(parse_error(e)),
         }
-        let wait = match head_deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()),
-            None => idle,
-        };
-        match read_more(conn, wait).await {
-            ReadOutcome::Data => {
-                if head_deadline.is_none() {
-                    head_deadline = Some(Instant::now() + head_timeout);
-                }
-            }
+        match read_more(
+            conn,
+            head_deadline.saturating_duration_since(Instant::now()),
+        )
+        .await
+        {
+            ReadOutcome::Data => {}
             ReadOutcome::Eof | ReadOutcome::Error => return Ok(None),
             ReadOutcome::TimedOut => {
                 bump(&core.stats().timeouts, 1);
