@@ -5,7 +5,8 @@
 # keep-alive), and holds them. The server's RSS before and with the
 # connections held, divided by N, is its memory per idle connection; the
 # last request's latency over all N connections, one more GET each while
-# they are all held, gives p50/p99.
+# they are all held, gives p50/p99. The RSS is read after IDLE_SETTLE_S
+# seconds (default 3) with all of them idle.
 #
 #   bench/idle-connections.sh [N ...]     (default: 1000 10000)
 #
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 counts=("$@")
+settle=${IDLE_SETTLE_S:-3}
 ((${#counts[@]})) || counts=(1000 10000)
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 [ -x "$NGINX_BIN" ] || { echo "nginx not found: apt-get install -y nginx-light" >&2; exit 2; }
@@ -63,8 +65,9 @@ rss_kib() { # the sum of the processes' RSS, KiB
     echo $t
 }
 
-hold() { # port path n -> "p50_ms p99_ms" once all n are held; then waits for a line on stdin
-    python3 - "$1" "$2" "$3" <<'PY'
+# The client: prints "p50_ms p99_ms" once all n are held, then holds them until
+# a line comes on its stdin (so the script is a file, not python's stdin).
+cat > "$work/hold.py" <<'PY'
 import socket, sys, time, selectors
 port, path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
@@ -91,6 +94,8 @@ lat.sort()
 print(f"{lat[len(lat)//2]:.3f} {lat[min(len(lat)-1, int(len(lat)*0.99))]:.3f}", flush=True)
 sys.stdin.readline()
 PY
+hold() { # port path n
+    python3 "$work/hold.py" "$1" "$2" "$3"
 }
 
 npids="$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')"
@@ -103,6 +108,10 @@ for n in "${counts[@]}"; do
         before=$(rss_kib "$p")
         coproc HOLD { hold "$port" "$path" "$n"; }
         read -r p50 p99 <&"${HOLD[0]}"
+        # Both servers get the same seconds with every connection idle before
+        # their memory is read (Tessera releases spare buffers a second or two
+        # after they go unused).
+        sleep "$settle"
         held=$(rss_kib "$p")
         echo >&"${HOLD[1]}"
         wait "$HOLD_PID" 2>/dev/null || true

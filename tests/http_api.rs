@@ -425,6 +425,58 @@ fn idle_connections_give_back_their_buffers_when_the_core_passes_the_parking_cou
     assert_eq!(node.metric("tessera_timeouts_total"), 0);
 }
 
+/// The buffers of connections that end go to the core's spares, for the next
+/// connections; spares that a second did not need are freed (and the heap
+/// trimmed), so the memory a burst of connections took goes back.
+#[test]
+fn the_buffers_of_ended_connections_are_freed_once_unused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "park_idle_above_connections = 100\n").expect("config");
+    let node = Node::start(&["--cores", "1", "--config", config.to_str().expect("utf-8")]);
+    // 48 connections below the parking count: each keeps its read and write
+    // buffers while idle.
+    let conns: Vec<TcpStream> = (0..48)
+        .map(|_| {
+            let mut s = TcpStream::connect(node.addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("write");
+            let (status, _, _) = read_response(&mut s).expect("answer");
+            assert_eq!(status, 200);
+            s
+        })
+        .collect();
+    within(
+        Duration::from_secs(30),
+        "48 idle connections with buffers",
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            node.metric("tessera_idle_connections_with_buffers") >= 48
+        },
+    );
+    let freed = node.metric("tessera_spare_connection_buffers_freed_total");
+    // They end: 96 buffers become spares, and no connection comes to take
+    // them (a probe takes one and gives it back).
+    drop(conns);
+    within(
+        Duration::from_secs(30),
+        "the ended connections' buffers freed",
+        || {
+            std::thread::sleep(Duration::from_millis(200));
+            node.metric("tessera_spare_connection_buffers_freed_total") - freed >= 48
+        },
+    );
+    within(Duration::from_secs(30), "a few spares kept warm", || {
+        std::thread::sleep(Duration::from_millis(200));
+        // Eight of each kind kept warm, and the one the probes take.
+        node.metric("tessera_spare_connection_buffers") <= 18
+    });
+    let (status, _, body) = node.get("/healthz");
+    assert_eq!((status, body.as_slice()), (200, b"ok\n".as_slice()));
+}
+
 #[test]
 fn a_thousand_concurrent_keep_alive_connections() {
     let node = Node::start(&[]);

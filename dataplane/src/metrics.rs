@@ -51,6 +51,11 @@ pub struct CoreStats {
     /// Idle keep-alive connections that kept their buffers (below the
     /// parking count), as of the core's last tick.
     pub idle_with_buffers: AtomicU64,
+    /// Read and write buffers the core holds for the next connections, as of
+    /// its last decay (once a second).
+    pub spare_buffers: AtomicU64,
+    /// Spare read and write buffers freed after a second unused.
+    pub spare_buffers_freed: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
     pub timeouts: AtomicU64,
@@ -86,6 +91,8 @@ impl Default for CoreStats {
             copied_bytes: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             idle_with_buffers: AtomicU64::new(0),
+            spare_buffers: AtomicU64::new(0),
+            spare_buffers_freed: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
@@ -169,7 +176,7 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 23] = [
+        let counters: [(&str, &str, u64); 25] = [
             (
                 "tessera_h3_connections_total",
                 "QUIC connections accepted.",
@@ -284,6 +291,16 @@ impl Metrics {
                 "tessera_idle_connections_with_buffers",
                 "Idle keep-alive connections holding their buffers (at most park_idle_above_connections per core; the rest hold none).",
                 self.sum(|c| &c.idle_with_buffers),
+            ),
+            (
+                "tessera_spare_connection_buffers",
+                "Read and write buffers the cores hold for the next connections; those unused for a second go back to the kernel.",
+                self.sum(|c| &c.spare_buffers),
+            ),
+            (
+                "tessera_spare_connection_buffers_freed_total",
+                "Spare connection read and write buffers freed after a second unused (the heap is then trimmed).",
+                self.sum(|c| &c.spare_buffers_freed),
             ),
         ];
         for (name, help, value) in counters {

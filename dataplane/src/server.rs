@@ -74,8 +74,12 @@ const VERIFIED_FLUSH_BYTES: usize = 64 * 1024;
 /// requests (a verified stream grows it well beyond).
 const WBUF_BYTES: usize = 1024;
 const WBUF_KEPT_BYTES: usize = 64 * 1024;
-/// Buffers and pipes of each kind a core keeps for parked connections.
-const PARK_POOL_KEPT: usize = 64;
+/// Spare buffers and pipes of each kind a core keeps however long they go
+/// unused (more are kept while they are used; see `Spares`).
+const SPARES_KEPT_WARM: usize = 8;
+/// Request slots (pooled memory for the request handlers) beyond one for each
+/// connection below the parking count.
+const REQUEST_SLOTS_ABOVE_PARKING: usize = 64;
 /// Verified-stream buffers (256 KiB each) a core keeps for reuse.
 const VERIFY_SCRATCH_KEPT: usize = 4;
 
@@ -106,6 +110,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub shutdown: Arc<AtomicBool>,
     touches: Sender<Vec<(BlobHash, u64)>>,
+    /// A core freed spare buffers: the maintenance thread trims the heap.
+    trim_heap: Arc<AtomicBool>,
     limits: http::Limits,
     /// Threads for the store work that blocks (fsync, renames, redb commits), shared
     /// by all cores so that an upload's commit never stalls an event loop.
@@ -208,6 +214,7 @@ impl Server {
         let (forward_txs, mut forward_rxs): (Vec<_>, Vec<_>) =
             (0..n).map(|_| flume::bounded(h3::FORWARD_QUEUE)).unzip();
         let (touch_tx, touch_rx) = crossbeam_channel::bounded(TOUCH_BATCHES_QUEUED);
+        let trim_heap = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             limits: http::Limits {
                 max_header_bytes: config.max_header_bytes,
@@ -218,6 +225,7 @@ impl Server {
             metrics: Arc::new(Metrics::new(n)),
             shutdown: shutdown.clone(),
             touches: touch_tx,
+            trim_heap: trim_heap.clone(),
             blocking: monoio::blocking::DefaultThreadPool::new(STORE_IO_THREADS),
             alt_svc,
             tls,
@@ -229,7 +237,7 @@ impl Server {
             let shutdown = shutdown.clone();
             std::thread::Builder::new()
                 .name("tessera-maint".into())
-                .spawn(move || maintenance_loop(&store, &touch_rx, &shutdown))
+                .spawn(move || maintenance_loop(&store, &touch_rx, &shutdown, &trim_heap))
                 .map_err(|e| ServerError::Thread(e.to_string()))?
         };
         let cpus = allowed_cpus();
@@ -308,12 +316,21 @@ fn allowed_cpus() -> Vec<usize> {
         .collect()
 }
 
+/// Off the cores: records the blobs' last access times, and gives the heap's
+/// free memory back to the kernel (at most once a second) after a core freed
+/// spare buffers.
 fn maintenance_loop(
     store: &Store,
     touches: &Receiver<Vec<(BlobHash, u64)>>,
     shutdown: &AtomicBool,
+    trim_heap: &AtomicBool,
 ) {
+    let mut trimmed = Instant::now();
     loop {
+        if trimmed.elapsed() >= Duration::from_secs(1) && trim_heap.swap(false, Ordering::Relaxed) {
+            sys::trim_heap();
+            trimmed = Instant::now();
+        }
         let stopping = shutdown.load(Ordering::Relaxed);
         match touches.recv_timeout(Duration::from_secs(1)) {
             Ok(batch) => {
@@ -401,7 +418,9 @@ fn core_main(
             upload_bufs: RefCell::new(Vec::new()),
             parked: RefCell::new(ParkPool::default()),
             // Every connection below the parking count may be in a request.
-            slots: slot::Slots::new(shared.config.park_idle_above_connections + PARK_POOL_KEPT),
+            slots: slot::Slots::new(
+                shared.config.park_idle_above_connections + REQUEST_SLOTS_ABOVE_PARKING,
+            ),
             idle: RefCell::new(IdleList::default()),
             keepers: RefCell::new(Canceller::new()),
             keepers_waiting: Cell::new(0),
@@ -629,6 +648,18 @@ async fn tick_loop(core: Rc<Core>) {
         if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             core.stats().publish(&core.histogram.borrow());
             flush_touches(&core);
+            let mut pool = core.parked.borrow_mut();
+            let (freed, any) = pool.decay();
+            if any {
+                // The allocator keeps what was freed; the maintenance thread
+                // gives it back to the kernel.
+                core.shared.trim_heap.store(true, Ordering::Relaxed);
+            }
+            let stats = core.stats();
+            bump(&stats.spare_buffers_freed, freed as u64);
+            stats
+                .spare_buffers
+                .store(pool.buffers() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -772,15 +803,15 @@ fn serve_connection(core: Rc<Core>, stream: TcpStream) -> impl std::future::Futu
         let mut park = true;
         loop {
             if core.stopping.get() && conn.rbuf.is_empty() {
-                return;
+                break;
             }
             if conn.rbuf.is_empty() && !next_request(&core, &mut conn, park).await {
-                return;
+                break;
             }
             // One request, head to answer, in pooled memory: its state (the head's
             // fields, every route's locals) is what would make the task large.
             if !core.slots.run(request(&core, &mut conn)).await {
-                return;
+                break;
             }
             park = core.live.get() > core.shared.config.park_idle_above_connections;
             if !park && conn.wbuf.capacity() > WBUF_KEPT_BYTES {
@@ -788,6 +819,9 @@ fn serve_connection(core: Rc<Core>, stream: TcpStream) -> impl std::future::Futu
                 conn.wbuf = Vec::with_capacity(WBUF_BYTES);
             }
         }
+        // The next connection takes its buffers (the pool frees them if none
+        // comes within a second or two).
+        ParkPool::closing(&core, &mut conn);
     }
 }
 
@@ -801,9 +835,16 @@ fn serve_connection(core: Rc<Core>, stream: TcpStream) -> impl std::future::Futu
 /// readability; otherwise it keeps them and reads directly, one submission
 /// fewer, until the tick cancels that read because the core now holds more
 /// connections than the parking count.
+///
+/// Both reads run in pooled request memory (`core.slots`): the keeping read's
+/// state is 224 bytes and the connection's task is as large as its largest
+/// wait, so inline it would cost every parked connection as much.
 async fn next_request(core: &Core, conn: &mut Conn, mut park: bool) -> bool {
-    let idle = Duration::from_millis(core.shared.config.idle_timeout_ms);
-    let waiting = IdleWait::new(core, conn.stream.as_raw_fd(), idle);
+    let waiting = IdleWait::new(
+        core,
+        conn.stream.as_raw_fd(),
+        Duration::from_millis(core.shared.config.idle_timeout_ms),
+    );
     loop {
         if park {
             ParkPool::park(core, conn);
@@ -811,22 +852,36 @@ async fn next_request(core: &Core, conn: &mut Conn, mut park: bool) -> bool {
                 return false;
             }
             ParkPool::unpark(core, conn);
-            let buf = std::mem::take(&mut conn.rbuf);
-            let (res, buf) = conn.stream.read(buf).await;
-            conn.rbuf = buf;
-            return matches!(res, Ok(n) if n > 0);
+            return core.slots.run(read_ready(conn)).await;
         }
-        let cancel = core.keepers.borrow().handle();
-        let keeping = Counted::new(&core.keepers_waiting);
-        let buf = std::mem::take(&mut conn.rbuf);
-        let (res, buf) = conn.stream.cancelable_read(buf, cancel).await;
-        drop(keeping);
-        conn.rbuf = buf;
-        match res {
-            Ok(n) => return n > 0,
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => park = true,
-            Err(_) => return false,
+        match core.slots.run(keep_reading(core, conn)).await {
+            Some(got) => return got,
+            None => park = true,
         }
+    }
+}
+
+/// The read after readiness: `true` if it brought bytes.
+async fn read_ready(conn: &mut Conn) -> bool {
+    let buf = std::mem::take(&mut conn.rbuf);
+    let (res, buf) = conn.stream.read(buf).await;
+    conn.rbuf = buf;
+    matches!(res, Ok(n) if n > 0)
+}
+
+/// A buffer-keeping connection's idle read: `Some(true)` with bytes,
+/// `Some(false)` if the connection ended, `None` if the tick cancelled it.
+async fn keep_reading(core: &Core, conn: &mut Conn) -> Option<bool> {
+    let cancel = core.keepers.borrow().handle();
+    let keeping = Counted::new(&core.keepers_waiting);
+    let buf = std::mem::take(&mut conn.rbuf);
+    let (res, buf) = conn.stream.cancelable_read(buf, cancel).await;
+    drop(keeping);
+    conn.rbuf = buf;
+    match res {
+        Ok(n) => Some(n > 0),
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => None,
+        Err(_) => Some(false),
     }
 }
 
@@ -926,17 +981,64 @@ impl Drop for IdleWait<'_> {
     }
 }
 
+/// Spare things of one kind (buffers, pipes), for the next connection that
+/// needs one. Unbounded while they are used: a core under a burst of
+/// connections keeps what the burst took, and no request allocates one. Each
+/// second, [`Spares::decay`] releases those that the last second did not need
+/// (the list never went below that many), the least recently returned first,
+/// beyond [`SPARES_KEPT_WARM`]; so what a burst took goes back within about two
+/// seconds of its end, and a steady load releases nothing.
+struct Spares<T> {
+    items: Vec<T>,
+    /// The fewest items held since the last decay.
+    low: usize,
+}
+
+impl<T> Default for Spares<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            low: 0,
+        }
+    }
+}
+
+impl<T> Spares<T> {
+    fn take(&mut self) -> Option<T> {
+        let item = self.items.pop();
+        self.low = self.low.min(self.items.len());
+        item
+    }
+
+    fn put(&mut self, item: T) {
+        self.items.push(item);
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Hands those not needed since the last decay to `release`, keeping
+    /// [`SPARES_KEPT_WARM`].
+    fn decay(&mut self, release: impl FnMut(T)) {
+        let unused = self
+            .low
+            .min(self.items.len())
+            .saturating_sub(SPARES_KEPT_WARM);
+        self.items.drain(..unused).for_each(release);
+        self.low = self.items.len();
+    }
+}
+
 /// The buffers and pipes that parked connections gave back, for the next
-/// connection that has bytes to read. Each list is bounded; what does not fit
-/// is freed.
+/// connection that has bytes to read.
 #[derive(Default)]
 struct ParkPool {
-    rbufs: Vec<Vec<u8>>,
-    wbufs: Vec<Vec<u8>>,
-    pipes: Vec<Pipe>,
+    rbufs: Spares<Vec<u8>>,
+    wbufs: Spares<Vec<u8>>,
+    pipes: Spares<Pipe>,
     /// Boxed: a connection's box moves to the pool and back, 1 KiB not copied.
-    #[allow(clippy::vec_box)]
-    preconditions: Vec<Box<Preconditions>>,
+    preconditions: Spares<Box<Preconditions>>,
 }
 
 impl ParkPool {
@@ -944,30 +1046,48 @@ impl ParkPool {
     fn park(core: &Core, conn: &mut Conn) {
         let mut pool = core.parked.borrow_mut();
         let rbuf = std::mem::take(&mut conn.rbuf);
-        if rbuf.capacity() == core.shared.config.max_header_bytes
-            && pool.rbufs.len() < PARK_POOL_KEPT
-        {
-            pool.rbufs.push(rbuf);
+        if rbuf.capacity() == core.shared.config.max_header_bytes {
+            pool.rbufs.put(rbuf);
         }
         let mut wbuf = std::mem::take(&mut conn.wbuf);
-        if wbuf.capacity() <= WBUF_KEPT_BYTES
-            && wbuf.capacity() > 0
-            && pool.wbufs.len() < PARK_POOL_KEPT
-        {
+        if wbuf.capacity() <= WBUF_KEPT_BYTES && wbuf.capacity() > 0 {
             wbuf.clear();
-            pool.wbufs.push(wbuf);
+            pool.wbufs.put(wbuf);
         }
         if let Some(pipe) = conn.pipe.take() {
             // A pipe is only pooled empty (a response always drains it).
-            if pool.pipes.len() < PARK_POOL_KEPT {
-                pool.pipes.push(pipe);
-            }
+            pool.pipes.put(pipe);
         }
         if let Some(pre) = conn.preconditions.take() {
-            if pool.preconditions.len() < PARK_POOL_KEPT {
-                pool.preconditions.push(pre);
-            }
+            pool.preconditions.put(pre);
         }
+    }
+
+    /// Frees what the last second did not need. Returns how many read and
+    /// write buffers went, and whether anything did.
+    fn decay(&mut self) -> (usize, bool) {
+        let (buffers, others) = (self.buffers(), self.pipes.len() + self.preconditions.len());
+        self.rbufs.decay(drop);
+        self.wbufs.decay(drop);
+        self.pipes.decay(drop);
+        self.preconditions.decay(drop);
+        let others_freed = others - (self.pipes.len() + self.preconditions.len());
+        let freed = buffers - self.buffers();
+        (freed, freed + others_freed > 0)
+    }
+
+    /// Read and write buffers held.
+    fn buffers(&self) -> usize {
+        self.rbufs.len() + self.wbufs.len()
+    }
+
+    /// Takes the buffers of a connection that ends (emptied: it may have left
+    /// bytes in them). Not its pipe, which may still hold a response's bytes.
+    fn closing(core: &Core, conn: &mut Conn) {
+        conn.rbuf.clear();
+        conn.wbuf.clear();
+        conn.pipe = None;
+        Self::park(core, conn);
     }
 
     /// Gives `conn` buffers again: pooled ones, or new ones.
@@ -975,19 +1095,19 @@ impl ParkPool {
         let mut pool = core.parked.borrow_mut();
         conn.rbuf = pool
             .rbufs
-            .pop()
+            .take()
             .unwrap_or_else(|| Vec::with_capacity(core.shared.config.max_header_bytes));
         if conn.wbuf.capacity() == 0 {
             conn.wbuf = pool
                 .wbufs
-                .pop()
+                .take()
                 .unwrap_or_else(|| Vec::with_capacity(WBUF_BYTES));
         }
         if conn.pipe.is_none() {
-            conn.pipe = pool.pipes.pop();
+            conn.pipe = pool.pipes.take();
         }
         if conn.preconditions.is_none() {
-            conn.preconditions = Some(pool.preconditions.pop().unwrap_or_default());
+            conn.preconditions = Some(pool.preconditions.take().unwrap_or_default());
         }
     }
 }
@@ -2431,5 +2551,35 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    /// What a second did not take goes (least recently returned first),
+    /// down to the warm few; what it took stays.
+    #[test]
+    fn spares_free_only_what_a_second_did_not_need() {
+        let mut spares = Spares::default();
+        let mut freed = Vec::new();
+        for i in 0..40 {
+            spares.put(i);
+        }
+        // The list started the second empty: nothing was unused all along.
+        spares.decay(|i| freed.push(i));
+        assert_eq!((spares.len(), freed.len()), (40, 0));
+        // A second that never took one: all but the warm ones go, oldest first.
+        spares.decay(|i| freed.push(i));
+        assert_eq!(spares.len(), SPARES_KEPT_WARM);
+        assert_eq!(freed, (0..40 - SPARES_KEPT_WARM).collect::<Vec<_>>());
+        // A steady load that takes and returns them frees nothing.
+        for _ in 0..4 {
+            spares.put(100);
+            spares.put(101);
+        }
+        spares.decay(|i| freed.push(i));
+        let before = freed.len();
+        let taken: Vec<_> = (0..spares.len()).filter_map(|_| spares.take()).collect();
+        taken.into_iter().for_each(|i| spares.put(i));
+        spares.decay(|i| freed.push(i));
+        assert_eq!(freed.len(), before, "all were taken this second");
+        assert_eq!(spares.len(), SPARES_KEPT_WARM + 8);
     }
 }

@@ -83,6 +83,19 @@ pub fn read_exact_at(fd: RawFd, mut buf: &mut [u8], mut offset: u64) -> io::Resu
     Ok(())
 }
 
+/// Gives the free memory the allocator holds back to the kernel (glibc's
+/// `malloc_trim`: the free pages of every arena, not only those at each heap's
+/// top, which are all that `free` returns by itself). Takes each arena's lock
+/// in turn, so it is called off the cores, and only after they freed spare
+/// buffers.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions; it locks each arena itself.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A pipe used as the in-kernel buffer between a file and a socket.
 pub struct Pipe {
     read: OwnedFd,
