@@ -6,7 +6,7 @@
 # connections held, divided by N, is its memory per idle connection; the
 # last request's latency over all N connections, one more GET each while
 # they are all held, gives p50/p99. The RSS is read after IDLE_SETTLE_S
-# seconds (default 3) with all of them idle.
+# seconds (default 2) with all of them idle.
 #
 #   bench/idle-connections.sh [N ...]     (default: 1000 10000)
 #
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 counts=("$@")
-settle=${IDLE_SETTLE_S:-3}
+settle=${IDLE_SETTLE_S:-2}
 ((${#counts[@]})) || counts=(1000 10000)
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 [ -x "$NGINX_BIN" ] || { echo "nginx not found: apt-get install -y nginx-light" >&2; exit 2; }

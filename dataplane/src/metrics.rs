@@ -52,9 +52,9 @@ pub struct CoreStats {
     /// parking count), as of the core's last tick.
     pub idle_with_buffers: AtomicU64,
     /// Read and write buffers the core holds for the next connections, as of
-    /// its last decay (once a second).
+    /// its last decay (every half second).
     pub spare_buffers: AtomicU64,
-    /// Spare read and write buffers freed after a second unused.
+    /// Spare read and write buffers freed after half a second unused.
     pub spare_buffers_freed: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
@@ -294,12 +294,12 @@ impl Metrics {
             ),
             (
                 "tessera_spare_connection_buffers",
-                "Read and write buffers the cores hold for the next connections; those unused for a second go back to the kernel.",
+                "Read and write buffers the cores hold for the next connections; those unused for half a second go back to the kernel.",
                 self.sum(|c| &c.spare_buffers),
             ),
             (
                 "tessera_spare_connection_buffers_freed_total",
-                "Spare connection read and write buffers freed after a second unused (the heap is then trimmed).",
+                "Spare connection read and write buffers freed after half a second unused (the heap is then trimmed).",
                 self.sum(|c| &c.spare_buffers_freed),
             ),
         ];

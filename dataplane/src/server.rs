@@ -68,6 +68,8 @@ const STORE_IO_THREADS: usize = 4;
 /// How often a core copies out its histogram and checks for shutdown.
 const TICK: Duration = Duration::from_millis(50);
 const PUBLISH_EVERY_TICKS: u32 = 20;
+/// Spare buffers unused this long (10 ticks, 500 ms) are freed.
+const DECAY_EVERY_TICKS: u32 = 10;
 /// Verified streams are written in pieces of about this size.
 const VERIFIED_FLUSH_BYTES: usize = 64 * 1024;
 /// A connection's write buffer to begin with, and the most it keeps between
@@ -332,7 +334,8 @@ fn maintenance_loop(
             trimmed = Instant::now();
         }
         let stopping = shutdown.load(Ordering::Relaxed);
-        match touches.recv_timeout(Duration::from_secs(1)) {
+        // Woken often enough that a trim follows a core's freeing closely.
+        match touches.recv_timeout(Duration::from_millis(250)) {
             Ok(batch) => {
                 if let Err(e) = store.touch_batch(&batch) {
                     tracing::warn!("recording last access times failed: {e}");
@@ -648,6 +651,8 @@ async fn tick_loop(core: Rc<Core>) {
         if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             core.stats().publish(&core.histogram.borrow());
             flush_touches(&core);
+        }
+        if ticks.is_multiple_of(DECAY_EVERY_TICKS) {
             let mut pool = core.parked.borrow_mut();
             let (freed, any) = pool.decay();
             if any {
@@ -820,7 +825,7 @@ fn serve_connection(core: Rc<Core>, stream: TcpStream) -> impl std::future::Futu
             }
         }
         // The next connection takes its buffers (the pool frees them if none
-        // comes within a second or two).
+        // comes within a second).
         ParkPool::closing(&core, &mut conn);
     }
 }
@@ -983,11 +988,11 @@ impl Drop for IdleWait<'_> {
 
 /// Spare things of one kind (buffers, pipes), for the next connection that
 /// needs one. Unbounded while they are used: a core under a burst of
-/// connections keeps what the burst took, and no request allocates one. Each
-/// second, [`Spares::decay`] releases those that the last second did not need
-/// (the list never went below that many), the least recently returned first,
-/// beyond [`SPARES_KEPT_WARM`]; so what a burst took goes back within about two
-/// seconds of its end, and a steady load releases nothing.
+/// connections keeps what the burst took, and no request allocates one. Every
+/// half second, [`Spares::decay`] releases those that the last half second did
+/// not need (the list never went below that many), the least recently returned first,
+/// beyond [`SPARES_KEPT_WARM`]; so what a burst took goes back within about a
+/// second of its end, and a steady load releases nothing.
 struct Spares<T> {
     items: Vec<T>,
     /// The fewest items held since the last decay.
