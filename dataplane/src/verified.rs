@@ -540,6 +540,7 @@ pub fn decode_buffered<R: BufRead>(
                 let buf = reader.fill_buf().map_err(|e| truncated_or_io(e, index))?;
                 if buf.len() >= len {
                     let data = &buf[..len];
+                    prefetch(&buf[len..buf.len().min(len + PREFETCH_AHEAD_BYTES)]);
                     verifier.group(start_chunk, data, is_root)?;
                     sink(Item::Group { offset, data })?;
                     reader.consume(len);
@@ -558,6 +559,32 @@ pub fn decode_buffered<R: BufRead>(
         }
     }
     Ok(size)
+}
+
+/// How far ahead of the group being hashed [`decode_buffered`] asks for the
+/// stream's bytes: the next two groups.
+const PREFETCH_AHEAD_BYTES: usize = 2 * CHUNK_GROUP_BYTES;
+
+/// Asks the CPU to bring `bytes` into its L2 cache. A stream checked where it
+/// lies is read group by group, with hash pairs between the groups, and the
+/// hardware prefetcher alone left the hashing waiting on memory: on an AMD EPYC
+/// host, 256 MiB decoded in memory went from 0.90 of `blake3::hash`'s speed to
+/// 1.04 (which does not prefetch). Each group asks again for the group after
+/// it, already asked for once: that was faster than asking for each line once.
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch is a hint that neither reads nor faults, and the
+        // address is inside `bytes`; SSE, which it needs, is part of x86_64.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// Where a [`Walk`] reads a verified stream's pieces from.
