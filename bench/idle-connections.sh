@@ -94,9 +94,6 @@ lat.sort()
 print(f"{lat[len(lat)//2]:.3f} {lat[min(len(lat)-1, int(len(lat)*0.99))]:.3f}", flush=True)
 sys.stdin.readline()
 PY
-hold() { # port path n
-    python3 "$work/hold.py" "$1" "$2" "$3"
-}
 
 npids="$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')"
 json="{\"date\":\"$(date -u +%FT%TZ)\",\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\",\"rows\":["
@@ -106,7 +103,7 @@ for n in "${counts[@]}"; do
     for server in tessera nginx; do
         if [ $server = tessera ]; then port=$tport path=/blobs/$hash p=$tessera_pid; else port=$nport path=/4k.bin p=$npids; fi
         before=$(rss_kib "$p")
-        coproc HOLD { hold "$port" "$path" "$n"; }
+        coproc HOLD { python3 "$work/hold.py" "$port" "$path" "$n"; }
         read -r p50 p99 <&"${HOLD[0]}"
         # Both servers get the same seconds with every connection idle before
         # their memory is read (Tessera releases spare buffers a second or two

@@ -349,26 +349,26 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     assert!(node.metric("tessera_timeouts_total") >= 2);
 }
 
+/// A node on one core with `park_idle_above_connections = count` (the config
+/// file lives in the returned folder).
+fn one_core_node_parking_above(count: usize) -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, format!("park_idle_above_connections = {count}\n")).expect("config");
+    let node = Node::start(&["--cores", "1", "--config", config.to_str().expect("utf-8")]);
+    (node, dir)
+}
+
 /// Below `park_idle_above_connections` an idle connection keeps its buffers
 /// and waits in a read; once the core holds more connections than that, the
 /// tick cancels those reads and the connections park (hold no buffers), and
 /// they still answer their next request.
 #[test]
 fn idle_connections_give_back_their_buffers_when_the_core_passes_the_parking_count() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("node.toml");
-    std::fs::write(&config, "park_idle_above_connections = 2\n").expect("config");
-    let node = Node::start(&["--cores", "1", "--config", config.to_str().expect("utf-8")]);
-    let connect = || {
-        let s = TcpStream::connect(node.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        s
-    };
+    let (node, _dir) = one_core_node_parking_above(2);
+    let connect = || node.connect();
     let get = |s: &mut TcpStream, path: &str| {
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-            .expect("write");
-        let (status, _, body) = read_response(s).expect("answer");
+        let (status, _, body) = get_on(s, path);
         assert_eq!(status, 200, "{path}");
         String::from_utf8(body).expect("utf-8")
     };
@@ -430,21 +430,13 @@ fn idle_connections_give_back_their_buffers_when_the_core_passes_the_parking_cou
 /// trimmed), so the memory a burst of connections took goes back.
 #[test]
 fn the_buffers_of_ended_connections_are_freed_once_unused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("node.toml");
-    std::fs::write(&config, "park_idle_above_connections = 100\n").expect("config");
-    let node = Node::start(&["--cores", "1", "--config", config.to_str().expect("utf-8")]);
+    let (node, _dir) = one_core_node_parking_above(100);
     // 48 connections below the parking count: each keeps its read and write
     // buffers while idle.
     let conns: Vec<TcpStream> = (0..48)
         .map(|_| {
-            let mut s = TcpStream::connect(node.addr).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(30)))
-                .expect("timeout");
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-                .expect("write");
-            let (status, _, _) = read_response(&mut s).expect("answer");
-            assert_eq!(status, 200);
+            let mut s = node.connect();
+            assert_eq!(get_on(&mut s, "/healthz").0, 200);
             s
         })
         .collect();

@@ -654,8 +654,8 @@ async fn tick_loop(core: Rc<Core>) {
         }
         if ticks.is_multiple_of(DECAY_EVERY_TICKS) {
             let mut pool = core.parked.borrow_mut();
-            let (freed, any) = pool.decay();
-            if any {
+            let (freed, all) = pool.decay();
+            if all > 0 {
                 // The allocator keeps what was freed; the maintenance thread
                 // gives it back to the kernel.
                 core.shared.trim_heap.store(true, Ordering::Relaxed);
@@ -1023,15 +1023,16 @@ impl<T> Spares<T> {
         self.items.len()
     }
 
-    /// Hands those not needed since the last decay to `release`, keeping
-    /// [`SPARES_KEPT_WARM`].
-    fn decay(&mut self, release: impl FnMut(T)) {
+    /// Frees those not needed since the last decay, keeping
+    /// [`SPARES_KEPT_WARM`]; returns how many went.
+    fn decay(&mut self) -> usize {
         let unused = self
             .low
             .min(self.items.len())
             .saturating_sub(SPARES_KEPT_WARM);
-        self.items.drain(..unused).for_each(release);
+        self.items.drain(..unused);
         self.low = self.items.len();
+        unused
     }
 }
 
@@ -1068,17 +1069,14 @@ impl ParkPool {
         }
     }
 
-    /// Frees what the last second did not need. Returns how many read and
-    /// write buffers went, and whether anything did.
-    fn decay(&mut self) -> (usize, bool) {
-        let (buffers, others) = (self.buffers(), self.pipes.len() + self.preconditions.len());
-        self.rbufs.decay(drop);
-        self.wbufs.decay(drop);
-        self.pipes.decay(drop);
-        self.preconditions.decay(drop);
-        let others_freed = others - (self.pipes.len() + self.preconditions.len());
-        let freed = buffers - self.buffers();
-        (freed, freed + others_freed > 0)
+    /// Frees what the last half second did not need. Returns how many read
+    /// and write buffers went, and how many things in all.
+    fn decay(&mut self) -> (usize, usize) {
+        let buffers = self.rbufs.decay() + self.wbufs.decay();
+        (
+            buffers,
+            buffers + self.pipes.decay() + self.preconditions.decay(),
+        )
     }
 
     /// Read and write buffers held.
@@ -2563,28 +2561,26 @@ mod tests {
     #[test]
     fn spares_free_only_what_a_second_did_not_need() {
         let mut spares = Spares::default();
-        let mut freed = Vec::new();
         for i in 0..40 {
             spares.put(i);
         }
-        // The list started the second empty: nothing was unused all along.
-        spares.decay(|i| freed.push(i));
-        assert_eq!((spares.len(), freed.len()), (40, 0));
-        // A second that never took one: all but the warm ones go, oldest first.
-        spares.decay(|i| freed.push(i));
-        assert_eq!(spares.len(), SPARES_KEPT_WARM);
-        assert_eq!(freed, (0..40 - SPARES_KEPT_WARM).collect::<Vec<_>>());
+        // The list started the period empty: nothing was unused all along.
+        assert_eq!((spares.decay(), spares.len()), (0, 40));
+        // A period that never took one: all but the warm ones go, oldest first.
+        assert_eq!(spares.decay(), 40 - SPARES_KEPT_WARM);
+        assert_eq!(
+            spares.items,
+            (40 - SPARES_KEPT_WARM..40).collect::<Vec<_>>()
+        );
         // A steady load that takes and returns them frees nothing.
         for _ in 0..4 {
             spares.put(100);
             spares.put(101);
         }
-        spares.decay(|i| freed.push(i));
-        let before = freed.len();
+        assert_eq!(spares.decay(), 0);
         let taken: Vec<_> = (0..spares.len()).filter_map(|_| spares.take()).collect();
         taken.into_iter().for_each(|i| spares.put(i));
-        spares.decay(|i| freed.push(i));
-        assert_eq!(freed.len(), before, "all were taken this second");
+        assert_eq!(spares.decay(), 0, "all were taken this period");
         assert_eq!(spares.len(), SPARES_KEPT_WARM + 8);
     }
 }

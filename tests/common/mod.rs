@@ -196,6 +196,14 @@ impl Node {
         )
     }
 
+    /// A keep-alive connection to the node, reads timing out after 30 s.
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s
+    }
+
     /// Uploads with `tessera put` and returns the hash it printed.
     pub fn put_cli(&self, file: &Path) -> String {
         let out = tessera(&["put", "--node", &self.url(), file.to_str().expect("utf8")]);
@@ -265,6 +273,13 @@ pub fn try_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<(u16, String
 }
 
 /// Reads one response (Content-Length framed) from a stream.
+/// A GET over the keep-alive connection `s`, which stays open.
+pub fn get_on(s: &mut TcpStream, path: &str) -> (u16, String, Vec<u8>) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .expect("write");
+    read_response(s).expect("answer")
+}
+
 pub fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
