@@ -502,9 +502,13 @@ fn a_miss_over_h3_is_fetched_from_a_peer() {
     let mut b_args = FAST_GOSSIP.to_vec();
     b_args.extend(["--join", &join]);
     let other = Node::start(&b_args);
-    within(Duration::from_secs(15), "two members", || {
-        alive_verified(&other) == 2
-    });
+    // Both ways: the holder answers the other's signed requests only once it
+    // knows the other as a member.
+    within(
+        Duration::from_secs(15),
+        "each member known to the other",
+        || alive_verified(&other) == 2 && alive_verified(&holder) == 2,
+    );
     assert!(!other.data_dir.join("blobs").join(&hash).exists());
     let dir = tempfile::tempdir().expect("tmp");
     aioquic_get(

@@ -653,9 +653,14 @@ fn run(
                     // A newcomer has none of our record's past broadcasts:
                     // sign and spread a fresh one now.
                     next_record = Instant::now();
+                    // And publish the view before that record goes out: once
+                    // the newcomer has our record it may sign requests to us,
+                    // which we check against the published view.
+                    next_publish = now;
                 }
                 OwnedNotification::MemberDown(p) => {
                     tracing::info!(id = %p.id.short(), addr = %p.addr, "member down");
+                    next_publish = now;
                 }
                 OwnedNotification::Active => announced = true,
                 OwnedNotification::Idle => announced = false,
@@ -700,7 +705,8 @@ fn run(
             }
         }
         // Wait for a datagram, the next timer, or the next periodic job.
-        let mut wake = next_ping.min(next_record);
+        // The view lags the membership by at most PUBLISH_EVERY.
+        let mut wake = next_ping.min(next_record).min(next_publish);
         if !announced && !cfg.join.is_empty() {
             wake = wake.min(next_join);
         }
