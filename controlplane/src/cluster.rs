@@ -705,8 +705,7 @@ fn run(
             }
         }
         // Wait for a datagram, the next timer, or the next periodic job.
-        // The view lags the membership by at most PUBLISH_EVERY.
-        let mut wake = next_ping.min(next_record).min(next_publish);
+        let mut wake = next_ping.min(next_record);
         if !announced && !cfg.join.is_empty() {
             wake = wake.min(next_join);
         }
