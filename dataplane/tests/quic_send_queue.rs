@@ -1,0 +1,235 @@
+//! quiche's queue of streams with data to send, after a spurious loss.
+//!
+//! A stream whose lost data is queued again for sending, and then acknowledged
+//! after all (the "loss" was a late ACK), is left in quiche's flushable queue
+//! with nothing to send. quiche 0.30.0 then stops at that stream on every
+//! packet it builds and sends nothing for the streams behind it: with nothing
+//! in flight no ACK or timer comes to change that, and the connection stalls
+//! until its idle timeout. The node carries a patched quiche (see
+//! `vendor/quiche/PATCHED.md`); this test drives two real quiche endpoints in
+//! memory into exactly that state and checks that the stream behind still
+//! arrives. It fails on the unpatched 0.30.0.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const CLIENT: &str = "127.0.0.1:4000";
+const SERVER: &str = "127.0.0.1:4433";
+
+struct Pair {
+    client: quiche::Connection,
+    server: quiche::Connection,
+    _certs: tempfile::TempDir,
+}
+
+fn config(server: bool, certs: &std::path::Path) -> quiche::Config {
+    let mut c = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("config");
+    if server {
+        c.load_cert_chain_from_pem_file(certs.join("cert.pem").to_str().expect("utf-8 path"))
+            .expect("cert");
+        c.load_priv_key_from_pem_file(certs.join("key.pem").to_str().expect("utf-8 path"))
+            .expect("key");
+    } else {
+        c.verify_peer(false);
+    }
+    c.set_application_protos(&[b"test"]).expect("ALPN");
+    c.set_max_idle_timeout(30_000);
+    c.set_initial_max_data(1 << 24);
+    c.set_initial_max_stream_data_bidi_local(1 << 22);
+    c.set_initial_max_stream_data_bidi_remote(1 << 22);
+    c.set_initial_max_streams_bidi(16);
+    c
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+/// Every datagram `from` has to send now.
+fn drain(from: &mut quiche::Connection) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65_535];
+    loop {
+        match from.send(&mut buf) {
+            Ok((n, _)) => out.push(buf[..n].to_vec()),
+            Err(quiche::Error::Done) => return out,
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+}
+
+fn deliver(to: &mut quiche::Connection, datagrams: &[Vec<u8>], from: &str, at: &str) {
+    for d in datagrams {
+        let mut d = d.clone();
+        let info = quiche::RecvInfo {
+            from: addr(from),
+            to: addr(at),
+        };
+        to.recv(&mut d, info).expect("recv");
+    }
+}
+
+impl Pair {
+    fn established() -> Pair {
+        let certs = tempfile::tempdir().expect("tmp");
+        let made =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        std::fs::write(certs.path().join("cert.pem"), made.cert.pem()).expect("write cert");
+        std::fs::write(
+            certs.path().join("key.pem"),
+            made.signing_key.serialize_pem(),
+        )
+        .expect("write key");
+        let mut client_config = config(false, certs.path());
+        let mut server_config = config(true, certs.path());
+        let client_id = quiche::ConnectionId::from_ref(&[1; 16]);
+        let server_id = quiche::ConnectionId::from_ref(&[2; 16]);
+        let client = quiche::connect(
+            Some("localhost"),
+            &client_id,
+            addr(CLIENT),
+            addr(SERVER),
+            &mut client_config,
+        )
+        .expect("client");
+        let server = quiche::accept(
+            &server_id,
+            None,
+            addr(SERVER),
+            addr(CLIENT),
+            &mut server_config,
+        )
+        .expect("server");
+        let mut pair = Pair {
+            client,
+            server,
+            _certs: certs,
+        };
+        for _ in 0..20 {
+            pair.exchange();
+            if pair.client.is_established() && pair.server.is_established() {
+                // Settle the handshake's tail (HANDSHAKE_DONE and its ACK).
+                pair.exchange();
+                pair.exchange();
+                return pair;
+            }
+        }
+        panic!("no handshake");
+    }
+
+    /// One round: everything the client has goes to the server, then back.
+    fn exchange(&mut self) {
+        let up = drain(&mut self.client);
+        deliver(&mut self.server, &up, CLIENT, SERVER);
+        let down = drain(&mut self.server);
+        deliver(&mut self.client, &down, SERVER, CLIENT);
+    }
+
+    /// Fires the server's timers as they come due until a probe timeout has
+    /// fired (another timer may come first on a slow machine).
+    fn server_probe_timeout(&mut self) {
+        let ptos =
+            |c: &quiche::Connection| c.path_stats().map(|p| p.total_pto_count).sum::<usize>();
+        let before = ptos(&self.server);
+        for _ in 0..20 {
+            let at = self.server.timeout_instant().expect("a timer");
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            self.server.on_timeout();
+            if ptos(&self.server) > before {
+                return;
+            }
+        }
+        panic!("no probe timeout");
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        for c in [&mut self.client, &mut self.server] {
+            if c.timeout_instant().is_some_and(|t| t <= now) {
+                c.on_timeout();
+            }
+        }
+    }
+
+    /// What the client has read of `stream`, pumping packets and timers both
+    /// ways until it has `want` bytes or `deadline` passes.
+    fn read_all(&mut self, stream: u64, want: usize, deadline: Duration) -> usize {
+        let start = Instant::now();
+        let mut got = 0;
+        let mut buf = [0u8; 65_535];
+        while got < want && start.elapsed() < deadline {
+            self.exchange();
+            while let Ok((n, _)) = self.client.stream_recv(stream, &mut buf) {
+                got += n;
+            }
+            self.fire_timers();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        got
+    }
+}
+
+#[test]
+fn a_stream_behind_spuriously_lost_data_is_still_sent() {
+    let mut p = Pair::established();
+    // Two requests, on streams 0 and 4, both answered in order of stream ID
+    // (not incremental), as HTTP/3 responses are by default.
+    for id in [0, 4] {
+        p.client
+            .stream_send(id, b"request", false)
+            .expect("request");
+    }
+    p.exchange();
+    let mut scratch = [0u8; 64];
+    for id in [0, 4] {
+        assert!(p.server.stream_recv(id, &mut scratch).is_ok());
+        p.server.stream_priority(id, 3, false).expect("priority");
+    }
+
+    // Stream 0's first 6 KB goes out in several packets and all of them
+    // arrive, but the client's ACK is late.
+    let body = vec![7u8; 6_000];
+    assert_eq!(
+        p.server.stream_send(0, &body, false).expect("body"),
+        body.len()
+    );
+    let first = drain(&mut p.server);
+    assert!(first.len() >= 3, "{} packets for 6 KB", first.len());
+    deliver(&mut p.client, &first, SERVER, CLIENT);
+    let late_ack = drain(&mut p.client);
+    assert!(!late_ack.is_empty(), "the client acknowledges");
+
+    // Two probe timeouts pass. The second queues the data of the two oldest
+    // packets again, and one probe packet carries the first of them: the
+    // rest stays queued on stream 0.
+    p.server_probe_timeout();
+    let _first_probe = drain(&mut p.server);
+    p.server_probe_timeout();
+    let mut buf = [0u8; 65_535];
+    let (n, _) = p.server.send(&mut buf).expect("a probe");
+    let held = vec![buf[..n].to_vec()];
+
+    // The late ACK arrives and covers everything stream 0 had: its queued
+    // retransmission is moot and its buffer is empty.
+    deliver(&mut p.server, &late_ack, CLIENT, SERVER);
+    deliver(&mut p.client, &held, SERVER, CLIENT);
+
+    // Stream 4's response must now go out.
+    let answer = vec![9u8; 3_000];
+    assert_eq!(
+        p.server.stream_send(4, &answer, true).expect("answer"),
+        answer.len()
+    );
+    let got = p.read_all(4, answer.len(), Duration::from_secs(10));
+    assert_eq!(
+        got,
+        answer.len(),
+        "stream 4 stalled behind stream 0 in quiche's send queue"
+    );
+    let mut rest = [0u8; 6_000];
+    let mut zero = 0;
+    while let Ok((n, _)) = p.client.stream_recv(0, &mut rest) {
+        zero += n;
+    }
+    assert_eq!(zero, body.len(), "stream 0's data arrived once, whole");
+}
