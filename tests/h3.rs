@@ -362,19 +362,12 @@ fn a_connection_survives_nat_rebinding_across_cores() {
 }
 
 #[test]
-#[ignore = "quiche 0.30 limitation: packets in flight to a dead old path are never declared lost (see the note)"]
 fn a_connection_survives_an_abrupt_nat_rebinding() {
-    // The old mapping dies at once: every packet in flight to it is lost. quiche
-    // keeps those packets in the old path's recovery, where no ACK ever arrives
-    // (loss detection there needs an ACK of a later packet on the same path) and
-    // each PTO re-queues only the same two oldest packets, so the stream keeps a
-    // hole until the idle timeout. Reproduced with quiche trace logs and the
-    // client's qlog: ~100 packets sent to the old port, neither acked nor lost.
-    // Where: quiche 0.30 `recovery/congestion/recovery.rs`, `on_path_change`
-    // (called when the active path changes) runs only time-threshold loss
-    // detection, which considers packets below the largest acknowledged one;
-    // the tail sent after the last ACK on the old path stays in flight. A fix
-    // belongs there (declare an abandoned path's in-flight packets lost).
+    // The old mapping dies at once: every packet in flight to it is lost, and
+    // no ACK on that path will ever say so. quiche 0.30.0 kept those packets
+    // in the old path's recovery, their data a hole in the stream until the
+    // idle timeout; the node's quiche declares them lost when the connection
+    // moves (see vendor/quiche/PATCHED.md and dataplane/tests/quiche_patched.rs).
     download_through_rebinding_nat(Duration::ZERO);
 }
 
@@ -598,7 +591,7 @@ fn whole_blobs_arrive_over_a_path_that_loses_packets() {
     // a probe's queued retransmission, made moot by a late ACK, left a stream
     // with nothing to send at the front of quiche's send queue, and nothing
     // was sent behind it. The node's quiche carries the fix (see
-    // vendor/quiche/PATCHED.md); dataplane/tests/quic_send_queue.rs builds
+    // vendor/quiche/PATCHED.md); dataplane/tests/quiche_patched.rs builds
     // that state on purpose.
     let node = Node::start(&[]);
     let blobs: Vec<(String, Vec<u8>)> = [(3 << 20) + 17, 1 << 20, 4096, 10]

@@ -871,7 +871,49 @@ impl RecoveryOps for LegacyRecovery {
         &mut self, epoch: Epoch, now: Instant, trace_id: &str,
     ) -> (usize, usize) {
         // Time threshold loss detection.
-        self.detect_lost_packets(epoch, now, trace_id)
+        let (lost_packets, lost_bytes) =
+            self.detect_lost_packets(epoch, now, trace_id);
+
+        // PATCHED (Tessera): the path is no longer the active one, so no ACK
+        // of a later packet sent on it will come to declare the rest of its
+        // packets lost, and a dead path (a NAT mapping gone at once) would
+        // hold their data, a hole in its streams, until the idle timeout.
+        // Declare every packet still in flight on it lost now, so its frames
+        // are sent again on the new path. A packet that arrives after all is
+        // a spurious loss, which is already handled.
+        let RecoveryEpoch {
+            sent_packets,
+            lost_frames_ack,
+            in_flight_count,
+            ..
+        } = &mut self.epochs[epoch];
+        let (mut tail_packets, mut tail_bytes, mut tail_in_flight) = (0, 0, 0);
+        for p in sent_packets
+            .iter_mut()
+            .filter(|p| p.time_acked.is_none() && p.time_lost.is_none())
+        {
+            lost_frames_ack.extend(p.frames.drain(..));
+            p.time_lost = Some(now);
+
+            if p.in_flight || p.is_pmtud_probe {
+                *in_flight_count = in_flight_count.saturating_sub(1);
+                tail_in_flight += p.size;
+            }
+
+            if !p.is_pmtud_probe {
+                tail_packets += 1;
+                tail_bytes += p.size;
+            }
+        }
+        self.bytes_in_flight.saturating_subtract(tail_in_flight, now);
+        self.congestion.lost_count += tail_packets;
+        self.epochs[epoch].loss_time = None;
+
+        if self.bytes_in_flight.is_zero() {
+            self.loss_timer.clear();
+        }
+
+        (lost_packets + tail_packets, lost_bytes + tail_bytes)
     }
 
     fn loss_detection_timer(&self) -> Option<Instant> {

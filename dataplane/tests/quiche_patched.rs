@@ -1,24 +1,34 @@
-//! quiche's queue of streams with data to send, after a spurious loss.
+//! The two fixes the node's quiche carries (`vendor/quiche/PATCHED.md`), each
+//! driven on purpose with two real quiche endpoints in memory. Each test fails
+//! on the unpatched quiche 0.30.0.
 //!
-//! A stream whose lost data is queued again for sending, and then acknowledged
-//! after all (the "loss" was a late ACK), is left in quiche's flushable queue
-//! with nothing to send. quiche 0.30.0 then stops at that stream on every
-//! packet it builds and sends nothing for the streams behind it: with nothing
-//! in flight no ACK or timer comes to change that, and the connection stalls
-//! until its idle timeout. The node carries a patched quiche (see
-//! `vendor/quiche/PATCHED.md`); this test drives two real quiche endpoints in
-//! memory into exactly that state and checks that the stream behind still
-//! arrives. It fails on the unpatched 0.30.0.
+//! - **A stream with nothing to send blocks the send queue.** A stream whose
+//!   lost data is queued again for sending, and then acknowledged after all
+//!   (the "loss" was a late ACK), is left in quiche's flushable queue with
+//!   nothing to send. 0.30.0 then stops at that stream on every packet and
+//!   sends nothing for the streams behind it: with nothing in flight no ACK
+//!   or timer comes to change that, and the connection stalls until its idle
+//!   timeout.
+//! - **Packets in flight on an abandoned path are never declared lost.** When
+//!   the client's address changes at once (a NAT mapping gone), every packet
+//!   in flight to the old address is lost, but no ACK on that path will ever
+//!   say so: 0.30.0 keeps their data there, a hole in the stream, until the
+//!   idle timeout.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const CLIENT: &str = "127.0.0.1:4000";
+/// The client's address after its NAT rebinds.
+const REBOUND: &str = "127.0.0.1:4001";
 const SERVER: &str = "127.0.0.1:4433";
 
 struct Pair {
     client: quiche::Connection,
     server: quiche::Connection,
+    /// The client's address as the server sees it: what its NAT maps it to.
+    /// Datagrams the server sends elsewhere are lost.
+    seen_as: &'static str,
     _certs: tempfile::TempDir,
 }
 
@@ -45,17 +55,22 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("address")
 }
 
-/// Every datagram `from` has to send now.
-fn drain(from: &mut quiche::Connection) -> Vec<Vec<u8>> {
+/// Every datagram `from` has to send now, with where it is sent.
+fn drain_to(from: &mut quiche::Connection) -> Vec<(Vec<u8>, SocketAddr)> {
     let mut out = Vec::new();
     let mut buf = [0u8; 65_535];
     loop {
         match from.send(&mut buf) {
-            Ok((n, _)) => out.push(buf[..n].to_vec()),
+            Ok((n, info)) => out.push((buf[..n].to_vec(), info.to)),
             Err(quiche::Error::Done) => return out,
             Err(e) => panic!("send: {e}"),
         }
     }
+}
+
+/// Every datagram `from` has to send now.
+fn drain(from: &mut quiche::Connection) -> Vec<Vec<u8>> {
+    drain_to(from).into_iter().map(|(d, _)| d).collect()
 }
 
 fn deliver(to: &mut quiche::Connection, datagrams: &[Vec<u8>], from: &str, at: &str) {
@@ -103,6 +118,7 @@ impl Pair {
         let mut pair = Pair {
             client,
             server,
+            seen_as: CLIENT,
             _certs: certs,
         };
         for _ in 0..20 {
@@ -117,11 +133,16 @@ impl Pair {
         panic!("no handshake");
     }
 
-    /// One round: everything the client has goes to the server, then back.
+    /// One round: everything the client has goes to the server, then back
+    /// (what the server sends to the client's current address).
     fn exchange(&mut self) {
         let up = drain(&mut self.client);
-        deliver(&mut self.server, &up, CLIENT, SERVER);
-        let down = drain(&mut self.server);
+        deliver(&mut self.server, &up, self.seen_as, SERVER);
+        let down: Vec<Vec<u8>> = drain_to(&mut self.server)
+            .into_iter()
+            .filter(|(_, to)| *to == addr(self.seen_as))
+            .map(|(d, _)| d)
+            .collect();
         deliver(&mut self.client, &down, SERVER, CLIENT);
     }
 
@@ -232,4 +253,39 @@ fn a_stream_behind_spuriously_lost_data_is_still_sent() {
         zero += n;
     }
     assert_eq!(zero, body.len(), "stream 0's data arrived once, whole");
+}
+
+#[test]
+fn data_in_flight_to_an_address_gone_at_once_is_sent_again_on_the_new_path() {
+    let mut p = Pair::established();
+    p.client.stream_send(0, b"request", false).expect("request");
+    p.exchange();
+    let mut scratch = [0u8; 64];
+    assert!(p.server.stream_recv(0, &mut scratch).is_ok());
+
+    // The response's first 8 KB goes out to the client's old address, and
+    // none of it arrives: the NAT mapping is gone.
+    let body = vec![5u8; 8_000];
+    assert_eq!(
+        p.server.stream_send(0, &body, false).expect("body"),
+        body.len()
+    );
+    let lost = drain(&mut p.server);
+    assert!(lost.len() >= 5, "{} packets for 8 KB", lost.len());
+
+    // The client's next packet reaches the server from a new address; the
+    // server validates it and moves the connection there.
+    p.seen_as = REBOUND;
+    p.client.send_ack_eliciting().expect("ping");
+    let got = p.read_all(0, body.len(), Duration::from_secs(10));
+    assert_eq!(
+        got,
+        body.len(),
+        "the data sent to the old address was never sent again"
+    );
+    let moved = p
+        .server
+        .path_stats()
+        .any(|s| s.active && s.peer_addr == addr(REBOUND));
+    assert!(moved, "the server did not move to the new address");
 }
