@@ -694,11 +694,29 @@ fn getrandom(out: &mut [u8]) {
     rand::rng().fill_bytes(out);
 }
 
+/// How long a stopping core waits for its connections' CONNECTION_CLOSE
+/// frames to go out.
+const STOP_CLOSE_WAIT: Duration = Duration::from_millis(500);
+
 /// The core's HTTP/3 loop: packets in, timers, commits, packets out.
 pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
+    let mut stop_by: Option<Instant> = None;
     loop {
-        if core.stopping.get() && ep.conns.is_empty() {
-            return;
+        // Stopping: done once every connection has sent its CONNECTION_CLOSE
+        // (quiche then only drains, for 3 PTOs, to answer late packets with
+        // another close; a process that exits need not wait for that), or
+        // after STOP_CLOSE_WAIT: a close that has not gone out by then waits
+        // for a probe timer to a peer that does not acknowledge (quiche holds
+        // it behind a full congestion window), possibly for seconds.
+        if core.stopping.get() {
+            let by = *stop_by.get_or_insert_with(|| Instant::now() + STOP_CLOSE_WAIT);
+            let closed = ep
+                .conns
+                .iter()
+                .all(|(_, c)| c.quic.is_closed() || c.quic.is_draining());
+            if closed || Instant::now() >= by {
+                return;
+            }
         }
         // The earliest deadline (none past 100 ms, so `stopping` is seen), or
         // none at all while connections are left active by a failed send.
