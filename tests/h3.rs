@@ -340,9 +340,10 @@ fn a_connection_survives_nat_rebinding_across_cores() {
     // node's patched quiche (vendor/quiche/PATCHED.md: packets left on the
     // old path are declared lost) it passed 82 runs in 82 in loops; then, in
     // 29 more, one failed after 183 s and one passed after 177 s, where a run
-    // takes 3-6 s (none of the 15 with debug logging was slow). Not traced. Next step: the node's debug log and
-    // the per-attempt times of a slow run (each attempt is a 16 MiB download;
-    // the loop ends once a datagram was steered to another core).
+    // takes 3-6 s (none of the 15 with debug logging was slow). Not traced.
+    // Next step: the node's debug log and the per-attempt times of a slow
+    // run (each attempt is a 16 MiB download; the loop ends once a datagram
+    // was steered to another core).
     download_through_rebinding_nat(Duration::from_millis(200));
 }
 
