@@ -561,12 +561,14 @@ impl LossyRelay {
                         *client.lock().expect("lock") = Some(from);
                     }
                     seen += 1;
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
                     let drop = match loss {
                         Loss::EveryNth(nth) => seen % nth == 0,
-                        Loss::Random { permille, .. } => x % 1000 < permille,
+                        Loss::Random { permille, .. } => {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x % 1000 < permille
+                        }
                     };
                     if drop {
                         dropped.fetch_add(1, Ordering::Relaxed);

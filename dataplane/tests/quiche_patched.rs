@@ -55,6 +55,12 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("address")
 }
 
+/// Queues all of `data` on `stream` (the stream has room for it).
+fn send_whole(conn: &mut quiche::Connection, stream: u64, data: &[u8], fin: bool) {
+    let sent = conn.stream_send(stream, data, fin).expect("stream_send");
+    assert_eq!(sent, data.len(), "stream {stream} took only part");
+}
+
 /// Every datagram `from` has to send now, with where it is sent.
 fn drain_to(from: &mut quiche::Connection) -> Vec<(Vec<u8>, SocketAddr)> {
     let mut out = Vec::new();
@@ -196,9 +202,7 @@ fn a_stream_behind_spuriously_lost_data_is_still_sent() {
     // Two requests, on streams 0 and 4, both answered in order of stream ID
     // (not incremental), as HTTP/3 responses are by default.
     for id in [0, 4] {
-        p.client
-            .stream_send(id, b"request", false)
-            .expect("request");
+        send_whole(&mut p.client, id, b"request", false);
     }
     p.exchange();
     let mut scratch = [0u8; 64];
@@ -210,10 +214,7 @@ fn a_stream_behind_spuriously_lost_data_is_still_sent() {
     // Stream 0's first 6 KB goes out in several packets and all of them
     // arrive, but the client's ACK is late.
     let body = vec![7u8; 6_000];
-    assert_eq!(
-        p.server.stream_send(0, &body, false).expect("body"),
-        body.len()
-    );
+    send_whole(&mut p.server, 0, &body, false);
     let first = drain(&mut p.server);
     assert!(first.len() >= 3, "{} packets for 6 KB", first.len());
     deliver(&mut p.client, &first, SERVER, CLIENT);
@@ -237,10 +238,7 @@ fn a_stream_behind_spuriously_lost_data_is_still_sent() {
 
     // Stream 4's response must now go out.
     let answer = vec![9u8; 3_000];
-    assert_eq!(
-        p.server.stream_send(4, &answer, true).expect("answer"),
-        answer.len()
-    );
+    send_whole(&mut p.server, 4, &answer, true);
     let got = p.read_all(4, answer.len(), Duration::from_secs(10));
     assert_eq!(
         got,
@@ -258,7 +256,7 @@ fn a_stream_behind_spuriously_lost_data_is_still_sent() {
 #[test]
 fn data_in_flight_to_an_address_gone_at_once_is_sent_again_on_the_new_path() {
     let mut p = Pair::established();
-    p.client.stream_send(0, b"request", false).expect("request");
+    send_whole(&mut p.client, 0, b"request", false);
     p.exchange();
     let mut scratch = [0u8; 64];
     assert!(p.server.stream_recv(0, &mut scratch).is_ok());
@@ -266,10 +264,7 @@ fn data_in_flight_to_an_address_gone_at_once_is_sent_again_on_the_new_path() {
     // The response's first 8 KB goes out to the client's old address, and
     // none of it arrives: the NAT mapping is gone.
     let body = vec![5u8; 8_000];
-    assert_eq!(
-        p.server.stream_send(0, &body, false).expect("body"),
-        body.len()
-    );
+    send_whole(&mut p.server, 0, &body, false);
     let lost = drain(&mut p.server);
     assert!(lost.len() >= 5, "{} packets for 8 KB", lost.len());
 
