@@ -352,11 +352,142 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
 /// A node on one core with `park_idle_above_connections = count` (the config
 /// file lives in the returned folder).
 fn one_core_node_parking_above(count: usize) -> (Node, tempfile::TempDir) {
+    one_core_node_with(&format!("park_idle_above_connections = {count}\n"))
+}
+
+/// A node on one core with the configuration file `toml` (kept in the
+/// returned folder).
+fn one_core_node_with(toml: &str) -> (Node, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("node.toml");
-    std::fs::write(&config, format!("park_idle_above_connections = {count}\n")).expect("config");
+    std::fs::write(&config, toml).expect("config");
     let node = Node::start(&["--cores", "1", "--config", config.to_str().expect("utf-8")]);
     (node, dir)
+}
+
+/// Above `kernel_idle_above_connections` an idle connection has no task, only
+/// its socket in the core's epoll set. Such connections answer each next
+/// request, a new one waits there for its first bytes, one the client closes
+/// is let go, and they are all closed when the node stops.
+#[test]
+fn idle_connections_above_the_kernel_count_wait_without_a_task() {
+    let (node, _dir) =
+        one_core_node_with("park_idle_above_connections = 0\nkernel_idle_above_connections = 4\n");
+    let hash = node.put_bytes(b"held in the kernel");
+    let path = format!("/blobs/{hash}");
+    let mut conns: Vec<TcpStream> = (0..24)
+        .map(|_| {
+            let mut s = node.connect();
+            assert_eq!(get_on(&mut s, "/healthz").0, 200);
+            s
+        })
+        .collect();
+    // The first four parked with a task (the core had at most four); the
+    // other twenty waited for their first bytes in the kernel, and went back
+    // there after their answer.
+    within(
+        Duration::from_secs(30),
+        "20 idle connections in the kernel",
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            node.metric("tessera_idle_connections_in_kernel") >= 20
+        },
+    );
+    assert_eq!(node.metric("tessera_idle_connections_with_buffers"), 0);
+    // Each answers again, three times over (its entry re-armed each time),
+    // interleaved so that the connections wake in any order.
+    for round in 0..3 {
+        for (i, s) in conns.iter_mut().enumerate() {
+            let (status, _, body) = get_on(s, &path);
+            assert_eq!(status, 200, "connection {i}, round {round}");
+            assert_eq!(body, b"held in the kernel");
+        }
+    }
+    // Pipelined requests on a held connection: both answered, in order.
+    let s = &mut conns[10];
+    s.write_all(
+        format!("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("write");
+    let (first, _, body) = read_response(s).expect("first");
+    assert_eq!((first, body.as_slice()), (200, b"ok\n".as_slice()));
+    let (second, _, body) = read_response(s).expect("second");
+    assert_eq!(
+        (second, body.as_slice()),
+        (200, b"held in the kernel".as_slice())
+    );
+    // A new connection that waits before it asks.
+    let mut late = node.connect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get_on(&mut late, &path).0, 200);
+    // Ten clients go away: their sockets are let go (the node counts them out).
+    let open_before = node.metric("tessera_connections_open");
+    conns.truncate(14);
+    within(
+        Duration::from_secs(30),
+        "ten closed connections let go",
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            node.metric("tessera_connections_open") + 10 <= open_before
+        },
+    );
+    for s in conns.iter_mut() {
+        assert_eq!(get_on(s, "/healthz").0, 200);
+    }
+    // SIGTERM: every held connection is closed, and the node exits.
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(node.pid(), libc::SIGTERM) };
+    for (i, s) in conns.iter_mut().enumerate() {
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("connection {i} not closed at stop: {other:?}"),
+        }
+    }
+    let mut node = node;
+    let status = node.child.take().expect("child").wait().expect("wait");
+    assert!(status.success(), "exit: {status}");
+}
+
+/// Connections held in the kernel are closed after the idle timeout, each
+/// counted as a timeout, and the node counts them out.
+#[test]
+fn idle_connections_in_the_kernel_are_closed_after_the_idle_timeout() {
+    let (node, _dir) = one_core_node_with(
+        "park_idle_above_connections = 0\nkernel_idle_above_connections = 0\nidle_timeout_ms = 500\n",
+    );
+    let conns: Vec<TcpStream> = (0..8)
+        .map(|i| {
+            let mut s = node.connect();
+            // Half of them silent, half after a request.
+            if i % 2 == 0 {
+                assert_eq!(get_on(&mut s, "/healthz").0, 200);
+            }
+            s
+        })
+        .collect();
+    for (i, mut s) in conns.into_iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("connection {i} not closed within 60 s: {other:?}"),
+        }
+    }
+    assert!(node.metric("tessera_timeouts_total") >= 8);
+    within(
+        Duration::from_secs(30),
+        "the closed connections counted out",
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            // The probe itself is the one open connection.
+            node.metric("tessera_connections_open") <= 1
+        },
+    );
 }
 
 /// Below `park_idle_above_connections` an idle connection keeps its buffers

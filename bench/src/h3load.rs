@@ -386,6 +386,12 @@ fn worker(
             }
         }
     }
+    // Done: close each connection, as a browser does when it leaves, so the
+    // server is not left holding answers to a client that has gone.
+    for c in clients.iter_mut().flatten() {
+        let _ = c.conn.close(true, 0x100, b"done"); // H3_NO_ERROR
+        flush(c, &mut out);
+    }
     Ok(report)
 }
 

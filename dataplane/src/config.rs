@@ -58,6 +58,13 @@ pub struct NodeConfig {
     /// bytes arrive. Below it, each connection keeps its buffers (one less
     /// submission per request). 0: always release them.
     pub park_idle_above_connections: usize,
+    /// Above this many open connections on a core, an idle keep-alive
+    /// connection that holds no buffers (see above) gives up its task as well:
+    /// the core keeps only its socket, in an epoll set that the kernel wakes
+    /// when bytes arrive, and starts a task for it then (one allocation per
+    /// wake, which is why a few connections do not do it). New connections
+    /// wait there for their first bytes too. 0: always.
+    pub kernel_idle_above_connections: usize,
     /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout_ms: u64,
     /// A request head (or an upload) that stalls for this long is cut off (slowloris).
@@ -182,6 +189,7 @@ impl Default for NodeConfig {
             max_headers: 64,
             max_connections_per_core: 16_384,
             park_idle_above_connections: 256,
+            kernel_idle_above_connections: 1024,
             idle_timeout_ms: 60_000,
             header_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,

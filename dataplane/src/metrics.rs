@@ -51,6 +51,9 @@ pub struct CoreStats {
     /// Idle keep-alive connections that kept their buffers (below the
     /// parking count), as of the core's last tick.
     pub idle_with_buffers: AtomicU64,
+    /// Idle keep-alive connections with no task, only their socket in the
+    /// core's epoll set, as of the core's last tick.
+    pub idle_in_kernel: AtomicU64,
     /// Read and write buffers the core holds for the next connections, as of
     /// its last decay (every half second).
     pub spare_buffers: AtomicU64,
@@ -91,6 +94,7 @@ impl Default for CoreStats {
             copied_bytes: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             idle_with_buffers: AtomicU64::new(0),
+            idle_in_kernel: AtomicU64::new(0),
             spare_buffers: AtomicU64::new(0),
             spare_buffers_freed: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
@@ -176,7 +180,7 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 25] = [
+        let counters: [(&str, &str, u64); 26] = [
             (
                 "tessera_h3_connections_total",
                 "QUIC connections accepted.",
@@ -291,6 +295,11 @@ impl Metrics {
                 "tessera_idle_connections_with_buffers",
                 "Idle keep-alive connections holding their buffers (at most park_idle_above_connections per core; the rest hold none).",
                 self.sum(|c| &c.idle_with_buffers),
+            ),
+            (
+                "tessera_idle_connections_in_kernel",
+                "Idle keep-alive connections with no task: only their socket, in the core's epoll set (above kernel_idle_above_connections per core).",
+                self.sum(|c| &c.idle_in_kernel),
             ),
             (
                 "tessera_spare_connection_buffers",

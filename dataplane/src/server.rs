@@ -18,7 +18,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -407,6 +407,16 @@ fn core_main(
             }
             None => None,
         };
+        let held = match Held::new() {
+            Ok(h) => h,
+            Err(source) => {
+                let _ = ready.send(Err(ServerError::Runtime {
+                    core: index,
+                    source,
+                }));
+                return;
+            }
+        };
         let _ = ready.send(Ok(()));
         let core = Rc::new(Core {
             index,
@@ -425,6 +435,8 @@ fn core_main(
                 shared.config.park_idle_above_connections + REQUEST_SLOTS_ABOVE_PARKING,
             ),
             idle: RefCell::new(IdleList::default()),
+            held: RefCell::new(held),
+            epoch: Instant::now(),
             keepers: RefCell::new(Canceller::new()),
             keepers_waiting: Cell::new(0),
             verify_scratch: RefCell::new(Vec::new()),
@@ -432,6 +444,7 @@ fn core_main(
             h3_open: Cell::new(false),
         });
         let ticker = monoio::spawn(tick_loop(core.clone()));
+        let waker = monoio::spawn(held_loop(core.clone()));
         let quic = endpoint.map(|ep| {
             core.h3_open.set(true);
             let core = core.clone();
@@ -445,7 +458,12 @@ fn core_main(
         // Drain: requests in flight get the grace period; idle connections are
         // closed when the runtime drops their tasks.
         let deadline = Instant::now() + Duration::from_millis(shared.config.shutdown_grace_ms);
-        while (core.in_flight.get() > 0 || core.h3_open.get()) && Instant::now() < deadline {
+        // HTTP/3 drains on its own clock, started at most a tick apart from
+        // this one, and then sends its closes.
+        let h3_deadline = deadline + TICK + 2 * h3::STOP_CLOSE_WAIT;
+        while (core.in_flight.get() > 0 && Instant::now() < deadline)
+            || (core.h3_open.get() && Instant::now() < h3_deadline)
+        {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
         if core.in_flight.get() > 0 {
@@ -458,6 +476,7 @@ fn core_main(
         core.stats().publish(&core.histogram.borrow());
         flush_touches(&core);
         drop(ticker);
+        drop(waker);
         drop(quic);
     });
 }
@@ -483,6 +502,10 @@ struct Core {
     slots: slot::Slots,
     /// Idle keep-alive connections, for their idle timeout.
     idle: RefCell<IdleList>,
+    /// Idle keep-alive connections without a task, in the kernel's epoll set.
+    held: RefCell<Held>,
+    /// What `Held`'s deadlines count milliseconds from.
+    epoch: Instant,
     /// Cancels the idle reads of the connections that kept their buffers
     /// (the core had at most `park_idle_above_connections` when they went
     /// idle), so that they park once it has more.
@@ -500,6 +523,11 @@ struct Core {
 impl Core {
     fn stats(&self) -> &CoreStats {
         &self.shared.metrics.cores[self.index]
+    }
+
+    /// Milliseconds since the core started (the clock of `Held`'s deadlines).
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Opens a blob's bytes through the core's open-file cache.
@@ -636,6 +664,16 @@ async fn tick_loop(core: Rc<Core>) {
         core.idle
             .borrow_mut()
             .expire(Instant::now(), stopping, timeouts);
+        let closed = core
+            .held
+            .borrow_mut()
+            .expire(core.now_ms(), stopping, timeouts);
+        if stopping {
+            core.held.borrow().stop.signal();
+        }
+        for _ in 0..closed {
+            live_leave(&core);
+        }
         if core.keepers_waiting.get() > 0
             && core.live.get() > core.shared.config.park_idle_above_connections
         {
@@ -648,6 +686,9 @@ async fn tick_loop(core: Rc<Core>) {
         core.stats()
             .idle_with_buffers
             .store(core.keepers_waiting.get() as u64, Ordering::Relaxed);
+        core.stats()
+            .idle_in_kernel
+            .store(core.held.borrow().count as u64, Ordering::Relaxed);
         if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             core.stats().publish(&core.histogram.borrow());
             flush_touches(&core);
@@ -685,7 +726,14 @@ async fn accept_loop(core: &Rc<Core>, listener: &TcpListener) {
                     continue;
                 }
                 bump(&core.stats().connections_total, 1);
-                monoio::spawn(serve_connection(core.clone(), stream));
+                let _ = stream.set_nodelay(true);
+                live_enter(core);
+                if core.live.get() > core.shared.config.kernel_idle_above_connections {
+                    // It waits for its first bytes in the kernel, with no task.
+                    Held::hold(core, stream, false);
+                } else {
+                    monoio::spawn(serve_connection(core.clone(), stream, false));
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -702,24 +750,34 @@ async fn wait_stopping(core: &Core) {
     }
 }
 
-/// Counts a connection for the connection limit while it lives.
+/// Counts a connection for the connection limit: from its accept until it
+/// closes, whether a task or the core's [`Held`] set has it.
+fn live_enter(core: &Core) {
+    core.live.set(core.live.get() + 1);
+    bump(&core.stats().connections_open, 1);
+}
+
+fn live_leave(core: &Core) {
+    core.live.set(core.live.get() - 1);
+    core.stats()
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A connection's task's share of [`live_enter`]: left when the task ends,
+/// unless the connection went to the [`Held`] set, which then leaves it.
 struct LiveGuard<'a>(&'a Core);
 
-impl<'a> LiveGuard<'a> {
-    fn new(core: &'a Core) -> Self {
-        core.live.set(core.live.get() + 1);
-        bump(&core.stats().connections_open, 1);
-        Self(core)
+impl LiveGuard<'_> {
+    /// The connection lives on without its task (in the [`Held`] set).
+    fn hand_over(self) {
+        std::mem::forget(self);
     }
 }
 
 impl Drop for LiveGuard<'_> {
     fn drop(&mut self) {
-        self.0.live.set(self.0.live.get() - 1);
-        self.0
-            .stats()
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+        live_leave(self.0);
     }
 }
 
@@ -752,6 +810,11 @@ struct Conn {
     /// here, reused for every request, rather than copied with each request.
     /// Parked with the buffers (it is 1 KiB); always present while a request is read.
     preconditions: Option<Box<Preconditions>>,
+    /// The core's epoll set has an entry for the socket (it was held there
+    /// before), disarmed: holding it again re-arms that entry.
+    registered: bool,
+    /// The task was started because the socket is readable: read at once.
+    woken: bool,
 }
 
 /// What the handler needs from a parsed head, copied out of the read buffer so the
@@ -793,25 +856,42 @@ enum Next {
 /// fn` would keep its arguments beside the locals they move into (three
 /// copies of the socket), and a parked connection is little besides this
 /// task, so its size is the memory an idle connection costs.
-fn serve_connection(core: Rc<Core>, stream: TcpStream) -> impl std::future::Future<Output = ()> {
-    let _ = stream.set_nodelay(true);
+///
+/// The connection is already counted ([`live_enter`]) and has `TCP_NODELAY`.
+/// `woken`: it comes from the core's [`Held`] set, readable.
+fn serve_connection(
+    core: Rc<Core>,
+    stream: TcpStream,
+    woken: bool,
+) -> impl std::future::Future<Output = ()> {
     let mut conn = Conn {
         stream,
         rbuf: Vec::new(),
         wbuf: Vec::new(),
         pipe: None,
         preconditions: None,
+        registered: woken,
+        woken,
     };
     async move {
-        let _live = LiveGuard::new(&core);
+        let live = LiveGuard(&core);
         // A new connection waits for its first bytes parked, like any idle one.
         let mut park = true;
         loop {
             if core.stopping.get() && conn.rbuf.is_empty() {
                 break;
             }
-            if conn.rbuf.is_empty() && !next_request(&core, &mut conn, park).await {
-                break;
+            if conn.rbuf.is_empty() {
+                match next_request(&core, &mut conn, park).await {
+                    Idle::Bytes => {}
+                    Idle::Ended => break,
+                    Idle::Hold => {
+                        ParkPool::park(&core, &mut conn);
+                        live.hand_over();
+                        Held::hold(&core, conn.stream, conn.registered);
+                        return;
+                    }
+                }
             }
             // One request, head to answer, in pooled memory: its state (the head's
             // fields, every route's locals) is what would make the task large.
@@ -830,8 +910,18 @@ fn serve_connection(core: Rc<Core>, stream: TcpStream) -> impl std::future::Futu
     }
 }
 
-/// Waits for an idle connection's next request: `true` once its first bytes
-/// are in the read buffer, `false` if the connection ended or idled out.
+/// How an idle connection's wait ended.
+enum Idle {
+    /// Its next request's first bytes are in the read buffer.
+    Bytes,
+    /// It ended, or idled out.
+    Ended,
+    /// The core holds more than `kernel_idle_above_connections`: the
+    /// connection is to wait in the [`Held`] set, without its task.
+    Hold,
+}
+
+/// Waits for an idle connection's next request.
 ///
 /// No timer of its own (a monoio timer entry is 640 bytes, and arming one per
 /// request costs): the connection is in the core's idle list, whose tick shuts
@@ -844,7 +934,16 @@ fn serve_connection(core: Rc<Core>, stream: TcpStream) -> impl std::future::Futu
 /// Both reads run in pooled request memory (`core.slots`): the keeping read's
 /// state is 224 bytes and the connection's task is as large as its largest
 /// wait, so inline it would cost every parked connection as much.
-async fn next_request(core: &Core, conn: &mut Conn, mut park: bool) -> bool {
+async fn next_request(core: &Core, conn: &mut Conn, mut park: bool) -> Idle {
+    let got = |bytes| if bytes { Idle::Bytes } else { Idle::Ended };
+    if std::mem::take(&mut conn.woken) {
+        ParkPool::unpark(core, conn);
+        return got(core.slots.run(read_ready(conn)).await);
+    }
+    let hold = |park| park && core.live.get() > core.shared.config.kernel_idle_above_connections;
+    if hold(park) {
+        return Idle::Hold;
+    }
     let waiting = IdleWait::new(
         core,
         conn.stream.as_raw_fd(),
@@ -854,13 +953,14 @@ async fn next_request(core: &Core, conn: &mut Conn, mut park: bool) -> bool {
         if park {
             ParkPool::park(core, conn);
             if conn.stream.readable(false).await.is_err() || waiting.shut_down() {
-                return false;
+                return Idle::Ended;
             }
             ParkPool::unpark(core, conn);
-            return core.slots.run(read_ready(conn)).await;
+            return got(core.slots.run(read_ready(conn)).await);
         }
         match core.slots.run(keep_reading(core, conn)).await {
-            Some(got) => return got,
+            Some(bytes) => return got(bytes),
+            None if hold(true) => return Idle::Hold,
             None => park = true,
         }
     }
@@ -983,6 +1083,178 @@ impl Drop for IdleWait<'_> {
         let mut list = self.core.idle.borrow_mut();
         list.entries[self.index] = None;
         list.free.push(self.index);
+    }
+}
+
+/// Idle keep-alive connections a core holds no task for (it has more than
+/// `kernel_idle_above_connections` open): each is its socket, registered in
+/// the core's epoll set (the kernel keeps that entry), and a 16-byte slot here
+/// with the time it idles out. [`held_loop`] starts a task for each one the
+/// kernel finds readable; the tick closes those past their idle timeout, and
+/// all of them when the node stops.
+struct Held {
+    epoll: sys::Epoll,
+    /// In the set as [`HELD_STOP`]: the tick signals it when the node stops,
+    /// and [`held_loop`] returns (its poll must not outlive the core: a
+    /// request left in the ring keeps the core's sockets, the listener too,
+    /// open after the process exits, until the kernel tears the ring down).
+    stop: sys::EventFd,
+    slots: Vec<HeldSlot>,
+    free: Vec<u32>,
+    /// Connections held now.
+    count: usize,
+}
+
+#[derive(Clone, Copy)]
+struct HeldSlot {
+    /// The socket, which the set owns; -1: the slot is free.
+    fd: RawFd,
+    /// When it idles out, in milliseconds from `Core::epoch`.
+    deadline_ms: u64,
+}
+
+impl Held {
+    fn new() -> io::Result<Held> {
+        let epoll = sys::Epoll::new()?;
+        let stop = sys::EventFd::new()?;
+        epoll.watch_always(stop.fd(), HELD_STOP)?;
+        Ok(Held {
+            epoll,
+            stop,
+            slots: Vec::new(),
+            free: Vec::new(),
+            count: 0,
+        })
+    }
+
+    /// Takes `stream`'s connection (counted by [`live_enter`]) into the set.
+    /// `registered`: the epoll set still has the socket's disarmed entry.
+    fn hold(core: &Core, stream: TcpStream, registered: bool) {
+        let fd = stream.into_raw_fd();
+        let deadline_ms = core.now_ms() + core.shared.config.idle_timeout_ms;
+        let mut held = core.held.borrow_mut();
+        let slot = match held.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                held.slots.push(HeldSlot {
+                    fd: -1,
+                    deadline_ms: 0,
+                });
+                held.slots.len() - 1
+            }
+        };
+        if let Err(e) = held.epoll.watch(fd, slot as u64, registered) {
+            // The kernel's limit on watched descriptors (`max_user_watches`)
+            // or its memory: an idle connection may be closed at any time.
+            held.free.push(slot as u32);
+            drop(held);
+            tracing::warn!(core = core.index, "closing an idle connection: epoll: {e}");
+            sys::close(fd);
+            live_leave(core);
+            return;
+        }
+        held.slots[slot] = HeldSlot { fd, deadline_ms };
+        held.count += 1;
+    }
+
+    /// The socket in `slot`, out of the set (still counted as live), if the
+    /// slot holds one.
+    fn take(&mut self, slot: usize) -> Option<RawFd> {
+        let entry = self.slots.get_mut(slot)?;
+        if entry.fd < 0 {
+            return None;
+        }
+        let fd = std::mem::replace(&mut entry.fd, -1);
+        self.free.push(slot as u32);
+        self.count -= 1;
+        Some(fd)
+    }
+
+    /// Closes the connections whose time has passed (all, when `all`),
+    /// counting each in `timeouts` (when given) before it is closed. Returns
+    /// how many it closed, for the caller to [`live_leave`].
+    fn expire(&mut self, now_ms: u64, all: bool, timeouts: Option<&AtomicU64>) -> usize {
+        if self.count == 0 {
+            return 0;
+        }
+        let mut closed = 0;
+        for (i, entry) in self.slots.iter_mut().enumerate() {
+            if entry.fd >= 0 && (all || entry.deadline_ms <= now_ms) {
+                if let Some(t) = timeouts {
+                    bump(t, 1);
+                }
+                sys::close(std::mem::replace(&mut entry.fd, -1));
+                self.free.push(i as u32);
+                closed += 1;
+            }
+        }
+        self.count -= closed;
+        closed
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for entry in &self.slots {
+            if entry.fd >= 0 {
+                sys::close(entry.fd);
+            }
+        }
+    }
+}
+
+/// Readable connections taken out of a core's [`Held`] set per look at it.
+const HELD_EVENTS_PER_WAKE: usize = 64;
+/// The event of [`Held::stop`] (no connection's slot).
+const HELD_STOP: u64 = u64::MAX;
+
+/// Starts a task for each connection of the core's [`Held`] set that the
+/// kernel reports readable (bytes, or the end: the task's read finds which).
+async fn held_loop(core: Rc<Core>) {
+    // monoio has no type for a bare pollable descriptor. Its `UnixStream`
+    // serves: `readable` only submits an io_uring poll on the descriptor, and
+    // dropping it closes the descriptor, which is all a second handle on the
+    // epoll set needs (it is used for nothing else).
+    let ready = match core.held.borrow().epoll.duplicate() {
+        Ok(fd) => monoio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)),
+        Err(e) => Err(e),
+    };
+    let ready = match ready {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(core = core.index, "idle connections cannot be woken: {e}");
+            return;
+        }
+    };
+    let mut events = [sys::EpollEvent { events: 0, u64: 0 }; HELD_EVENTS_PER_WAKE];
+    loop {
+        if ready.readable(false).await.is_err() {
+            return;
+        }
+        loop {
+            let n = core.held.borrow().epoll.ready(&mut events);
+            for event in &events[..n] {
+                if { event.u64 } == HELD_STOP {
+                    return;
+                }
+                let slot = { event.u64 } as usize;
+                let Some(fd) = core.held.borrow_mut().take(slot) else {
+                    continue;
+                };
+                // SAFETY: the set owned `fd`, an open TCP socket, and has let
+                // go of it: the stream owns it now.
+                let socket = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+                match TcpStream::from_std(socket) {
+                    Ok(stream) => {
+                        monoio::spawn(serve_connection(core.clone(), stream, true));
+                    }
+                    Err(_) => live_leave(&core),
+                }
+            }
+            if n < events.len() {
+                break;
+            }
+        }
     }
 }
 

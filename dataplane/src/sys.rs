@@ -200,6 +200,97 @@ pub fn shutdown(socket: RawFd) {
     unsafe { libc::shutdown(socket, libc::SHUT_RDWR) };
 }
 
+/// An epoll set: where a core keeps the idle keep-alive connections it holds
+/// no task for (see `server::Held`). The kernel keeps each socket's entry, so
+/// such a connection costs user space only its slot in the core's table.
+pub struct Epoll(OwnedFd);
+
+/// An epoll event as the kernel writes it (`data` is the slot the connection
+/// was registered with).
+pub type EpollEvent = libc::epoll_event;
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes only flags and returns a new descriptor.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// A second descriptor for the same set (to poll it for readiness).
+    pub fn duplicate(&self) -> io::Result<OwnedFd> {
+        self.0.try_clone()
+    }
+
+    /// Waits for `socket` to be readable (or hung up), once: the entry is
+    /// disarmed when it fires and armed again by the next `watch` with
+    /// `registered` true. `data` comes back in the event.
+    pub fn watch(&self, socket: RawFd, data: u64, registered: bool) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+            u64: data,
+        };
+        let op = if registered {
+            libc::EPOLL_CTL_MOD
+        } else {
+            libc::EPOLL_CTL_ADD
+        };
+        // SAFETY: `ev` is a valid event for the call's duration; a bad
+        // descriptor is an error, not undefined behaviour.
+        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, socket, &mut ev) }).map(|_| ())
+    }
+
+    /// Adds `fd` for as long as it is open, reported whenever it is readable.
+    pub fn watch_always(&self, fd: RawFd, data: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: data,
+        };
+        // SAFETY: as in `watch`.
+        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })
+            .map(|_| ())
+    }
+
+    /// The events ready now, without waiting, into `events`; how many.
+    pub fn ready(&self, events: &mut [EpollEvent]) -> usize {
+        let max = events.len().min(i32::MAX as usize) as i32;
+        // SAFETY: `events` is writable for `max` entries; timeout 0 never blocks.
+        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), max, 0) };
+        n.max(0) as usize
+    }
+}
+
+/// An eventfd: a counter another party can make readable (`signal`).
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes an initial value and flags, and returns a new descriptor.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Makes it readable (until read, which nothing here does).
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64; failure (the counter
+        // full) leaves it readable anyway.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Closes a descriptor the caller owns and drops (an idle connection held in
+/// an epoll set). Closing it also takes it out of the set.
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and never uses it again.
+    unsafe { libc::close(fd) };
+}
+
 /// Raises the soft open-file limit to the hard limit: every connection costs a
 /// socket and, while it streams a blob, a file and a pipe (three descriptors).
 pub fn raise_fd_limit() -> io::Result<u64> {

@@ -504,6 +504,12 @@ struct QuicConn {
     armed: Option<Instant>,
     /// In the endpoint's list of connections to service this wake-up.
     active: bool,
+    /// The lowest request stream ID above every request seen: what a GOAWAY
+    /// names when the node stops (requests below it are answered).
+    next_request: u64,
+    /// The node stops: the GOAWAY's stream ID sent, and the request streams
+    /// below it whose answers were not yet acknowledged then.
+    drain: Option<(u64, Vec<u64>)>,
 }
 
 /// An upload commit finished on a store-I/O thread.
@@ -696,25 +702,72 @@ fn getrandom(out: &mut [u8]) {
 
 /// How long a stopping core waits for its connections' CONNECTION_CLOSE
 /// frames to go out.
-const STOP_CLOSE_WAIT: Duration = Duration::from_millis(500);
+pub(super) const STOP_CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// A stopping core closes a connection whose peer has sent nothing for this
+/// long, answers unfinished or not: it is not there to read them.
+const DRAIN_SILENT_PEER: Duration = Duration::from_secs(2);
+/// How often a stopping core looks for connections it can close.
+const DRAIN_SWEEP: Duration = Duration::from_millis(10);
+
+/// A stopping core's HTTP/3 drain.
+struct Stop {
+    /// In-flight requests may finish until then (`shutdown_grace_ms`).
+    grace_by: Instant,
+    /// Every connection has been told to close; the loop ends then.
+    close_by: Option<Instant>,
+    swept: Option<Instant>,
+    /// Each connection's received-packet count when last seen to change.
+    heard: HashMap<usize, (usize, Instant)>,
+}
 
 /// The core's HTTP/3 loop: packets in, timers, commits, packets out.
+///
+/// When the node stops, each connection gets a GOAWAY naming the first request
+/// it will not answer; later requests are refused (`H3_REQUEST_REJECTED`, safe
+/// for the client to retry elsewhere), earlier ones finish, and a connection
+/// is closed (`H3_NO_ERROR`) once its answers are all acknowledged, its peer
+/// has gone silent for `DRAIN_SILENT_PEER`, or the grace period is over. New
+/// connections are not accepted meanwhile.
 pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
-    let mut stop_by: Option<Instant> = None;
+    let mut stop: Option<Stop> = None;
     loop {
         // Stopping: done once every connection has sent its CONNECTION_CLOSE
         // (quiche then only drains, for 3 PTOs, to answer late packets with
         // another close; a process that exits need not wait for that), or
-        // after STOP_CLOSE_WAIT: a close that has not gone out by then waits
-        // for a probe timer to a peer that does not acknowledge (quiche holds
-        // it behind a full congestion window), possibly for seconds.
+        // STOP_CLOSE_WAIT after the grace period: a close that has not gone
+        // out by then waits for a probe timer to a peer that does not
+        // acknowledge (quiche holds it behind a full congestion window),
+        // possibly for seconds.
         if core.stopping.get() {
-            let by = *stop_by.get_or_insert_with(|| Instant::now() + STOP_CLOSE_WAIT);
+            let now = Instant::now();
+            let stop = stop.get_or_insert_with(|| {
+                ep.send_goaways();
+                Stop {
+                    grace_by: now + Duration::from_millis(core.shared.config.shutdown_grace_ms),
+                    close_by: None,
+                    swept: None,
+                    heard: HashMap::new(),
+                }
+            });
+            if stop.close_by.is_none() && now >= stop.grace_by {
+                ep.close_all();
+                stop.close_by = Some(now + STOP_CLOSE_WAIT);
+            }
+            if stop
+                .swept
+                .is_none_or(|t| now.duration_since(t) >= DRAIN_SWEEP)
+            {
+                stop.swept = Some(now);
+                ep.close_drained(now, &mut stop.heard);
+            }
             let closed = ep
                 .conns
                 .iter()
                 .all(|(_, c)| c.quic.is_closed() || c.quic.is_draining());
-            if closed || Instant::now() >= by {
+            if closed || stop.close_by.is_some_and(|t| now >= t) {
+                if !closed {
+                    tracing::warn!(core = core.index, "closing HTTP/3 connections still open");
+                }
                 return;
             }
         }
@@ -744,9 +797,6 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
         }
         ep.fire_timers(Instant::now());
         ep.service(&core);
-        if core.stopping.get() {
-            ep.close_all();
-        }
         if ep.flush(&core).await.is_err() {
             monoio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -902,6 +952,12 @@ impl Endpoint {
             bump(&core.stats().connections_refused, 1);
             return None;
         }
+        if core.stopping.get() {
+            // Draining: no new connections (the client's next try goes to
+            // another node, or to this one restarted).
+            bump(&core.stats().h3_datagrams_dropped, 1);
+            return None;
+        }
         // Address validation: the first Initial gets a Retry with a token only
         // we can mint; the connection starts when an Initial brings it back.
         let (scid, odcid) = if core.shared.config.h3_retry {
@@ -960,6 +1016,8 @@ impl Endpoint {
             new_path_at: None,
             armed: None,
             active: false,
+            next_request: 0,
+            drain: None,
         });
         self.ids.insert(scid, slot);
         Some(slot)
@@ -1278,6 +1336,63 @@ impl Endpoint {
         send_bodies(core, conn);
     }
 
+    /// The node stops: a GOAWAY on every connection, naming the first request
+    /// it will not answer. A connection still in its handshake is closed.
+    fn send_goaways(&mut self) {
+        for (slot, conn) in self.conns.iter_mut() {
+            if conn.quic.is_closed() || conn.quic.is_draining() {
+                continue;
+            }
+            match conn.h3.as_mut() {
+                Some(h3) => {
+                    let id = conn.next_request;
+                    let _ = h3.send_goaway(&mut conn.quic, id);
+                    // The answers still unacknowledged (quiche forgets a
+                    // stream once both sides are done and acknowledged).
+                    let open = (0..id)
+                        .step_by(4)
+                        .filter(|&s| conn.quic.stream_capacity(s).is_ok())
+                        .collect();
+                    conn.drain = Some((id, open));
+                }
+                None => {
+                    let _ = conn.quic.close(true, 0x100, b"shutting down"); // H3_NO_ERROR
+                }
+            }
+            mark_active(&mut self.active, slot, conn);
+        }
+    }
+
+    /// Closes the connections with nothing left to answer, or whose peer
+    /// has gone silent (`heard`: each one's packet count, when it last
+    /// changed).
+    fn close_drained(&mut self, now: Instant, heard: &mut HashMap<usize, (usize, Instant)>) {
+        for (slot, conn) in self.conns.iter_mut() {
+            if conn.quic.is_closed() || conn.quic.is_draining() {
+                continue;
+            }
+            let recv = conn.quic.stats().recv;
+            let last = heard.entry(slot).or_insert((recv, now));
+            if last.0 != recv {
+                *last = (recv, now);
+            }
+            let silent = now.duration_since(last.1) >= DRAIN_SILENT_PEER;
+            let done = conn.streams.is_empty()
+                && match conn.drain.as_mut() {
+                    Some((_, open)) => {
+                        let quic = &mut conn.quic;
+                        open.retain(|&s| quic.stream_capacity(s).is_ok());
+                        open.is_empty()
+                    }
+                    None => true,
+                };
+            if done || silent {
+                let _ = conn.quic.close(true, 0x100, b"shutting down"); // H3_NO_ERROR
+                mark_active(&mut self.active, slot, conn);
+            }
+        }
+    }
+
     fn close_all(&mut self) {
         for (slot, conn) in self.conns.iter_mut() {
             if !conn.quic.is_closed() && !conn.quic.is_draining() {
@@ -1570,6 +1685,22 @@ fn on_request(
     more_frames: bool,
     commits: &flume::Sender<Committed>,
 ) {
+    if conn
+        .drain
+        .as_ref()
+        .is_some_and(|(goaway, _)| stream >= *goaway)
+    {
+        // Sent after our GOAWAY: not processed, so the client may retry it.
+        const H3_REQUEST_REJECTED: u64 = 0x10b;
+        let _ = conn
+            .quic
+            .stream_shutdown(stream, quiche::Shutdown::Read, H3_REQUEST_REJECTED);
+        let _ = conn
+            .quic
+            .stream_shutdown(stream, quiche::Shutdown::Write, H3_REQUEST_REJECTED);
+        return;
+    }
+    conn.next_request = conn.next_request.max(stream + 4);
     let req = match H3Request::from_headers(list) {
         Ok(req) => req,
         Err(message) => {

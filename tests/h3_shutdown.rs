@@ -1,0 +1,164 @@
+//! SIGTERM with an HTTP/3 download in flight. The node sends a GOAWAY naming
+//! the first request it will not answer, refuses a request sent after it
+//! (`H3_REQUEST_REJECTED`, which a client may retry elsewhere), lets the
+//! download finish, then closes the connection with `H3_NO_ERROR` and exits.
+//!
+//! The client is quiche's HTTP/3 client (only the QUIC stack is shared with
+//! the node): aioquic's example client can neither pause its reads nor send a
+//! request at a chosen moment.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::*;
+use quiche::h3::NameValue;
+
+const H3_NO_ERROR: u64 = 0x100;
+const H3_REQUEST_REJECTED: u64 = 0x10b;
+
+#[test]
+fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
+    let node = Node::start(&[]);
+    let data = random_bytes(8 << 20, 31);
+    let hash = node.put_bytes(&data);
+    let path = format!("/blobs/{hash}");
+
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let local = socket.local_addr().expect("addr");
+    let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("config");
+    config
+        .set_application_protos(quiche::h3::APPLICATION_PROTOCOL)
+        .expect("alpn");
+    config.verify_peer(false);
+    config.set_max_idle_timeout(30_000);
+    config.set_initial_max_data(64 << 20);
+    // The node may send only 1 MiB ahead of what the client reads: while it
+    // does not read, the download stays in flight.
+    config.set_initial_max_stream_data_bidi_local(1 << 20);
+    config.set_initial_max_stream_data_bidi_remote(1 << 20);
+    config.set_initial_max_stream_data_uni(1 << 20);
+    config.set_initial_max_streams_bidi(16);
+    config.set_initial_max_streams_uni(16);
+    let mut scid = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut scid);
+    let scid = quiche::ConnectionId::from_ref(&scid);
+    let mut conn = quiche::connect(None, &scid, local, node.addr, &mut config).expect("connect");
+    let mut h3: Option<quiche::h3::Connection> = None;
+    let mut download: Option<u64> = None;
+    let mut body = Vec::new();
+    let mut finished = false;
+    // SIGTERM sent: the client stops reading and parsing HTTP/3 until the
+    // node's GOAWAY reaches it, then sends one more request.
+    let mut signalled = false;
+    let mut late: Option<u64> = None;
+    let mut goaway: Option<u64> = None;
+    let mut late_reset: Option<u64> = None;
+    let mut buf = vec![0u8; 65536];
+    let mut out = vec![0u8; 1350];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !conn.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "not done in 120 s: {} bytes, goaway {goaway:?}, late reset {late_reset:?}",
+            body.len()
+        );
+        loop {
+            match conn.send(&mut out) {
+                Ok((n, info)) => {
+                    let _ = socket.send_to(&out[..n], info.to);
+                }
+                Err(quiche::Error::Done) => break,
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        let mut got = false;
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            got = true;
+            let _ = conn.recv(&mut buf[..n], quiche::RecvInfo { from, to: local });
+        }
+        if !got {
+            std::thread::sleep(Duration::from_micros(200));
+            if conn.timeout().is_some_and(|t| t.is_zero()) {
+                conn.on_timeout();
+            }
+        }
+        if conn.is_established() && h3.is_none() {
+            let c = quiche::h3::Connection::with_transport(
+                &mut conn,
+                &quiche::h3::Config::new().expect("h3 config"),
+            )
+            .expect("h3");
+            h3 = Some(c);
+        }
+        let Some(h) = h3.as_mut() else { continue };
+        let request = |h: &mut quiche::h3::Connection, conn: &mut quiche::Connection| {
+            let headers = [
+                quiche::h3::Header::new(b":method", b"GET"),
+                quiche::h3::Header::new(b":scheme", b"https"),
+                quiche::h3::Header::new(b":authority", b"node"),
+                quiche::h3::Header::new(b":path", path.as_bytes()),
+            ];
+            h.send_request(conn, &headers, true).expect("request")
+        };
+        if download.is_none() {
+            download = Some(request(h, &mut conn));
+        }
+        if signalled && late.is_none() {
+            // New bytes on one of the node's unidirectional streams (its
+            // control stream): the GOAWAY, not parsed yet, so quiche still
+            // lets this client send a request, as a client does whose request
+            // crossed the GOAWAY in flight.
+            let control = conn.readable().any(|s| s % 4 == 3);
+            if control {
+                late = Some(request(h, &mut conn));
+            }
+            continue;
+        }
+        loop {
+            match h.poll(&mut conn) {
+                Ok((_, quiche::h3::Event::Finished)) => finished = true,
+                Ok((id, quiche::h3::Event::GoAway)) => goaway = Some(id),
+                Ok((s, quiche::h3::Event::Reset(code))) => {
+                    assert_eq!(Some(s), late, "only the late request is reset ({code:#x})");
+                    late_reset = Some(code);
+                }
+                Ok((s, quiche::h3::Event::Headers { list, .. })) => {
+                    assert_eq!(Some(s), download, "only the download is answered");
+                    let status = list.iter().find(|h| h.name() == b":status");
+                    assert_eq!(status.map(|h| h.value()), Some(&b"200"[..]));
+                }
+                Ok(_) => {}
+                Err(quiche::h3::Error::Done) => break,
+                Err(e) => panic!("h3: {e}"),
+            }
+        }
+        if let Some(s) = download {
+            while let Ok(n) = h.recv_body(&mut conn, s, &mut buf) {
+                body.extend_from_slice(&buf[..n]);
+            }
+        }
+        if !signalled && body.len() >= 1 << 20 {
+            assert!(body.len() < data.len(), "the download was still under way");
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(node.pid(), libc::SIGTERM) };
+            signalled = true;
+        }
+    }
+    assert!(finished, "the download finished ({} bytes)", body.len());
+    assert!(body == data, "the bytes of the download are the blob's");
+    assert_eq!(
+        goaway,
+        Some(4),
+        "GOAWAY names the first request not answered"
+    );
+    assert_eq!(late_reset, Some(H3_REQUEST_REJECTED), "the late request");
+    let closed = conn.peer_error().expect("closed by the node");
+    assert!(closed.is_app, "{closed:?}");
+    assert_eq!(closed.error_code, H3_NO_ERROR, "{closed:?}");
+    let mut node = node;
+    let status = node.child.take().expect("child").wait().expect("wait");
+    assert!(status.success(), "exit: {status}");
+}
