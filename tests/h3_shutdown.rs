@@ -162,3 +162,46 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
     let status = node.child.take().expect("child").wait().expect("wait");
     assert!(status.success(), "exit: {status}");
 }
+
+/// A client that vanished mid-download (killed, no CONNECTION_CLOSE) holds
+/// up neither the drain nor the exit: after two seconds without a packet
+/// from it the node closes its connection, well inside a grace period of a
+/// minute, which it would otherwise wait out.
+#[test]
+fn a_vanished_http3_client_does_not_hold_up_the_stop() {
+    let node = Node::start(&["--shutdown-grace-ms", "60000"]);
+    let data = random_bytes(64 << 20, 32);
+    let hash = node.put_bytes(&data);
+    let out = tempfile::tempdir().expect("tmp");
+    let mut client = std::process::Command::new("python3")
+        .arg(h3_client())
+        .args(["--insecure", "--output-dir"])
+        .arg(out.path())
+        .arg(format!("https://{}/blobs/{hash}", node.addr))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("aioquic");
+    within(Duration::from_secs(60), "the download under way", || {
+        std::thread::sleep(Duration::from_millis(50));
+        node.metric("tessera_h3_requests_total") >= 1
+    });
+    client.kill().expect("kill the client");
+    let _ = client.wait();
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(node.pid(), libc::SIGTERM) };
+    let mut node = node;
+    let mut child = node.child.take().expect("child");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node still drains a vanished client's connection after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit: {status}");
+}

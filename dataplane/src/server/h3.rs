@@ -760,6 +760,16 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
                 stop.swept = Some(now);
                 ep.close_drained(now, &mut stop.heard);
             }
+            // Every connection told to close (its close may wait behind a
+            // full congestion window to a peer that has gone): the same
+            // wait for the closes to go out as after the grace period.
+            if stop.close_by.is_none()
+                && ep.conns.iter().all(|(_, c)| {
+                    c.quic.is_closed() || c.quic.is_draining() || c.quic.local_error().is_some()
+                })
+            {
+                stop.close_by = Some(now + STOP_CLOSE_WAIT);
+            }
             let closed = ep
                 .conns
                 .iter()
