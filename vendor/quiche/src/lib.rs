@@ -4378,7 +4378,17 @@ impl<F: BufFactory> Connection<F> {
                     // 8.2.2: "An endpoint MUST NOT send more than one
                     // PATH_RESPONSE frame in response to one
                     // PATH_CHALLENGE frame".
-                    frame::Frame::PathChallenge { .. } |
+                    //
+                    // PATCHED (Tessera): that retry logic runs only on a
+                    // probe timeout, which never comes while the path's
+                    // other packets are acknowledged. A challenge declared
+                    // lost by those acknowledgments is asked for again here,
+                    // or the path stays unvalidated (and, for a server,
+                    // held to three times what it received there) for as
+                    // long as traffic flows.
+                    frame::Frame::PathChallenge { data } => {
+                        p.on_challenge_lost(data);
+                    },
                     frame::Frame::PathResponse { .. } => (),
 
                     // From RFC 9000 Section 13.3: CONNECTION_CLOSE

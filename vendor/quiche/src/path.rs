@@ -436,6 +436,24 @@ impl Path {
             .push_back((data, pkt_size, sent_time));
     }
 
+    /// PATCHED (Tessera): a packet with the PATH_CHALLENGE `data` was
+    /// declared lost (by the acknowledgment of later packets, not by a probe
+    /// timeout). If no other challenge is in flight and the path is still to
+    /// be validated, a new one is requested.
+    pub fn on_challenge_lost(&mut self, data: [u8; 8]) {
+        let before = self.in_flight_challenges.len();
+        self.in_flight_challenges.retain(|(d, ..)| *d != data);
+        if self.in_flight_challenges.len() < before &&
+            self.in_flight_challenges.is_empty() &&
+            matches!(
+                self.state,
+                PathState::Validating | PathState::ValidatingMTU
+            )
+        {
+            self.request_validation();
+        }
+    }
+
     pub fn on_challenge_received(&mut self, data: [u8; 8]) {
         // Discard challenges that would cause us to queue more than we want.
         if self.received_challenges.len() == self.received_challenges_max_len {
@@ -538,8 +556,17 @@ impl Path {
             // As a server, if requesting a challenge is not
             // possible due to the amplification attack, declare the
             // validation as failed.
+            //
+            // PATCHED (Tessera): only while the peer's address is not
+            // verified. Once a PATH_RESPONSE has come back the
+            // amplification limit no longer applies, but `max_send_bytes`
+            // keeps being spent to 0, so 0.30.0 failed a path whose address
+            // was already verified (its MTU still to be probed) at its
+            // first probe timeout.
             if self.probing_lost >= crate::MAX_PROBING_TIMEOUTS ||
-                (is_server && self.max_send_bytes < crate::MIN_PROBING_SIZE)
+                (is_server &&
+                    !self.verified_peer_address &&
+                    self.max_send_bytes < crate::MIN_PROBING_SIZE)
             {
                 self.on_failed_validation();
             } else {
