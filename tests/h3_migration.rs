@@ -54,18 +54,7 @@ fn download_lingering(
         sockets[0].local_addr().expect("addr"),
         sockets[1].local_addr().expect("addr"),
     ];
-    let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("config");
-    config
-        .set_application_protos(quiche::h3::APPLICATION_PROTOCOL)
-        .expect("alpn");
-    config.verify_peer(false);
-    config.set_max_idle_timeout(10_000);
-    config.set_initial_max_data(64 << 20);
-    config.set_initial_max_stream_data_bidi_local(32 << 20);
-    config.set_initial_max_stream_data_bidi_remote(32 << 20);
-    config.set_initial_max_stream_data_uni(1 << 20);
-    config.set_initial_max_streams_bidi(16);
-    config.set_initial_max_streams_uni(16);
+    let mut config = quiche_h3_client_config(10_000, 32 << 20);
     config.set_active_connection_id_limit(4);
     let mut scid = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut scid);

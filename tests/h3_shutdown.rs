@@ -28,20 +28,9 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket.set_nonblocking(true).expect("nonblocking");
     let local = socket.local_addr().expect("addr");
-    let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("config");
-    config
-        .set_application_protos(quiche::h3::APPLICATION_PROTOCOL)
-        .expect("alpn");
-    config.verify_peer(false);
-    config.set_max_idle_timeout(30_000);
-    config.set_initial_max_data(64 << 20);
     // The node may send only 1 MiB ahead of what the client reads: while it
     // does not read, the download stays in flight.
-    config.set_initial_max_stream_data_bidi_local(1 << 20);
-    config.set_initial_max_stream_data_bidi_remote(1 << 20);
-    config.set_initial_max_stream_data_uni(1 << 20);
-    config.set_initial_max_streams_bidi(16);
-    config.set_initial_max_streams_uni(16);
+    let mut config = quiche_h3_client_config(30_000, 1 << 20);
     let mut scid = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut scid);
     let scid = quiche::ConnectionId::from_ref(&scid);

@@ -355,6 +355,17 @@ fn one_core_node_parking_above(count: usize) -> (Node, tempfile::TempDir) {
     one_core_node_with(&format!("park_idle_above_connections = {count}\n"))
 }
 
+/// `n` keep-alive connections to `node`, each after one answered request.
+fn used_connections(node: &Node, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = node.connect();
+            assert_eq!(get_on(&mut s, "/healthz").0, 200);
+            s
+        })
+        .collect()
+}
+
 /// A node on one core with the configuration file `toml` (kept in the
 /// returned folder).
 fn one_core_node_with(toml: &str) -> (Node, tempfile::TempDir) {
@@ -375,13 +386,7 @@ fn idle_connections_above_the_kernel_count_wait_without_a_task() {
         one_core_node_with("park_idle_above_connections = 0\nkernel_idle_above_connections = 4\n");
     let hash = node.put_bytes(b"held in the kernel");
     let path = format!("/blobs/{hash}");
-    let mut conns: Vec<TcpStream> = (0..24)
-        .map(|_| {
-            let mut s = node.connect();
-            assert_eq!(get_on(&mut s, "/healthz").0, 200);
-            s
-        })
-        .collect();
+    let mut conns = used_connections(&node, 24);
     // The first four parked with a task (the core had at most four); the
     // other twenty waited for their first bytes in the kernel, and went back
     // there after their answer.
@@ -564,13 +569,7 @@ fn the_buffers_of_ended_connections_are_freed_once_unused() {
     let (node, _dir) = one_core_node_parking_above(100);
     // 48 connections below the parking count: each keeps its read and write
     // buffers while idle.
-    let conns: Vec<TcpStream> = (0..48)
-        .map(|_| {
-            let mut s = node.connect();
-            assert_eq!(get_on(&mut s, "/healthz").0, 200);
-            s
-        })
-        .collect();
+    let conns = used_connections(&node, 48);
     within(
         Duration::from_secs(30),
         "48 idle connections with buffers",

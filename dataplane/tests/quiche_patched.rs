@@ -298,19 +298,7 @@ fn data_in_flight_to_an_address_gone_at_once_is_sent_again_on_the_new_path() {
 
 #[test]
 fn a_lost_path_challenge_is_sent_again_while_the_path_carries_traffic() {
-    let mut p = Pair::established();
-    send_whole(&mut p.client, 0, b"request", false);
-    p.exchange();
-    let mut scratch = [0u8; 64];
-    assert!(p.server.stream_recv(0, &mut scratch).is_ok());
-    // A long answer, topped up every round, so that the new path carries
-    // traffic throughout.
-    let chunk = vec![3u8; 16 << 10];
-    let top_up = |server: &mut quiche::Connection| {
-        let _ = server.stream_send(0, &chunk, false);
-    };
-    top_up(&mut p.server);
-    p.exchange();
+    let mut p = Pair::answering();
 
     // The NAT rebinds: the server sees the client at a new address, moves
     // there and challenges it. The first datagram it sends there, the one
@@ -328,14 +316,33 @@ fn a_lost_path_challenge_is_sent_again_while_the_path_carries_traffic() {
     // acknowledgments of what still comes through the old mapping), the
     // server sends what that allows and the client acknowledges it. No
     // probe timeout fires.
-    p.validate_rebound_under_traffic(&top_up);
+    p.validate_rebound_under_traffic();
+}
+
+/// Queues another 16 KiB of the server's answer on stream 0, as far as flow
+/// control lets it.
+fn top_up(server: &mut quiche::Connection) {
+    let _ = server.stream_send(0, &[3u8; 16 << 10], false);
 }
 
 impl Pair {
-    /// Rounds of traffic on stream 0 (`top_up` refills the server's side)
-    /// with a packet from the client in each, until the server has validated
-    /// the client's new address; at most 300 rounds, and no timers fired.
-    fn validate_rebound_under_traffic(&mut self, top_up: &dyn Fn(&mut quiche::Connection)) {
+    /// An established pair whose server is answering a request on stream 0
+    /// with a long answer ([`top_up`] keeps it going).
+    fn answering() -> Pair {
+        let mut p = Pair::established();
+        send_whole(&mut p.client, 0, b"request", false);
+        p.exchange();
+        let mut scratch = [0u8; 64];
+        assert!(p.server.stream_recv(0, &mut scratch).is_ok());
+        top_up(&mut p.server);
+        p.exchange();
+        p
+    }
+
+    /// Rounds of traffic on stream 0 (topped up) with a packet from the
+    /// client in each, until the server has validated the client's new
+    /// address; at most 300 rounds, and no timers fired.
+    fn validate_rebound_under_traffic(&mut self) {
         let validated = |c: &quiche::Connection| {
             c.path_stats().any(|s| {
                 s.peer_addr == addr(REBOUND) && format!("{:?}", s.validation_state) == "Validated"
@@ -370,17 +377,7 @@ impl Pair {
 
 #[test]
 fn a_probe_timeout_does_not_fail_a_path_whose_address_is_verified() {
-    let mut p = Pair::established();
-    send_whole(&mut p.client, 0, b"request", false);
-    p.exchange();
-    let mut scratch = [0u8; 64];
-    assert!(p.server.stream_recv(0, &mut scratch).is_ok());
-    let chunk = vec![4u8; 16 << 10];
-    let top_up = |server: &mut quiche::Connection| {
-        let _ = server.stream_send(0, &chunk, false);
-    };
-    top_up(&mut p.server);
-    p.exchange();
+    let mut p = Pair::answering();
 
     // The NAT rebinds. The server's first, small challenge to the new address
     // arrives and is answered: the address is verified.
@@ -400,5 +397,5 @@ fn a_probe_timeout_does_not_fail_a_path_whose_address_is_verified() {
     assert!(!held.is_empty(), "the server sends to the new address");
     p.server_probe_timeout();
     deliver(&mut p.client, &held, SERVER, CLIENT);
-    p.validate_rebound_under_traffic(&top_up);
+    p.validate_rebound_under_traffic();
 }

@@ -739,3 +739,23 @@ pub fn cli(client: &Path, node: &Node, args: &[&str]) -> Output {
         .output()
         .expect("tessera")
 }
+
+/// quiche's HTTP/3 client settings for the tests that drive a QUIC
+/// connection themselves (to migrate it, or to pause it): the node's
+/// certificate is not checked, and each stream may have `stream_window`
+/// bytes in flight towards the client.
+pub fn quiche_h3_client_config(idle_timeout_ms: u64, stream_window: u64) -> quiche::Config {
+    let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("config");
+    config
+        .set_application_protos(quiche::h3::APPLICATION_PROTOCOL)
+        .expect("alpn");
+    config.verify_peer(false);
+    config.set_max_idle_timeout(idle_timeout_ms);
+    config.set_initial_max_data(64 << 20);
+    config.set_initial_max_stream_data_bidi_local(stream_window);
+    config.set_initial_max_stream_data_bidi_remote(stream_window);
+    config.set_initial_max_stream_data_uni(1 << 20);
+    config.set_initial_max_streams_bidi(16);
+    config.set_initial_max_streams_uni(16);
+    config
+}
