@@ -124,22 +124,11 @@ fn download_lingering(
             let token = u128::from_le_bytes(cid);
             conn.new_scid(&quiche::ConnectionId::from_ref(&cid), token, false)
                 .expect("spare id");
-            let c = quiche::h3::Connection::with_transport(
-                &mut conn,
-                &quiche::h3::Config::new().expect("h3 config"),
-            )
-            .expect("h3");
-            h3 = Some(c);
+            h3 = Some(quiche_h3(&mut conn));
         }
         let Some(h) = h3.as_mut() else { continue };
         if stream.is_none() {
-            let headers = [
-                quiche::h3::Header::new(b":method", b"GET"),
-                quiche::h3::Header::new(b":scheme", b"https"),
-                quiche::h3::Header::new(b":authority", b"node"),
-                quiche::h3::Header::new(b":path", path.as_bytes()),
-            ];
-            stream = Some(h.send_request(&mut conn, &headers, true).expect("request"));
+            stream = Some(quiche_get(h, &mut conn, path));
         }
         loop {
             match h.poll(&mut conn) {

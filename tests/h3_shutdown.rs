@@ -75,25 +75,11 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
             }
         }
         if conn.is_established() && h3.is_none() {
-            let c = quiche::h3::Connection::with_transport(
-                &mut conn,
-                &quiche::h3::Config::new().expect("h3 config"),
-            )
-            .expect("h3");
-            h3 = Some(c);
+            h3 = Some(quiche_h3(&mut conn));
         }
         let Some(h) = h3.as_mut() else { continue };
-        let request = |h: &mut quiche::h3::Connection, conn: &mut quiche::Connection| {
-            let headers = [
-                quiche::h3::Header::new(b":method", b"GET"),
-                quiche::h3::Header::new(b":scheme", b"https"),
-                quiche::h3::Header::new(b":authority", b"node"),
-                quiche::h3::Header::new(b":path", path.as_bytes()),
-            ];
-            h.send_request(conn, &headers, true).expect("request")
-        };
         if download.is_none() {
-            download = Some(request(h, &mut conn));
+            download = Some(quiche_get(h, &mut conn, &path));
         }
         if signalled && late.is_none() {
             // New bytes on one of the node's unidirectional streams (its
@@ -102,7 +88,7 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
             // crossed the GOAWAY in flight.
             let control = conn.readable().any(|s| s % 4 == 3);
             if control {
-                late = Some(request(h, &mut conn));
+                late = Some(quiche_get(h, &mut conn, &path));
             }
             continue;
         }

@@ -759,3 +759,24 @@ pub fn quiche_h3_client_config(idle_timeout_ms: u64, stream_window: u64) -> quic
     config.set_initial_max_streams_uni(16);
     config
 }
+
+/// HTTP/3 over an established quiche connection, with default settings.
+pub fn quiche_h3(conn: &mut quiche::Connection) -> quiche::h3::Connection {
+    quiche::h3::Connection::with_transport(conn, &quiche::h3::Config::new().expect("h3 config"))
+        .expect("h3")
+}
+
+/// Sends `GET path` on a new request stream; its stream ID.
+pub fn quiche_get(
+    h3: &mut quiche::h3::Connection,
+    conn: &mut quiche::Connection,
+    path: &str,
+) -> u64 {
+    let headers = [
+        quiche::h3::Header::new(b":method", b"GET"),
+        quiche::h3::Header::new(b":scheme", b"https"),
+        quiche::h3::Header::new(b":authority", b"node"),
+        quiche::h3::Header::new(b":path", path.as_bytes()),
+    ];
+    h3.send_request(conn, &headers, true).expect("request")
+}
