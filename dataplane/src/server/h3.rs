@@ -741,7 +741,14 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
         if core.stopping.get() {
             let now = Instant::now();
             let stop = stop.get_or_insert_with(|| {
-                ep.send_goaways();
+                let open = ep.send_goaways();
+                if open > 0 {
+                    tracing::info!(
+                        core = core.index,
+                        connections = open,
+                        "stopping: GOAWAY sent on HTTP/3 connections, draining"
+                    );
+                }
                 Stop {
                     grace_by: now + Duration::from_millis(core.shared.config.shutdown_grace_ms),
                     close_by: None,
@@ -750,7 +757,14 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
                 }
             });
             if stop.close_by.is_none() && now >= stop.grace_by {
-                ep.close_all();
+                let cut = ep.close_all();
+                if cut > 0 {
+                    tracing::warn!(
+                        core = core.index,
+                        connections = cut,
+                        "grace period over, closing HTTP/3 connections with answers unfinished"
+                    );
+                }
                 stop.close_by = Some(now + STOP_CLOSE_WAIT);
             }
             if stop
@@ -776,7 +790,10 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
                 .all(|(_, c)| c.quic.is_closed() || c.quic.is_draining());
             if closed || stop.close_by.is_some_and(|t| now >= t) {
                 if !closed {
-                    tracing::warn!(core = core.index, "closing HTTP/3 connections still open");
+                    tracing::warn!(
+                        core = core.index,
+                        "stopping before every HTTP/3 close went out (peers that stopped acknowledging)"
+                    );
                 }
                 return;
             }
@@ -1348,11 +1365,14 @@ impl Endpoint {
 
     /// The node stops: a GOAWAY on every connection, naming the first request
     /// it will not answer. A connection still in its handshake is closed.
-    fn send_goaways(&mut self) {
+    /// How many connections were told.
+    fn send_goaways(&mut self) -> usize {
+        let mut told = 0;
         for (slot, conn) in self.conns.iter_mut() {
             if conn.quic.is_closed() || conn.quic.is_draining() {
                 continue;
             }
+            told += 1;
             match conn.h3.as_mut() {
                 Some(h3) => {
                     let id = conn.next_request;
@@ -1371,6 +1391,7 @@ impl Endpoint {
             }
             mark_active(&mut self.active, slot, conn);
         }
+        told
     }
 
     /// Closes the connections with nothing left to answer, or whose peer
@@ -1403,13 +1424,20 @@ impl Endpoint {
         }
     }
 
-    fn close_all(&mut self) {
+    /// Closes every connection not yet closing; how many that was.
+    fn close_all(&mut self) -> usize {
+        let mut cut = 0;
         for (slot, conn) in self.conns.iter_mut() {
             if !conn.quic.is_closed() && !conn.quic.is_draining() {
-                let _ = conn.quic.close(true, 0x100, b"shutting down"); // H3_NO_ERROR
+                // 0x100: H3_NO_ERROR. close() fails only for a connection
+                // already closing.
+                if conn.quic.close(true, 0x100, b"shutting down").is_ok() {
+                    cut += 1;
+                }
             }
             mark_active(&mut self.active, slot, conn);
         }
+        cut
     }
 
     /// Sends whatever every connection has to send, GSO-batched per peer.
