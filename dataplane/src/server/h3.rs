@@ -290,7 +290,7 @@ impl WorkStream {
                         // The handler answered without the rest: stop the
                         // client sending it (RFC 9114 §4.1, H3_NO_ERROR).
                         self.to_bridge = None;
-                        let _ = quic.stream_shutdown(id, quiche::Shutdown::Read, 0x100);
+                        let _ = quic.stream_shutdown(id, quiche::Shutdown::Read, H3_NO_ERROR);
                         return read;
                     }
                 }
@@ -507,9 +507,20 @@ struct QuicConn {
     /// The lowest request stream ID above every request seen: what a GOAWAY
     /// names when the node stops (requests below it are answered).
     next_request: u64,
-    /// The node stops: the GOAWAY's stream ID sent, and the request streams
-    /// below it whose answers were not yet acknowledged then.
-    drain: Option<(u64, Vec<u64>)>,
+    /// Set when the node stops and this connection gets its GOAWAY.
+    drain: Option<Drain>,
+}
+
+/// A connection's part of a stopping core's drain.
+struct Drain {
+    /// The stream ID the GOAWAY named: requests from it on are refused.
+    goaway: u64,
+    /// The request streams below it whose answers were not yet acknowledged
+    /// when it was sent (quiche forgets a stream once both sides are done and
+    /// acknowledged).
+    open: Vec<u64>,
+    /// The connection's received-packet count, and when it last changed.
+    heard: (usize, Instant),
 }
 
 /// An upload commit finished on a store-I/O thread.
@@ -709,6 +720,9 @@ const DRAIN_SILENT_PEER: Duration = Duration::from_secs(2);
 /// How often a stopping core looks for connections it can close.
 const DRAIN_SWEEP: Duration = Duration::from_millis(10);
 
+/// HTTP/3's "no error" code: how a stopping node closes its connections.
+const H3_NO_ERROR: u64 = 0x100;
+
 /// A stopping core's HTTP/3 drain.
 struct Stop {
     /// In-flight requests may finish until then (`shutdown_grace_ms`).
@@ -716,8 +730,6 @@ struct Stop {
     /// Every connection has been told to close; the loop ends then.
     close_by: Option<Instant>,
     swept: Option<Instant>,
-    /// Each connection's received-packet count when last seen to change.
-    heard: HashMap<usize, (usize, Instant)>,
 }
 
 /// The core's HTTP/3 loop: packets in, timers, commits, packets out.
@@ -738,65 +750,8 @@ pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
         // out by then waits for a probe timer to a peer that does not
         // acknowledge (quiche holds it behind a full congestion window),
         // possibly for seconds.
-        if core.stopping.get() {
-            let now = Instant::now();
-            let stop = stop.get_or_insert_with(|| {
-                let open = ep.send_goaways();
-                if open > 0 {
-                    tracing::info!(
-                        core = core.index,
-                        connections = open,
-                        "stopping: GOAWAY sent on HTTP/3 connections, draining"
-                    );
-                }
-                Stop {
-                    grace_by: now + Duration::from_millis(core.shared.config.shutdown_grace_ms),
-                    close_by: None,
-                    swept: None,
-                    heard: HashMap::new(),
-                }
-            });
-            if stop.close_by.is_none() && now >= stop.grace_by {
-                let cut = ep.close_all();
-                if cut > 0 {
-                    tracing::warn!(
-                        core = core.index,
-                        connections = cut,
-                        "grace period over, closing HTTP/3 connections with answers unfinished"
-                    );
-                }
-                stop.close_by = Some(now + STOP_CLOSE_WAIT);
-            }
-            if stop
-                .swept
-                .is_none_or(|t| now.duration_since(t) >= DRAIN_SWEEP)
-            {
-                stop.swept = Some(now);
-                ep.close_drained(now, &mut stop.heard);
-            }
-            // Every connection told to close (its close may wait behind a
-            // full congestion window to a peer that has gone): the same
-            // wait for the closes to go out as after the grace period.
-            if stop.close_by.is_none()
-                && ep.conns.iter().all(|(_, c)| {
-                    c.quic.is_closed() || c.quic.is_draining() || c.quic.local_error().is_some()
-                })
-            {
-                stop.close_by = Some(now + STOP_CLOSE_WAIT);
-            }
-            let closed = ep
-                .conns
-                .iter()
-                .all(|(_, c)| c.quic.is_closed() || c.quic.is_draining());
-            if closed || stop.close_by.is_some_and(|t| now >= t) {
-                if !closed {
-                    tracing::warn!(
-                        core = core.index,
-                        "stopping before every HTTP/3 close went out (peers that stopped acknowledging)"
-                    );
-                }
-                return;
-            }
+        if core.stopping.get() && ep.drain_step(&core, &mut stop) {
+            return;
         }
         // The earliest deadline (none past 100 ms, so `stopping` is seen), or
         // none at all while connections are left active by a failed send.
@@ -1284,7 +1239,7 @@ impl Endpoint {
                 // Answered before the whole body came: the rest is not wanted.
                 let _ = conn
                     .quic
-                    .stream_shutdown(c.stream, quiche::Shutdown::Read, 0x100);
+                    .stream_shutdown(c.stream, quiche::Shutdown::Read, H3_NO_ERROR);
             }
         }
         let result = match c.result {
@@ -1363,10 +1318,71 @@ impl Endpoint {
         send_bodies(core, conn);
     }
 
+    /// One step of a stopping core's drain (see [`run`]); `true` once the
+    /// loop may end.
+    fn drain_step(&mut self, core: &Core, stop: &mut Option<Stop>) -> bool {
+        let now = Instant::now();
+        let stop = stop.get_or_insert_with(|| {
+            let open = self.send_goaways(now);
+            if open > 0 {
+                tracing::info!(
+                    core = core.index,
+                    connections = open,
+                    "stopping: GOAWAY sent on HTTP/3 connections, draining"
+                );
+            }
+            Stop {
+                grace_by: now + Duration::from_millis(core.shared.config.shutdown_grace_ms),
+                close_by: None,
+                swept: None,
+            }
+        });
+        if stop.close_by.is_none() && now >= stop.grace_by {
+            let cut = self.close_all();
+            if cut > 0 {
+                tracing::warn!(
+                    core = core.index,
+                    connections = cut,
+                    "grace period over, closing HTTP/3 connections with answers unfinished"
+                );
+            }
+            stop.close_by = Some(now + STOP_CLOSE_WAIT);
+        }
+        if stop
+            .swept
+            .is_none_or(|t| now.duration_since(t) >= DRAIN_SWEEP)
+        {
+            stop.swept = Some(now);
+            self.close_drained(now);
+        }
+        // Every connection told to close (its close may wait behind a full
+        // congestion window to a peer that has gone): the same wait for the
+        // closes to go out as after the grace period.
+        if stop.close_by.is_none()
+            && self.conns.iter().all(|(_, c)| {
+                c.quic.is_closed() || c.quic.is_draining() || c.quic.local_error().is_some()
+            })
+        {
+            stop.close_by = Some(now + STOP_CLOSE_WAIT);
+        }
+        let closed = self
+            .conns
+            .iter()
+            .all(|(_, c)| c.quic.is_closed() || c.quic.is_draining());
+        let done = closed || stop.close_by.is_some_and(|t| now >= t);
+        if done && !closed {
+            tracing::warn!(
+                core = core.index,
+                "stopping before every HTTP/3 close went out (peers that stopped acknowledging)"
+            );
+        }
+        done
+    }
+
     /// The node stops: a GOAWAY on every connection, naming the first request
     /// it will not answer. A connection still in its handshake is closed.
     /// How many connections were told.
-    fn send_goaways(&mut self) -> usize {
+    fn send_goaways(&mut self, now: Instant) -> usize {
         let mut told = 0;
         for (slot, conn) in self.conns.iter_mut() {
             if conn.quic.is_closed() || conn.quic.is_draining() {
@@ -1375,18 +1391,21 @@ impl Endpoint {
             told += 1;
             match conn.h3.as_mut() {
                 Some(h3) => {
-                    let id = conn.next_request;
-                    let _ = h3.send_goaway(&mut conn.quic, id);
-                    // The answers still unacknowledged (quiche forgets a
-                    // stream once both sides are done and acknowledged).
-                    let open = (0..id)
+                    let goaway = conn.next_request;
+                    let _ = h3.send_goaway(&mut conn.quic, goaway);
+                    let open = (0..goaway)
                         .step_by(4)
                         .filter(|&s| conn.quic.stream_capacity(s).is_ok())
                         .collect();
-                    conn.drain = Some((id, open));
+                    let heard = (conn.quic.stats().recv, now);
+                    conn.drain = Some(Drain {
+                        goaway,
+                        open,
+                        heard,
+                    });
                 }
                 None => {
-                    let _ = conn.quic.close(true, 0x100, b"shutting down"); // H3_NO_ERROR
+                    let _ = conn.quic.close(true, H3_NO_ERROR, b"shutting down");
                 }
             }
             mark_active(&mut self.active, slot, conn);
@@ -1394,31 +1413,26 @@ impl Endpoint {
         told
     }
 
-    /// Closes the connections with nothing left to answer, or whose peer
-    /// has gone silent (`heard`: each one's packet count, when it last
-    /// changed).
-    fn close_drained(&mut self, now: Instant, heard: &mut HashMap<usize, (usize, Instant)>) {
+    /// Closes the drained connections with nothing left to answer, or whose
+    /// peer has gone silent.
+    fn close_drained(&mut self, now: Instant) {
         for (slot, conn) in self.conns.iter_mut() {
             if conn.quic.is_closed() || conn.quic.is_draining() {
                 continue;
             }
+            let Some(drain) = conn.drain.as_mut() else {
+                continue;
+            };
             let recv = conn.quic.stats().recv;
-            let last = heard.entry(slot).or_insert((recv, now));
-            if last.0 != recv {
-                *last = (recv, now);
+            if drain.heard.0 != recv {
+                drain.heard = (recv, now);
             }
-            let silent = now.duration_since(last.1) >= DRAIN_SILENT_PEER;
-            let done = conn.streams.is_empty()
-                && match conn.drain.as_mut() {
-                    Some((_, open)) => {
-                        let quic = &mut conn.quic;
-                        open.retain(|&s| quic.stream_capacity(s).is_ok());
-                        open.is_empty()
-                    }
-                    None => true,
-                };
+            let silent = now.duration_since(drain.heard.1) >= DRAIN_SILENT_PEER;
+            let quic = &mut conn.quic;
+            drain.open.retain(|&s| quic.stream_capacity(s).is_ok());
+            let done = conn.streams.is_empty() && drain.open.is_empty();
             if done || silent {
-                let _ = conn.quic.close(true, 0x100, b"shutting down"); // H3_NO_ERROR
+                let _ = conn.quic.close(true, H3_NO_ERROR, b"shutting down");
                 mark_active(&mut self.active, slot, conn);
             }
         }
@@ -1429,9 +1443,8 @@ impl Endpoint {
         let mut cut = 0;
         for (slot, conn) in self.conns.iter_mut() {
             if !conn.quic.is_closed() && !conn.quic.is_draining() {
-                // 0x100: H3_NO_ERROR. close() fails only for a connection
-                // already closing.
-                if conn.quic.close(true, 0x100, b"shutting down").is_ok() {
+                // close() fails only for a connection already closing.
+                if conn.quic.close(true, H3_NO_ERROR, b"shutting down").is_ok() {
                     cut += 1;
                 }
             }
@@ -1723,11 +1736,7 @@ fn on_request(
     more_frames: bool,
     commits: &flume::Sender<Committed>,
 ) {
-    if conn
-        .drain
-        .as_ref()
-        .is_some_and(|(goaway, _)| stream >= *goaway)
-    {
+    if conn.drain.as_ref().is_some_and(|d| stream >= d.goaway) {
         // Sent after our GOAWAY: not processed, so the client may retry it.
         const H3_REQUEST_REJECTED: u64 = 0x10b;
         let _ = conn
