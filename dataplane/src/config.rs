@@ -55,8 +55,9 @@ pub struct NodeConfig {
     /// Above this many open connections on a core, a keep-alive connection that
     /// waits for its next request holds no buffers: it waits for readability and
     /// takes its read and write buffers (and splice pipe) from the core's pools when
-    /// bytes arrive. Below it, each connection keeps its buffers (one less
-    /// submission per request). 0: always release them.
+    /// bytes arrive. Below it, each connection keeps its read buffer (one less
+    /// submission per request); its write buffer and pipe wait in the pools
+    /// either way. 0: always release them.
     pub park_idle_above_connections: usize,
     /// Above this many open connections on a core, an idle keep-alive
     /// connection that holds no buffers (see above) gives up its task as well:

@@ -899,10 +899,6 @@ fn serve_connection(
                 break;
             }
             park = core.live.get() > core.shared.config.park_idle_above_connections;
-            if !park && conn.wbuf.capacity() > WBUF_KEPT_BYTES {
-                // A verified stream grew it: do not keep that much per connection.
-                conn.wbuf = Vec::with_capacity(WBUF_BYTES);
-            }
         }
         // The next connection takes its buffers (the pool frees them if none
         // comes within a second).
@@ -927,9 +923,10 @@ enum Idle {
 /// request costs): the connection is in the core's idle list, whose tick shuts
 /// the socket down when the idle timeout passes, which ends the wait.
 /// Parked (`park`), it gives its buffers to the core's pools and waits for
-/// readability; otherwise it keeps them and reads directly, one submission
-/// fewer, until the tick cancels that read because the core now holds more
-/// connections than the parking count.
+/// readability; otherwise it keeps its read buffer and reads directly, one
+/// submission fewer, until the tick cancels that read because the core now
+/// holds more connections than the parking count. Either way its write buffer,
+/// pipe and precondition fields wait in the pools.
 ///
 /// Both reads run in pooled request memory (`core.slots`): the keeping read's
 /// state is 224 bytes and the connection's task is as large as its largest
@@ -958,7 +955,10 @@ async fn next_request(core: &Core, conn: &mut Conn, mut park: bool) -> Idle {
             ParkPool::unpark(core, conn);
             return got(core.slots.run(read_ready(conn)).await);
         }
-        match core.slots.run(keep_reading(core, conn)).await {
+        ParkPool::lend(core, conn);
+        let read = core.slots.run(keep_reading(core, conn)).await;
+        ParkPool::take_back(core, conn);
+        match read {
             Some(bytes) => return got(bytes),
             None if hold(true) => return Idle::Hold,
             None => park = true,
@@ -1322,11 +1322,19 @@ struct ParkPool {
 impl ParkPool {
     /// Takes `conn`'s buffers and pipe (it has no buffered bytes).
     fn park(core: &Core, conn: &mut Conn) {
-        let mut pool = core.parked.borrow_mut();
         let rbuf = std::mem::take(&mut conn.rbuf);
         if rbuf.capacity() == core.shared.config.max_header_bytes {
-            pool.rbufs.put(rbuf);
+            core.parked.borrow_mut().rbufs.put(rbuf);
         }
+        Self::lend(core, conn);
+    }
+
+    /// Takes what a connection needs only while it answers: its write buffer,
+    /// pipe and precondition fields. A buffer-keeping connection lends them
+    /// while it waits, keeping its read buffer with the read in it: the pages
+    /// its last response touched are not held per idle connection.
+    fn lend(core: &Core, conn: &mut Conn) {
+        let mut pool = core.parked.borrow_mut();
         let mut wbuf = std::mem::take(&mut conn.wbuf);
         if wbuf.capacity() <= WBUF_KEPT_BYTES && wbuf.capacity() > 0 {
             wbuf.clear();
@@ -1367,11 +1375,18 @@ impl ParkPool {
 
     /// Gives `conn` buffers again: pooled ones, or new ones.
     fn unpark(core: &Core, conn: &mut Conn) {
-        let mut pool = core.parked.borrow_mut();
-        conn.rbuf = pool
+        conn.rbuf = core
+            .parked
+            .borrow_mut()
             .rbufs
             .take()
             .unwrap_or_else(|| Vec::with_capacity(core.shared.config.max_header_bytes));
+        Self::take_back(core, conn);
+    }
+
+    /// Gives `conn` back what [`ParkPool::lend`] took (pooled ones, or new ones).
+    fn take_back(core: &Core, conn: &mut Conn) {
+        let mut pool = core.parked.borrow_mut();
         if conn.wbuf.capacity() == 0 {
             conn.wbuf = pool
                 .wbufs
