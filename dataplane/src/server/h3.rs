@@ -521,6 +521,8 @@ struct Drain {
     open: Vec<u64>,
     /// The connection's received-packet count, and when it last changed.
     heard: (usize, Instant),
+    /// When the core last asked the peer for an acknowledgement (a PING).
+    pinged: Instant,
 }
 
 /// An upload commit finished on a store-I/O thread.
@@ -715,8 +717,14 @@ fn getrandom(out: &mut [u8]) {
 /// frames to go out.
 pub(super) const STOP_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// A stopping core closes a connection whose peer has sent nothing for this
-/// long, answers unfinished or not: it is not there to read them.
+/// long, answers unfinished or not: it is not there to read them. A peer that
+/// is there but sends nothing (it has paused its reads, so the node has
+/// nothing it may send) is asked for an acknowledgement every `DRAIN_PING`
+/// meanwhile, and answers it: that keeps its connection to the grace period.
 const DRAIN_SILENT_PEER: Duration = Duration::from_secs(2);
+/// How long a draining connection's peer may be quiet before a PING asks it
+/// for an acknowledgement (and how often it is asked again).
+const DRAIN_PING: Duration = Duration::from_millis(500);
 /// How often a stopping core looks for connections it can close.
 const DRAIN_SWEEP: Duration = Duration::from_millis(10);
 
@@ -738,7 +746,8 @@ struct Stop {
 /// it will not answer; later requests are refused (`H3_REQUEST_REJECTED`, safe
 /// for the client to retry elsewhere), earlier ones finish, and a connection
 /// is closed (`H3_NO_ERROR`) once its answers are all acknowledged, its peer
-/// has gone silent for `DRAIN_SILENT_PEER`, or the grace period is over. New
+/// has gone silent for `DRAIN_SILENT_PEER` (PINGs unanswered), or the grace
+/// period is over. New
 /// connections are not accepted meanwhile.
 pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
     let mut stop: Option<Stop> = None;
@@ -1402,6 +1411,7 @@ impl Endpoint {
                         goaway,
                         open,
                         heard,
+                        pinged: now,
                     });
                 }
                 None => {
@@ -1414,7 +1424,7 @@ impl Endpoint {
     }
 
     /// Closes the drained connections with nothing left to answer, or whose
-    /// peer has gone silent.
+    /// peer has gone silent; asks a quiet peer for an acknowledgement.
     fn close_drained(&mut self, now: Instant) {
         for (slot, conn) in self.conns.iter_mut() {
             if conn.quic.is_closed() || conn.quic.is_draining() {
@@ -1427,12 +1437,17 @@ impl Endpoint {
             if drain.heard.0 != recv {
                 drain.heard = (recv, now);
             }
-            let silent = now.duration_since(drain.heard.1) >= DRAIN_SILENT_PEER;
+            let quiet = now.duration_since(drain.heard.1);
+            let silent = quiet >= DRAIN_SILENT_PEER;
             let quic = &mut conn.quic;
             drain.open.retain(|&s| quic.stream_capacity(s).is_ok());
             let done = conn.streams.is_empty() && drain.open.is_empty();
             if done || silent {
                 let _ = conn.quic.close(true, H3_NO_ERROR, b"shutting down");
+                mark_active(&mut self.active, slot, conn);
+            } else if quiet >= DRAIN_PING && now.duration_since(drain.pinged) >= DRAIN_PING {
+                drain.pinged = now;
+                let _ = conn.quic.send_ack_eliciting();
                 mark_active(&mut self.active, slot, conn);
             }
         }
