@@ -1,9 +1,11 @@
-//! SIGTERM with an HTTP/3 download in flight. The node sends a GOAWAY naming
-//! the first request it will not answer, refuses a request sent after it
-//! (`H3_REQUEST_REJECTED`, which a client may retry elsewhere), lets the
-//! download finish (through a pause of the client's reads longer than the
-//! node waits on a silent peer), then closes the connection with
-//! `H3_NO_ERROR` and exits.
+//! SIGTERM with an HTTP/3 download in flight. The node sends a first GOAWAY
+//! that refuses nothing, then, a second later, a final one naming the first
+//! request it will not answer. A request that crossed the first GOAWAY is
+//! answered; one sent after the final GOAWAY is refused
+//! (`H3_REQUEST_REJECTED`, which a client may retry elsewhere). The download
+//! finishes, through a pause of the client's reads longer than the node waits
+//! on a silent peer; then the node closes the connection with `H3_NO_ERROR`
+//! and exits.
 //!
 //! The client is quiche's HTTP/3 client (only the QUIC stack is shared with
 //! the node): aioquic's example client can neither pause its reads nor send a
@@ -19,6 +21,8 @@ use quiche::h3::NameValue;
 
 const H3_NO_ERROR: u64 = 0x100;
 const H3_REQUEST_REJECTED: u64 = 0x10b;
+/// The largest client request stream ID: what a GOAWAY that refuses nothing names.
+const MAX_REQUEST_ID: u64 = (1 << 62) - 4;
 
 #[test]
 fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
@@ -26,6 +30,8 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
     let data = random_bytes(8 << 20, 31);
     let hash = node.put_bytes(&data);
     let path = format!("/blobs/{hash}");
+    let small = random_bytes(20_000, 32);
+    let small_path = format!("/blobs/{}", node.put_bytes(&small));
 
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket.set_nonblocking(true).expect("nonblocking");
@@ -40,24 +46,26 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
     let mut h3: Option<quiche::h3::Connection> = None;
     let mut download: Option<u64> = None;
     let mut body = Vec::new();
-    let mut finished = false;
-    // SIGTERM sent: the client stops reading and parsing HTTP/3 until the
-    // node's GOAWAY reaches it, then sends one more request.
+    let mut finished = Vec::new();
+    // SIGTERM sent: the client stops reading and parsing HTTP/3. When the
+    // node's first GOAWAY reaches it (new bytes on the node's control stream,
+    // not parsed, so quiche still lets it send), it sends a request that
+    // crossed it. It goes on reading nothing for 4 s, then sends another,
+    // which crosses the final GOAWAY, and reads again.
     let mut signalled = false;
-    let mut late: Option<u64> = None;
-    let mut goaway: Option<u64> = None;
-    let mut late_reset: Option<u64> = None;
-    // Once the late request is refused, the client reads nothing for 4 s,
-    // longer than the node waits on a peer that sends nothing, while its QUIC
-    // stack runs: a client that is there but paused keeps its download.
+    let mut crossed: Option<u64> = None;
+    let mut crossed_body = Vec::new();
     let mut paused_until: Option<Instant> = None;
+    let mut late: Option<u64> = None;
+    let mut goaways = Vec::new();
+    let mut late_reset: Option<u64> = None;
     let mut buf = vec![0u8; 65536];
     let mut out = vec![0u8; 1350];
     let deadline = Instant::now() + Duration::from_secs(120);
     while !conn.is_closed() {
         assert!(
             Instant::now() < deadline,
-            "not done in 120 s: {} bytes, goaway {goaway:?}, late reset {late_reset:?}",
+            "not done in 120 s: {} bytes, goaways {goaways:?}, late reset {late_reset:?}",
             body.len()
         );
         loop {
@@ -87,27 +95,32 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
         if download.is_none() {
             download = Some(quiche_get(h, &mut conn, &path));
         }
-        if signalled && late.is_none() {
-            // New bytes on one of the node's unidirectional streams (its
-            // control stream): the GOAWAY, not parsed yet, so quiche still
-            // lets this client send a request, as a client does whose request
-            // crossed the GOAWAY in flight.
-            let control = conn.readable().any(|s| s % 4 == 3);
-            if control {
-                late = Some(quiche_get(h, &mut conn, &path));
+        if signalled && crossed.is_none() {
+            if conn.readable().any(|s| s % 4 == 3) {
+                crossed = Some(quiche_get(h, &mut conn, &small_path));
+                paused_until = Some(Instant::now() + Duration::from_secs(4));
             }
             continue;
         }
+        if paused_until.is_some_and(|t| Instant::now() < t) {
+            continue;
+        }
+        if crossed.is_some() && late.is_none() {
+            late = Some(quiche_get(h, &mut conn, &path));
+        }
         loop {
             match h.poll(&mut conn) {
-                Ok((_, quiche::h3::Event::Finished)) => finished = true,
-                Ok((id, quiche::h3::Event::GoAway)) => goaway = Some(id),
+                Ok((s, quiche::h3::Event::Finished)) => finished.push(s),
+                Ok((id, quiche::h3::Event::GoAway)) => goaways.push(id),
                 Ok((s, quiche::h3::Event::Reset(code))) => {
                     assert_eq!(Some(s), late, "only the late request is reset ({code:#x})");
                     late_reset = Some(code);
                 }
                 Ok((s, quiche::h3::Event::Headers { list, .. })) => {
-                    assert_eq!(Some(s), download, "only the download is answered");
+                    assert!(
+                        Some(s) == download || Some(s) == crossed,
+                        "only the download and the request that crossed the first GOAWAY are answered"
+                    );
                     let status = list.iter().find(|h| h.name() == b":status");
                     assert_eq!(status.map(|h| h.value()), Some(&b"200"[..]));
                 }
@@ -116,13 +129,11 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
                 Err(e) => panic!("h3: {e}"),
             }
         }
-        if late_reset.is_some() && paused_until.is_none() {
-            paused_until = Some(Instant::now() + Duration::from_secs(4));
-        }
-        let paused = paused_until.is_some_and(|t| Instant::now() < t);
-        if let (Some(s), false) = (download, paused) {
-            while let Ok(n) = h.recv_body(&mut conn, s, &mut buf) {
-                body.extend_from_slice(&buf[..n]);
+        for (stream, into) in [(download, &mut body), (crossed, &mut crossed_body)] {
+            if let Some(s) = stream {
+                while let Ok(n) = h.recv_body(&mut conn, s, &mut buf) {
+                    into.extend_from_slice(&buf[..n]);
+                }
             }
         }
         if !signalled && body.len() >= 1 << 20 {
@@ -132,12 +143,21 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
             signalled = true;
         }
     }
-    assert!(finished, "the download finished ({} bytes)", body.len());
+    assert!(
+        download.is_some_and(|s| finished.contains(&s)),
+        "the download finished ({} bytes)",
+        body.len()
+    );
     assert!(body == data, "the bytes of the download are the blob's");
+    assert!(
+        crossed.is_some_and(|s| finished.contains(&s)) && crossed_body == small,
+        "the request that crossed the first GOAWAY is answered whole ({} bytes)",
+        crossed_body.len()
+    );
     assert_eq!(
-        goaway,
-        Some(4),
-        "GOAWAY names the first request not answered"
+        goaways,
+        [MAX_REQUEST_ID, 8],
+        "a first GOAWAY that refuses nothing, then one naming the first request not answered"
     );
     assert_eq!(late_reset, Some(H3_REQUEST_REJECTED), "the late request");
     let closed = conn.peer_error().expect("closed by the node");

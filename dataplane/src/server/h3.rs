@@ -513,11 +513,15 @@ struct QuicConn {
 
 /// A connection's part of a stopping core's drain.
 struct Drain {
-    /// The stream ID the GOAWAY named: requests from it on are refused.
+    /// The stream ID the last GOAWAY named: requests from it on are refused.
     goaway: u64,
-    /// The request streams below it whose answers were not yet acknowledged
-    /// when it was sent (quiche forgets a stream once both sides are done and
-    /// acknowledged).
+    /// While only the first GOAWAY (naming no request) has gone: when the
+    /// final one is due. Requests the client sent before it heard the first
+    /// are answered.
+    final_due: Option<Instant>,
+    /// The request streams below the final GOAWAY whose answers were not yet
+    /// acknowledged when it was sent (quiche forgets a stream once both sides
+    /// are done and acknowledged).
     open: Vec<u64>,
     /// The connection's received-packet count, and when it last changed.
     heard: (usize, Instant),
@@ -722,6 +726,14 @@ pub(super) const STOP_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// nothing it may send) is asked for an acknowledgement every `DRAIN_PING`
 /// meanwhile, and answers it: that keeps its connection to the grace period.
 const DRAIN_SILENT_PEER: Duration = Duration::from_secs(2);
+/// The first GOAWAY names the largest client request stream ID (it refuses
+/// nothing); the final one, this long after, names the first request not
+/// answered. A request that crossed the first in flight is then answered
+/// rather than refused, as RFC 9114 (5.2) suggests; the wait is at least two
+/// round trips.
+const GOAWAY_FINAL_AFTER: Duration = Duration::from_secs(1);
+/// The largest client-initiated bidirectional stream ID.
+const MAX_REQUEST_ID: u64 = (1 << 62) - 4;
 /// How long a draining connection's peer may be quiet before a PING asks it
 /// for an acknowledgement (and how often it is asked again).
 const DRAIN_PING: Duration = Duration::from_millis(500);
@@ -742,9 +754,10 @@ struct Stop {
 
 /// The core's HTTP/3 loop: packets in, timers, commits, packets out.
 ///
-/// When the node stops, each connection gets a GOAWAY naming the first request
-/// it will not answer; later requests are refused (`H3_REQUEST_REJECTED`, safe
-/// for the client to retry elsewhere), earlier ones finish, and a connection
+/// When the node stops, each connection gets a GOAWAY that refuses nothing,
+/// then, `GOAWAY_FINAL_AFTER` later, one naming the first request it will not
+/// answer; later requests are refused (`H3_REQUEST_REJECTED`, safe for the
+/// client to retry elsewhere), earlier ones finish, and a connection
 /// is closed (`H3_NO_ERROR`) once its answers are all acknowledged, its peer
 /// has gone silent for `DRAIN_SILENT_PEER` (PINGs unanswered), or the grace
 /// period is over. New
@@ -1388,8 +1401,9 @@ impl Endpoint {
         done
     }
 
-    /// The node stops: a GOAWAY on every connection, naming the first request
-    /// it will not answer. A connection still in its handshake is closed.
+    /// The node stops: the first GOAWAY on every connection (it names the
+    /// largest request ID; `close_drained` sends the final one when it is due).
+    /// A connection still in its handshake is closed.
     /// How many connections were told.
     fn send_goaways(&mut self, now: Instant) -> usize {
         let mut told = 0;
@@ -1400,16 +1414,14 @@ impl Endpoint {
             told += 1;
             match conn.h3.as_mut() {
                 Some(h3) => {
-                    let goaway = conn.next_request;
-                    let _ = h3.send_goaway(&mut conn.quic, goaway);
-                    let open = (0..goaway)
-                        .step_by(4)
-                        .filter(|&s| conn.quic.stream_capacity(s).is_ok())
-                        .collect();
+                    let _ = h3.send_goaway(&mut conn.quic, MAX_REQUEST_ID);
+                    let rtt = conn.quic.path_stats().map(|p| p.rtt).max();
+                    let wait = rtt.map_or(GOAWAY_FINAL_AFTER, |r| GOAWAY_FINAL_AFTER.max(2 * r));
                     let heard = (conn.quic.stats().recv, now);
                     conn.drain = Some(Drain {
-                        goaway,
-                        open,
+                        goaway: MAX_REQUEST_ID,
+                        final_due: Some(now + wait),
+                        open: Vec::new(),
                         heard,
                         pinged: now,
                     });
@@ -1437,11 +1449,28 @@ impl Endpoint {
             if drain.heard.0 != recv {
                 drain.heard = (recv, now);
             }
+            if drain.final_due.is_some_and(|t| now >= t) {
+                // The final GOAWAY: requests from here on are refused, those
+                // below it are answered.
+                drain.final_due = None;
+                drain.goaway = conn.next_request;
+                if let Some(h3) = conn.h3.as_mut() {
+                    let _ = h3.send_goaway(&mut conn.quic, drain.goaway);
+                }
+                let quic = &mut conn.quic;
+                drain.open = (0..drain.goaway)
+                    .step_by(4)
+                    .filter(|&s| quic.stream_capacity(s).is_ok())
+                    .collect();
+                mark_active(&mut self.active, slot, conn);
+                continue;
+            }
             let quiet = now.duration_since(drain.heard.1);
             let silent = quiet >= DRAIN_SILENT_PEER;
             let quic = &mut conn.quic;
             drain.open.retain(|&s| quic.stream_capacity(s).is_ok());
-            let done = conn.streams.is_empty() && drain.open.is_empty();
+            let done =
+                drain.final_due.is_none() && conn.streams.is_empty() && drain.open.is_empty();
             if done || silent {
                 let _ = conn.quic.close(true, H3_NO_ERROR, b"shutting down");
                 mark_active(&mut self.active, slot, conn);
