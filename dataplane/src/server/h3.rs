@@ -760,8 +760,7 @@ struct Stop {
 /// client to retry elsewhere), earlier ones finish, and a connection
 /// is closed (`H3_NO_ERROR`) once its answers are all acknowledged, its peer
 /// has gone silent for `DRAIN_SILENT_PEER` (PINGs unanswered), or the grace
-/// period is over. New
-/// connections are not accepted meanwhile.
+/// period is over. New connections are not accepted meanwhile.
 pub(super) async fn run(core: Rc<Core>, mut ep: Endpoint) {
     let mut stop: Option<Stop> = None;
     loop {
