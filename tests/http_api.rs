@@ -349,10 +349,13 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     assert!(node.metric("tessera_timeouts_total") >= 2);
 }
 
-/// A node on one core with `park_idle_above_connections = count` (the config
-/// file lives in the returned folder).
+/// A node on one core with `park_idle_above_connections = count`, whose idle
+/// connections below that count keep their buffers however long they wait
+/// (the config file lives in the returned folder).
 fn one_core_node_parking_above(count: usize) -> (Node, tempfile::TempDir) {
-    one_core_node_with(&format!("park_idle_above_connections = {count}\n"))
+    one_core_node_with(&format!(
+        "park_idle_above_connections = {count}\npark_idle_after_ms = 0\n"
+    ))
 }
 
 /// `n` keep-alive connections to `node`, each after one answered request.
@@ -558,6 +561,38 @@ fn idle_connections_give_back_their_buffers_when_the_core_passes_the_parking_cou
             with_buffers(&mut probe) >= 1
         },
     );
+    assert_eq!(node.metric("tessera_timeouts_total"), 0);
+}
+
+/// Below the parking count too, a connection that has waited
+/// `park_idle_after_ms` gives its buffers back and parks, and it answers its
+/// next request from there.
+#[test]
+fn idle_connections_give_back_their_buffers_after_a_while() {
+    let (node, _dir) = one_core_node_with("park_idle_after_ms = 300\n");
+    let hash = node.put_bytes(b"after a pause");
+    let path = format!("/blobs/{hash}");
+    let mut conns = used_connections(&node, 8);
+    // Eight connections, far below the default parking count of 256: only
+    // their wait makes them park. (Each probe is a new connection, which is
+    // not yet waiting when the core counts.)
+    within(
+        Duration::from_secs(30),
+        "no idle connection with buffers",
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            node.metric("tessera_idle_connections_with_buffers") == 0
+        },
+    );
+    for round in 0..2 {
+        for (i, s) in conns.iter_mut().enumerate() {
+            let (status, _, body) = get_on(s, &path);
+            assert_eq!(status, 200, "connection {i}, round {round}");
+            assert_eq!(body, b"after a pause");
+        }
+        // Parked again before the next round.
+        std::thread::sleep(Duration::from_millis(700));
+    }
     assert_eq!(node.metric("tessera_timeouts_total"), 0);
 }
 

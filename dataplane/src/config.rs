@@ -59,6 +59,11 @@ pub struct NodeConfig {
     /// submission per request); its write buffer and pipe wait in the pools
     /// either way. 0: always release them.
     pub park_idle_above_connections: usize,
+    /// A connection that keeps its read buffer while idle (see above) parks
+    /// anyway once it has waited this long (after between half of it and all
+    /// of it): only connections between close requests keep a buffer, as
+    /// nginx keeps none. 0: only the connection count makes them park.
+    pub park_idle_after_ms: u64,
     /// Above this many open connections on a core, an idle keep-alive
     /// connection that holds no buffers (see above) gives up its task as well:
     /// the core keeps only its socket, in an epoll set that the kernel wakes
@@ -190,6 +195,7 @@ impl Default for NodeConfig {
             max_headers: 64,
             max_connections_per_core: 16_384,
             park_idle_above_connections: 256,
+            park_idle_after_ms: 500,
             kernel_idle_above_connections: 1024,
             idle_timeout_ms: 60_000,
             header_timeout_ms: 10_000,

@@ -293,7 +293,7 @@ impl Metrics {
             ),
             (
                 "tessera_idle_connections_with_buffers",
-                "Idle keep-alive connections holding their read buffers (at most park_idle_above_connections per core; the rest hold none).",
+                "Idle keep-alive connections holding their read buffers (at most park_idle_above_connections per core, none for longer than park_idle_after_ms; the rest hold none).",
                 self.sum(|c| &c.idle_with_buffers),
             ),
             (

@@ -28,7 +28,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 use monoio::buf::IoBufMut;
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+    Canceller,
 };
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
@@ -45,6 +46,7 @@ use crate::verified;
 
 pub mod control;
 mod h3;
+mod readbuf;
 mod routes;
 pub mod services;
 mod slot;
@@ -52,6 +54,7 @@ mod work;
 mod ws;
 pub use control::{ControlPlane, NoControlPlane};
 pub use h3::{ensure_tls, exercise as exercise_h3_request};
+use readbuf::ReadBuf;
 use routes::{Plan, Reply};
 
 /// Batches of last-access times in flight to the maintenance thread; beyond this
@@ -437,8 +440,7 @@ fn core_main(
             idle: RefCell::new(IdleList::default()),
             held: RefCell::new(held),
             epoch: Instant::now(),
-            keepers: RefCell::new(Canceller::new()),
-            keepers_waiting: Cell::new(0),
+            keepers: RefCell::new(Keepers::default()),
             verify_scratch: RefCell::new(Vec::new()),
             stream_pieces: Cell::new(Vec::new()),
             h3_open: Cell::new(false),
@@ -495,7 +497,7 @@ struct Core {
     /// Wall-clock seconds, refreshed each tick.
     now_secs: Cell<u64>,
     /// Reusable upload body buffers.
-    upload_bufs: RefCell<Vec<Vec<u8>>>,
+    upload_bufs: RefCell<Vec<ReadBuf>>,
     /// Buffers and pipes of parked (idle, buffer-less) keep-alive connections.
     parked: RefCell<ParkPool>,
     /// Memory the request handlers run in, outside the connections' tasks.
@@ -506,12 +508,11 @@ struct Core {
     held: RefCell<Held>,
     /// What `Held`'s deadlines count milliseconds from.
     epoch: Instant,
-    /// Cancels the idle reads of the connections that kept their buffers
-    /// (the core had at most `park_idle_above_connections` when they went
-    /// idle), so that they park once it has more.
-    keepers: RefCell<Canceller>,
-    /// How many of those reads are waiting.
-    keepers_waiting: Cell<usize>,
+    /// The idle reads of the connections that kept their buffers (the core
+    /// had at most `park_idle_above_connections` when they went idle), to be
+    /// cancelled so that they park: all of them once the core has more, and
+    /// each one that has waited `park_idle_after_ms`.
+    keepers: RefCell<Keepers>,
     /// Reusable buffers for checking verified streams a subtree at a time.
     verify_scratch: RefCell<Vec<(verified::Scratch, Vec<libc::iovec>)>>,
     /// Where a verified stream's pieces lie in its kept copy (reused).
@@ -651,6 +652,12 @@ impl FdCache {
 
 async fn tick_loop(core: Rc<Core>) {
     let mut ticks = 0u32;
+    // A keeping read is cancelled at the second aging after it began: after
+    // between half of `park_idle_after_ms` and all of it.
+    let age_every = match core.shared.config.park_idle_after_ms {
+        0 => 0,
+        ms => (ms / 2 / TICK.as_millis() as u64).clamp(1, u32::MAX as u64) as u32,
+    };
     loop {
         monoio::time::sleep(TICK).await;
         if core.shared.shutdown.load(Ordering::Relaxed) {
@@ -674,18 +681,21 @@ async fn tick_loop(core: Rc<Core>) {
         for _ in 0..closed {
             live_leave(&core);
         }
-        if core.keepers_waiting.get() > 0
-            && core.live.get() > core.shared.config.park_idle_above_connections
         {
-            // More connections than the parking count: the idle ones that
-            // kept their buffers give them back (their reads end cancelled,
-            // and they park).
-            let keepers = core.keepers.take();
-            *core.keepers.borrow_mut() = keepers.cancel();
+            let mut keepers = core.keepers.borrow_mut();
+            if core.live.get() > core.shared.config.park_idle_above_connections {
+                // More connections than the parking count: the idle ones that
+                // kept their buffers give them back (their reads end
+                // cancelled, and they park).
+                keepers.cancel_all();
+            } else if age_every > 0 && ticks.is_multiple_of(age_every) {
+                // Those that have waited long enough give them back too.
+                keepers.age();
+            }
+            core.stats()
+                .idle_with_buffers
+                .store(keepers.waiting() as u64, Ordering::Relaxed);
         }
-        core.stats()
-            .idle_with_buffers
-            .store(core.keepers_waiting.get() as u64, Ordering::Relaxed);
         core.stats()
             .idle_in_kernel
             .store(core.held.borrow().count as u64, Ordering::Relaxed);
@@ -798,11 +808,87 @@ impl Drop for Counted<'_> {
     }
 }
 
+/// The cancel handles of the idle reads of buffer-keeping connections, in
+/// two generations: reads begun since the last aging, and those begun in the
+/// aging period before it. Each aging cancels the older generation's reads
+/// that still wait, so a connection keeps its buffers for between one and two
+/// aging periods of idleness, then parks. The counts let an aging with no
+/// such read skip the cancel (and its allocation): a busy connection's reads
+/// end long before.
+#[derive(Default)]
+struct Keepers {
+    current: Canceller,
+    older: Canceller,
+    /// The current generation's number (the older one is `generation - 1`).
+    generation: u64,
+    /// Reads waiting in the current and in the older generation.
+    waiting: [usize; 2],
+}
+
+impl Keepers {
+    fn age(&mut self) {
+        if self.waiting[1] > 0 {
+            self.older = std::mem::take(&mut self.older).cancel();
+        }
+        // The older canceller, now with no reads, takes the new ones.
+        std::mem::swap(&mut self.current, &mut self.older);
+        self.waiting = [0, self.waiting[0]];
+        self.generation += 1;
+    }
+
+    fn cancel_all(&mut self) {
+        for (canceller, waiting) in [(&mut self.current, 0), (&mut self.older, 1)] {
+            if self.waiting[waiting] > 0 {
+                *canceller = std::mem::take(canceller).cancel();
+            }
+        }
+        self.waiting = [0, 0];
+        // Reads of either generation that end now are counted in neither.
+        self.generation += 2;
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting[0] + self.waiting[1]
+    }
+}
+
+/// One keeping read's place in [`Keepers`], from its start to its end
+/// (completed or cancelled).
+struct Keeping<'a> {
+    keepers: &'a RefCell<Keepers>,
+    generation: u64,
+}
+
+impl<'a> Keeping<'a> {
+    fn new(core: &'a Core) -> (CancelHandle, Self) {
+        let mut keepers = core.keepers.borrow_mut();
+        keepers.waiting[0] += 1;
+        let generation = keepers.generation;
+        let keeping = Self {
+            keepers: &core.keepers,
+            generation,
+        };
+        (keepers.current.handle(), keeping)
+    }
+}
+
+impl Drop for Keeping<'_> {
+    fn drop(&mut self) {
+        let mut keepers = self.keepers.borrow_mut();
+        // A read of a cancelled generation was already counted out.
+        if let Some(age) = keepers.generation.checked_sub(self.generation) {
+            if let Some(waiting) = keepers.waiting.get_mut(age as usize) {
+                *waiting -= 1;
+            }
+        }
+    }
+}
+
 /// Per-connection buffers, reused by every request on the connection.
 struct Conn {
     stream: TcpStream,
     /// Bytes read and not yet consumed; capacity = the head limit.
-    rbuf: Vec<u8>,
+    rbuf: ReadBuf,
     /// Response heads and small bodies; verified streams are built here too.
     wbuf: Vec<u8>,
     pipe: Option<Pipe>,
@@ -866,7 +952,7 @@ fn serve_connection(
 ) -> impl std::future::Future<Output = ()> {
     let mut conn = Conn {
         stream,
-        rbuf: Vec::new(),
+        rbuf: ReadBuf::default(),
         wbuf: Vec::new(),
         pipe: None,
         preconditions: None,
@@ -977,8 +1063,7 @@ async fn read_ready(conn: &mut Conn) -> bool {
 /// A buffer-keeping connection's idle read: `Some(true)` with bytes,
 /// `Some(false)` if the connection ended, `None` if the tick cancelled it.
 async fn keep_reading(core: &Core, conn: &mut Conn) -> Option<bool> {
-    let cancel = core.keepers.borrow().handle();
-    let keeping = Counted::new(&core.keepers_waiting);
+    let (cancel, keeping) = Keeping::new(core);
     let buf = std::mem::take(&mut conn.rbuf);
     let (res, buf) = conn.stream.cancelable_read(buf, cancel).await;
     drop(keeping);
@@ -1312,7 +1397,7 @@ impl<T> Spares<T> {
 /// connection that has bytes to read.
 #[derive(Default)]
 struct ParkPool {
-    rbufs: Spares<Vec<u8>>,
+    rbufs: Spares<ReadBuf>,
     wbufs: Spares<Vec<u8>>,
     pipes: Spares<Pipe>,
     /// Boxed: a connection's box moves to the pool and back, 1 KiB not copied.
@@ -1380,7 +1465,7 @@ impl ParkPool {
             .borrow_mut()
             .rbufs
             .take()
-            .unwrap_or_else(|| Vec::with_capacity(core.shared.config.max_header_bytes));
+            .unwrap_or_else(|| ReadBuf::with_capacity(core.shared.config.max_header_bytes));
         Self::take_back(core, conn);
     }
 
@@ -1930,7 +2015,8 @@ async fn small_body(
         let end = info.head_len + n;
         while conn.rbuf.len() < end {
             if conn.rbuf.capacity() < end {
-                conn.rbuf.reserve(end - conn.rbuf.len());
+                let len = conn.rbuf.len();
+                conn.rbuf.reserve(end - len);
             }
             if !matches!(read_more(conn, wait).await, ReadOutcome::Data) {
                 return Ok(Err(Next::Close));
@@ -2635,7 +2721,7 @@ async fn upload(core: &Core, conn: &mut Conn, info: &ReqInfo) -> io::Result<Next
         .upload_bufs
         .borrow_mut()
         .pop()
-        .unwrap_or_else(|| Vec::with_capacity(UPLOAD_BUF_BYTES));
+        .unwrap_or_else(|| ReadBuf::with_capacity(UPLOAD_BUF_BYTES));
     let small = std::mem::replace(&mut conn.rbuf, big);
     conn.rbuf.clear();
     conn.rbuf.extend_from_slice(&small);

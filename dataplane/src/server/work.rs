@@ -162,7 +162,7 @@ pub(super) async fn work(
         // that closing does not reset the connection before it has read the
         // reply. A read cancelled above took the read buffer with it.
         if conn.rbuf.capacity() == 0 {
-            conn.rbuf = Vec::with_capacity(core.shared.config.max_header_bytes);
+            conn.rbuf = super::ReadBuf::with_capacity(core.shared.config.max_header_bytes);
         }
         let _ = conn.stream.shutdown().await;
         linger(conn).await;

@@ -87,8 +87,9 @@ pub(super) async fn session(
         .count_request(route.label_index(), Status::SwitchingProtocols.index());
     write_wbuf(core, conn).await?;
     // Room for the largest frame the service takes, and its header.
+    let capacity = conn.rbuf.capacity();
     conn.rbuf
-        .reserve((max_message + 14).saturating_sub(conn.rbuf.capacity()));
+        .reserve((max_message + 14).saturating_sub(capacity));
     let mut decoder = websocket::Decoder::new(max_message);
     let idle = Duration::from_millis(core.shared.config.idle_timeout_ms);
     let mut pinged = false;
