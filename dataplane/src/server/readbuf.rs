@@ -96,13 +96,26 @@ unsafe impl IoBufMut for ReadBuf {
 #[derive(Clone, Copy, Default, Debug)]
 pub(crate) struct Pages;
 
+/// A mapping of slots of one size.
+struct Chunk {
+    map: memmap2::MmapMut,
+    /// Pages per slot.
+    pages: usize,
+}
+
+impl Chunk {
+    fn start(&self) -> usize {
+        self.map.as_ptr() as usize
+    }
+}
+
 /// The chunks and their free slots, for all cores (allocations are rare: a
 /// buffer is reused through the core's spares).
 struct Slab {
     /// Free slots by size in pages (index 0: one page).
     free: [Vec<usize>; MAX_PAGES],
-    /// Every chunk as (start, end, pages per slot), sorted by start.
-    chunks: Vec<(usize, usize, usize)>,
+    /// Every chunk, sorted by address; never dropped (the slab is static).
+    chunks: Vec<Chunk>,
 }
 
 static SLAB: Mutex<Slab> = Mutex::new(Slab {
@@ -132,38 +145,29 @@ impl Slab {
             return Some(slot);
         }
         let slot_bytes = pages * page_bytes();
-        let len = slot_bytes * SLOTS_PER_CHUNK;
-        // SAFETY: a new private anonymous mapping; no existing memory is
-        // touched.
-        let start = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if start == libc::MAP_FAILED {
-            return None;
-        }
-        let start = start as usize;
-        let at = self.chunks.partition_point(|c| c.0 < start);
-        self.chunks.insert(at, (start, start + len, pages));
+        let mut map = memmap2::MmapMut::map_anon(slot_bytes * SLOTS_PER_CHUNK).ok()?;
+        let start = map.as_mut_ptr() as usize;
+        let at = self.chunks.partition_point(|c| c.start() < start);
+        self.chunks.insert(at, Chunk { map, pages });
         // The first slot is the caller's; the others wait, lowest address
         // taken first.
         self.free[pages - 1].extend((1..SLOTS_PER_CHUNK).rev().map(|i| start + i * slot_bytes));
         Some(start)
     }
 
-    /// Whether `addr` is a slot of `pages` pages in one of the chunks.
-    fn holds(&self, addr: usize, pages: usize) -> bool {
-        let at = self.chunks.partition_point(|c| c.0 <= addr);
-        at > 0 && {
-            let (start, end, slot) = self.chunks[at - 1];
-            addr < end && slot == pages && (addr - start).is_multiple_of(pages * page_bytes())
-        }
+    /// The chunk that holds `addr` as a slot of `pages` pages, and the slot's
+    /// offset in it.
+    fn slot_at(&self, addr: usize, pages: usize) -> Option<(&Chunk, usize)> {
+        let at = self
+            .chunks
+            .partition_point(|c| c.start() <= addr)
+            .checked_sub(1)?;
+        let chunk = &self.chunks[at];
+        let offset = addr - chunk.start();
+        (offset < chunk.map.len()
+            && chunk.pages == pages
+            && offset.is_multiple_of(pages * page_bytes()))
+        .then_some((chunk, offset))
     }
 }
 
@@ -194,14 +198,14 @@ unsafe impl Allocator for Pages {
         if let Some(pages) = slot_pages(layout) {
             let mut slab = slab();
             let addr = ptr.as_ptr() as usize;
-            if slab.holds(addr, pages) {
-                // SAFETY: the slot's pages are ours and no longer used; they
-                // read as zeros when next touched.
-                unsafe {
-                    libc::madvise(
-                        ptr.as_ptr().cast(),
+            if let Some((chunk, offset)) = slab.slot_at(addr, pages) {
+                // SAFETY: the range is the slot, inside the chunk's mapping, and
+                // no longer used; its pages read as zeros when next touched.
+                let _ = unsafe {
+                    chunk.map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        offset,
                         pages * page_bytes(),
-                        libc::MADV_DONTNEED,
                     )
                 };
                 slab.free[pages - 1].push(addr);
@@ -240,7 +244,7 @@ mod tests {
         assert_eq!(resident(ptr, len), pages);
         drop(buf);
         assert_eq!(resident(ptr, len), 0, "pages given back");
-        assert!(slab().holds(ptr as usize, pages));
+        assert!(slab().slot_at(ptr as usize, pages).is_some());
         // The slot freed last is taken first: this one again, reading zeros.
         let again = ReadBuf::with_capacity(len);
         assert_eq!(again.as_ptr(), ptr);
@@ -256,7 +260,7 @@ mod tests {
         buf.extend_from_slice(b"head bytes");
         buf.reserve(MAX_PAGES * page_bytes() * 4);
         assert_eq!(&buf[..], b"head bytes");
-        assert!(!slab().holds(buf.as_ptr() as usize, 1));
+        assert!(slab().slot_at(buf.as_ptr() as usize, 1).is_none());
         buf.extend_from_slice(&[1u8; 100_000]);
         assert_eq!(buf.len(), 100_010);
     }
