@@ -254,3 +254,53 @@ fn conditional_requests_over_http3() {
     assert_eq!(r.status, 400);
     assert!(String::from_utf8_lossy(&r.body).contains("longer than the server's limit"));
 }
+
+/// Every response states when it was made (RFC 9110 §6.6.1: an origin server
+/// with a clock sends `Date` in its 2xx, 3xx and 4xx responses), over both
+/// transports, from the node's clock, and the date moves with the clock.
+#[test]
+fn every_response_carries_a_date() {
+    let f = fixture();
+    let url = format!("{}/blobs/{}", f.node.url(), f.hash);
+    let tag = format!("\"{}\"", f.hash);
+    let missing = format!("{}/blobs/{}", f.node.url(), "0".repeat(64));
+    let dated = |what: &str, date: Option<&str>| -> std::time::SystemTime {
+        let date = date.unwrap_or_else(|| panic!("{what}: no Date"));
+        let at = httpdate::parse_http_date(date).unwrap_or_else(|e| panic!("{what}: {date}: {e}"));
+        let now = std::time::SystemTime::now();
+        let apart = now
+            .duration_since(at)
+            .or_else(|_| at.duration_since(now))
+            .expect("apart");
+        // Generous: the node and this test share the clock.
+        assert!(
+            apart < Duration::from_secs(120),
+            "{what}: {date} is {apart:?} off"
+        );
+        at
+    };
+    let (status, head, _) = curl_get(&url, &[]);
+    assert_eq!(status, 200);
+    let first = dated("200", header(&head, "date"));
+    let (status, head, _) = curl_get(&url, &["-H", &format!("If-None-Match: {tag}")]);
+    assert_eq!(status, 304);
+    dated("304", header(&head, "date"));
+    let (status, head, _) = curl_get(&missing, &[]);
+    assert_eq!(status, 404);
+    dated("404", header(&head, "date"));
+    let (status, head, _) = curl_get(&format!("{}/healthz", f.node.url()), &[]);
+    assert_eq!(status, 200);
+    dated("healthz", header(&head, "date"));
+    let h3 = format!("https://{}/blobs/{}", f.node.addr, f.hash);
+    let r = aioquic_request(&h3, "GET", &[]);
+    assert_eq!(r.status, 200);
+    dated("200 over HTTP/3", r.header("date"));
+    let r = aioquic_request(&h3, "GET", &[("if-none-match", &tag)]);
+    assert_eq!(r.status, 304);
+    dated("304 over HTTP/3", r.header("date"));
+    // The date is the clock's, not one fixed when the node started.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, head, _) = curl_get(&url, &[]);
+    let later = dated("a later 200", header(&head, "date"));
+    assert!(later > first, "{:?} then {:?}", first, later);
+}

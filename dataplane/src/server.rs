@@ -353,6 +353,35 @@ fn maintenance_loop(
     }
 }
 
+/// One core's monoio runtime. Its ring is set up with `IORING_SETUP_COOP_TASKRUN`
+/// where the kernel has it (5.19 and later): a completion that arrives while the
+/// core runs its tasks waits for the core's next system call (there is one per
+/// request at least) rather than interrupting it with an inter-processor
+/// interrupt, which on a virtual machine costs an exit each (about 15% of a core
+/// serving 4 KiB GETs; `bench/RESULTS.md`). A kernel without it refuses the flag,
+/// and the ring is set up without it.
+fn build_runtime(
+    entries: u32,
+    blocking: &monoio::blocking::DefaultThreadPool,
+) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    let build = |coop: bool| {
+        let mut urb = io_uring::IoUring::builder();
+        if coop {
+            urb.setup_coop_taskrun();
+        }
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .uring_builder(urb)
+            .with_entries(entries)
+            .attach_thread_pool(Box::new(blocking.clone()))
+            .enable_timer()
+            .build()
+    };
+    build(true).or_else(|e| {
+        tracing::debug!("io_uring without cooperative task running: {e}");
+        build(false)
+    })
+}
+
 fn core_main(
     index: usize,
     cpu: Option<usize>,
@@ -365,11 +394,7 @@ fn core_main(
             tracing::warn!(core = index, cpu, "cannot pin to CPU: {e:?}");
         }
     }
-    let runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .with_entries(shared.config.io_uring_entries)
-        .attach_thread_pool(Box::new(shared.blocking.clone()))
-        .enable_timer()
-        .build();
+    let runtime = build_runtime(shared.config.io_uring_entries, &shared.blocking);
     let mut runtime = match runtime {
         Ok(rt) => rt,
         Err(source) => {
@@ -431,6 +456,8 @@ fn core_main(
             files: RefCell::new(FdCache::new(shared.config.open_file_cache_entries)),
             touched: RefCell::new(std::collections::HashMap::with_capacity(TOUCHED_PER_CORE)),
             now_secs: Cell::new(now_secs()),
+            tick_now: Cell::new(Instant::now()),
+            date: Cell::new(http_date(now_secs())),
             upload_bufs: RefCell::new(Vec::new()),
             parked: RefCell::new(ParkPool::default()),
             // Every connection below the parking count may be in a request.
@@ -496,6 +523,13 @@ struct Core {
     touched: RefCell<std::collections::HashMap<BlobHash, u64>>,
     /// Wall-clock seconds, refreshed each tick.
     now_secs: Cell<u64>,
+    /// The monotonic clock as of the last tick, for deadlines that a tick's
+    /// lateness does not matter to (idle timeouts, the open-file cache's age):
+    /// no clock read per request for them.
+    tick_now: Cell<Instant>,
+    /// `Date` (RFC 9110 §6.6.1) as of the last tick, IMF-fixdate, with the
+    /// second it was formatted in: formatted once a second, not per response.
+    date: Cell<(u64, [u8; DATE_LEN])>,
     /// Reusable upload body buffers.
     upload_bufs: RefCell<Vec<ReadBuf>>,
     /// Buffers and pipes of parked (idle, buffer-less) keep-alive connections.
@@ -541,7 +575,7 @@ impl Core {
     fn open_blob_cached(&self, hash: &BlobHash) -> io::Result<Option<Opened>> {
         let store = &self.shared.store;
         let mut cache = self.files.borrow_mut();
-        let now = Instant::now();
+        let now = self.tick_now.get();
         if let Some(hit) = cache.get(hash, store.generation(), now) {
             bump(&self.stats().open_cache_hits, 1);
             return Ok(Some(hit));
@@ -664,13 +698,17 @@ async fn tick_loop(core: Rc<Core>) {
             core.stopping.set(true);
         }
         ticks += 1;
-        core.now_secs.set(now_secs());
+        let secs = now_secs();
+        core.now_secs.set(secs);
+        if core.date.get().0 != secs {
+            core.date.set(http_date(secs));
+        }
+        let now = Instant::now();
+        core.tick_now.set(now);
         // Connections closed because the node stops are not timeouts.
         let stopping = core.stopping.get();
         let timeouts = (!stopping).then_some(&core.stats().timeouts);
-        core.idle
-            .borrow_mut()
-            .expire(Instant::now(), stopping, timeouts);
+        core.idle.borrow_mut().expire(now, stopping, timeouts);
         let closed = core
             .held
             .borrow_mut()
@@ -1140,7 +1178,7 @@ impl<'a> IdleWait<'a> {
         let mut list = core.idle.borrow_mut();
         let entry = Some(IdleEntry {
             fd,
-            deadline: Some(Instant::now() + idle),
+            deadline: Some(core.tick_now.get() + idle),
         });
         let index = match list.free.pop() {
             Some(i) => {
@@ -1495,8 +1533,8 @@ async fn read_head(
     conn: &mut Conn,
 ) -> Result<Option<ReqInfo>, (Status, &'static str)> {
     // The head must arrive whole within header_timeout_ms of its first byte.
-    let head_deadline =
-        Instant::now() + Duration::from_millis(core.shared.config.header_timeout_ms);
+    // A head that came whole with its first read (nearly all) needs no clock.
+    let mut head_deadline = None;
     loop {
         let pre = conn.preconditions.get_or_insert_with(Box::default);
         match http::parse_request_into(&conn.rbuf, core.shared.limits, pre) {
@@ -1504,12 +1542,10 @@ async fn read_head(
             Ok(None) => {}
             Err(e) => return Err(parse_error(e)),
         }
-        match read_more(
-            conn,
-            head_deadline.saturating_duration_since(Instant::now()),
-        )
-        .await
-        {
+        let deadline = *head_deadline.get_or_insert_with(|| {
+            Instant::now() + Duration::from_millis(core.shared.config.header_timeout_ms)
+        });
+        match read_more(conn, deadline.saturating_duration_since(Instant::now())).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof | ReadOutcome::Error => return Ok(None),
             ReadOutcome::TimedOut => {
@@ -1722,9 +1758,7 @@ async fn write_reply(
     let mut wbuf = std::mem::take(&mut conn.wbuf);
     let mut h = head(core, &mut wbuf, reply.status);
     for (name, value) in &reply.headers {
-        // Framing and the connection are the transport's to state.
-        let ours = ["content-length", "connection", "transfer-encoding"];
-        if !ours.iter().any(|o| name.eq_ignore_ascii_case(o)) {
+        if !node_states(name) {
             h = h.header(name, value);
         }
     }
@@ -2072,9 +2106,33 @@ fn redirect_for(core: &Core, hash: &BlobHash, scheme: &str) -> Option<String> {
     Some(format!("{scheme}://{best}/blobs/{hash}"))
 }
 
-/// Starts a response head with the headers every response carries (Alt-Svc).
+/// Starts a response head with the headers every response carries (Alt-Svc,
+/// Date).
 fn head<'a>(core: &Core, out: &'a mut Vec<u8>, status: Status) -> Head<'a> {
-    Head::new(out, status).raw(&core.shared.alt_svc)
+    Head::new(out, status)
+        .raw(&core.shared.alt_svc)
+        .header("Date", &core.date.get().1)
+}
+
+/// The length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub(super) const DATE_LEN: usize = 29;
+
+/// `secs` (Unix time) as an HTTP date, with the second it stands for.
+pub(super) fn http_date(secs: u64) -> (u64, [u8; DATE_LEN]) {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    let text = httpdate::fmt_http_date(at);
+    let mut out = [0u8; DATE_LEN];
+    let n = text.len().min(DATE_LEN);
+    out[..n].copy_from_slice(&text.as_bytes()[..n]);
+    (secs, out)
+}
+
+/// Whether a service's response header is one the node states itself: framing
+/// and the connection are the transport's, `Date` the node's clock.
+pub(super) fn node_states(name: &str) -> bool {
+    ["content-length", "connection", "transfer-encoding", "date"]
+        .iter()
+        .any(|o| name.eq_ignore_ascii_case(o))
 }
 
 /// The head of a blob representation: a 200 or 206, or the 304 that stands for
@@ -2098,7 +2156,9 @@ fn blob_head<'a>(
         .and_then(|m| m.cache_control.as_deref())
         .unwrap_or(http::BLOB_CACHE_CONTROL);
     for (name, value) in meta.and_then(|m| m.headers.as_deref()).unwrap_or(&[]) {
-        head = head.header(name, value.as_bytes());
+        if !node_states(name) {
+            head = head.header(name, value.as_bytes());
+        }
     }
     if let Some(at) = meta.and_then(|m| m.stored_at) {
         head = head.header_u64("Age", crate::store::now_secs().saturating_sub(at));

@@ -2174,7 +2174,7 @@ fn send_reply(
     let extra: Vec<(&str, &[u8])> = names
         .iter()
         .zip(&headers)
-        .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "connection" | "content-type"))
+        .filter(|(n, _)| *n != "content-type" && !super::node_states(n))
         .map(|(n, (_, v))| (n.as_str(), v.as_slice()))
         .collect();
     let content_type = headers
@@ -2464,7 +2464,12 @@ fn get_blob(
         .as_ref()
         .and_then(|m| m.headers.as_deref())
         .unwrap_or(&[]);
-    headers.extend(extra.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+    headers.extend(
+        extra
+            .iter()
+            .filter(|(n, _)| !super::node_states(n))
+            .map(|(n, v)| (n.as_str(), v.as_bytes())),
+    );
     let age = meta
         .as_ref()
         .and_then(|m| m.stored_at)
@@ -2702,8 +2707,10 @@ fn start_response(
     const MAX_HEADERS: usize = 16;
     let mut refs: [quiche::h3::HeaderRef<'_>; MAX_HEADERS] =
         std::array::from_fn(|_| quiche::h3::HeaderRef::new(b"", b""));
+    let date = core.date.get().1;
     refs[0] = quiche::h3::HeaderRef::new(b":status", &code);
-    let mut n = 1;
+    refs[1] = quiche::h3::HeaderRef::new(b"date", &date);
+    let mut n = 2;
     // A 304 states neither (RFC 9110 §15.4.5): both come empty.
     for (name, value) in [
         ("content-type", content_type),
@@ -2780,7 +2787,11 @@ fn start_stream(
         .count_request(route.label_index(), status.index());
     bump(&core.stats().h3_requests, 1);
     let code = status.code().to_string();
-    let mut refs = vec![quiche::h3::HeaderRef::new(b":status", code.as_bytes())];
+    let date = core.date.get().1;
+    let mut refs = vec![
+        quiche::h3::HeaderRef::new(b":status", code.as_bytes()),
+        quiche::h3::HeaderRef::new(b"date", &date),
+    ];
     if !content_type.is_empty() {
         refs.push(quiche::h3::HeaderRef::new(
             b"content-type",
@@ -2870,7 +2881,11 @@ fn start_websocket(
         credit,
         closing: false,
     }));
-    let head = [quiche::h3::HeaderRef::new(b":status", b"200")];
+    let date = core.date.get().1;
+    let head = [
+        quiche::h3::HeaderRef::new(b":status", b"200"),
+        quiche::h3::HeaderRef::new(b"date", &date),
+    ];
     send_head(core, conn, stream, &head, false, Some(state));
     let id = conn.quic.source_id().into_owned();
     let commits = commits.clone();
