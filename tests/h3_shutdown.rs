@@ -53,6 +53,10 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
     // crossed it. It goes on reading nothing for 4 s, then sends another,
     // which crosses the final GOAWAY, and reads again.
     let mut signalled = false;
+    // For 300 ms from the signal the client takes in no packets, so the
+    // node's sends go unacknowledged and fill its congestion window: its
+    // first GOAWAY may find no room then, and must still go before the final.
+    let mut deaf_until: Option<Instant> = None;
     let mut crossed: Option<u64> = None;
     let mut crossed_body = Vec::new();
     let mut paused_until: Option<Instant> = None;
@@ -78,7 +82,10 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
             }
         }
         let mut got = false;
-        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+        while let Some(Ok((n, from))) = deaf_until
+            .is_none_or(|t| Instant::now() >= t)
+            .then(|| socket.recv_from(&mut buf))
+        {
             got = true;
             let _ = conn.recv(&mut buf[..n], quiche::RecvInfo { from, to: local });
         }
@@ -141,6 +148,7 @@ fn sigterm_lets_an_http3_download_finish_and_refuses_later_requests() {
             // SAFETY: sending a signal to our own child process.
             unsafe { libc::kill(node.pid(), libc::SIGTERM) };
             signalled = true;
+            deaf_until = Some(Instant::now() + Duration::from_millis(300));
         }
     }
     assert!(

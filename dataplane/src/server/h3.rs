@@ -515,10 +515,8 @@ struct QuicConn {
 struct Drain {
     /// The stream ID the last GOAWAY named: requests from it on are refused.
     goaway: u64,
-    /// While only the first GOAWAY (naming no request) has gone: when the
-    /// final one is due. Requests the client sent before it heard the first
-    /// are answered.
-    final_due: Option<Instant>,
+    /// Which GOAWAY is next, and when.
+    stage: Stage,
     /// The request streams below the final GOAWAY whose answers were not yet
     /// acknowledged when it was sent (quiche forgets a stream once both sides
     /// are done and acknowledged).
@@ -527,6 +525,38 @@ struct Drain {
     heard: (usize, Instant),
     /// When the core last asked the peer for an acknowledgement (a PING).
     pinged: Instant,
+}
+
+/// Where a draining connection is in its two GOAWAYs. Either may find no
+/// room on the control stream (quiche lets a connection buffer only what its
+/// congestion window can send, and a download may have taken all of it): it
+/// is tried again at each sweep until it goes, and the final one's wait
+/// starts only once the first has gone.
+enum Stage {
+    /// The first GOAWAY (naming no request) has not gone yet; the final one
+    /// is due this long after it goes.
+    First { wait: Duration },
+    /// The first has gone: the final one is due then. Requests the client
+    /// sent before it heard the first are answered.
+    Final { due: Instant },
+    /// The final one has gone.
+    Done,
+}
+
+/// Sends a GOAWAY naming `id`. False: no room on the control stream now
+/// (try again later); a GOAWAY that can never go counts as gone.
+fn send_goaway(conn: &mut QuicConn, id: u64) -> bool {
+    let Some(h3) = conn.h3.as_mut() else {
+        return true;
+    };
+    match h3.send_goaway(&mut conn.quic, id) {
+        Ok(()) => true,
+        Err(quiche::h3::Error::StreamBlocked) | Err(quiche::h3::Error::Done) => false,
+        Err(e) => {
+            tracing::debug!("cannot send GOAWAY: {e}");
+            true
+        }
+    }
 }
 
 /// An upload commit finished on a store-I/O thread.
@@ -1411,23 +1441,24 @@ impl Endpoint {
                 continue;
             }
             told += 1;
-            match conn.h3.as_mut() {
-                Some(h3) => {
-                    let _ = h3.send_goaway(&mut conn.quic, MAX_REQUEST_ID);
-                    let rtt = conn.quic.path_stats().map(|p| p.rtt).max();
-                    let wait = rtt.map_or(GOAWAY_FINAL_AFTER, |r| GOAWAY_FINAL_AFTER.max(2 * r));
-                    let heard = (conn.quic.stats().recv, now);
-                    conn.drain = Some(Drain {
-                        goaway: MAX_REQUEST_ID,
-                        final_due: Some(now + wait),
-                        open: Vec::new(),
-                        heard,
-                        pinged: now,
-                    });
-                }
-                None => {
-                    let _ = conn.quic.close(true, H3_NO_ERROR, b"shutting down");
-                }
+            if conn.h3.is_some() {
+                let rtt = conn.quic.path_stats().map(|p| p.rtt).max();
+                let wait = rtt.map_or(GOAWAY_FINAL_AFTER, |r| GOAWAY_FINAL_AFTER.max(2 * r));
+                let stage = if send_goaway(conn, MAX_REQUEST_ID) {
+                    Stage::Final { due: now + wait }
+                } else {
+                    Stage::First { wait }
+                };
+                let heard = (conn.quic.stats().recv, now);
+                conn.drain = Some(Drain {
+                    goaway: MAX_REQUEST_ID,
+                    stage,
+                    open: Vec::new(),
+                    heard,
+                    pinged: now,
+                });
+            } else {
+                let _ = conn.quic.close(true, H3_NO_ERROR, b"shutting down");
             }
             mark_active(&mut self.active, slot, conn);
         }
@@ -1448,28 +1479,47 @@ impl Endpoint {
             if drain.heard.0 != recv {
                 drain.heard = (recv, now);
             }
-            if drain.final_due.is_some_and(|t| now >= t) {
-                // The final GOAWAY: requests from here on are refused, those
-                // below it are answered.
-                drain.final_due = None;
-                drain.goaway = conn.next_request;
-                if let Some(h3) = conn.h3.as_mut() {
-                    let _ = h3.send_goaway(&mut conn.quic, drain.goaway);
+            match drain.stage {
+                Stage::First { wait } => {
+                    if send_goaway(conn, MAX_REQUEST_ID) {
+                        if let Some(drain) = conn.drain.as_mut() {
+                            drain.stage = Stage::Final { due: now + wait };
+                        }
+                        mark_active(&mut self.active, slot, conn);
+                        continue;
+                    }
                 }
-                let quic = &mut conn.quic;
-                drain.open = (0..drain.goaway)
-                    .step_by(4)
-                    .filter(|&s| quic.stream_capacity(s).is_ok())
-                    .collect();
-                mark_active(&mut self.active, slot, conn);
-                continue;
+                Stage::Final { due } if now >= due => {
+                    // The final GOAWAY: requests from here on are refused,
+                    // those below it are answered.
+                    let next = conn.next_request;
+                    if send_goaway(conn, next) {
+                        let quic = &mut conn.quic;
+                        let open = (0..next)
+                            .step_by(4)
+                            .filter(|&s| quic.stream_capacity(s).is_ok())
+                            .collect();
+                        if let Some(drain) = conn.drain.as_mut() {
+                            drain.stage = Stage::Done;
+                            drain.goaway = next;
+                            drain.open = open;
+                        }
+                        mark_active(&mut self.active, slot, conn);
+                        continue;
+                    }
+                }
+                Stage::Final { .. } | Stage::Done => {}
             }
+            let Some(drain) = conn.drain.as_mut() else {
+                continue;
+            };
             let quiet = now.duration_since(drain.heard.1);
             let silent = quiet >= DRAIN_SILENT_PEER;
             let quic = &mut conn.quic;
             drain.open.retain(|&s| quic.stream_capacity(s).is_ok());
-            let done =
-                drain.final_due.is_none() && conn.streams.is_empty() && drain.open.is_empty();
+            let done = matches!(drain.stage, Stage::Done)
+                && conn.streams.is_empty()
+                && drain.open.is_empty();
             if done || silent {
                 let _ = conn.quic.close(true, H3_NO_ERROR, b"shutting down");
                 mark_active(&mut self.active, slot, conn);
