@@ -100,7 +100,7 @@ fn site(dir: &Path, v: &str) {
     write(
         dir,
         "_headers",
-        "/*\n  X-Frame-Options: DENY\n/assets/*\n  X-Asset: yes\n/about\n  Cache-Control: public, max-age=120\n",
+        "/*\n  X-Frame-Options: DENY\n/assets/*\n  X-Asset: yes\n/about\n  Cache-Control: public, max-age=120\n  X-Rule-1: 1\n  X-Rule-2: 2\n  X-Rule-3: 3\n  X-Rule-4: 4\n  X-Rule-5: 5\n  X-Rule-6: 6\n  X-Rule-7: 7\n  X-Rule-8: 8\n  X-Rule-9: 9\n  X-Rule-10: 10\n  X-Rule-11: 11\n  X-Rule-12: 12\n",
     );
 }
 
@@ -250,6 +250,17 @@ fn a_folder_is_served_by_the_netlify_conventions() {
         (r.status, r.body.as_slice()),
         (200, &b"<h1>About one</h1>"[..])
     );
+    // Every header its rules give it, past what a head's fixed array holds.
+    for i in 1..=12 {
+        let value = i.to_string();
+        assert_eq!(
+            r.header(&format!("x-rule-{i}")),
+            Some(value.as_str()),
+            "x-rule-{i}"
+        );
+    }
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert!(r.header("date").is_some(), "a date");
     let r = aioquic_request(
         &format!("https://{}/sites/docs/nothing", node.addr),
         "GET",

@@ -2771,11 +2771,22 @@ fn start_response(
             n += 1;
         }
     }
-    for (name, value) in extra.iter().take(MAX_HEADERS - n) {
+    let next = body.map(|(body, offset, end)| StreamState::Sending { body, offset, end });
+    if n + extra.len() > MAX_HEADERS {
+        // More headers than the array holds (a site's own, say): all of them
+        // still go, in a list made for this head.
+        let mut all = refs[..n].to_vec();
+        all.extend(
+            extra
+                .iter()
+                .map(|(name, value)| quiche::h3::HeaderRef::new(name.as_bytes(), value)),
+        );
+        return send_head(core, conn, stream, &all, fin, next);
+    }
+    for (name, value) in extra {
         refs[n] = quiche::h3::HeaderRef::new(name.as_bytes(), value);
         n += 1;
     }
-    let next = body.map(|(body, offset, end)| StreamState::Sending { body, offset, end });
     send_head(core, conn, stream, &refs[..n], fin, next);
 }
 
