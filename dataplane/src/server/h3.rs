@@ -545,11 +545,15 @@ enum Stage {
 
 /// Sends a GOAWAY naming `id`. False: no room on the control stream now
 /// (try again later); a GOAWAY that can never go counts as gone.
-fn send_goaway(conn: &mut QuicConn, id: u64) -> bool {
-    let Some(h3) = conn.h3.as_mut() else {
+fn send_goaway(
+    h3: Option<&mut quiche::h3::Connection>,
+    quic: &mut quiche::Connection<BodyBufs>,
+    id: u64,
+) -> bool {
+    let Some(h3) = h3 else {
         return true;
     };
-    match h3.send_goaway(&mut conn.quic, id) {
+    match h3.send_goaway(quic, id) {
         Ok(()) => true,
         Err(quiche::h3::Error::StreamBlocked) | Err(quiche::h3::Error::Done) => false,
         Err(e) => {
@@ -1444,7 +1448,7 @@ impl Endpoint {
             if conn.h3.is_some() {
                 let rtt = conn.quic.path_stats().map(|p| p.rtt).max();
                 let wait = rtt.map_or(GOAWAY_FINAL_AFTER, |r| GOAWAY_FINAL_AFTER.max(2 * r));
-                let stage = if send_goaway(conn, MAX_REQUEST_ID) {
+                let stage = if send_goaway(conn.h3.as_mut(), &mut conn.quic, MAX_REQUEST_ID) {
                     Stage::Final { due: now + wait }
                 } else {
                     Stage::First { wait }
@@ -1481,10 +1485,8 @@ impl Endpoint {
             }
             match drain.stage {
                 Stage::First { wait } => {
-                    if send_goaway(conn, MAX_REQUEST_ID) {
-                        if let Some(drain) = conn.drain.as_mut() {
-                            drain.stage = Stage::Final { due: now + wait };
-                        }
+                    if send_goaway(conn.h3.as_mut(), &mut conn.quic, MAX_REQUEST_ID) {
+                        drain.stage = Stage::Final { due: now + wait };
                         mark_active(&mut self.active, slot, conn);
                         continue;
                     }
@@ -1493,26 +1495,20 @@ impl Endpoint {
                     // The final GOAWAY: requests from here on are refused,
                     // those below it are answered.
                     let next = conn.next_request;
-                    if send_goaway(conn, next) {
+                    if send_goaway(conn.h3.as_mut(), &mut conn.quic, next) {
                         let quic = &mut conn.quic;
-                        let open = (0..next)
+                        drain.open = (0..next)
                             .step_by(4)
                             .filter(|&s| quic.stream_capacity(s).is_ok())
                             .collect();
-                        if let Some(drain) = conn.drain.as_mut() {
-                            drain.stage = Stage::Done;
-                            drain.goaway = next;
-                            drain.open = open;
-                        }
+                        drain.stage = Stage::Done;
+                        drain.goaway = next;
                         mark_active(&mut self.active, slot, conn);
                         continue;
                     }
                 }
                 Stage::Final { .. } | Stage::Done => {}
             }
-            let Some(drain) = conn.drain.as_mut() else {
-                continue;
-            };
             let quiet = now.duration_since(drain.heard.1);
             let silent = quiet >= DRAIN_SILENT_PEER;
             let quic = &mut conn.quic;
