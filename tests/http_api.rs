@@ -635,6 +635,42 @@ fn the_buffers_of_ended_connections_are_freed_once_unused() {
     assert_eq!((status, body.as_slice()), (200, b"ok\n".as_slice()));
 }
 
+/// A kernel that refuses cooperative task running (before 5.19) gets a ring
+/// without it, and the node serves as before; the metric says which it got.
+#[test]
+fn a_kernel_without_cooperative_task_running_still_serves() {
+    let refused = Node::start_at_with_env(
+        free_addr(),
+        &["--cores", "2"],
+        &[("TESSERA_FAULT_NO_COOP_TASKRUN", "1")],
+    );
+    assert_eq!(refused.metric("tessera_io_uring_cooperative_cores"), 0);
+    let data = random_bytes(300_000, 17);
+    let hash = refused.put_bytes(&data);
+    let mut s = refused.connect();
+    for path in [format!("/blobs/{hash}"), "/healthz".to_string()] {
+        for _ in 0..3 {
+            let (status, _, body) = get_on(&mut s, &path);
+            assert_eq!(status, 200);
+            assert!(body == data || body == b"ok\n");
+        }
+    }
+    // Without the fault, a kernel that has the flag (5.19 on) gives it to every core.
+    let given = Node::start(&["--cores", "2"]);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut version = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+    let expected = if (major, minor) >= (5, 19) { 2 } else { 0 };
+    assert_eq!(
+        given.metric("tessera_io_uring_cooperative_cores"),
+        expected,
+        "kernel {release}"
+    );
+}
+
 #[test]
 fn a_thousand_concurrent_keep_alive_connections() {
     let node = Node::start(&[]);

@@ -39,6 +39,9 @@ fn unreachable_histogram() -> Histogram<u64> {
 #[repr(align(128))]
 pub struct CoreStats {
     requests: [[AtomicU64; CODES]; ROUTES],
+    /// 1 once the core's io_uring runs completions cooperatively
+    /// (`IORING_SETUP_COOP_TASKRUN`), 0 where the kernel refused it.
+    pub io_uring_cooperative: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     /// Body bytes that went file -> pipe -> socket without entering user space.
@@ -86,6 +89,7 @@ impl Default for CoreStats {
     fn default() -> Self {
         Self {
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            io_uring_cooperative: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             zero_copy_bytes: AtomicU64::new(0),
@@ -180,7 +184,7 @@ impl Metrics {
                 }
             }
         }
-        let counters: [(&str, &str, u64); 26] = [
+        let counters: [(&str, &str, u64); 27] = [
             (
                 "tessera_h3_connections_total",
                 "QUIC connections accepted.",
@@ -285,6 +289,11 @@ impl Metrics {
                 "tessera_corrupt_blobs_detected_total",
                 "Stored chunk groups that failed verification while being served.",
                 self.sum(|c| &c.corrupt_detected),
+            ),
+            (
+                "tessera_io_uring_cooperative_cores",
+                "Cores whose io_uring runs completions at the core's next system call (IORING_SETUP_COOP_TASKRUN) instead of interrupting it for each; a kernel before 5.19 refuses this, and then 0.",
+                self.sum(|c| &c.io_uring_cooperative),
             ),
             (
                 "tessera_connections_open",

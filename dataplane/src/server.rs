@@ -363,10 +363,18 @@ fn maintenance_loop(
 fn build_runtime(
     entries: u32,
     blocking: &monoio::blocking::DefaultThreadPool,
-) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+) -> io::Result<(
+    monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>,
+    bool,
+)> {
     let build = |coop: bool| {
         let mut urb = io_uring::IoUring::builder();
         if coop {
+            // Test builds only: act as a kernel before 5.19, which refuses the flag.
+            #[cfg(feature = "fault-injection")]
+            if std::env::var_os("TESSERA_FAULT_NO_COOP_TASKRUN").is_some() {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
             urb.setup_coop_taskrun();
         }
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -376,10 +384,19 @@ fn build_runtime(
             .enable_timer()
             .build()
     };
-    build(true).or_else(|e| {
-        tracing::debug!("io_uring without cooperative task running: {e}");
-        build(false)
-    })
+    match build(true) {
+        Ok(rt) => Ok((rt, true)),
+        Err(e) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::info!(
+                    "io_uring without cooperative task running (needs Linux 5.19): {e}; \
+                     each completion may interrupt its core"
+                )
+            });
+            build(false).map(|rt| (rt, false))
+        }
+    }
 }
 
 fn core_main(
@@ -396,7 +413,12 @@ fn core_main(
     }
     let runtime = build_runtime(shared.config.io_uring_entries, &shared.blocking);
     let mut runtime = match runtime {
-        Ok(rt) => rt,
+        Ok((rt, coop)) => {
+            shared.metrics.cores[index]
+                .io_uring_cooperative
+                .store(u64::from(coop), Ordering::Relaxed);
+            rt
+        }
         Err(source) => {
             let _ = ready.send(Err(ServerError::Runtime {
                 core: index,
