@@ -2,8 +2,6 @@
 //! chunked request bodies and response heads. No sockets, no clocks, no allocation:
 //! everything borrows from the caller's buffers.
 
-use std::io::Write;
-
 use crate::hash::{BlobHash, HashParseError};
 
 pub mod conditional;
@@ -695,6 +693,8 @@ impl BlobTag {
 }
 
 /// Writes a response head into `out` (cleared first; its capacity is reused).
+/// Numbers are written with `itoa`, not `core::fmt`: a head is written for
+/// every response.
 pub struct Head<'a> {
     out: &'a mut Vec<u8>,
 }
@@ -702,7 +702,12 @@ pub struct Head<'a> {
 impl<'a> Head<'a> {
     pub fn new(out: &'a mut Vec<u8>, status: Status) -> Self {
         out.clear();
-        let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.code(), status.reason());
+        let code = status.code();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.reason().as_bytes());
+        out.extend_from_slice(b"\r\n");
         Self { out }
     }
 
@@ -721,17 +726,26 @@ impl<'a> Head<'a> {
     }
 
     pub fn header_u64(self, name: &str, value: u64) -> Self {
-        let _ = write!(self.out, "{name}: {value}\r\n");
-        self
+        self.header(name, itoa::Buffer::new().format(value).as_bytes())
     }
 
     pub fn content_range(self, first: u64, last: u64, size: u64) -> Self {
-        let _ = write!(self.out, "Content-Range: bytes {first}-{last}/{size}\r\n");
+        let mut n = itoa::Buffer::new();
+        self.out.extend_from_slice(b"Content-Range: bytes ");
+        self.out.extend_from_slice(n.format(first).as_bytes());
+        self.out.push(b'-');
+        self.out.extend_from_slice(n.format(last).as_bytes());
+        self.out.push(b'/');
+        self.out.extend_from_slice(n.format(size).as_bytes());
+        self.out.extend_from_slice(b"\r\n");
         self
     }
 
     pub fn content_range_unsatisfied(self, size: u64) -> Self {
-        let _ = write!(self.out, "Content-Range: bytes */{size}\r\n");
+        self.out.extend_from_slice(b"Content-Range: bytes */");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(size).as_bytes());
+        self.out.extend_from_slice(b"\r\n");
         self
     }
 
@@ -741,8 +755,8 @@ impl<'a> Head<'a> {
 
     /// Ends the head with `Content-Length` and the connection decision.
     pub fn finish(self, content_length: u64, keep_alive: bool) {
-        let _ = write!(self.out, "Content-Length: {content_length}\r\n");
-        self.finish_without_length(keep_alive);
+        self.header_u64("Content-Length", content_length)
+            .finish_without_length(keep_alive);
     }
 
     /// Ends the head of a body sent in chunks (`Transfer-Encoding: chunked`,
@@ -987,6 +1001,35 @@ mod tests {
         max_header_bytes: 8192,
         max_headers: 32,
     };
+
+    #[test]
+    fn heads_are_written_byte_for_byte() {
+        let mut out = Vec::new();
+        Head::new(&mut out, Status::PartialContent)
+            .header("ETag", b"\"x\"")
+            .header_u64("Age", 0)
+            .content_range(0, 18_446_744_073_709_551_614, u64::MAX)
+            .finish(4096, true);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 206 Partial Content\r\nETag: \"x\"\r\nAge: 0\r\n\
+              Content-Range: bytes 0-18446744073709551614/18446744073709551615\r\n\
+              Content-Length: 4096\r\nConnection: keep-alive\r\n\r\n"
+        );
+        Head::new(&mut out, Status::RangeNotSatisfiable)
+            .content_range_unsatisfied(10)
+            .finish(0, false);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */10\r\n\
+              Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        for status in STATUSES {
+            Head::new(&mut out, status).finish_without_length(true);
+            let line = format!("HTTP/1.1 {} {}\r\n", status.code(), status.reason());
+            assert!(out.starts_with(line.as_bytes()), "{status:?}");
+        }
+    }
 
     #[test]
     fn parses_a_full_head() {

@@ -57,6 +57,11 @@ pub use h3::{ensure_tls, exercise as exercise_h3_request};
 use readbuf::ReadBuf;
 use routes::{Plan, Reply};
 
+/// A core's maps keyed by blob hash, looked up on every request. Their keys
+/// are the hashes of stored blobs, which nobody can choose, so a fast seeded
+/// hash (foldhash) does instead of SipHash.
+type BlobMap<V> = std::collections::HashMap<BlobHash, V, foldhash::fast::RandomState>;
+
 /// Batches of last-access times in flight to the maintenance thread; beyond this
 /// they are dropped (recency for eviction is approximate by design).
 const TOUCH_BATCHES_QUEUED: usize = 256;
@@ -476,7 +481,10 @@ fn core_main(
             stopping: Cell::new(false),
             histogram: RefCell::new(new_latency_histogram()),
             files: RefCell::new(FdCache::new(shared.config.open_file_cache_entries)),
-            touched: RefCell::new(std::collections::HashMap::with_capacity(TOUCHED_PER_CORE)),
+            touched: RefCell::new(BlobMap::with_capacity_and_hasher(
+                TOUCHED_PER_CORE,
+                Default::default(),
+            )),
             now_secs: Cell::new(now_secs()),
             tick_now: Cell::new(Instant::now()),
             date: Cell::new(http_date(now_secs())),
@@ -542,7 +550,7 @@ struct Core {
     histogram: RefCell<Histogram<u64>>,
     files: RefCell<FdCache>,
     /// Blobs read since the last flush, with the time (deduplicated per blob).
-    touched: RefCell<std::collections::HashMap<BlobHash, u64>>,
+    touched: RefCell<BlobMap<u64>>,
     /// Wall-clock seconds, refreshed each tick.
     now_secs: Cell<u64>,
     /// The monotonic clock as of the last tick, for deadlines that a tick's
@@ -662,7 +670,7 @@ const OPEN_CACHE_TTL: Duration = Duration::from_secs(1);
 /// removal: flushed whenever the store removes a blob (its generation changes),
 /// and each entry is trusted for `OPEN_CACHE_TTL` against changes from outside.
 struct FdCache {
-    map: std::collections::HashMap<BlobHash, (Opened, Instant)>,
+    map: BlobMap<(Opened, Instant)>,
     capacity: usize,
     generation: u64,
 }
@@ -670,7 +678,7 @@ struct FdCache {
 impl FdCache {
     fn new(capacity: usize) -> Self {
         Self {
-            map: std::collections::HashMap::with_capacity(capacity),
+            map: BlobMap::with_capacity_and_hasher(capacity, Default::default()),
             capacity,
             generation: 0,
         }

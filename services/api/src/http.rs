@@ -198,8 +198,10 @@ impl Status {
         })
     }
 
+    /// Its place in [`STATUSES`], which lists the variants in declaration
+    /// order (a test checks it), so this is the discriminant, not a search.
     pub fn index(self) -> usize {
-        STATUSES.iter().position(|s| *s == self).unwrap_or(0)
+        self as usize
     }
 
     pub fn reason(self) -> &'static str {
@@ -250,6 +252,18 @@ impl Status {
             Status::TooManyRequests => "Too Many Requests",
             Status::UnavailableForLegalReasons => "Unavailable For Legal Reasons",
             Status::HttpVersionNotSupported => "HTTP Version Not Supported",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_listed_in_the_order_of_their_index() {
+        for (i, status) in STATUSES.iter().enumerate() {
+            assert_eq!(status.index(), i, "{status:?}");
         }
     }
 }
