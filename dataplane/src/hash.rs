@@ -20,16 +20,22 @@ pub enum HashParseError {
 }
 
 impl BlobHash {
-    /// Parses 64 lowercase hex characters.
+    /// Parses 64 lowercase hex characters. A table lookup per character and
+    /// one check at the end: every request for a blob parses one.
     pub fn parse(text: &[u8]) -> Result<Self, HashParseError> {
-        if text.len() != 64 {
+        let Ok(text) = <&[u8; 64]>::try_from(text) else {
             return Err(HashParseError::Length(text.len()));
-        }
+        };
         let mut out = [0u8; 32];
-        for (i, pair) in text.chunks_exact(2).enumerate() {
-            let hi = nibble(pair[0]).ok_or(HashParseError::NotHex(2 * i))?;
-            let lo = nibble(pair[1]).ok_or(HashParseError::NotHex(2 * i + 1))?;
-            out[i] = (hi << 4) | lo;
+        let mut bad = 0u8;
+        for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+            let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+            bad |= hi | lo;
+            *byte = (hi << 4) | (lo & 0x0f);
+        }
+        if bad == NOT_HEX {
+            let at = text.iter().position(|&c| HEX[c as usize] == NOT_HEX);
+            return Err(HashParseError::NotHex(at.unwrap_or(0)));
         }
         Ok(Self(out))
     }
@@ -63,13 +69,19 @@ impl std::str::FromStr for BlobHash {
     }
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// A character's value as a hex digit, or [`NOT_HEX`].
+const HEX: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
     }
-}
+    table
+};
+/// Not a lowercase hex digit. Every bit set, so one such character among
+/// digits (at most 0x0f each) makes their OR equal to it.
+const NOT_HEX: u8 = 0xff;
 
 impl fmt::Display for BlobHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -110,5 +122,20 @@ mod tests {
             BlobHash::parse(almost.as_bytes()),
             Err(HashParseError::NotHex(63))
         );
+        // Every byte that is not a lowercase hex digit, at every position.
+        let good = BlobHash::from(blake3::hash(b"x")).to_hex();
+        for c in 0..=255u8 {
+            let digit = c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+            for at in [0, 1, 31, 62, 63] {
+                let mut text = good;
+                text[at] = c;
+                let parsed = BlobHash::parse(&text);
+                if digit {
+                    assert!(parsed.is_ok(), "{c:#x} at {at}");
+                } else {
+                    assert_eq!(parsed, Err(HashParseError::NotHex(at)), "{c:#x} at {at}");
+                }
+            }
+        }
     }
 }
