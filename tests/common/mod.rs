@@ -20,21 +20,51 @@ pub struct Node {
     pub env: Vec<(String, String)>,
 }
 
+/// A port on 127.0.0.1 free for both TCP and UDP, for a server to bind.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    free_addr_on("127.0.0.1")
 }
 
 /// A port free for both TCP and UDP on `ip` (a node serves both on one port).
+///
+/// Ports come from below the kernel's ephemeral range, where port-0 binds and
+/// outgoing connections take theirs, one after another within a test binary,
+/// each checked free. A port from the ephemeral range can be handed out again,
+/// to a test running at the same time, before the server it was meant for binds
+/// it; that server then fails to bind, and the other one answers in its place.
 #[allow(dead_code)]
 pub fn free_addr_on(ip: &str) -> SocketAddr {
-    loop {
-        let l = TcpListener::bind((ip, 0)).expect("bind");
-        let addr = l.local_addr().expect("addr");
-        if std::net::UdpSocket::bind(addr).is_ok() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(65_535);
+    if high < LOW + 1_000 {
+        // No room below the ephemeral range: let the kernel choose.
+        loop {
+            let l = TcpListener::bind((ip, 0)).expect("bind");
+            let addr = l.local_addr().expect("addr");
+            if std::net::UdpSocket::bind(addr).is_ok() {
+                return addr;
+            }
+        }
+    }
+    let span = high - LOW;
+    // Test binaries run one after another; each starts somewhere else.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % span) as u16;
+        let ip: std::net::IpAddr = ip.parse().expect("an IP address");
+        let addr = SocketAddr::new(ip, port);
+        if TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
             return addr;
         }
     }
+    panic!("no free port on {ip} below {high}");
 }
 
 impl Node {
