@@ -702,9 +702,8 @@ pub struct Head<'a> {
 impl<'a> Head<'a> {
     pub fn new(out: &'a mut Vec<u8>, status: Status) -> Self {
         out.clear();
-        let code = status.code();
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(status.code()).as_bytes());
         out.push(b' ');
         out.extend_from_slice(status.reason().as_bytes());
         out.extend_from_slice(b"\r\n");

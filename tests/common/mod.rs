@@ -52,13 +52,13 @@ pub fn free_addr_on(ip: &str) -> SocketAddr {
             }
         }
     }
+    let ip: std::net::IpAddr = ip.parse().expect("an IP address");
     let span = high - LOW;
     // Test binaries run one after another; each starts somewhere else.
     let start = std::process::id().wrapping_mul(7_919) % span;
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (LOW + (start + n) % span) as u16;
-        let ip: std::net::IpAddr = ip.parse().expect("an IP address");
         let addr = SocketAddr::new(ip, port);
         if TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
             return addr;
